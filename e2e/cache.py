@@ -1,0 +1,193 @@
+"""
+Content-addressed cache for kernels and images.
+
+An entry lives in ``<root>/<kind>/<key>/`` and is complete only when its
+``manifest.json`` exists and every file it lists has the recorded sha256.
+Entries are built in a temp dir beside their final place and published with
+one ``rename``; a per-key lock serialises concurrent builds of one key, so two
+pveoi runs never clash and a half-written entry is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def cache_root() -> Path:
+    """Where pveoi keeps kernels, images and keys.
+
+    ``$PVEOI_CACHE`` if set, else ``$XDG_CACHE_HOME/pveoi``, else
+    ``~/.cache/pveoi``.
+    """
+    env = os.environ.get("PVEOI_CACHE")
+    if env:
+        return Path(env).expanduser().absolute()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return (base / "pveoi").absolute()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's contents, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: Path) -> str:
+    """sha256 over a directory's relative file names and contents (sorted)."""
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(item.relative_to(path)).encode() + b"\0")
+        digest.update(sha256_file(item).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def content_hash(parts: Iterable[str | bytes]) -> str:
+    """Hash an ordered sequence of strings/bytes unambiguously (length-prefixed)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new, never half.
+
+    :raises OSError: if the write fails (the temp file is removed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A complete, verified cache entry."""
+
+    kind: str
+    key: str
+    path: Path
+    manifest: Mapping[str, Any]
+
+    def file(self, name: str) -> Path:
+        """Path of one of the entry's files."""
+        return self.path / name
+
+
+class Cache:
+    """The cache under ``root`` (default :func:`cache_root`)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else cache_root()
+
+    def _kind_dir(self, kind: str) -> Path:
+        d = self.root / kind
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create cache directory {d}: {err.strerror}",
+                fix="set PVEOI_CACHE to a writable directory",
+            ) from err
+        return d
+
+    def entry_path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def lookup(self, kind: str, key: str, verify: bool = True) -> CacheEntry | None:
+        """Return the entry if complete and intact; remove and return None if corrupt.
+
+        :param verify: check every file's sha256 against the manifest.
+        """
+        path = self.entry_path(kind, key)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            if path.exists():
+                log.warning("cache entry %s has no manifest; discarding it", path)
+                shutil.rmtree(path, ignore_errors=True)
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            files: Mapping[str, str] = manifest["files"]
+        except (ValueError, KeyError, TypeError, OSError):
+            log.warning("cache entry %s has an unreadable manifest; discarding it", path)
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        if verify:
+            for name, digest in files.items():
+                f = path / name
+                if not f.is_file() or sha256_file(f) != digest:
+                    log.warning("cache entry %s: %s is missing or corrupt; discarding it", path, name)
+                    shutil.rmtree(path, ignore_errors=True)
+                    return None
+        return CacheEntry(kind, key, path, manifest)
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, key: str) -> Iterator[None]:
+        """Hold an exclusive lock on ``kind/key`` (blocks while another process builds it)."""
+        lock_path = self._kind_dir(kind) / f".{key}.lock"
+        with open(lock_path, "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def staging(self, kind: str, key: str) -> Iterator[Path]:
+        """A temp dir beside the entry's final place; removed unless published."""
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=self._kind_dir(kind)))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(
+        self, kind: str, key: str, staged: Path, files: Iterable[str], manifest: Mapping[str, Any]
+    ) -> CacheEntry:
+        """Record ``files`` (relative to ``staged``) with their hashes and move into place.
+
+        :returns: the published entry.
+        """
+        record = dict(manifest)
+        record["files"] = {name: sha256_file(staged / name) for name in files}
+        atomic_write(staged / MANIFEST, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        final = self.entry_path(kind, key)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(staged, final)
+        staged.mkdir()  # so staging()'s cleanup has something to remove
+        return CacheEntry(kind, key, final, record)

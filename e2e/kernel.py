@@ -1,0 +1,556 @@
+"""
+Guest and host kernels: build from source (Debian's linux-source-6.1 or the
+user's tree) plus ``guest_patches/``, or fetch prebuilt (Debian's package, a
+path, a URL with sha256). Results are cached by content hash with a manifest.
+
+Builds are always out of tree (``O=``) and never touch the user's tree: a
+series of patches is applied to a private copy, so a patch that fails to apply
+leaves the original as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import Cache, CacheEntry, content_hash, sha256_file, sha256_tree
+from .errors import BuildError, ConfigError
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEBIAN_SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+DEBIAN_SOURCE_PACKAGE = "linux-source-6.1"
+FLAVOURS = ("guest", "host")
+KERNEL_KIND = "kernels"
+SCHEMA = 1
+
+_CONFIG_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_CONFIG_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+
+
+# ---------------------------------------------------------------- config
+
+
+def parse_config_fragment(text: str, origin: str = "<fragment>") -> dict[str, str]:
+    """Parse a Kconfig fragment into ``{symbol: value}`` (``"n"`` for "is not set").
+
+    :raises ConfigError: on a line that is neither an assignment, an unset
+        marker, a comment nor blank (e.g. ``CONFIG_MODULES=n`` is accepted,
+        ``MODULES=y`` is not).
+    """
+    options: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if m := _CONFIG_SET.match(line):
+            options[m.group(1)] = m.group(2)
+        elif m := _CONFIG_UNSET.match(line):
+            options[m.group(1)] = "n"
+        elif line.startswith("#"):
+            continue
+        else:
+            raise ConfigError(
+                f"{origin}:{lineno}: not a Kconfig line: {line!r}",
+                fix="write CONFIG_FOO=y or '# CONFIG_FOO is not set'",
+            )
+    return options
+
+
+def merge_fragments(fragments: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    """Merge fragments in order; a later fragment overrides an earlier one."""
+    merged: dict[str, str] = {}
+    for frag in fragments:
+        merged.update(frag)
+    return merged
+
+
+def render_fragment(options: Mapping[str, str]) -> str:
+    """Render options back to Kconfig syntax, sorted for stable hashing."""
+    lines = []
+    for sym in sorted(options):
+        val = options[sym]
+        lines.append(f"# {sym} is not set" if val == "n" else f"{sym}={val}")
+    return "\n".join(lines) + "\n"
+
+
+def missing_options(requested: Mapping[str, str], final: Mapping[str, str]) -> list[str]:
+    """Options whose final value differs from the requested one.
+
+    A requested ``n`` is satisfied by absence; quoting of strings is ignored.
+    """
+    dropped = []
+    for sym, want in requested.items():
+        have = final.get(sym, "n")
+        if want.strip('"') != have.strip('"'):
+            dropped.append(f"{sym}={want} (got {have})")
+    return dropped
+
+
+def flavour_fragments(flavour: str) -> list[Path]:
+    """The repo's config fragments for a flavour, in merge order."""
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"unknown kernel flavour {flavour!r}", fix="use 'guest' or 'host'")
+    frags = [REPO_ROOT / "images" / "kernel" / "guest.config"]
+    if flavour == "host":
+        frags.append(REPO_ROOT / "images" / "kernel" / "host.config")
+    return frags
+
+
+# ---------------------------------------------------------------- patches
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    path: Path
+
+
+def parse_series(text: str) -> list[str]:
+    """Patch names from a quilt ``series`` file (comments, blanks and ``-p`` opts dropped).
+
+    :raises ConfigError: on a patch option other than ``-p1``.
+    """
+    names = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        for opt in parts[1:]:
+            if opt != "-p1":
+                raise ConfigError(f"series: unsupported option {opt!r} for {parts[0]}", fix="use -p1 patches")
+        names.append(parts[0])
+    return names
+
+
+def load_series(directory: Path) -> list[Patch]:
+    """Read ``directory/series`` and check every patch exists.
+
+    :raises ConfigError: if the series or a listed patch is missing.
+    """
+    series = directory / "series"
+    if not series.is_file():
+        raise ConfigError(f"no series file in {directory}", fix="list the patches, one per line, in series")
+    patches = []
+    for name in parse_series(series.read_text()):
+        path = directory / name
+        if not path.is_file():
+            raise ConfigError(f"series names {name}, which is not in {directory}", fix="add it or drop it from series")
+        patches.append(Patch(name, path))
+    return patches
+
+
+def apply_patches(tree: Path, patches: Sequence[Patch]) -> None:
+    """Apply ``patches`` in order to ``tree`` (a private copy).
+
+    :raises BuildError: naming the first patch that fails and its failing hunk.
+    """
+    for patch in patches:
+        proc = subprocess.run(
+            ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-", "-i", str(patch.path)],
+            cwd=tree, capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            out = (proc.stdout + proc.stderr).splitlines()
+            failed = [ln for ln in out if "FAILED" in ln or "malformed" in ln or "can't find file" in ln.lower()]
+            current = next((ln for ln in reversed(out) if ln.startswith("patching file")), "")
+            detail = "; ".join(([current] if current else []) + failed[:3]) or (out[-1] if out else "no output")
+            raise BuildError(
+                f"patch {patch.name} does not apply: {detail}",
+                fix=f"rebase {patch.path} onto this kernel tree or drop it from the series",
+            )
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """Where a kernel comes from: Debian's linux-source tarball or a user tree."""
+
+    kind: str  # "debian" or "tree"
+    path: Path
+
+    @classmethod
+    def debian(cls) -> KernelSource:
+        if not DEBIAN_SOURCE_TARBALL.is_file():
+            raise ConfigError(
+                f"{DEBIAN_SOURCE_TARBALL} not found",
+                fix=f"apt-get install {DEBIAN_SOURCE_PACKAGE} (or run host_config/install-deps.sh), or pass --source DIR",
+            )
+        return cls("debian", DEBIAN_SOURCE_TARBALL)
+
+    @classmethod
+    def tree(cls, path: Path) -> KernelSource:
+        path = path.expanduser().absolute()
+        if not (path / "Makefile").is_file() or not (path / "arch" / "x86").is_dir():
+            raise ConfigError(f"{path} is not a Linux source tree", fix="pass --source pointing at a kernel checkout")
+        return cls("tree", path)
+
+    def identity(self) -> str:
+        """A string that changes whenever the source's content does."""
+        if self.kind == "debian":
+            st = self.path.stat()
+            version = _dpkg_version(DEBIAN_SOURCE_PACKAGE)
+            return f"debian:{DEBIAN_SOURCE_PACKAGE}={version}:{st.st_size}:{int(st.st_mtime)}"
+        git = shutil.which("git")
+        if git and (self.path / ".git").exists():
+            head = _run_out([git, "-C", str(self.path), "rev-parse", "HEAD"]).strip()
+            diff = _run_out([git, "-C", str(self.path), "diff", "HEAD"])
+            untracked = _run_out([git, "-C", str(self.path), "status", "--porcelain", "--untracked-files=normal"])
+            return f"git:{head}:{content_hash([diff, untracked])}"
+        # No git: hash names, sizes and mtimes of the sources (stat only, ~0.5 s).
+        parts = []
+        for root, dirs, files in os.walk(self.path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.endswith((".c", ".h", ".S", "Makefile", "Kconfig", ".lds")):
+                    st = os.stat(os.path.join(root, name))
+                    parts.append(f"{os.path.join(root, name)}:{st.st_size}:{st.st_mtime_ns}")
+        return f"tree:{self.path}:{content_hash(parts)}"
+
+    def prepare(self, workdir: Path, need_copy: bool) -> Path:
+        """Return a tree to build from: unpacked (Debian), copied (user tree + patches) or the tree."""
+        if self.kind == "debian":
+            _run_checked(["tar", "-xJf", str(self.path), "-C", str(workdir)], "unpack linux-source")
+            return workdir / "linux-source-6.1"
+        if not need_copy:
+            return self.path
+        dest = workdir / "src"
+        _run_checked(
+            ["rsync", "-a", "--exclude=.git", "--exclude=*.o", "--exclude=*.cmd", str(self.path) + "/", str(dest) + "/"],
+            "copy the kernel tree",
+        )
+        return dest
+
+
+def _dpkg_version(package: str) -> str:
+    try:
+        return _run_out(["dpkg-query", "-W", "-f=${Version}", package]).strip() or "unknown"
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _run_out(argv: Sequence[str]) -> str:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=True).stdout
+
+
+def _run_checked(argv: Sequence[str], what: str, cwd: Path | None = None) -> None:
+    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise BuildError(f"{what} failed: {tail[0]}", fix=f"check that `{argv[0]}` works")
+
+
+# ---------------------------------------------------------------- build
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build; its :meth:`key` is the cache key."""
+
+    source: KernelSource
+    flavour: str = "guest"
+    patches: tuple[Patch, ...] = ()
+    fragments: tuple[Path, ...] = ()
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+    def requested_options(self) -> dict[str, str]:
+        frags = []
+        for path in (*flavour_fragments(self.flavour), *self.fragments):
+            if not path.is_file():
+                raise ConfigError(f"config fragment {path} not found", fix="pass an existing file to --config")
+            frags.append(parse_config_fragment(path.read_text(), str(path)))
+        return merge_fragments(frags)
+
+    def key(self) -> str:
+        parts = [f"schema={SCHEMA}", f"flavour={self.flavour}", self.source.identity(),
+                 render_fragment(self.requested_options())]
+        for p in self.patches:
+            parts += [p.name, p.path.read_bytes()]
+        return content_hash(parts)[:24]
+
+
+def make_argv(tree: Path, builddir: Path, targets: Sequence[str], jobs: int = 1) -> list[str]:
+    """``make`` command line for an out-of-tree build (pure)."""
+    return ["make", "-C", str(tree), f"O={builddir}", f"-j{jobs}", *targets]
+
+
+def read_config(path: Path) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if m := _CONFIG_SET.match(line):
+            opts[m.group(1)] = m.group(2)
+    return opts
+
+
+def _make_logged(argv: Sequence[str], logfile: Path, progress: Progress, what: str) -> None:
+    """Run make, appending to ``logfile`` and reporting progress per compiled object."""
+    objects = 0
+    env = dict(os.environ, LC_ALL="C", KBUILD_BUILD_TIMESTAMP="pveoi", KBUILD_BUILD_USER="pveoi",
+               KBUILD_BUILD_HOST="pveoi")
+    with open(logfile, "a") as logf:
+        logf.write(f"$ {' '.join(argv)}\n")
+        logf.flush()
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                stripped = line.strip()
+                if stripped.startswith(("CC ", "AS ", "LD ", "AR ")):
+                    objects += 1
+                    progress.update(f"{what}: {objects} objects, now {stripped.split()[-1]}")
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if rc != 0:
+        raise BuildError(f"{what} failed (make exit {rc})", fix="read the log for the first error", log=str(logfile))
+
+
+def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = False) -> CacheEntry:
+    """Build (or find in the cache) the kernel ``spec`` describes.
+
+    :returns: the cache entry holding ``bzImage``, ``config``, ``build.log``
+        and ``manifest.json``.
+    :raises BuildError: if a patch fails, a requested option is dropped or
+        make fails (the log is kept and named).
+    """
+    cache = cache or Cache()
+    requested = spec.requested_options()
+    key = spec.key()
+    if not force and (hit := cache.lookup(KERNEL_KIND, key)):
+        log.info("kernel %s: cache hit (%s)", key, hit.path)
+        return hit
+    with cache.lock(KERNEL_KIND, key):
+        if not force and (hit := cache.lookup(KERNEL_KIND, key)):
+            return hit
+        progress = Progress(f"kernel build {spec.flavour}")
+        started = time.time()
+        with cache.staging(KERNEL_KIND, key) as staged, tempfile.TemporaryDirectory(prefix="pveoi-kbuild-") as work:
+            logfile = staged / "build.log"
+            try:
+                return _build_into(spec, cache, key, requested, Path(work), staged, logfile, progress, started)
+            except BuildError as err:
+                kept = cache.root / "logs" / f"kernel-{key}-{int(started)}.log"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                if logfile.exists():
+                    shutil.copy(logfile, kept)
+                    err.log = str(kept)
+                raise
+
+
+def _build_into(
+    spec: BuildSpec, cache: Cache, key: str, requested: Mapping[str, str], work: Path, staged: Path,
+    logfile: Path, progress: Progress, started: float,
+) -> CacheEntry:
+    progress.update(f"preparing source ({spec.source.kind}: {spec.source.path})", force=True)
+    tree = spec.source.prepare(work, need_copy=bool(spec.patches))
+    if spec.patches:
+        progress.update(f"applying {len(spec.patches)} patches", force=True)
+        apply_patches(tree, spec.patches)
+    builddir = work / "build"
+    builddir.mkdir()
+    progress.update("configuring: tinyconfig + kvm_guest.config + fragments", force=True)
+    _make_logged(make_argv(tree, builddir, ["tinyconfig"]), logfile, progress, "tinyconfig")
+    merged = staged / "fragment.config"
+    merged.write_text(render_fragment(requested))
+    frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
+    _run_checked(
+        [str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
+         str(builddir / ".config"), *map(str, frags)],
+        "merge_config.sh", cwd=tree,
+    )
+    _make_logged(make_argv(tree, builddir, ["olddefconfig"]), logfile, progress, "olddefconfig")
+    final = read_config(builddir / ".config")
+    dropped = missing_options(requested, final)
+    if dropped:
+        raise BuildError(
+            f"this tree dropped {len(dropped)} requested option(s): {', '.join(dropped)}",
+            fix="remove them from the fragment or enable their dependencies", log=str(logfile),
+        )
+    progress.update(f"building bzImage with -j{spec.jobs}", force=True)
+    _make_logged(make_argv(tree, builddir, ["bzImage"], spec.jobs), logfile, progress, "make bzImage")
+    release = _run_out(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"]).strip().splitlines()[-1]
+    shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
+    shutil.copy(builddir / ".config", staged / "config")
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": "build",
+        "hash": key,
+        "flavour": spec.flavour,
+        "release": release,
+        "source": {"kind": spec.source.kind, "path": str(spec.source.path), "identity": spec.source.identity()},
+        "patches": [{"name": p.name, "sha256": sha256_file(p.path)} for p in spec.patches],
+        "config": dict(sorted(requested.items())),
+        "build_seconds": round(time.time() - started, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    entry = cache.publish(KERNEL_KIND, key, staged, ["bzImage", "config", "fragment.config", "build.log"], manifest)
+    progress.done(f"built {release} ({entry.path / 'bzImage'})")
+    return entry
+
+
+def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
+                 fragments: Sequence[Path] = (), jobs: int | None = None, with_patches: bool | None = None) -> BuildSpec:
+    """The spec pveoi uses unless told otherwise.
+
+    Guest kernels get ``guest_patches/`` by default; host kernels get none.
+    """
+    src = KernelSource.tree(source) if source else KernelSource.debian()
+    if with_patches is None:
+        with_patches = flavour == "guest" or patches_dir is not None
+    patches: tuple[Patch, ...] = ()
+    if with_patches:
+        patches = tuple(load_series(patches_dir or REPO_ROOT / "guest_patches"))
+    return BuildSpec(src, flavour, patches, tuple(fragments), jobs or os.cpu_count() or 2)
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def fetch_path(path: Path, cache: Cache | None = None) -> CacheEntry:
+    """Put a local bzImage into the cache.
+
+    :raises ConfigError: if ``path`` is not a kernel image.
+    """
+    cache = cache or Cache()
+    path = path.expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(f"kernel {path} not found", fix="pass the path of a bzImage/vmlinuz")
+    _check_bzimage(path)
+    digest = sha256_file(path)
+    key = f"file-{digest[:24]}"
+    return _publish_file(cache, key, path, {"kind": "path", "origin": str(path), "sha256": digest})
+
+
+def fetch_url(url: str, sha256: str, cache: Cache | None = None) -> CacheEntry:
+    """Download a kernel image, verify its sha256, cache it.
+
+    :raises ConfigError: if the digest does not match or the download fails.
+    """
+    cache = cache or Cache()
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256 or ""):
+        raise ConfigError("a URL kernel needs --sha256 with 64 hex digits", fix="pass --sha256 of the image")
+    key = f"url-{sha256.lower()[:24]}"
+    if hit := cache.lookup(KERNEL_KIND, key):
+        return hit
+    if os.environ.get("PVEOI_NO_DOWNLOAD"):
+        raise ConfigError(f"{url} is not cached and PVEOI_NO_DOWNLOAD is set", fix="unset it or fetch online once")
+    with tempfile.TemporaryDirectory(prefix="pveoi-fetch-") as tmp:
+        target = Path(tmp) / "download"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(target, "xb") as out:
+                shutil.copyfileobj(resp, out)
+        except OSError as err:
+            raise ConfigError(f"download of {url} failed: {err}", fix="check the URL and the network") from err
+        got = sha256_file(target)
+        if got != sha256.lower():
+            raise ConfigError(f"{url} has sha256 {got}, expected {sha256.lower()}", fix="check --sha256 or the URL")
+        _check_bzimage(target)
+        return _publish_file(cache, key, target, {"kind": "url", "origin": url, "sha256": got})
+
+
+def _check_bzimage(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(0x210)
+    if len(head) < 0x206 or head[0x202:0x206] != b"HdrS":
+        raise ConfigError(f"{path} is not an x86 bzImage (no HdrS boot header)", fix="pass a bzImage/vmlinuz")
+
+
+def _kernel_release_from_image(path: Path) -> str:
+    """The version string embedded in a bzImage's setup header."""
+    with open(path, "rb") as f:
+        data = f.read(0x10000)
+    off = int.from_bytes(data[0x20E:0x210], "little") + 0x200
+    end = data.find(b"\0", off)
+    return data[off:end].decode(errors="replace").split(" ")[0] if 0 < off < len(data) else "unknown"
+
+
+def _publish_file(cache: Cache, key: str, src: Path, origin: Mapping[str, Any]) -> CacheEntry:
+    if hit := cache.lookup(KERNEL_KIND, key):
+        return hit
+    with cache.lock(KERNEL_KIND, key), cache.staging(KERNEL_KIND, key) as staged:
+        shutil.copy(src, staged / "bzImage")
+        manifest = {"schema": SCHEMA, "kind": "fetch", "hash": key, "flavour": "guest",
+                    "release": _kernel_release_from_image(staged / "bzImage"), "source": dict(origin),
+                    "patches": [], "config": {}}
+        return cache.publish(KERNEL_KIND, key, staged, ["bzImage"], manifest)
+
+
+def fetch_debian(package: str | None = None, cache: Cache | None = None) -> CacheEntry:
+    """Download Debian's packaged kernel with apt, extract bzImage and modules, cache them.
+
+    :param package: e.g. ``linux-image-6.1.0-27-cloud-amd64``; default: what
+        ``linux-image-cloud-amd64`` depends on.
+    :raises ConfigError: if apt cannot find or download the package.
+    """
+    cache = cache or Cache()
+    if package is None:
+        package = _resolve_meta("linux-image-cloud-amd64")
+    with tempfile.TemporaryDirectory(prefix="pveoi-apt-") as tmp:
+        proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True, check=False)
+        debs = list(Path(tmp).glob("*.deb"))
+        if proc.returncode != 0 or not debs:
+            raise ConfigError(f"apt-get download {package} failed: {proc.stderr.strip()[-200:]}",
+                              fix="run apt-get update, or name an available package with --package")
+        deb = debs[0]
+        digest = sha256_file(deb)
+        key = f"deb-{digest[:24]}"
+        if hit := cache.lookup(KERNEL_KIND, key):
+            return hit
+        with cache.lock(KERNEL_KIND, key), cache.staging(KERNEL_KIND, key) as staged:
+            root = Path(tmp) / "root"
+            _run_checked(["dpkg-deb", "-x", str(deb), str(root)], "dpkg-deb -x")
+            vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
+            if not vmlinuz:
+                raise ConfigError(f"{package} holds no /boot/vmlinuz-*", fix="pick a linux-image-* package")
+            release = vmlinuz[0].name.removeprefix("vmlinuz-")
+            shutil.copy(vmlinuz[0], staged / "bzImage")
+            files = ["bzImage"]
+            mods = root / "lib" / "modules" / release
+            if mods.is_dir():
+                _run_checked(["tar", "-cf", str(staged / "modules.tar"), "-C", str(root / "lib" / "modules"), release],
+                             "pack modules")
+                files.append("modules.tar")
+            config = root / "boot" / f"config-{release}"
+            if config.is_file():
+                shutil.copy(config, staged / "config")
+                files.append("config")
+            manifest = {"schema": SCHEMA, "kind": "debian", "hash": key, "flavour": "guest", "release": release,
+                        "source": {"kind": "debian-package", "package": package, "deb_sha256": digest,
+                                   "modules_tree": sha256_tree(mods) if mods.is_dir() else None},
+                        "patches": [], "config": {}}
+            return cache.publish(KERNEL_KIND, key, staged, files, manifest)
+
+
+def _resolve_meta(meta: str) -> str:
+    out = subprocess.run(["apt-cache", "depends", meta], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        dep = line.strip().removeprefix("Depends: ")
+        if dep.startswith("linux-image-") and dep != meta:
+            return dep
+    raise ConfigError(f"cannot resolve {meta} to a kernel package", fix="run apt-get update or pass --package")
+
+
+def load_manifest(entry: CacheEntry) -> dict[str, Any]:
+    """The manifest without its file list (for reports)."""
+    data = json.loads((entry.path / "manifest.json").read_text())
+    data.pop("files", None)
+    return dict(data)
