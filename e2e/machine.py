@@ -1,0 +1,331 @@
+"""
+One :class:`Machine` owns one QEMU process for its whole life.
+
+Lifecycle: ``NEW -> RUNNING -> SHUTDOWN``. ``launch()`` starts QEMU with QMP
+and the serial console on socketpairs (no socket files), ``shutdown()`` is
+idempotent and escalates QMP ``quit`` -> SIGTERM -> SIGKILL, always reaps, and
+removes the machine's private temp dir. QEMU gets ``PR_SET_PDEATHSIG(SIGKILL)``
+so it dies with the harness even if the harness is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .argv import MachineSpec, parse_usernet_port, qemu_argv
+from .console import Console
+from .errors import GuestError, LaunchError, PveoiError
+from .ssh import GuestSsh
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the harness (its parent thread) dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def child_preexec() -> Callable[[], None]:
+    """preexec_fn for every long-lived child: own process group, dies with us."""
+
+    def preexec() -> None:
+        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches pveoi, which shuts QEMU down in order
+        die_with_parent()
+
+    return preexec
+
+
+class Runstate(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class VCpu:
+    index: int
+    thread_id: int
+    qom_path: str
+
+
+class Machine:
+    """One guest.
+
+    :param spec: what to run.
+    :param ready_pattern: the console regex that means the guest is ready.
+    :param artifacts: a directory where ``<name>-console.log`` and
+        ``<name>-qemu.log`` are written and kept; None keeps them only while
+        the machine runs.
+    """
+
+    def __init__(self, spec: MachineSpec, ready_pattern: str, artifacts: Path | None = None,
+                 qmp_timeout: float = 30.0) -> None:
+        self.spec = spec
+        self.ready_pattern = ready_pattern
+        self.artifacts = artifacts
+        self.qmp_timeout = qmp_timeout
+        self.state = Runstate.NEW
+        self.log = log.getChild(spec.name)
+        self._tmp: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
+        self._console: Console | None = None
+        self._ssh: list[GuestSsh] = []
+        self.argv: list[str] = []
+        self.exitcode: int | None = None
+        self.launched_at: float | None = None
+        self._extra_theirs: list[socket.socket] = []  # more fds QEMU inherits (subclasses)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Machine:
+        self.launch()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    def _require(self, state: Runstate, action: str) -> None:
+        if self.state is not state:
+            hint = {Runstate.NEW: "call launch() first", Runstate.SHUTDOWN: "the machine was shut down; make a new one",
+                    Runstate.RUNNING: "call shutdown() first"}[self.state]
+            raise PveoiError(f"cannot {action}: machine is {self.state.value}", fix=hint)
+
+    @property
+    def workdir(self) -> Path:
+        if self._tmp is None:
+            raise PveoiError("machine has no work dir", fix="call launch() first")
+        return self._tmp
+
+    @property
+    def logdir(self) -> Path:
+        """Where console and QEMU logs go: ``artifacts`` if given (kept), else the temp dir."""
+        if self.artifacts is not None:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            return self.artifacts
+        return self.workdir
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise PveoiError("machine is not running", fix="call launch() first")
+        return self._proc.pid
+
+    def launch(self) -> None:
+        """Start QEMU and connect QMP and the console.
+
+        :raises LaunchError: QEMU exited or QMP did not answer (argv and log tail attached).
+        """
+        self._require(Runstate.NEW, "launch")
+        for path in (self.spec.kernel, self.spec.initrd):
+            if path is not None and not Path(path).is_file():
+                raise LaunchError(f"{path} does not exist", fix="build or fetch the kernel/image first")
+        self._tmp = Path(tempfile.mkdtemp(prefix="pveoi-vm-"))
+        os.chmod(self._tmp, 0o700)
+        self.state = Runstate.RUNNING
+        try:
+            self._launch()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _launch(self) -> None:
+        qmp_ours, qmp_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        con_ours, con_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.argv = self._build_argv(qmp_theirs.fileno(), con_theirs.fileno())
+        extra_fds = tuple(s.fileno() for s in self._extra_theirs)
+        self.log.debug("launching: %s", " ".join(self.argv))
+        qemu_log = open(self.logdir / f"{self.spec.name}-qemu.log", "wb")
+        try:
+            self._proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
+                pass_fds=(qmp_theirs.fileno(), con_theirs.fileno(), *extra_fds), preexec_fn=child_preexec(),
+            )
+        except OSError as err:
+            qmp_ours.close()
+            con_ours.close()
+            raise LaunchError(f"cannot run {self.argv[0]}: {err.strerror}", self.argv,
+                              fix="apt-get install qemu-system-x86 (or run host_config/install-deps.sh)") from err
+        finally:
+            qemu_log.close()
+            qmp_theirs.close()
+            con_theirs.close()
+            for sock in self._extra_theirs:
+                sock.close()
+        self.launched_at = time.monotonic()
+        self._console = Console(con_ours, self.logdir / f"{self.spec.name}-console.log", self.ready_pattern)
+        self._qmp = QEMUMonitorProtocol(qmp_ours, nickname=self.spec.name)
+        try:
+            self._qmp.connect(negotiate=True)
+        except (QMPError, OSError) as err:
+            raise self._launch_error("QEMU did not answer on QMP") from err
+        self.log.debug("QEMU pid %d up, QMP negotiated", self._proc.pid)
+
+    def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+        """QEMU's argv; subclasses (the virtual host) build their own."""
+        return qemu_argv(self.spec, qmp_fd, console_fd)
+
+    def _launch_error(self, message: str) -> LaunchError:
+        code = None
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+        output = self.qemu_log()
+        fix = None
+        if "Could not access KVM kernel module" in output or "failed to initialize kvm" in output:
+            fix = "this host cannot run KVM guests; use --accel tcg or --host virtual"
+        elif "can't apply global" in output or "Property" in output:
+            fix = "this QEMU does not know a requested -cpu property"
+        return LaunchError(message, self.argv, code, output, fix=fix or "read the QEMU log above")
+
+    def qemu_log(self) -> str:
+        try:
+            return (self.logdir / f"{self.spec.name}-qemu.log").read_text(errors="replace")
+        except (OSError, PveoiError):
+            return ""
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # ------------------------------------------------------------ QMP
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        """Run a QMP command; return its ``return`` value.
+
+        :raises LaunchError: if QEMU is gone.
+        :raises PveoiError: if QMP reports an error.
+        """
+        self._require(Runstate.RUNNING, f"run QMP {command}")
+        assert self._qmp is not None
+        try:
+            return self._qmp.cmd(command, **arguments)
+        except QMPError as err:
+            if not self.is_running():
+                raise self._launch_error(f"QEMU exited during QMP {command}") from err
+            raise PveoiError(f"QMP {command} failed: {err}", fix="see the QEMU log") from err
+        except OSError as err:
+            raise self._launch_error(f"QMP connection lost during {command}") from err
+
+    def vcpus(self) -> list[VCpu]:
+        """vCPU index, host thread id and QOM path, from ``query-cpus-fast``."""
+        return [VCpu(int(c["cpu-index"]), int(c["thread-id"]), str(c["qom-path"]))
+                for c in self.qmp("query-cpus-fast")]
+
+    def pv_eoi_readback(self) -> list[bool]:
+        """Each vCPU's effective ``kvm-pv-eoi`` as QEMU reports it (``qom-get``)."""
+        return [bool(self.qmp("qom-get", path=cpu.qom_path, property="kvm-pv-eoi")) for cpu in self.vcpus()]
+
+    def query_kvm(self) -> dict[str, bool]:
+        res = self.qmp("query-kvm")
+        return {"enabled": bool(res["enabled"]), "present": bool(res["present"])}
+
+    def status(self) -> str:
+        return str(self.qmp("query-status")["status"])
+
+    def resume(self) -> None:
+        """``cont`` a machine started paused."""
+        self.qmp("cont")
+
+    def ssh_port(self) -> int:
+        return parse_usernet_port(str(self.qmp("human-monitor-command", **{"command-line": "info usernet"})))
+
+    # ------------------------------------------------------------ guest
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            raise PveoiError("machine has no console", fix="call launch() first")
+        return self._console
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        """Wait for the guest's ready line on the console (see :meth:`Console.wait_ready`)."""
+        self._require(Runstate.RUNNING, "wait for the guest")
+        try:
+            return self.console.wait_ready(timeout)
+        except GuestError:
+            if not self.is_running():
+                self.exitcode = self._proc.poll() if self._proc else None
+            raise
+
+    def ssh(self, private_key: Path, host_key_line: str, timeout: float = 60.0) -> GuestSsh:
+        """Connect over SSH (call after :meth:`wait_ready`); closed at shutdown."""
+        self._require(Runstate.RUNNING, "connect SSH")
+        conn = GuestSsh(self.ssh_port(), private_key, host_key_line)
+        self._ssh.append(conn)
+        return conn.connect(timeout)
+
+    # ------------------------------------------------------------ shutdown
+
+    def shutdown(self, timeout: float = 10.0) -> int | None:
+        """Stop QEMU in order (QMP quit, SIGTERM, SIGKILL) and clean up; idempotent.
+
+        :returns: QEMU's exit code (None if it never started).
+        """
+        if self.state is Runstate.SHUTDOWN:
+            return self.exitcode
+        self.state = Runstate.SHUTDOWN
+        try:
+            for conn in self._ssh:
+                conn.close()
+            if self._proc is not None:
+                self.exitcode = self._stop_process(timeout)
+        finally:
+            if self._qmp is not None:
+                try:
+                    self._qmp.close()
+                except (QMPError, OSError, RuntimeError, EOFError) as err:
+                    self.log.debug("closing QMP: %s", err)
+            if self._console is not None:
+                self._console.close()
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+        return self.exitcode
+
+    def _stop_process(self, timeout: float) -> int:
+        proc = self._proc
+        assert proc is not None
+        if proc.poll() is None and self._qmp is not None:
+            try:
+                self._qmp.settimeout(timeout)
+                self._qmp.cmd("quit")
+            except (QMPError, OSError, EOFError, TimeoutError) as err:
+                self.log.debug("QMP quit: %s", err)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.log.warning("QEMU ignored QMP quit; sending SIGTERM")
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 30.0)):
+            if proc.poll() is not None:
+                break
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                break
+            try:
+                return proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                self.log.warning("QEMU survived %s", sig.name)
+        return proc.wait()

@@ -1,0 +1,236 @@
+"""
+SSH to the guest with paramiko: key-only, host key pinned, deadlines everywhere.
+
+Commands are argument lists, quoted with :func:`shlex.join`; a plain string is
+accepted only as a whole shell command the caller wrote (never built from user
+input).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from .errors import SshError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def check(self) -> CommandResult:
+        """Raise :class:`SshError` unless the command exited 0."""
+        if self.exit_status != 0:
+            tail = (self.stderr or self.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise SshError(f"guest command `{self.argv}` exited {self.exit_status}: {tail[0]}")
+        return self
+
+
+def _command_string(cmd: Sequence[str] | str) -> str:
+    return cmd if isinstance(cmd, str) else shlex.join(cmd)
+
+
+def _load_key(path: Path) -> paramiko.PKey:
+    for cls in (paramiko.ECDSAKey, paramiko.Ed25519Key, paramiko.RSAKey):
+        try:
+            return cls.from_private_key_file(str(path))  # type: ignore[attr-defined,no-any-return]
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise SshError(f"cannot load the SSH key {path}", fix="delete it so pveoi regenerates it")
+
+
+class GuestSsh:
+    """One SSH connection to the guest.
+
+    :param port: the loopback port forwarded to the guest's port 22.
+    :param private_key: the client key (the guest accepts only it).
+    :param host_key_line: the guest's public host key (``type base64``), pinned.
+    """
+
+    def __init__(self, port: int, private_key: Path, host_key_line: str, host: str = "127.0.0.1",
+                 user: str = "root") -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self._pkey = _load_key(private_key)
+        self._host_key_line = host_key_line
+        self._client: paramiko.SSHClient | None = None
+
+    def _new_client(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        keytype, b64 = self._host_key_line.split()[:2]
+        key = paramiko.PKey.from_type_string(keytype, base64.b64decode(b64))
+        client.get_host_keys().add(f"[{self.host}]:{self.port}", keytype, key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        return client
+
+    def connect(self, timeout: float = 60.0) -> GuestSsh:
+        """Connect, retrying until ``timeout`` seconds have passed.
+
+        :raises SshError: if no connection succeeded in time (the last cause is named).
+        """
+        deadline = time.monotonic() + timeout
+        attempt, last = 0, "no attempt"
+        while True:
+            attempt += 1
+            client = self._new_client()
+            left = max(1.0, deadline - time.monotonic())
+            try:
+                client.connect(self.host, self.port, username=self.user, pkey=self._pkey,
+                               look_for_keys=False, allow_agent=False, timeout=min(10.0, left),
+                               banner_timeout=min(15.0, left), auth_timeout=min(15.0, left))
+                transport = client.get_transport()
+                if transport is not None:
+                    transport.set_keepalive(5)
+                self._client = client
+                log.debug("ssh connected to %s:%d after %d attempt(s)", self.host, self.port, attempt)
+                return self
+            except paramiko.BadHostKeyException as err:
+                client.close()
+                raise SshError(f"guest host key mismatch on port {self.port}",
+                               fix="rebuild the image (pveoi image build --force)") from err
+            except paramiko.AuthenticationException as err:
+                client.close()
+                raise SshError("the guest refused pveoi's SSH key",
+                               fix="rebuild the image so it carries the cache's key") from err
+            except (OSError, paramiko.SSHException, EOFError) as err:
+                client.close()
+                last = f"{type(err).__name__}: {err}"
+            if time.monotonic() >= deadline:
+                raise SshError(f"no SSH to the guest on 127.0.0.1:{self.port} within {timeout:.0f}s ({last})",
+                               fix="check the guest's console log for dropbear errors")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise SshError("not connected", fix="call connect() first")
+        return self._client
+
+    def run(
+        self,
+        cmd: Sequence[str] | str,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
+    ) -> CommandResult:
+        """Run a command; return its status and output.
+
+        :param timeout: seconds for the whole command; past it the channel is closed.
+        :param on_output: called with ("stdout"|"stderr", chunk) as output arrives.
+        :raises SshError: on timeout or a dropped connection.
+        """
+        command = _command_string(cmd)
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SshError(f"SSH connection to the guest is gone before `{command}`",
+                           fix="check the guest's console log; the guest may have crashed")
+        start = time.monotonic()
+        deadline = start + timeout
+        try:
+            chan = transport.open_session(timeout=10)
+            chan.settimeout(0.2)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+
+            def drain() -> None:
+                while chan.recv_ready():
+                    data = chan.recv(65536)
+                    out.extend(data)
+                    if on_output:
+                        on_output("stdout", data)
+                while chan.recv_stderr_ready():
+                    data = chan.recv_stderr(65536)
+                    err.extend(data)
+                    if on_output:
+                        on_output("stderr", data)
+
+            while True:
+                drain()
+                if chan.exit_status_ready():
+                    drain()
+                    break
+                if not transport.is_active() or chan.closed:
+                    raise SshError(f"SSH connection dropped while running `{command}`",
+                                   fix="check the guest's console log; the guest may have crashed")
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise SshError(f"guest command `{command}` timed out after {timeout:.0f}s",
+                                   fix="raise the workload timeout or check the guest")
+                chan.status_event.wait(0.05)
+            status = chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            raise SshError(f"SSH failed while running `{command}`: {err}",
+                           fix="check the guest's console log; the guest may have crashed") from err
+        return CommandResult(command, status, out.decode(errors="replace"), err.decode(errors="replace"),
+                             time.monotonic() - start)
+
+    def put(self, local: Path, remote: str, timeout: float = 60.0) -> None:
+        """Copy a local file to the guest (``cat >`` over exec; dropbear has no SFTP here)."""
+        self.run(["sh", "-c", 'cat > "$1"', "sh", remote], timeout=timeout, stdin=local.read_bytes()).check()
+
+    def get(self, remote: str, local: Path, timeout: float = 60.0) -> None:
+        """Copy a file from the guest."""
+        res = self.run(["cat", remote], timeout=timeout).check()
+        local.write_text(res.stdout)
+
+    def interactive(self) -> int:
+        """An interactive shell on the caller's terminal; returns the shell's exit status."""
+        import select
+        import termios
+        import tty
+
+        chan = self.client.invoke_shell(term="xterm")
+        stdin_fd = sys.stdin.fileno()
+        old = termios.tcgetattr(stdin_fd) if sys.stdin.isatty() else None
+        try:
+            if old is not None:
+                tty.setraw(stdin_fd)
+            while True:
+                readable, _, _ = select.select([chan, stdin_fd], [], [])
+                if chan in readable:
+                    data = chan.recv(4096)
+                    if not data:
+                        break
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.flush()
+                if stdin_fd in readable:
+                    data = sys.stdin.buffer.read1(4096) if hasattr(sys.stdin.buffer, "read1") else b""
+                    if not data:
+                        chan.shutdown_write()
+                    else:
+                        chan.sendall(data)
+        finally:
+            if old is not None:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, old)
+        return chan.recv_exit_status()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> GuestSsh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,266 @@
+"""
+The virtual KVM host: a TCG QEMU (``-cpu max`` exposes SVM) running pveoi's
+``host``-flavour kernel with KVM built in, inside which real ``kvm_amd`` runs
+the measured guests.
+
+Design (see README, "The virtual KVM host"): the whole harness runs inside.
+The host's root filesystem is the L1 root (virtio-9p, read-only, ``cache=loose``),
+so the caller's Python, virtualenv, checkout, kernels and images are all there
+at the same paths; one writable share (the results dir) carries results back.
+The caller runs ``pveoi ab --host direct`` inside, i.e. exactly the code path
+of a hardware KVM host, and reads its JSON result from the share. Building
+kernels and images happens outside, at native speed, before L1 boots.
+
+Output: L1's kernel console is ttyS0 (watched for panics), the command's
+stdout+stderr is ttyS1, streamed to the caller as it comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .argv import MachineSpec, quote_optarg
+from .cache import cache_root
+from .errors import CapabilityError, GuestError, GuestTimeout, PveoiError
+from .machine import Machine
+
+log = logging.getLogger(__name__)
+
+INIT_SCRIPT = Path(__file__).resolve().parent / "data" / "vhost-init.sh"
+READY_PATTERN = r"pveoi-vhost-ready dev=\d svm=\d npt=\S+"
+CTL = ".pveoi-vhost"
+ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")
+
+
+@dataclass(frozen=True)
+class VhostSpec:
+    """The virtual host's shape.
+
+    :param kernel: a host-flavour bzImage (KVM, KVM_AMD, 9p built in).
+    :param keep: paths under the host's ``/tmp`` that must be visible inside
+        (the L1 mounts a private tmpfs on ``/tmp``); the checkout, the Python
+        environment and the cache are added automatically.
+    """
+
+    kernel: Path
+    cpus: int = 2
+    memory_mb: int = 2048
+    timeout: float = 1800.0
+    qemu: str = "qemu-system-x86_64"
+    keep: tuple[Path, ...] = field(default=())
+
+
+def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, output_fd: int) -> list[str]:
+    """argv of the L1 QEMU (pure).
+
+    :param results: the host dir shared writable into L1 at the same path.
+    """
+    append = " ".join([
+        "console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on",
+        "root=/dev/root", "rootfstype=9p",
+        "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose", "ro",
+        "init=/bin/sh", f"PVEOI_RESULTS={results}", "--", str(INIT_SCRIPT),
+    ])
+    return [
+        spec.qemu,
+        "-name", "pveoi-vhost,debug-threads=on",
+        "-machine", "q35",
+        "-accel", "tcg,thread=multi",
+        "-cpu", "max",
+        "-smp", str(spec.cpus),
+        "-m", f"{spec.memory_mb}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-chardev", f"socket,id=mon,fd={qmp_fd}",
+        "-mon", "chardev=mon,mode=control",
+        "-chardev", f"socket,id=con,fd={console_fd}",
+        "-serial", "chardev:con",
+        "-chardev", f"socket,id=out,fd={output_fd}",
+        "-serial", "chardev:out",
+        "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=/dev/root",
+        "-fsdev", f"local,id=results,path={quote_optarg(str(results))},security_model=none,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=results,mount_tag=pveoi-results",
+        "-kernel", str(spec.kernel),
+        "-append", append,
+    ]
+
+
+def command_script(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> str:
+    """The shell script L1's init runs: cd, export, exec (every word quoted)."""
+    lines = ["# written by pveoi; run by the virtual host's init", f"cd {shlex.quote(str(cwd))} || exit 125"]
+    for key in sorted(env):
+        lines.append(f"export {key}={shlex.quote(env[key])}")
+    lines.append("exec " + shlex.join(argv))
+    return "\n".join(lines) + "\n"
+
+
+def paths_to_keep(extra: Sequence[Path]) -> list[str]:
+    """Paths under /tmp that L1 must bind back in: checkout, Python env, cache, extras."""
+    candidates = [Path(__file__).resolve().parent.parent, Path(sys.prefix), Path(sys.base_prefix),
+                  cache_root(), Path.cwd(), *extra]
+    keep: list[str] = []
+    for path in candidates:
+        p = str(path.resolve())
+        if (p == "/tmp" or p.startswith("/tmp/")) and p not in keep:
+            keep.append(p)
+    return keep
+
+
+class _Pump:
+    """Copies L1's command output (ttyS1) to a sink and a log file as it arrives."""
+
+    def __init__(self, sock: socket.socket, logpath: Path, sink: Callable[[bytes], None] | None) -> None:
+        self._sock = sock
+        self._log: IO[bytes] = open(logpath, "wb")
+        self._sink = sink
+        self._thread = threading.Thread(target=self._run, name="pveoi-vhost-out", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while data := self._sock.recv(65536):
+                data = data.replace(b"\r\n", b"\n")
+                self._log.write(data)
+                self._log.flush()
+                if self._sink is not None:
+                    self._sink(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._thread.join(5.0)
+        if self._thread.is_alive():
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._thread.join(2.0)
+        self._sock.close()
+        self._log.close()
+
+
+class VirtualKvmHost(Machine):
+    """One L1 virtual KVM host running one command.
+
+    :param results: the writable dir shared into L1 (created if missing).
+    :param sink: receives the command's output chunks (default: none).
+    """
+
+    def __init__(self, spec: VhostSpec, results: Path, sink: Callable[[bytes], None] | None = None,
+                 artifacts: Path | None = None) -> None:
+        placeholder = MachineSpec(kernel=spec.kernel, name="pveoi-vhost", qemu=spec.qemu)
+        super().__init__(placeholder, READY_PATTERN, artifacts=artifacts)
+        self.vspec = spec
+        self.results = results.resolve()
+        self._sink = sink
+        self._out_ours: socket.socket | None = None
+        self._pump: _Pump | None = None
+        self.kvm_facts: dict[str, str] = {}
+        self.boot_seconds: float | None = None
+
+    def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+        out_ours, out_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._out_ours = out_ours
+        self._extra_theirs = [out_theirs]
+        self._pump = _Pump(out_ours, self.workdir / "output.log", self._sink)
+        return vhost_argv(self.vspec, self.results, qmp_fd, console_fd, out_theirs.fileno())
+
+    def run(self, argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int:
+        """Boot L1, run ``argv`` inside as root, return its exit status.
+
+        :raises CapabilityError: L1 has no usable KVM (no /dev/kvm, no svm, no NPT).
+        :raises GuestTimeout: the command outlived ``spec.timeout``.
+        :raises GuestError: L1 died before the command finished.
+        """
+        if not INIT_SCRIPT.is_file():
+            raise PveoiError(f"{INIT_SCRIPT} is missing", fix="reinstall pveoi")
+        ctl = self.results / CTL
+        if ctl.exists():
+            shutil.rmtree(ctl)
+        ctl.mkdir(parents=True)
+        full_env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+        full_env.update({"HOME": "/root", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+                         "PYTHONUNBUFFERED": "1", "PVEOI_CACHE": str(cache_root()), "PVEOI_IN_VHOST": "1",
+                         "LC_ALL": "C.UTF-8", "TERM": "dumb"})
+        full_env.update(env or {})
+        (ctl / "cmd.sh").write_text(command_script(argv, cwd or Path.cwd(), full_env))
+        (ctl / "keep").write_text("".join(f"{p}\n" for p in paths_to_keep(self.vspec.keep)))
+        started = time.monotonic()
+        self.launch()
+        try:
+            self.wait_ready(timeout=min(300.0, self.vspec.timeout))
+            self.kvm_facts = self._read_kvm_facts(ctl / "kvm")
+            self.boot_seconds = time.monotonic() - started
+            self.log.info("virtual host up in %.1fs: /dev/kvm on kvm_amd, npt=%s, nested=%s",
+                          self.boot_seconds, self.kvm_facts.get("npt"), self.kvm_facts.get("nested"))
+            assert self._proc is not None
+            left = self.vspec.timeout - (time.monotonic() - started)
+            try:
+                self._proc.wait(timeout=max(1.0, left))
+            except subprocess.TimeoutExpired as err:
+                raise GuestTimeout(f"the command in the virtual host ran past {self.vspec.timeout:.0f}s",
+                                   fix="raise --timeout") from err
+        finally:
+            self.shutdown()
+        self.console.check()
+        rc_file = ctl / "rc"
+        if not rc_file.is_file():
+            raise GuestError(
+                "the virtual host stopped before the command finished; console tail: "
+                + " | ".join(self.console.tail(3)),
+                fix="re-run with -vv and read the console log",
+            )
+        return int(rc_file.read_text().strip() or "1")
+
+    def _read_kvm_facts(self, path: Path) -> dict[str, str]:
+        try:
+            facts = dict(kv.split("=", 1) for kv in path.read_text().split())
+        except (OSError, ValueError) as err:
+            raise GuestError("the virtual host did not report its KVM state",
+                             fix="check the host kernel has KVM_AMD built in") from err
+        if facts.get("dev") != "1" or facts.get("svm") != "1" or facts.get("npt") not in ("Y", "1"):
+            raise CapabilityError(
+                f"the virtual host has no usable KVM ({' '.join(f'{k}={v}' for k, v in facts.items())})",
+                fix="the L1 kernel needs CONFIG_KVM_AMD=y and QEMU's TCG 'max' CPU must expose svm and npt",
+            )
+        return facts
+
+    def shutdown(self, timeout: float = 10.0) -> int | None:
+        try:
+            return super().shutdown(timeout)
+        finally:
+            if self._pump is not None:
+                self._pump.close()
+                self._pump = None
+
+
+def run_in_vhost(argv: Sequence[str], kernel: Path, *, cpus: int = 2, memory_mb: int = 2048,
+                 timeout: float = 1800.0, results: Path | None = None, sink: Callable[[bytes], None] | None = None,
+                 artifacts: Path | None = None, env: Mapping[str, str] | None = None) -> tuple[int, VirtualKvmHost]:
+    """Boot a virtual host, run ``argv`` in it, tear it down.
+
+    :param results: the writable shared dir (default: a fresh temp dir the caller must remove).
+    :returns: the command's exit status and the (shut down) host object.
+    """
+    made = results is None
+    results = results or Path(tempfile.mkdtemp(prefix="pveoi-vhost-"))
+    host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout), results, sink, artifacts)
+    try:
+        return host.run(argv, env=env), host
+    except BaseException:
+        if made:
+            shutil.rmtree(results, ignore_errors=True)
+        raise
