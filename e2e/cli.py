@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import PveoiError
+from typing import Any
+
+from .errors import ConfigError, PveoiError
 
 log = logging.getLogger("pveoi")
 
@@ -100,6 +102,361 @@ def _cmd_kernel_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- shared helpers
+
+
+def _guest_kernel(args: argparse.Namespace) -> Path:
+    """The guest bzImage: --kernel PATH, else the default guest build (a cache hit when built)."""
+    from . import kernel
+
+    if getattr(args, "kernel", None):
+        path = Path(args.kernel).expanduser().absolute()
+        if not path.is_file():
+            raise ConfigError(f"kernel {path} not found", fix="pass a bzImage, or omit --kernel to build one")
+        return path
+    return kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")
+
+
+def _host_kernel() -> Path:
+    from . import kernel
+
+    return kernel.build_kernel(kernel.default_spec("host")).file("bzImage")
+
+
+def _image(args: argparse.Namespace) -> Any:
+    from . import image
+
+    return image.build_image()
+
+
+def _stdout_sink(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _reinvoke(argv: Sequence[str]) -> list[str]:
+    """This pveoi run as a command to run inside the virtual host."""
+    return [sys.executable, "-m", "e2e.cli", *argv]
+
+
+def _choose_host(requested: str, need_kvm: bool = True) -> tuple[str, str]:
+    """Resolve --host auto|direct|virtual to (direct|virtual, why)."""
+    from . import hostsel
+
+    return hostsel.choose(requested)
+
+
+# ---------------------------------------------------------------- image
+
+
+def _add_image(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("image", help="build the guest initramfs (busybox, dropbear, fio, iperf3, pveoi-load)")
+    s = p.add_subparsers(dest="image_cmd", required=True)
+    b = s.add_parser("build", help="build (or find in the cache) the guest image")
+    b.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
+    b.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    b.set_defaults(func=_cmd_image_build)
+
+
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    from . import image
+
+    img = image.build_image(force=args.force)
+    if args.json:
+        print(json.dumps({"path": str(img.path), "initrd": str(img.initrd), **dict(img.manifest)}, indent=2,
+                         sort_keys=True, default=str))
+    else:
+        print(img.initrd)
+    return 0
+
+
+# ---------------------------------------------------------------- boot
+
+
+def _add_boot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "boot", help="boot the guest, show its kvm-pv-eoi state, run a command over SSH",
+        description="Boot pveoi's guest, print the QMP-read kvm-pv-eoi value and the guest's own view, run CMD "
+                    "over SSH (or an interactive shell without CMD), exit with CMD's status; nothing is left "
+                    "running. With --accel kvm and a host whose KVM cannot run guests, the guest boots under "
+                    "real KVM inside the virtual KVM host.",
+    )
+    p.add_argument("--accel", choices=["kvm", "tcg", "auto"], default="auto",
+                   help="auto: kvm when this machine's KVM can run the guest, else tcg")
+    p.add_argument("--host", choices=["auto", "direct", "virtual"], default="auto",
+                   help="with --accel kvm: this machine's KVM (direct) or the virtual KVM host")
+    p.add_argument("--pv-eoi", choices=["on", "off"], default="on", help="QEMU's kvm-pv-eoi CPU property")
+    k = p.add_mutually_exclusive_group()
+    k.add_argument("--kernel", type=Path, metavar="PATH", help="a guest bzImage")
+    k.add_argument("--kernel-build", action="store_true", help="build pveoi's guest kernel (the default)")
+    p.add_argument("--smp", type=int, default=1)
+    p.add_argument("--memory", type=int, default=256, metavar="MIB")
+    p.add_argument("--append", default="", help="extra guest kernel parameters")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds for CMD")
+    p.add_argument("--boot-timeout", type=float, default=120.0)
+    p.add_argument("--logs", type=Path, help="keep console and QEMU logs here")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="command to run in the guest")
+    p.set_defaults(func=_cmd_boot)
+
+
+def _strip_dashdash(cmd: list[str]) -> list[str]:
+    return cmd[1:] if cmd and cmd[0] == "--" else cmd
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    from .argv import DEFAULT_APPEND, MachineSpec
+    from .guest import STATE_COMMAND, GuestState
+    from .machine import Machine
+
+    cmd = _strip_dashdash(args.cmd)
+    accel = args.accel
+    if accel == "auto":
+        host, why = _choose_host("auto") if args.host != "virtual" else ("virtual", "asked for")
+        accel = "kvm" if host == "direct" else "tcg"
+        log.info("accel auto: %s (%s)", accel, why)
+    if accel == "kvm" and args.host != "direct" and not os.environ.get("PVEOI_IN_VHOST"):
+        host, why = _choose_host(args.host)
+        if host == "virtual":
+            if not cmd:
+                raise ConfigError("an interactive shell cannot run inside the virtual KVM host",
+                                  fix="pass -- CMD, or use --accel tcg")
+            log.info("booting under KVM inside the virtual KVM host: %s", why)
+            kernel_path = _guest_kernel(args)
+            _image(args)
+            inner = ["boot", "--accel", "kvm", "--host", "direct", "--pv-eoi", args.pv_eoi,
+                     "--kernel", str(kernel_path), "--smp", str(args.smp), "--memory", str(args.memory),
+                     "--append", args.append, "--timeout", str(args.timeout),
+                     "--boot-timeout", str(args.boot_timeout), "--", *cmd]
+            from .vhost import run_in_vhost
+
+            rc, _ = run_in_vhost(_reinvoke(inner), _host_kernel(), sink=_stdout_sink,
+                                 timeout=args.timeout + args.boot_timeout + 300)
+            return rc
+    kernel_path = _guest_kernel(args)
+    img = _image(args)
+    spec = MachineSpec(kernel=kernel_path, initrd=img.initrd, append=f"{DEFAULT_APPEND} {args.append}".strip(),
+                       accel=accel, pv_eoi=args.pv_eoi == "on", smp=args.smp, memory_mb=args.memory,
+                       paused=True, name="pveoi-boot")
+    from .image import READY_PATTERN
+
+    with Machine(spec, READY_PATTERN, artifacts=args.logs) as m:
+        readback = m.pv_eoi_readback()
+        kvm = m.query_kvm()
+        m.resume()
+        ready = m.wait_ready(args.boot_timeout)
+        log.info("guest ready (%s)", ready)
+        ssh = m.ssh(img.identity.private_key, img.host_key_line)
+        state = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
+        note = "" if kvm["enabled"] else " (TCG: QEMU filters KVM paravirtual CPUID features, so it reads off)"
+        print(f"kvm-pv-eoi: requested {args.pv_eoi}, QMP reads {', '.join('on' if r else 'off' for r in readback)}"
+              f"{note}", file=sys.stderr)
+        if state.pveoi is None:
+            print("guest view: no /sys/kernel/debug/kvm_pv_eoi (kernel without guest_patches)", file=sys.stderr)
+        else:
+            for c in state.pveoi.values():
+                print(f"guest view: cpu{c.cpu} feature={int(c.feature)} enabled={int(c.enabled)}", file=sys.stderr)
+        if not cmd:
+            return ssh.interactive()
+
+        def stream(kind: str, data: bytes) -> None:
+            out = sys.stdout if kind == "stdout" else sys.stderr
+            out.buffer.write(data)
+            out.flush()
+
+        res = ssh.run(cmd, timeout=args.timeout, on_output=stream)
+        return res.exit_status
+
+
+# ---------------------------------------------------------------- vhost
+
+
+def _add_vhost(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "vhost", help="run a command inside the virtual KVM host (TCG L1 with real kvm_amd)",
+        description="Boot the virtual KVM host (a TCG QEMU with -cpu max, exposing SVM, running pveoi's host "
+                    "kernel with KVM) with this machine's root shared read-only, run CMD inside as root, stream "
+                    "its output and exit with its status.",
+    )
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--memory", type=int, default=2048, metavar="MIB")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
+    p.add_argument("--results", type=Path, help="writable dir shared into the host (default: a temp dir)")
+    p.add_argument("--logs", type=Path, help="keep the virtual host's console and QEMU logs here")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    p.set_defaults(func=_cmd_vhost)
+
+
+def _cmd_vhost(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from .vhost import run_in_vhost
+
+    cmd = _strip_dashdash(args.cmd)
+    if not cmd:
+        raise ConfigError("no command given", fix="pveoi vhost -- CMD ...")
+    results = args.results
+    made = results is None
+    if made:
+        results = Path(tempfile.mkdtemp(prefix="pveoi-vhost-"))
+    try:
+        rc, host = run_in_vhost(cmd, _host_kernel(), cpus=args.cpus, memory_mb=args.memory, timeout=args.timeout,
+                                results=results, sink=_stdout_sink, artifacts=args.logs)
+        log.info("virtual host: booted in %.1fs, KVM %s", host.boot_seconds or 0.0,
+                 " ".join(f"{k}={v}" for k, v in host.kvm_facts.items()))
+        return rc
+    finally:
+        if made:
+            shutil.rmtree(results, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- ab
+
+
+def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .workloads import WORKLOADS
+
+    p = sub.add_parser(
+        "ab", help="the A/B: kvm-pv-eoi=on vs off, perf kvm:* per workload window, statistics, verdict",
+        description="Boot a fresh guest per arm and rep (interleaved), count kvm:* tracepoints on the host for "
+                    "exactly the workload window and exactly that QEMU's vCPU threads, compare the arms and "
+                    "decide. Exit 0 pass, 1 fail, 2 not measurable or setup error.",
+    )
+    p.add_argument("--workload", action="append", choices=sorted(WORKLOADS), metavar="NAME",
+                   help=f"repeatable; one of {', '.join(WORKLOADS)} (default: timer)")
+    p.add_argument("--runs", type=int, default=3, help="reps per arm (default 3)")
+    p.add_argument("--kernel", type=Path, metavar="PATH", help="guest bzImage (default: build pveoi's)")
+    p.add_argument("--arms", type=Path, metavar="TOML", help="custom arms ([[arm]] name, pv_eoi, append, kernel)")
+    p.add_argument("--host", choices=["auto", "direct", "virtual"], default="auto")
+    p.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a verdict threshold (see e2e/data/thresholds.toml)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the result document here")
+    p.add_argument("--history", type=Path, metavar="DIR", help="also add the result to this history dir")
+    p.add_argument("--logs", type=Path, metavar="DIR", help="keep console/QEMU logs here")
+    p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest memory")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole A/B")
+    p.set_defaults(func=_cmd_ab)
+
+
+def _parse_thresholds(items: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"bad --threshold {item!r}", fix="write KEY=NUMBER, e.g. min_eoi_saved_per_interrupt=0.8")
+    return out
+
+
+def _cmd_ab(args: argparse.Namespace) -> int:
+    from . import ab, results
+    from .workloads import get_workloads
+
+    workloads = get_workloads(args.workload or ["timer"])
+    overrides = _parse_thresholds(args.threshold)
+    for w in workloads:
+        ab.load_thresholds(w.name, overrides)  # reject unknown keys before anything boots
+    arms = ab.load_arms(args.arms) if args.arms else ab.DEFAULT_ARMS
+    if args.runs < 1:
+        raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
+    for path in (args.json, args.history):
+        if path is not None and not path.expanduser().absolute().parent.exists():
+            raise ConfigError(f"{path}: parent directory does not exist", fix="create it first")
+    in_vhost = bool(os.environ.get("PVEOI_IN_VHOST"))
+    if in_vhost or args.host == "direct":
+        host, why = "direct", "asked for --host direct"
+        if not in_vhost:
+            host, why = _choose_host("direct")
+    else:
+        host, why = _choose_host(args.host)
+    log.info("host: %s (%s)", host, why)
+    if host == "not-measurable":
+        doc = results.not_measurable(why, args)
+        results.emit(doc, args.json, args.history)
+        print(results.format_table(doc))
+        return 2
+    kernel_path = _guest_kernel(args)
+    img = _image(args)
+    logs = (args.logs or _default_logs()).absolute()
+    if host == "virtual":
+        import tempfile
+
+        from .vhost import run_in_vhost
+
+        with tempfile.TemporaryDirectory(prefix="pveoi-ab-") as tmp:
+            inner_json = Path(tmp) / "inner.json"
+            inner = ["ab", "--host", "direct", "--kernel", str(kernel_path), "--runs", str(args.runs),
+                     "--json", str(inner_json), "--logs", str(Path(tmp) / "logs"), "--memory", str(args.memory)]
+            for w in workloads:
+                inner += ["--workload", w.name]
+            for t in args.threshold:
+                inner += ["--threshold", t]
+            if args.arms:
+                inner += ["--arms", str(args.arms.absolute())]
+            rc, vh = run_in_vhost(_reinvoke(inner), _host_kernel(), timeout=args.timeout, sink=_stdout_sink,
+                                  results=Path(tmp), artifacts=logs)
+            if not inner_json.is_file():
+                raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
+                                 fix=f"read the logs in {logs}")
+            doc = json.loads(inner_json.read_text())
+            if (Path(tmp) / "logs").is_dir():
+                import shutil
+
+                shutil.copytree(Path(tmp) / "logs", logs, dirs_exist_ok=True)
+            doc["host"] = {**doc.get("host", {}), "chosen": "virtual", "reason": why,
+                           "virtual_host": {"boot_seconds": vh.boot_seconds, "kvm": vh.kvm_facts},
+                           "outer_runner": ab.runner_info("n/a")}
+    else:
+        setup = ab.Setup(kernel=kernel_path, initrd=img.initrd, private_key=img.identity.private_key,
+                         host_key_line=img.host_key_line, artifacts=logs, memory_mb=args.memory)
+        doc = ab.run_ab(setup, ab.AbConfig(workloads, args.runs, arms, overrides))
+        doc["host"] = {"chosen": "direct", "reason": why}
+    doc["kernel"] = results.kernel_manifest(kernel_path)
+    doc["image"] = {"initrd": str(img.initrd), "hash": img.manifest.get("hash")}
+    doc["logs"] = str(logs)
+    results.emit(doc, args.json, args.history)
+    print(results.format_table(doc))
+    return {"pass": 0, "fail": 1}.get(doc["verdict"], 2)
+
+
+def _default_logs() -> Path:
+    import time
+
+    from .cache import cache_root
+
+    return cache_root() / "logs" / time.strftime("ab-%Y%m%d-%H%M%S") / str(os.getpid())
+
+
+# ---------------------------------------------------------------- doctor
+
+
+def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("doctor", help="can this machine measure PV EOI, and how?",
+                       description="Probe the KVM backend (vmx/svm/pvm/none), a probe boot under -enable-kvm, "
+                                   "APICv/AVIC, perf and its permissions, QEMU and kvm-pv-eoi; decide direct, "
+                                   "virtual or not measurable.")
+    p.add_argument("--json", action="store_true", help="the stable machine-readable report")
+    p.add_argument("--no-probe", action="store_true", help="skip the probe boot")
+    p.add_argument("--always-probe", action="store_true",
+                   help="run the probe boot even where the backend cannot run guests, to see the failure")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import format_text, run_doctor
+    from .hostsel import probe_boot
+
+    report = run_doctor(probe_boot=None if args.no_probe else probe_boot(), always_probe=args.always_probe)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_text(report))
+    return 0 if report["decision"]["host"] != "not-measurable" else 2
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -114,6 +471,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_kernel(sub)
+    _add_image(sub)
+    _add_boot(sub)
+    _add_vhost(sub)
+    _add_ab(sub)
+    _add_doctor(sub)
     for adder in _EXTRA_COMMANDS:
         adder(sub)
     return parser

@@ -1,0 +1,97 @@
+"""
+Interrupt-heavy guest workloads, each a fixed amount of work (not a fixed time)
+so that arms are comparable. A workload is a small declared object: add one by
+adding an entry to :data:`WORKLOADS`.
+
+Which interrupts each produces, and so whether PV EOI can help:
+- ``timer``: LAPIC timer interrupts (edge): PV EOI applies to every one.
+- ``ipi``: reschedule IPIs between two vCPUs (edge, fixed vector): PV EOI applies.
+- ``block``: virtio-blk completions over MSI-X (edge): PV EOI applies.
+- ``net``: virtio-net RX/TX over MSI-X (edge): PV EOI applies. (A legacy
+  INTx virtio device is level-triggered through the IOAPIC and can never use
+  PV EOI; pveoi's guests always get MSI-X.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One workload.
+
+    :param command: argv run in the guest over SSH; ``{port}`` is replaced by
+        the host-side server port for workloads that need one.
+    :param ops: the operations the command performs (for per-op figures).
+    :param smp: vCPUs the guest needs.
+    :param scratch_mb: size of the virtio-blk scratch disk (0: none).
+    :param host_server: a host-side server to run during the workload, argv
+        with ``{port}`` (e.g. iperf3 -s).
+    :param needs: guest binaries it uses (all are in pveoi's image).
+    :param min_interrupts: fewer injected interrupts per run than this and
+        the workload cannot say anything: "not measurable".
+    """
+
+    name: str
+    command: tuple[str, ...]
+    ops: int
+    description: str
+    smp: int = 1
+    scratch_mb: int = 0
+    host_server: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    timeout: float = 600.0
+    min_interrupts: int = 200
+    interrupts: str = "edge"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, port: int | None = None) -> list[str]:
+        return [a.replace("{port}", str(port)) if port is not None else a for a in self.command]
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload(
+            "timer", ("pveoi-load", "timer", "3000", "100"), ops=3000,
+            description="3000 x 100 us clock_nanosleep: one LAPIC timer interrupt each",
+            needs=("pveoi-load",),
+        ),
+        Workload(
+            "ipi", ("pveoi-load", "ipi", "3000"), ops=3000, smp=2,
+            description="3000 futex ping-pong round trips between threads pinned to CPU 0 and 1 "
+                        "(reschedule IPIs)",
+            needs=("pveoi-load",),
+        ),
+        Workload(
+            "block",
+            ("fio", "--name=pveoi", "--filename=/dev/vda", "--rw=randread", "--bs=4k", "--direct=1",
+             "--ioengine=psync", "--iodepth=1", "--size=16m", "--io_size=8m", "--output-format=terse"),
+            ops=2048, scratch_mb=16,
+            description="2048 x 4 KiB O_DIRECT random reads at queue depth 1 on virtio-blk (MSI-X)",
+            needs=("fio",),
+        ),
+        Workload(
+            "net", ("iperf3", "-c", "10.0.2.2", "-p", "{port}", "-n", "8M", "-l", "16K"), ops=512,
+            description="8 MiB TCP to an iperf3 server on the host over virtio-net/slirp (MSI-X)",
+            host_server=("iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", "{port}"),
+            needs=("iperf3",),
+        ),
+    )
+}
+
+
+def get_workloads(names: list[str] | tuple[str, ...]) -> list[Workload]:
+    """Look workloads up by name.
+
+    :raises ConfigError: for an unknown name (listing the known ones).
+    """
+    out = []
+    for name in names:
+        if name not in WORKLOADS:
+            raise ConfigError(f"unknown workload {name!r}", fix=f"use one of {', '.join(WORKLOADS)}")
+        out.append(WORKLOADS[name])
+    return out

@@ -1,0 +1,51 @@
+#!/bin/sh
+# Install the Debian 12 packages pveoi needs (idempotent: installs only what is missing).
+#
+#   host_config/install-deps.sh          install what is missing (root, or sudo)
+#   host_config/install-deps.sh --check  only list what is missing; exit 1 if anything is
+#
+# What each is for:
+#   qemu-system-x86 qemu-utils   the guests and the virtual KVM host
+#   linux-source-6.1             the default guest/host kernel source
+#   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils rsync patch
+#                                kernel builds, patch series, initramfs
+#   busybox-static dropbear-bin fio iperf3 rt-tests
+#                                the guest image: shell, SSH server, workloads
+#   linux-perf                   counting kvm:* tracepoints on the host
+#   kmod                         module tools for fetched Debian kernels
+set -eu
+
+PACKAGES="qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc libelf-dev
+libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin fio iperf3 rt-tests linux-perf kmod
+python3-venv"
+
+missing=""
+for p in $PACKAGES; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing="$missing $p"
+	fi
+done
+
+if [ -z "$missing" ]; then
+	echo "install-deps: all packages present"
+	exit 0
+fi
+if [ "${1:-}" = "--check" ]; then
+	echo "install-deps: missing:$missing"
+	exit 1
+fi
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+	if command -v sudo >/dev/null 2>&1; then
+		SUDO="sudo"
+	else
+		echo "install-deps: need root to install:$missing; fix: run as root or install sudo" >&2
+		exit 1
+	fi
+fi
+echo "install-deps: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing

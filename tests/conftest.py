@@ -1,0 +1,76 @@
+"""Shared fixtures: kernels and the image (built once, cached by content hash), and
+a guard that fails any test leaving a qemu-system process behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def qemu_pids() -> set[int]:
+    """PIDs of every qemu-system-* process on the machine."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith("qemu-system"):
+            pids.add(int(entry))
+    return pids
+
+
+def wait_no_new_qemu(before: set[int], timeout: float = 15.0) -> set[int]:
+    """Wait until no qemu-system process outside ``before`` exists; return survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = qemu_pids() - before
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def no_orphan_qemu(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test must leave no QEMU behind (checked only for tests that boot)."""
+    if not any(request.node.get_closest_marker(m) for m in ("qemu", "kvm")):
+        yield
+        return
+    before = qemu_pids()
+    yield
+    survivors = wait_no_new_qemu(before)
+    for pid in survivors:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert not survivors, f"test left qemu-system processes running: {sorted(survivors)}"
+
+
+@pytest.fixture(scope="session")
+def guest_kernel() -> Path:
+    """pveoi's patched guest kernel (built on first use, then a cache hit)."""
+    from e2e import kernel
+
+    return kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")
+
+
+@pytest.fixture(scope="session")
+def host_kernel() -> Path:
+    """The virtual KVM host's kernel."""
+    from e2e import kernel
+
+    return kernel.build_kernel(kernel.default_spec("host")).file("bzImage")
+
+
+@pytest.fixture(scope="session")
+def guest_image(guest_kernel: Path):  # type: ignore[no-untyped-def]
+    from e2e import image
+
+    return image.build_image()

@@ -1,0 +1,114 @@
+"""Real boots of the tiny guest under TCG: QMP, console, SSH, failure modes, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from e2e.argv import DEFAULT_APPEND, MachineSpec
+from e2e.errors import GuestPanic, GuestTimeout
+from e2e.guest import STATE_COMMAND, GuestState
+from e2e.image import READY_PATTERN
+from e2e.machine import Machine
+
+from ..conftest import qemu_pids, wait_no_new_qemu
+
+pytestmark = pytest.mark.qemu
+
+
+def spec(kernel: Path, image, **kw) -> MachineSpec:  # type: ignore[no-untyped-def]
+    return MachineSpec(kernel=kernel, initrd=image.initrd, accel="tcg", **kw)
+
+
+@pytest.mark.parametrize("pv_eoi", [True, False], ids=["on", "off"])
+def test_both_arms_boot_and_run_over_ssh(guest_kernel: Path, guest_image, pv_eoi: bool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with Machine(spec(guest_kernel, guest_image, pv_eoi=pv_eoi, paused=True, smp=2), READY_PATTERN,
+                 artifacts=tmp_path) as m:
+        assert m.status() == "prelaunch"
+        vcpus = m.vcpus()
+        assert len(vcpus) == 2 and all(v.thread_id > 0 for v in vcpus)
+        assert m.query_kvm()["enabled"] is False
+        # TCG offers no KVM paravirtual CPUID leaves: QEMU filters the flag, and says so.
+        assert m.pv_eoi_readback() == [False, False]
+        m.resume()
+        m.wait_ready(120)
+        ssh = m.ssh(guest_image.identity.private_key, guest_image.host_key_line)
+        res = ssh.run(["uname", "-r"], timeout=30).check()
+        assert res.stdout.strip()
+        state = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
+        assert state.pveoi is not None, "guest kernel lacks guest_patches/0001's debugfs file"
+        assert sorted(state.pveoi) == [0, 1]
+        assert all(not c.feature and not c.enabled for c in state.pveoi.values())
+        assert "LOC" in state.interrupts
+        # Exit status and stderr come back.
+        res = ssh.run(["sh", "-c", "echo oops >&2; exit 7"], timeout=30)
+        assert (res.exit_status, res.stderr.strip()) == (7, "oops")
+        # Files both ways.
+        src = tmp_path / "up.txt"
+        src.write_text("hello guest\n")
+        ssh.put(src, "/tmp/up.txt")
+        ssh.get("/tmp/up.txt", tmp_path / "down.txt")
+        assert (tmp_path / "down.txt").read_text() == "hello guest\n"
+    assert m.exitcode is not None
+    assert (tmp_path / "pveoi-guest-console.log").read_text().count("pveoi-guest-ready") == 1
+
+
+def test_panic_at_boot_fails_fast_with_the_panic_quoted(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    # No /init to run and no root device: the kernel panics at once.
+    bad = spec(guest_kernel, guest_image, append=f"{DEFAULT_APPEND} rdinit=/nonexistent")
+    start = time.monotonic()
+    with pytest.raises(GuestPanic) as err, Machine(bad, READY_PATTERN) as m:
+        m.wait_ready(120)
+    assert time.monotonic() - start < 60
+    assert "Kernel panic - not syncing" in str(err.value)
+    assert err.value.lines and "panic" in err.value.lines[0].lower()
+
+
+def test_guest_that_never_gets_ready_fails_at_the_deadline(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    # A shell instead of pveoi's init: the ready line never comes.
+    silent = spec(guest_kernel, guest_image, append=f"{DEFAULT_APPEND} rdinit=/bin/sh")
+    start = time.monotonic()
+    with pytest.raises(GuestTimeout, match="not ready after 8s"), Machine(silent, READY_PATTERN) as m:
+        m.wait_ready(8)
+    assert 8 <= time.monotonic() - start < 30
+
+
+def _pveoi(*args: str) -> list[str]:
+    return [sys.executable, "-m", "e2e.cli", *args]
+
+
+def test_cli_boot_runs_command_and_reports_pv_eoi(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    for arm in ("on", "off"):
+        proc = subprocess.run(_pveoi("boot", "--accel", "tcg", "--pv-eoi", arm, "--", "sh", "-c", "uname -r; exit 3"),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stdout.strip(), proc.stderr
+        assert f"kvm-pv-eoi: requested {arm}, QMP reads off" in proc.stderr
+        assert "guest view: cpu0 feature=0 enabled=0" in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_killing_the_harness_mid_command_leaves_no_qemu(guest_kernel: Path, guest_image, sig: int) -> None:  # type: ignore[no-untyped-def]
+    before = qemu_pids()
+    proc = subprocess.Popen(_pveoi("boot", "--accel", "tcg", "--", "sh", "-c", "echo started; sleep 600"),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the command is running in the guest
+        assert line.strip() == "started"
+        assert qemu_pids() - before, "no QEMU was running mid-command"
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not wait_no_new_qemu(before), "QEMU outlived the harness"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
