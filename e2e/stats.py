@@ -1,0 +1,345 @@
+"""
+Statistics for the A/B (pure functions: per-run numbers in, numbers out).
+
+Conventions: ``on`` is the PV EOI arm (treatment), ``off`` the baseline.
+Effects are oriented so that a *saving* is positive:
+
+* ``diff`` = median(off) - median(on), e.g. EOI exits saved per interrupt;
+* ``reduction`` = 1 - median(on) / median(off), the relative saving.
+
+Confidence intervals are percentile bootstraps that resample each arm
+independently (the arms are separate boots); the p-value is a two-sided
+permutation test on the difference of means, exact (every relabelling) when
+there are at most ``n`` relabellings, e.g. 20 for 3 runs vs 3 runs. Every
+function is deterministic for a given ``seed``.
+
+With one run in an arm there is nothing to resample: CIs collapse to the
+point and no p-value is given. A zero baseline median leaves the relative
+reduction undefined (None), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ConfigError, MeasurementError
+
+log = logging.getLogger(__name__)
+
+#: A numpy-style statistic: ``stat(array, axis=k)`` reduces along axis k.
+Statistic = Callable[..., Any]
+Interval = tuple[float, float]
+#: Per-run values: a sequence of numbers or a 1-D numpy array.
+Values = Sequence[float] | npt.NDArray[np.float64]
+
+#: Resampled values held in memory at once (bounds memory for long inputs).
+_CHUNK = 2_000_000
+
+
+def _array(values: Values, what: str) -> npt.NDArray[np.float64]:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size == 0:
+        raise MeasurementError(f"no values for {what}", fix="complete at least one run per arm")
+    if not np.all(np.isfinite(arr)):
+        raise MeasurementError(f"non-finite values for {what}: {arr.tolist()}",
+                               fix="a run with zero interrupts has no per-interrupt value; "
+                                   "drop or repeat it")
+    return arr
+
+
+def _check(level: float, n: int) -> None:
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"confidence level {level} is not in (0, 1)", fix="use e.g. 0.95")
+    _check_n(n)
+
+
+def _check_n(n: int) -> None:
+    if n < 1:
+        raise ConfigError(f"{n} resamples or permutations", fix="use e.g. 9999")
+
+
+def _resampled_stats(rng: np.random.Generator, arr: npt.NDArray[np.float64], stat: Statistic,
+                     n: int) -> npt.NDArray[np.float64]:
+    """``stat`` of ``n`` bootstrap resamples of ``arr`` (with replacement)."""
+    out = np.empty(n, dtype=np.float64)
+    rows = max(1, _CHUNK // arr.size)
+    for start in range(0, n, rows):
+        k = min(rows, n - start)
+        idx = rng.integers(0, arr.size, size=(k, arr.size))
+        out[start:start + k] = np.asarray(stat(arr[idx], axis=1), dtype=np.float64)
+    return out
+
+
+def _interval(samples: npt.NDArray[np.float64], level: float) -> Interval:
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(samples, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(values: Values, stat: Statistic = np.median, level: float = 0.95,
+                 n: int = 9999, seed: int = 0) -> Interval:
+    """Percentile bootstrap confidence interval of ``stat(values)``.
+
+    :param values: the sample (at least one finite value).
+    :param stat: a numpy-style statistic taking ``axis=`` (median, mean...).
+    :param level: confidence level.
+    :param n: bootstrap resamples.
+    :param seed: RNG seed.
+    :returns: ``(lo, hi)``; ``(x, x)`` for a single value.
+    :raises MeasurementError: no values, or a non-finite one.
+    :raises ConfigError: a bad level or n.
+    """
+    _check(level, n)
+    arr = _array(values, "bootstrap_ci")
+    if arr.size == 1:
+        return float(arr[0]), float(arr[0])
+    rng = np.random.default_rng(seed)
+    return _interval(_resampled_stats(rng, arr, stat, n), level)
+
+
+def diff_ci(on: Values, off: Values, stat: Statistic = np.median,
+            level: float = 0.95, n: int = 9999, seed: int = 0) -> Interval:
+    """Bootstrap CI of ``stat(off) - stat(on)``, resampling each arm independently.
+
+    :param on: the PV EOI arm's values.
+    :param off: the baseline arm's values.
+    :param stat: numpy-style statistic (default median).
+    :param level: confidence level.
+    :param n: bootstrap resamples.
+    :param seed: RNG seed.
+    :returns: ``(lo, hi)``; the point itself when both arms have one value.
+    :raises MeasurementError: an empty arm or a non-finite value.
+    :raises ConfigError: a bad level or n.
+    """
+    _check(level, n)
+    a, b = _array(on, "on"), _array(off, "off")
+    rng = np.random.default_rng(seed)
+    ons = _boot_or_point(rng, a, stat, n)
+    offs = _boot_or_point(rng, b, stat, n)
+    return _interval(offs - ons, level)
+
+
+def _boot_or_point(rng: np.random.Generator, arr: npt.NDArray[np.float64], stat: Statistic,
+                   n: int) -> npt.NDArray[np.float64]:
+    if arr.size == 1:
+        return np.full(n, float(arr[0]))
+    return _resampled_stats(rng, arr, stat, n)
+
+
+def ratio_reduction(on: Values, off: Values, level: float = 0.95,
+                    n: int = 9999, seed: int = 0) -> tuple[float | None, Interval | None]:
+    """Relative reduction ``1 - median(on) / median(off)`` and its bootstrap CI.
+
+    :param on: the PV EOI arm's values.
+    :param off: the baseline arm's values.
+    :param level: confidence level.
+    :param n: bootstrap resamples.
+    :param seed: RNG seed.
+    :returns: ``(reduction, (lo, hi))``. The reduction is None when
+        median(off) is 0 (undefined); the CI is None then, and also when some
+        resample of ``off`` has median 0 (the ratio is unbounded there).
+    :raises MeasurementError: an empty arm or a non-finite value.
+    :raises ConfigError: a bad level or n.
+    """
+    _check(level, n)
+    a, b = _array(on, "on"), _array(off, "off")
+    off_median = float(np.median(b))
+    if off_median == 0.0:
+        return None, None
+    point = 1.0 - float(np.median(a)) / off_median
+    rng = np.random.default_rng(seed)
+    ons = _boot_or_point(rng, a, np.median, n)
+    offs = _boot_or_point(rng, b, np.median, n)
+    if np.any(offs == 0.0):
+        log.debug("some baseline resamples have median 0: no CI for the relative reduction")
+        return point, None
+    return point, _interval(1.0 - ons / offs, level)
+
+
+def permutation_pvalue(on: Values, off: Values, n: int = 9999,
+                       seed: int = 0) -> float:
+    """Two-sided permutation test p-value on the difference of means.
+
+    Exact (every way of labelling the pooled runs) when there are at most
+    ``n`` labellings, else ``n`` random ones with the ``(1 + k) / (1 + n)``
+    estimate. Ties with the observed difference count as at least as extreme.
+
+    :param on: the PV EOI arm's values.
+    :param off: the baseline arm's values.
+    :param n: random permutations (and the exact-enumeration limit).
+    :param seed: RNG seed.
+    :returns: the p-value, in (0, 1].
+    :raises MeasurementError: an empty arm or a non-finite value.
+    :raises ConfigError: a bad n.
+    """
+    _check_n(n)
+    a, b = _array(on, "on"), _array(off, "off")
+    pooled = np.concatenate([a, b])
+    total, k = pooled.sum(), a.size
+    observed = abs(b.mean() - a.mean())
+    tolerance = 1e-9 * max(1.0, float(np.abs(pooled).max()))
+    labellings = math.comb(pooled.size, k)
+
+    def diffs(on_sums: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.asarray(np.abs((total - on_sums) / b.size - on_sums / k), dtype=np.float64)
+
+    if labellings <= n:
+        combos = np.array(list(itertools.combinations(range(pooled.size), k)), dtype=np.intp)
+        extreme = int(np.count_nonzero(diffs(pooled[combos].sum(axis=1)) >= observed - tolerance))
+        return extreme / labellings
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    rows = max(1, _CHUNK // pooled.size)
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        perms = rng.permuted(np.broadcast_to(pooled, (m, pooled.size)), axis=1)
+        extreme += int(np.count_nonzero(diffs(perms[:, :k].sum(axis=1)) >= observed - tolerance))
+    return (1 + extreme) / (1 + n)
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """One metric of the A/B, both arms, and the effect of PV EOI on it.
+
+    :param name: the metric, e.g. ``"kvm_exit"``.
+    :param unit: e.g. ``"per interrupt"``.
+    :param on_median: median of the PV EOI arm; :param on_ci: its bootstrap CI.
+    :param off_median: median of the baseline; :param off_ci: its bootstrap CI.
+    :param reduction: ``1 - on_median / off_median`` (None if off_median is 0).
+    :param reduction_ci: its CI (None when undefined).
+    :param diff: ``off_median - on_median`` (positive: PV EOI saves).
+    :param diff_ci: its bootstrap CI.
+    :param p_value: permutation p-value on the mean difference (None when an
+        arm has a single run).
+    :param n_on: runs in the PV EOI arm; :param n_off: runs in the baseline.
+    """
+
+    name: str
+    unit: str
+    on_median: float
+    on_ci: Interval
+    off_median: float
+    off_ci: Interval
+    reduction: float | None
+    reduction_ci: Interval | None
+    diff: float
+    diff_ci: Interval
+    p_value: float | None
+    n_on: int
+    n_off: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (CIs as two-element lists, None kept)."""
+        def pair(ci: Interval | None) -> list[float] | None:
+            return [ci[0], ci[1]] if ci is not None else None
+
+        return {
+            "name": self.name, "unit": self.unit,
+            "on_median": self.on_median, "on_ci": pair(self.on_ci),
+            "off_median": self.off_median, "off_ci": pair(self.off_ci),
+            "reduction": self.reduction, "reduction_ci": pair(self.reduction_ci),
+            "diff": self.diff, "diff_ci": pair(self.diff_ci),
+            "p_value": self.p_value, "n_on": self.n_on, "n_off": self.n_off,
+        }
+
+
+def summarize(name: str, on: Values, off: Values, unit: str = "per interrupt",
+              level: float = 0.95, n: int = 9999, seed: int = 0) -> MetricSummary:
+    """Summarize one metric over both arms.
+
+    :param name: the metric's name.
+    :param on: per-run values of the PV EOI arm.
+    :param off: per-run values of the baseline arm.
+    :param unit: the values' unit.
+    :param level: confidence level of every CI.
+    :param n: bootstrap resamples / permutations.
+    :param seed: RNG seed.
+    :returns: the summary.
+    :raises MeasurementError: an empty arm or a non-finite value.
+    :raises ConfigError: a bad level or n.
+    """
+    _check(level, n)
+    a, b = _array(on, f"{name} (on)"), _array(off, f"{name} (off)")
+    on_median, off_median = float(np.median(a)), float(np.median(b))
+    reduction, reduction_ci = ratio_reduction(a, b, level, n, seed)
+    p_value = permutation_pvalue(a, b, n, seed) if min(a.size, b.size) >= 2 else None
+    return MetricSummary(
+        name=name, unit=unit,
+        on_median=on_median, on_ci=bootstrap_ci(a, np.median, level, n, seed),
+        off_median=off_median, off_ci=bootstrap_ci(b, np.median, level, n, seed),
+        reduction=reduction, reduction_ci=reduction_ci,
+        diff=off_median - on_median, diff_ci=diff_ci(a, b, np.median, level, n, seed),
+        p_value=p_value, n_on=int(a.size), n_off=int(b.size),
+    )
+
+
+#: Keys :func:`eoi_exits_saved_per_interrupt` reads from each run.
+EOI_KEY = "kvm:kvm_eoi"
+PV_EOI_KEY = "kvm:kvm_pv_eoi"
+INTERRUPTS_KEY = "interrupts"
+
+
+def trapped_eoi_per_interrupt(run: Mapping[str, float]) -> float:
+    """Trapped EOIs per interrupt of one run: ``(kvm_eoi - kvm_pv_eoi) / interrupts``.
+
+    ``kvm_eoi`` fires for every EOI KVM processes, trapped or PV
+    (``apic_set_eoi()`` in ``arch/x86/kvm/lapic.c``); ``kvm_pv_eoi`` only for
+    the PV ones, so the difference is the EOIs that cost an exit.
+
+    :param run: counts with ``kvm:kvm_eoi``, ``kvm:kvm_pv_eoi`` and ``interrupts``.
+    :returns: the ratio.
+    :raises MeasurementError: a key is missing, interrupts <= 0, or
+        kvm_pv_eoi > kvm_eoi (inconsistent counts).
+    """
+    missing = [k for k in (EOI_KEY, PV_EOI_KEY, INTERRUPTS_KEY) if k not in run]
+    if missing:
+        raise MeasurementError(f"run counts lack {missing}",
+                               fix="count kvm:kvm_eoi and kvm:kvm_pv_eoi and record interrupts")
+    interrupts, eoi, pv = float(run[INTERRUPTS_KEY]), float(run[EOI_KEY]), float(run[PV_EOI_KEY])
+    if not interrupts > 0:
+        raise MeasurementError(
+            f"a run counted {run[INTERRUPTS_KEY]} interrupts: a reduction asserted on zero counts "
+            "is not a measurement",
+            fix="check perf counted the vCPU threads and the workload interrupts the guest")
+    if pv > eoi:
+        raise MeasurementError(
+            f"kvm_pv_eoi ({run[PV_EOI_KEY]}) > kvm_eoi ({run[EOI_KEY]}): inconsistent counts "
+            "(kvm_eoi fires for every EOI, PV ones included)",
+            fix="count both tracepoints in the same perf run over the same window")
+    return (eoi - pv) / interrupts
+
+
+def eoi_exits_saved_per_interrupt(runs_on: Sequence[Mapping[str, float]],
+                                  runs_off: Sequence[Mapping[str, float]], level: float = 0.95,
+                                  n: int = 9999, seed: int = 0) -> MetricSummary:
+    """pveoi's headline: trapped EOI exits saved per interrupt by PV EOI.
+
+    Per run, trapped EOIs per interrupt (:func:`trapped_eoi_per_interrupt`);
+    the headline is the returned summary's ``diff`` = median(off) -
+    median(on), with ``diff_ci`` its bootstrap CI. Its physical limit is 1.0
+    (every EOI trapped without PV EOI, none with it).
+
+    :param runs_on: the PV EOI arm's runs (count dicts).
+    :param runs_off: the baseline arm's runs.
+    :param level: confidence level.
+    :param n: bootstrap resamples / permutations.
+    :param seed: RNG seed.
+    :returns: the summary of metric ``trapped_eoi``, unit ``per interrupt``.
+    :raises MeasurementError: no runs in an arm, or a run with interrupts
+        <= 0, missing keys or inconsistent counts.
+    """
+    if not runs_on or not runs_off:
+        raise MeasurementError(
+            f"{len(runs_on)} PV EOI run(s) and {len(runs_off)} baseline run(s): need both arms",
+            fix="complete at least one run per arm")
+    on = [trapped_eoi_per_interrupt(r) for r in runs_on]
+    off = [trapped_eoi_per_interrupt(r) for r in runs_off]
+    return summarize("trapped_eoi", on, off, unit="per interrupt", level=level, n=n, seed=seed)

@@ -1,0 +1,533 @@
+"""Tests for e2e.perf and e2e.exit_reasons.
+
+The pure parts (argv, CSV, error classification, tracefs discovery on a fake
+tree, exit-reason tables) run everywhere. The ``real perf`` tests run the
+installed perf against live processes (root, perf and kvm tracepoints
+needed; skipped otherwise): a few seconds in all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.errors import CapabilityError, ConfigError, MeasurementError, PveoiError
+from e2e.exit_reasons import (
+    SVM_EXIT_REASONS,
+    VMX_EXIT_REASONS,
+    breakdown_filters,
+    breakdown_reasons,
+    reason_name,
+)
+from e2e.perf import (
+    PERMISSION_FIX,
+    REQUIRED,
+    SEPARATOR,
+    Event,
+    PerfStat,
+    check_required,
+    list_kvm_tracepoints,
+    parse_perf_csv,
+    perf_error,
+    perf_stat_argv,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+LINUX = Path("/work/src/linux-source-6.1")
+
+EXIT = Event("kvm:kvm_exit")
+EXIT_MSR = Event("kvm:kvm_exit", "exit_reason == 124", "kvm_exit[MSR]")
+EXIT_NPF = Event("kvm:kvm_exit", "exit_reason == 1024", "kvm_exit[NPF]")
+PV = Event("kvm:kvm_pv_eoi")
+
+
+# ---------------------------------------------------------------- Event
+
+
+def test_event_label_defaults_to_name() -> None:
+    assert EXIT.label == "kvm:kvm_exit" and EXIT.key == "kvm:kvm_exit"
+    assert EXIT_MSR.label == "kvm_exit[MSR]" and EXIT_MSR.filter == "exit_reason == 124"
+
+
+@pytest.mark.parametrize("name", ["", "kvm:kvm exit", f"kvm:kvm_exit{SEPARATOR}x"])
+def test_event_rejects_bad_names(name: str) -> None:
+    with pytest.raises(ConfigError):
+        Event(name)
+
+
+@pytest.mark.parametrize("flt", ["", "  ", "a == 1\nb == 2"])
+def test_event_rejects_bad_filters(flt: str) -> None:
+    with pytest.raises(ConfigError):
+        Event("kvm:kvm_exit", flt)
+
+
+# ---------------------------------------------------------------- perf_stat_argv
+
+
+def test_argv_for_a_pid_with_filters_control_and_output() -> None:
+    argv = perf_stat_argv([EXIT, EXIT_MSR, PV], pid=1234,
+                          control_fifo=(Path("/t/ctl"), Path("/t/ack")), output=Path("/t/out.csv"))
+    assert argv == [
+        "perf", "stat", "-x", SEPARATOR, "--no-big-num",
+        "-e", "kvm:kvm_exit",
+        "-e", "kvm:kvm_exit", "--filter", "exit_reason == 124",
+        "-e", "kvm:kvm_pv_eoi",
+        "-p", "1234",
+        "-D", "-1", "--control", "fifo:/t/ctl,/t/ack",
+        "-o", "/t/out.csv",
+    ]
+
+
+def test_argv_for_tids_enabled_from_the_start_and_another_binary() -> None:
+    argv = perf_stat_argv([PV], tids=[11, 12], perf="/opt/perf", start_disabled=False,
+                          control_fifo=(Path("/t/c"), Path("/t/a")))
+    assert argv == ["/opt/perf", "stat", "-x", SEPARATOR, "--no-big-num", "-e", "kvm:kvm_pv_eoi",
+                    "-t", "11,12", "--control", "fifo:/t/c,/t/a"]
+
+
+def test_argv_without_control_fifo_never_starts_disabled() -> None:
+    argv = perf_stat_argv([PV], pid=5)
+    assert "-D" not in argv and "--control" not in argv and "-o" not in argv
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pid": 1, "tids": [2]}, "exactly one"),
+        ({}, "exactly one"),
+        ({"pid": 0}, "bad pid"),
+        ({"tids": [3, -1]}, "bad pid"),
+        ({"pid": 1, "control_fifo": (Path("/a,b/ctl"), Path("/a/ack"))}, "comma|','"),
+    ],
+)
+def test_argv_rejects_misuse(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        perf_stat_argv([PV], **kwargs)  # type: ignore[arg-type]
+
+
+def test_argv_rejects_no_events_and_duplicate_labels() -> None:
+    with pytest.raises(ConfigError, match="no perf events"):
+        perf_stat_argv([], pid=1)
+    with pytest.raises(ConfigError, match="duplicate"):
+        perf_stat_argv([EXIT, Event("kvm:kvm_exit", "exit_reason == 1")], pid=1)
+
+
+# ---------------------------------------------------------------- parse_perf_csv
+
+
+def csv(*rows: str) -> str:
+    return "\n".join(rows) + "\n"
+
+
+def test_parse_maps_rows_by_order_with_duplicate_names() -> None:
+    text = csv(
+        "# started on Wed Nov 25 23:17:02 2026",
+        "",
+        "17372;;kvm:kvm_exit;10019273;100.00;;",
+        "11718;;kvm:kvm_exit;10019273;100.00;;",
+        "0;;kvm:kvm_exit;10019273;100.00;;",
+        "4238;;kvm:kvm_pv_eoi;10019273;100.00;;",
+    )
+    assert parse_perf_csv(text, [EXIT, EXIT_MSR, EXIT_NPF, PV]) == {
+        "kvm:kvm_exit": 17372, "kvm_exit[MSR]": 11718, "kvm_exit[NPF]": 0, "kvm:kvm_pv_eoi": 4238,
+    }
+
+
+def test_parse_survives_perf_prose_metric_rows_and_fractions() -> None:
+    text = csv(
+        "# started on Wed Nov 25 23:17:02 2026",
+        "5;;kvm:kvm_exit;1000;100.00;;",
+        ";;;;;0.50;insn per cycle",
+        "1.53;msec;task-clock;1530000;100.00;0.001;CPUs utilized",
+        "",
+        "Some events weren't counted. Try disabling the NMI watchdog:",
+        "\techo 0 > /proc/sys/kernel/nmi_watchdog",
+        "\tperf stat ...",
+        "\techo 1 > /proc/sys/kernel/nmi_watchdog",
+    )
+    assert parse_perf_csv(text, [EXIT, Event("task-clock")]) == {"kvm:kvm_exit": 5, "task-clock": 2}
+
+
+@pytest.mark.parametrize("marker", ["<not counted>", "<not supported>"])
+def test_parse_not_counted_or_supported_is_an_error_never_zero(marker: str) -> None:
+    text = csv("5;;kvm:kvm_exit;1000;100.00;;", f"{marker};;kvm:kvm_exit;0;100.00;;")
+    with pytest.raises(MeasurementError, match=r"kvm_exit\[MSR\] .*" + re.escape(marker)):
+        parse_perf_csv(text, [EXIT, EXIT_MSR])
+
+
+def test_parse_checks_event_names_and_row_counts() -> None:
+    with pytest.raises(MeasurementError, match="expected 'kvm:kvm_pv_eoi'"):
+        parse_perf_csv(csv("1;;kvm:kvm_exit;1;100.00;;", "2;;kvm:kvm_eoi;1;100.00;;"), [EXIT, PV])
+    with pytest.raises(MeasurementError, match="1 counter rows for 2 events"):
+        parse_perf_csv(csv("1;;kvm:kvm_exit;1;100.00;;"), [EXIT, PV])
+    with pytest.raises(MeasurementError, match="2 counter rows for 1 events"):
+        parse_perf_csv(csv("1;;kvm:kvm_exit;1;100.00;;", "2;;kvm:kvm_pv_eoi;1;100.00;;"), [EXIT])
+    with pytest.raises(MeasurementError, match="0 counter rows"):
+        parse_perf_csv("", [EXIT])
+
+
+def test_parse_warns_on_multiplexed_counts(caplog: pytest.LogCaptureFixture) -> None:
+    assert parse_perf_csv(csv("10;;kvm:kvm_exit;500;50.00;;"), [EXIT]) == {"kvm:kvm_exit": 10}
+    assert "multiplexed" in caplog.text
+
+
+# ---------------------------------------------------------------- perf_error
+
+
+def test_perf_error_permission_names_the_fix_and_perfs_hint() -> None:
+    stderr = ("event syntax error: 'kvm:kvm_exit'\n   \\___ can't access trace events\n\n"
+              "Error:\tNo permissions to read /sys/kernel/tracing/events/kvm/kvm_exit\n"
+              "Hint:\tTry 'sudo mount -o remount,mode=755 /sys/kernel/tracing/'\n")
+    err = perf_error(stderr, 129, ["perf"], "attach")
+    assert isinstance(err, CapabilityError)
+    assert "No permissions to read" in str(err)
+    assert err.fix is not None and PERMISSION_FIX in err.fix and "remount,mode=755" in err.fix
+
+
+def test_perf_error_classifies_gone_threads_unknown_events_and_filters() -> None:
+    gone = perf_error("Problems finding threads of monitor\n\n Usage: perf stat\n", 234, ["perf"],
+                      "x")
+    assert type(gone) is MeasurementError and "Problems finding threads" in str(gone)
+    unknown = perf_error("event syntax error: 'kvm:nope'\n   \\___ unknown tracepoint\n", 129,
+                         ["perf"], "x")
+    assert type(unknown) is CapabilityError and "load kvm" in str(unknown)
+    assert "kvm:nope' (unknown tracepoint)" in str(unknown)
+    bad = perf_error('failed to set filter "x==(" on event kvm:kvm_exit with 2\n', 255, ["perf"],
+                     "x")
+    assert type(bad) is MeasurementError and "failed to set filter" in str(bad)
+    ended = perf_error("Events disabled\n", 0, ["perf"], "enable")
+    assert "exited" in str(ended)
+    other = perf_error("something odd\n", -9, ["perf", "stat"], "stop")
+    assert "killed by signal 9" in str(other) and "perf stat" in str(other)
+
+
+# ---------------------------------------------------------------- tracefs
+
+
+def fake_tracefs(root: Path, names: list[str]) -> Path:
+    (root / "events").mkdir(parents=True)
+    (root / "events" / "enable").write_text("0\n")
+    if names:
+        kvm = root / "events" / "kvm"
+        kvm.mkdir()
+        (kvm / "enable").write_text("0\n")
+        (kvm / "filter").write_text("none\n")
+        for name in names:
+            (kvm / name).mkdir()
+            (kvm / name / "id").write_text("1\n")
+    return root
+
+
+def test_list_kvm_tracepoints_reads_event_directories(tmp_path: Path) -> None:
+    tracefs = fake_tracefs(tmp_path / "tracing", ["kvm_exit", "kvm_pv_eoi", "kvm_entry"])
+    assert list_kvm_tracepoints(tracefs, fallback=None) == ["kvm:kvm_entry", "kvm:kvm_exit",
+                                                            "kvm:kvm_pv_eoi"]
+
+
+def test_list_kvm_tracepoints_falls_back_to_debugfs(tmp_path: Path) -> None:
+    debug = fake_tracefs(tmp_path / "debug" / "tracing", ["kvm_exit"])
+    assert list_kvm_tracepoints(tmp_path / "unmounted", fallback=debug) == ["kvm:kvm_exit"]
+
+
+def test_list_kvm_tracepoints_unmounted_says_mount(tmp_path: Path) -> None:
+    with pytest.raises(CapabilityError, match="not mounted") as info:
+        list_kvm_tracepoints(tmp_path / "tracing", fallback=tmp_path / "debug")
+    assert info.value.fix == f"mount -t tracefs nodev {tmp_path / 'tracing'}"
+
+
+def test_list_kvm_tracepoints_without_kvm_says_load_kvm(tmp_path: Path) -> None:
+    tracefs = fake_tracefs(tmp_path / "tracing", [])
+    with pytest.raises(CapabilityError, match="kvm module is not loaded") as info:
+        list_kvm_tracepoints(tracefs, fallback=None)
+    assert info.value.fix is not None and "modprobe kvm" in info.value.fix
+
+
+def test_check_required_names_the_missing() -> None:
+    check_required([*REQUIRED, "kvm:kvm_mmio"])
+    with pytest.raises(MeasurementError, match="kvm:kvm_pv_eoi, kvm:kvm_apic_accept_irq"):
+        check_required([n for n in REQUIRED
+                        if n not in ("kvm:kvm_pv_eoi", "kvm:kvm_apic_accept_irq")])
+
+
+# ---------------------------------------------------------------- exit reasons
+
+
+def header_codes(name: str, pattern: str) -> dict[str, int]:
+    text = (LINUX / "arch/x86/include/uapi/asm" / name).read_text()
+    return {m[0]: int(m[1], 0) for m in re.findall(pattern, text)}
+
+
+@pytest.mark.skipif(not LINUX.is_dir(), reason=f"no Linux source at {LINUX}")
+def test_exit_reason_tables_match_the_kernel_headers() -> None:
+    svm = header_codes("svm.h", r"#define SVM_EXIT_(\w+)\s+(0x[0-9a-fA-F]+)")
+    vmx = header_codes("vmx.h", r"#define EXIT_REASON_(\w+)\s+(\d+)\b")
+    assert {k: svm[k] for k in SVM_EXIT_REASONS} == dict(SVM_EXIT_REASONS)
+    assert dict(VMX_EXIT_REASONS) == vmx
+
+
+def test_breakdown_reasons_per_vendor() -> None:
+    svm = breakdown_reasons("svm")
+    assert svm == {"MSR": 0x7C, "NPF": 0x400, "HLT": 0x78, "INTR": 0x60, "IOIO": 0x7B,
+                   "VINTR": 0x64}
+    vmx = breakdown_reasons("VMX")
+    assert vmx["MSR_WRITE"] == 32 and vmx["APIC_ACCESS"] == 44 and vmx["HLT"] == 12
+    assert vmx["EXTERNAL_INTERRUPT"] == 1 and vmx["IO_INSTRUCTION"] == 30
+    assert vmx["INTERRUPT_WINDOW"] == 7
+    svm["MSR"] = 0  # a fresh dict each call
+    assert breakdown_reasons("svm")["MSR"] == 0x7C
+
+
+def test_breakdown_filters_split_svm_msr_writes() -> None:
+    svm = breakdown_filters("svm")
+    assert svm["MSR"] == "exit_reason == 124"
+    assert svm["MSR_WRITE"] == "exit_reason == 124 && info1 == 1"
+    assert breakdown_filters("vmx")["MSR_WRITE"] == "exit_reason == 32"
+
+
+def test_unknown_vendor_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="svm and vmx"):
+        breakdown_reasons("unknown")
+
+
+def test_reason_name() -> None:
+    assert reason_name("svm", 0x7C) == "MSR"
+    assert reason_name("vmx", 32) == "MSR_WRITE"
+    assert reason_name("vmx", 0x80000000 | 33) == "INVALID_STATE"
+    assert reason_name("svm", 0x7777) == "UNKNOWN(0x7777)"
+
+
+# ---------------------------------------------------------------- PerfStat without perf
+
+
+def test_perfstat_validates_and_guards_its_lifecycle() -> None:
+    with pytest.raises(ConfigError):
+        PerfStat([PV])
+    perf = PerfStat([PV], pid=os.getpid())
+    with pytest.raises(PveoiError, match="call start"):
+        perf.enable()
+    with pytest.raises(PveoiError, match="call start"):
+        perf.stop()
+    perf.close()
+    perf.close()  # idempotent
+    with pytest.raises(PveoiError, match="make a new PerfStat"):
+        perf.start()
+
+
+def test_missing_perf_binary_is_a_capability_error(tmp_path: Path) -> None:
+    with PerfStat([PV], pid=os.getpid(), perf=str(tmp_path / "no-perf")) as perf:
+        with pytest.raises(CapabilityError, match="perf not found") as info:
+            perf.start()
+        assert info.value.fix is not None and "linux-perf" in info.value.fix
+        assert perf.workdir is None
+
+
+# ---------------------------------------------------------------- PerfStat with the real perf
+
+
+def _real_perf_reason() -> str | None:
+    if shutil.which("perf") is None:
+        return "perf is not installed"
+    if os.geteuid() != 0:
+        return "needs root to count kernel tracepoints"
+    try:
+        names = list_kvm_tracepoints()
+    except CapabilityError as err:
+        return str(err)
+    return None if "kvm:kvm_exit" in names else "no kvm:kvm_exit tracepoint"
+
+
+real_perf = pytest.mark.skipif(_real_perf_reason() is not None,
+                               reason=_real_perf_reason() or "")
+
+#: A child that, per line "N" on stdin, blocks N times in a short sleep (N
+#: voluntary context switches, each a sched:sched_switch of this task), then
+#: answers "done".
+SWITCHER = textwrap.dedent("""
+    import sys, time
+    for line in sys.stdin:
+        for _ in range(int(line)):
+            time.sleep(0.0005)
+        sys.stdout.write("done\\n")
+        sys.stdout.flush()
+""")
+
+
+class Switcher:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", SWITCHER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.switch(1)  # running and reading
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def switch(self, n: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "done\n"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def switcher() -> Iterator[Switcher]:
+    s = Switcher()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "30"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def assert_gone(perf: PerfStat) -> None:
+    proc = perf._proc
+    assert proc is not None and proc.returncode is not None  # reaped
+    assert perf.workdir is None
+
+
+@real_perf
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("by", ["pid", "tids"])
+def test_real_perf_counts_only_the_enabled_windows(switcher: Switcher, by: str) -> None:
+    events = [Event("sched:sched_switch"), EXIT, EXIT_MSR, PV]
+    target = {"pid": switcher.pid} if by == "pid" else {"tids": [switcher.pid]}
+    with PerfStat(events, **target) as perf:
+        perf.start()
+        workdir = perf.workdir
+        assert workdir is not None and (workdir / "ctl").exists()
+        pid = perf.process_id
+        assert pid is not None and os.getpgid(pid) == pid  # its own process group
+        switcher.switch(300)  # outside: attached but disabled
+        perf.enable()
+        switcher.switch(100)
+        perf.disable()
+        switcher.switch(300)  # outside
+        perf.enable()
+        switcher.switch(50)
+        perf.disable()
+        counts = perf.stop()
+        assert_gone(perf)
+        assert not workdir.exists()
+    assert set(counts) == {"sched:sched_switch", "kvm:kvm_exit", "kvm_exit[MSR]", "kvm:kvm_pv_eoi"}
+    assert all(isinstance(v, int) for v in counts.values())
+    # 150 sleeps (+ a read or two, a preemption maybe) inside; 600 outside.
+    assert 150 <= counts["sched:sched_switch"] < 300, counts
+    assert counts["kvm:kvm_exit"] == counts["kvm_exit[MSR]"] == counts["kvm:kvm_pv_eoi"] == 0
+    assert perf.output_text is not None and "sched:sched_switch" in perf.output_text
+
+
+@real_perf
+@pytest.mark.timeout(60)
+def test_real_perf_a_process_that_never_ran_is_not_counted_not_zero(
+        sleeper: subprocess.Popen[bytes]) -> None:
+    with PerfStat([EXIT, PV], pid=sleeper.pid) as perf:
+        perf.start()
+        perf.enable()
+        perf.disable()
+        with pytest.raises(MeasurementError, match="not counted"):
+            perf.stop()
+        assert_gone(perf)
+
+
+@real_perf
+@pytest.mark.timeout(60)
+def test_real_perf_nonexistent_pid(tmp_path: Path) -> None:
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text())  # pids are < pid_max
+    with PerfStat([EXIT], pid=pid) as perf:
+        with pytest.raises(MeasurementError, match="Problems finding threads") as info:
+            perf.start()
+        assert info.value.fix is not None and "do not exist" in info.value.fix
+        assert_gone(perf)
+
+
+@real_perf
+@pytest.mark.timeout(60)
+def test_real_perf_unknown_tracepoint_and_bad_filter(sleeper: subprocess.Popen[bytes]) -> None:
+    with (PerfStat([Event("kvm:pveoi_no_such_event")], pid=sleeper.pid) as perf,
+          pytest.raises(CapabilityError, match="unknown tracepoint")):
+        perf.start()
+    with (PerfStat([Event("kvm:kvm_exit", "no_such_field == (")], pid=sleeper.pid) as perf,
+          pytest.raises(MeasurementError, match="failed to set filter")):
+        perf.start()
+
+
+@real_perf
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv is not installed")
+def test_real_perf_without_permission(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    wrapper = tmp_path / "perf-as-nobody"
+    wrapper.write_text(f"#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups "
+                       f"{shutil.which('perf')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    with (PerfStat([EXIT], pid=sleeper.pid, perf=str(wrapper)) as perf,
+          pytest.raises(CapabilityError) as info):
+        perf.start()
+    assert info.value.fix is not None and PERMISSION_FIX in info.value.fix
+
+
+@real_perf
+@pytest.mark.timeout(60)
+def test_real_perf_is_killed_when_the_context_is_left_by_an_exception(
+        sleeper: subprocess.Popen[bytes]) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), PerfStat([EXIT], pid=sleeper.pid) as perf:
+        perf.start()
+        perf.enable()
+        raise Boom
+    assert_gone(perf)
+    assert perf._proc is not None and perf._proc.returncode == -signal.SIGKILL
+    with pytest.raises(PveoiError, match="make a new PerfStat"):
+        perf.enable()
+
+
+@real_perf
+@pytest.mark.timeout(60)
+def test_real_perf_dies_with_the_harness(sleeper: subprocess.Popen[bytes]) -> None:
+    harness = textwrap.dedent(f"""
+        import sys
+        from e2e.perf import Event, PerfStat
+        perf = PerfStat([Event("kvm:kvm_exit")], pid={sleeper.pid})
+        perf.start()
+        print(perf.process_id, perf.workdir, flush=True)
+        sys.stdin.read()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", harness], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pid_text, workdir = proc.stdout.readline().split()
+        perf_pid = int(pid_text)
+        pidfd = os.pidfd_open(perf_pid)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup code runs in the harness
+        proc.wait()
+    try:
+        # perf's target (sleep) is alive, so only PR_SET_PDEATHSIG can end it.
+        readable, _, _ = select.select([pidfd], [], [], 10.0)
+        if not readable:
+            os.kill(perf_pid, signal.SIGKILL)
+        assert readable, f"perf {perf_pid} survived its harness"
+    finally:
+        os.close(pidfd)
+        shutil.rmtree(workdir, ignore_errors=True)  # the killed harness could not
