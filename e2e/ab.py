@@ -28,7 +28,7 @@ from .errors import ConfigError, MeasurementError, PveoiError
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, pveoi_delta
 from .machine import Machine, child_preexec
-from .perf import REQUIRED, Event, PerfStat, check_required, list_kvm_tracepoints
+from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
 from .stats import summarize
 from .workloads import Workload
 
@@ -64,7 +64,7 @@ class Arm:
     @property
     def expects_pv_eoi(self) -> bool:
         """Whether PV EOI should be in use: offered by QEMU and not refused by the guest."""
-        return self.pv_eoi is not False and "no-kvm-pv-eoi" not in self.append.split()
+        return self.pv_eoi is not False and not _refuses_pv_eoi(self.append)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kvm_pv_eoi": self.pv_eoi, "cpu_flags": list(self.cpu_flags),
@@ -73,6 +73,21 @@ class Arm:
 
 
 DEFAULT_ARMS = (Arm("on", pv_eoi=True), Arm("off", pv_eoi=False))
+
+
+def _refuses_pv_eoi(append: str) -> bool:
+    """Whether a kernel command line holds ``no-kvm-pv-eoi`` as the kernel parses it.
+
+    The kernel matches a parameter by its name before ``=`` (the value is
+    ignored by this one), treats ``-`` and ``_`` alike, and hands everything
+    after ``--`` to init.
+    """
+    for word in append.split():
+        if word == "--":
+            return False
+        if word.split("=", 1)[0].replace("_", "-") == "no-kvm-pv-eoi":
+            return True
+    return False
 
 
 def load_arms(path: Path) -> tuple[Arm, ...]:
@@ -90,6 +105,12 @@ def load_arms(path: Path) -> tuple[Arm, ...]:
         if unknown or "name" not in raw:
             raise ConfigError(f"{path}: arm #{i + 1} has unknown keys {sorted(unknown)} or no name",
                               fix="use name, pv_eoi, cpu_flags, append, kernel")
+        flags = raw.get("cpu_flags", [])
+        if not isinstance(raw.get("pv_eoi", True), bool) or not (
+                isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            raise ConfigError(f"{path}: arm {raw['name']}: pv_eoi must be true or false and "
+                              "cpu_flags a list of strings",
+                              fix='write e.g. pv_eoi = false, cpu_flags = ["x2apic=on"]')
         kernel = Path(raw["kernel"]).expanduser() if raw.get("kernel") else None
         if kernel is not None and not kernel.is_file():
             raise ConfigError(f"{path}: arm {raw['name']}: kernel {kernel} not found", fix="build it first")

@@ -142,6 +142,8 @@ class Cache:
         try:
             manifest = json.loads(manifest_path.read_text())
             files: Mapping[str, str] = manifest["files"]
+            if not isinstance(files, dict):
+                raise TypeError(f"files is a {type(files).__name__}, not a mapping")
         except (ValueError, KeyError, TypeError, OSError):
             log.warning("cache entry %s has an unreadable manifest; discarding it", path)
             shutil.rmtree(path, ignore_errors=True)

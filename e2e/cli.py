@@ -14,10 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from . import __version__
 from typing import Any
 
+from . import __version__
 from .errors import ConfigError, PveoiError
 
 log = logging.getLogger("pveoi")
@@ -251,7 +250,9 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         print(f"kvm-pv-eoi: requested {args.pv_eoi}, QMP reads {', '.join('on' if r else 'off' for r in readback)}"
               f"{note}", file=sys.stderr)
         if state.pveoi is None:
-            print("guest view: no /sys/kernel/debug/kvm_pv_eoi (kernel without guest_patches)", file=sys.stderr)
+            why = ("not a KVM guest: the guest patch's file exists only on KVM" if not kvm["enabled"]
+                   else "guest kernel without guest_patches/0001")
+            print(f"guest view: no /sys/kernel/debug/kvm_pv_eoi ({why})", file=sys.stderr)
         else:
             for c in state.pveoi.values():
                 print(f"guest view: cpu{c.cpu} feature={int(c.feature)} enabled={int(c.enabled)}", file=sys.stderr)

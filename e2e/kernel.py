@@ -161,12 +161,14 @@ def apply_patches(tree: Path, patches: Sequence[Patch]) -> None:
     """
     for patch in patches:
         proc = subprocess.run(
-            ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-", "-i", str(patch.path)],
+            ["patch", "-p1", "--fuzz=0", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-", "-i",
+             str(patch.path)],
             cwd=tree, capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
             out = (proc.stdout + proc.stderr).splitlines()
-            failed = [ln for ln in out if "FAILED" in ln or "malformed" in ln or "can't find file" in ln.lower()]
+            failed = [ln for ln in out if "FAILED" in ln or "malformed" in ln or "can't find file" in ln.lower()
+                      or "Reversed" in ln]
             current = next((ln for ln in reversed(out) if ln.startswith("patching file")), "")
             detail = "; ".join(([current] if current else []) + failed[:3]) or (out[-1] if out else "no output")
             raise BuildError(
@@ -190,7 +192,7 @@ class KernelSource:
         if not DEBIAN_SOURCE_TARBALL.is_file():
             raise ConfigError(
                 f"{DEBIAN_SOURCE_TARBALL} not found",
-                fix=f"apt-get install {DEBIAN_SOURCE_PACKAGE} (or run host_config/install-deps.sh), or pass --source DIR",
+                fix=f"apt-get install {DEBIAN_SOURCE_PACKAGE} (host_config/install-deps.sh), or pass --source DIR",
             )
         return cls("debian", DEBIAN_SOURCE_TARBALL)
 
@@ -232,7 +234,8 @@ class KernelSource:
             return self.path
         dest = workdir / "src"
         _run_checked(
-            ["rsync", "-a", "--exclude=.git", "--exclude=*.o", "--exclude=*.cmd", str(self.path) + "/", str(dest) + "/"],
+            ["rsync", "-a", "--exclude=.git", "--exclude=*.o", "--exclude=*.cmd",
+             str(self.path) + "/", str(dest) + "/"],
             "copy the kernel tree",
         )
         return dest
@@ -278,8 +281,8 @@ class BuildSpec:
         return merge_fragments(frags)
 
     def key(self) -> str:
-        parts = [f"schema={SCHEMA}", f"flavour={self.flavour}", self.source.identity(),
-                 render_fragment(self.requested_options())]
+        parts: list[str | bytes] = [f"schema={SCHEMA}", f"flavour={self.flavour}",
+                                    self.source.identity(), render_fragment(self.requested_options())]
         for p in self.patches:
             parts += [p.name, p.path.read_bytes()]
         return content_hash(parts)[:24]
@@ -408,7 +411,8 @@ def _build_into(
 
 
 def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
-                 fragments: Sequence[Path] = (), jobs: int | None = None, with_patches: bool | None = None) -> BuildSpec:
+                 fragments: Sequence[Path] = (), jobs: int | None = None,
+                 with_patches: bool | None = None) -> BuildSpec:
     """The spec pveoi uses unless told otherwise.
 
     Guest kernels get ``guest_patches/`` by default; host kernels get none.
@@ -478,9 +482,12 @@ def _kernel_release_from_image(path: Path) -> str:
     """The version string embedded in a bzImage's setup header."""
     with open(path, "rb") as f:
         data = f.read(0x10000)
-    off = int.from_bytes(data[0x20E:0x210], "little") + 0x200
+    pointer = int.from_bytes(data[0x20E:0x210], "little")  # 0: the image has no version string
+    off = pointer + 0x200
     end = data.find(b"\0", off)
-    return data[off:end].decode(errors="replace").split(" ")[0] if 0 < off < len(data) else "unknown"
+    if not pointer or off >= len(data) or end < 0:
+        return "unknown"
+    return data[off:end].decode(errors="replace").split(" ")[0] or "unknown"
 
 
 def _publish_file(cache: Cache, key: str, src: Path, origin: Mapping[str, Any]) -> CacheEntry:

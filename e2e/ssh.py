@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +47,7 @@ def _command_string(cmd: Sequence[str] | str) -> str:
 def _load_key(path: Path) -> paramiko.PKey:
     for cls in (paramiko.ECDSAKey, paramiko.Ed25519Key, paramiko.RSAKey):
         try:
-            return cls.from_private_key_file(str(path))  # type: ignore[attr-defined,no-any-return]
+            return cls.from_private_key_file(str(path))
         except (paramiko.SSHException, ValueError):
             continue
     raise SshError(f"cannot load the SSH key {path}", fix="delete it so pveoi regenerates it")
@@ -149,7 +148,7 @@ class GuestSsh:
             if stdin is not None:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            out, err = bytearray(), bytearray()
+            out, errbuf = bytearray(), bytearray()
 
             def drain() -> None:
                 while chan.recv_ready():
@@ -159,7 +158,7 @@ class GuestSsh:
                         on_output("stdout", data)
                 while chan.recv_stderr_ready():
                     data = chan.recv_stderr(65536)
-                    err.extend(data)
+                    errbuf.extend(data)
                     if on_output:
                         on_output("stderr", data)
 
@@ -181,7 +180,7 @@ class GuestSsh:
         except (paramiko.SSHException, EOFError, OSError) as err:
             raise SshError(f"SSH failed while running `{command}`: {err}",
                            fix="check the guest's console log; the guest may have crashed") from err
-        return CommandResult(command, status, out.decode(errors="replace"), err.decode(errors="replace"),
+        return CommandResult(command, status, out.decode(errors="replace"), errbuf.decode(errors="replace"),
                              time.monotonic() - start)
 
     def put(self, local: Path, remote: str, timeout: float = 60.0) -> None:

@@ -42,10 +42,9 @@ def test_both_arms_boot_and_run_over_ssh(guest_kernel: Path, guest_image, pv_eoi
         res = ssh.run(["uname", "-r"], timeout=30).check()
         assert res.stdout.strip()
         state = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
-        assert state.pveoi is not None, "guest kernel lacks guest_patches/0001's debugfs file"
-        assert sorted(state.pveoi) == [0, 1]
-        assert all(not c.feature and not c.enabled for c in state.pveoi.values())
-        assert "LOC" in state.interrupts
+        # Under TCG there is no KVM signature, so the guest patch's file is absent.
+        assert state.pveoi is None
+        assert "LOC" in state.interrupts and len(state.interrupts["LOC"]) == 2
         # Exit status and stderr come back.
         res = ssh.run(["sh", "-c", "echo oops >&2; exit 7"], timeout=30)
         assert (res.exit_status, res.stderr.strip()) == (7, "oops")
@@ -90,7 +89,7 @@ def test_cli_boot_runs_command_and_reports_pv_eoi(guest_kernel: Path, guest_imag
         assert proc.returncode == 3, proc.stderr
         assert proc.stdout.strip(), proc.stderr
         assert f"kvm-pv-eoi: requested {arm}, QMP reads off" in proc.stderr
-        assert "guest view: cpu0 feature=0 enabled=0" in proc.stderr
+        assert "guest view: no /sys/kernel/debug/kvm_pv_eoi (not a KVM guest" in proc.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
