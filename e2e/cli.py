@@ -123,9 +123,24 @@ def _host_kernel() -> Path:
 
 
 def _image(args: argparse.Namespace) -> Any:
+    """The guest image: --image DIR (a built cache entry, used read-only), else build or hit the cache."""
     from . import image
 
-    return image.build_image()
+    entry = getattr(args, "image", None)
+    if entry is None:
+        return image.build_image()
+    entry = Path(entry).absolute()
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        from .cache import cache_root
+
+        key = cache_root() / image.SSH_KIND / image.SSH_KEY_NAME
+        identity = image.SshIdentity(key, manifest["client_key_line"])
+        return image.GuestImage(initrd=entry / image.INITRD_NAME, host_key_line=manifest["host_key_line"],
+                                identity=identity, manifest=manifest, path=entry)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"--image {entry}: not a pveoi image entry ({err})",
+                          fix="pass the directory `pveoi image build --json` names") from err
 
 
 def _stdout_sink(data: bytes) -> None:
@@ -188,6 +203,7 @@ def _add_boot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     k = p.add_mutually_exclusive_group()
     k.add_argument("--kernel", type=Path, metavar="PATH", help="a guest bzImage")
     k.add_argument("--kernel-build", action="store_true", help="build pveoi's guest kernel (the default)")
+    p.add_argument("--image", type=Path, metavar="DIR", help="a built guest image entry (default: build pveoi's)")
     p.add_argument("--smp", type=int, default=1)
     p.add_argument("--memory", type=int, default=256, metavar="MIB")
     p.add_argument("--append", default="", help="extra guest kernel parameters")
@@ -221,9 +237,9 @@ def _cmd_boot(args: argparse.Namespace) -> int:
                                   fix="pass -- CMD, or use --accel tcg")
             log.info("booting under KVM inside the virtual KVM host: %s", why)
             kernel_path = _guest_kernel(args)
-            _image(args)
+            img = _image(args)
             inner = ["boot", "--accel", "kvm", "--host", "direct", "--pv-eoi", args.pv_eoi,
-                     "--kernel", str(kernel_path), "--smp", str(args.smp), "--memory", str(args.memory),
+                     "--kernel", str(kernel_path), "--image", str(img.path), "--smp", str(args.smp), "--memory", str(args.memory),
                      "--append", args.append, "--timeout", str(args.timeout),
                      "--boot-timeout", str(args.boot_timeout), "--", *cmd]
             from .vhost import run_in_vhost
@@ -327,6 +343,7 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"repeatable; one of {', '.join(WORKLOADS)} (default: timer)")
     p.add_argument("--runs", type=int, default=3, help="reps per arm (default 3)")
     p.add_argument("--kernel", type=Path, metavar="PATH", help="guest bzImage (default: build pveoi's)")
+    p.add_argument("--image", type=Path, metavar="DIR", help="a built guest image entry (default: build pveoi's)")
     p.add_argument("--arms", type=Path, metavar="TOML", help="custom arms ([[arm]] name, pv_eoi, append, kernel)")
     p.add_argument("--host", choices=["auto", "direct", "virtual"], default="auto")
     p.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
@@ -389,7 +406,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory(prefix="pveoi-ab-") as tmp:
             inner_json = Path(tmp) / "inner.json"
-            inner = ["ab", "--host", "direct", "--kernel", str(kernel_path), "--runs", str(args.runs),
+            inner = ["ab", "--host", "direct", "--kernel", str(kernel_path), "--image", str(img.path),
+                     "--runs", str(args.runs),
                      "--json", str(inner_json), "--logs", str(Path(tmp) / "logs"), "--memory", str(args.memory)]
             for w in workloads:
                 inner += ["--workload", w.name]
