@@ -239,7 +239,8 @@ def _cmd_boot(args: argparse.Namespace) -> int:
             kernel_path = _guest_kernel(args)
             img = _image(args)
             inner = ["boot", "--accel", "kvm", "--host", "direct", "--pv-eoi", args.pv_eoi,
-                     "--kernel", str(kernel_path), "--image", str(img.path), "--smp", str(args.smp), "--memory", str(args.memory),
+                     "--kernel", str(kernel_path),
+                     "--image", str(img.path), "--smp", str(args.smp), "--memory", str(args.memory),
                      "--append", args.append, "--timeout", str(args.timeout),
                      "--boot-timeout", str(args.boot_timeout), "--", *cmd]
             from .vhost import run_in_vhost

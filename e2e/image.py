@@ -579,6 +579,7 @@ class ImageInputs:
     client_public_line: str
     modules: KernelModules | None = None
     wanted_modules: tuple[str, ...] = WANTED_MODULES
+    tools: tuple[Tool, ...] = TOOLS
 
     def key(self) -> str:
         """Content hash of the inputs (24 hex digits)."""
@@ -603,7 +604,7 @@ def image_inputs(identity: SshIdentity, kernel: CacheEntry | None = None,
             raise ConfigError(f"{path} not found", fix="run pveoi from a complete checkout")
         recipe.append(path.read_bytes())
     return ImageInputs(recipe[0], recipe[1], tuple(collect_host_files(tools)), identity.public_line,
-                       kernel_modules(kernel))
+                       kernel_modules(kernel), tools=tuple(tools))
 
 
 # ---------------------------------------------------------------- build
@@ -784,8 +785,8 @@ def _build_into(inputs: ImageInputs, key: str, cache: Cache, staged: Path, work:
     ) as gz:
         uncompressed = write_newc(entries, gz)
 
-    tools = [t for t in TOOLS if t.dest is not None]
-    versions = package_versions(t.package for t in TOOLS)
+    tools = [t for t in inputs.tools if t.dest is not None]
+    versions = package_versions(t.package for t in inputs.tools)
     by_dest = {f.dest: f for f in inputs.files}
     manifest: dict[str, Any] = {
         "schema": SCHEMA,

@@ -1,0 +1,469 @@
+"""Unit tests for e2e.kernel's pure parts: config fragments, the patch series,
+make's argv, the build cache key, and the bzImage header checks.
+
+The tests marked ``slow`` run the real ``patch`` on a broken patch and apply
+the real ``guest_patches/`` series to kvm.c and kernel-parameters.txt taken
+from Debian's linux-source-6.1 tarball (about 10 s to unpack).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from e2e import kernel
+from e2e.cache import cache_root
+from e2e.errors import BuildError, ConfigError
+from e2e.kernel import (
+    BuildSpec,
+    KernelSource,
+    Patch,
+    apply_patches,
+    load_series,
+    make_argv,
+    merge_fragments,
+    missing_options,
+    parse_config_fragment,
+    parse_series,
+    render_fragment,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_PATCHES = REPO / "guest_patches"
+
+# ---------------------------------------------------------------- config fragments
+
+
+def test_parse_config_fragment() -> None:
+    text = """
+# a comment
+CONFIG_KVM_GUEST=y
+CONFIG_HZ=1000
+CONFIG_CMDLINE="console=ttyS0 quiet"
+
+# CONFIG_MODULES is not set
+  CONFIG_SMP=y \t
+CONFIG_DEBUG_FS=n
+"""
+    assert parse_config_fragment(text) == {
+        "CONFIG_KVM_GUEST": "y",
+        "CONFIG_HZ": "1000",
+        "CONFIG_CMDLINE": '"console=ttyS0 quiet"',
+        "CONFIG_MODULES": "n",
+        "CONFIG_SMP": "y",
+        "CONFIG_DEBUG_FS": "n",
+    }
+
+
+def test_parse_config_fragment_last_assignment_wins() -> None:
+    assert parse_config_fragment("CONFIG_A=y\n# CONFIG_A is not set\n") == {"CONFIG_A": "n"}
+    assert parse_config_fragment("# CONFIG_A is not set\nCONFIG_A=m\n") == {"CONFIG_A": "m"}
+
+
+def test_parse_config_fragment_empty() -> None:
+    assert parse_config_fragment("") == {}
+    assert parse_config_fragment("# only comments\n\n") == {}
+
+
+@pytest.mark.parametrize("line", ["MODULES=y", "CONFIG_FOO", "CONFIG FOO=y", "y"])
+def test_parse_config_fragment_rejects_junk(line: str) -> None:
+    with pytest.raises(ConfigError, match=r"frag\.config:3: not a Kconfig line") as info:
+        parse_config_fragment(f"CONFIG_A=y\n\n{line}\n", origin="frag.config")
+    assert "CONFIG_FOO=y" in str(info.value)  # the fix shows the syntax
+
+
+@pytest.mark.parametrize("name", ["guest.config", "host.config"])
+def test_repo_fragments_parse(name: str) -> None:
+    path = REPO / "images" / "kernel" / name
+    options = parse_config_fragment(path.read_text(), str(path))
+    assert options, f"{path} sets nothing"
+    assert all(sym.startswith("CONFIG_") for sym in options)
+
+
+def test_guest_fragment_enables_what_the_measurement_needs() -> None:
+    options = parse_config_fragment((REPO / "images" / "kernel" / "guest.config").read_text())
+    # The guest patch's counters live in kvm.c (KVM_GUEST) and show up in debugfs.
+    assert options.get("CONFIG_KVM_GUEST") == "y"
+    assert options.get("CONFIG_DEBUG_FS") == "y"
+
+
+def test_merge_fragments_later_wins_and_inputs_untouched() -> None:
+    a = {"CONFIG_A": "y", "CONFIG_B": "y"}
+    b = {"CONFIG_B": "n", "CONFIG_C": "m"}
+    assert merge_fragments([a, b]) == {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": "m"}
+    assert merge_fragments([b, a])["CONFIG_B"] == "y"
+    assert a == {"CONFIG_A": "y", "CONFIG_B": "y"}
+    assert merge_fragments([]) == {}
+
+
+def test_render_fragment_sorted_and_unset_syntax() -> None:
+    text = render_fragment({"CONFIG_Z": "y", "CONFIG_A": "n", "CONFIG_M": '"x y"'})
+    assert text == '# CONFIG_A is not set\nCONFIG_M="x y"\nCONFIG_Z=y\n'
+
+
+def test_render_fragment_is_order_independent_and_round_trips() -> None:
+    options = {"CONFIG_B": "y", "CONFIG_A": "n", "CONFIG_HZ": "250", "CONFIG_S": '"a"'}
+    reordered = dict(reversed(list(options.items())))
+    assert render_fragment(options) == render_fragment(reordered)
+    assert parse_config_fragment(render_fragment(options)) == options
+
+
+def test_missing_options() -> None:
+    requested = {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": '"ttyS0"', "CONFIG_D": "y",
+                 "CONFIG_E": "m"}
+    final = {"CONFIG_A": "y", "CONFIG_C": "ttyS0", "CONFIG_E": "y"}
+    # B=n is satisfied by absence; C's quotes are ignored; D is absent; E differs.
+    assert missing_options(requested, final) == ["CONFIG_D=y (got n)", "CONFIG_E=m (got y)"]
+    assert missing_options({}, final) == []
+    assert missing_options({"CONFIG_B": "n"}, {"CONFIG_B": "y"}) == ["CONFIG_B=n (got y)"]
+
+
+# ---------------------------------------------------------------- series
+
+
+def test_parse_series() -> None:
+    text = """# header comment
+0001-first.patch
+
+0002-second.patch -p1   # trailing comment
+   0003-third.patch
+"""
+    assert parse_series(text) == ["0001-first.patch", "0002-second.patch", "0003-third.patch"]
+    assert parse_series("") == []
+
+
+@pytest.mark.parametrize("opt", ["-p0", "-p2", "-R"])
+def test_parse_series_rejects_other_options(opt: str) -> None:
+    with pytest.raises(ConfigError, match=f"unsupported option '{opt}' for 0001.patch"):
+        parse_series(f"0001.patch {opt}\n")
+
+
+def test_load_series_real_guest_patches() -> None:
+    patches = load_series(GUEST_PATCHES)
+    names = [p.name for p in patches]
+    assert names == parse_series((GUEST_PATCHES / "series").read_text())
+    assert names == sorted(names), "the series is applied in its numbered order"
+    assert len(names) >= 2
+    for p in patches:
+        assert p.path == GUEST_PATCHES / p.name
+        assert p.path.is_file()
+
+
+def test_load_series_missing_series(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no series file"):
+        load_series(tmp_path)
+
+
+def test_load_series_missing_patch(tmp_path: Path) -> None:
+    (tmp_path / "series").write_text("0001-here.patch\n0002-gone.patch\n")
+    (tmp_path / "0001-here.patch").write_text("")
+    with pytest.raises(ConfigError, match=r"0002-gone\.patch"):
+        load_series(tmp_path)
+
+
+# ---------------------------------------------------------------- apply_patches
+
+ORIGINAL = "".join(f"line {i}\n" for i in range(1, 21))
+
+GOOD_PATCH = """\
+Subject: [PATCH] change line 2
+
+--- a/src/file.c
++++ b/src/file.c
+@@ -1,4 +1,4 @@
+ line 1
+-line 2
++LINE TWO
+ line 3
+ line 4
+"""
+
+# Hunk 1 is fine; in hunk 2 the context line "line 17" reads "no such line".
+# GNU patch's default fuzz would apply it anyway; pveoi's patches must match.
+BROKEN_PATCH = """\
+Subject: [PATCH] broken on purpose
+
+--- a/src/file.c
++++ b/src/file.c
+@@ -3,7 +3,7 @@
+ line 3
+ line 4
+ line 5
+-line 6
++LINE SIX
+ line 7
+ line 8
+ line 9
+@@ -11,7 +11,7 @@
+ line 11
+ line 12
+ line 13
+-line 14
++LINE FOURTEEN
+ line 15
+ line 16
+ no such line
+"""
+
+
+def make_tree(root: Path) -> Path:
+    (root / "tree" / "src").mkdir(parents=True)
+    (root / "tree" / "src" / "file.c").write_text(ORIGINAL)
+    return root / "tree"
+
+
+def write_patch(root: Path, name: str, text: str) -> Patch:
+    path = root / name
+    path.write_text(text)
+    return Patch(name, path)
+
+
+def test_apply_patches_good_patch(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    apply_patches(tree, [write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)])
+    assert (tree / "src" / "file.c").read_text() == ORIGINAL.replace("line 2\n", "LINE TWO\n")
+    assert sorted(p.name for p in (tree / "src").iterdir()) == ["file.c"], "no .orig/.rej left"
+
+
+def test_apply_patches_nothing_to_do(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    apply_patches(tree, [])
+    assert (tree / "src" / "file.c").read_text() == ORIGINAL
+
+
+@pytest.mark.slow
+def test_apply_patches_broken_patch_names_patch_and_hunk(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    good = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
+    broken = write_patch(tmp_path, "0002-broken.patch", BROKEN_PATCH)
+    with pytest.raises(BuildError) as info:
+        apply_patches(tree, [good, broken])
+    message = str(info.value)
+    assert "patch 0002-broken.patch does not apply" in message
+    assert "0001-good.patch" not in message
+    assert "patching file src/file.c" in message
+    assert "Hunk #2 FAILED at 11" in message
+    assert "Hunk #1" not in message
+    assert info.value.fix is not None and str(broken.path) in info.value.fix
+    assert sorted(p.name for p in (tree / "src").iterdir()) == ["file.c"], "no .orig/.rej left"
+
+
+@pytest.mark.slow
+def test_apply_patches_missing_file_and_reapplied(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path)
+    elsewhere = write_patch(tmp_path, "0001-elsewhere.patch",
+                            GOOD_PATCH.replace("src/file.c", "src/other.c"))
+    with pytest.raises(BuildError, match=r"0001-elsewhere\.patch does not apply: can't find file"):
+        apply_patches(tree, [elsewhere])
+    good = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
+    apply_patches(tree, [good])
+    with pytest.raises(BuildError, match=r"0001-good\.patch does not apply.*Reversed"):
+        apply_patches(tree, [good])
+
+
+@pytest.fixture(scope="module")
+def linux_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kvm.c and kernel-parameters.txt from Debian's linux-source-6.1, unpacked once."""
+    tarball = kernel.DEBIAN_SOURCE_TARBALL
+    if not tarball.is_file():
+        pytest.skip(f"{tarball} not found (apt-get install {kernel.DEBIAN_SOURCE_PACKAGE})")
+    dest = tmp_path_factory.mktemp("linux")
+    subprocess.run(
+        ["tar", "-xJf", str(tarball), "-C", str(dest),
+         "linux-source-6.1/arch/x86/kernel/kvm.c",
+         "linux-source-6.1/Documentation/admin-guide/kernel-parameters.txt"],
+        check=True, capture_output=True,
+    )
+    return dest / "linux-source-6.1"
+
+
+@pytest.mark.slow
+def test_real_series_applies_cleanly(linux_files: Path) -> None:
+    kvm_c = linux_files / "arch" / "x86" / "kernel" / "kvm.c"
+    params = linux_files / "Documentation" / "admin-guide" / "kernel-parameters.txt"
+    before = kvm_c.read_text()
+    assert "kvm_pv_eoi_skipped" not in before
+    # apply_patches runs patch with --fuzz=0: success means every hunk matched exactly.
+    apply_patches(linux_files, load_series(GUEST_PATCHES))
+    after = kvm_c.read_text()
+    for needle in ("kvm_pv_eoi_skipped", "kvm_pv_eoi_written", "kvm_pv_eoi_enabled",
+                   '"cpu%d feature=%d enabled=%u skipped=%lu written=%lu\\n"',
+                   'early_param("no-kvm-pv-eoi"', "pv_eoi_supported"):
+        assert needle in after, needle
+    assert "no-kvm-pv-eoi\t[X86,KVM]" in params.read_text()
+    leftovers = [p.name for p in kvm_c.parent.iterdir() if p.suffix in (".orig", ".rej")]
+    assert leftovers == []
+    # A second application is refused (--forward), naming the first patch.
+    with pytest.raises(BuildError, match=r"patch 0001-[^ ]+ does not apply.*Reversed"):
+        apply_patches(linux_files, load_series(GUEST_PATCHES))
+
+
+# ---------------------------------------------------------------- make argv
+
+
+def test_make_argv() -> None:
+    assert make_argv(Path("/src"), Path("/b"), ["tinyconfig"]) == [
+        "make", "-C", "/src", "O=/b", "-j1", "tinyconfig"]
+    assert make_argv(Path("/src"), Path("/b"), ["bzImage", "modules"], jobs=8) == [
+        "make", "-C", "/src", "O=/b", "-j8", "bzImage", "modules"]
+    assert make_argv(Path("/src"), Path("/b"), []) == ["make", "-C", "/src", "O=/b", "-j1"]
+
+
+# ---------------------------------------------------------------- BuildSpec.key
+
+
+def make_source(root: Path) -> Path:
+    tree = root / "linux"
+    (tree / "arch" / "x86" / "kernel").mkdir(parents=True)
+    (tree / "Makefile").write_text("VERSION = 6\n")
+    (tree / "arch" / "x86" / "kernel" / "kvm.c").write_text("int x;\n")
+    return tree
+
+
+def test_kernel_source_tree_rejects_non_trees(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a Linux source tree"):
+        KernelSource.tree(tmp_path)
+    src = KernelSource.tree(make_source(tmp_path))
+    assert src.kind == "tree"
+    assert src.path == tmp_path / "linux"
+
+
+def test_build_spec_key_sensitivity(tmp_path: Path) -> None:
+    tree = make_source(tmp_path)
+    source = KernelSource.tree(tree)
+    frag = tmp_path / "extra.config"
+    frag.write_text("CONFIG_HZ_1000=y\n")
+    p1 = write_patch(tmp_path, "0001-a.patch", GOOD_PATCH)
+    base = BuildSpec(source, "guest", (p1,), (frag,), jobs=2)
+    key = base.key()
+    assert len(key) == 24
+    assert int(key, 16) >= 0
+
+    # Same inputs, same key; jobs is not an input of the result.
+    assert BuildSpec(source, "guest", (p1,), (frag,), jobs=2).key() == key
+    assert BuildSpec(source, "guest", (p1,), (frag,), jobs=7).key() == key
+
+    seen = {key}
+
+    def changed(spec: BuildSpec, why: str) -> None:
+        k = spec.key()
+        assert k not in seen, f"key did not change when {why}"
+        seen.add(k)
+
+    changed(BuildSpec(source, "host", (p1,), (frag,)), "the flavour changed")
+    changed(BuildSpec(source, "guest", (), (frag,)), "the patches were dropped")
+    changed(BuildSpec(source, "guest", (p1,), ()), "the fragment was dropped")
+    p1_renamed = Patch("0001-b.patch", p1.path)
+    changed(BuildSpec(source, "guest", (p1_renamed,), (frag,)), "a patch was renamed")
+    p2 = write_patch(tmp_path, "0002-b.patch", BROKEN_PATCH)
+    changed(BuildSpec(source, "guest", (p1, p2), (frag,)), "a patch was added")
+    changed(BuildSpec(source, "guest", (p2, p1), (frag,)), "the patch order changed")
+
+    p1.path.write_text(GOOD_PATCH.replace("LINE TWO", "LINE 2"))
+    changed(base, "a patch's content changed")
+    frag.write_text("CONFIG_HZ_1000=y\nCONFIG_HZ=1000\n")
+    changed(base, "the fragment's content changed")
+    (tree / "arch" / "x86" / "kernel" / "kvm.c").write_text("int x, y;\n")
+    changed(base, "a source file changed")
+    (tree / "arch" / "x86" / "kernel" / "new.c").write_text("int z;\n")
+    changed(base, "a source file was added")
+
+    # Editing a fragment back to an equivalent rendering gives the same key.
+    k = base.key()
+    frag.write_text("CONFIG_HZ=1000\n# comment\nCONFIG_HZ_1000=y\n")
+    assert base.key() == k
+
+
+def test_build_spec_missing_fragment(tmp_path: Path) -> None:
+    source = KernelSource.tree(make_source(tmp_path))
+    spec = BuildSpec(source, "guest", (), (tmp_path / "nope.config",))
+    with pytest.raises(ConfigError, match=r"nope\.config not found"):
+        spec.key()
+
+
+def test_build_spec_unknown_flavour(tmp_path: Path) -> None:
+    source = KernelSource.tree(make_source(tmp_path))
+    with pytest.raises(ConfigError, match="unknown kernel flavour 'fat'"):
+        BuildSpec(source, "fat").key()
+
+
+def test_host_flavour_adds_host_fragment(tmp_path: Path) -> None:
+    source = KernelSource.tree(make_source(tmp_path))
+    guest = BuildSpec(source, "guest").requested_options()
+    host = BuildSpec(source, "host").requested_options()
+    host_only = parse_config_fragment((REPO / "images" / "kernel" / "host.config").read_text())
+    assert host == {**guest, **host_only}
+
+
+# ---------------------------------------------------------------- bzImage header
+
+
+def fake_bzimage(path: Path, version: bytes | None = b"6.1.192 (pveoi@pveoi) #1 SMP pveoi",
+                 magic: bytes = b"HdrS", size: int = 0x4000, at: int = 0x3920) -> Path:
+    data = bytearray(size)
+    data[0:2] = b"\xeb\x3c"  # a jump, like the real setup code
+    data[0x202:0x206] = magic
+    if version is not None:
+        data[0x20E:0x210] = (at - 0x200).to_bytes(2, "little")
+        data[at:at + len(version) + 1] = version + b"\0"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_check_bzimage_accepts_boot_header(tmp_path: Path) -> None:
+    kernel._check_bzimage(fake_bzimage(tmp_path / "bzImage"))
+
+
+@pytest.mark.parametrize(
+    ("magic", "size"), [(b"HdrX", 0x4000), (b"\0\0\0\0", 0x4000), (b"HdrS", 0x205), (b"", 0)],
+)
+def test_check_bzimage_rejects_non_images(tmp_path: Path, magic: bytes, size: int) -> None:
+    path = tmp_path / "vmlinux"
+    if size < 0x206:
+        path.write_bytes(b"\0" * size)
+    else:
+        fake_bzimage(path, magic=magic, size=size)
+    with pytest.raises(ConfigError, match="not an x86 bzImage"):
+        kernel._check_bzimage(path)
+
+
+def test_kernel_release_from_fake_header(tmp_path: Path) -> None:
+    assert kernel._kernel_release_from_image(fake_bzimage(tmp_path / "a")) == "6.1.192"
+    b = fake_bzimage(tmp_path / "b", version=b"6.1.0-27-cloud-amd64 (debian-kernel@lists)",
+                     at=0x300)
+    assert kernel._kernel_release_from_image(b) == "6.1.0-27-cloud-amd64"
+
+
+def test_kernel_release_absent_or_broken(tmp_path: Path) -> None:
+    # kernel_version 0 means "no version string" (boot protocol), not "read at 0x200".
+    no_version = fake_bzimage(tmp_path / "a", version=None)
+    assert kernel._kernel_release_from_image(no_version) == "unknown"
+    # A pointer past what is read, or a string with no NUL, gives "unknown".
+    past = fake_bzimage(tmp_path / "b", version=None)
+    data = bytearray(past.read_bytes())
+    data[0x20E:0x210] = (0xFFFF).to_bytes(2, "little")
+    past.write_bytes(bytes(data))
+    assert kernel._kernel_release_from_image(past) == "unknown"
+    unterminated = fake_bzimage(tmp_path / "c", version=None, size=0x1000)
+    data = bytearray(unterminated.read_bytes())
+    data[0x20E:0x210] = (0x0E00 - 0x200).to_bytes(2, "little")
+    data[0x0E00:] = b"7" * (0x1000 - 0x0E00)
+    unterminated.write_bytes(bytes(data))
+    assert kernel._kernel_release_from_image(unterminated) == "unknown"
+
+
+def test_kernel_release_of_cached_real_kernels() -> None:
+    """pveoi's own builds, if this machine has any: the header agrees with the manifest."""
+    images = sorted((cache_root() / "kernels").glob("*/bzImage"))
+    if not images:
+        pytest.skip(f"no kernel built in {cache_root()} yet")
+    for image in images:
+        kernel._check_bzimage(image)
+        manifest = json.loads((image.parent / "manifest.json").read_text())
+        release = kernel._kernel_release_from_image(image)
+        assert release != "unknown"
+        if manifest.get("kind") == "build":
+            assert release == manifest["release"]
