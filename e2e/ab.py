@@ -13,6 +13,8 @@ import contextlib
 import logging
 import os
 import platform
+import select
+import shlex
 import socket
 import subprocess
 import time
@@ -207,20 +209,24 @@ def host_server(argv: Sequence[str]) -> Iterator[int | None]:
         port = s.getsockname()[1]
     cmd = [a.replace("{port}", str(port)) for a in argv]
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 preexec_fn=child_preexec())
     except OSError as err:
         raise ConfigError(f"cannot start {cmd[0]}: {err.strerror}", fix=f"apt-get install {cmd[0]}") from err
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until it listens
-            with socket.socket() as c:
-                c.settimeout(0.5)
-                if c.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None:
-                raise PveoiError(f"{cmd[0]} exited at once", fix="run it by hand to see why")
-            time.sleep(0.05)
+        # Wait for the server's own "listening" line; a probe connection would be
+        # served as a test (and a one-off server would then exit).
+        assert proc.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b"listening" not in seen.lower():
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, left))
+            chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+            if not chunk:
+                raise PveoiError(f"{cmd[0]} did not start listening: {seen.decode(errors='replace').strip()!r}",
+                                 fix=f"run {shlex.join(cmd)} by hand to see why")
+            seen += chunk
         yield port
     finally:
         if proc.poll() is None:

@@ -33,7 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -467,7 +467,18 @@ def module_load_order(deps: Mapping[str, Sequence[str]], wanted: Iterable[str]) 
     return order
 
 
+def _decompressed_name(relpath: str) -> str:
+    for suffix in (".xz", ".gz", ".zst"):
+        if relpath.endswith(".ko" + suffix):
+            return relpath[: -len(suffix)]
+    return relpath
+
+
 def _decompress_module(relpath: str, raw: bytes) -> tuple[str, bytes]:
+    """``(name without the compression suffix, contents)``; other files pass through.
+
+    :raises ConfigError: if a zstd module needs the missing ``zstd`` tool.
+    """
     if relpath.endswith(".ko.xz"):
         return relpath[:-3], lzma.decompress(raw)
     if relpath.endswith(".ko.gz"):
@@ -485,35 +496,108 @@ def _decompress_module(relpath: str, raw: bytes) -> tuple[str, bytes]:
     return relpath, raw
 
 
+def elf_modinfo(data: bytes) -> dict[str, list[str]]:
+    """The ``.modinfo`` section of a (decompressed) 64-bit kernel module: key -> values.
+
+    :raises ValueError: if ``data`` is not a 64-bit little-endian ELF file.
+    """
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError("not a 64-bit little-endian ELF object")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, = struct.unpack_from("<I", data, shoff + i * shentsize)
+        offset, size = struct.unpack_from("<QQ", data, shoff + i * shentsize + 24)
+        return name, offset, size
+
+    _, str_off, _ = section(shstrndx)
+    info: dict[str, list[str]] = {}
+    for i in range(shnum):
+        name_off, offset, size = section(i)
+        end = data.index(b"\0", str_off + name_off)
+        if data[str_off + name_off:end] != b".modinfo":
+            continue
+        for item in data[offset:offset + size].split(b"\0"):
+            key, sep, value = item.decode(errors="replace").partition("=")
+            if sep:
+                info.setdefault(key, []).append(value)
+    return info
+
+
+def modinfo_dependencies(read: Callable[[str], bytes], module_paths: Iterable[str],
+                         wanted: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """A ``modules.dep``-like map built from the modules' own ``depends=`` fields.
+
+    Debian's kernel packages ship no ``modules.dep`` (depmod makes it on
+    install), so the wanted modules and, recursively, what they depend on are
+    read instead.
+
+    :param read: returns a module's decompressed contents by path.
+    :returns: ``{module path: direct dependency paths}`` for the modules reached.
+    """
+    by_name = {module_name(p): p for p in module_paths}
+    deps: dict[str, tuple[str, ...]] = {}
+    todo = [by_name[n] for n in (w.replace("-", "_") for w in wanted) if n in by_name]
+    while todo:
+        path = todo.pop()
+        if path in deps:
+            continue
+        names = [n.replace("-", "_") for v in elf_modinfo(read(path)).get("depends", [])
+                 for n in v.split(",") if n]
+        found = tuple(by_name[n] for n in names if n in by_name)
+        for n in names:
+            if n not in by_name:
+                log.warning("module %s depends on %s, which is not a module file", path, n)
+        deps[path] = found
+        todo.extend(found)
+    return deps
+
+
 def add_kernel_modules(tree: ImageTree, modules: KernelModules,
                        wanted: Sequence[str] = WANTED_MODULES) -> list[str]:
     """Copy the wanted modules (decompressed) and their load order into ``tree``.
 
+    The order comes from ``modules.dep`` if the archive has one, else from
+    each module's ``.modinfo`` (see :func:`modinfo_dependencies`); a wanted
+    module with no file is built in and skipped.
+
     :returns: the module paths in load order (relative to ``/lib/modules/<release>``).
-    :raises BuildError: if ``modules.tar`` lacks ``modules.dep`` or a listed module.
+    :raises BuildError: if a module cannot be read.
     """
     prefix = f"{modules.release}/"
     with tarfile.open(modules.tar) as tf:
-        members = {m.name.removeprefix("./"): m for m in tf.getmembers() if m.isfile()}
+        members = {m.name.removeprefix("./").removeprefix(prefix): m for m in tf.getmembers()
+                   if m.isfile() and m.name.removeprefix("./").startswith(prefix)}
+        if not members:
+            raise BuildError(f"{modules.tar} has nothing under {prefix}",
+                             fix="re-fetch the kernel (pveoi kernel fetch --debian)")
+        blobs: dict[str, bytes] = {}
 
         def read(name: str) -> bytes:
-            member = members.get(prefix + name)
-            f = tf.extractfile(member) if member is not None else None
-            if f is None:
-                raise BuildError(f"{modules.tar} has no {prefix}{name}",
-                                 fix="re-fetch the kernel (pveoi kernel fetch --debian)")
-            return f.read()
+            if name not in blobs:
+                member = members.get(name)
+                f = tf.extractfile(member) if member is not None else None
+                if f is None:
+                    raise BuildError(f"{modules.tar} has no {prefix}{name}",
+                                     fix="re-fetch the kernel (pveoi kernel fetch --debian)")
+                blobs[name] = _decompress_module(name, f.read())[1]
+            return blobs[name]
 
-        deps = parse_modules_dep(read("modules.dep").decode())
+        if "modules.dep" in members:
+            deps = parse_modules_dep(read("modules.dep").decode())
+        else:
+            ko = [m for m in members if m.endswith(_MODULE_SUFFIXES)]
+            deps = modinfo_dependencies(read, ko, wanted)
         order = module_load_order(deps, wanted)
         loaded = []
         for relpath in order:
-            name, data = _decompress_module(relpath, read(relpath))
-            tree.file(f"lib/modules/{modules.release}/{name}", data=data)
+            name = _decompressed_name(relpath)
+            tree.file(f"lib/modules/{modules.release}/{name}", data=read(relpath))
             loaded.append(name)
-    missing = sorted(set(w.replace("-", "_") for w in wanted) - {module_name(p) for p in order})
+    missing = sorted({w.replace("-", "_") for w in wanted} - {module_name(p) for p in order})
     if missing:
-        log.info("kernel %s: %s not in modules.dep (built in?)", modules.release,
+        log.info("kernel %s: no module file for %s (built in?)", modules.release,
                  ", ".join(missing))
     tree.file(f"lib/modules/{modules.release}/{MODULE_ORDER_NAME}",
               data="".join(f"{name}\n" for name in loaded).encode())
@@ -731,20 +815,27 @@ def populate_tree(tree: ImageTree, inputs: ImageInputs, host_key: Path, load_hel
 
 
 def build_image(kernel: CacheEntry | None = None, cache: Cache | None = None,
-                force: bool = False) -> GuestImage:
+                force: bool = False, *, tools: Sequence[Tool] = TOOLS) -> GuestImage:
     """Build (or find in the cache) the guest initramfs.
 
     :param kernel: the kernel it will boot; only a fetched Debian kernel
         (an entry with ``modules.tar``) changes the image (its virtio
         modules are added).
     :param force: rebuild even on a cache hit.
+    :param tools: the host binaries to include (default :data:`TOOLS`; busybox
+        and dropbear are required). fio alone brings about 80 MB of shared
+        libraries (ceph, gluster, ICU), which costs about 1.5 s per TCG boot.
     :raises ConfigError: if a tool is missing (naming the package to install).
     :raises BuildError: if compiling ``pveoi-load``, key generation or
         library resolution fails.
     """
     cache = cache or Cache()
     identity = ssh_identity(cache)
-    inputs = image_inputs(identity, kernel)
+    names = {t.name for t in tools}
+    if not {"busybox", "dropbear", "dropbearkey"} <= names:
+        raise ConfigError("the image needs busybox, dropbear and dropbearkey",
+                          fix="keep them in tools")
+    inputs = image_inputs(identity, kernel, tools=tools)
     key = inputs.key()
     if not force and (hit := cache.lookup(IMAGE_KIND, key)):
         log.info("image %s: cache hit (%s)", key, hit.path)

@@ -69,7 +69,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "block",
             ("fio", "--name=pveoi", "--filename=/dev/vda", "--rw=randread", "--bs=4k", "--direct=1",
-             "--ioengine=psync", "--iodepth=1", "--size=16m", "--io_size=8m", "--output-format=terse"),
+             "--ioengine=psync", "--iodepth=1", "--size=16m", "--io_size=8m", "--thread",
+             "--output-format=terse"),
             ops=2048, scratch_mb=16,
             description="2048 x 4 KiB O_DIRECT random reads at queue depth 1 on virtio-blk (MSI-X)",
             needs=("fio",),
@@ -77,7 +78,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "net", ("iperf3", "-c", "10.0.2.2", "-p", "{port}", "-n", "8M", "-l", "16K"), ops=512,
             description="8 MiB TCP to an iperf3 server on the host over virtio-net/slirp (MSI-X)",
-            host_server=("iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", "{port}"),
+            host_server=("iperf3", "-s", "-B", "127.0.0.1", "-p", "{port}"),
             needs=("iperf3",),
         ),
     )

@@ -1,0 +1,51 @@
+"""Benchmark: time to verdict of the timer A/B (2 arms x 3 reps), warm and cold caches.
+
+Not collected by pytest (no ``test_`` prefix): speed goals belong here, not in
+timed assertions. Run:
+
+    python tests/bench_ab.py            # warm: uses the normal cache
+    python tests/bench_ab.py --cold     # cold: a fresh temporary cache (builds both kernels + image)
+
+Prints one JSON line per measurement: phase, seconds, verdict, host.
+Goals: warm <= 5 min through the virtual host on 2 cores; <= 60 s on a hardware KVM host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def time_ab(env: dict[str, str], runs: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="pveoi-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "e2e.cli", "-q", "ab", "--workload", "timer", "--runs",
+                               str(runs), "--json", str(out)], env=env, capture_output=True, text=True, check=False)
+        seconds = time.monotonic() - start
+        doc = json.loads(out.read_text()) if out.is_file() else {}
+    return {"seconds": round(seconds, 1), "exit": proc.returncode, "verdict": doc.get("verdict"),
+            "host": (doc.get("host") or {}).get("chosen"), "runs_per_arm": runs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", action="store_true", help="also measure with an empty cache")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    env = dict(os.environ)
+    if args.cold:
+        with tempfile.TemporaryDirectory(prefix="pveoi-bench-cache-") as cache:
+            print(json.dumps({"phase": "cold", **time_ab(dict(env, PVEOI_CACHE=cache), args.runs)}), flush=True)
+    print(json.dumps({"phase": "warm", **time_ab(env, args.runs)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
