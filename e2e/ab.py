@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds.toml"
-GUEST_READY = r"pveoi-guest-ready uptime=(\S+)"
+GUEST_READY = r"pveoi-guest-ready uptime=(\S+)\r?\n"
 COUNTED = [
     "kvm:kvm_exit", "kvm:kvm_entry", "kvm:kvm_msr", "kvm:kvm_apic", "kvm:kvm_eoi", "kvm:kvm_pv_eoi",
     "kvm:kvm_inj_virq", "kvm:kvm_apic_accept_irq",

@@ -33,7 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,7 +56,7 @@ SCHEMA = 1
 INITRD_NAME = "initramfs.cpio.gz"
 LOAD_NAME = "pveoi-load"
 
-READY_PATTERN = r"pveoi-guest-ready uptime=(\S+)"
+READY_PATTERN = r"pveoi-guest-ready uptime=(\S+)\r?\n"
 """The one line the guest prints when dropbear listens (group 1: uptime in s)."""
 ERROR_PATTERN = r"pveoi-guest-error: [^\r\n]*"
 """A line the guest's init prints when a step failed (use as a fail-on pattern)."""
@@ -615,26 +615,45 @@ class SshIdentity:
     public_line: str
 
 
+def _load_ecdsa(path: Path, warn: bool) -> paramiko.ECDSAKey | None:
+    try:
+        return paramiko.ECDSAKey.from_private_key_file(str(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, paramiko.SSHException) as err:
+        if warn:
+            log.warning("ssh key %s is unreadable (%s); generating a new one", path, err)
+        return None
+
+
+def _public_line(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.get_base64()} {SSH_COMMENT}"
+
+
 def ssh_identity(cache: Cache | None = None) -> SshIdentity:
     """The cache's SSH client key (``<cache root>/ssh/id_ecdsa``), made on first use.
 
     The directory is 0700 and the key 0600 (both repaired if looser); a key
     that cannot be loaded is replaced by a new one (images built for the old
-    one then miss the cache and are rebuilt).
+    one then miss the cache and are rebuilt). A good key is only read, so a
+    read-only cache (e.g. inside the virtual KVM host) works.
 
     :raises ConfigError: if the cache directory cannot be created.
     """
     cache = cache or Cache()
     directory = cache.root / SSH_KIND
     key_path = directory / SSH_KEY_NAME
+    try:
+        good_modes = (stat.S_IMODE(directory.stat().st_mode) == 0o700
+                      and stat.S_IMODE(key_path.stat().st_mode) == 0o600)
+    except OSError:
+        good_modes = False
+    if good_modes and (key := _load_ecdsa(key_path, warn=False)) is not None:
+        return SshIdentity(key_path, _public_line(key))
+
     with cache.lock(SSH_KIND, SSH_KEY_NAME):  # creates the directory
         os.chmod(directory, 0o700)
-        key: paramiko.ECDSAKey | None = None
-        if key_path.exists():
-            try:
-                key = paramiko.ECDSAKey.from_private_key_file(str(key_path))
-            except (OSError, ValueError, paramiko.SSHException) as err:
-                log.warning("ssh key %s is unreadable (%s); generating a new one", key_path, err)
+        key = _load_ecdsa(key_path, warn=True)
         if key is None:
             key = paramiko.ECDSAKey.generate()
             buf = io.StringIO()
@@ -643,7 +662,7 @@ def ssh_identity(cache: Cache | None = None) -> SshIdentity:
             log.info("generated the SSH client key %s", key_path)
         elif stat.S_IMODE(key_path.stat().st_mode) != 0o600:
             os.chmod(key_path, 0o600)
-        line = f"{key.get_name()} {key.get_base64()} {SSH_COMMENT}"
+        line = _public_line(key)
         pub = key_path.with_name(SSH_KEY_NAME + ".pub")
         if not pub.is_file() or pub.read_text() != line + "\n":
             atomic_write(pub, line + "\n", mode=0o644)
@@ -785,9 +804,12 @@ _ETC_FILES = {
 
 def populate_tree(tree: ImageTree, inputs: ImageInputs, host_key: Path, load_helper: Path,
                   applets: Sequence[str], key: str) -> None:
-    """Fill ``tree`` with everything the guest needs (pure apart from reading files).
+    """Fill ``tree`` with the guest's userland, keys and configuration (kernel modules apart).
 
-    :raises BuildError: if a kernel module cannot be read.
+    :param host_key: dropbear's private host key file.
+    :param load_helper: the compiled ``pveoi-load``.
+    :param applets: busybox applet names, linked in ``/bin`` unless a real file is there.
+    :param key: the image's cache key, recorded in ``/etc/pveoi-image``.
     """
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "etc", "proc", "sys", "dev",
               "run", "tmp", "mnt", "var", "var/log"):
@@ -855,7 +877,9 @@ def _build_into(inputs: ImageInputs, key: str, cache: Cache, staged: Path, work:
     started = time.time()
     progress.update("compiling pveoi-load (gcc -O2 -static)", force=True)
     load_helper = staged / LOAD_NAME
-    compiler = compile_load_helper(GUEST_DIR / "pveoi-load.c", load_helper)
+    source = work / "pveoi-load.c"
+    source.write_bytes(inputs.load_source)  # exactly what the key hashed
+    compiler = compile_load_helper(source, load_helper)
     progress.update("generating the dropbear host key", force=True)
     host_key, host_key_line = make_host_key(work)
     busybox = next(f for f in inputs.files if f.dest == "bin/busybox").source
@@ -909,13 +933,12 @@ def _build_into(inputs: ImageInputs, key: str, cache: Cache, staged: Path, work:
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     entry = cache.publish(IMAGE_KIND, key, staged, [INITRD_NAME, LOAD_NAME], manifest)
-    progress.done(f"built {entry.path / INITRD_NAME} ({initrd_size_mb(entry)} MB, "
+    progress.done(f"built {entry.path / INITRD_NAME} ({_size_mb(entry)} MB, "
                   f"{len(entries)} members)")
     return entry
 
 
-def initrd_size_mb(entry: CacheEntry) -> str:
-    """The compressed initramfs size of an image entry, in MB (one decimal)."""
+def _size_mb(entry: CacheEntry) -> str:
     return f"{(entry.path / INITRD_NAME).stat().st_size / 1e6:.1f}"
 
 
@@ -927,9 +950,3 @@ def _guest_image(entry: CacheEntry, identity: SshIdentity) -> GuestImage:
     helper = entry.path / LOAD_NAME
     return GuestImage(entry.path / INITRD_NAME, str(manifest["host_key_line"]), identity, manifest,
                       entry.path, helper if helper.is_file() else None)
-
-
-def iter_archive_names(path: Path) -> Iterator[str]:
-    """Names of the members of a built initramfs (``/``-prefixed), in archive order."""
-    for entry in read_initrd(path):
-        yield "/" + entry.name
