@@ -88,7 +88,7 @@ class Console:
                 idx = self._child.expect([*self._patterns, pexpect.EOF, pexpect.TIMEOUT], timeout=0.5)
                 with self._cond:
                     if idx == 0 and self.ready_match is None:
-                        self.ready_match = self._child.after.decode(errors="replace")
+                        self.ready_match = self._child.after.decode(errors="replace").strip()
                         self.ready_at = time.monotonic()
                         self._cond.notify_all()
                     elif idx == 1 and self.panic_line is None:

@@ -347,7 +347,8 @@ def test_init_script_parses_and_prints_one_ready_line() -> None:
     subprocess.run(["/bin/busybox", "sh", "-n", str(image.INIT_SCRIPT)], check=True)
     code = [ln for ln in image.INIT_SCRIPT.read_text().splitlines() if not ln.lstrip().startswith("#")]
     assert sum("pveoi-guest-ready uptime=" in ln for ln in code) == 1
-    assert re.search(image.READY_PATTERN, "pveoi-guest-ready uptime=1.45").group(1) == "1.45"  # type: ignore[union-attr]
+    assert re.search(image.READY_PATTERN, "pveoi-guest-ready uptime=1.45\r\n").group(1) == "1.45"  # type: ignore[union-attr]
+    assert re.search(image.READY_PATTERN, "pveoi-guest-ready uptime=1") is None  # the line is not complete yet
 
 
 # ---------------------------------------------------------------- a real build
