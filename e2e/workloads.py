@@ -77,7 +77,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "net", ("iperf3", "-c", "10.0.2.2", "-p", "{port}", "-n", "8M", "-l", "16K"), ops=512,
             description="8 MiB TCP to an iperf3 server on the host over virtio-net/slirp (MSI-X)",
-            host_server=("iperf3", "-s", "-B", "127.0.0.1", "-p", "{port}"),
+            host_server=("iperf3", "-s", "--forceflush", "-B", "127.0.0.1", "-p", "{port}"),
             needs=("iperf3",),
         ),
     )
