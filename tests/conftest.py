@@ -5,24 +5,31 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# Every process this test session starts inherits this tag, so the orphan guard
+# sees only our own QEMUs, never those of another pveoi run on the same machine.
+SESSION_TAG = f"PVEOI_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["PVEOI_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
+
 
 def qemu_pids() -> set[int]:
-    """PIDs of every qemu-system-* process on the machine."""
+    """PIDs of the qemu-system-* processes started by this test session."""
     pids = set()
+    tag = SESSION_TAG.encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            if comm.startswith("qemu-system") and tag in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                pids.add(int(entry))
         except OSError:
             continue
-        if comm.startswith("qemu-system"):
-            pids.add(int(entry))
     return pids
 
 
