@@ -17,6 +17,7 @@ import select
 import shlex
 import socket
 import subprocess
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,16 +30,16 @@ from .argv import DEFAULT_APPEND, MachineSpec
 from .errors import ConfigError, MeasurementError, PveoiError
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, pveoi_delta
+from .image import READY_PATTERN
 from .machine import Machine, child_preexec
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
-from .stats import summarize
+from .stats import eoi_exits_saved_per_interrupt, summarize
 from .workloads import Workload
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
 THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds.toml"
-GUEST_READY = r"pveoi-guest-ready uptime=(\S+)\r?\n"
 COUNTED = [
     "kvm:kvm_exit", "kvm:kvm_entry", "kvm:kvm_msr", "kvm:kvm_apic", "kvm:kvm_eoi", "kvm:kvm_pv_eoi",
     "kvm:kvm_inj_virq", "kvm:kvm_apic_accept_irq",
@@ -248,10 +249,9 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     scratch = None
     with contextlib.ExitStack() as stack:
         if workload.scratch_mb:
-            scratch = setup.artifacts / f".{name}.img"
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pveoi-disk-"))) / "scratch.img"
             with open(scratch, "wb") as f:
                 f.truncate(workload.scratch_mb << 20)
-            stack.callback(lambda: scratch.unlink(missing_ok=True) if scratch else None)
         spec = MachineSpec(
             kernel=arm.kernel or setup.kernel, initrd=setup.initrd,
             append=f"{DEFAULT_APPEND} {arm.append}".strip(), accel=setup.accel, pv_eoi=arm.pv_eoi,
@@ -259,21 +259,17 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             paused=True, qemu=setup.qemu, name=name,
         )
         started = time.monotonic()
-        machine = stack.enter_context(Machine(spec, GUEST_READY, artifacts=setup.artifacts))
+        machine = stack.enter_context(Machine(spec, READY_PATTERN, artifacts=setup.artifacts))
         vcpus = machine.vcpus()
         readback = machine.pv_eoi_readback()
         kvm = machine.query_kvm()
-        if kvm["enabled"] and arm.pv_eoi is not None and any(r != arm.pv_eoi for r in readback):
-            raise MeasurementError(
-                f"arm {arm.name} asked for kvm-pv-eoi={'on' if arm.pv_eoi else 'off'} but QMP reads {readback}",
-                fix="this QEMU/KVM does not honour kvm-pv-eoi; check `pveoi doctor`",
-            )
+        check_qmp_arm(arm, readback, kvm["enabled"])
         machine.resume()
         ready = machine.wait_ready(setup.boot_timeout)
         boot_s = time.monotonic() - started
         ssh = machine.ssh(setup.private_key, setup.host_key_line, timeout=60)
         before = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
-        _check_guest_side(arm, before, kvm["enabled"])
+        check_guest_arm(arm, before, kvm["enabled"])
         with host_server(workload.host_server) as port:
             argv = workload.argv(port)
             with PerfStat(events, tids=[v.thread_id for v in vcpus]) as perf:
@@ -285,9 +281,8 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         after = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
         result.check()
         machine.console.check()
-    labels = [e.label or e.name for e in events]
-    raw = {lab: int(counts[lab]) for lab in labels if not lab.startswith("kvm_exit[")}
-    breakdown = {lab[len("kvm_exit["):-1]: int(counts[lab]) for lab in labels if lab.startswith("kvm_exit[")}
+    raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
+    breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
     record = {
         "rep": rep,
         "arm": arm.name,
@@ -306,8 +301,25 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     return record
 
 
-def _check_guest_side(arm: Arm, state: GuestState, kvm_enabled: bool) -> None:
-    """The guest's own view must agree with the arm (where the guest patch reports it)."""
+def check_qmp_arm(arm: Arm, readback: Sequence[bool], kvm_enabled: bool) -> None:
+    """Under KVM, QEMU's per-vCPU ``kvm-pv-eoi`` (``qom-get``) must be what the arm asked for.
+
+    (Under TCG QEMU filters every KVM paravirtual feature, so there is nothing to prove.)
+
+    :raises MeasurementError: on a mismatch.
+    """
+    if kvm_enabled and arm.pv_eoi is not None and any(r != arm.pv_eoi for r in readback):
+        raise MeasurementError(
+            f"arm {arm.name} asked for kvm-pv-eoi={'on' if arm.pv_eoi else 'off'} but QMP reads {list(readback)}",
+            fix="this QEMU/KVM does not honour kvm-pv-eoi; check `pveoi doctor`",
+        )
+
+
+def check_guest_arm(arm: Arm, state: GuestState, kvm_enabled: bool) -> None:
+    """The guest's own view must agree with the arm (where the guest patch reports it).
+
+    :raises MeasurementError: the guest's CPUID bit or MSR enable disagrees.
+    """
     if state.pveoi is None or not kvm_enabled:
         return
     features = {c.feature for c in state.pveoi.values()}
@@ -330,9 +342,9 @@ def per_interrupt(run: Mapping[str, Any], key: str) -> float:
     return float(run["counts"][key]) / inj if inj else float("nan")
 
 
-def trapped_per_interrupt(run: Mapping[str, Any]) -> float:
-    c = run["counts"]
-    return (c["kvm:kvm_eoi"] - c["kvm:kvm_pv_eoi"]) / c["kvm:kvm_inj_virq"] if c["kvm:kvm_inj_virq"] else float("nan")
+def headline_counts(run: Mapping[str, Any]) -> dict[str, float]:
+    """A run's counts as :func:`stats.eoi_exits_saved_per_interrupt` takes them (interrupts = injected)."""
+    return {**run["counts"], "interrupts": run["counts"]["kvm:kvm_inj_virq"]}
 
 
 def analyze(workload: Workload, arms: Sequence[Arm], runs: Sequence[Mapping[str, Any]],
@@ -367,14 +379,21 @@ def analyze(workload: Workload, arms: Sequence[Arm], runs: Sequence[Mapping[str,
         metrics[key.split(":", 1)[1]] = summarize(
             key.split(":", 1)[1], [per_interrupt(r, key) for r in on], [per_interrupt(r, key) for r in off]
         ).to_json()
-    reasons_all = sorted({k for r in on + off for k in r["exit_reasons"]})
-    for reason in reasons_all:
+    metrics["kvm_exit_per_op"] = summarize(
+        "kvm_exit_per_op", [r["counts"]["kvm:kvm_exit"] / workload.ops for r in on],
+        [r["counts"]["kvm:kvm_exit"] / workload.ops for r in off], unit=f"per operation ({workload.ops} ops)",
+    ).to_json()
+    for reason in sorted({k for r in on + off for k in r["exit_reasons"]}):
+        def per_int(r: Mapping[str, Any], reason: str = reason) -> float:
+            return float(r["exit_reasons"].get(reason, 0)) / float(r["counts"]["kvm:kvm_inj_virq"])
+
         metrics[f"kvm_exit[{reason}]"] = summarize(
-            f"kvm_exit[{reason}]",
-            [r["exit_reasons"].get(reason, 0) / r["counts"]["kvm:kvm_inj_virq"] for r in on],
-            [r["exit_reasons"].get(reason, 0) / r["counts"]["kvm:kvm_inj_virq"] for r in off],
-        ).to_json()
-    trapped = summarize("trapped_eoi", [trapped_per_interrupt(r) for r in on], [trapped_per_interrupt(r) for r in off])
+            f"kvm_exit[{reason}]", [per_int(r) for r in on], [per_int(r) for r in off]).to_json()
+    try:
+        trapped = eoi_exits_saved_per_interrupt([headline_counts(r) for r in on], [headline_counts(r) for r in off])
+    except MeasurementError as err:  # inconsistent counts: a broken measurement is never a pass
+        out.update(verdict="fail", reasons=[str(err)], metrics=metrics, eoi_exits_saved_per_interrupt=None)
+        return out
     metrics["trapped_eoi"] = trapped.to_json()
     saved = {"value": trapped.diff, "ci": list(trapped.diff_ci) if trapped.diff_ci else None,
              "limit": 1.0}
@@ -389,10 +408,10 @@ def analyze(workload: Workload, arms: Sequence[Arm], runs: Sequence[Mapping[str,
     if any(v != 0 for v in pv_off):
         reasons.append(f"kvm_pv_eoi was non-zero in a {base.name} run ({pv_off})")
     lo = trapped.diff_ci[0] if trapped.diff_ci else trapped.diff
-    if trapped.diff is None or trapped.diff < thresholds["min_eoi_saved_per_interrupt"]:
+    if trapped.diff < thresholds["min_eoi_saved_per_interrupt"]:
         reasons.append(f"EOI exits saved per interrupt {trapped.diff:.3f} < threshold "
                        f"{thresholds['min_eoi_saved_per_interrupt']:.2f}")
-    elif lo is None or lo <= 0:
+    elif lo <= 0:
         reasons.append(f"EOI exits saved per interrupt {trapped.diff:.3f} has a CI touching zero ({trapped.diff_ci})")
     exit_m = metrics["kvm_exit"]
     if not exit_m["on_median"] < exit_m["off_median"]:
@@ -404,8 +423,8 @@ def analyze(workload: Workload, arms: Sequence[Arm], runs: Sequence[Mapping[str,
         if g is None:
             continue
         host_n, guest_n = r["counts"]["kvm:kvm_pv_eoi"], g["skipped"]
-        err = abs(host_n - guest_n)
-        ok = err <= thresholds["agreement_slack"] + thresholds["max_agreement_error"] * max(host_n, guest_n)
+        gap = abs(host_n - guest_n)
+        ok = gap <= thresholds["agreement_slack"] + thresholds["max_agreement_error"] * max(host_n, guest_n)
         agreement.append({"rep": r["rep"], "host_pv_eoi": host_n, "guest_skipped": guest_n, "ok": ok})
         if not ok:
             reasons.append(f"host kvm_pv_eoi {host_n} and guest skipped EOIs {guest_n} disagree (rep {r['rep']})")

@@ -83,6 +83,29 @@ def cpu_arg(spec: MachineSpec) -> str:
     return ",".join(parts)
 
 
+def base_argv(qemu: str, name: str, accel: str, cpu: str, smp: int, memory_mb: int, qmp_fd: int,
+              console_fd: int) -> list[str]:
+    """What every pveoi QEMU has: q35, no defaults, QMP and the serial console on inherited sockets.
+
+    :param accel: the ``-accel`` value (``kvm`` or ``tcg,thread=multi``).
+    :param cpu: the ``-cpu`` value.
+    """
+    return [
+        qemu,
+        "-name", f"{quote_optarg(name)},debug-threads=on",
+        "-machine", "q35",
+        "-accel", accel,
+        "-cpu", cpu,
+        "-smp", str(smp),
+        "-m", f"{memory_mb}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-chardev", f"socket,id=mon,fd={qmp_fd}",
+        "-mon", "chardev=mon,mode=control",
+        "-chardev", f"socket,id=con,fd={console_fd}",
+        "-serial", "chardev:con",
+    ]
+
+
 def qemu_argv(spec: MachineSpec, qmp_fd: int, console_fd: int) -> list[str]:
     """QEMU's argv for ``spec``.
 
@@ -92,19 +115,9 @@ def qemu_argv(spec: MachineSpec, qmp_fd: int, console_fd: int) -> list[str]:
     :param qmp_fd: the fd QEMU inherits for QMP.
     :param console_fd: the fd QEMU inherits for the serial console.
     """
-    argv = [
-        spec.qemu,
-        "-name", f"{quote_optarg(spec.name)},debug-threads=on",
-        "-machine", "q35",
-        "-accel", spec.accel if spec.accel == "kvm" else "tcg,thread=multi",
-        "-cpu", cpu_arg(spec),
-        "-smp", str(spec.smp),
-        "-m", f"{spec.memory_mb}M",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-chardev", f"socket,id=mon,fd={qmp_fd}",
-        "-mon", "chardev=mon,mode=control",
-        "-chardev", f"socket,id=con,fd={console_fd}",
-        "-serial", "chardev:con",
+    argv = base_argv(spec.qemu, spec.name, "kvm" if spec.accel == "kvm" else "tcg,thread=multi", cpu_arg(spec),
+                     spec.smp, spec.memory_mb, qmp_fd, console_fd)
+    argv += [
         "-kernel", str(spec.kernel),
         "-append", spec.append,
     ]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, PveoiError
+from .errors import CapabilityError, ConfigError, PveoiError
 
 log = logging.getLogger("pveoi")
 
@@ -123,24 +123,11 @@ def _host_kernel() -> Path:
 
 
 def _image(args: argparse.Namespace) -> Any:
-    """The guest image: --image DIR (a built cache entry, used read-only), else build or hit the cache."""
+    """The guest image: --image DIR (a built entry, used read-only), else build or hit the cache."""
     from . import image
 
     entry = getattr(args, "image", None)
-    if entry is None:
-        return image.build_image()
-    entry = Path(entry).absolute()
-    try:
-        manifest = json.loads((entry / "manifest.json").read_text())
-        from .cache import cache_root
-
-        key = cache_root() / image.SSH_KIND / image.SSH_KEY_NAME
-        identity = image.SshIdentity(key, manifest["client_key_line"])
-        return image.GuestImage(initrd=entry / image.INITRD_NAME, host_key_line=manifest["host_key_line"],
-                                identity=identity, manifest=manifest, path=entry)
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"--image {entry}: not a pveoi image entry ({err})",
-                          fix="pass the directory `pveoi image build --json` names") from err
+    return image.build_image() if entry is None else image.load_image(entry)
 
 
 def _stdout_sink(data: bytes) -> None:
@@ -153,10 +140,13 @@ def _reinvoke(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "e2e.cli", *argv]
 
 
-def _choose_host(requested: str, need_kvm: bool = True) -> tuple[str, str]:
-    """Resolve --host auto|direct|virtual to (direct|virtual, why)."""
+def _choose_host(requested: str) -> tuple[str, str]:
+    """Resolve --host auto|direct|virtual to (direct|virtual|not-measurable, why); inside the
+    virtual host the answer is always direct (that is what it is for)."""
     from . import hostsel
 
+    if os.environ.get("PVEOI_IN_VHOST"):
+        return "direct", "running inside the virtual KVM host"
     return hostsel.choose(requested)
 
 
@@ -219,35 +209,40 @@ def _strip_dashdash(cmd: list[str]) -> list[str]:
 
 
 def _cmd_boot(args: argparse.Namespace) -> int:
+    from .ab import Arm, check_guest_arm, check_qmp_arm
     from .argv import DEFAULT_APPEND, MachineSpec
     from .guest import STATE_COMMAND, GuestState
     from .machine import Machine
 
     cmd = _strip_dashdash(args.cmd)
     accel = args.accel
-    if accel == "auto":
-        host, why = _choose_host("auto") if args.host != "virtual" else ("virtual", "asked for")
-        accel = "kvm" if host == "direct" else "tcg"
-        log.info("accel auto: %s (%s)", accel, why)
-    if accel == "kvm" and args.host != "direct" and not os.environ.get("PVEOI_IN_VHOST"):
+    host = "direct"
+    if accel != "tcg":
         host, why = _choose_host(args.host)
-        if host == "virtual":
-            if not cmd:
-                raise ConfigError("an interactive shell cannot run inside the virtual KVM host",
-                                  fix="pass -- CMD, or use --accel tcg")
-            log.info("booting under KVM inside the virtual KVM host: %s", why)
-            kernel_path = _guest_kernel(args)
-            img = _image(args)
-            inner = ["boot", "--accel", "kvm", "--host", "direct", "--pv-eoi", args.pv_eoi,
-                     "--kernel", str(kernel_path),
-                     "--image", str(img.path), "--smp", str(args.smp), "--memory", str(args.memory),
-                     "--append", args.append, "--timeout", str(args.timeout),
-                     "--boot-timeout", str(args.boot_timeout), "--", *cmd]
-            from .vhost import run_in_vhost
+        if accel == "auto":
+            accel = "kvm" if host == "direct" else "tcg"
+            log.info("accel auto: %s (%s)", accel, why)
+    if accel == "kvm" and host == "not-measurable":
+        raise CapabilityError(f"no KVM to boot under: {why}", fix="use --accel tcg")
+    if accel == "kvm" and host == "virtual":
+        if not cmd:
+            raise ConfigError("an interactive shell cannot run inside the virtual KVM host",
+                              fix="pass -- CMD, or use --accel tcg")
+        log.info("booting under KVM inside the virtual KVM host: %s", why)
+        kernel_path = _guest_kernel(args)
+        img = _image(args)
+        inner = ["boot", "--accel", "kvm", "--pv-eoi", args.pv_eoi, "--kernel", str(kernel_path),
+                 "--image", str(img.path), "--smp", str(args.smp), "--memory", str(args.memory),
+                 "--append", args.append, "--timeout", str(args.timeout),
+                 "--boot-timeout", str(args.boot_timeout), "--", *cmd]
+        import tempfile
 
-            rc, _ = run_in_vhost(_reinvoke(inner), _host_kernel(), sink=_stdout_sink,
-                                 timeout=args.timeout + args.boot_timeout + 300)
-            return rc
+        from .vhost import run_in_vhost
+
+        with tempfile.TemporaryDirectory(prefix="pveoi-vhost-") as results:
+            rc, _ = run_in_vhost(_reinvoke(inner), _host_kernel(), Path(results), sink=_stdout_sink,
+                                 timeout=args.timeout + args.boot_timeout + 300, artifacts=args.logs)
+        return rc
     kernel_path = _guest_kernel(args)
     img = _image(args)
     spec = MachineSpec(kernel=kernel_path, initrd=img.initrd, append=f"{DEFAULT_APPEND} {args.append}".strip(),
@@ -255,14 +250,17 @@ def _cmd_boot(args: argparse.Namespace) -> int:
                        paused=True, name="pveoi-boot")
     from .image import READY_PATTERN
 
+    arm = Arm("boot", pv_eoi=args.pv_eoi == "on", append=args.append)
     with Machine(spec, READY_PATTERN, artifacts=args.logs) as m:
         readback = m.pv_eoi_readback()
         kvm = m.query_kvm()
+        check_qmp_arm(arm, readback, kvm["enabled"])
         m.resume()
         ready = m.wait_ready(args.boot_timeout)
         log.info("guest ready (%s)", ready)
         ssh = m.ssh(img.identity.private_key, img.host_key_line)
         state = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
+        check_guest_arm(arm, state, kvm["enabled"])
         note = "" if kvm["enabled"] else " (TCG: QEMU filters KVM paravirtual CPUID features, so it reads off)"
         print(f"kvm-pv-eoi: requested {args.pv_eoi}, QMP reads {', '.join('on' if r else 'off' for r in readback)}"
               f"{note}", file=sys.stderr)
@@ -305,7 +303,7 @@ def _add_vhost(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_vhost(args: argparse.Namespace) -> int:
-    import shutil
+    import contextlib
     import tempfile
 
     from .vhost import run_in_vhost
@@ -313,19 +311,13 @@ def _cmd_vhost(args: argparse.Namespace) -> int:
     cmd = _strip_dashdash(args.cmd)
     if not cmd:
         raise ConfigError("no command given", fix="pveoi vhost -- CMD ...")
-    results = args.results
-    made = results is None
-    if made:
-        results = Path(tempfile.mkdtemp(prefix="pveoi-vhost-"))
-    try:
-        rc, host = run_in_vhost(cmd, _host_kernel(), cpus=args.cpus, memory_mb=args.memory, timeout=args.timeout,
-                                results=results, sink=_stdout_sink, artifacts=args.logs)
-        log.info("virtual host: booted in %.1fs, KVM %s", host.boot_seconds or 0.0,
-                 " ".join(f"{k}={v}" for k, v in host.kvm_facts.items()))
-        return rc
-    finally:
-        if made:
-            shutil.rmtree(results, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        results = args.results or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pveoi-vhost-")))
+        rc, host = run_in_vhost(cmd, _host_kernel(), results, cpus=args.cpus, memory_mb=args.memory,
+                                timeout=args.timeout, sink=_stdout_sink, artifacts=args.logs)
+    log.info("virtual host: booted in %.1fs, KVM %s", host.boot_seconds or 0.0,
+             " ".join(f"{k}={v}" for k, v in host.kvm_facts.items()))
+    return int(rc)
 
 
 # ---------------------------------------------------------------- ab
@@ -384,13 +376,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     for path in (args.json, args.history):
         if path is not None and not path.expanduser().absolute().parent.exists():
             raise ConfigError(f"{path}: parent directory does not exist", fix="create it first")
-    in_vhost = bool(os.environ.get("PVEOI_IN_VHOST"))
-    if in_vhost or args.host == "direct":
-        host, why = "direct", "asked for --host direct"
-        if not in_vhost:
-            host, why = _choose_host("direct")
-    else:
-        host, why = _choose_host(args.host)
+    host, why = _choose_host(args.host)
     log.info("host: %s (%s)", host, why)
     if host == "not-measurable":
         doc = results.not_measurable(why, args)
@@ -407,8 +393,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory(prefix="pveoi-ab-") as tmp:
             inner_json = Path(tmp) / "inner.json"
-            inner = ["ab", "--host", "direct", "--kernel", str(kernel_path), "--image", str(img.path),
-                     "--runs", str(args.runs),
+            inner = ["ab", "--kernel", str(kernel_path), "--image", str(img.path), "--runs", str(args.runs),
                      "--json", str(inner_json), "--logs", str(Path(tmp) / "logs"), "--memory", str(args.memory)]
             for w in workloads:
                 inner += ["--workload", w.name]
@@ -416,8 +401,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
                 inner += ["--threshold", t]
             if args.arms:
                 inner += ["--arms", str(args.arms.absolute())]
-            rc, vh = run_in_vhost(_reinvoke(inner), _host_kernel(), timeout=args.timeout, sink=_stdout_sink,
-                                  results=Path(tmp), artifacts=logs)
+            rc, vh = run_in_vhost(_reinvoke(inner), _host_kernel(), Path(tmp), timeout=args.timeout,
+                                  sink=_stdout_sink, artifacts=logs)
             if not inner_json.is_file():
                 raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
                                  fix=f"read the logs in {logs}")
@@ -438,7 +423,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     doc["image"] = {"initrd": str(img.initrd), "hash": img.manifest.get("hash")}
     doc["logs"] = str(logs)
     results.emit(doc, args.json, args.history)
-    print(results.format_table(doc))
+    if not os.environ.get("PVEOI_IN_VHOST"):  # the caller outside prints the table
+        print(results.format_table(doc))
     return {"pass": 0, "fail": 1}.get(doc["verdict"], 2)
 
 
@@ -496,12 +482,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_vhost(sub)
     _add_ab(sub)
     _add_doctor(sub)
-    for adder in _EXTRA_COMMANDS:
-        adder(sub)
     return parser
-
-
-_EXTRA_COMMANDS: list = []  # type: ignore[type-arg]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -521,5 +502,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__ = ["main", "make_parser", "os"]

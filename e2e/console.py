@@ -58,6 +58,22 @@ class _Tee:
         self._file.close()
 
 
+def stop_reader(thread: threading.Thread, sock: socket.socket, timeout: float = 5.0) -> None:
+    """Stop a thread that reads ``sock`` until EOF, then close the socket.
+
+    Normally QEMU's exit gives the reader EOF; if it has not ended within
+    ``timeout``, shutting the socket down ends its blocking read.
+    """
+    thread.join(timeout)
+    if thread.is_alive():
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        thread.join(2.0)
+    sock.close()
+
+
 class Console:
     """Watches one guest's serial console.
 
@@ -168,12 +184,5 @@ class Console:
 
     def close(self, timeout: float = 5.0) -> None:
         """Wait for the pump to see EOF (QEMU gone), then close files."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._thread.join(2.0)
+        stop_reader(self._thread, self._sock, timeout)
         self._tee.close()
-        self._sock.close()

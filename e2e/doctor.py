@@ -239,16 +239,20 @@ def check_eoi_virtualisation(facts: HostFacts) -> Check:
     return Check(True, f"{feature} is off ({module}.{param}=N): EOIs exit, PV EOI can save them")
 
 
+def _tool_check(binary: str, label: str, version: str | None, error: str | None, package: str) -> Check:
+    """A tool is present (its version) or missing (why, and the package that has it)."""
+    if version is None:
+        return Check(False, f"{binary} is missing ({error or 'not found'})", f"apt-get install {package}")
+    return Check(True, f"{label} {version}")
+
+
 def check_perf(facts: HostFacts) -> Check:
     """Is perf installed?
 
     :param facts: the probed facts.
     :returns: the check.
     """
-    if facts.perf_version is None:
-        return Check(False, f"perf is missing ({facts.perf_error or 'not found'})",
-                      f"apt-get install {PKG_PERF}")
-    return Check(True, f"perf {facts.perf_version}")
+    return _tool_check("perf", "perf", facts.perf_version, facts.perf_error, PKG_PERF)
 
 
 def check_tracepoints(facts: HostFacts) -> Check:
@@ -315,10 +319,7 @@ def check_qemu(facts: HostFacts) -> Check:
     :param facts: the probed facts.
     :returns: the check.
     """
-    if facts.qemu_version is None:
-        return Check(False, f"qemu-system-x86_64 is missing ({facts.qemu_error or 'not found'})",
-                      f"apt-get install {PKG_QEMU}")
-    return Check(True, f"QEMU {facts.qemu_version}")
+    return _tool_check("qemu-system-x86_64", "QEMU", facts.qemu_version, facts.qemu_error, PKG_QEMU)
 
 
 def check_tcg(facts: HostFacts) -> Check:

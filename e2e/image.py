@@ -942,6 +942,22 @@ def _size_mb(entry: CacheEntry) -> str:
     return f"{(entry.path / INITRD_NAME).stat().st_size / 1e6:.1f}"
 
 
+def load_image(path: Path) -> GuestImage:
+    """An already built image entry (``pveoi image build --json``'s ``path``), used as is.
+
+    Verifies the entry like a cache hit does and needs nothing writable, so it
+    serves inside the virtual KVM host, where the cache is read-only.
+
+    :raises ConfigError: ``path`` is not a complete, intact image entry.
+    """
+    path = path.expanduser().absolute()
+    entry = Cache(root=path.parent.parent).lookup(IMAGE_KIND, path.name)
+    if path.parent.name != IMAGE_KIND or entry is None:
+        raise ConfigError(f"{path} is not an intact pveoi image entry",
+                          fix="pass the path `pveoi image build --json` prints, or omit --image")
+    return _guest_image(entry, ssh_identity(Cache(root=path.parent.parent)))
+
+
 def _guest_image(entry: CacheEntry, identity: SshIdentity) -> GuestImage:
     manifest = entry.manifest
     if manifest.get("client_key_line") != identity.public_line:

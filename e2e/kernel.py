@@ -280,9 +280,13 @@ class BuildSpec:
             frags.append(parse_config_fragment(path.read_text(), str(path)))
         return merge_fragments(frags)
 
-    def key(self) -> str:
-        parts: list[str | bytes] = [f"schema={SCHEMA}", f"flavour={self.flavour}",
-                                    self.source.identity(), render_fragment(self.requested_options())]
+    def key(self, identity: str | None = None, requested: Mapping[str, str] | None = None) -> str:
+        """The cache key; pass ``identity``/``requested`` if already computed (a git tree's
+        identity runs ``git diff``)."""
+        identity = identity if identity is not None else self.source.identity()
+        requested = requested if requested is not None else self.requested_options()
+        parts: list[str | bytes] = [f"schema={SCHEMA}", f"flavour={self.flavour}", identity,
+                                    render_fragment(requested)]
         for p in self.patches:
             parts += [p.name, p.path.read_bytes()]
         return content_hash(parts)[:24]
@@ -337,7 +341,8 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
     """
     cache = cache or Cache()
     requested = spec.requested_options()
-    key = spec.key()
+    identity = spec.source.identity()
+    key = spec.key(identity, requested)
     if not force and (hit := cache.lookup(KERNEL_KIND, key)):
         log.info("kernel %s: cache hit (%s)", key, hit.path)
         return hit
@@ -349,7 +354,8 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
         with cache.staging(KERNEL_KIND, key) as staged, tempfile.TemporaryDirectory(prefix="pveoi-kbuild-") as work:
             logfile = staged / "build.log"
             try:
-                return _build_into(spec, cache, key, requested, Path(work), staged, logfile, progress, started)
+                return _build_into(spec, cache, key, identity, requested, Path(work), staged, logfile, progress,
+                                   started)
             except BuildError as err:
                 kept = cache.root / "logs" / f"kernel-{key}-{int(started)}.log"
                 kept.parent.mkdir(parents=True, exist_ok=True)
@@ -360,7 +366,7 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
 
 
 def _build_into(
-    spec: BuildSpec, cache: Cache, key: str, requested: Mapping[str, str], work: Path, staged: Path,
+    spec: BuildSpec, cache: Cache, key: str, identity: str, requested: Mapping[str, str], work: Path, staged: Path,
     logfile: Path, progress: Progress, started: float,
 ) -> CacheEntry:
     progress.update(f"preparing source ({spec.source.kind}: {spec.source.path})", force=True)
@@ -399,7 +405,7 @@ def _build_into(
         "hash": key,
         "flavour": spec.flavour,
         "release": release,
-        "source": {"kind": spec.source.kind, "path": str(spec.source.path), "identity": spec.source.identity()},
+        "source": {"kind": spec.source.kind, "path": str(spec.source.path), "identity": identity},
         "patches": [{"name": p.name, "sha256": sha256_file(p.path)} for p in spec.patches],
         "config": dict(sorted(requested.items())),
         "build_seconds": round(time.time() - started, 1),

@@ -24,7 +24,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .argv import MachineSpec, quote_optarg
+from .argv import MachineSpec, base_argv, quote_optarg
 from .cache import cache_root
+from .console import stop_reader
 from .errors import CapabilityError, GuestError, GuestTimeout, PveoiError
 from .machine import Machine
 
@@ -75,18 +75,8 @@ def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, out
         "init=/bin/sh", f"PVEOI_RESULTS={results}", "--", str(INIT_SCRIPT),
     ])
     return [
-        spec.qemu,
-        "-name", "pveoi-vhost,debug-threads=on",
-        "-machine", "q35",
-        "-accel", "tcg,thread=multi",
-        "-cpu", "max",
-        "-smp", str(spec.cpus),
-        "-m", f"{spec.memory_mb}M",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-chardev", f"socket,id=mon,fd={qmp_fd}",
-        "-mon", "chardev=mon,mode=control",
-        "-chardev", f"socket,id=con,fd={console_fd}",
-        "-serial", "chardev:con",
+        *base_argv(spec.qemu, "pveoi-vhost", "tcg,thread=multi", "max", spec.cpus, spec.memory_mb, qmp_fd,
+                   console_fd),
         "-chardev", f"socket,id=out,fd={output_fd}",
         "-serial", "chardev:out",
         "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
@@ -141,14 +131,7 @@ class _Pump:
             pass
 
     def close(self) -> None:
-        self._thread.join(5.0)
-        if self._thread.is_alive():
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._thread.join(2.0)
-        self._sock.close()
+        stop_reader(self._thread, self._sock)
         self._log.close()
 
 
@@ -166,16 +149,14 @@ class VirtualKvmHost(Machine):
         self.vspec = spec
         self.results = results.resolve()
         self._sink = sink
-        self._out_ours: socket.socket | None = None
         self._pump: _Pump | None = None
         self.kvm_facts: dict[str, str] = {}
         self.boot_seconds: float | None = None
 
     def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
         out_ours, out_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._out_ours = out_ours
         self._extra_theirs = [out_theirs]
-        self._pump = _Pump(out_ours, self.workdir / "output.log", self._sink)
+        self._pump = _Pump(out_ours, self.logdir / f"{self.spec.name}-output.log", self._sink)
         return vhost_argv(self.vspec, self.results, qmp_fd, console_fd, out_theirs.fileno())
 
     def run(self, argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -247,20 +228,13 @@ class VirtualKvmHost(Machine):
                 self._pump = None
 
 
-def run_in_vhost(argv: Sequence[str], kernel: Path, *, cpus: int = 2, memory_mb: int = 2048,
-                 timeout: float = 1800.0, results: Path | None = None, sink: Callable[[bytes], None] | None = None,
+def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int = 2, memory_mb: int = 2048,
+                 timeout: float = 1800.0, sink: Callable[[bytes], None] | None = None,
                  artifacts: Path | None = None, env: Mapping[str, str] | None = None) -> tuple[int, VirtualKvmHost]:
     """Boot a virtual host, run ``argv`` in it, tear it down.
 
-    :param results: the writable shared dir (default: a fresh temp dir the caller must remove).
+    :param results: the writable dir shared into L1 (the caller owns and removes it).
     :returns: the command's exit status and the (shut down) host object.
     """
-    made = results is None
-    results = results or Path(tempfile.mkdtemp(prefix="pveoi-vhost-"))
     host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout), results, sink, artifacts)
-    try:
-        return host.run(argv, env=env), host
-    except BaseException:
-        if made:
-            shutil.rmtree(results, ignore_errors=True)
-        raise
+    return host.run(argv, env=env), host

@@ -14,7 +14,7 @@ Which interrupts each produces, and so whether PV EOI can help:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ConfigError
 
@@ -31,8 +31,6 @@ class Workload:
     :param host_server: a host-side server to run during the workload, argv
         with ``{port}`` (e.g. iperf3 -s).
     :param needs: guest binaries it uses (all are in pveoi's image).
-    :param min_interrupts: fewer injected interrupts per run than this and
-        the workload cannot say anything: "not measurable".
     """
 
     name: str
@@ -44,9 +42,6 @@ class Workload:
     host_server: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
     timeout: float = 600.0
-    min_interrupts: int = 200
-    interrupts: str = "edge"
-    extra: dict[str, str] = field(default_factory=dict)
 
     def argv(self, port: int | None = None) -> list[str]:
         return [a.replace("{port}", str(port)) if port is not None else a for a in self.command]

@@ -26,14 +26,15 @@ from e2e.ab import (
     analyze,
     arm_order,
     cpu_vendor,
+    headline_counts,
     load_arms,
     load_thresholds,
     per_interrupt,
-    trapped_per_interrupt,
     validate_arms,
 )
-from e2e.errors import ConfigError
+from e2e.errors import ConfigError, MeasurementError
 from e2e.results import format_table
+from e2e.stats import trapped_eoi_per_interrupt
 from e2e.workloads import WORKLOADS
 
 TIMER = WORKLOADS["timer"]
@@ -319,11 +320,12 @@ def check_document(out: dict[str, Any]) -> None:
 def test_per_interrupt_helpers() -> None:
     r = on_run(0)
     assert per_interrupt(r, "kvm:kvm_pv_eoi") == 2997 / 3000
-    assert trapped_per_interrupt(r) == 3 / 3000
-    assert trapped_per_interrupt(off_run(0)) == 1.0
+    assert trapped_eoi_per_interrupt(headline_counts(r)) == 3 / 3000
+    assert trapped_eoi_per_interrupt(headline_counts(off_run(0))) == 1.0
     zero = record(0, "on", inj=0, eoi=0, pv=0, msr=0, hlt=0, guest=None)
     assert math.isnan(per_interrupt(zero, "kvm:kvm_exit"))
-    assert math.isnan(trapped_per_interrupt(zero))
+    with pytest.raises(MeasurementError, match="zero counts"):
+        trapped_eoi_per_interrupt(headline_counts(zero))
 
 
 def test_real_reduction_passes(thresholds: dict[str, float]) -> None:
