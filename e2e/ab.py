@@ -29,7 +29,7 @@ from . import __version__
 from .argv import DEFAULT_APPEND, MachineSpec
 from .errors import ConfigError, MeasurementError, PveoiError
 from .exit_reasons import breakdown_reasons
-from .guest import STATE_COMMAND, GuestState, interrupt_delta, pveoi_delta
+from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .image import READY_PATTERN
 from .machine import Machine, child_preexec
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
@@ -292,7 +292,9 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         "qmp": {"kvm": kvm, "kvm_pv_eoi": readback, "vcpu_threads": [v.thread_id for v in vcpus]},
         "counts": raw,
         "exit_reasons": breakdown,
-        "guest": {"interrupts": interrupt_delta(before, after), "pv_eoi": pveoi_delta(before, after)},
+        "guest": {"interrupts": interrupt_delta(before, after),
+                  "interrupts_per_cpu": interrupt_delta_per_cpu(before, after),
+                  "pv_eoi": pveoi_delta(before, after)},
         "workload_output": result.stdout.strip()[-500:],
     }
     log.info("  %-6s rep %d: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",

@@ -71,12 +71,18 @@ class GuestState:
         return cls(parse_proc_interrupts(irq), parse_pveoi_debugfs(pv))
 
 
-def interrupt_delta(before: GuestState, after: GuestState) -> dict[str, int]:
-    """Per-row interrupt deltas summed over CPUs, plus ``total``."""
-    out: dict[str, int] = {}
+def interrupt_delta_per_cpu(before: GuestState, after: GuestState) -> dict[str, list[int]]:
+    """Per-row, per-CPU interrupt deltas."""
+    out: dict[str, list[int]] = {}
     for name, counts in after.interrupts.items():
         prev = before.interrupts.get(name, [0] * len(counts))
-        out[name] = sum(counts) - sum(prev)
+        out[name] = [a - b for a, b in zip(counts, prev, strict=False)]
+    return out
+
+
+def interrupt_delta(before: GuestState, after: GuestState) -> dict[str, int]:
+    """Per-row interrupt deltas summed over CPUs, plus ``total``."""
+    out: dict[str, int] = {name: sum(d) for name, d in interrupt_delta_per_cpu(before, after).items()}
     out["total"] = sum(v for k, v in out.items() if k not in ("ERR", "MIS"))
     return out
 

@@ -5,7 +5,9 @@ adding an entry to :data:`WORKLOADS`.
 
 Which interrupts each produces, and so whether PV EOI can help:
 - ``timer``: LAPIC timer interrupts (edge): PV EOI applies to every one.
-- ``ipi``: reschedule IPIs between two vCPUs (edge, fixed vector): PV EOI applies.
+- ``ipi``: cross-CPU wakeup IPIs between two vCPUs (edge, fixed vectors): PV EOI applies.
+  On 6.1 the remote wakeups arrive mostly as call-function IPIs (``CAL`` in
+  /proc/interrupts), not reschedule IPIs (``RES``); each run records which.
 - ``block``: virtio-blk completions over MSI-X (edge): PV EOI applies.
 - ``net``: virtio-net RX/TX over MSI-X (edge): PV EOI applies. (A legacy
   INTx virtio device is level-triggered through the IOAPIC and can never use
@@ -58,7 +60,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "ipi", ("pveoi-load", "ipi", "3000"), ops=3000, smp=2,
             description="3000 futex ping-pong round trips between threads pinned to CPU 0 and 1 "
-                        "(reschedule IPIs)",
+                        "(cross-CPU wakeup IPIs, mostly CAL)",
             needs=("pveoi-load",),
         ),
         Workload(

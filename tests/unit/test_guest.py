@@ -203,3 +203,12 @@ def test_pveoi_delta_without_patch() -> None:
     assert pveoi_delta(without, without) is None
     assert pveoi_delta(with_patch, without) is None
     assert pveoi_delta(without, with_patch) is None
+
+
+def test_interrupt_delta_per_cpu_keeps_each_cpu() -> None:
+    from e2e.guest import interrupt_delta_per_cpu
+
+    before = GuestState({"LOC": [10, 20], "RES": [1, 2]}, None)
+    after = GuestState({"LOC": [15, 40], "RES": [1, 7]}, None)
+    assert interrupt_delta_per_cpu(before, after) == {"LOC": [5, 20], "RES": [0, 5]}
+    assert interrupt_delta(before, after) == {"LOC": 25, "RES": 5, "total": 30}
