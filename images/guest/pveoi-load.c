@@ -12,7 +12,7 @@
  *   pveoi-load ipi COUNT
  *       Two threads pinned to CPU 0 and CPU 1 ping-pong COUNT round trips
  *       through a futex. Each hop wakes a thread sleeping on the other CPU,
- *       i.e. a cross-CPU wakeup (a reschedule IPI and its EOI).
+ *       i.e. a cross-CPU wakeup (an IPI and its EOI; on 6.1 mostly a call-function IPI, CAL).
  *       Prints: ipi count=N elapsed_ns=E
  *
  * Exit status: 0 ok, 1 runtime error, 2 bad arguments (usage printed),
