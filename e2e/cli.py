@@ -373,9 +373,14 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     arms = ab.load_arms(args.arms) if args.arms else ab.DEFAULT_ARMS
     if args.runs < 1:
         raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
-    for path in (args.json, args.history):
-        if path is not None and not path.expanduser().absolute().parent.exists():
-            raise ConfigError(f"{path}: parent directory does not exist", fix="create it first")
+    for where in (args.json.expanduser().absolute().parent if args.json else None,
+                  args.history.expanduser().absolute() if args.history else None):
+        if where is not None:  # made now, so a bad path fails before anything boots
+            try:
+                where.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"cannot create {where}: {err.strerror}",
+                                  fix="pick a writable path for --json/--history") from err
     host, why = _choose_host(args.host)
     log.info("host: %s (%s)", host, why)
     if host == "not-measurable":
