@@ -1,0 +1,129 @@
+"""A deliberately broken PV EOI guest kernel must be caught end to end.
+
+The guest kernel is built with guest_patches/* plus the fixture
+tests/fixtures/broken-pv-eoi/0003-broken-pv-eoi.patch, which makes every other
+EOI per CPU skip the PV EOI bit and write the APIC instead (about half the
+saving lost). Two clean A/Bs with the default kernel and one with the broken
+kernel go into one history; ``pveoi report --check`` must pass on the clean
+history and flag the broken run: the workload, the headline metric and the
+drop, in the console, the HTML and the Markdown report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.kvm, pytest.mark.slow, pytest.mark.timeout(7200)]
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO / "tests" / "fixtures" / "broken-pv-eoi" / "0003-broken-pv-eoi.patch"
+HEADLINE = "EOI exits saved per interrupt"
+AB_TIMEOUT = 1800
+
+
+def pveoi(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "e2e.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def broken_patch_dir(tmp_path: Path) -> Path:
+    """guest_patches/ in series order, then the fixture, as one quilt dir (symlinks:
+    the cache key hashes names and contents, so every build of it is the same key)."""
+    from e2e.kernel import load_series
+
+    d = tmp_path / "broken-patches"
+    d.mkdir()
+    names = []
+    for patch in [*load_series(REPO / "guest_patches"), FIXTURE]:
+        path = patch if isinstance(patch, Path) else patch.path
+        (d / path.name).symlink_to(path)
+        names.append(path.name)
+    (d / "series").write_text("\n".join(names) + "\n")
+    return d
+
+
+def build_broken_kernel(tmp_path: Path) -> Path:
+    proc = pveoi("kernel", "build", "--patches", str(broken_patch_dir(tmp_path)), "--json", timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads(proc.stdout)
+    assert [p["name"] for p in manifest["patches"]][-1] == FIXTURE.name
+    bzimage = Path(manifest["path"]) / "bzImage"
+    assert bzimage.is_file()
+    return bzimage
+
+
+def run_ab(history: Path, out: Path, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    proc = pveoi("ab", "--workload", "timer", "--runs", "3", "--json", str(out), "--history", str(history), *extra,
+                 timeout=AB_TIMEOUT)
+    assert out.is_file(), f"no result (exit {proc.returncode}): {proc.stderr[-3000:]}"
+    doc = json.loads(out.read_text())
+    if doc["verdict"] == "not-measurable":
+        pytest.skip(f"PV EOI is not measurable here: {doc['reason']}")
+    assert proc.returncode == {"pass": 0, "fail": 1}[doc["verdict"]], proc.stderr[-2000:]
+    return proc.returncode, doc
+
+
+def numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?", text)]
+
+
+def names_the_drop(text: str, before: float, after: float) -> bool:
+    """Whether ``text`` states the drop: the new value, the absolute drop or the relative drop in %."""
+    drop = before - after
+    rel = 100 * drop / before
+    return any(abs(n - after) <= 0.011 or abs(n - drop) <= 0.011 or abs(abs(n) - rel) <= 1.1 for n in numbers(text))
+
+
+def test_broken_pv_eoi_kernel_is_flagged(tmp_path: Path) -> None:
+    broken = build_broken_kernel(tmp_path)
+    history = tmp_path / "history"
+
+    # A clean baseline: two A/Bs with pveoi's default guest kernel.
+    clean = []
+    for i in range(2):
+        rc, doc = run_ab(history, tmp_path / f"clean{i}.json")
+        assert rc == 0, doc["workloads"]["timer"]["reasons"]
+        clean.append(doc["workloads"]["timer"]["eoi_exits_saved_per_interrupt"]["value"])
+    assert len(list(history.glob("*.json"))) == 2
+    proc = pveoi("report", "--history", str(history), "--check", "--baseline", "2")
+    assert proc.returncode == 0, f"clean history flagged:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+
+    # The broken kernel: about half the saving is gone, so the A/B itself fails...
+    rc, doc = run_ab(history, tmp_path / "broken.json", "--kernel", str(broken))
+    w = doc["workloads"]["timer"]
+    after = w["eoi_exits_saved_per_interrupt"]["value"]
+    assert rc == 1 and w["verdict"] == "fail", w["reasons"]
+    assert 0.3 <= after <= 0.7, after
+    on_runs = doc["arms"]["on"]["runs"]["timer"]
+    assert all(r["counts"]["kvm:kvm_pv_eoi"] > 0 for r in on_runs)
+    # ...while the guest's skipped-EOI counter still agrees with the host: the
+    # breakage is in the saving, not in the accounting.
+    for a in w["agreement"]:
+        assert a["ok"], a
+
+    # ...and the report flags it against the clean baseline.
+    before = sum(clean) / len(clean)
+    proc = pveoi("report", "--history", str(history), "--check", "--baseline", "2")
+    out = proc.stdout
+    assert proc.returncode == 1, f"exit {proc.returncode}:\n{out[-3000:]}\n{proc.stderr[-2000:]}"
+    assert "timer" in out, out
+    assert HEADLINE in out, out
+    flagged = [ln for ln in out.splitlines() if HEADLINE in ln]
+    assert any(names_the_drop(ln, before, after) for ln in flagged) or names_the_drop(out, before, after), (
+        f"the drop {before:.3f} -> {after:.3f} is not stated:\n{out}")
+
+    html, md = history / "r.html", history / "r.md"
+    proc = pveoi("report", "--history", str(history), "--html", str(html), "--markdown", str(md))
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    for path in (html, md):
+        assert path.is_file(), f"{path} not written: {proc.stderr[-2000:]}"
+        text = path.read_text()
+        assert "timer" in text, path
+        assert HEADLINE in text, path
+        assert re.search(r"regress", text, re.IGNORECASE), f"{path} does not mention the regression"
