@@ -19,8 +19,7 @@ from typing import Any
 
 from . import __version__
 from .cache import atomic_write
-
-SCHEMA = 1
+from .history import SCHEMA, runner_id
 
 
 def kernel_manifest(bzimage: Path) -> dict[str, Any]:
@@ -46,6 +45,12 @@ def not_measurable(reason: str, args: argparse.Namespace) -> dict[str, Any]:
         "arms": {}, "workloads": {}, "metrics": {}, "eoi_exits_saved_per_interrupt": None,
         "runs_per_arm": getattr(args, "runs", None),
     }
+
+
+def runner_identity(runner: dict[str, Any], doctor_report: dict[str, Any] | None) -> dict[str, Any]:
+    """``runner`` with what a history groups and explains by: its id and the doctor's findings."""
+    return {**runner, "id": runner_id(),
+            "doctor": list(doctor_report.get("findings", [])) if doctor_report else runner.get("doctor", [])}
 
 
 def history_name(doc: dict[str, Any]) -> str:

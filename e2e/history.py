@@ -1,0 +1,247 @@
+"""
+A history: a directory of result documents, one JSON file per ``pveoi ab``
+run (written atomically by :func:`e2e.results.emit`, named so runs from many
+runners never collide). Merging the histories of several machines is copying
+their files into one directory; every document says which runner made it.
+
+This module loads a history (migrating old schemas, naming the files it
+cannot read) and turns each document into per-workload records with the
+figures a report and the regression check need: the verdict, the headline
+figures with their intervals, and the per-rep values behind them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PveoiError
+
+log = logging.getLogger(__name__)
+
+#: The result schema this pveoi writes; it reads every version in :data:`READABLE`.
+SCHEMA = 2
+READABLE = (1, 2)
+
+#: The headline figures, by key: (label, unit). Both are "bigger is better".
+HEADLINES = {
+    "eoi_saved": ("EOI exits saved per interrupt", "per injected interrupt"),
+    "exit_reduction": ("kvm_exit reduction", "fraction of the off arm's kvm_exit per interrupt"),
+}
+
+
+class HistoryError(PveoiError):
+    """The history cannot be used (missing, empty, unreadable files, unknown schema)."""
+
+
+# ---------------------------------------------------------------- loading
+
+
+def migrate(doc: dict[str, Any], name: str = "result") -> dict[str, Any]:
+    """Bring a result document to :data:`SCHEMA` (pure; returns a new dict).
+
+    Schema 1 kept the virtual host's own machine as ``runner`` and the machine
+    that ran pveoi as ``host.outer_runner``; schema 2 makes ``runner`` the
+    machine that ran pveoi (the one a history groups by), with an ``id`` and
+    the doctor's findings, and moves the virtual host's to ``host.inner_runner``.
+
+    :raises HistoryError: no schema, or one this pveoi cannot read.
+    """
+    version = doc.get("schema")
+    if version not in READABLE:
+        newer = isinstance(version, int) and version > SCHEMA
+        raise HistoryError(
+            f"{name}: result schema {version!r} is not one this pveoi reads ({', '.join(map(str, READABLE))})",
+            fix="upgrade pveoi to read it" if newer else "move the file out of the history; it is not a pveoi result")
+    out: dict[str, Any] = json.loads(json.dumps(doc))  # a deep copy
+    if version == 1:
+        host = out.setdefault("host", {})
+        runner = out.get("runner", {})
+        if "outer_runner" in host:
+            host["inner_runner"] = runner
+            runner = host.pop("outer_runner")
+        runner.setdefault("id", runner.get("hostname", "unknown"))
+        runner.setdefault("doctor", [])
+        out["runner"] = runner
+        out["schema"] = SCHEMA
+    return out
+
+
+@dataclass
+class Run:
+    """One result document of a history."""
+
+    path: Path
+    doc: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def created(self) -> str:
+        return str(self.doc.get("created", ""))
+
+    @property
+    def verdict(self) -> str:
+        return str(self.doc.get("verdict", "unknown"))
+
+    @property
+    def runner(self) -> str:
+        """The group this run is compared within: runner id and how KVM was reached."""
+        rid = self.doc.get("runner", {}).get("id") or self.doc.get("runner", {}).get("hostname", "unknown")
+        return f"{rid} ({self.doc.get('host', {}).get('chosen', '?')})"
+
+    def workloads(self) -> list[str]:
+        return sorted(self.doc.get("workloads", {}))
+
+    def record(self, workload: str) -> Record | None:
+        w = self.doc.get("workloads", {}).get(workload)
+        return None if w is None else Record.from_doc(self, workload, w)
+
+
+@dataclass
+class History:
+    """A loaded history: its runs (oldest first) and the files it could not read."""
+
+    root: Path
+    runs: list[Run]
+    problems: list[str] = field(default_factory=list)
+
+    def runners(self) -> list[str]:
+        return sorted({r.runner for r in self.runs})
+
+    def of_runner(self, runner: str) -> list[Run]:
+        return [r for r in self.runs if r.runner == runner]
+
+    def require_clean(self) -> None:
+        """:raises HistoryError: if any file could not be read (the first one named)."""
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise HistoryError(self.problems[0] + more, fix="repair or move the named file(s) out of the history")
+
+
+def result_files(root: Path) -> list[Path]:
+    """The result files of a history: ``*.json`` below ``root``, no hidden (in-progress) files."""
+    return sorted(p for p in root.rglob("*.json")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def load_history(root: Path) -> History:
+    """Load every result below ``root``, oldest first.
+
+    A file that is not JSON, not a result or of an unknown schema is skipped
+    and named in :attr:`History.problems`.
+
+    :raises HistoryError: ``root`` is missing or holds no readable result.
+    """
+    root = root.expanduser()
+    if not root.is_dir():
+        raise HistoryError(f"history {root} does not exist or is not a directory",
+                           fix="pass the directory given to `pveoi ab --history`")
+    runs: list[Run] = []
+    problems: list[str] = []
+    for path in result_files(root):
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            problems.append(f"{path}: not a readable JSON result ({err})")
+            continue
+        if not isinstance(raw, dict) or "verdict" not in raw:
+            problems.append(f"{path}: not a pveoi result (no verdict)")
+            continue
+        try:
+            runs.append(Run(path, migrate(raw, str(path))))
+        except HistoryError as err:
+            problems.append(f"{err.message}; fix: {err.fix}")
+    for p in problems:
+        log.warning("history: %s", p)
+    if not runs:
+        detail = f": {problems[0]}" if problems else ""
+        raise HistoryError(f"history {root} holds no readable pveoi result{detail}",
+                           fix="run `pveoi ab --history DIR` first, or point --history at the right directory")
+    runs.sort(key=lambda r: (r.created, r.name))
+    return History(root, runs, problems)
+
+
+# ---------------------------------------------------------------- per-workload records
+
+
+def _trapped(counts: Mapping[str, float]) -> float:
+    inj = counts.get("kvm:kvm_inj_virq") or 0
+    if not inj:
+        return math.nan
+    return (counts.get("kvm:kvm_eoi", 0) - counts.get("kvm:kvm_pv_eoi", 0)) / inj
+
+
+def _exits(counts: Mapping[str, float]) -> float:
+    inj = counts.get("kvm:kvm_inj_virq") or 0
+    return counts.get("kvm:kvm_exit", 0) / inj if inj else math.nan
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+
+
+@dataclass
+class Record:
+    """One workload of one run: verdict, headline figures and per-rep values.
+
+    ``samples[key]`` are per-rep values of headline ``key`` (reps paired by
+    index across the arms): ``eoi_saved`` is the off rep's trapped EOIs per
+    interrupt minus the on rep's; ``exit_reduction`` is
+    ``1 - exits_on / exits_off`` per interrupt.
+    """
+
+    run: Run
+    workload: str
+    verdict: str
+    value: dict[str, float | None]
+    ci: dict[str, list[float] | None]
+    samples: dict[str, list[float]]
+    reasons: list[str]
+
+    @property
+    def measurable(self) -> bool:
+        return self.verdict in ("pass", "fail") and self.value.get("eoi_saved") is not None
+
+    @classmethod
+    def from_doc(cls, run: Run, workload: str, w: Mapping[str, Any]) -> Record:
+        head = w.get("eoi_exits_saved_per_interrupt") or {}
+        exit_m = (w.get("metrics") or {}).get("kvm_exit") or {}
+        value = {"eoi_saved": head.get("value"), "exit_reduction": exit_m.get("reduction")}
+        ci = {"eoi_saved": head.get("ci"), "exit_reduction": exit_m.get("reduction_ci")}
+        arms = run.doc.get("arms", {})
+        on = sorted(arms.get(w.get("treatment", "on"), {}).get("runs", {}).get(workload, []),
+                    key=lambda r: r.get("rep", 0))
+        off = sorted(arms.get(w.get("baseline", "off"), {}).get("runs", {}).get(workload, []),
+                     key=lambda r: r.get("rep", 0))
+        pairs = list(zip(on, off, strict=False))
+        samples = {
+            "eoi_saved": _finite(_trapped(b["counts"]) - _trapped(a["counts"]) for a, b in pairs),
+            "exit_reduction": _finite(1.0 - _exits(a["counts"]) / _exits(b["counts"]) for a, b in pairs
+                                      if _exits(b["counts"]) > 0),
+        }
+        return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
+                   list(w.get("reasons", [])))
+
+
+def records(history: History, runner: str, workload: str) -> list[Record]:
+    """A runner's records of one workload, oldest first."""
+    out = []
+    for run in history.of_runner(runner):
+        rec = run.record(workload)
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def runner_id() -> str:
+    """This machine's runner id: ``$PVEOI_RUNNER_ID`` (for CI fleets whose host names change), else the host name."""
+    return os.environ.get("PVEOI_RUNNER_ID") or os.uname().nodename

@@ -1,0 +1,213 @@
+"""
+Regression detection over a history (``pveoi report --check``).
+
+Per runner and workload, the latest run is compared with a baseline: the
+previous ``N`` good (``pass``) runs of the same runner. A headline figure
+(:data:`e2e.history.HEADLINES`) regressed when its drop is both
+
+* larger than a relative threshold (default 5 % of the baseline median), and
+* beyond the runs' own spread: a one-sided Mann-Whitney U test of the latest
+  run's per-rep values against the baseline runs' pooled per-rep values
+  gives ``p < alpha`` (default 0.05).
+
+A fixed percentage alone would flag noise on a noisy runner and miss a real
+drop on a quiet one; the test alone would flag tiny, irrelevant shifts once
+the baseline is large. Also flagged: a verdict that turned from pass to fail,
+from measurable to not measurable, and a workload that stopped being run.
+
+Everything here is pure: it reads a loaded :class:`~e2e.history.History`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .history import HEADLINES, History, Record, records
+
+Kind = Literal["drop", "fail", "not-measurable", "missing"]
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """:param baseline: good runs in the baseline; :param rel: relative drop threshold; :param alpha: test level."""
+
+    baseline: int = 5
+    rel: float = 0.05
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One regression: what, where, by how much, since which run."""
+
+    kind: Kind
+    runner: str
+    workload: str
+    message: str
+    since: str | None = None
+    metric: str | None = None
+    before: float | None = None
+    after: float | None = None
+    p_value: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("kind", "runner", "workload", "message", "since", "metric",
+                                               "before", "after", "p_value")}
+
+
+@dataclass
+class GroupStatus:
+    """The check's view of one runner and workload (also what the reports show)."""
+
+    runner: str
+    workload: str
+    latest: Record | None
+    baseline: list[Record] = field(default_factory=list)
+    band: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # key: (low, median, high)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckResult:
+    findings: list[Finding]
+    groups: list[GroupStatus]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.findings else 0
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def one_sided_p(latest: Sequence[float], baseline: Sequence[float]) -> float:
+    """p-value that ``latest`` is stochastically smaller than ``baseline`` (Mann-Whitney U).
+
+    Exact when there are no ties; 1.0 when either side is empty.
+    """
+    if not latest or not baseline:
+        return 1.0
+    from scipy import stats as sps
+
+    tied = len(set(latest) | set(baseline)) < len(latest) + len(baseline)
+    res = sps.mannwhitneyu(list(latest), list(baseline), alternative="less",
+                           method="asymptotic" if tied else "exact")
+    return float(res.pvalue)
+
+
+def _streak_start(recs: Sequence[Record], key: str, line: float) -> int:
+    """Index of the first run of the contiguous tail whose ``key`` is below ``line``."""
+    i = len(recs) - 1
+    while i > 0:
+        prev = recs[i - 1].value.get(key)
+        if prev is None or not prev < line:
+            break
+        i -= 1
+    return i
+
+
+def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSettings) -> Finding | None:
+    latest = recs[-1]
+    after = latest.value.get(key)
+    good = [r for r in recs[:-1] if r.verdict == "pass" and r.value.get(key) is not None]
+    base = good[-settings.baseline:]
+    if after is None or not base:
+        return None
+    base_median = _median([v for r in base for v in r.samples[key]] or [r.value[key] for r in base])  # type: ignore[misc]
+    line = base_median - settings.rel * abs(base_median)
+    if not after < line:
+        return None
+    # A sustained drop: date it from its first run, and keep those runs out of the baseline.
+    start = _streak_start(recs, key, line)
+    base = [r for r in recs[:start] if r.verdict == "pass" and r.value.get(key) is not None][-settings.baseline:]
+    if not base:
+        return None
+    pooled = [v for r in base for v in r.samples[key]]
+    before = _median(pooled) if pooled else _median([r.value[key] for r in base])  # type: ignore[misc]
+    if not after < before - settings.rel * abs(before):
+        return None
+    p = one_sided_p(latest.samples[key], pooled)
+    label = HEADLINES[key][0]
+    if p >= settings.alpha:
+        group.notes.append(f"{label} {before:.3f} -> {after:.3f} is beyond the {settings.rel:.0%} threshold "
+                           f"but within the runs' spread (p={p:.3f} >= {settings.alpha}); not flagged")
+        return None
+    since = recs[start].run.name
+    rel = (after - before) / abs(before) if before else math.nan
+    return Finding(
+        "drop", group.runner, group.workload,
+        f"{label} dropped {before:.3f} -> {after:.3f} ({rel:+.1%}; one-sided Mann-Whitney p={p:.4f}, "
+        f"{len(latest.samples[key])} reps vs {len(pooled)} from {len(base)} good run(s)) since run {since}",
+        since=since, metric=label, before=before, after=after, p_value=p)
+
+
+def _verdict_change(group: GroupStatus, recs: list[Record]) -> Finding | None:
+    latest = recs[-1]
+    if latest.verdict == "pass":
+        return None
+    bad = "fail" if latest.verdict == "fail" else "not-measurable"
+    i = len(recs) - 1
+    while i > 0 and recs[i - 1].verdict == latest.verdict:
+        i -= 1
+    since = recs[i].run.name
+    why = "; ".join(latest.reasons[:2])
+    if bad == "fail":
+        was = "turned from pass to fail" if i > 0 and recs[i - 1].verdict == "pass" else "fails"
+        return Finding("fail", group.runner, group.workload, f"verdict {was} since run {since}: {why}", since=since)
+    if any(r.measurable for r in recs[:i]):
+        return Finding("not-measurable", group.runner, group.workload,
+                       f"verdict turned from measurable to {latest.verdict} since run {since}: {why}", since=since)
+    group.notes.append(f"never measurable on this runner ({latest.verdict}): {why}")
+    return None
+
+
+def check(history: History, settings: CheckSettings | None = None) -> CheckResult:
+    """Compare every runner's latest runs with their baselines (pure)."""
+    settings = settings or CheckSettings()
+    findings: list[Finding] = []
+    groups: list[GroupStatus] = []
+    for runner in history.runners():
+        runs = history.of_runner(runner)
+        latest_run = runs[-1]
+        seen = sorted({w for r in runs for w in r.workloads()})
+        for workload in seen:
+            recs = records(history, runner, workload)
+            group = GroupStatus(runner, workload, recs[-1] if recs else None)
+            groups.append(group)
+            if workload not in latest_run.workloads():
+                findings.append(Finding(
+                    "missing", runner, workload,
+                    f"workload missing from the latest run {latest_run.name} (last run in {recs[-1].run.name})",
+                    since=latest_run.name))
+                continue
+            group.baseline = [r for r in recs[:-1] if r.verdict == "pass"][-settings.baseline:]
+            for key in HEADLINES:
+                pooled = [v for r in group.baseline for v in r.samples[key]]
+                if pooled:
+                    group.band[key] = (min(pooled), _median(pooled), max(pooled))
+            if len(recs) == 1:
+                group.notes.append("first run of this workload on this runner: nothing to compare with")
+            verdict = _verdict_change(group, recs)
+            if verdict:
+                findings.append(verdict)
+            for key in HEADLINES:
+                drop = _drop(group, recs, key, settings)
+                if drop:
+                    findings.append(drop)
+    return CheckResult(findings, groups)
+
+
+def format_findings(result: CheckResult) -> str:
+    """What ``--check`` prints: each regression on one line, then a summary line."""
+    lines = [f"REGRESSION [{f.runner}] {f.workload}: {f.message}" for f in result.findings]
+    for g in result.groups:
+        lines.extend(f"note [{g.runner}] {g.workload}: {n}" for n in g.notes)
+    n_groups = len(result.groups)
+    lines.append(f"check: {len(result.findings)} regression(s) in {n_groups} runner/workload group(s)"
+                 if result.findings else f"check: clean ({n_groups} runner/workload group(s))")
+    return "\n".join(lines)
