@@ -17,7 +17,6 @@ import select
 import shlex
 import socket
 import subprocess
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,13 +26,14 @@ from typing import Any
 
 from . import __version__
 from .argv import DEFAULT_APPEND, MachineSpec
-from .errors import ConfigError, MeasurementError, PveoiError
+from .errors import CapabilityError, ConfigError, MeasurementError, PveoiError
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .image import READY_PATTERN
 from .machine import Machine, child_preexec
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
 from .stats import eoi_exits_saved_per_interrupt, summarize
+from .tmpdirs import tempdir
 from .workloads import Workload
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     scratch = None
     with contextlib.ExitStack() as stack:
         if workload.scratch_mb:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pveoi-disk-"))) / "scratch.img"
+            scratch = stack.enter_context(tempdir("disk")) / "scratch.img"
             with open(scratch, "wb") as f:
                 f.truncate(workload.scratch_mb << 20)
         spec = MachineSpec(
@@ -476,8 +476,8 @@ def run_ab(setup: Setup, config: AbConfig, progress: Callable[[str], None] | Non
             say(f"[{workload.name} {i}/{len(order)}] arm {arm.name}, rep {rep + 1}: boot + workload")
             try:
                 runs.append(run_once(setup, arm, workload, events, rep))
-            except MeasurementError:
-                raise
+            except (MeasurementError, CapabilityError):
+                raise  # the host cannot count (perf missing or denied, a tracepoint gone): no verdict at all
             except PveoiError as err:
                 errors.append(f"{arm.name} rep {rep + 1}: {err}")
                 log.error("run failed: %s", err)

@@ -11,6 +11,7 @@ pveoi runs never clash and a half-written entry is never used.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, PveoiError
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +73,88 @@ def content_hash(parts: Iterable[str | bytes]) -> str:
     return digest.hexdigest()
 
 
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding ``path`` (or its nearest existing parent)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def write_error(path: Path, err: OSError) -> PveoiError:
+    """A one-line error for a failed write of ``path``, naming the filesystem and the fix."""
+    where = mount_point(path)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(where)
+            free = f", {st.f_bavail * st.f_frsize} bytes free"
+        except OSError:
+            free = ""
+        return PveoiError(f"cannot write {path}: the filesystem at {where} is full ({err.strerror}{free})",
+                          fix=f"free space on {where} or write the file somewhere else")
+    return PveoiError(f"cannot write {path} (filesystem {where}): {err.strerror or err}",
+                      fix=f"make {path.parent} writable or write the file somewhere else")
+
+
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new, never half.
 
-    :raises OSError: if the write fails (the temp file is removed).
+    On any failure the temp file is removed and ``path`` is untouched.
+
+    :raises PveoiError: the write failed (disk full, read-only, permissions),
+        naming the file, its filesystem and the fix.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from err
         raise
+
+
+def entry_problem(path: Path, verify: bool = True) -> tuple[dict[str, Any] | None, str | None]:
+    """Check a cache entry dir: ``(manifest, None)`` if intact, else ``(None, what is wrong)``.
+
+    :param verify: also check every listed file's sha256.
+    """
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return None, f"no {MANIFEST} (an unfinished or damaged entry)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError(f"files is a {type(files).__name__}, not a mapping")
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        return None, f"unreadable {MANIFEST} ({type(err).__name__}: {err})"
+    if verify:
+        for name, digest in files.items():
+            f = path / name
+            if not f.is_file():
+                return None, f"{f} is missing"
+            if sha256_file(f) != digest:
+                return None, f"{f} is corrupt (its sha256 differs from the manifest's)"
+    return manifest, None
+
+
+def corrupt_entry_error(path: Path, problem: str, rebuild: str) -> ConfigError:
+    """The one-line error for a corrupt cache entry the user pointed at."""
+    return ConfigError(f"cache entry {path} is damaged: {problem}",
+                       fix=f"delete it (rm -r {path}) and rebuild it ({rebuild})")
 
 
 @dataclass(frozen=True)
@@ -127,34 +191,23 @@ class Cache:
     def entry_path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
-    def lookup(self, kind: str, key: str, verify: bool = True) -> CacheEntry | None:
-        """Return the entry if complete and intact; remove and return None if corrupt.
+    def lookup(self, kind: str, key: str, verify: bool = True, discard: bool = True) -> CacheEntry | None:
+        """Return the entry if complete and intact, else None (a corrupt entry is logged, naming it).
 
         :param verify: check every file's sha256 against the manifest.
+        :param discard: remove a corrupt entry (so the caller rebuilds it); False
+            leaves it alone (a read-only cache, or an entry the user named).
         """
         path = self.entry_path(kind, key)
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            if path.exists():
-                log.warning("cache entry %s has no manifest; discarding it", path)
+        if not path.exists():
+            return None
+        manifest, problem = entry_problem(path, verify)
+        if problem is not None or manifest is None:
+            log.warning("cache entry %s: %s; %s", path, problem,
+                        "discarding it (it will be rebuilt)" if discard else "not using it")
+            if discard:
                 shutil.rmtree(path, ignore_errors=True)
             return None
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            files: Mapping[str, str] = manifest["files"]
-            if not isinstance(files, dict):
-                raise TypeError(f"files is a {type(files).__name__}, not a mapping")
-        except (ValueError, KeyError, TypeError, OSError):
-            log.warning("cache entry %s has an unreadable manifest; discarding it", path)
-            shutil.rmtree(path, ignore_errors=True)
-            return None
-        if verify:
-            for name, digest in files.items():
-                f = path / name
-                if not f.is_file() or sha256_file(f) != digest:
-                    log.warning("cache entry %s: %s is missing or corrupt; discarding it", path, name)
-                    shutil.rmtree(path, ignore_errors=True)
-                    return None
         return CacheEntry(kind, key, path, manifest)
 
     @contextlib.contextmanager

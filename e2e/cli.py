@@ -109,10 +109,7 @@ def _guest_kernel(args: argparse.Namespace) -> Path:
     from . import kernel
 
     if getattr(args, "kernel", None):
-        path = Path(args.kernel).expanduser().absolute()
-        if not path.is_file():
-            raise ConfigError(f"kernel {path} not found", fix="pass a bzImage, or omit --kernel to build one")
-        return path
+        return kernel.check_kernel_file(Path(args.kernel).expanduser().absolute())
     return kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")
 
 
@@ -235,11 +232,10 @@ def _cmd_boot(args: argparse.Namespace) -> int:
                  "--image", str(img.path), "--smp", str(args.smp), "--memory", str(args.memory),
                  "--append", args.append, "--timeout", str(args.timeout),
                  "--boot-timeout", str(args.boot_timeout), "--", *cmd]
-        import tempfile
-
+        from .tmpdirs import tempdir
         from .vhost import run_in_vhost
 
-        with tempfile.TemporaryDirectory(prefix="pveoi-vhost-") as results:
+        with tempdir("vhost") as results:
             rc, _ = run_in_vhost(_reinvoke(inner), _host_kernel(), Path(results), sink=_stdout_sink,
                                  timeout=args.timeout + args.boot_timeout + 300, artifacts=args.logs)
         return rc
@@ -304,15 +300,15 @@ def _add_vhost(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _cmd_vhost(args: argparse.Namespace) -> int:
     import contextlib
-    import tempfile
 
+    from .tmpdirs import tempdir
     from .vhost import run_in_vhost
 
     cmd = _strip_dashdash(args.cmd)
     if not cmd:
         raise ConfigError("no command given", fix="pveoi vhost -- CMD ...")
     with contextlib.ExitStack() as stack:
-        results = args.results or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pveoi-vhost-")))
+        results = args.results or stack.enter_context(tempdir("vhost"))
         rc, host = run_in_vhost(cmd, _host_kernel(), results, cpus=args.cpus, memory_mb=args.memory,
                                 timeout=args.timeout, sink=_stdout_sink, artifacts=args.logs)
     log.info("virtual host: booted in %.1fs, KVM %s", host.boot_seconds or 0.0,
@@ -392,11 +388,10 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     img = _image(args)
     logs = (args.logs or _default_logs()).absolute()
     if host == "virtual":
-        import tempfile
-
+        from .tmpdirs import tempdir
         from .vhost import run_in_vhost
 
-        with tempfile.TemporaryDirectory(prefix="pveoi-ab-") as tmp:
+        with tempdir("ab") as tmp:
             inner_json = Path(tmp) / "inner.json"
             inner = ["ab", "--kernel", str(kernel_path), "--image", str(img.path), "--runs", str(args.runs),
                      "--json", str(inner_json), "--logs", str(Path(tmp) / "logs"), "--memory", str(args.memory)]
@@ -495,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(0 if args.quiet else args.verbose)
     try:
+        from .tmpdirs import reap_stale
+
+        reap_stale()  # temp dirs of a pveoi that was SIGKILLed
         return int(args.func(args))
     except PveoiError as err:
         print(f"pveoi: error: {err}", file=sys.stderr)

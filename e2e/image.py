@@ -31,7 +31,6 @@ import stat
 import struct
 import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,9 +39,19 @@ from typing import Any, Protocol
 
 import paramiko
 
-from .cache import Cache, CacheEntry, atomic_write, content_hash, sha256_file
+from .cache import (
+    MANIFEST,
+    Cache,
+    CacheEntry,
+    atomic_write,
+    content_hash,
+    corrupt_entry_error,
+    entry_problem,
+    sha256_file,
+)
 from .errors import BuildError, ConfigError
 from .progress import Progress
+from .tmpdirs import tempdir
 
 log = logging.getLogger(__name__)
 
@@ -867,7 +876,7 @@ def build_image(kernel: CacheEntry | None = None, cache: Cache | None = None,
             return _guest_image(hit, identity)
         progress = Progress("image build")
         with cache.staging(IMAGE_KIND, key) as staged, \
-                tempfile.TemporaryDirectory(prefix="pveoi-image-") as work:
+                tempdir("image") as work:
             entry = _build_into(inputs, key, cache, staged, Path(work), progress)
         return _guest_image(entry, identity)
 
@@ -948,13 +957,17 @@ def load_image(path: Path) -> GuestImage:
     Verifies the entry like a cache hit does and needs nothing writable, so it
     serves inside the virtual KVM host, where the cache is read-only.
 
-    :raises ConfigError: ``path`` is not a complete, intact image entry.
+    :raises ConfigError: ``path`` is not a pveoi image entry, or a damaged one
+        (it is left in place: the error names it and the fix).
     """
     path = path.expanduser().absolute()
-    entry = Cache(root=path.parent.parent).lookup(IMAGE_KIND, path.name)
-    if path.parent.name != IMAGE_KIND or entry is None:
-        raise ConfigError(f"{path} is not an intact pveoi image entry",
+    if path.parent.name != IMAGE_KIND or not (path / MANIFEST).is_file():
+        raise ConfigError(f"{path} is not a pveoi image entry",
                           fix="pass the path `pveoi image build --json` prints, or omit --image")
+    manifest, problem = entry_problem(path)
+    if problem is not None or manifest is None:
+        raise corrupt_entry_error(path, problem or "no manifest", "pveoi image build --force")
+    entry = CacheEntry(IMAGE_KIND, path.name, path, manifest)
     return _guest_image(entry, ssh_identity(Cache(root=path.parent.parent)))
 
 

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -24,9 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache, CacheEntry, content_hash, sha256_file, sha256_tree
+from .cache import (
+    MANIFEST,
+    Cache,
+    CacheEntry,
+    content_hash,
+    corrupt_entry_error,
+    entry_problem,
+    sha256_file,
+    sha256_tree,
+)
 from .errors import BuildError, ConfigError
 from .progress import Progress
+from .tmpdirs import tempdir
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +360,7 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
             return hit
         progress = Progress(f"kernel build {spec.flavour}")
         started = time.time()
-        with cache.staging(KERNEL_KIND, key) as staged, tempfile.TemporaryDirectory(prefix="pveoi-kbuild-") as work:
+        with cache.staging(KERNEL_KIND, key) as staged, tempdir("kbuild") as work:
             logfile = staged / "build.log"
             try:
                 return _build_into(spec, cache, key, identity, requested, Path(work), staged, logfile, progress,
@@ -463,7 +472,7 @@ def fetch_url(url: str, sha256: str, cache: Cache | None = None) -> CacheEntry:
         return hit
     if os.environ.get("PVEOI_NO_DOWNLOAD"):
         raise ConfigError(f"{url} is not cached and PVEOI_NO_DOWNLOAD is set", fix="unset it or fetch online once")
-    with tempfile.TemporaryDirectory(prefix="pveoi-fetch-") as tmp:
+    with tempdir("fetch") as tmp:
         target = Path(tmp) / "download"
         try:
             with urllib.request.urlopen(url, timeout=60) as resp, open(target, "xb") as out:
@@ -517,7 +526,7 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
     cache = cache or Cache()
     if package is None:
         package = _resolve_meta("linux-image-cloud-amd64")
-    with tempfile.TemporaryDirectory(prefix="pveoi-apt-") as tmp:
+    with tempdir("apt") as tmp:
         proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True, check=False)
         debs = list(Path(tmp).glob("*.deb"))
         if proc.returncode != 0 or not debs:
@@ -560,6 +569,24 @@ def _resolve_meta(meta: str) -> str:
         if dep.startswith("linux-image-") and dep != meta:
             return dep
     raise ConfigError(f"cannot resolve {meta} to a kernel package", fix="run apt-get update or pass --package")
+
+
+def check_kernel_file(path: Path) -> Path:
+    """A kernel file the user named: if it lies in a pveoi cache entry, verify that entry.
+
+    :raises ConfigError: the file is missing, or its cache entry is damaged (named, with the fix).
+    """
+    if not path.is_file():
+        raise ConfigError(f"kernel {path} not found", fix="pass a bzImage, or omit --kernel to build one")
+    try:
+        listed = json.loads((path.parent / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return path  # not a cache entry: a kernel of the user's own
+    if isinstance(listed, dict) and path.name in listed:
+        _, problem = entry_problem(path.parent)
+        if problem is not None:
+            raise corrupt_entry_error(path.parent, problem, "pveoi kernel build --force")
+    return path
 
 
 def load_manifest(entry: CacheEntry) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .argv import MachineSpec, parse_usernet_port, qemu_argv
 from .console import Console
 from .errors import GuestError, LaunchError, PveoiError
 from .ssh import GuestSsh
+from .tmpdirs import mkdtemp, reap_stale
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ class Machine:
         for path in (self.spec.kernel, self.spec.initrd):
             if path is not None and not Path(path).is_file():
                 raise LaunchError(f"{path} does not exist", fix="build or fetch the kernel/image first")
-        self._tmp = Path(tempfile.mkdtemp(prefix="pveoi-vm-"))
-        os.chmod(self._tmp, 0o700)
+        reap_stale()
+        self._tmp = mkdtemp("vm")
         self.state = Runstate.RUNNING
         try:
             self._launch()

@@ -39,7 +39,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import CapabilityError, ConfigError, MeasurementError, PveoiError
+from .tmpdirs import mkdtemp
 
 log = logging.getLogger(__name__)
 
@@ -599,7 +599,7 @@ class PerfStat:
         raise PveoiError(f"cannot {action}: perf is {self.state.value}", fix=hint)
 
     def _spawn(self) -> None:
-        self._tmp = Path(tempfile.mkdtemp(prefix="pveoi-perf-"))
+        self._tmp = mkdtemp("perf")
         ctl, ack = self._tmp / "ctl", self._tmp / "ack"
         os.mkfifo(ctl, 0o600)
         os.mkfifo(ack, 0o600)
