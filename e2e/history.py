@@ -160,12 +160,12 @@ def load_history(root: Path) -> History:
             runs.append(Run(path, migrate(raw, str(path))))
         except HistoryError as err:
             problems.append(f"{err.message}; fix: {err.fix}")
-    for p in problems:
-        log.warning("history: %s", p)
     if not runs:
         detail = f": {problems[0]}" if problems else ""
         raise HistoryError(f"history {root} holds no readable pveoi result{detail}",
                            fix="run `pveoi ab --history DIR` first, or point --history at the right directory")
+    for p in problems:
+        log.warning("history: %s", p)
     runs.sort(key=lambda r: (r.created, r.name))
     return History(root, runs, problems)
 

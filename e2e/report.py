@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,6 +67,7 @@ def _svg(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF boilerplate, nothing to show
     return text[text.index("<svg"):]
 
 

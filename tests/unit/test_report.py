@@ -1,0 +1,273 @@
+"""The history, the regression check and the renderers, on synthetic histories.
+
+A synthetic run is a real schema-2 result document whose per-rep counts are
+made so that each rep's "EOI exits saved per interrupt" is a chosen value.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import statistics
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import cli
+from e2e.history import HistoryError, load_history, migrate
+from e2e.regress import CheckSettings, check, format_findings, one_sided_p
+from e2e.report import render_html, render_junit, render_markdown
+
+INJ = 1000
+
+
+def arm_runs(saved: list[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    on, off = [], []
+    for rep, s in enumerate(saved):
+        pv = round(s * INJ)
+        on.append({"rep": rep, "counts": {"kvm:kvm_inj_virq": INJ, "kvm:kvm_eoi": INJ, "kvm:kvm_pv_eoi": pv,
+                                          "kvm:kvm_exit": 4 * INJ - pv}})
+        off.append({"rep": rep, "counts": {"kvm:kvm_inj_virq": INJ, "kvm:kvm_eoi": INJ, "kvm:kvm_pv_eoi": 0,
+                                           "kvm:kvm_exit": 4 * INJ}})
+    return on, off
+
+
+def workload_doc(saved: list[float], verdict: str) -> dict[str, Any]:
+    if verdict == "not-measurable":
+        return {"verdict": verdict, "reasons": ["too few interrupts"], "metrics": {},
+                "eoi_exits_saved_per_interrupt": None, "treatment": "on", "baseline": "off"}
+    med = statistics.median(saved)
+    return {
+        "verdict": verdict, "reasons": [] if verdict == "pass" else ["kvm_pv_eoi was 0 in an on run"],
+        "treatment": "on", "baseline": "off", "description": "synthetic",
+        "eoi_exits_saved_per_interrupt": {"value": med, "ci": [min(saved), max(saved)], "limit": 1.0},
+        "metrics": {"kvm_exit": {"off_median": 4.0, "on_median": 4.0 - med, "reduction": med / 4,
+                                 "reduction_ci": [min(saved) / 4, max(saved) / 4],
+                                 "off_ci": [4.0, 4.0], "on_ci": [4 - max(saved), 4 - min(saved)]},
+                    "kvm_exit[MSR]": {"off_median": 3.0, "on_median": 3.0 - med}},
+    }
+
+
+def make_doc(n: int, workloads: dict[str, tuple[list[float], str]], runner: str = "r1",
+             host: str = "virtual") -> dict[str, Any]:
+    arms: dict[str, Any] = {"on": {"settings": {"kvm_pv_eoi": True}, "runs": {}},
+                            "off": {"settings": {"kvm_pv_eoi": False}, "runs": {}}}
+    docs = {}
+    for name, (saved, verdict) in workloads.items():
+        on, off = arm_runs(saved) if verdict != "not-measurable" else ([], [])
+        arms["on"]["runs"][name], arms["off"]["runs"][name] = on, off
+        docs[name] = workload_doc(saved, verdict)
+    verdicts = [v for _, v in workloads.values()]
+    return {
+        "schema": 2, "created": f"2026-11-{1 + n // 24:02d}T{n % 24:02d}:00:00Z", "runs_per_arm": 3,
+        "verdict": "fail" if "fail" in verdicts else ("pass" if "pass" in verdicts else "not-measurable"),
+        "runner": {"id": runner, "hostname": runner, "doctor": [{"name": "kvm", "status": "ok", "detail": "x"}]},
+        "host": {"chosen": host, "reason": "test"}, "arms": arms, "workloads": docs,
+    }
+
+
+def write_history(root: Path, docs: list[dict[str, Any]]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, doc in enumerate(docs):
+        (root / f"run{i:03d}-{doc['runner'].get('id', 'v1')}.json").write_text(json.dumps(doc))
+    return root
+
+
+def noisy(rng: random.Random, mean: float, sd: float = 0.02, n: int = 3) -> list[float]:
+    return [rng.gauss(mean, sd) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- the check
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_clean_noisy_history_is_never_flagged(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(16)]
+    for night in range(1, len(docs) + 1):  # every night's check, as the nightly job would run it
+        root = write_history(tmp_path / f"n{night}", docs[:night])
+        result = check(load_history(root))
+        assert result.findings == [], f"night {night}: {format_findings(result)}"
+        assert result.exit_code == 0
+
+
+def test_a_ten_percent_drop_is_flagged_with_its_size_and_run(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(6)]
+    docs.append(make_doc(6, {"timer": (noisy(rng, 0.95 * 0.9), "pass")}))
+    result = check(load_history(write_history(tmp_path, docs)))
+    drops = [f for f in result.findings if f.kind == "drop"]
+    assert {f.metric for f in drops} == {"EOI exits saved per interrupt", "kvm_exit reduction"}
+    saved = next(f for f in drops if f.metric == "EOI exits saved per interrupt")
+    assert saved.since == "run006-r1" and saved.workload == "timer"
+    assert saved.before == pytest.approx(0.95, abs=0.03) and saved.after == pytest.approx(0.855, abs=0.03)
+    assert saved.p_value is not None and saved.p_value < 0.05
+    assert result.exit_code == 1
+    text = format_findings(result)
+    assert "REGRESSION [r1 (virtual)] timer: EOI exits saved per interrupt dropped" in text
+    assert "since run run006-r1" in text
+
+
+def test_a_sustained_drop_is_dated_from_its_first_run(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(5)]
+    docs += [make_doc(i, {"timer": (noisy(rng, 0.80), "pass")}) for i in range(5, 8)]
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert {f.since for f in result.findings} == {"run005-r1"}
+
+
+def test_a_drop_within_the_runs_spread_is_not_flagged(tmp_path: Path) -> None:
+    # 10.5 % below the baseline median, but the latest reps sit inside the baseline's spread.
+    base = [[0.60, 0.95, 1.30], [0.62, 0.96, 1.28], [0.58, 0.94, 1.32]]
+    docs = [make_doc(i, {"timer": (s, "pass")}) for i, s in enumerate(base)]
+    docs.append(make_doc(3, {"timer": ([0.70, 0.85, 1.00], "pass")}))
+    result = check(load_history(write_history(tmp_path, docs)), CheckSettings(baseline=5))
+    assert not [f for f in result.findings if f.metric == "EOI exits saved per interrupt"]
+    assert any("within the runs' spread" in n for g in result.groups for n in g.notes)
+
+
+def test_a_missing_workload_is_reported(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass"), "ipi": (noisy(rng, 0.9), "pass")}) for i in range(3)]
+    docs.append(make_doc(3, {"timer": (noisy(rng, 0.95), "pass")}))
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert [(f.kind, f.workload) for f in result.findings] == [("missing", "ipi")]
+    assert "last run in run002-r1" in result.findings[0].message
+
+
+def test_runners_are_compared_only_with_themselves(tmp_path: Path) -> None:
+    rng = random.Random(4)
+    docs = []
+    for i in range(12):  # a fast runner (0.99) and a slower one (0.80), interleaved in time
+        runner, mean = ("fast", 0.99) if i % 2 else ("slow", 0.80)
+        docs.append(make_doc(i, {"timer": (noisy(rng, mean, 0.01), "pass")}, runner=runner))
+    history = load_history(write_history(tmp_path / "mixed", docs))
+    assert history.runners() == ["fast (virtual)", "slow (virtual)"]
+    assert check(history).findings == []
+    # The same runner id reached a different way (direct vs virtual) is another group too.
+    docs.append(make_doc(12, {"timer": (noisy(rng, 0.5, 0.01), "pass")}, runner="fast", host="direct"))
+    assert check(load_history(write_history(tmp_path / "mixed2", docs))).findings == []
+    # A drop on one runner is flagged on that runner only.
+    docs.append(make_doc(13, {"timer": (noisy(rng, 0.60, 0.01), "pass")}, runner="slow"))
+    result = check(load_history(write_history(tmp_path / "mixed3", docs)))
+    assert result.findings and {f.runner for f in result.findings} == {"slow (virtual)"}
+
+
+def test_pass_to_fail_and_measurable_to_not_measurable(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass"), "net": (noisy(rng, 0.7), "pass")}) for i in range(3)]
+    docs.append(make_doc(3, {"timer": (noisy(rng, 0.95), "fail"), "net": ([], "not-measurable")}))
+    docs.append(make_doc(4, {"timer": (noisy(rng, 0.95), "fail"), "net": ([], "not-measurable")}))
+    result = check(load_history(write_history(tmp_path, docs)))
+    kinds = {(f.kind, f.workload, f.since) for f in result.findings}
+    assert ("fail", "timer", "run003-r1") in kinds
+    assert ("not-measurable", "net", "run003-r1") in kinds
+    msg = next(f.message for f in result.findings if f.kind == "fail")
+    assert msg.startswith("verdict turned from pass to fail since run run003-r1")
+
+
+def test_a_runner_that_never_measured_is_a_note_not_a_regression(tmp_path: Path) -> None:
+    docs = [make_doc(i, {"timer": ([], "not-measurable")}) for i in range(2)]
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert result.findings == [] and any("never measurable" in n for n in result.groups[0].notes)
+
+
+def test_one_sided_p_direction() -> None:
+    assert one_sided_p([0.5, 0.6, 0.7], [0.9, 0.95, 1.0, 0.92, 0.97, 0.99]) == pytest.approx(1 / 84)
+    assert one_sided_p([0.9, 0.95, 1.0], [0.5, 0.6, 0.7]) > 0.9
+    assert one_sided_p([], [1.0]) == 1.0
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_schema_1_documents_migrate(tmp_path: Path) -> None:
+    doc = make_doc(0, {"timer": ([0.9, 0.95, 0.97], "pass")})
+    doc["schema"] = 1
+    doc["runner"] = {"hostname": "pveoi-vhost", "kernel": "6.1.192"}
+    doc["host"] = {"chosen": "virtual", "outer_runner": {"hostname": "ci-7", "kernel": "6.18"}}
+    new = migrate(doc)
+    assert new["schema"] == 2
+    assert new["runner"]["hostname"] == "ci-7" and new["runner"]["id"] == "ci-7"
+    assert new["host"]["inner_runner"]["hostname"] == "pveoi-vhost" and "outer_runner" not in new["host"]
+    assert doc["schema"] == 1  # the input is untouched
+    history = load_history(write_history(tmp_path, [doc]))
+    assert history.runners() == ["ci-7 (virtual)"]
+
+
+def test_unreadable_files_are_named_and_fail_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_history(tmp_path / "h", [make_doc(0, {"timer": ([0.95] * 3, "pass")})])
+    (root / "future.json").write_text(json.dumps({**make_doc(1, {}), "schema": 99}))
+    (root / "torn.json").write_text('{"schema": 2, "verd')
+    (root / ".run.json.abc.tmp").write_text("in progress")  # an atomic write in flight: not a result
+    history = load_history(root)
+    assert len(history.runs) == 1
+    assert any("schema 99" in p and "upgrade pveoi" in p for p in history.problems)
+    assert any("torn.json" in p for p in history.problems)
+    with pytest.raises(HistoryError):
+        history.require_clean()
+    assert cli.main(["report", "--history", str(root), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "future.json: result schema 99" in err and "(and 1 more)" in err  # files are read in name order
+    # Without --check the report still renders what it can.
+    assert cli.main(["report", "--history", str(root), "--markdown", str(tmp_path / "r.md")]) == 0
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "junk"])
+def test_an_unusable_history_exits_2_with_one_line(tmp_path: Path, make: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "h"
+    if make != "missing":
+        root.mkdir()
+    if make == "junk":
+        (root / "x.json").write_text("[]")
+    assert cli.main(["report", "--history", str(root), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pveoi: error: ") and "fix:" in err[0]
+
+
+# ---------------------------------------------------------------- renderers and CLI
+
+
+def test_report_cli_writes_every_format_and_exits_by_the_check(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    rng = random.Random(6)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(4)]
+    root = write_history(tmp_path / "h", docs)
+    out = tmp_path / "out"
+    argv = ["report", "--history", str(root), "--html", str(out / "r.html"), "--markdown", str(out / "r.md"),
+            "--junit", str(out / "r.xml"), "--check", "--baseline", "3"]
+    assert cli.main(argv) == 0
+    assert "check: clean" in capsys.readouterr().out
+    docs.append(make_doc(4, {"timer": (noisy(rng, 0.70), "pass")}))
+    write_history(root, docs)
+    assert cli.main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "REGRESSION [r1 (virtual)] timer: EOI exits saved per interrupt dropped" in printed
+    md = (out / "r.md").read_text()
+    assert "regression(s)" in md and "| r1 (virtual) | timer | **PASS** |" in md
+    suites = ET.parse(out / "r.xml").getroot()
+    failures = [c.get("name") for c in suites.iter("testcase") if c.find("failure") is not None]
+    assert failures == ["timer.regression"]
+    page = (out / "r.html").read_text()
+    assert page.count("<svg") == 3 and "<script" not in page
+    # Self-contained: nothing fetched (SVG namespaces are names, not fetches).
+    assert not re.search(r"""(src=|@import|url\(\s*['"]?https?:|href=['"]https?:)""", page)
+    assert "EOI exits saved per interrupt dropped" in page and "Doctor findings" in page
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_renderers_handle_failing_and_unmeasurable_workloads(tmp_path: Path) -> None:
+    docs = [make_doc(0, {"timer": ([0.95] * 3, "fail"), "net": ([], "not-measurable")})]
+    history = load_history(write_history(tmp_path, docs))
+    result = check(history)
+    assert "**FAIL**" in render_markdown(history, result)
+    page = render_html(history, result)
+    assert "NOT-MEASURABLE" in page and "kvm_pv_eoi was 0" in page
+    root = ET.fromstring(render_junit(result).split("?>", 1)[1])
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert cases["timer.verdict"].find("failure") is not None
+    assert cases["net.verdict"].find("skipped") is not None
