@@ -137,13 +137,14 @@ def _reinvoke(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "e2e.cli", *argv]
 
 
-def _choose_host(requested: str) -> tuple[str, str]:
-    """Resolve --host auto|direct|virtual to (direct|virtual|not-measurable, why); inside the
-    virtual host the answer is always direct (that is what it is for)."""
+def _choose_host(requested: str) -> tuple[str, str, dict[str, Any] | None]:
+    """Resolve --host auto|direct|virtual to (direct|virtual|not-measurable, why, doctor report);
+    inside the virtual host the answer is always direct (that is what it is for; the caller
+    outside records the doctor's report)."""
     from . import hostsel
 
     if os.environ.get("PVEOI_IN_VHOST"):
-        return "direct", "running inside the virtual KVM host"
+        return "direct", "running inside the virtual KVM host", None
     return hostsel.choose(requested)
 
 
@@ -215,7 +216,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     accel = args.accel
     host = "direct"
     if accel != "tcg":
-        host, why = _choose_host(args.host)
+        host, why, _ = _choose_host(args.host)
         if accel == "auto":
             accel = "kvm" if host == "direct" else "tcg"
             log.info("accel auto: %s (%s)", accel, why)
@@ -377,10 +378,11 @@ def _cmd_ab(args: argparse.Namespace) -> int:
             except OSError as err:
                 raise ConfigError(f"cannot create {where}: {err.strerror}",
                                   fix="pick a writable path for --json/--history") from err
-    host, why = _choose_host(args.host)
+    host, why, doctor_report = _choose_host(args.host)
     log.info("host: %s (%s)", host, why)
     if host == "not-measurable":
         doc = results.not_measurable(why, args)
+        doc["runner"] = results.runner_identity({**doc["runner"], **ab.runner_info(ab.cpu_vendor())}, doctor_report)
         results.emit(doc, args.json, args.history)
         print(results.format_table(doc))
         return 2
@@ -413,12 +415,14 @@ def _cmd_ab(args: argparse.Namespace) -> int:
                 shutil.copytree(Path(tmp) / "logs", logs, dirs_exist_ok=True)
             doc["host"] = {**doc.get("host", {}), "chosen": "virtual", "reason": why,
                            "virtual_host": {"boot_seconds": vh.boot_seconds, "kvm": vh.kvm_facts},
-                           "outer_runner": ab.runner_info("n/a")}
+                           "inner_runner": doc.get("runner", {})}
+            doc["runner"] = ab.runner_info(ab.cpu_vendor())
     else:
         setup = ab.Setup(kernel=kernel_path, initrd=img.initrd, private_key=img.identity.private_key,
                          host_key_line=img.host_key_line, artifacts=logs, memory_mb=args.memory)
         doc = ab.run_ab(setup, ab.AbConfig(workloads, args.runs, arms, overrides))
         doc["host"] = {"chosen": "direct", "reason": why}
+    doc["runner"] = results.runner_identity(doc.get("runner", {}), doctor_report)
     doc["kernel"] = results.kernel_manifest(kernel_path)
     doc["image"] = {"initrd": str(img.initrd), "hash": img.manifest.get("hash")}
     doc["logs"] = str(logs)
@@ -482,6 +486,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_vhost(sub)
     _add_ab(sub)
     _add_doctor(sub)
+    from .report import add_parser as _add_report
+
+    _add_report(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .doctor import ProbeBoot, decision_from_report, run_doctor
 from .errors import CapabilityError, GuestError, PveoiError
@@ -51,23 +52,24 @@ def probe_boot(timeout: float = 60.0) -> Callable[[], ProbeBoot]:
     return run
 
 
-def choose(requested: str, probe: bool = True) -> tuple[str, str]:
+def choose(requested: str, probe: bool = True) -> tuple[str, str, dict[str, Any]]:
     """Resolve ``--host``.
 
-    :returns: ``(direct|virtual|not-measurable, why)``.
+    :returns: ``(direct|virtual|not-measurable, why, the doctor's report)``; for
+        ``virtual`` the report is made without a probe boot (it only records the host).
     :raises CapabilityError: ``direct`` was asked for and this machine's KVM cannot measure PV EOI.
     """
     if requested == "virtual":
-        return "virtual", "asked for --host virtual"
+        return "virtual", "asked for --host virtual", run_doctor()
     report = run_doctor(probe_boot=probe_boot() if probe else None)
     decision = decision_from_report(report)
     if requested == "direct":
         if not decision.measurable_direct:
             raise CapabilityError(f"--host direct: {decision.reason}",
                                   fix=decision.fix or "use --host virtual")
-        return "direct", decision.reason
+        return "direct", decision.reason, report
     if requested != "auto":
         raise PveoiError(f"unknown host kind {requested!r}", fix="use auto, direct or virtual")
     log.info("doctor: %s (%s)", decision.host, decision.reason)
     why = decision.reason + (f"; fix: {decision.fix}" if decision.host == "not-measurable" and decision.fix else "")
-    return decision.host, why
+    return decision.host, why, report
