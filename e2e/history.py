@@ -102,7 +102,12 @@ class Run:
         return sorted(self.doc.get("workloads", {}))
 
     def record(self, workload: str) -> Record | None:
-        w = self.doc.get("workloads", {}).get(workload)
+        """This run's record of ``workload``; a run that measured nothing at all (e.g. "not
+        measurable" before any guest booted) is that verdict for every workload."""
+        workloads = self.doc.get("workloads", {})
+        w = workloads.get(workload)
+        if w is None and not workloads and self.verdict != "pass":
+            w = {"verdict": self.verdict, "reasons": [str(self.doc.get("reason", ""))]}
         return None if w is None else Record.from_doc(self, workload, w)
 
 

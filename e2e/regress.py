@@ -175,11 +175,15 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
         runs = history.of_runner(runner)
         latest_run = runs[-1]
         seen = sorted({w for r in runs for w in r.workloads()})
+        if not seen:
+            groups.append(GroupStatus(runner, "(none)", None,
+                                      notes=[f"no workload measured yet; latest: {latest_run.verdict}: "
+                                             f"{latest_run.doc.get('reason', '')}"]))
         for workload in seen:
             recs = records(history, runner, workload)
             group = GroupStatus(runner, workload, recs[-1] if recs else None)
             groups.append(group)
-            if workload not in latest_run.workloads():
+            if recs[-1].run is not latest_run:
                 findings.append(Finding(
                     "missing", runner, workload,
                     f"workload missing from the latest run {latest_run.name} (last run in {recs[-1].run.name})",

@@ -254,7 +254,7 @@ def _group_html(history: History, result: CheckResult, g: GroupStatus) -> str:
     out = [f"<section class=workload id='{e(_anchor(g))}'><h2>{e(g.workload)} on {e(g.runner)}</h2>"]
     latest = g.latest
     if latest is None:
-        return out[0] + "</section>"
+        return "\n".join([out[0], *(f"<p class=note>note: {e(n)}</p>" for n in g.notes), "</section>"])
     w = latest.run.doc["workloads"][g.workload]
     out.append(f"<p>{e(str(w.get('description', '')))}</p>")
     out.append(f"<p>latest: <span class={_cls(latest.verdict)}>{e(latest.verdict.upper())}</span> "
@@ -311,9 +311,12 @@ def render_junit(result: CheckResult) -> str:
             latest = g.latest
             case = ET.SubElement(suite, "testcase", classname=f"pveoi.{runner}", name=f"{g.workload}.verdict")
             tests += 1
-            if latest is None or latest.verdict == "fail":
+            if latest is None:
+                skipped += 1
+                ET.SubElement(case, "skipped", message="; ".join(g.notes) or "no run")
+            elif latest.verdict == "fail":
                 failures += 1
-                ET.SubElement(case, "failure", message="; ".join(latest.reasons if latest else ["no run"]))
+                ET.SubElement(case, "failure", message="; ".join(latest.reasons))
             elif latest.verdict != "pass":
                 skipped += 1
                 ET.SubElement(case, "skipped", message=f"{latest.verdict}: " + "; ".join(latest.reasons))

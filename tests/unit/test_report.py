@@ -169,10 +169,26 @@ def test_pass_to_fail_and_measurable_to_not_measurable(tmp_path: Path) -> None:
     assert msg.startswith("verdict turned from pass to fail since run run003-r1")
 
 
+def test_a_run_that_measured_nothing_counts_as_not_measurable_not_missing(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(2)]
+    docs.append({**make_doc(2, {}), "verdict": "not-measurable", "reason": "no usable KVM; fix: ..."})
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert [(f.kind, f.workload) for f in result.findings] == [("not-measurable", "timer")]
+    assert "no usable KVM" in result.findings[0].message
+
+
 def test_a_runner_that_never_measured_is_a_note_not_a_regression(tmp_path: Path) -> None:
     docs = [make_doc(i, {"timer": ([], "not-measurable")}) for i in range(2)]
     result = check(load_history(write_history(tmp_path, docs)))
     assert result.findings == [] and any("never measurable" in n for n in result.groups[0].notes)
+    # A runner whose every run measured nothing (no workload at all) is a skip, not a failure.
+    root = write_history(tmp_path / "none", [{**make_doc(0, {}), "reason": "no KVM"}])
+    result = check(load_history(root))
+    assert result.findings == [] and "no KVM" in result.groups[0].notes[0]
+    junit = ET.fromstring(render_junit(result).split("?>", 1)[1])
+    assert next(junit.iter("testcase")).find("skipped") is not None
+    assert "no KVM" in render_html(load_history(root), result)
 
 
 def test_one_sided_p_direction() -> None:
