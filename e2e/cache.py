@@ -223,10 +223,20 @@ class Cache:
 
     @contextlib.contextmanager
     def staging(self, kind: str, key: str) -> Iterator[Path]:
-        """A temp dir beside the entry's final place; removed unless published."""
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=self._kind_dir(kind)))
+        """A temp dir beside the entry's final place; removed unless published.
+
+        :raises PveoiError: the cache's disk filled up while the entry was written.
+        """
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=self._kind_dir(kind)))
+        except OSError as err:
+            raise write_error(self._kind_dir(kind) / f".{key}.tmp", err) from err
         try:
             yield tmp
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise write_error(Path(err.filename) if err.filename else tmp, err) from err
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,0 +1,91 @@
+"""Fault matrix, configuration side: bad configuration files, CLI values and
+paths given to the real ``pveoi`` command. Each exits 2 with one line on
+stderr naming the cause and the fix, before anything boots."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pveoi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "e2e.cli", "-q", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"not one line: {proc.stderr!r}"
+    line = lines[0]
+    assert line.startswith("pveoi: error: ") and "; fix: " in line, line
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_arms_file_not_toml(tmp_path: Path) -> None:
+    bad = write(tmp_path / "arms.toml", "[[arm]\nname = on\n")
+    assert_one_line_error(pveoi("ab", "--arms", str(bad)), f"cannot read arms file {bad}", "TOML")
+
+
+def test_arms_file_missing(tmp_path: Path) -> None:
+    assert_one_line_error(pveoi("ab", "--arms", str(tmp_path / "nope.toml")), "cannot read arms file")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[[arm]]\nname = "a"\n[[arm]]\nname = "b"\npv_eoi = false\n[[arm]]\nname = "c"\n', "exactly two arms"),
+    ('[[arm]]\nname = "a"\n[[arm]]\nname = "b"\n', "exactly one arm must expect PV EOI"),
+    ('[[arm]]\nname = "a"\npv_eoi = "yes"\n[[arm]]\nname = "b"\npv_eoi = false\n', "pv_eoi must be true or false"),
+    ('[[arm]]\nname = "a"\ncolour = 1\n[[arm]]\nname = "b"\n', "unknown keys ['colour']"),
+    ('[[arm]]\nname = "a"\nkernel = "/nonexistent/bzImage"\n[[arm]]\nname = "b"\npv_eoi = false\n', "not found"),
+], ids=["three-arms", "no-baseline", "pv_eoi-type", "unknown-key", "kernel-missing"])
+def test_arms_file_bad_content(tmp_path: Path, text: str, needle: str) -> None:
+    assert_one_line_error(pveoi("ab", "--arms", str(write(tmp_path / "arms.toml", text))), needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["ab", "--runs", "0"], "--runs must be at least 1"),
+    (["ab", "--threshold", "nonsense"], "bad --threshold 'nonsense'"),
+    (["ab", "--threshold", "no_such_key=1"], "unknown threshold 'no_such_key'"),
+    (["ab", "--json", "/proc/pveoi-nope/ab.json"], "cannot create /proc/pveoi-nope"),
+    (["boot", "--accel", "tcg", "--kernel", "/nonexistent/bzImage", "--", "true"], "kernel /nonexistent/bzImage not found"),
+    (["vhost"], "no command given"),
+], ids=["runs-0", "threshold-syntax", "threshold-key", "json-unwritable", "kernel-missing", "vhost-no-cmd"])
+def test_bad_cli_values(args: list[str], needle: str) -> None:
+    assert_one_line_error(pveoi(*args), needle)
+
+
+def test_image_dir_that_is_not_an_entry(tmp_path: Path) -> None:
+    assert_one_line_error(pveoi("boot", "--accel", "tcg", "--kernel", "/bin/true", "--image", str(tmp_path), "--", "true"),
+                          f"{tmp_path} is not a pveoi image entry")
+
+
+def test_cache_dir_unusable(tmp_path: Path) -> None:
+    blocker = write(tmp_path / "cache-is-a-file", "")
+    line = assert_one_line_error(pveoi("image", "build", env={"PVEOI_CACHE": str(blocker)}))
+    assert str(blocker) in line
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["ab", "--runs", "three"], "argument --runs: invalid int value: 'three'"),
+    (["ab", "--workload", "nosuch"], "argument --workload: invalid choice: 'nosuch'"),
+    (["boot", "--pv-eoi", "maybe"], "argument --pv-eoi: invalid choice: 'maybe'"),
+], ids=["runs-type", "workload", "pv-eoi"])
+def test_argparse_rejects_bad_values_with_usage_and_one_error_line(args: list[str], needle: str) -> None:
+    proc = pveoi(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("pveoi ") and ": error: " in last and needle in last, last

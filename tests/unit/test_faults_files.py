@@ -1,0 +1,219 @@
+"""Fault matrix, file side, with real processes and real filesystems: disk full
+while writing results or the cache (a tiny tmpfs), corrupt cache entries
+(flipped bytes), temp dirs of a SIGKILLed pveoi, concurrent history writers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e import results, tmpdirs
+from e2e.cache import MANIFEST, Cache, atomic_write
+from e2e.errors import ConfigError, PveoiError
+from e2e.image import IMAGE_KIND, load_image
+from e2e.kernel import check_kernel_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err)
+    assert "\n" not in text, f"not one line: {text!r}"
+    assert "; fix: " in text, f"no fix named: {text!r}"
+    return text
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(where: Path, size: str = "64k") -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``where`` (root only), always unmounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+# ---------------------------------------------------------------- disk full
+
+
+def test_disk_full_atomic_write_names_the_disk_and_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "tiny") as tiny:
+        target = tiny / "ab.json"
+        atomic_write(target, "old\n")
+        with pytest.raises(PveoiError) as err:
+            atomic_write(target, "x" * (256 << 10))
+        text = one_line(err.value)
+        assert f"the filesystem at {tiny} is full" in text and f"free space on {tiny}" in text
+        assert isinstance(err.value.__cause__, OSError)
+        assert sorted(os.listdir(tiny)) == ["ab.json"], "a temp file was left behind"
+        assert target.read_text() == "old\n"
+
+
+def test_disk_full_history_gets_no_partial_result(tmp_path: Path) -> None:
+    doc = {"schema": 1, "verdict": "pass", "created": "2026-11-26T00:00:00Z", "pad": "x" * (256 << 10)}
+    with tiny_tmpfs(tmp_path / "tiny") as tiny:
+        with pytest.raises(PveoiError, match="is full"):
+            results.emit(doc, tiny / "ab.json", tiny / "history")
+        with pytest.raises(PveoiError, match="is full"):
+            results.emit(doc, None, tiny / "history")
+        assert not (tiny / "ab.json").exists()
+        assert os.listdir(tiny / "history") == [], "a partial history file was left behind"
+
+
+def test_disk_full_while_publishing_a_cache_entry(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "tiny") as tiny:
+        cache = Cache(tiny)
+        with pytest.raises(PveoiError) as err, cache.lock("kernels", "k"), cache.staging("kernels", "k") as staged:
+            (staged / "bzImage").write_bytes(os.urandom(256 << 10))
+            cache.publish("kernels", "k", staged, ["bzImage"], {"kind": "test"})
+        assert "is full" in one_line(err.value)
+        assert sorted(os.listdir(tiny / "kernels")) == [".k.lock"], "a half-written entry was left"
+        assert cache.lookup("kernels", "k") is None
+
+
+# ---------------------------------------------------------------- corrupt cache entries
+
+
+def publish(cache: Cache, kind: str, name: str, data: bytes, key: str = "k1") -> Path:
+    with cache.staging(kind, key) as staged:
+        (staged / name).write_bytes(data)
+        entry = cache.publish(kind, key, staged, [name], {"kind": "test"})
+    return entry.path
+
+
+def flip(path: Path, offset: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_cache_entry_is_detected_named_and_discarded_for_rebuild(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    cache = Cache(tmp_path)
+    entry = publish(cache, "kernels", "bzImage", os.urandom(4096))
+    assert cache.lookup("kernels", "k1") is not None
+    flip(entry / "bzImage")
+    assert cache.lookup("kernels", "k1") is None
+    assert f"{entry / 'bzImage'} is corrupt" in caplog.text and "rebuilt" in caplog.text
+    assert not entry.exists(), "the damaged entry must go so the next build replaces it"
+
+
+def test_corrupt_image_entry_named_by_the_user_is_an_error_naming_it_and_kept(tmp_path: Path) -> None:
+    entry = publish(Cache(tmp_path), IMAGE_KIND, "initrd.img", os.urandom(4096))
+    flip(entry / "initrd.img")
+    with pytest.raises(ConfigError) as err:
+        load_image(entry)
+    text = one_line(err.value)
+    assert f"cache entry {entry} is damaged" in text and "is corrupt" in text
+    assert f"rm -r {entry}" in text and "pveoi image build --force" in text
+    assert (entry / "initrd.img").is_file(), "an entry the user named is never deleted behind their back"
+    (entry / MANIFEST).write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable manifest.json"):
+        load_image(entry)
+
+
+def test_corrupt_kernel_entry_named_by_the_user_is_an_error(tmp_path: Path) -> None:
+    entry = publish(Cache(tmp_path), "kernels", "bzImage", os.urandom(4096))
+    assert check_kernel_file(entry / "bzImage") == entry / "bzImage"
+    flip(entry / "bzImage", 7)
+    with pytest.raises(ConfigError) as err:
+        check_kernel_file(entry / "bzImage")
+    assert "pveoi kernel build --force" in one_line(err.value) and str(entry) in str(err.value)
+    own = tmp_path / "mine" / "bzImage"  # a kernel of the user's own, not in a cache entry
+    own.parent.mkdir()
+    own.write_bytes(b"k")
+    assert check_kernel_file(own) == own
+    with pytest.raises(ConfigError, match="not found"):
+        check_kernel_file(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- temp dirs of a killed pveoi
+
+
+HOLDER = ("import sys, time; from e2e.tmpdirs import mkdtemp; print(mkdtemp(sys.argv[1]), flush=True); "
+          "time.sleep(600)")
+
+
+def test_sigkilled_owner_dir_is_reaped_live_ones_never(tmp_path: Path) -> None:
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    holders = [subprocess.Popen([sys.executable, "-c", HOLDER, kind], stdout=subprocess.PIPE, text=True, env=env,
+                                cwd=REPO) for kind in ("vm", "ab")]
+    try:
+        dirs = [Path(p.stdout.readline().strip()) for p in holders if p.stdout]
+        assert all(d.is_dir() and d.name.startswith(f"pveoi-{k}-{p.pid}-")
+                   for d, k, p in zip(dirs, ("vm", "ab"), holders, strict=True))
+        foreign = tmp_path / "pveoi-vm-1-foreign"  # no owner file: not ours to judge
+        foreign.mkdir()
+        assert tmpdirs.reap_stale(tmp_path) == [], "a live owner's dir was reaped"
+        os.kill(holders[0].pid, signal.SIGKILL)
+        holders[0].wait()
+        assert dirs[0].is_dir(), "SIGKILL left it behind (the fault being reaped)"
+        assert tmpdirs.reap_stale(tmp_path) == [dirs[0]]
+        assert not dirs[0].exists() and dirs[1].is_dir() and foreign.is_dir()
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait()
+
+
+def test_reaping_skips_zombies_alive_other_boots_and_the_virtual_host(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    zombie = subprocess.Popen(["true"])  # exited, not yet reaped: its pid cannot be reused
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+    def owned(pid: int, **extra: object) -> Path:
+        path = tmpdirs.mkdtemp("vm", tmp_path)
+        owner = {**json.loads((path / tmpdirs.OWNER_FILE).read_text()), "pid": pid, **extra}
+        (path / tmpdirs.OWNER_FILE).write_text(json.dumps(owner))
+        return path
+
+    gone, undead, other_boot = owned(dead.pid), owned(zombie.pid), owned(dead.pid, boot_id="another-boot")
+    monkeypatch.setenv("PVEOI_IN_VHOST", "1")
+    assert tmpdirs.reap_stale(tmp_path) == []
+    monkeypatch.delenv("PVEOI_IN_VHOST")
+    assert sorted(tmpdirs.reap_stale(tmp_path)) == sorted([gone, undead])
+    assert other_boot.is_dir()
+    zombie.wait()
+
+
+# ---------------------------------------------------------------- two runs at once
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from e2e import results
+doc = {"schema": 1, "verdict": "pass", "created": "2026-11-26T00:00:00Z", "writer": sys.argv[2]}
+for i in range(25):
+    results.emit({**doc, "i": i}, None, Path(sys.argv[1]))
+"""
+
+
+def test_two_runs_writing_one_history_never_clash(tmp_path: Path) -> None:
+    hist = tmp_path / "history"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(hist), str(n)], cwd=REPO) for n in (1, 2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    names = sorted(os.listdir(hist))
+    assert len(names) == 50 and all(n.endswith(".json") for n in names), "a clash or a temp file"
+    docs = [json.loads((hist / n).read_text()) for n in names]
+    assert sorted((d["writer"], d["i"]) for d in docs) == sorted((w, i) for w in "12" for i in range(25))
