@@ -454,8 +454,9 @@ class AbConfig:
 def run_ab(setup: Setup, config: AbConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every workload's interleaved A/B on this (KVM) host; return the result document.
 
-    Errors in a run are recorded and make that workload fail; a host that
-    cannot count (perf/tracepoints missing) raises before any guest boots.
+    A run that fails (boot, SSH, QEMU) is recorded and makes that workload's
+    verdict ``error``, never a pass or fail; a host that cannot count (perf
+    missing or denied, tracepoints missing) raises: there is no verdict at all.
     """
     validate_arms(config.arms)
     if config.runs < 1:
@@ -482,14 +483,15 @@ def run_ab(setup: Setup, config: AbConfig, progress: Callable[[str], None] | Non
                 errors.append(f"{arm.name} rep {rep + 1}: {err}")
                 log.error("run failed: %s", err)
         analysis = analyze(workload, config.arms, runs, thresholds)
-        if errors:
-            analysis["verdict"] = "fail"
-            analysis["reasons"] = [*analysis.get("reasons", []), *errors]
+        if errors:  # a run that did not finish measured nothing: no pass or fail from the rest
+            analysis["verdict"] = "error"
+            analysis["reasons"] = [f"{len(errors)} of {len(order)} runs did not complete, so no verdict",
+                                   *errors]
         results[workload.name] = analysis
         for arm in config.arms:
             arm_runs[arm.name][workload.name] = [r for r in runs if r["arm"] == arm.name]
     verdicts = [w["verdict"] for w in results.values()]
-    verdict = "fail" if "fail" in verdicts else ("pass" if "pass" in verdicts else "not-measurable")
+    verdict = next((v for v in ("fail", "error", "pass") if v in verdicts), "not-measurable")
     reason = "; ".join(f"{name}: {'; '.join(w['reasons']) or w['verdict']}" for name, w in results.items())
     headline = next((w["eoi_exits_saved_per_interrupt"] for w in results.values()
                      if w.get("eoi_exits_saved_per_interrupt")), None)

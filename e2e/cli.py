@@ -504,6 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PveoiError as err:
         print(f"pveoi: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # an I/O failure no layer below named: still one line, never a traceback
+        log.debug("unexpected OSError", exc_info=True)
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"pveoi: error: {err.strerror or err}{where}; fix: check that path and its disk (-vv shows where)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pveoi: interrupted; everything started was stopped", file=sys.stderr)
         return 130

@@ -60,7 +60,8 @@ def test_arms_file_bad_content(tmp_path: Path, text: str, needle: str) -> None:
     (["ab", "--threshold", "nonsense"], "bad --threshold 'nonsense'"),
     (["ab", "--threshold", "no_such_key=1"], "unknown threshold 'no_such_key'"),
     (["ab", "--json", "/proc/pveoi-nope/ab.json"], "cannot create /proc/pveoi-nope"),
-    (["boot", "--accel", "tcg", "--kernel", "/nonexistent/bzImage", "--", "true"], "kernel /nonexistent/bzImage not found"),
+    (["boot", "--accel", "tcg", "--kernel", "/nonexistent/bzImage", "--", "true"],
+     "kernel /nonexistent/bzImage not found"),
     (["vhost"], "no command given"),
 ], ids=["runs-0", "threshold-syntax", "threshold-key", "json-unwritable", "kernel-missing", "vhost-no-cmd"])
 def test_bad_cli_values(args: list[str], needle: str) -> None:
@@ -68,8 +69,8 @@ def test_bad_cli_values(args: list[str], needle: str) -> None:
 
 
 def test_image_dir_that_is_not_an_entry(tmp_path: Path) -> None:
-    assert_one_line_error(pveoi("boot", "--accel", "tcg", "--kernel", "/bin/true", "--image", str(tmp_path), "--", "true"),
-                          f"{tmp_path} is not a pveoi image entry")
+    proc = pveoi("boot", "--accel", "tcg", "--kernel", "/bin/true", "--image", str(tmp_path), "--", "true")
+    assert_one_line_error(proc, f"{tmp_path} is not a pveoi image entry")
 
 
 def test_cache_dir_unusable(tmp_path: Path) -> None:

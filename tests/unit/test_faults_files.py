@@ -123,7 +123,7 @@ def test_corrupt_image_entry_named_by_the_user_is_an_error_naming_it_and_kept(tm
     assert f"rm -r {entry}" in text and "pveoi image build --force" in text
     assert (entry / "initrd.img").is_file(), "an entry the user named is never deleted behind their back"
     (entry / MANIFEST).write_text("{not json")
-    with pytest.raises(ConfigError, match="unreadable manifest.json"):
+    with pytest.raises(ConfigError, match=r"unreadable manifest\.json"):
         load_image(entry)
 
 

@@ -39,7 +39,7 @@ def start_fails(perf: PerfStat) -> CapabilityError | MeasurementError:
     before = perf_dirs()
     with pytest.raises((CapabilityError, MeasurementError)) as err:
         perf.start()
-    assert perf.process_id is None or perf._proc is not None and perf._proc.poll() is not None, "perf still runs"
+    assert perf.process_id is None or (perf._proc is not None and perf._proc.poll() is not None), "perf still runs"
     assert perf_dirs() == before, "perf's temp dir was left behind"
     text = str(err.value)
     assert "\n" not in text and "; fix: " in text, text
