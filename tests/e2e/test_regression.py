@@ -69,15 +69,11 @@ def run_ab(history: Path, out: Path, *extra: str) -> tuple[int, dict]:  # type: 
     return proc.returncode, doc
 
 
-def numbers(text: str) -> list[float]:
-    return [float(x) for x in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?", text)]
-
-
-def names_the_drop(text: str, before: float, after: float) -> bool:
-    """Whether ``text`` states the drop: the new value, the absolute drop or the relative drop in %."""
-    drop = before - after
-    rel = 100 * drop / before
-    return any(abs(n - after) <= 0.011 or abs(n - drop) <= 0.011 or abs(abs(n) - rel) <= 1.1 for n in numbers(text))
+def stated_drop(line: str) -> tuple[float, float]:
+    """``before -> after`` as the report states it (``... dropped 0.990 -> 0.497 (-49.8%; ...``)."""
+    m = re.search(r"(-?\d+\.\d+)\s*->\s*(-?\d+\.\d+)", line)
+    assert m, f"no 'before -> after' in: {line}"
+    return float(m.group(1)), float(m.group(2))
 
 
 def test_broken_pv_eoi_kernel_is_flagged(tmp_path: Path) -> None:
@@ -90,7 +86,8 @@ def test_broken_pv_eoi_kernel_is_flagged(tmp_path: Path) -> None:
         rc, doc = run_ab(history, tmp_path / f"clean{i}.json")
         assert rc == 0, doc["workloads"]["timer"]["reasons"]
         clean.append(doc["workloads"]["timer"]["eoi_exits_saved_per_interrupt"]["value"])
-    assert len(list(history.glob("*.json"))) == 2
+    clean_runs = set(history.glob("*.json"))
+    assert len(clean_runs) == 2
     proc = pveoi("report", "--history", str(history), "--check", "--baseline", "2")
     assert proc.returncode == 0, f"clean history flagged:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
 
@@ -107,23 +104,26 @@ def test_broken_pv_eoi_kernel_is_flagged(tmp_path: Path) -> None:
     for a in w["agreement"]:
         assert a["ok"], a
 
-    # ...and the report flags it against the clean baseline.
+    # ...and the report flags it against the clean baseline: what, by how much, since which run.
+    broken_run = (set(history.glob("*.json")) - clean_runs).pop().stem
     before = sum(clean) / len(clean)
     proc = pveoi("report", "--history", str(history), "--check", "--baseline", "2")
     out = proc.stdout
     assert proc.returncode == 1, f"exit {proc.returncode}:\n{out[-3000:]}\n{proc.stderr[-2000:]}"
-    assert "timer" in out, out
-    assert HEADLINE in out, out
-    flagged = [ln for ln in out.splitlines() if HEADLINE in ln]
-    assert any(names_the_drop(ln, before, after) for ln in flagged) or names_the_drop(out, before, after), (
-        f"the drop {before:.3f} -> {after:.3f} is not stated:\n{out}")
+    flagged = [ln for ln in out.splitlines() if ln.startswith("REGRESSION") and HEADLINE in ln]
+    assert flagged, out
+    line = flagged[0]
+    assert "timer" in line, line
+    said_before, said_after = stated_drop(line)
+    assert abs(said_after - after) < 0.002, (line, after)
+    assert abs(said_before - before) < 0.02, (line, clean)
+    assert broken_run in line, f"not dated from the broken run {broken_run}: {line}"
 
     html, md = history / "r.html", history / "r.md"
-    proc = pveoi("report", "--history", str(history), "--html", str(html), "--markdown", str(md))
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    proc = pveoi("report", "--history", str(history), "--baseline", "2", "--html", str(html), "--markdown", str(md))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     for path in (html, md):
         assert path.is_file(), f"{path} not written: {proc.stderr[-2000:]}"
         text = path.read_text()
-        assert "timer" in text, path
-        assert HEADLINE in text, path
-        assert re.search(r"regress", text, re.IGNORECASE), f"{path} does not mention the regression"
+        for needle in ("timer", HEADLINE, "dropped", f"{said_after:.3f}", broken_run):
+            assert needle in text, f"{path} does not mention the regression ({needle!r} missing)"
