@@ -12,12 +12,14 @@ What is probed (see :class:`HostFacts`):
 * ``/proc/cpuinfo`` flags ``vmx``, ``svm``, ``hypervisor``;
 * ``/sys/module/{kvm,kvm_intel,kvm_amd,kvm_pvm}`` and the vendor module
   parameters (``kvm_intel.enable_apicv``, ``kvm_amd.avic``/``npt``, ``nested``);
-* ``/dev/kvm`` (exists; readable and writable by us);
+* ``/dev/kvm`` (exists; readable and writable by us; its group and mode, and
+  whether we are in that group, in the user database and in this session);
 * ``/proc/sys/kernel/perf_event_paranoid`` and our effective capabilities;
 * tracefs (``/sys/kernel/tracing``, else ``/sys/kernel/debug/tracing``): the
   ``kvm:*`` tracepoints and whether we can read their ids;
 * ``perf --version``, ``qemu-system-x86_64 --version``, ``-accel help`` and
-  ``-cpu help`` (does QEMU know the ``kvm-pv-eoi`` CPU property?).
+  ``-cpu help`` (does QEMU know the ``kvm-pv-eoi`` CPU property?);
+* the pveoi cache (when asked): can we write it, and read its SSH key?
 
 The backend of ``/dev/kvm`` is decided from the loaded vendor module, not from
 ``/dev/kvm`` itself: a nested paravirtual backend (``kvm_pvm``) creates a
@@ -27,8 +29,10 @@ instruction emulator.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import re
 import stat
 import subprocess
@@ -141,6 +145,19 @@ class HostFacts:
     :param qemu_error: why QEMU's version could not be read.
     :param qemu_has_tcg: ``-accel help`` lists ``tcg`` (None: could not ask).
     :param qemu_knows_pv_eoi: ``-cpu help`` lists ``kvm-pv-eoi`` (None: could not ask).
+    :param user: the effective user's name (``uid N`` if it has none).
+    :param kvm_dev_group: the group owning ``/dev/kvm`` (None: no ``/dev/kvm``).
+    :param kvm_dev_mode: ``/dev/kvm``'s permission bits, e.g. ``0660``.
+    :param kvm_group_member: the user belongs to :attr:`kvm_dev_group` in the
+        user database (``/etc/group`` or primary group).
+    :param kvm_group_active: this process has that group now (a new member
+        must log in again first).
+    :param tracefs_listable: we can look into the tracefs directory at all
+        (False: e.g. root's mode 0700; the tracepoint count is then unknown).
+    :param cache_dir: the pveoi cache probed (None: not probed).
+    :param cache_writable: we can write it (or create it: its nearest existing
+        parent is writable).
+    :param cache_key_readable: its SSH client key is readable by us (None: no key yet).
     """
 
     root: str
@@ -171,6 +188,15 @@ class HostFacts:
     qemu_error: str | None
     qemu_has_tcg: bool | None
     qemu_knows_pv_eoi: bool | None
+    user: str = "root"
+    kvm_dev_group: str | None = None
+    kvm_dev_mode: str | None = None
+    kvm_group_member: bool | None = None
+    kvm_group_active: bool | None = None
+    tracefs_listable: bool = True
+    cache_dir: str | None = None
+    cache_writable: bool | None = None
+    cache_key_readable: bool | None = None
 
     @property
     def hardware_backend(self) -> bool:
@@ -283,6 +309,98 @@ def _kvm_dev(root: Path) -> tuple[bool, bool]:
     return exists, exists and os.access(path, os.R_OK | os.W_OK)
 
 
+def user_name(uid: int) -> str:
+    """The name of *uid* in the user database, or ``uid N``."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def group_name(gid: int) -> str:
+    """The name of *gid* in the group database, or its number."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+@dataclass(frozen=True)
+class KvmDevOwner:
+    """Who may open ``/dev/kvm``, and whether we are among them.
+
+    :param group: the owning group's name.
+    :param mode: the permission bits, e.g. ``0660``.
+    :param member: the user is in that group in the user database.
+    :param active: this process has that group now.
+    """
+
+    group: str | None
+    mode: str | None
+    member: bool | None
+    active: bool | None
+
+
+def probe_kvm_dev_owner(root: Path, uid: int) -> KvmDevOwner:
+    """The group and mode of ``/dev/kvm`` under *root*, and our membership.
+
+    :param root: the probed root.
+    :param uid: the user whose membership is checked.
+    :returns: the facts (all None when ``/dev/kvm`` is absent).
+    """
+    try:
+        st = (root / "dev/kvm").stat()
+    except OSError:
+        return KvmDevOwner(None, None, None, None)
+    name = group_name(st.st_gid)
+    try:
+        pw = pwd.getpwuid(uid)
+        members = grp.getgrgid(st.st_gid).gr_mem
+        member = pw.pw_gid == st.st_gid or pw.pw_name in members
+    except KeyError:
+        member = None
+    active = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+    return KvmDevOwner(name, f"{stat.S_IMODE(st.st_mode):04o}", member, active)
+
+
+@dataclass(frozen=True)
+class CacheFacts:
+    """Can we use the pveoi cache?
+
+    :param path: the cache directory.
+    :param writable: it (or, if missing, its nearest existing parent) is writable and searchable.
+    :param key_readable: its SSH client key is readable (None: there is none yet).
+    """
+
+    path: str
+    writable: bool
+    key_readable: bool | None
+
+
+def probe_cache(path: Path, key: str = "ssh/id_ecdsa") -> CacheFacts:
+    """Whether we may write the cache at *path* and read its SSH client key.
+
+    :param path: the cache root (``$PVEOI_CACHE``, default ``~/.cache/pveoi``).
+    :param key: the client key's path inside it.
+    :returns: the facts.
+    """
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    key_path = path / key
+    try:
+        present = key_path.exists() or key_path.is_symlink()
+    except OSError:
+        present = False
+    if not present:
+        # An unsearchable ssh/ directory hides the key; that is unreadable too.
+        ssh_dir = key_path.parent
+        unsearchable = ssh_dir.is_dir() and not os.access(ssh_dir, os.X_OK)
+        return CacheFacts(str(path), writable, False if unsearchable else None)
+    return CacheFacts(str(path), writable, os.access(key_path, os.R_OK))
+
+
 def _paranoid(root: Path) -> int | None:
     text = _read(root / "proc/sys/kernel/perf_event_paranoid")
     try:
@@ -308,10 +426,12 @@ class TracefsFacts:
     """What tracefs says about the kvm tracepoints.
 
     :param path: the tracefs directory found (absolute, as on the host), or None.
-    :param mounted: it has an ``events`` directory.
+    :param mounted: it has an ``events`` directory (or we may not look: then
+        it is taken as mounted, since an unmounted mount point is world-searchable).
     :param readable: the kvm tracepoint ids can be read by us.
     :param count: the number of ``kvm:*`` tracepoints.
     :param missing: the :data:`NEEDED_TRACEPOINTS` that are absent.
+    :param listable: we may look into the directory at all.
     """
 
     path: str | None
@@ -319,6 +439,7 @@ class TracefsFacts:
     readable: bool
     count: int
     missing: tuple[str, ...]
+    listable: bool = True
 
 
 def probe_tracefs(root: Path) -> TracefsFacts:
@@ -332,6 +453,13 @@ def probe_tracefs(root: Path) -> TracefsFacts:
     """
     for rel in TRACEFS_DIRS:
         base = root / rel
+        try:
+            (base / "events").stat()
+        except PermissionError:
+            # tracefs is root-only (mode 0700) and mounted: sysfs mount points are 0755.
+            return TracefsFacts("/" + rel, True, False, 0, (), listable=False)
+        except OSError:
+            continue
         if not (base / "events").is_dir():
             continue
         shown = "/" + rel
@@ -443,7 +571,7 @@ def probe_tools(run: RunCommand = run_command, *, perf: str = PERF_BINARY,
 
 def probe_host(root: Path = Path("/"), *, run: RunCommand | None = None,
                euid: int | None = None, perf: str = PERF_BINARY,
-               qemu: str = QEMU_BINARY) -> HostFacts:
+               qemu: str = QEMU_BINARY, cache: Path | None = None) -> HostFacts:
     """Probe this host (or a fixture tree) without booting anything.
 
     :param root: the directory to read ``/proc``, ``/sys`` and ``/dev`` from.
@@ -451,9 +579,13 @@ def probe_host(root: Path = Path("/"), *, run: RunCommand | None = None,
     :param euid: the effective uid to assume (default: ours).
     :param perf: the perf binary.
     :param qemu: the QEMU system emulator binary.
+    :param cache: the pveoi cache to check (None: not checked).
     :returns: the facts; never raises for a missing file or tool.
     """
     root = Path(root)
+    uid = os.geteuid() if euid is None else euid
+    owner = probe_kvm_dev_owner(root, uid)
+    cache_facts = probe_cache(cache) if cache is not None else None
     flags = cpu_flags(_read(root / "proc/cpuinfo"))
     modules = kvm_modules(root)
     kvm_dev, kvm_access = _kvm_dev(root)
@@ -481,7 +613,7 @@ def probe_host(root: Path = Path("/"), *, run: RunCommand | None = None,
         ept=param("kvm_intel", "ept"),
         nested=param(vendor, "nested") if vendor else None,
         pvm_native=param("kvm_pvm", "pvm_native"),
-        is_root=(os.geteuid() if euid is None else euid) == 0,
+        is_root=uid == 0,
         cap_perfmon=_cap_perfmon(root),
         perf_version=tools.perf_version,
         perf_error=tools.perf_error,
@@ -495,14 +627,24 @@ def probe_host(root: Path = Path("/"), *, run: RunCommand | None = None,
         qemu_error=tools.qemu_error,
         qemu_has_tcg=tools.qemu_has_tcg,
         qemu_knows_pv_eoi=tools.qemu_knows_pv_eoi,
+        user=user_name(uid),
+        kvm_dev_group=owner.group,
+        kvm_dev_mode=owner.mode,
+        kvm_group_member=owner.member,
+        kvm_group_active=owner.active,
+        tracefs_listable=trace.listable,
+        cache_dir=cache_facts.path if cache_facts else None,
+        cache_writable=cache_facts.writable if cache_facts else None,
+        cache_key_readable=cache_facts.key_readable if cache_facts else None,
     )
     log.debug("host facts: %s", facts)
     return facts
 
 
 __all__ = [
-    "HARDWARE_BACKENDS", "NEEDED_TRACEPOINTS", "VENDOR_MODULES", "CommandOutput", "HostFacts",
-    "RunCommand", "ToolFacts", "TracefsFacts", "backend_of", "cpu_flags", "kvm_modules",
-    "parse_bool_param", "parse_version", "probe_host", "probe_tools", "probe_tracefs",
-    "qemu_has_accel", "qemu_knows_property", "run_command",
+    "HARDWARE_BACKENDS", "NEEDED_TRACEPOINTS", "VENDOR_MODULES", "CacheFacts", "CommandOutput",
+    "HostFacts", "KvmDevOwner", "RunCommand", "ToolFacts", "TracefsFacts", "backend_of", "cpu_flags",
+    "group_name", "kvm_modules", "parse_bool_param", "parse_version", "probe_cache", "probe_host",
+    "probe_kvm_dev_owner", "probe_tools", "probe_tracefs", "qemu_has_accel", "qemu_knows_property",
+    "run_command", "user_name",
 ]

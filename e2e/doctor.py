@@ -31,6 +31,19 @@ kernel mode, so the event must not exclude the kernel, which
 perf altogether); ``perf stat -p PID`` is per-task, which ``1`` allows
 (``-a`` would need ``0``; raw tracepoint samples ``-1``). perf also reads each
 event's id from tracefs, which is root-only by default.
+
+Measured as a throwaway non-root user (kernel 6.18, perf 6.1, ``perf stat -e
+kvm:kvm_exit -- /bin/true``): with tracefs mode 0700 perf rejects the event as
+unknown; with tracefs group-readable and ``paranoid=2`` perf *silently* turns
+the event into ``kvm:kvm_exitu`` (user mode only) and counts 0; with
+``paranoid=1`` it counts; ``-a`` still fails at 1. So each missing permission
+is a finding of its own, with the fix that removes it
+(``host_config/prepare-host.sh --perf`` does both).
+
+Non-root users also need ``/dev/kvm`` (its group, usually ``kvm``, and a
+session that has that group) for direct measurement, and for any measurement
+a pveoi cache they can write and whose SSH key they can read: the ``cache``
+finding (it does not change the decision).
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ SCHEMA = 1
 PARANOID_MAX_FOR_COUNTING = 1
 
 VIRTUAL_HOST = "the virtual KVM host (a TCG QEMU with -cpu max exposing SVM, running a KVM kernel)"
+PREPARE_HOST = "host_config/prepare-host.sh"
 PKG_QEMU = "qemu-system-x86"
 PKG_PERF = "linux-perf"
 
@@ -199,9 +213,31 @@ def check_kvm_dev(facts: HostFacts) -> Check:
         return Check(False, "/dev/kvm is absent",
                       f"load {facts.vendor_module}" if facts.hardware_backend else None)
     if not facts.kvm_access:
-        return Check(False, "/dev/kvm exists but is not readable and writable by this user",
-                      "add yourself to the kvm group (usermod -aG kvm $USER) and log in again")
+        return _kvm_dev_denied(facts)
     return Check(True, "/dev/kvm is present and read-write")
+
+
+def _kvm_dev_denied(facts: HostFacts) -> Check:
+    """Why this user may not open ``/dev/kvm``, and the fix for exactly that."""
+    user, group, mode = facts.user, facts.kvm_dev_group, facts.kvm_dev_mode
+    owned = f" ({group} {mode})" if group and mode else ""
+    prefix = f"/dev/kvm exists but is not readable and writable by {user}{owned}"
+    if facts.is_root:
+        return Check(False, f"{prefix}, not even for root", "check /dev/kvm's mode and the mount's nodev flag")
+    group_rw = mode is not None and int(mode, 8) & 0o060 == 0o060
+    if group in (None, "root", "0") or not group_rw:
+        return Check(False, f"{prefix}: only root may open it",
+                     "let group kvm open it: chgrp kvm /dev/kvm && chmod 0660 /dev/kvm (for good: a udev rule "
+                     'KERNEL=="kvm", GROUP="kvm", MODE="0660"), then add the user to that group: '
+                     f"usermod -aG kvm {user} and log in again")
+    if facts.kvm_group_member is False:
+        return Check(False, f"{prefix}: {user} is not in group {group}",
+                     f"add {user} to group {group}: usermod -aG {group} {user}, then log in again")
+    if facts.kvm_group_active is False:
+        return Check(False, f"{prefix}: {user} is in group {group}, but this session is not (added after "
+                            "login)", f"log in again (or start a shell with the group: newgrp {group})")
+    return Check(False, prefix, f"check /dev/kvm's ACLs and mount flags (getfacl /dev/kvm; usermod -aG {group} "
+                                f"{user})")
 
 
 def eoi_virtualisation(facts: HostFacts) -> tuple[str, bool | None]:
@@ -235,7 +271,8 @@ def check_eoi_virtualisation(facts: HostFacts) -> Check:
         return Check(False, f"{feature} is on ({module}.{param}=Y): the CPU virtualises EOIs, "
                              "they never exit and KVM does not arm PV EOI, so PV EOI is not "
                              "measurable directly",
-                      f"modprobe -r {module} && modprobe {module} {param}=0")
+                      f"modprobe -r {module} && modprobe {module} {param}=0 (or sudo {PREPARE_HOST} "
+                      "--apicv, which refuses while VMs run and can --restore)")
     return Check(True, f"{feature} is off ({module}.{param}=N): EOIs exit, PV EOI can save them")
 
 
@@ -261,6 +298,13 @@ def check_tracepoints(facts: HostFacts) -> Check:
     :param facts: the probed facts.
     :returns: the check.
     """
+    if facts.tracefs_mounted and not facts.tracefs_listable:
+        if facts.is_root:
+            return Check(True, f"{facts.tracefs_path} cannot be listed (tracepoints not counted here)")
+        return Check(False, f"{facts.tracefs_path} is root-only, so {facts.user} cannot see the kvm:* "
+                            "tracepoints (perf rejects them as unknown events)",
+                     f"sudo {PREPARE_HOST} --perf (remounts tracefs readable by group kvm; add {facts.user} "
+                     "to it), or run as root")
     if not facts.tracefs_mounted:
         if facts.is_root:
             return Check(True, "tracefs is not mounted; perf mounts it on first use as root "
@@ -299,16 +343,18 @@ def check_perf_permissions(facts: HostFacts) -> Check:
                              "perf events?)", "use a kernel with CONFIG_PERF_EVENTS")
     fixes: list[str] = []
     problems: list[str] = []
+    user = facts.user
     if facts.perf_paranoid > PARANOID_MAX_FOR_COUNTING:
-        problems.append(f"{paranoid} stops unprivileged users counting kernel-mode events")
-        fixes.append(f"sysctl -w kernel.perf_event_paranoid={PARANOID_MAX_FOR_COUNTING} "
-                     "(or run as root / grant CAP_PERFMON)")
+        problems.append(f"{paranoid} stops {user} counting kernel-mode events such as kvm:* tracepoints "
+                        "(perf silently counts user mode only: zeros)")
+        fixes.append(f"sysctl -w kernel.perf_event_paranoid={PARANOID_MAX_FOR_COUNTING}")
     if facts.tracefs_mounted and not facts.tracefs_readable:
-        problems.append(f"{facts.tracefs_path} is not readable by this user (perf reads "
-                        "tracepoint ids there)")
-        fixes.append(f"mount -o remount,gid=<your group> {facts.tracefs_path} (or run as root)")
+        problems.append(f"{facts.tracefs_path} is not readable by {user} (perf reads tracepoint ids there)")
+        fixes.append(f"mount -o remount,gid=kvm,mode=0750 {facts.tracefs_path} with {user} in group kvm")
     if problems:
-        return Check(False, "; ".join(problems), "; ".join(fixes))
+        fix = "; ".join(fixes)
+        return Check(False, "; ".join(problems),
+                     f"{fix} (both: sudo {PREPARE_HOST} --perf; or run as root / grant CAP_PERFMON)")
     return Check(True, f"{paranoid} and readable tracefs let this user count its own QEMU's "
                         "kvm:* tracepoints")
 
@@ -351,6 +397,28 @@ def check_pv_eoi_property(facts: HostFacts) -> Check:
         return Check(False, "unknown: 'qemu-system-x86_64 -cpu help' failed")
     return Check(False, f"QEMU {facts.qemu_version} does not list kvm-pv-eoi in -cpu help",
                   f"install a QEMU that has it (>= 1.3; Debian: {PKG_QEMU})")
+
+
+def check_cache(facts: HostFacts) -> Check | None:
+    """Can this user use the pveoi cache (write it, read its SSH client key)?
+
+    :param facts: the probed facts.
+    :returns: the check, or None when the cache was not probed.
+    """
+    if facts.cache_dir is None:
+        return None
+    where, user = facts.cache_dir, facts.user
+    own = "point PVEOI_CACHE at a cache of your own (e.g. export PVEOI_CACHE=~/.cache/pveoi)"
+    if facts.cache_key_readable is False:
+        return Check(False, f"{user} cannot read the cache's SSH client key in {where}/ssh (another user's "
+                            "0600 key): pveoi could not log into guests built from this cache",
+                     f"{own}, or run as the cache's owner")
+    if not facts.cache_writable:
+        return Check(False, f"{where} is not writable by {user} (nor can it be created): pveoi cannot build "
+                            "kernels and images or keep logs there",
+                     f"{own}, or chown -R {user} {where}")
+    key = ", its SSH key readable" if facts.cache_key_readable else ""
+    return Check(True, f"{where} is writable by {user}{key}")
 
 
 def _direct_blockers(facts: HostFacts, probe: ProbeBoot | None) -> list[Check]:
@@ -448,7 +516,7 @@ def findings(facts: HostFacts, probe: ProbeBoot | None, decision: Decision) -> l
     :param decision: :func:`decide`'s answer for the same facts and probe.
     :returns: the findings: kvm backend, /dev/kvm, probe boot, apicv/avic, perf,
         kvm tracepoints, perf permissions, qemu, qemu tcg, kvm-pv-eoi property,
-        decision.
+        cache, decision.
     """
     direct = decision.host == "direct"
     hardware = facts.hardware_backend
@@ -500,6 +568,9 @@ def findings(facts: HostFacts, probe: ProbeBoot | None, decision: Decision) -> l
         out.append(_finding("qemu tcg", check_tcg(facts), relevant=not direct, bad="fail",
                             aside=" (only the virtual KVM host needs it)"))
         out.append(_finding("kvm-pv-eoi property", check_pv_eoi_property(facts), bad="fail"))
+    cache = check_cache(facts)
+    out.append(Finding("cache", "info", "not checked") if cache is None
+               else _finding("cache", cache, bad="fail"))
 
     status: Status = "ok" if direct else "info" if decision.host == "virtual" else "fail"
     out.append(Finding("decision", status, f"{decision.host}: {decision.reason}", decision.fix))
@@ -568,7 +639,8 @@ def doctor_report(facts: HostFacts, probe: ProbeBoot | None = None,
 
 
 def run_doctor(root: Path = Path("/"), probe_boot: Callable[[], ProbeBoot] | None = None, *,
-               run: RunCommand | None = None, always_probe: bool = False) -> dict[str, Any]:
+               run: RunCommand | None = None, always_probe: bool = False,
+               cache: Path | None = None) -> dict[str, Any]:
     """Probe the host, run the probe boot where it makes sense, and report.
 
     :param root: the root to probe (``/`` on a real host).
@@ -576,9 +648,15 @@ def run_doctor(root: Path = Path("/"), probe_boot: Callable[[], ProbeBoot] | Non
     :param run: how to run perf/QEMU (default: for real).
     :param always_probe: run the probe boot even where it cannot succeed
         (e.g. ``kvm_pvm``), to see the failure.
+    :param cache: the pveoi cache to check (default: ``$PVEOI_CACHE`` etc.
+        when probing ``/``; not checked for a fixture root).
     :returns: :func:`doctor_report`'s document.
     """
-    facts = probe_host(root, run=run)
+    if cache is None and Path(root) == Path("/"):
+        from .cache import cache_root
+
+        cache = cache_root()
+    facts = probe_host(root, run=run, cache=cache)
     probe: ProbeBoot | None = None
     if probe_boot is not None:
         skip = None if always_probe else should_probe(facts)
@@ -632,7 +710,7 @@ def format_text(report: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "PARANOID_MAX_FOR_COUNTING", "SCHEMA", "Check", "Decision", "Finding", "HostKind", "ProbeBoot",
-    "Status", "decide", "decision_from_report", "doctor_report", "findings", "format_text",
+    "PARANOID_MAX_FOR_COUNTING", "PREPARE_HOST", "SCHEMA", "Check", "Decision", "Finding", "HostKind",
+    "ProbeBoot", "Status", "check_cache", "decide", "decision_from_report", "doctor_report", "findings", "format_text",
     "resolve_host", "run_doctor", "run_probe", "should_probe",
 ]

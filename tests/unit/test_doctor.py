@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,10 +274,11 @@ def test_missing_tracepoints_are_not_direct() -> None:
 
 
 def test_kvm_dev_not_accessible_is_not_direct() -> None:
-    facts = dataclasses.replace(facts_for("vmx_apicv_off"), kvm_access=False)
+    facts = dataclasses.replace(facts_for("vmx_apicv_off", euid=1000), kvm_access=False, user="alice",
+                                kvm_dev_group="kvm", kvm_dev_mode="0660", kvm_group_member=False)
     decision = decide(facts, None)
     assert decision.host == "virtual"
-    assert decision.fix is not None and "kvm group" in decision.fix
+    assert decision.fix is not None and "usermod -aG kvm alice" in decision.fix
 
 
 def test_pvm_is_virtual_naming_kvm_pvm() -> None:
@@ -346,7 +355,7 @@ def test_unknown_backend() -> None:
 
 
 FINDING_NAMES = ["kvm backend", "/dev/kvm", "probe boot", "apicv/avic", "perf", "kvm tracepoints",
-                 "perf permissions", "qemu", "qemu tcg", "kvm-pv-eoi property", "decision"]
+                 "perf permissions", "qemu", "qemu tcg", "kvm-pv-eoi property", "cache", "decision"]
 
 
 @pytest.mark.parametrize("case", ["vmx_apicv_on", "vmx_apicv_off", "svm_avic_on", "svm_avic_off",
@@ -366,7 +375,9 @@ def test_findings_statuses_for_apicv_on() -> None:
     assert found["kvm backend"].status == "ok"
     assert found["probe boot"].status == "ok" and "1.4s" in found["probe boot"].detail
     assert found["apicv/avic"].status == "warn"
-    assert found["apicv/avic"].fix == "modprobe -r kvm_intel && modprobe kvm_intel enable_apicv=0"
+    assert found["apicv/avic"].fix is not None
+    assert found["apicv/avic"].fix.startswith("modprobe -r kvm_intel && modprobe kvm_intel enable_apicv=0 ")
+    assert "host_config/prepare-host.sh --apicv" in found["apicv/avic"].fix
     assert found["decision"].status == "info"
 
 
@@ -419,8 +430,8 @@ def test_format_text() -> None:
     assert text.endswith("\n")
     assert lines[0] == "ok    kvm backend: kvm_intel (VMX); cpu flags: vmx; nested=Y"
     assert "warn  apicv/avic: APICv is on" in text
-    assert ("      fix: modprobe -r kvm_intel && modprobe kvm_intel enable_apicv=0"
-            in lines)
+    assert any(line.startswith("      fix: modprobe -r kvm_intel && modprobe kvm_intel enable_apicv=0")
+               for line in lines)
     assert lines[-2].startswith("info  decision: virtual: APICv is on")
     assert sum(not line.startswith(" ") for line in lines) == len(FINDING_NAMES)
 
@@ -503,3 +514,288 @@ def test_this_machine_is_pvm_and_uses_the_virtual_host() -> None:
     decision = decide(facts, None)
     assert decision.host == "virtual" and not decision.measurable_direct
     assert "kvm_pvm" in decision.reason
+
+
+# ---------------------------------------------------------------- non-root users: each permission, its fix
+
+
+def non_root(case: str = "vmx_apicv_off", **changes: object) -> HostFacts:
+    base = dataclasses.replace(facts_for(case, euid=1000), user="alice", cap_perfmon=False, perf_paranoid=1,
+                               tracefs_readable=True, kvm_dev_group="kvm", kvm_dev_mode="0660",
+                               kvm_group_member=True, kvm_group_active=True)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_non_root_with_every_permission_is_direct() -> None:
+    facts = non_root()
+    assert decide(facts, None).host == "direct"
+    found = {f.name: f for f in doctor.findings(facts, None, decide(facts, None))}
+    assert found["perf permissions"].status == "ok" and found["/dev/kvm"].status == "ok"
+
+
+def test_kvm_dev_root_only_says_chgrp_and_usermod() -> None:
+    check = doctor.check_kvm_dev(non_root(kvm_access=False, kvm_dev_group="root", kvm_dev_mode="0600"))
+    assert not check.ok
+    assert check.detail == ("/dev/kvm exists but is not readable and writable by alice (root 0600): only root "
+                            "may open it")
+    assert check.fix is not None
+    assert "chgrp kvm /dev/kvm && chmod 0660 /dev/kvm" in check.fix and "usermod -aG kvm alice" in check.fix
+
+
+def test_kvm_dev_not_in_group_says_usermod() -> None:
+    check = doctor.check_kvm_dev(non_root(kvm_access=False, kvm_group_member=False))
+    assert check.detail.endswith("alice is not in group kvm")
+    assert check.fix == "add alice to group kvm: usermod -aG kvm alice, then log in again"
+
+
+def test_kvm_dev_group_not_in_this_session_says_log_in_again() -> None:
+    check = doctor.check_kvm_dev(non_root(kvm_access=False, kvm_group_active=False))
+    assert "this session is not" in check.detail
+    assert check.fix is not None and "log in again" in check.fix and "newgrp kvm" in check.fix
+
+
+def test_kvm_dev_denied_to_root_is_not_a_group_problem() -> None:
+    facts = dataclasses.replace(facts_for("vmx_apicv_off"), kvm_access=False)
+    check = doctor.check_kvm_dev(facts)
+    assert "not even for root" in check.detail and "usermod" not in (check.fix or "")
+
+
+def test_perf_permissions_name_each_missing_permission_and_fix() -> None:
+    facts = non_root(perf_paranoid=2, tracefs_readable=False)
+    check = doctor.check_perf_permissions(facts)
+    assert not check.ok
+    assert "perf_event_paranoid=2 stops alice counting kernel-mode events" in check.detail
+    assert "silently counts user mode only" in check.detail
+    assert "/sys/kernel/tracing is not readable by alice" in check.detail
+    assert check.fix is not None
+    assert "sysctl -w kernel.perf_event_paranoid=1" in check.fix
+    assert "mount -o remount,gid=kvm,mode=0750 /sys/kernel/tracing with alice in group kvm" in check.fix
+    assert "sudo host_config/prepare-host.sh --perf" in check.fix
+    only_paranoid = doctor.check_perf_permissions(non_root(perf_paranoid=3))
+    assert "tracing" not in only_paranoid.detail and only_paranoid.fix is not None
+    assert only_paranoid.fix.startswith("sysctl -w kernel.perf_event_paranoid=1 (both:")
+
+
+def test_root_only_tracefs_is_named_for_a_non_root_user() -> None:
+    facts = non_root(tracefs_listable=False, tracefs_readable=False, kvm_tracepoints=0, missing_tracepoints=())
+    check = doctor.check_tracepoints(facts)
+    assert not check.ok and "/sys/kernel/tracing is root-only, so alice cannot see" in check.detail
+    assert check.fix is not None and "host_config/prepare-host.sh --perf" in check.fix
+    decision = decide(facts, None)
+    assert decision.host == "virtual" and "root-only" in decision.reason
+    root = dataclasses.replace(facts, is_root=True)
+    assert doctor.check_tracepoints(root).ok
+
+
+def test_cache_findings() -> None:
+    facts = facts_for("pvm")
+    assert facts.cache_dir is None
+    found = {f.name: f for f in doctor.findings(facts, None, decide(facts, None))}
+    assert (found["cache"].status, found["cache"].detail) == ("info", "not checked")
+
+    def cache(**changes: object) -> doctor.Finding:
+        f = dataclasses.replace(non_root("pvm"), cache_dir="/srv/c", **changes)  # type: ignore[arg-type]
+        return {x.name: x for x in doctor.findings(f, None, decide(f, None))}["cache"]
+
+    ok = cache(cache_writable=True, cache_key_readable=True)
+    assert ok.status == "ok" and ok.detail == "/srv/c is writable by alice, its SSH key readable"
+    key = cache(cache_writable=False, cache_key_readable=False)
+    assert key.status == "fail" and "cannot read the cache's SSH client key in /srv/c/ssh" in key.detail
+    assert key.fix is not None and "PVEOI_CACHE" in key.fix
+    ro = cache(cache_writable=False, cache_key_readable=None)
+    assert ro.status == "fail" and "/srv/c is not writable by alice" in ro.detail
+    assert ro.fix is not None and "chown -R alice /srv/c" in ro.fix
+
+
+def test_probe_cache(tmp_path: Path) -> None:
+    missing = capability.probe_cache(tmp_path / "a" / "b")
+    assert missing.writable and missing.key_readable is None and missing.path == str(tmp_path / "a" / "b")
+    key = tmp_path / "c" / "ssh" / "id_ecdsa"
+    key.parent.mkdir(parents=True)
+    key.write_text("key")
+    key.chmod(0o600)
+    assert capability.probe_cache(tmp_path / "c").key_readable is True
+
+
+def test_probe_kvm_dev_owner(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/kvm").write_text("")
+    (tmp_path / "dev/kvm").chmod(0o660)
+    owner = capability.probe_kvm_dev_owner(tmp_path, os.geteuid())
+    assert owner.mode == "0660" and owner.group == capability.group_name(os.getegid())
+    assert owner.member is True and owner.active is True
+    assert capability.probe_kvm_dev_owner(tmp_path / "nowhere", 0) == capability.KvmDevOwner(None, None, None, None)
+
+
+def test_run_doctor_checks_the_cache_of_this_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PVEOI_CACHE", str(tmp_path / "cache"))
+    report = doctor.run_doctor(run=fake_run())
+    assert report["facts"]["cache_dir"] == str(tmp_path / "cache")
+    assert report["facts"]["cache_writable"] is True
+    assert doctor.run_doctor(FIXTURES / "pvm", run=fake_run())["facts"]["cache_dir"] is None
+
+
+# ---------------------------------------------------------------- as a real non-root user
+
+
+def _can_make_users() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create a throwaway user"
+    missing = [t for t in ("useradd", "userdel", "runuser") if shutil.which(t) is None]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+needs_user = pytest.mark.skipif(_can_make_users() is not None, reason=_can_make_users() or "")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pveoi_for(user: pwd.struct_passwd) -> list[str]:
+    """How *user* can run pveoi: the venv's entry point, or (when the venv's Python is
+    a root-only build, e.g. under /root/.pyenv) the system Python of the same version
+    with the venv's packages and the checkout on PYTHONPATH."""
+    venv_python = Path(sys.executable)
+    if as_user(user, [str(venv_python), "-c", "pass"]).returncode == 0:
+        return [str(venv_python), "-m", "e2e.cli"]
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if system.exists() and as_user(user, [str(system), "-c", "pass"]).returncode == 0:
+        return [str(system), "-m", "e2e.cli"]
+    pytest.skip(f"{user.pw_name} cannot run {venv_python} (it resolves to {venv_python.resolve()}) and there "
+                f"is no {system}")
+
+
+def user_pythonpath() -> str:
+    site = [p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)]
+    return ":".join([str(REPO), *site])
+
+
+@pytest.fixture
+def throwaway_user() -> Iterator[pwd.struct_passwd]:
+    """A fresh user without a home and without any group but its own; deleted afterwards."""
+    name = f"pveoi-t{os.getpid()}"
+    subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/bin/sh", name], check=True,
+                   capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=True, capture_output=True)
+        assert name not in {p.pw_name for p in pwd.getpwall()}
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A temp dir another user can reach (tmp_path's parents are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="pveoi-nonroot-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def as_user(user: pwd.struct_passwd, argv: Sequence[str], **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/nonexistent",
+             "LC_ALL": "C", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": user_pythonpath(), **env}
+    return subprocess.run(["runuser", "-u", user.pw_name, "--", "env", "-i",
+                           *(f"{k}={v}" for k, v in clean.items()), *argv],
+                          capture_output=True, text=True, timeout=120, check=False, cwd="/")
+
+
+def doctor_as(user: pwd.struct_passwd, cache: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    proc = as_user(user, [*pveoi_for(user), "doctor", "--json", "--no-probe"], PVEOI_CACHE=str(cache))
+    assert proc.returncode in (0, 2), proc.stderr
+    report = json.loads(proc.stdout)
+    return report, {f["name"]: f for f in report["findings"]}
+
+
+def root_cache(base: Path) -> Path:
+    """A cache owned by root as pveoi leaves it: ssh/ 0700, the key 0600."""
+    cache = base / "root-cache"
+    (cache / "ssh").mkdir(parents=True)
+    (cache / "ssh").chmod(0o700)
+    (cache / "ssh/id_ecdsa").write_text("-----BEGIN " + "EC PRIVATE KEY-----\nnot a key\n")
+    (cache / "ssh/id_ecdsa").chmod(0o600)
+    return cache
+
+
+@needs_user
+def test_doctor_as_a_non_root_user_names_each_missing_permission(
+        throwaway_user: pwd.struct_passwd, shared_dir: Path) -> None:
+    user = throwaway_user.pw_name
+    report, found = doctor_as(throwaway_user, root_cache(shared_dir))
+    facts = report["facts"]
+    assert facts["is_root"] is False and facts["user"] == user and facts["cap_perfmon"] is False
+
+    kvm = Path("/dev/kvm")
+    if kvm.exists() and not os.stat(kvm).st_mode & 0o006:
+        assert facts["kvm_access"] is False
+        assert f"not readable and writable by {user}" in found["/dev/kvm"]["detail"]
+        if facts["backend"] in ("vmx", "svm"):
+            assert f"usermod -aG kvm {user}" in found["/dev/kvm"]["fix"]
+
+    perm = found["perf permissions"]
+    paranoid = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
+    if paranoid > 1:
+        assert f"perf_event_paranoid={paranoid} stops {user} counting kernel-mode events" in perm["detail"]
+        assert "sysctl -w kernel.perf_event_paranoid=1" in perm["fix"]
+    tracing = Path("/sys/kernel/tracing")
+    if tracing.is_dir() and not os.stat(tracing).st_mode & 0o005:
+        assert facts["tracefs_listable"] is False
+        assert f"/sys/kernel/tracing is not readable by {user}" in perm["detail"]
+        assert "root-only" in found["kvm tracepoints"]["detail"]
+    if paranoid > 1 or not facts["tracefs_readable"]:
+        assert "host_config/prepare-host.sh --perf" in perm["fix"]
+
+    cache = found["cache"]
+    assert cache["status"] == "fail"
+    assert f"{user} cannot read the cache's SSH client key" in cache["detail"]
+    assert "PVEOI_CACHE" in cache["fix"]
+    if facts["backend"] == "pvm":
+        assert report["decision"]["host"] == "virtual", "a non-root user can still use the virtual host"
+
+
+@needs_user
+def test_doctor_as_a_non_root_user_with_its_own_cache(throwaway_user: pwd.struct_passwd, shared_dir: Path) -> None:
+    cache = shared_dir / "own"
+    cache.mkdir()
+    os.chown(cache, throwaway_user.pw_uid, throwaway_user.pw_gid)
+    _, found = doctor_as(throwaway_user, cache / "pveoi")
+    assert found["cache"]["status"] == "ok"
+    assert found["cache"]["detail"] == f"{cache / 'pveoi'} is writable by {throwaway_user.pw_name}"
+
+
+@needs_user
+@pytest.mark.skipif(not Path("/sys/kernel/tracing/events/kvm/kvm_exit").exists() or shutil.which("perf") is None,
+                    reason="needs perf and the kvm:kvm_exit tracepoint on this host")
+def test_prepare_host_perf_lets_a_non_root_user_count_tracepoints(
+        throwaway_user: pwd.struct_passwd, shared_dir: Path) -> None:
+    """The real script on the real host: after --perf the user's perf counts kvm:kvm_exit and
+    the doctor finds no perf permission missing; --restore puts sysctl and tracefs back."""
+    paranoid = Path("/proc/sys/kernel/perf_event_paranoid")
+    tracing = Path("/sys/kernel/tracing")
+    before = (paranoid.read_text(), os.stat(tracing).st_gid, stat.S_IMODE(os.stat(tracing).st_mode))
+    state = shared_dir / "host-state"
+    perf = ["perf", "stat", "-x;", "-e", "kvm:kvm_exit", "--", "/bin/true"]
+    prepare = [str(REPO / "host_config/prepare-host.sh"), "--perf", "--group", str(throwaway_user.pw_gid),
+               "--state", str(state)]
+    try:
+        subprocess.run(prepare, check=True, capture_output=True, text=True, timeout=60)
+        counted = as_user(throwaway_user, perf)
+        assert counted.returncode == 0, counted.stderr
+        row = [line for line in counted.stderr.splitlines() if ";kvm:kvm_exit;" in line]
+        assert row and row[0].split(";")[0].isdigit(), counted.stderr
+        _, found = doctor_as(throwaway_user, shared_dir / "c")
+        assert found["perf permissions"]["status"] == "ok", found["perf permissions"]
+        assert "readable tracefs" in found["perf permissions"]["detail"]
+    finally:
+        restored = subprocess.run([*prepare[:1], "--restore", "--state", str(state)], capture_output=True,
+                                  text=True, timeout=60, check=False)
+        after = (paranoid.read_text(), os.stat(tracing).st_gid, stat.S_IMODE(os.stat(tracing).st_mode))
+        if after != before:  # never leave the host changed, even if the script failed
+            paranoid.write_text(before[0])
+            subprocess.run(["mount", "-o", f"remount,gid={before[1]},mode={before[2]:04o}", str(tracing)],
+                           check=False)
+        assert restored.returncode == 0, restored.stderr
+        assert after == before
+    if int(before[0]) > 1:
+        denied = as_user(throwaway_user, perf)
+        assert denied.returncode != 0 or ";kvm:kvm_exitu;" in denied.stderr, "restored: the user is refused again"
