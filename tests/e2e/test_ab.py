@@ -48,10 +48,76 @@ def check_pv_eoi_claim(doc: dict, workload: str, min_saved: float) -> None:  # t
     assert all(r["counts"]["kvm:kvm_inj_virq"] >= 200 for r in on_runs + off_runs)
 
 
-def test_timer_ab(tmp_path: Path) -> None:
-    doc = run_ab("timer", tmp_path)
+@pytest.fixture(scope="module")
+def timer_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:  # type: ignore[type-arg]
+    """One real timer A/B (3 reps per arm) and the history dir it was added to."""
+    tmp = tmp_path_factory.mktemp("timer")
+    return run_ab("timer", tmp), tmp / "history"
+
+
+def test_timer_ab(timer_run: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
+    doc, _ = timer_run
     check_pv_eoi_claim(doc, "timer", 0.9)
     assert doc["host"]["chosen"] in ("direct", "virtual")
+    # What a history groups and explains by: the machine that ran pveoi, and its doctor.
+    assert doc["schema"] == 2 and doc["runner"]["id"] and doc["runner"]["doctor"]
+    if doc["host"]["chosen"] == "virtual":
+        assert doc["host"]["inner_runner"]["hostname"] == "pveoi-vhost"
+
+
+def screenshot(page: Path, png: Path, size: tuple[int, int]) -> None:
+    """Headless Chromium loads ``page`` and saves a screenshot; its whole process group is reaped."""
+    import os
+    import shutil
+    import signal
+    import tempfile
+
+    browser = shutil.which("chromium") or shutil.which("chromium-headless-shell")
+    if browser is None:
+        pytest.fail("chromium is missing: run host_config/install-deps.sh (Debian package chromium)")
+    with tempfile.TemporaryDirectory(prefix="pveoi-chromium-") as profile:
+        proc = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", f"--screenshot={png}",
+             page.as_uri()],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=180)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    assert png.is_file(), out.decode(errors="replace")[-2000:]
+
+
+def test_a_real_history_renders_and_chromium_shows_its_plots(timer_run: tuple[dict, Path],  # type: ignore[type-arg]
+                                                            tmp_path: Path) -> None:
+    from PIL import Image
+
+    doc, history = timer_run
+    html, md, junit = tmp_path / "report.html", tmp_path / "report.md", tmp_path / "junit.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "e2e.cli", "report", "--history", str(history), "--html", str(html),
+         "--markdown", str(md), "--junit", str(junit), "--check"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # one passing run: nothing to regress from
+    assert "check: clean" in proc.stdout
+    page = html.read_text()
+    assert page.count("<svg") == 3 and "timer" in page and doc["runner"]["id"] in page
+    assert "| timer | **PASS** |" in md.read_text()
+    png = tmp_path / "shot.png"
+    screenshot(html, png, (1280, 2400))
+    with Image.open(png) as img:
+        assert img.size == (1280, 2400)
+        rgb = img.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 50, "the screenshot is (nearly) blank"
+    counts = {c: n for n, c in colours}
+    # The per-interrupt bars of both arms are drawn in the report's arm colours (#c0504d off, #4f81bd on).
+    assert counts.get((0xC0, 0x50, 0x4D), 0) > 2000 and counts.get((0x4F, 0x81, 0xBD), 0) > 2000, \
+        "the plots' bars are not visible in the screenshot"
 
 
 @pytest.mark.slow
