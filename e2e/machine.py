@@ -89,6 +89,7 @@ class Machine:
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp_sock: socket.socket | None = None
         self._console: Console | None = None
         self._ssh: list[GuestSsh] = []
         self.argv: list[str] = []
@@ -104,7 +105,33 @@ class Machine:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.shutdown()
+        try:
+            if isinstance(exc, PveoiError):
+                self._keep_logs_for(exc)
+        finally:
+            self.shutdown()
+
+    def _keep_logs_for(self, err: PveoiError) -> None:
+        """Keep the console and QEMU logs an error points at when they live in the temp dir.
+
+        The temp dir goes at shutdown, so the logs move to the cache's
+        ``logs/failed/`` and the error's text names their new place.
+        """
+        if self.artifacts is not None or self._tmp is None or str(self._tmp) not in str(err):
+            return
+        from .cache import cache_root
+
+        kept = cache_root() / "logs" / "failed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._tmp.name}"
+        try:
+            kept.mkdir(parents=True, exist_ok=True)
+            for log_file in self._tmp.glob("*.log"):
+                shutil.copy2(log_file, kept / log_file.name)
+        except OSError as copy_err:
+            self.log.warning("could not keep the logs of %s in %s: %s", self.spec.name, kept, copy_err)
+            return
+        err.message = err.message.replace(str(self._tmp), str(kept))
+        if err.fix:
+            err.fix = err.fix.replace(str(self._tmp), str(kept))
 
     def _require(self, state: Runstate, action: str) -> None:
         if self.state is not state:
@@ -175,6 +202,7 @@ class Machine:
                 sock.close()
         self.launched_at = time.monotonic()
         self._console = Console(con_ours, self.logdir / f"{self.spec.name}-console.log", self.ready_pattern)
+        self._qmp_sock = qmp_ours
         self._qmp = QEMUMonitorProtocol(qmp_ours, nickname=self.spec.name)
         try:
             self._qmp.connect(negotiate=True)
@@ -209,6 +237,27 @@ class Machine:
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def death_note(self, grace: float = 0.0) -> str | None:
+        """How QEMU ended, waiting up to ``grace`` seconds for it; None if it still runs.
+
+        For errors about a connection that dropped: QEMU's exit closes its
+        sockets a moment before it can be reaped.
+        """
+        if self._proc is None:
+            return None
+        try:
+            code = self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            return None
+        if code >= 0:
+            how = f"exited with code {code}"
+        else:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        return f"QEMU (pid {self._proc.pid}) {how}"
 
     # ------------------------------------------------------------ QMP
 
@@ -273,7 +322,7 @@ class Machine:
     def ssh(self, private_key: Path, host_key_line: str, timeout: float = 60.0) -> GuestSsh:
         """Connect over SSH (call after :meth:`wait_ready`); closed at shutdown."""
         self._require(Runstate.RUNNING, "connect SSH")
-        conn = GuestSsh(self.ssh_port(), private_key, host_key_line)
+        conn = GuestSsh(self.ssh_port(), private_key, host_key_line, explain_drop=self.death_note)
         self._ssh.append(conn)
         return conn.connect(timeout)
 

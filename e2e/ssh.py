@@ -59,10 +59,14 @@ class GuestSsh:
     :param port: the loopback port forwarded to the guest's port 22.
     :param private_key: the client key (the guest accepts only it).
     :param host_key_line: the guest's public host key (``type base64``), pinned.
+    :param explain_drop: called with a grace period in seconds when the
+        connection drops; returns why (e.g. "QEMU was killed by SIGKILL") or
+        None if it does not know.
     """
 
     def __init__(self, port: int, private_key: Path, host_key_line: str, host: str = "127.0.0.1",
-                 user: str = "root") -> None:
+                 user: str = "root", explain_drop: Callable[[float], str | None] | None = None) -> None:
+        self.explain_drop = explain_drop
         self.host = host
         self.port = port
         self.user = user
@@ -137,12 +141,18 @@ class GuestSsh:
         command = _command_string(cmd)
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
-            raise SshError(f"SSH connection to the guest is gone before `{command}`",
-                           fix="check the guest's console log; the guest may have crashed")
+            raise self._dropped(f"SSH connection to the guest is gone before `{command}`")
         start = time.monotonic()
         deadline = start + timeout
+        open_timeout = min(10.0, timeout)
         try:
-            chan = transport.open_session(timeout=10)
+            chan = transport.open_session(timeout=open_timeout)
+        except paramiko.SSHException as err:
+            if transport.is_active():  # connected, but the guest does not answer
+                raise SshError(f"the guest did not open an SSH channel for `{command}` within {open_timeout:.0f}s",
+                               fix="the guest is hung or overloaded; check its console log") from err
+            raise self._dropped(f"SSH failed while opening a channel for `{command}`: {err}") from err
+        try:
             chan.settimeout(0.2)
             chan.exec_command(command)
             if stdin is not None:
@@ -168,8 +178,7 @@ class GuestSsh:
                     drain()
                     break
                 if not transport.is_active() or chan.closed:
-                    raise SshError(f"SSH connection dropped while running `{command}`",
-                                   fix="check the guest's console log; the guest may have crashed")
+                    raise self._dropped(f"SSH connection dropped while running `{command}`")
                 if time.monotonic() > deadline:
                     chan.close()
                     raise SshError(f"guest command `{command}` timed out after {timeout:.0f}s",
@@ -177,11 +186,22 @@ class GuestSsh:
                 chan.status_event.wait(0.05)
             status = chan.recv_exit_status()
             chan.close()
+            if status == -1 and not transport.is_active():  # closed with no exit status: the link died
+                raise self._dropped(f"SSH connection dropped while running `{command}`")
         except (paramiko.SSHException, EOFError, OSError) as err:
-            raise SshError(f"SSH failed while running `{command}`: {err}",
-                           fix="check the guest's console log; the guest may have crashed") from err
+            raise self._dropped(f"SSH failed while running `{command}`: {err}") from err
         return CommandResult(command, status, out.decode(errors="replace"), errbuf.decode(errors="replace"),
                              time.monotonic() - start)
+
+    def _dropped(self, what: str) -> SshError:
+        """The error for a connection that went away: QEMU's death if that is why."""
+        # QEMU's exit closes the forwarded connection a moment before waitpid can tell.
+        why = self.explain_drop(2.0) if self.explain_drop else None
+        if why:
+            return SshError(f"{what}: {why}",
+                            fix="nothing in pveoi stops QEMU mid-command: see the QEMU log, dmesg (the OOM "
+                                "killer?) and the runner's limits")
+        return SshError(what, fix="check the guest's console log; the guest may have crashed or dropbear died")
 
     def put(self, local: Path, remote: str, timeout: float = 60.0) -> None:
         """Copy a local file to the guest (``cat >`` over exec; dropbear has no SFTP here)."""
