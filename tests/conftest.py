@@ -4,6 +4,7 @@ a guard that fails any test leaving a qemu-system process behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,31 @@ def wait_no_new_qemu(before: set[int], timeout: float = 15.0) -> set[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_at_session_end() -> Iterator[None]:
+    """After the whole session: no qemu-system process and no pveoi temp dir of this session remains.
+
+    Both are recognised by the session tag: QEMUs by their environment, temp
+    dirs by the owner file pveoi writes into each (``e2e.tmpdirs``). Whatever
+    is found is removed, then reported as an error of the last test.
+    """
+    from e2e.tmpdirs import session_dirs
+
+    yield
+    tag = SESSION_TAG.split("=", 1)[1]
+    survivors = wait_no_new_qemu(set())
+    for pid in survivors:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    dirs = session_dirs(tag)
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    assert not survivors and not dirs, (
+        f"the test session left qemu-system processes {sorted(survivors)} and temp dirs {[str(d) for d in dirs]}")
 
 
 @pytest.fixture(autouse=True)
