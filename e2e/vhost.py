@@ -34,7 +34,7 @@ from typing import IO
 from .argv import MachineSpec, base_argv, quote_optarg
 from .cache import cache_root
 from .console import stop_reader
-from .errors import CapabilityError, GuestError, GuestTimeout, PveoiError
+from .errors import CapabilityError, ConfigError, GuestError, GuestTimeout, PveoiError
 from .machine import Machine
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,12 @@ def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, out
     """argv of the L1 QEMU (pure).
 
     :param results: the host dir shared writable into L1 at the same path.
+    :raises ConfigError: the path would split L1's kernel command line (whitespace,
+        quotes), i.e. it could inject kernel parameters.
     """
+    if any(c.isspace() or c in "\"\\" for c in str(results)):
+        raise ConfigError(f"the results path {str(results)!r} has whitespace or quotes, which would split the "
+                          "virtual host's kernel command line", fix="use a results directory without them")
     append = " ".join([
         "console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on",
         "root=/dev/root", "rootfstype=9p",
@@ -171,7 +176,7 @@ class VirtualKvmHost(Machine):
         ctl = self.results / CTL
         if ctl.exists():
             shutil.rmtree(ctl)
-        ctl.mkdir(parents=True)
+        ctl.mkdir(parents=True, mode=0o700)
         full_env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
         full_env.update({"HOME": "/root", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                          "PYTHONUNBUFFERED": "1", "PVEOI_CACHE": str(cache_root()), "PVEOI_IN_VHOST": "1",
