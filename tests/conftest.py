@@ -49,13 +49,17 @@ def nothing_left_at_session_end() -> Iterator[None]:
     """After the whole session: no qemu-system process and no pveoi temp dir of this session remains.
 
     Both are recognised by the session tag: QEMUs by their environment, temp
-    dirs by the owner file pveoi writes into each (``e2e.tmpdirs``). Whatever
-    is found is removed, then reported as an error of the last test.
+    dirs by the owner file pveoi writes into each (``e2e.tmpdirs``). Dirs of a
+    pveoi a test SIGKILLed on purpose are first reaped as the next pveoi start
+    would (only dead owners'); the tests' own process is checked after every
+    test (``no_own_temp_dirs``). Whatever is left is removed, then reported as
+    an error of the last test.
     """
-    from e2e.tmpdirs import session_dirs
+    from e2e.tmpdirs import reap_stale, session_dirs
 
     yield
     tag = SESSION_TAG.split("=", 1)[1]
+    reap_stale()
     survivors = wait_no_new_qemu(set())
     for pid in survivors:
         try:
@@ -67,6 +71,22 @@ def nothing_left_at_session_end() -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
     assert not survivors and not dirs, (
         f"the test session left qemu-system processes {sorted(survivors)} and temp dirs {[str(d) for d in dirs]}")
+
+
+@pytest.fixture(autouse=True)
+def no_own_temp_dirs() -> Iterator[None]:
+    """No test may leave a pveoi temp dir made by the test process itself (Machine, PerfStat, ...)."""
+    from e2e.tmpdirs import session_dirs
+
+    def own() -> set[Path]:
+        return {p for p in session_dirs(SESSION_TAG.split("=", 1)[1]) if f"-{os.getpid()}-" in p.name}
+
+    before = own()
+    yield
+    left = own() - before
+    for path in left:
+        shutil.rmtree(path, ignore_errors=True)
+    assert not left, f"test left pveoi temp dirs behind: {sorted(map(str, left))}"
 
 
 @pytest.fixture(autouse=True)
