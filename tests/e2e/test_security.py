@@ -4,7 +4,8 @@
   host key lives only in the cache's private image entry; no private key is in git.
 * Network: the guest's SSH forward (and the net workload's iperf3 server) listen
   on 127.0.0.1 only; QMP and the console are socketpairs, never socket files.
-* Temp dirs: a machine's work dir (and the virtual host's control dir) are 0700.
+* Temp dirs: every pveoi temp dir (machine work dirs, perf's FIFOs) and the
+  virtual host's control dir are 0700.
 * The virtual host: the host's root is read-only in it (QEMU's ``readonly=on``,
   not only the guest's ``ro`` mount: a remount read-write still gets EROFS), the
   results directory is the one writable share, and a results path that would
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e import tmpdirs
 from e2e.argv import MachineSpec, qemu_argv
 from e2e.cache import Cache
 from e2e.errors import ConfigError
@@ -62,8 +64,8 @@ def test_no_private_key_material_in_git() -> None:
         if path.is_file() and not path.is_symlink() and PRIVATE_KEY.search(path.read_bytes()):
             offenders.append(name)
     assert not offenders, f"private keys (or key-named files) tracked in git: {offenders}"
-    assert PRIVATE_KEY.search(b"-----BEGIN OPENSSH PRIVATE KEY-----\n"), "the scan would find one"
-    assert PRIVATE_KEY.search(b"-----BEGIN EC PRIVATE KEY-----\n")
+    assert PRIVATE_KEY.search(b"-----BEGIN OPENSSH " + b"PRIVATE KEY-----\n"), "the scan would find one"
+    assert PRIVATE_KEY.search(b"-----BEGIN EC " + b"PRIVATE KEY-----\n")
 
 
 def _mode(path: Path) -> int:
@@ -97,6 +99,18 @@ def test_guest_host_key_is_only_in_a_private_image_entry(guest_image) -> None:  
     entry = guest_image.path
     assert _mode(entry) & 0o077 == 0 or _mode(guest_image.initrd) & 0o077 == 0, \
         f"{entry} ({_mode(entry):o}) and {guest_image.initrd} ({_mode(guest_image.initrd):o}) are readable by others"
+
+
+def test_pveoi_temp_dirs_are_0700_even_with_umask_0(tmp_path: Path) -> None:
+    """Machine work dirs, perf's control FIFOs, image and A/B scratch all come from e2e.tmpdirs."""
+    old = os.umask(0)
+    try:
+        made = tmpdirs.mkdtemp("security", tmp_path)
+        with tmpdirs.tempdir("security", tmp_path) as ctx:
+            assert _mode(ctx) == 0o700
+    finally:
+        os.umask(old)
+    assert _mode(made) == 0o700 and made.stat().st_uid == os.geteuid()
 
 
 # ---------------------------------------------------------------- argv (no boot)
