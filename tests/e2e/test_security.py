@@ -41,7 +41,7 @@ from e2e.workloads import WORKLOADS
 REPO = Path(__file__).resolve().parents[2]
 
 #: Private key armour of PEM/OpenSSH/PuTTY (the pattern is split so this file does not match itself).
-PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*" + rb"PRIVATE KEY-----|PuTTY-User-Key-File-")
+PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*" + rb"PRIVATE KEY-----|PuTTY-User-" + rb"Key-File-")
 KEY_FILE_NAMES = re.compile(r"(^|/)(id_(rsa|dsa|ecdsa|ed25519)|.*\.(pem|key|ppk)|dropbear_.*_host_key)$")
 
 #: A word list no shell could pass through unquoted unchanged.
