@@ -59,7 +59,8 @@ def du(root: Path, skip: tuple[Path, ...] = ()) -> int:
 
 
 def pveoi_tmp() -> list[str]:
-    return sorted(p.name for p in Path("/tmp").glob("pveoi-*"))
+    """This process's pveoi temp dirs (``pveoi-<kind>-<pid>-*``; other runs on the machine have their own)."""
+    return sorted(p.name for p in Path("/tmp").glob(f"pveoi-*-{os.getpid()}-*"))
 
 
 def snapshot(logs: Path, history: Path) -> dict[str, object]:
