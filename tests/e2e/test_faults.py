@@ -372,3 +372,42 @@ def test_sigkill_mid_run_qemu_dies_and_the_next_start_reaps_its_temp_dir(guest_k
     nxt = subprocess.run(pveoi("ab", "--runs", "0"), capture_output=True, text=True, timeout=60, cwd=REPO)
     assert nxt.returncode == 2
     assert not any(p.exists() for p in left), f"not reaped: {left}"
+
+
+# ---------------------------------------------------------------- the A/B through the virtual KVM host
+
+
+@pytest.mark.kvm
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupting_the_virtual_ab_leaves_no_vm_no_temp_and_no_result(  # type: ignore[no-untyped-def]
+        guest_kernel: Path, host_kernel: Path, guest_image, tmp_path: Path, sig: int) -> None:
+    history, result = tmp_path / "history", tmp_path / "ab.json"
+    run = Run("ab", "--host", "virtual", "--runs", "1", "--kernel", str(guest_kernel), "--image",
+              str(guest_image.path), "--json", str(result), "--history", str(history), "--logs", str(tmp_path / "logs"),
+              "--timeout", "900")
+    assert run.proc.stdout is not None
+    seen = []
+    for line in run.proc.stdout:  # the A/B inside the virtual host has a guest up and is measuring it
+        seen.append(line)
+        if "boot + workload" in line:
+            break
+    else:
+        pytest.fail(f"the A/B never got to a guest: {''.join(seen)[-2000:]} {run.stderr[-2000:]}")
+    assert pid_dirs(run.proc.pid), "the virtual A/B has its temp dir while it runs"
+    time.sleep(5)  # well inside the first guest's boot or workload
+    run.proc.send_signal(sig)
+    rc = run.finish(timeout=120)
+    assert not wait_no_new_qemu(run.before, timeout=30), "the virtual host or its guest outlived pveoi"
+    assert not result.exists(), "an interrupted A/B wrote a result"
+    assert not history.exists() or os.listdir(history) == [], "an interrupted A/B added to the history"
+    if sig == signal.SIGINT:
+        assert rc == 130
+        assert run.stderr.strip().splitlines()[-1] == "pveoi: interrupted; everything started was stopped"
+        assert pid_dirs(run.proc.pid) == []
+    else:
+        assert rc == -signal.SIGKILL
+        left = pid_dirs(run.proc.pid)
+        assert left, "a SIGKILLed pveoi cannot clean up (that is the fault the next start repairs)"
+        subprocess.run(pveoi("ab", "--runs", "0"), capture_output=True, timeout=60, cwd=REPO, check=False)
+        assert not any(p.exists() for p in left), f"not reaped: {left}"
