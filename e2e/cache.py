@@ -234,8 +234,9 @@ class Cache:
         try:
             yield tmp
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise write_error(Path(err.filename) if err.filename else tmp, err) from err
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):  # name the file only if it is the one written
+                named = Path(err.filename) if isinstance(err.filename, str) else None
+                raise write_error(named if named and named.is_relative_to(tmp) else tmp, err) from err
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

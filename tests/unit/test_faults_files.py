@@ -217,3 +217,42 @@ def test_two_runs_writing_one_history_never_clash(tmp_path: Path) -> None:
     assert len(names) == 50 and all(n.endswith(".json") for n in names), "a clash or a temp file"
     docs = [json.loads((hist / n).read_text()) for n in names]
     assert sorted((d["writer"], d["i"]) for d in docs) == sorted((w, i) for w in "12" for i in range(25))
+
+
+def pveoi_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "e2e.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "PVEOI_CACHE": str(cache)})
+
+
+def assert_disk_full_line(proc: subprocess.CompletedProcess[str], disk: Path) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("pveoi: error: cannot write ") and f"the filesystem at {disk} is full" in line, line
+    assert line.endswith(f"; fix: free space on {disk} or write the file somewhere else"), line
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Anything in the cache but locks, the SSH key and empty kind dirs."""
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")
+                  if not p.name.endswith(".lock") and p.parent.name != "ssh" and p.name != "ssh"
+                  and not (p.is_dir() and p.parent == cache))
+
+
+def test_disk_full_cli_kernel_fetch_into_the_cache(tmp_path: Path) -> None:
+    kernel = tmp_path / "bzImage"  # a bzImage header, then 256 KiB: more than the disk holds
+    data = bytearray(os.urandom(256 << 10))
+    data[0x202:0x206] = b"HdrS"
+    data[0x20E:0x210] = b"\0\0"
+    kernel.write_bytes(bytes(data))
+    with tiny_tmpfs(tmp_path / "tiny") as tiny:
+        proc = pveoi_cli("kernel", "fetch", "--path", str(kernel), cache=tiny)
+        assert_disk_full_line(proc, tiny)
+        assert leftovers(tiny) == [], "a half-written cache entry was left"
+
+
+def test_disk_full_cli_image_build_into_the_cache(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "tiny", size="4m") as tiny:  # room for the SSH key, not the image
+        proc = pveoi_cli("image", "build", cache=tiny)
+        assert_disk_full_line(proc, tiny)
+        assert leftovers(tiny) == [], "a half-written cache entry was left"
