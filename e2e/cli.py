@@ -492,10 +492,21 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job's timeout, systemd): unwinds like Ctrl-C, so everything started is stopped."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     parser = make_parser()
     args = parser.parse_args(argv)
     _setup_logging(0 if args.quiet else args.verbose)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         from .tmpdirs import reap_stale
 
@@ -510,9 +521,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pveoi: error: {err.strerror or err}{where}; fix: check that path and its disk (-vv shows where)",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated):
+            print("pveoi: terminated (SIGTERM); everything started was stopped", file=sys.stderr)
+            return 143
         print("pveoi: interrupted; everything started was stopped", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -346,13 +346,17 @@ def test_two_pveoi_runs_at_once_do_not_clash(guest_kernel: Path, guest_image) ->
         r.assert_clean()
 
 
-def test_sigint_mid_run(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("sig, rc, said", [
+    (signal.SIGINT, 130, "pveoi: interrupted; everything started was stopped"),
+    (signal.SIGTERM, 143, "pveoi: terminated (SIGTERM); everything started was stopped"),  # a CI job's timeout
+], ids=["SIGINT", "SIGTERM"])
+def test_sigint_or_sigterm_mid_run(guest_kernel: Path, guest_image, sig: int, rc: int, said: str) -> None:  # type: ignore[no-untyped-def]
     run = Run(*boot_args(guest_kernel, guest_image, "--", "sh", "-c", "echo started; sleep 600"))
     run.wait_line("started")
     assert pid_dirs(run.proc.pid), "the run has a temp dir while it runs"
-    run.proc.send_signal(signal.SIGINT)
-    assert run.finish(timeout=60) == 130
-    assert run.stderr.strip().splitlines()[-1] == "pveoi: interrupted; everything started was stopped"
+    run.proc.send_signal(sig)
+    assert run.finish(timeout=60) == rc
+    assert run.stderr.strip().splitlines()[-1] == said
     assert "Traceback" not in run.stderr
     run.assert_clean()
 
