@@ -27,6 +27,8 @@ from typing import Any
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp.protocol import StateError
+from qemu.qmp.qmp_client import ExecInterruptedError
 
 from .argv import MachineSpec, parse_usernet_port, qemu_argv
 from .console import Console
@@ -274,6 +276,11 @@ class Machine:
         except QMPError as err:
             if not self.is_running():
                 raise self._launch_error(f"QEMU exited during QMP {command}") from err
+            if isinstance(err, (ExecInterruptedError, StateError)):
+                raise PveoiError(
+                    f"the QMP connection to QEMU (pid {self.pid}) closed during {command} while QEMU still runs",
+                    fix=f"pveoi stops this QEMU; run again, and if it recurs read {self.logdir / self.spec.name}"
+                        "-qemu.log") from err
             raise PveoiError(f"QMP {command} failed: {err}", fix="see the QEMU log") from err
         except OSError as err:
             raise self._launch_error(f"QMP connection lost during {command}") from err
@@ -357,15 +364,20 @@ class Machine:
         proc = self._proc
         assert proc is not None
         if proc.poll() is None and self._qmp is not None:
+            wait = timeout
             try:
                 self._qmp.settimeout(timeout)
                 self._qmp.cmd("quit")
-            except (QMPError, OSError, EOFError, TimeoutError) as err:
+            except ExecInterruptedError as err:  # QEMU hung up: usually it is exiting
                 self.log.debug("QMP quit: %s", err)
+            except (QMPError, OSError, EOFError, TimeoutError) as err:  # QMP was gone before: no quit sent
+                self.log.debug("QMP quit not sent: %s", err)
+                wait = min(timeout, 1.0)
             try:
-                return proc.wait(timeout=timeout)
+                return proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
-                self.log.warning("QEMU ignored QMP quit; sending SIGTERM")
+                self.log.log(logging.WARNING if wait == timeout else logging.DEBUG,
+                             "QEMU did not exit after QMP quit; sending SIGTERM")
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 30.0)):
             if proc.poll() is not None:
                 break

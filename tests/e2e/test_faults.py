@@ -214,7 +214,9 @@ def test_qmp_socket_closed(guest_kernel: Path, guest_image) -> None:  # type: ig
         with pytest.raises(PveoiError) as err:
             m.status()
         assert time.monotonic() - start < 30
-        assert "\n" not in str(err.value) and "; fix: " in str(err.value) and "query-status" in str(err.value)
+        text = str(err.value)
+        assert "\n" not in text and "the QMP connection to QEMU" in text and "closed during query-status" in text
+        assert "; fix: pveoi stops this QEMU" in text
         assert m.is_running(), "QEMU itself is fine; only QMP is gone"
     assert m.exitcode is not None, "shutdown without QMP must still stop QEMU"
     assert not workdir.exists()
