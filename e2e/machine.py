@@ -329,7 +329,8 @@ class Machine:
     def ssh(self, private_key: Path, host_key_line: str, timeout: float = 60.0) -> GuestSsh:
         """Connect over SSH (call after :meth:`wait_ready`); closed at shutdown."""
         self._require(Runstate.RUNNING, "connect SSH")
-        conn = GuestSsh(self.ssh_port(), private_key, host_key_line, explain_drop=self.death_note)
+        conn = GuestSsh(self.ssh_port(), private_key, host_key_line, explain_drop=self.death_note,
+                        console_log=self.console.logpath)
         self._ssh.append(conn)
         return conn.connect(timeout)
 

@@ -62,11 +62,14 @@ class GuestSsh:
     :param explain_drop: called with a grace period in seconds when the
         connection drops; returns why (e.g. "QEMU was killed by SIGKILL") or
         None if it does not know.
+    :param console_log: the guest's console log, named in errors.
     """
 
     def __init__(self, port: int, private_key: Path, host_key_line: str, host: str = "127.0.0.1",
-                 user: str = "root", explain_drop: Callable[[float], str | None] | None = None) -> None:
+                 user: str = "root", explain_drop: Callable[[float], str | None] | None = None,
+                 console_log: Path | None = None) -> None:
         self.explain_drop = explain_drop
+        self._console = f"the guest's console log {console_log}" if console_log else "the guest's console log"
         self.host = host
         self.port = port
         self.user = user
@@ -116,7 +119,7 @@ class GuestSsh:
                 last = f"{type(err).__name__}: {err}"
             if time.monotonic() >= deadline:
                 raise SshError(f"no SSH to the guest on 127.0.0.1:{self.port} within {timeout:.0f}s ({last})",
-                               fix="check the guest's console log for dropbear errors")
+                               fix=f"check {self._console} for dropbear errors")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     @property
@@ -150,7 +153,7 @@ class GuestSsh:
         except paramiko.SSHException as err:
             if transport.is_active():  # connected, but the guest does not answer
                 raise SshError(f"the guest did not open an SSH channel for `{command}` within {open_timeout:.0f}s",
-                               fix="the guest is hung or overloaded; check its console log") from err
+                               fix=f"the guest is hung or overloaded; check {self._console}") from err
             raise self._dropped(f"SSH failed while opening a channel for `{command}`: {err}") from err
         try:
             chan.settimeout(0.2)
@@ -201,7 +204,7 @@ class GuestSsh:
             return SshError(f"{what}: {why}",
                             fix="nothing in pveoi stops QEMU mid-command: see the QEMU log, dmesg (the OOM "
                                 "killer?) and the runner's limits")
-        return SshError(what, fix="check the guest's console log; the guest may have crashed or dropbear died")
+        return SshError(what, fix=f"check {self._console}; the guest may have crashed or dropbear died")
 
     def put(self, local: Path, remote: str, timeout: float = 60.0) -> None:
         """Copy a local file to the guest (``cat >`` over exec; dropbear has no SFTP here)."""

@@ -194,7 +194,10 @@ def test_ssh_dropped_mid_workload_cli(guest_kernel: Path, guest_image) -> None: 
                          "echo started; sleep 1; kill -9 $(pidof dropbear); sleep 600"))
     run.wait_line("started")
     assert run.finish(timeout=60) == 2
-    one_line_error(run.stderr, "SSH connection dropped while running", "dropbear died")
+    line = one_line_error(run.stderr, "SSH connection dropped while running", "dropbear died")
+    log = Path(line.split("check the guest's console log ", 1)[1].split(";", 1)[0])
+    assert log.is_file() and "pveoi-guest-ready" in log.read_text(), "the console log the error names must exist"
+    shutil.rmtree(log.parent)
     run.assert_clean()
 
 
