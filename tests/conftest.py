@@ -58,6 +58,11 @@ def nothing_left_at_session_end() -> Iterator[None]:
     from e2e.tmpdirs import reap_stale, session_dirs
 
     yield
+    from e2e.cache import cache_root
+
+    # Guests that fail on purpose in this process keep their logs for the error to name; not in the cache.
+    for kept in (cache_root() / "logs" / "failed").glob(f"*-pveoi-vm-{os.getpid()}-*"):
+        shutil.rmtree(kept, ignore_errors=True)
     tag = SESSION_TAG.split("=", 1)[1]
     reap_stale()
     survivors = wait_no_new_qemu(set())
