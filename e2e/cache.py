@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, PveoiError
+from .tmpdirs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,34 @@ def write_error(path: Path, err: OSError) -> PveoiError:
                       fix=f"make {path.parent} writable or write the file somewhere else")
 
 
+TEMP_PATTERN = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+def remove_dead_temps(directory: Path) -> list[Path]:
+    """Remove the temp files of :func:`atomic_write` calls whose process died (SIGKILL mid-write).
+
+    Their names carry the writer's pid; a live writer's are never touched.
+    """
+    removed: list[Path] = []
+    try:
+        candidates = list(directory.glob(".*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        match = TEMP_PATTERN.match(tmp.name)
+        if match and tmp.is_file() and not pid_alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                log.info("removed %s, left by a writer that was killed", tmp)
+                removed.append(tmp)
+    return removed
+
+
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new, never half.
 
-    On any failure the temp file is removed and ``path`` is untouched.
+    On any failure the temp file is removed and ``path`` is untouched; temp
+    files of writers that were killed mid-write are removed first.
 
     :raises PveoiError: the write failed (disk full, read-only, permissions),
         naming the file, its filesystem and the fix.
@@ -110,7 +136,8 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_dead_temps(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

@@ -86,6 +86,35 @@ def test_disk_full_while_publishing_a_cache_entry(tmp_path: Path) -> None:
         assert cache.lookup("kernels", "k") is None
 
 
+STUCK_WRITER = """
+import os, sys, time
+from pathlib import Path
+from e2e.cache import atomic_write
+os.fsync = lambda fd: (print("writing", flush=True), time.sleep(600))  # hold the write open: the kill lands mid-write
+atomic_write(Path(sys.argv[1]), "x" * 100000)
+"""
+
+
+def test_sigkill_mid_write_leaves_no_partial_file_after_the_next_write(tmp_path: Path) -> None:
+    hist = tmp_path / "history"
+    hist.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(hist / "run-1.json")], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        writer.kill()
+        writer.wait()
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    left = os.listdir(hist)
+    assert len(left) == 1 and left[0].startswith(f".run-1.json.{writer.pid}.") and left[0].endswith(".tmp"), left
+    assert not (hist / "run-1.json").exists(), "a killed write never shows under the final name"
+    atomic_write(hist / "run-2.json", "{}\n")  # the next write into that dir removes the dead writer's temp
+    assert os.listdir(hist) == ["run-2.json"]
+
+
 # ---------------------------------------------------------------- corrupt cache entries
 
 
