@@ -204,6 +204,11 @@ class VirtualKvmHost(Machine):
         self.console.check()
         rc_file = ctl / "rc"
         if not rc_file.is_file():
+            death = self.death_note()
+            if death and self.exitcode is not None and self.exitcode < 0:
+                raise GuestError(f"the virtual host stopped before the command finished: {death}",
+                                 fix="nothing in pveoi kills it mid-command: check dmesg (the OOM killer?) "
+                                     "and the runner's limits")
             raise GuestError(
                 "the virtual host stopped before the command finished; console tail: "
                 + " | ".join(self.console.tail(3)),

@@ -420,3 +420,26 @@ def test_interrupting_the_virtual_ab_leaves_no_vm_no_temp_and_no_result(  # type
         assert left, "a SIGKILLed pveoi cannot clean up (that is the fault the next start repairs)"
         subprocess.run(pveoi("ab", "--runs", "0"), capture_output=True, timeout=60, cwd=REPO, check=False)
         assert not any(p.exists() for p in left), f"not reaped: {left}"
+
+
+@pytest.mark.kvm
+@pytest.mark.slow
+def test_virtual_host_sigkilled_mid_ab(guest_kernel: Path, host_kernel: Path, guest_image,  # type: ignore[no-untyped-def]
+                                       tmp_path: Path) -> None:
+    history, result = tmp_path / "history", tmp_path / "ab.json"
+    run = Run("ab", "--host", "virtual", "--runs", "1", "--kernel", str(guest_kernel), "--image",
+              str(guest_image.path), "--json", str(result), "--history", str(history), "--logs", str(tmp_path / "logs"),
+              "--timeout", "900")
+    assert run.proc.stdout is not None
+    for line in run.proc.stdout:
+        if "boot + workload" in line:
+            break
+    else:
+        pytest.fail(f"the A/B never got to a guest: {run.stderr[-2000:]}")
+    time.sleep(3)
+    os.kill(qemu_child(run.proc.pid), signal.SIGKILL)  # the virtual KVM host dies under the measurement
+    assert run.finish(timeout=120) == 2
+    one_line_error(run.stderr, "the virtual host stopped before the command finished: QEMU (pid",
+                   "was killed by SIGKILL", "the OOM killer?")
+    assert not result.exists() and (not history.exists() or os.listdir(history) == [])
+    run.assert_clean()
