@@ -29,6 +29,7 @@ from .argv import DEFAULT_APPEND, MachineSpec
 from .errors import CapabilityError, ConfigError, MeasurementError, PveoiError
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
+from .history import SCHEMA
 from .image import READY_PATTERN
 from .machine import Machine, child_preexec
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
@@ -38,7 +39,6 @@ from .workloads import Workload
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
 THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds.toml"
 COUNTED = [
     "kvm:kvm_exit", "kvm:kvm_entry", "kvm:kvm_msr", "kvm:kvm_apic", "kvm:kvm_eoi", "kvm:kvm_pv_eoi",
@@ -520,5 +520,13 @@ def runner_info(vendor: str) -> dict[str, Any]:
             return "unknown"
         return out.splitlines()[0] if out else "unknown"
 
-    return {"hostname": platform.node(), "kernel": platform.release(), "cpu_vendor": vendor,
+    def cpu_model() -> str:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+        return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                    "unknown")
+
+    return {"hostname": platform.node(), "kernel": platform.release(), "cpu_vendor": vendor, "cpu_model": cpu_model(),
             "cpus": os.cpu_count(), "qemu": qemu_version(), "python": platform.python_version()}

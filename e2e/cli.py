@@ -22,9 +22,21 @@ from .errors import CapabilityError, ConfigError, PveoiError
 log = logging.getLogger("pveoi")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (a caller or test may swap and close it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("pveoi: %(message)s" if verbose < 2 else
                                            "%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
