@@ -398,6 +398,31 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         results.emit(doc, args.json, args.history)
         print(results.format_table(doc))
         return 2
+    try:
+        doc = _measure(args, host, why, workloads, arms, overrides)
+    except ConfigError:
+        raise  # a mistake in the command line, not a night without a measurement
+    except PveoiError as err:
+        if args.json or args.history:  # the history shows this run measured nothing, and why
+            doc = results.error_result(err, host, why, args)
+            doc["runner"] = results.runner_identity(ab.runner_info(ab.cpu_vendor()), doctor_report)
+            try:
+                results.emit(doc, args.json, args.history)
+            except (OSError, PveoiError) as write_err:  # e.g. the disk is full: the first error is the news
+                log.warning("could not record the error in the results: %s", write_err)
+        raise
+    doc["runner"] = results.runner_identity(doc.get("runner", {}), doctor_report)
+    results.emit(doc, args.json, args.history)
+    if not os.environ.get("PVEOI_IN_VHOST"):  # the caller outside prints the table
+        print(results.format_table(doc))
+    return {"pass": 0, "fail": 1}.get(doc["verdict"], 2)
+
+
+def _measure(args: argparse.Namespace, host: str, why: str, workloads: list[Any], arms: Any,
+             overrides: dict[str, float]) -> dict[str, Any]:
+    """Build what is needed and run the A/B directly or through the virtual host: the result document."""
+    from . import ab, results
+
     kernel_path = _guest_kernel(args)
     img = _image(args)
     logs = (args.logs or _default_logs()).absolute()
@@ -420,7 +445,11 @@ def _cmd_ab(args: argparse.Namespace) -> int:
             if not inner_json.is_file():
                 raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
                                  fix=f"read the logs in {logs}")
-            doc = json.loads(inner_json.read_text())
+            doc: dict[str, Any] = json.loads(inner_json.read_text())
+            inner_error = doc.get("error")
+            if inner_error:  # the inner pveoi stopped on an error: the same one line here
+                raise PveoiError(f"in the virtual KVM host: {inner_error.get('message')}",
+                                 fix=inner_error.get("fix"))
             if (Path(tmp) / "logs").is_dir():
                 import shutil
 
@@ -434,14 +463,12 @@ def _cmd_ab(args: argparse.Namespace) -> int:
                          host_key_line=img.host_key_line, artifacts=logs, memory_mb=args.memory)
         doc = ab.run_ab(setup, ab.AbConfig(workloads, args.runs, arms, overrides))
         doc["host"] = {"chosen": "direct", "reason": why}
-    doc["runner"] = results.runner_identity(doc.get("runner", {}), doctor_report)
     doc["kernel"] = results.kernel_manifest(kernel_path)
     doc["image"] = {"initrd": str(img.initrd), "hash": img.manifest.get("hash")}
     doc["logs"] = str(logs)
-    results.emit(doc, args.json, args.history)
-    if not os.environ.get("PVEOI_IN_VHOST"):  # the caller outside prints the table
-        print(results.format_table(doc))
-    return {"pass": 0, "fail": 1}.get(doc["verdict"], 2)
+    return doc
+
+
 
 
 def _default_logs() -> Path:

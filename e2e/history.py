@@ -94,9 +94,14 @@ class Run:
 
     @property
     def runner(self) -> str:
-        """The group this run is compared within: runner id and how KVM was reached."""
-        rid = self.doc.get("runner", {}).get("id") or self.doc.get("runner", {}).get("hostname", "unknown")
-        return f"{rid} ({self.doc.get('host', {}).get('chosen', '?')})"
+        """The runner (machine) this run is compared within."""
+        runner = self.doc.get("runner", {})
+        return str(runner.get("id") or runner.get("hostname") or "unknown")
+
+    @property
+    def mode(self) -> str:
+        """How KVM was reached: ``direct``, ``virtual`` (or ``not-measurable``); baselines match it."""
+        return str(self.doc.get("host", {}).get("chosen", "?"))
 
     def workloads(self) -> list[str]:
         return sorted(self.doc.get("workloads", {}))
@@ -107,7 +112,8 @@ class Run:
         workloads = self.doc.get("workloads", {})
         w = workloads.get(workload)
         if w is None and not workloads and self.verdict != "pass":
-            w = {"verdict": self.verdict, "reasons": [str(self.doc.get("reason", ""))]}
+            w = {"verdict": self.verdict, "reasons": [str(self.doc.get("reason", ""))],
+                 "description": "this run measured nothing"}
         return None if w is None else Record.from_doc(self, workload, w)
 
 
@@ -130,6 +136,26 @@ class History:
         if self.problems:
             more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
             raise HistoryError(self.problems[0] + more, fix="repair or move the named file(s) out of the history")
+
+
+def validate(run: Run) -> None:
+    """Check the parts of a result a report reads have the right shape (and can be read).
+
+    :raises HistoryError: naming the file and what is wrong.
+    """
+    doc = run.doc
+    for key in ("runner", "host", "workloads", "arms"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise HistoryError(f"{run.path}: {key!r} is not an object", fix="move the file out of the history")
+    for name, w in doc.get("workloads", {}).items():
+        if not isinstance(w, dict):
+            raise HistoryError(f"{run.path}: workload {name!r} is not an object",
+                               fix="move the file out of the history")
+        try:
+            run.record(name)
+        except (TypeError, ValueError, AttributeError, KeyError) as err:
+            raise HistoryError(f"{run.path}: workload {name!r} is malformed ({type(err).__name__}: {err})",
+                               fix="move the file out of the history") from err
 
 
 def result_files(root: Path) -> list[Path]:
@@ -162,9 +188,12 @@ def load_history(root: Path) -> History:
             problems.append(f"{path}: not a pveoi result (no verdict)")
             continue
         try:
-            runs.append(Run(path, migrate(raw, str(path))))
+            run = Run(path, migrate(raw, str(path)))
+            validate(run)
         except HistoryError as err:
             problems.append(f"{err.message}; fix: {err.fix}")
+            continue
+        runs.append(run)
     if not runs:
         detail = f": {problems[0]}" if problems else ""
         raise HistoryError(f"history {root} holds no readable pveoi result{detail}",
@@ -188,6 +217,24 @@ def _trapped(counts: Mapping[str, float]) -> float:
 def _exits(counts: Mapping[str, float]) -> float:
     inj = counts.get("kvm:kvm_inj_virq") or 0
     return counts.get("kvm:kvm_exit", 0) / inj if inj else math.nan
+
+
+def _number(value: Any) -> float | None:
+    """A headline number from a document: a float, or None; anything else is malformed."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _interval(value: Any) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"expected an interval [low, high], got {value!r}")
+    low, high = _number(value[0]), _number(value[1])
+    return None if low is None or high is None else [low, high]
 
 
 def _finite(values: Iterable[float]) -> list[float]:
@@ -218,16 +265,15 @@ class Record:
 
     @classmethod
     def from_doc(cls, run: Run, workload: str, w: Mapping[str, Any]) -> Record:
+        """:raises TypeError, ValueError, AttributeError, KeyError: on a malformed document."""
         head = w.get("eoi_exits_saved_per_interrupt") or {}
         exit_m = (w.get("metrics") or {}).get("kvm_exit") or {}
-        value = {"eoi_saved": head.get("value"), "exit_reduction": exit_m.get("reduction")}
-        ci = {"eoi_saved": head.get("ci"), "exit_reduction": exit_m.get("reduction_ci")}
+        value = {"eoi_saved": _number(head.get("value")), "exit_reduction": _number(exit_m.get("reduction"))}
+        ci = {"eoi_saved": _interval(head.get("ci")), "exit_reduction": _interval(exit_m.get("reduction_ci"))}
         arms = run.doc.get("arms", {})
-        on = sorted(arms.get(w.get("treatment", "on"), {}).get("runs", {}).get(workload, []),
-                    key=lambda r: r.get("rep", 0))
-        off = sorted(arms.get(w.get("baseline", "off"), {}).get("runs", {}).get(workload, []),
-                     key=lambda r: r.get("rep", 0))
-        pairs = list(zip(on, off, strict=False))
+        on = {r["rep"]: r for r in arms.get(w.get("treatment", "on"), {}).get("runs", {}).get(workload, [])}
+        off = {r["rep"]: r for r in arms.get(w.get("baseline", "off"), {}).get("runs", {}).get(workload, [])}
+        pairs = [(on[rep], off[rep]) for rep in sorted(on.keys() & off.keys())]  # reps paired by number
         samples = {
             "eoi_saved": _finite(_trapped(b["counts"]) - _trapped(a["counts"]) for a, b in pairs),
             "exit_reduction": _finite(1.0 - _exits(a["counts"]) / _exits(b["counts"]) for a, b in pairs

@@ -100,6 +100,13 @@ def one_sided_p(latest: Sequence[float], baseline: Sequence[float]) -> float:
     return float(res.pvalue)
 
 
+def min_p(n_latest: int, n_baseline: int) -> float:
+    """The smallest p-value the exact one-sided test can give for these sample sizes."""
+    if not n_latest or not n_baseline:
+        return 1.0
+    return 1.0 / math.comb(n_latest + n_baseline, n_latest)
+
+
 def _streak_start(recs: Sequence[Record], key: str, line: float) -> int:
     """Index of the first run of the contiguous tail whose ``key`` is below ``line``."""
     i = len(recs) - 1
@@ -111,10 +118,17 @@ def _streak_start(recs: Sequence[Record], key: str, line: float) -> int:
     return i
 
 
+def _good(recs: Sequence[Record], key: str, mode: str) -> list[Record]:
+    """The runs a baseline may use: passes with the figure, reached the same way (direct/virtual)."""
+    return [r for r in recs if r.verdict == "pass" and r.value.get(key) is not None and r.run.mode == mode]
+
+
 def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSettings) -> Finding | None:
     latest = recs[-1]
+    if latest.verdict not in ("pass", "fail"):  # "error"/"not-measurable" figures are not a measurement
+        return None
     after = latest.value.get(key)
-    good = [r for r in recs[:-1] if r.verdict == "pass" and r.value.get(key) is not None]
+    good = _good(recs[:-1], key, latest.run.mode)
     base = good[-settings.baseline:]
     if after is None or not base:
         return None
@@ -124,25 +138,36 @@ def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSetti
         return None
     # A sustained drop: date it from its first run, and keep those runs out of the baseline.
     start = _streak_start(recs, key, line)
-    base = [r for r in recs[:start] if r.verdict == "pass" and r.value.get(key) is not None][-settings.baseline:]
+    base = _good(recs[:start], key, latest.run.mode)[-settings.baseline:]
     if not base:
         return None
     pooled = [v for r in base for v in r.samples[key]]
     before = _median(pooled) if pooled else _median([r.value[key] for r in base])  # type: ignore[misc]
     if not after < before - settings.rel * abs(before):
         return None
-    p = one_sided_p(latest.samples[key], pooled)
     label = HEADLINES[key][0]
-    if p >= settings.alpha:
+    mine = latest.samples[key]
+    p = one_sided_p(mine, pooled)
+    if min_p(len(mine), len(pooled)) >= settings.alpha:
+        # Too few values for the test to ever reach alpha (e.g. --runs 1): require instead that
+        # every rep lies below every baseline rep, i.e. beyond the baseline's whole spread.
+        if not (mine and pooled and max(mine) < min(pooled)):
+            group.notes.append(f"{label} {before:.3f} -> {after:.3f}: too few reps ({len(mine)} vs {len(pooled)}) "
+                               "for a test, and not below the whole baseline; not flagged")
+            return None
+        how = f"too few reps for a test; all {len(mine)} below all {len(pooled)} baseline reps"
+    elif p >= settings.alpha:
         group.notes.append(f"{label} {before:.3f} -> {after:.3f} is beyond the {settings.rel:.0%} threshold "
                            f"but within the runs' spread (p={p:.3f} >= {settings.alpha}); not flagged")
         return None
+    else:
+        how = f"one-sided Mann-Whitney p={p:.4f}, {len(mine)} reps vs {len(pooled)}"
     since = recs[start].run.name
     rel = (after - before) / abs(before) if before else math.nan
     return Finding(
         "drop", group.runner, group.workload,
-        f"{label} dropped {before:.3f} -> {after:.3f} ({rel:+.1%}; one-sided Mann-Whitney p={p:.4f}, "
-        f"{len(latest.samples[key])} reps vs {len(pooled)} from {len(base)} good run(s)) since run {since}",
+        f"{label} dropped {before:.3f} -> {after:.3f} ({rel:+.1%}; {how} from {len(base)} good run(s)) "
+        f"since run {since}",
         since=since, metric=label, before=before, after=after, p_value=p)
 
 
@@ -189,7 +214,8 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
                     f"workload missing from the latest run {latest_run.name} (last run in {recs[-1].run.name})",
                     since=latest_run.name))
                 continue
-            group.baseline = [r for r in recs[:-1] if r.verdict == "pass"][-settings.baseline:]
+            group.baseline = [r for r in recs[:-1] if r.verdict == "pass" and r.run.mode == recs[-1].run.mode
+                              ][-settings.baseline:]
             for key in HEADLINES:
                 pooled = [v for r in group.baseline for v in r.samples[key]]
                 if pooled:

@@ -39,8 +39,11 @@ COLOURS = {"off": "#c0504d", "on": "#4f81bd", "pass": "#2e7d32", "fail": "#c6282
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table; anything that is not a number (a malformed file) shows as ``?``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "?"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
@@ -255,7 +258,8 @@ def _group_html(history: History, result: CheckResult, g: GroupStatus) -> str:
     latest = g.latest
     if latest is None:
         return "\n".join([out[0], *(f"<p class=note>note: {e(n)}</p>" for n in g.notes), "</section>"])
-    w = latest.run.doc["workloads"][g.workload]
+    w = latest.run.doc.get("workloads", {}).get(g.workload) or {
+        "description": "this run measured nothing", "metrics": {}, "notes": []}
     out.append(f"<p>{e(str(w.get('description', '')))}</p>")
     out.append(f"<p>latest: <span class={_cls(latest.verdict)}>{e(latest.verdict.upper())}</span> "
                f"({e(latest.run.name)})</p>")

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .cache import atomic_write
+from .errors import PveoiError
 from .history import SCHEMA, runner_id
 
 
@@ -47,6 +48,15 @@ def not_measurable(reason: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def error_result(err: PveoiError, host: str, why: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A complete result document for an A/B that stopped on an error: verdict ``error``, no
+    figures, the error (message and fix) kept so a history shows why the night measured nothing."""
+    doc = not_measurable(str(err), args)
+    doc.update(verdict="error", host={"chosen": host, "reason": why},
+               error={"type": type(err).__name__, "message": err.message, "fix": err.fix})
+    return doc
+
+
 def runner_identity(runner: dict[str, Any], doctor_report: dict[str, Any] | None) -> dict[str, Any]:
     """``runner`` with what a history groups and explains by: its id and the doctor's findings."""
     return {**runner, "id": runner_id(),
@@ -61,12 +71,13 @@ def history_name(doc: dict[str, Any]) -> str:
 
 
 def emit(doc: dict[str, Any], json_path: Path | None, history: Path | None) -> None:
-    """Write ``doc`` to ``json_path`` and into ``history`` (both atomic)."""
+    """Write ``doc`` into ``history`` and to ``json_path`` (each atomic; the history first, so a
+    ``--json`` file never holds a verdict the history failed to record)."""
     text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
-    if json_path is not None:
-        atomic_write(json_path.expanduser().absolute(), text)
     if history is not None:
         atomic_write(history.expanduser().absolute() / history_name(doc), text)
+    if json_path is not None:
+        atomic_write(json_path.expanduser().absolute(), text)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

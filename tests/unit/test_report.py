@@ -6,6 +6,7 @@ made so that each rep's "EOI exits saved per interrupt" is a chosen value.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from e2e import cli
+from e2e import cli, results
+from e2e.errors import CapabilityError
 from e2e.history import HistoryError, load_history, migrate
 from e2e.regress import CheckSettings, check, format_findings, one_sided_p
 from e2e.report import render_html, render_junit, render_markdown
@@ -107,7 +109,7 @@ def test_a_ten_percent_drop_is_flagged_with_its_size_and_run(tmp_path: Path) -> 
     assert saved.p_value is not None and saved.p_value < 0.05
     assert result.exit_code == 1
     text = format_findings(result)
-    assert "REGRESSION [r1 (virtual)] timer: EOI exits saved per interrupt dropped" in text
+    assert "REGRESSION [r1] timer: EOI exits saved per interrupt dropped" in text
     assert "since run run006-r1" in text
 
 
@@ -145,15 +147,15 @@ def test_runners_are_compared_only_with_themselves(tmp_path: Path) -> None:
         runner, mean = ("fast", 0.99) if i % 2 else ("slow", 0.80)
         docs.append(make_doc(i, {"timer": (noisy(rng, mean, 0.01), "pass")}, runner=runner))
     history = load_history(write_history(tmp_path / "mixed", docs))
-    assert history.runners() == ["fast (virtual)", "slow (virtual)"]
+    assert history.runners() == ["fast", "slow"]
     assert check(history).findings == []
-    # The same runner id reached a different way (direct vs virtual) is another group too.
+    # The same runner reached another way (direct, not virtual) has no baseline in that mode: not compared.
     docs.append(make_doc(12, {"timer": (noisy(rng, 0.5, 0.01), "pass")}, runner="fast", host="direct"))
     assert check(load_history(write_history(tmp_path / "mixed2", docs))).findings == []
     # A drop on one runner is flagged on that runner only.
     docs.append(make_doc(13, {"timer": (noisy(rng, 0.60, 0.01), "pass")}, runner="slow"))
     result = check(load_history(write_history(tmp_path / "mixed3", docs)))
-    assert result.findings and {f.runner for f in result.findings} == {"slow (virtual)"}
+    assert result.findings and {f.runner for f in result.findings} == {"slow"}
 
 
 def test_pass_to_fail_and_measurable_to_not_measurable(tmp_path: Path) -> None:
@@ -176,6 +178,61 @@ def test_a_run_that_measured_nothing_counts_as_not_measurable_not_missing(tmp_pa
     result = check(load_history(write_history(tmp_path, docs)))
     assert [(f.kind, f.workload) for f in result.findings] == [("not-measurable", "timer")]
     assert "no usable KVM" in result.findings[0].message
+
+
+@pytest.mark.parametrize("kind", ["not-measurable", "error"])
+def test_real_documents_of_a_run_that_measured_nothing_are_flagged(tmp_path: Path, kind: str) -> None:
+    rng = random.Random(8)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(3)]
+    args = argparse.Namespace(runs=3)
+    if kind == "error":
+        doc = results.error_result(CapabilityError("perf is missing", fix="apt-get install linux-perf"),
+                                   "virtual", "kvm_pvm", args)
+    else:
+        doc = results.not_measurable("no usable KVM", args)
+    doc["runner"] = {"id": "r1"}
+    doc["created"] = "2026-11-02T00:00:00Z"
+    docs.append(doc)
+    history = load_history(write_history(tmp_path, docs))
+    result = check(history)
+    assert [(f.kind, f.workload) for f in result.findings] == [("not-measurable", "timer")]
+    assert f"measurable to {kind}" in result.findings[0].message
+    assert ("perf is missing" if kind == "error" else "no usable KVM") in result.findings[0].message
+    assert "this run measured nothing" in render_html(history, result)
+
+
+def test_an_error_verdicts_leftover_figures_are_not_a_drop(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(4)]
+    docs.append(make_doc(4, {"timer": (noisy(rng, 0.5), "pass")}))
+    docs[-1]["workloads"]["timer"]["verdict"] = "error"
+    del docs[-1]["arms"]["on"]["runs"]["timer"][1]  # a rep that did not complete: reps pair by number
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert [f.kind for f in result.findings] == ["not-measurable"]
+
+
+def test_with_one_rep_a_drop_needs_to_clear_the_whole_baseline(tmp_path: Path) -> None:
+    rng = random.Random(10)
+    docs = [make_doc(i, {"timer": (noisy(rng, 0.95, n=1), "pass")}) for i in range(5)]
+    assert check(load_history(write_history(tmp_path / "a", [*docs, make_doc(5, {"timer": ([0.85], "pass")})]))
+                 ).findings
+    inside = min(d["workloads"]["timer"]["eoi_exits_saved_per_interrupt"]["value"] for d in docs) + 1e-3
+    result = check(load_history(write_history(tmp_path / "b", [*docs, make_doc(5, {"timer": ([inside], "pass")})])),
+                   CheckSettings(rel=0.0))
+    assert not [f for f in result.findings if f.metric == "EOI exits saved per interrupt"]
+
+
+@pytest.mark.parametrize("bad", [{"runner": None}, {"workloads": {"timer": "x"}},
+                                 {"workloads": {"timer": {"eoi_exits_saved_per_interrupt": {"value": "0.9"}}}},
+                                 {"arms": {"on": {"runs": {"timer": [{"counts": {}}]}}},
+                                  "workloads": {"timer": {"treatment": "on"}}}])
+def test_a_malformed_result_is_named_not_a_traceback(tmp_path: Path, bad: dict[str, Any],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_history(tmp_path / "h", [make_doc(0, {"timer": ([0.95] * 3, "pass")})])
+    (root / "bad.json").write_text(json.dumps({**make_doc(1, {}), **bad}))
+    assert any("bad.json" in p for p in load_history(root).problems)
+    assert cli.main(["report", "--history", str(root), "--check"]) == 2
+    assert "bad.json" in capsys.readouterr().err
 
 
 def test_a_runner_that_never_measured_is_a_note_not_a_regression(tmp_path: Path) -> None:
@@ -211,7 +268,7 @@ def test_schema_1_documents_migrate(tmp_path: Path) -> None:
     assert new["host"]["inner_runner"]["hostname"] == "pveoi-vhost" and "outer_runner" not in new["host"]
     assert doc["schema"] == 1  # the input is untouched
     history = load_history(write_history(tmp_path, [doc]))
-    assert history.runners() == ["ci-7 (virtual)"]
+    assert history.runners() == ["ci-7"]
 
 
 def test_unreadable_files_are_named_and_fail_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,9 +319,9 @@ def test_report_cli_writes_every_format_and_exits_by_the_check(tmp_path: Path,
     write_history(root, docs)
     assert cli.main(argv) == 1
     printed = capsys.readouterr().out
-    assert "REGRESSION [r1 (virtual)] timer: EOI exits saved per interrupt dropped" in printed
+    assert "REGRESSION [r1] timer: EOI exits saved per interrupt dropped" in printed
     md = (out / "r.md").read_text()
-    assert "regression(s)" in md and "| r1 (virtual) | timer | **PASS** |" in md
+    assert "regression(s)" in md and "| r1 | timer | **PASS** |" in md
     suites = ET.parse(out / "r.xml").getroot()
     failures = [c.get("name") for c in suites.iter("testcase") if c.find("failure") is not None]
     assert failures == ["timer.regression"]
