@@ -20,24 +20,29 @@ Everything here is pure: it reads a loaded :class:`~e2e.history.History`.
 
 from __future__ import annotations
 
+import calendar
 import math
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .history import HEADLINES, History, Record, records
+from .history import HEADLINES, History, Record, Run, records
 
-Kind = Literal["drop", "fail", "not-measurable", "missing"]
+Kind = Literal["drop", "fail", "not-measurable", "missing", "stale"]
 
 
 @dataclass(frozen=True)
 class CheckSettings:
-    """:param baseline: good runs in the baseline; :param rel: relative drop threshold; :param alpha: test level."""
+    """:param baseline: good runs in the baseline; :param rel: relative drop threshold; :param alpha: test
+    level; :param max_age_hours: flag a runner whose newest result is older (an A/B that wrote nothing)."""
 
     baseline: int = 5
     rel: float = 0.05
     alpha: float = 0.05
+    max_age_hours: float | None = None
+    now: float | None = None  # epoch seconds (default: the clock)
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,22 @@ def _verdict_change(group: GroupStatus, recs: list[Record]) -> Finding | None:
     return None
 
 
+def _stale(runner: str, latest: Run, settings: CheckSettings) -> Finding | None:
+    if settings.max_age_hours is None:
+        return None
+    try:
+        created = calendar.timegm(time.strptime(latest.created, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return Finding("stale", runner, "(all)", f"newest result {latest.name} has no readable time "
+                       f"({latest.created!r})", since=latest.name)
+    age = ((settings.now if settings.now is not None else time.time()) - created) / 3600
+    if age <= settings.max_age_hours:
+        return None
+    return Finding("stale", runner, "(all)",
+                   f"newest result is {age:.1f} h old (run {latest.name}), more than --max-age "
+                   f"{settings.max_age_hours:g} h: the last A/B on this runner recorded nothing", since=latest.name)
+
+
 def check(history: History, settings: CheckSettings | None = None) -> CheckResult:
     """Compare every runner's latest runs with their baselines (pure)."""
     settings = settings or CheckSettings()
@@ -199,6 +220,9 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
     for runner in history.runners():
         runs = history.of_runner(runner)
         latest_run = runs[-1]
+        stale = _stale(runner, latest_run, settings)
+        if stale:
+            findings.append(stale)
         seen = sorted({w for r in runs for w in r.workloads()})
         if not seen:
             groups.append(GroupStatus(runner, "(none)", None,

@@ -355,6 +355,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--threshold", type=float, default=0.05, metavar="FRACTION",
                    help="relative drop a regression must exceed (default 0.05)")
     p.add_argument("--alpha", type=float, default=0.05, help="level of the one-sided test (default 0.05)")
+    p.add_argument("--max-age", type=float, metavar="HOURS",
+                   help="also flag a runner whose newest result is older than this (an A/B that recorded nothing)")
     p.set_defaults(func=cmd_report)
 
 
@@ -369,7 +371,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     history = load_history(args.history)
     if args.check:
         history.require_clean()  # a nightly must not skip a file it cannot read
-    result = check(history, CheckSettings(baseline=args.baseline, rel=args.threshold, alpha=args.alpha))
+    if args.max_age is not None and args.max_age <= 0:
+        raise ConfigError("--max-age must be positive", fix="e.g. --max-age 20 for a nightly job")
+    result = check(history, CheckSettings(baseline=args.baseline, rel=args.threshold, alpha=args.alpha,
+                                          max_age_hours=args.max_age))
     outputs: list[tuple[Path | None, Callable[[], str]]] = [(args.html, lambda: render_html(history, result)),
                (args.markdown, lambda: render_markdown(history, result)),
                (args.junit, lambda: render_junit(result))]

@@ -235,6 +235,18 @@ def test_a_malformed_result_is_named_not_a_traceback(tmp_path: Path, bad: dict[s
     assert "bad.json" in capsys.readouterr().err
 
 
+def test_a_runner_whose_newest_result_is_too_old_is_flagged(tmp_path: Path) -> None:
+    import calendar
+    import time
+
+    history = load_history(write_history(tmp_path, [make_doc(0, {"timer": ([0.95] * 3, "pass")})]))
+    created = calendar.timegm(time.strptime(history.runs[-1].created, "%Y-%m-%dT%H:%M:%SZ"))
+    assert check(history, CheckSettings(max_age_hours=20, now=created + 19 * 3600)).findings == []
+    [stale] = check(history, CheckSettings(max_age_hours=20, now=created + 21 * 3600)).findings
+    assert stale.kind == "stale" and "21.0 h old" in stale.message and "recorded nothing" in stale.message
+    assert check(history).findings == []  # off unless asked for
+
+
 def test_a_runner_that_never_measured_is_a_note_not_a_regression(tmp_path: Path) -> None:
     docs = [make_doc(i, {"timer": ([], "not-measurable")}) for i in range(2)]
     result = check(load_history(write_history(tmp_path, docs)))
