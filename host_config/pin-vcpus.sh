@@ -10,8 +10,10 @@
 # CPUs); CPULIST defaults to the kernel's isolated CPUs
 # (/sys/devices/system/cpu/isolated, from isolcpus= on the kernel command line).
 # Every thread's previous affinity (Cpus_allowed_list) goes to the state file
-# (default /var/lib/pveoi/pin-PID) before it is changed; --restore puts it back
-# for the threads that still exist and deletes the state file.
+# before it is changed; --restore puts it back for the threads that still exist
+# and deletes the state file. The default state file is /var/lib/pveoi/pin-PID
+# as root, and ${XDG_STATE_HOME:-$HOME/.local/state}/pveoi/pin-PID for a user
+# pinning their own QEMU (who cannot write /var/lib).
 #
 # pveoi boots a fresh QEMU for every run, so for `pveoi ab` the simpler way is to
 # run the whole harness on the isolated CPUs: QEMU and perf inherit the affinity:
@@ -46,7 +48,13 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case "$pid" in ''|*[!0-9]*) usage ;; esac
-state="${state:-$R/var/lib/pveoi/pin-$pid}"
+if [ -z "$state" ]; then
+	if [ "$(id -u)" -eq 0 ]; then
+		state="$R/var/lib/pveoi/pin-$pid"
+	else
+		state="${XDG_STATE_HOME:-${HOME:?HOME is not set: pass --state FILE}/.local/state}/pveoi/pin-$pid"
+	fi
+fi
 if [ $dry -eq 0 ] && [ -z "$R" ] && [ "$(id -u)" -ne 0 ] && [ ! -O "/proc/$pid" ]; then
 	die "process $pid is not yours: run as root"
 fi

@@ -27,9 +27,21 @@
 # changed is appended to the state file before it is changed, once: running the
 # script twice records nothing new, so --restore still restores the originals.
 #
+# Reloading the vendor module (modprobe -r also unloads kvm) would drop every
+# other parameter of kvm and of the vendor module set at runtime or by hand
+# (nested, ept, kvm.halt_poll_ns, ...): their values are read from
+# /sys/module/{kvm,MODULE}/parameters before the unload and passed back on the
+# load (modprobe kvm ... first), and recorded in the state file. A value that
+# cannot be passed as KEY=VALUE (e.g. with a space) is named and left out; if
+# the load with them fails, the module is loaded with the one changed parameter.
+#
+# --restore removes each line from the state file once it is restored, so after
+# a failure a second --restore resumes where the first stopped.
+#
 # For tests, every path is under $PVEOI_SYSROOT (default: the real root), and
 # the commands it runs can be replaced: $PVEOI_MODPROBE (modprobe), $PVEOI_MOUNT
-# (mount). With $PVEOI_SYSROOT set the script does not insist on root.
+# (mount), $PVEOI_UMOUNT (umount). With $PVEOI_SYSROOT set the script does not
+# insist on root.
 #
 # Exit status: 0 done (or nothing to do), 1 refused or failed, 2 usage error.
 set -eu
@@ -37,6 +49,7 @@ set -eu
 R="${PVEOI_SYSROOT:-}"
 MODPROBE="${PVEOI_MODPROBE:-modprobe}"
 MOUNT="${PVEOI_MOUNT:-mount}"
+UMOUNT="${PVEOI_UMOUNT:-umount}"
 STATE="$R/var/lib/pveoi/host-state"
 TRACEFS="$R/sys/kernel/tracing"
 PARANOID="$R/proc/sys/kernel/perf_event_paranoid"
@@ -98,7 +111,7 @@ write_value() {
 # record KIND PATH OLD: remember the original value, once per PATH (so a second
 # run does not overwrite the originals with the values the first run set).
 record() {
-	if [ $dry -eq 1 ]; then return 0; fi
+	if [ $dry -eq 1 ] || [ $restore -eq 1 ]; then return 0; fi
 	mkdir -p "$(dirname "$STATE")"
 	if [ -f "$STATE" ] && grep -q "^$1|$2|" "$STATE"; then
 		return 0
@@ -155,10 +168,48 @@ vendor() {
 
 is_on() { case "$1" in Y|y|1) return 0 ;; *) return 1 ;; esac; }
 
-# reload MODULE PARAM VALUE
+# module_params MODULE [SKIP]: "KEY=VALUE ..." for every parameter of the loaded
+# MODULE (except SKIP), as modprobe takes them; a value modprobe cannot take as
+# one word (empty, a space, quotes...) is named on stderr and left out.
+module_params() {
+	out=""
+	for f in "$R/sys/module/$1/parameters"/*; do
+		[ -f "$f" ] && [ -r "$f" ] || continue
+		k=${f##*/}
+		[ "$k" = "${2:-}" ] && continue
+		v=$(read_value "$f")
+		case "$v" in
+		''|*[!A-Za-z0-9_.,:+-]*)
+			printf 'prepare-host: note: %s.%s=%s is not passed back on reload (not a plain value); set it again by hand if needed\n' \
+				"$1" "$k" "$v" >&2
+			continue ;;
+		esac
+		out="$out $k=$v"
+	done
+	printf '%s' "${out# }"
+}
+
+# reload MODULE PARAM VALUE: unload the vendor module (and kvm with it) and load
+# it with PARAM=VALUE, passing back every other parameter of kvm and MODULE.
 reload() {
+	kvm_params=$(module_params kvm)
+	mod_params=$(module_params "$1" "$2")
+	record params kvm "$kvm_params"
+	record params "$1" "$mod_params"
 	run "$MODPROBE" -r "$1" || die "cannot unload $1 (a VM may have started; nothing else was changed by this step)"
-	run "$MODPROBE" "$1" "$2=$3" || die "cannot load $1 $2=$3: load it by hand (modprobe $1) and check dmesg"
+	if [ -n "$kvm_params" ]; then
+		# shellcheck disable=SC2086 # one word per KEY=VALUE
+		run "$MODPROBE" kvm $kvm_params || {
+			say "warning: cannot load kvm with its previous parameters ($kvm_params); loading it without them"
+			run "$MODPROBE" kvm || die "cannot load kvm: load it by hand (modprobe kvm) and check dmesg"
+		}
+	fi
+	# shellcheck disable=SC2086
+	run "$MODPROBE" "$1" "$2=$3" $mod_params || {
+		[ -n "$mod_params" ] || die "cannot load $1 $2=$3: load it by hand (modprobe $1) and check dmesg"
+		say "warning: cannot load $1 with its previous parameters ($mod_params); loading it with $2=$3 only"
+		run "$MODPROBE" "$1" "$2=$3" || die "cannot load $1 $2=$3: load it by hand (modprobe $1) and check dmesg"
+	}
 }
 
 # conf_file PATH CONTENT WHAT: write a pveoi-owned config file, recording whether it existed.
@@ -229,8 +280,8 @@ step_perf() {
 		if [ $dry -eq 0 ]; then
 			mkdir -p "$TRACEFS"
 		fi
-		record mount "$TRACEFS" unmounted
 		run "$MOUNT" -t tracefs nodev "$TRACEFS" || die "cannot mount tracefs on $TRACEFS"
+		record mount "$TRACEFS" unmounted  # only once mounted: --restore unmounts what is recorded
 		if [ $dry -eq 1 ]; then
 			say "would change: tracefs: group $gid, mode 0750 ($TRACEFS)"
 			return 0
@@ -287,8 +338,11 @@ do_restore() {
 		fi
 	done < "$STATE"
 	# Last change first (a here-document, not a pipe: die must end the script).
+	# Each line leaves the state file once restored, so after a failure (die)
+	# the next --restore resumes with the line that failed.
 	reversed=$(sed -n '1!G;h;$p' "$STATE")
 	while IFS='|' read -r kind path old; do
+		[ -n "$kind" ] || continue
 		case "$kind" in
 		sysctl|governor)
 			if [ "$(read_value "$path")" = "$old" ]; then
@@ -302,26 +356,40 @@ do_restore() {
 			if [ "$cur" = "$old" ]; then
 				say "ok: $m.$p is $old"
 			elif [ ! -d "$R/sys/module/$m" ]; then
-				say "ok: $m is not loaded; load it with: modprobe $m $p=$old"
+				hint=$(grep "^params|$m|" "$STATE" | cut -d'|' -f3-) || true
+				kvm_hint=$(grep "^params|kvm|" "$STATE" | cut -d'|' -f3-) || true
+				say "ok: $m is not loaded; load it with:${kvm_hint:+ modprobe kvm $kvm_hint &&} modprobe $m $p=$old${hint:+ $hint}"
 			else
 				if [ $dry -eq 1 ]; then say "would change: restore $m.$p $cur -> $old (reload $m)"; fi
 				reload "$m" "$p" "$old"
 				[ $dry -eq 1 ] || say "change: restore $m.$p -> $(read_value "$R/sys/module/$m/parameters/$p")"
 			fi ;;
+		params)
+			# What a reload passed back (a --restore reload passes the current ones
+			# back again); kept until the end for the hint above.
+			[ -z "$old" ] || say "ok: $path parameters kept across reloads: $old"
+			continue ;;
 		tracefs)
 			g=${old%%:*} mo=${old#*:}
 			run "$MOUNT" -o "remount,gid=$g,mode=0$mo" "$path" || die "cannot remount $path" ;;
 		mount)
-			run umount "$path" || die "cannot unmount $path" ;;
+			if [ -r "$R/proc/mounts" ] && ! awk -v p="$path" '$2 == p { found = 1 } END { exit !found }' "$R/proc/mounts"; then
+				say "ok: $path is not mounted (any more); nothing to unmount"
+			else
+				run "$UMOUNT" "$path" || die "cannot unmount $path"
+			fi ;;
 		file)
 			if [ "$old" = - ]; then
 				run rm -f "$path"
+			elif [ ! -e "$old" ]; then
+				say "skip: the backup $old of $path is missing (already restored?); leaving $path as it is"
 			else
-				run cp -p "$old" "$path"
+				run cp -p "$old" "$path" || die "cannot restore $path from $old"
 				run rm -f "$old"
 			fi ;;
 		*) die "unknown entry '$kind' in $STATE" ;;
 		esac
+		[ $dry -eq 1 ] || forget "$kind|$path|$old"
 	done <<EOF
 $reversed
 EOF
@@ -329,6 +397,12 @@ EOF
 		rm -f "$STATE"
 		say "restored everything recorded; removed $STATE"
 	fi
+}
+
+# forget LINE: remove one restored line from the state file.
+forget() {
+	grep -vxF -e "$1" "$STATE" > "$STATE.new" || [ $? -eq 1 ] || die "cannot rewrite $STATE"
+	mv "$STATE.new" "$STATE"
 }
 
 # ------------------------------------------------------------------ main

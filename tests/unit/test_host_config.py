@@ -11,6 +11,8 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +27,19 @@ SHELL = shutil.which("dash") or "/bin/sh"
 GROUP = 4242 if os.geteuid() == 0 else os.getgid()
 
 FAKE_MODPROBE = r"""#!/bin/sh
-# fake modprobe: log the call; "modprobe MOD P=V" sets the parameter like a load would
+# fake modprobe: log the call (its argv); "modprobe MOD P=V..." loads MOD like the
+# real one would: every parameter back to its default (../defaults, taken by
+# make_host), then P=V set. $PVEOI_FAKE_MODPROBE_FAIL=1 makes every load fail,
+# $PVEOI_FAKE_MODPROBE_REJECT=P a load that passes P (an invalid value, say).
 echo "modprobe $*" >> "$PVEOI_SYSROOT/calls.log"
 [ "$1" = -r ] && exit 0
+[ -z "${PVEOI_FAKE_MODPROBE_FAIL:-}" ] || exit 1
 mod=$1; shift
+for kv in "$@"; do
+    [ "${kv%%=*}" != "${PVEOI_FAKE_MODPROBE_REJECT:-}" ] || exit 1
+done
+defaults="$PVEOI_SYSROOT/../defaults/$mod/parameters"
+if [ -d "$defaults" ]; then cp "$defaults"/* "$PVEOI_SYSROOT/sys/module/$mod/parameters/"; fi
 for kv in "$@"; do
     v=${kv#*=}
     case "$v" in 0|N|n) v=N ;; 1|Y|y) v=Y ;; esac
@@ -37,13 +48,28 @@ done
 """
 
 FAKE_MOUNT = r"""#!/bin/sh
-# fake mount: "mount -t tracefs nodev DIR" makes DIR/events; "-o remount,gid=G,mode=M DIR" chgrp/chmod
+# fake mount: "mount -t tracefs nodev DIR" makes DIR/events and lists DIR in proc/mounts
+# (fails with $PVEOI_FAKE_MOUNT_FAIL set); "-o remount,gid=G,mode=M DIR" chgrp/chmod
 echo "mount $*" >> "$PVEOI_SYSROOT/calls.log"
-if [ "$1" = -t ]; then mkdir -p "$4/events"; exit 0; fi
+if [ "$1" = -t ]; then
+    [ -z "${PVEOI_FAKE_MOUNT_FAIL:-}" ] || { echo "mount: $4: permission denied" >&2; exit 32; }
+    mkdir -p "$4/events"
+    echo "nodev $4 tracefs rw,relatime 0 0" >> "$PVEOI_SYSROOT/proc/mounts"
+    exit 0
+fi
 opts=$2 dir=$3
 gid=$(printf '%s' "$opts" | sed -n 's/.*gid=\([0-9]*\).*/\1/p')
 mode=$(printf '%s' "$opts" | sed -n 's/.*mode=\([0-7]*\).*/\1/p')
 chgrp "$gid" "$dir" && chmod "$mode" "$dir"
+"""
+
+FAKE_UMOUNT = r"""#!/bin/sh
+# fake umount DIR: undoes the fake "mount -t tracefs"; fails like umount on a DIR not in proc/mounts
+echo "umount $*" >> "$PVEOI_SYSROOT/calls.log"
+grep -q " $1 " "$PVEOI_SYSROOT/proc/mounts" || { echo "umount: $1: not mounted." >&2; exit 32; }
+grep -v " $1 " "$PVEOI_SYSROOT/proc/mounts" > "$PVEOI_SYSROOT/mounts.new"
+mv "$PVEOI_SYSROOT/mounts.new" "$PVEOI_SYSROOT/proc/mounts"
+rm -r "$1/events"
 """
 
 FAKE_TASKSET = r"""#!/bin/sh
@@ -103,13 +129,14 @@ def make_host(tmp_path: Path, vendor: str | None = "kvm_intel", param_value: str
     root = tmp_path / "root"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("modprobe", FAKE_MODPROBE), ("mount", FAKE_MOUNT), ("taskset", FAKE_TASKSET)):
+    for name, text in (("modprobe", FAKE_MODPROBE), ("mount", FAKE_MOUNT), ("umount", FAKE_UMOUNT),
+                       ("taskset", FAKE_TASKSET)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     host = FakeHost(root, tmp_path / "state" / "host-state", {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PVEOI_SYSROOT": str(root),
         "PVEOI_MODPROBE": str(bin_dir / "modprobe"), "PVEOI_MOUNT": str(bin_dir / "mount"),
-        "PVEOI_TASKSET": str(bin_dir / "taskset"),
+        "PVEOI_UMOUNT": str(bin_dir / "umount"), "PVEOI_TASKSET": str(bin_dir / "taskset"),
     })
     host.write("sys/module/kvm/parameters/halt_poll_ns", "200000\n")
     if vendor == "kvm_intel":
@@ -121,6 +148,7 @@ def make_host(tmp_path: Path, vendor: str | None = "kvm_intel", param_value: str
     elif vendor == "kvm_pvm":
         host.write("sys/module/kvm_pvm/parameters/pvm_native", "N\n")
     host.write("proc/sys/kernel/perf_event_paranoid", paranoid)
+    host.write("proc/mounts", "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n")
     tracefs = root / "sys/kernel/tracing"
     (tracefs / "events/kvm/kvm_exit").mkdir(parents=True)
     (tracefs / "events/kvm/kvm_exit/id").write_text("1234\n")
@@ -128,6 +156,7 @@ def make_host(tmp_path: Path, vendor: str | None = "kvm_intel", param_value: str
     for cpu in range(cpus):
         host.write(f"sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor", "powersave\n")
         host.write(f"sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_available_governors", GOVERNORS)
+    shutil.copytree(root / "sys/module", tmp_path / "defaults")  # what the fake modprobe loads a module with
     return host
 
 
@@ -164,7 +193,8 @@ def test_apply_changes_the_values_and_records_the_old_ones(tmp_path: Path) -> No
     for cpu in (0, 1):
         assert host.read(f"sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor") == "performance\n"
     calls = host.calls()
-    assert calls[:2] == ["modprobe -r kvm_intel", "modprobe kvm_intel enable_apicv=N"]
+    assert calls[:3] == ["modprobe -r kvm_intel", "modprobe kvm halt_poll_ns=200000",
+                         "modprobe kvm_intel enable_apicv=N"]
     assert any(c.startswith(f"mount -o remount,gid={GROUP},mode=0750 ") for c in calls)
     state = host.state.read_text()
     assert "module|kvm_intel/enable_apicv|Y\n" in state
@@ -286,13 +316,137 @@ def test_permanent_keeps_a_previous_config_file(tmp_path: Path) -> None:
     assert host.snapshot() == before
 
 
-def test_tracefs_not_mounted_is_mounted_and_unmount_is_planned_on_restore(tmp_path: Path) -> None:
+def test_tracefs_not_mounted_is_mounted_and_unmounted_on_restore(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    shutil.rmtree(host.root / "sys/kernel/tracing/events")
+    before = host.snapshot()
+    tracefs = f"{host.root}/sys/kernel/tracing"
+    host.prepare("--perf")
+    assert f"mount -t tracefs nodev {tracefs}" in host.calls()
+    assert f"mount|{tracefs}|unmounted\n" in host.state.read_text()
+    out = host.prepare("--restore", "--dry-run").stdout
+    assert f"would run: {host.env['PVEOI_UMOUNT']} {tracefs}" in out, "umount is $PVEOI_UMOUNT, like mount"
+    host.prepare("--restore")
+    assert f"umount {tracefs}" in host.calls()
+    assert host.snapshot() == before
+
+
+def test_failed_mount_is_not_recorded_and_restore_completes(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    shutil.rmtree(host.root / "sys/kernel/tracing/events")
+    before = host.snapshot()
+    proc = host.run(PREPARE, "--state", str(host.state), "--group", str(GROUP), "--perf", check=False)
+    assert proc.returncode == 0  # sanity: this one mounts
+    host.prepare("--restore")
+    assert host.snapshot() == before
+
+    host.env["PVEOI_FAKE_MOUNT_FAIL"] = "1"
+    proc = host.prepare("--perf", check=False)
+    assert proc.returncode == 1 and "cannot mount tracefs" in proc.stderr
+    assert "mount|" not in host.state.read_text(), "a mount that failed is nothing to unmount"
+    del host.env["PVEOI_FAKE_MOUNT_FAIL"]
+    calls = len(host.calls())
+    out = host.prepare("--restore").stdout
+    assert host.read("proc/sys/kernel/perf_event_paranoid") == "3\n", out
+    assert not any(c.startswith("umount") for c in host.calls()[calls:])
+    assert host.snapshot() == before and not host.state.exists()
+
+
+def test_restore_skips_a_mount_that_is_gone(tmp_path: Path) -> None:
     host = make_host(tmp_path)
     shutil.rmtree(host.root / "sys/kernel/tracing/events")
     host.prepare("--perf")
-    assert f"mount -t tracefs nodev {host.root}/sys/kernel/tracing" in host.calls()
-    out = host.prepare("--restore", "--dry-run").stdout
-    assert f"would run: umount {host.root}/sys/kernel/tracing" in out
+    host.write("proc/mounts", "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n")  # unmounted by hand
+    calls = len(host.calls())
+    out = host.prepare("--restore").stdout
+    assert "is not mounted (any more); nothing to unmount" in out
+    assert not any(c.startswith("umount") for c in host.calls()[calls:])
+    assert host.read("proc/sys/kernel/perf_event_paranoid") == "3\n" and not host.state.exists()
+
+
+def test_restore_resumes_where_a_failed_restore_stopped(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    host.write("etc/modprobe.d/pveoi-kvm.conf", "options kvm_intel nested=1\n")
+    (host.root / "etc/sysctl.d").mkdir()
+    before = host.snapshot()
+    host.prepare("--permanent")
+    host.env["PVEOI_FAKE_MODPROBE_FAIL"] = "1"  # the module reload fails: the last entry restored
+    proc = host.prepare("--restore", check=False)
+    assert proc.returncode == 1 and "cannot load kvm" in proc.stderr, proc.stdout + proc.stderr
+    assert host.read("etc/modprobe.d/pveoi-kvm.conf") == "options kvm_intel nested=1\n", "restored before it died"
+    left = host.state.read_text()
+    assert "module|kvm_intel/enable_apicv|Y\n" in left
+    assert "sysctl|" not in left and "file|" not in left and "governor|" not in left, "restored lines are gone"
+    del host.env["PVEOI_FAKE_MODPROBE_FAIL"]
+    out = host.prepare("--restore").stdout
+    assert "modprobe kvm_intel enable_apicv=Y" in host.calls(), out
+    assert host.snapshot() == before and not host.state.exists()
+
+
+def test_restore_skips_a_missing_backup_and_goes_on(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    host.write("etc/modprobe.d/pveoi-kvm.conf", "options kvm_intel nested=1\n")
+    host.prepare("--permanent")
+    backups = [line.split("|")[2] for line in host.state.read_text().splitlines() if line.startswith("file|")
+               and not line.endswith("|-")]
+    assert len(backups) == 1
+    Path(backups[0]).unlink()
+    proc = host.prepare("--restore", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"skip: the backup {backups[0]} of {host.root}/etc/modprobe.d/pveoi-kvm.conf is missing" in proc.stdout
+    assert host.read("sys/module/kvm_intel/parameters/enable_apicv") == "Y\n", "the entries after it are restored"
+    assert host.read("proc/sys/kernel/perf_event_paranoid") == "3\n" and not host.state.exists()
+
+
+def hand_set_module_parameters(host: FakeHost) -> None:
+    """Parameters set by hand after the load (defaults: nested=N, halt_poll_ns=200000), and one that
+    cannot be passed back as one word."""
+    host.write("sys/module/kvm_intel/parameters/nested", "Y\n")
+    host.write("sys/module/kvm_intel/parameters/ept", "Y\n")
+    host.write("sys/module/kvm_intel/parameters/vmentry_l1d_flush", "not required\n")
+    defaults = host.root.parent / "defaults"
+    for name, value in (("nested", "N\n"), ("ept", "Y\n"), ("vmentry_l1d_flush", "not required\n")):
+        (defaults / "kvm_intel/parameters" / name).write_text(value)
+    host.write("sys/module/kvm/parameters/halt_poll_ns", "50000\n")
+
+
+def test_reload_keeps_the_other_module_parameters(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    hand_set_module_parameters(host)
+    before = host.snapshot()
+    proc = host.prepare("--apicv")
+    assert host.calls() == ["modprobe -r kvm_intel", "modprobe kvm halt_poll_ns=50000",
+                            "modprobe kvm_intel enable_apicv=N ept=Y nested=Y"]
+    assert host.read("sys/module/kvm_intel/parameters/enable_apicv") == "N\n"
+    assert host.read("sys/module/kvm_intel/parameters/nested") == "Y\n"
+    assert host.read("sys/module/kvm/parameters/halt_poll_ns") == "50000\n"
+    assert "kvm_intel.vmentry_l1d_flush=not required is not passed back" in proc.stderr
+    state = host.state.read_text()
+    assert "params|kvm|halt_poll_ns=50000\n" in state and "params|kvm_intel|ept=Y nested=Y\n" in state
+    out = host.prepare("--restore").stdout
+    assert host.calls()[-2:] == ["modprobe kvm halt_poll_ns=50000", "modprobe kvm_intel enable_apicv=Y ept=Y nested=Y"]
+    assert host.snapshot() == before, out
+
+
+def test_reload_falls_back_to_the_one_parameter_if_the_others_are_refused(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    hand_set_module_parameters(host)
+    host.env["PVEOI_FAKE_MODPROBE_REJECT"] = "nested"
+    out = host.prepare("--apicv").stdout
+    assert "warning: cannot load kvm_intel with its previous parameters (ept=Y nested=Y)" in out
+    assert host.calls()[-1] == "modprobe kvm_intel enable_apicv=N"
+    assert host.read("sys/module/kvm_intel/parameters/enable_apicv") == "N\n"
+
+
+def test_module_left_unloaded_names_its_parameters(tmp_path: Path) -> None:
+    host = make_host(tmp_path)
+    hand_set_module_parameters(host)
+    host.prepare("--apicv")
+    shutil.rmtree(host.root / "sys/module/kvm_intel")  # unloaded by someone since
+    out = host.prepare("--restore").stdout
+    assert ("kvm_intel is not loaded; load it with: modprobe kvm halt_poll_ns=50000 && "
+            "modprobe kvm_intel enable_apicv=Y ept=Y nested=Y") in out
+    assert not host.state.exists()
 
 
 def test_unknown_group_is_refused_before_any_change(tmp_path: Path) -> None:
@@ -376,3 +530,58 @@ def test_pin_vcpus_refuses_a_process_without_vcpus(tmp_path: Path) -> None:
     proc = host.run(PIN, "--state", str(tmp_path / "s"), "777", check=False)
     assert proc.returncode == 1 and "has no 'CPU n/KVM' threads" in proc.stderr
     assert host.run(PIN, "12345", check=False).returncode == 1
+
+
+@pytest.fixture
+def user_host(tmp_path: Path) -> Iterator[tuple[FakeHost, list[str]]]:
+    """A fake host a non-root user can use, and the argv prefix that runs a script as that user:
+    as root, user nobody in a world-accessible dir (pytest's tmp_path is 0700 root); else ourselves."""
+    if os.geteuid() != 0:
+        yield make_host(tmp_path), []
+        return
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to run the script as a user")
+    base = Path(tempfile.mkdtemp(prefix="pintest-"))
+    try:
+        base.chmod(0o755)
+        yield make_host(base), ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    finally:
+        shutil.rmtree(base)
+
+
+def test_pin_vcpus_state_of_a_user_defaults_to_their_state_dir(user_host: tuple[FakeHost, list[str]]) -> None:
+    host, as_user = user_host
+    make_qemu(host)
+    home = host.root.parent / "home"
+    home.mkdir()
+    subprocess.run(["chmod", "-R", "a+rwX", str(host.root.parent)], check=True)  # the user's fake host
+    env = {**host.env, "HOME": str(home)}
+    env.pop("XDG_STATE_HOME", None)
+
+    def pin(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*as_user, SHELL, str(PIN), *args], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    def contents() -> dict[str, bytes]:  # the fake taskset's sed -i makes files of the user's: compare bytes
+        return {name: data for name, (_, _, data) in host.snapshot().items()}
+
+    before = contents()
+    pin("777")
+    state = home / ".local/state/pveoi/pin-777"
+    assert state.is_file() and "Cpus_allowed_list:\t2\n" in host.read("proc/777/task/779/status")
+    assert not (host.root / "var/lib/pveoi").exists()
+    pin("--restore", "777")
+    assert not state.exists() and contents() == before
+
+    xdg = home / "xdg"
+    pin("777", XDG_STATE_HOME=str(xdg))
+    assert (xdg / "pveoi/pin-777").is_file()
+    pin("--restore", "777", XDG_STATE_HOME=str(xdg))
+    assert not (xdg / "pveoi/pin-777").exists() and contents() == before
+
+
+def test_pin_vcpus_help_names_both_default_state_files(tmp_path: Path) -> None:
+    text = make_host(tmp_path).run(PIN, "--help", check=False).stderr
+    assert "/var/lib/pveoi/pin-PID" in text and "${XDG_STATE_HOME:-$HOME/.local/state}/pveoi/pin-PID" in text
