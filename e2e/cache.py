@@ -6,6 +6,19 @@ An entry lives in ``<root>/<kind>/<key>/`` and is complete only when its
 Entries are built in a temp dir beside their final place and published with
 one ``rename``; a per-key lock serialises concurrent builds of one key, so two
 pveoi runs never clash and a half-written entry is never used.
+
+Leftovers of a killed process (SIGKILL, power loss) -- the temp file of an
+:func:`atomic_write` (``.<name>.<host tag>.<pid>.XXXX.tmp``) and the staging
+dir of a build (``.<key>.<host tag>.<pid>.XXXX.tmp``) -- are removed by the
+next write into that directory / the next build of that key, but only when the
+name's host tag is this process's (:attr:`e2e.tmpdirs.HostIdentity.tag`: host
+name plus a hash of host name, boot id and pid namespace) and its pid is not a
+live process here (and, if this process cannot read its pid namespace or boot
+id, the leftover is older than :data:`e2e.tmpdirs.STALE_AGE`). A cache or
+history directory shared between hosts or containers is therefore safe: a pid
+that is dead here may be alive in another pid namespace, and its writer's
+files are never touched from here. Leftovers from before a reboot (another
+boot id) and names without a host tag stay; readers ignore ``.*.tmp`` names.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, PveoiError
-from .tmpdirs import pid_alive
+from .tmpdirs import TAG_PATTERN, host_identity, leftover_of_dead_writer
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +113,20 @@ def write_error(path: Path, err: OSError) -> PveoiError:
                       fix=f"make {path.parent} writable or write the file somewhere else")
 
 
-TEMP_PATTERN = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+TEMP_PATTERN = re.compile(rf"^\..+\.({TAG_PATTERN})\.(\d+)\.[^.]+\.tmp$")
+
+
+def temp_prefix(name: str) -> str:
+    """``.<name>.<host tag>.<pid>.``: how this process's temp files and staging dirs for ``name`` start."""
+    return f".{name}.{host_identity().tag}.{os.getpid()}."
 
 
 def remove_dead_temps(directory: Path) -> list[Path]:
     """Remove the temp files of :func:`atomic_write` calls whose process died (SIGKILL mid-write).
 
-    Their names carry the writer's pid; a live writer's are never touched.
+    Their names carry the writer's host tag and pid; only those written on this
+    host, boot and pid namespace by a process that is gone are removed (see the
+    module's docstring), never a live writer's or another host's.
     """
     removed: list[Path] = []
     try:
@@ -115,12 +135,18 @@ def remove_dead_temps(directory: Path) -> list[Path]:
         return removed
     for tmp in candidates:
         match = TEMP_PATTERN.match(tmp.name)
-        if match and tmp.is_file() and not pid_alive(int(match.group(1))):
+        if (match and tmp.is_file() and not tmp.is_symlink()
+                and leftover_of_dead_writer(match.group(1), int(match.group(2)), tmp)):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 log.info("removed %s, left by a writer that was killed", tmp)
                 removed.append(tmp)
     return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters made literal."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
@@ -137,7 +163,7 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_dead_temps(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
@@ -203,6 +229,7 @@ class Cache:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root if root is not None else cache_root()
+        self._held: set[tuple[str, str]] = set()  # the (kind, key) locks this object holds
 
     def _kind_dir(self, kind: str) -> Path:
         d = self.root / kind
@@ -243,8 +270,49 @@ class Cache:
         lock_path = self._kind_dir(kind) / f".{key}.lock"
         with open(lock_path, "a+") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            self._held.add((kind, key))
             try:
                 yield
+            finally:
+                self._held.discard((kind, key))
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _reap_dead_staging(self, kind: str, key: str) -> list[Path]:
+        """Remove the staging dirs of ``kind/key`` left by builds killed on this host (see the
+        module's docstring), under the entry's lock: the one this object holds, or else taken
+        without waiting (if another process holds it, nothing is reaped now)."""
+        kind_dir = self._kind_dir(kind)
+        pattern = re.compile(rf"^\.{re.escape(key)}\.({TAG_PATTERN})\.(\d+)\.[^.]+\.tmp$")
+
+        def dead() -> list[Path]:
+            out = []
+            for path in kind_dir.glob(f".{glob_escape(key)}.*.tmp"):
+                match = pattern.match(path.name)
+                if (match and path.is_dir() and not path.is_symlink()
+                        and leftover_of_dead_writer(match.group(1), int(match.group(2)), path)):
+                    out.append(path)
+            return out
+
+        def reap() -> list[Path]:
+            removed = []
+            for path in dead():
+                shutil.rmtree(path, ignore_errors=True)
+                if not path.exists():
+                    log.info("removed %s, left by a build that was killed", path)
+                    removed.append(path)
+            return removed
+
+        if (kind, key) in self._held:
+            return reap()
+        if not dead():  # the common case: no lock file made, no lock taken
+            return []
+        with open(kind_dir / f".{key}.lock", "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []
+            try:
+                return reap()
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
@@ -252,10 +320,17 @@ class Cache:
     def staging(self, kind: str, key: str) -> Iterator[Path]:
         """A temp dir beside the entry's final place; removed unless published.
 
+        Its name carries this host's tag and pid; the staging dirs of this key
+        left by builds killed on this host are removed first (under the lock).
+
         :raises PveoiError: the cache's disk filled up while the entry was written.
         """
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=self._kind_dir(kind)))
+            self._reap_dead_staging(kind, key)
+        except OSError as err:
+            log.debug("cannot reap dead staging dirs of %s/%s: %s", kind, key, err)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(key), suffix=".tmp", dir=self._kind_dir(kind)))
         except OSError as err:
             raise write_error(self._kind_dir(kind) / f".{key}.tmp", err) from err
         try:

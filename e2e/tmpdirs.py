@@ -2,24 +2,43 @@
 pveoi's private temp dirs, and reaping those a killed pveoi left behind.
 
 Every temp dir pveoi makes is ``$TMPDIR/pveoi-<kind>-<pid>-<random>`` and
-holds an owner file (``.pveoi-owner``: pid, boot id, uid and the test session
-tag, if any). Normal exits remove the dir in a ``finally``; a SIGKILLed pveoi
-cannot, so :func:`reap_stale` (run when pveoi starts) removes every such dir
-whose owner process is gone. It never touches a dir whose owner is alive, that
-belongs to another user or another boot (the virtual KVM host's pid namespace
-sees the caller's dirs under pids that mean nothing there), or that has no
-owner file (not made by this code, or still being made).
+holds an owner file (``.pveoi-owner``: pid, uid, boot id, host name, pid
+namespace and the test session tag, if any). Normal exits remove the dir in a
+``finally``; a SIGKILLed pveoi cannot, so :func:`reap_stale` (run when pveoi
+starts) removes every such dir whose owner process is gone *and* that was made
+where that pid means the same process as here. A pid is only meaningful in its
+own pid namespace of its own boot: containers sharing ``/tmp`` (or a history
+directory) share the boot id but not the pid namespace, hosts sharing a
+directory over NFS share neither, and the virtual KVM host sees the caller's
+dirs under pids that mean nothing there. So a dir is reaped only when
+
+* its owner's uid, boot id, host name (``os.uname().nodename``) and pid
+  namespace (the inode of ``/proc/self/ns/pid``) all equal this process's, and
+* its owner pid is not a live process here.
+
+If this process cannot read its pid namespace (no ``/proc``), the boot id and
+host name must match, the owner file must record no namespace either, and the
+dir must be older than :data:`STALE_AGE` seconds. A dir with no owner file
+(not made by this code, or still being made), or one written before the host
+name and namespace were recorded, is never touched.
+
+:func:`host_identity` gives the same identity to :mod:`e2e.cache`, whose temp
+files and staging dirs carry it (as :attr:`HostIdentity.tag`) in their names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,6 +47,9 @@ OWNER_FILE = ".pveoi-owner"
 PREFIX = "pveoi-"
 #: The environment variable the test suite tags its processes with.
 SESSION_ENV = "PVEOI_TEST_SESSION"
+#: Seconds a dead writer's leftovers must be old before they are reaped when this
+#: process's identity is incomplete (pid namespace or boot id unreadable).
+STALE_AGE = 600.0
 
 
 def boot_id() -> str:
@@ -38,16 +60,85 @@ def boot_id() -> str:
         return "unknown"
 
 
+def pid_namespace() -> int | None:
+    """The inode of this process's pid namespace, None if ``/proc/self/ns/pid`` is unreadable."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """Where a pid means a process: the host name, the boot and the pid namespace."""
+
+    node: str
+    boot_id: str
+    pid_ns: int | None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the boot id and the pid namespace are both known (a pid is then unambiguous)."""
+        return self.boot_id != "unknown" and self.pid_ns is not None
+
+    @property
+    def tag(self) -> str:
+        """``<host name>-<8 hex>`` for file names: the host name (only ``[A-Za-z0-9_-]``, at most 40
+        characters) and a hash of host name, boot id and pid namespace."""
+        node = re.sub(r"[^A-Za-z0-9_-]", "_", self.node)[:40] or "host"
+        digest = hashlib.sha256(f"{self.node}\0{self.boot_id}\0{self.pid_ns}".encode()).hexdigest()[:8]
+        return f"{node}-{digest}"
+
+
+def host_identity() -> HostIdentity:
+    """This process's :class:`HostIdentity`."""
+    return HostIdentity(os.uname().nodename, boot_id(), pid_namespace())
+
+
+#: What a host tag looks like inside a temp name (see :attr:`HostIdentity.tag`).
+TAG_PATTERN = r"[A-Za-z0-9_-]+-[0-9a-f]{8}"
+
+
+def leftover_of_dead_writer(tag: str, pid: int, path: Path) -> bool:
+    """Whether a temp file or dir named with writer ``tag`` and ``pid`` may be removed: written on
+    this host, boot and pid namespace (``tag`` is ours), by a process that is gone; and, if this
+    process's identity is incomplete, older than :data:`STALE_AGE`."""
+    me = host_identity()
+    if tag != me.tag or pid <= 0 or pid_alive(pid):
+        return False
+    if me.complete:
+        return True
+    try:
+        return time.time() - path.lstat().st_mtime >= STALE_AGE
+    except OSError:
+        return False
+
+
 def mkdtemp(kind: str, root: Path | None = None) -> Path:
     """Make ``pveoi-<kind>-<pid>-XXXX`` (mode 0700) with its owner file; the caller removes it.
 
     :param kind: what the dir is for (``vm``, ``perf``, ``ab``, ...).
     :param root: where (default: the system temp dir).
+    :raises PveoiError: the dir or its owner file cannot be written (a full disk, say),
+        naming the filesystem; nothing is left behind.
     """
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{os.getpid()}-", dir=root))
-    owner = {"pid": os.getpid(), "boot_id": boot_id(), "uid": os.getuid(),
-             "session": os.environ.get(SESSION_ENV, "")}
-    (path / OWNER_FILE).write_text(json.dumps(owner) + "\n")
+    from .cache import write_error  # cache imports this module
+
+    where = Path(root) if root is not None else Path(tempfile.gettempdir())
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{os.getpid()}-", dir=where))
+    except OSError as err:
+        raise write_error(where / f"{PREFIX}{kind}-{os.getpid()}-XXXX", err) from err
+    me = host_identity()
+    owner = {"pid": os.getpid(), "boot_id": me.boot_id, "uid": os.getuid(), "host": me.node,
+             "pid_ns": me.pid_ns, "session": os.environ.get(SESSION_ENV, "")}
+    try:
+        (path / OWNER_FILE).write_text(json.dumps(owner) + "\n")
+    except BaseException as err:
+        shutil.rmtree(path, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise write_error(path / OWNER_FILE, err) from err
+        raise
     return path
 
 
@@ -86,14 +177,25 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_stale(path: Path) -> bool:
-    """Whether ``path`` is a pveoi temp dir of this user and boot whose owner process is gone."""
+    """Whether ``path`` is a pveoi temp dir of this user, boot, host and pid namespace whose owner
+    process is gone (see the module's docstring for the rule)."""
     owner = read_owner(path)
     if owner is None:
         return False
+    me = host_identity()
     pid, uid = owner.get("pid"), owner.get("uid")
-    if not isinstance(pid, int) or pid <= 0 or uid != os.getuid() or owner.get("boot_id") != boot_id():
+    if (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or uid != os.getuid()
+            or owner.get("boot_id") != me.boot_id or owner.get("host") != me.node
+            or "pid_ns" not in owner or owner.get("pid_ns") != me.pid_ns):
         return False
-    return not pid_alive(pid)
+    if pid_alive(pid):
+        return False
+    if me.complete:
+        return True
+    try:
+        return time.time() - (path / OWNER_FILE).stat().st_mtime >= STALE_AGE
+    except OSError:
+        return False
 
 
 def reap_stale(root: Path | None = None) -> list[Path]:

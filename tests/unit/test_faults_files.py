@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from e2e import results, tmpdirs
-from e2e.cache import MANIFEST, Cache, atomic_write
+from e2e.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.errors import ConfigError, PveoiError
 from e2e.image import IMAGE_KIND, load_image
 from e2e.kernel import check_kernel_file
@@ -109,10 +109,92 @@ def test_sigkill_mid_write_leaves_no_partial_file_after_the_next_write(tmp_path:
             writer.kill()
             writer.wait()
     left = os.listdir(hist)
-    assert len(left) == 1 and left[0].startswith(f".run-1.json.{writer.pid}.") and left[0].endswith(".tmp"), left
+    prefix = f".run-1.json.{tmpdirs.host_identity().tag}.{writer.pid}."
+    assert len(left) == 1 and left[0].startswith(prefix) and left[0].endswith(".tmp"), left
     assert not (hist / "run-1.json").exists(), "a killed write never shows under the final name"
     atomic_write(hist / "run-2.json", "{}\n")  # the next write into that dir removes the dead writer's temp
     assert os.listdir(hist) == ["run-2.json"]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_dead_writer_temps_are_removed_only_when_written_here(tmp_path: Path) -> None:
+    """A shared history dir: a pid dead here may be a live writer in another host or container."""
+    me, pid = tmpdirs.host_identity(), dead_pid()
+    assert me.complete, "this test expects a readable boot id and pid namespace"
+    other_ns = tmpdirs.HostIdentity(me.node, me.boot_id, (me.pid_ns or 0) + 1).tag  # a container, same host name
+    other_boot = tmpdirs.HostIdentity(me.node, "another-boot", me.pid_ns).tag
+    names = {
+        "mine": f".b.json.{me.tag}.{pid}.abc.tmp",
+        "live": f".c.json.{me.tag}.{os.getpid()}.abc.tmp",
+        "other host": f".a.json.otherhost-deadbeef.{pid}.abc.tmp",
+        "other pid namespace": f".e.json.{other_ns}.{pid}.abc.tmp",
+        "other boot": f".f.json.{other_boot}.{pid}.abc.tmp",
+        "no host tag": f".d.json.{pid}.abc.tmp",  # an older pveoi's: cannot tell where it was written
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("partial")
+    assert remove_dead_temps(tmp_path) == [tmp_path / names["mine"]]
+    assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "mine")
+
+
+def test_without_a_pid_namespace_only_old_dead_temps_are_removed(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmpdirs, "pid_namespace", lambda: None)
+    me = tmpdirs.host_identity()
+    assert not me.complete
+    temp = tmp_path / f".run.json.{me.tag}.{dead_pid()}.abc.tmp"
+    temp.write_text("partial")
+    assert remove_dead_temps(tmp_path) == [], "a young temp of an ambiguous pid is kept"
+    old = time.time() - tmpdirs.STALE_AGE - 60
+    os.utime(temp, (old, old))
+    assert remove_dead_temps(tmp_path) == [temp]
+
+
+STUCK_BUILD = """
+import sys, time
+from pathlib import Path
+from e2e.cache import Cache
+cache = Cache(Path(sys.argv[1]))
+with cache.lock("kernels", "k"), cache.staging("kernels", "k") as staged:
+    (staged / "bzImage").write_bytes(b"half")
+    print(staged, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigkilled_build_staging_dir_is_removed_by_the_next_build_of_the_key(tmp_path: Path) -> None:
+    builder = subprocess.Popen([sys.executable, "-c", STUCK_BUILD, str(tmp_path)], stdout=subprocess.PIPE,
+                               text=True, cwd=REPO)
+    try:
+        assert builder.stdout is not None
+        staged = Path(builder.stdout.readline().strip())
+        builder.kill()
+        builder.wait()
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+            builder.wait()
+    me = tmpdirs.host_identity()
+    assert staged.is_dir() and staged.name.startswith(f".k.{me.tag}.{builder.pid}."), staged
+    kernels = tmp_path / "kernels"
+    kept = [kernels / f".k.{me.tag}.{os.getpid()}.live.tmp",  # a build still running
+            kernels / f".k.otherhost-deadbeef.{builder.pid}.abc.tmp",  # another host's, in a shared cache
+            kernels / f".k2.{me.tag}.{builder.pid}.abc.tmp"]  # another key's: reaped under that key's lock
+    for path in kept:
+        path.mkdir()
+    cache = Cache(tmp_path)
+    with cache.lock("kernels", "k"), cache.staging("kernels", "k") as new:
+        assert not staged.exists(), "the killed build's staging dir is removed"
+        assert all(p.is_dir() for p in kept)
+        assert new.name.startswith(f".k.{me.tag}.{os.getpid()}.")
+    with cache.staging("kernels", "k2"):  # without the lock held: taken for the reaping
+        assert not kept[2].exists()
+    assert kept[0].is_dir() and kept[1].is_dir()
 
 
 # ---------------------------------------------------------------- corrupt cache entries
@@ -223,6 +305,61 @@ def test_reaping_skips_zombies_alive_other_boots_and_the_virtual_host(tmp_path: 
     assert sorted(tmpdirs.reap_stale(tmp_path)) == sorted([gone, undead])
     assert other_boot.is_dir()
     zombie.wait()
+
+
+def test_reaping_needs_the_same_host_and_pid_namespace(tmp_path: Path) -> None:
+    """Containers sharing /tmp share the boot id, not the pid namespace; an owner file of
+    an older pveoi records neither: none of those dirs is reaped, only the one made here."""
+    pid = dead_pid()
+
+    def owned(**extra: object) -> Path:
+        path = tmpdirs.mkdtemp("vm", tmp_path)
+        owner = {**json.loads((path / tmpdirs.OWNER_FILE).read_text()), "pid": pid, **extra}
+        owner = {k: v for k, v in owner.items() if v is not None}
+        (path / tmpdirs.OWNER_FILE).write_text(json.dumps(owner))
+        return path
+
+    here = owned()
+    me = tmpdirs.host_identity()
+    others = [owned(host="another-host"), owned(pid_ns=(me.pid_ns or 0) + 1),
+              owned(host=None, pid_ns=None)]  # None: the key is left out (an older owner file)
+    assert json.loads((here / tmpdirs.OWNER_FILE).read_text())["host"] == os.uname().nodename
+    assert tmpdirs.reap_stale(tmp_path) == [here]
+    assert all(p.is_dir() for p in others)
+
+
+def test_without_a_pid_namespace_only_old_dirs_are_reaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tmpdirs, "pid_namespace", lambda: None)
+    path = tmpdirs.mkdtemp("vm", tmp_path)
+    owner_file = path / tmpdirs.OWNER_FILE
+    owner_file.write_text(json.dumps({**json.loads(owner_file.read_text()), "pid": dead_pid()}))
+    assert tmpdirs.reap_stale(tmp_path) == []
+    old = time.time() - tmpdirs.STALE_AGE - 60
+    os.utime(owner_file, (old, old))
+    assert tmpdirs.reap_stale(tmp_path) == [path]
+
+
+def test_mkdtemp_on_a_full_disk_names_it_and_leaves_nothing(tmp_path: Path) -> None:
+    with tiny_tmpfs(tmp_path / "tiny", size="8k") as tiny:
+        with contextlib.suppress(OSError), open(tiny / "filler", "wb") as f:
+            while True:
+                f.write(b"x" * 1024)
+                f.flush()
+        with pytest.raises(PveoiError) as err:
+            tmpdirs.mkdtemp("vm", tiny)
+        text = one_line(err.value)
+        assert f"the filesystem at {tiny} is full" in text, text
+        assert os.listdir(tiny) == ["filler"], "a temp dir without owner file was left behind"
+
+
+def test_mkdtemp_owner_file_write_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: Path, *args: object, **kwargs: object) -> int:
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(PveoiError, match="is full"):
+        tmpdirs.mkdtemp("vm", tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 # ---------------------------------------------------------------- two runs at once
