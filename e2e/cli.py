@@ -536,7 +536,17 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    import signal
+
+    # Once pveoi is stopping, further SIGTERMs (a supervisor that signals twice) must not cut
+    # the unwinding (QMP quit, temp dir removal) short. Not SIG_IGN: an ignored signal stays
+    # ignored across exec, and a process started while unwinding must still stop on SIGTERM.
+    signal.signal(signal.SIGTERM, _ignore_sigterm)
     raise Terminated()
+
+
+def _ignore_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM again while stopping: ignored (nothing is done here, not even logging), the cleanup goes on."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -567,7 +577,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pveoi: interrupted; everything started was stopped", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is _ignore_sigterm:
+            # Stopped after a SIGTERM; the process exits 143 next. SIG_IGN now (nothing is
+            # started any more): interpreter shutdown resets Python-level handlers to the
+            # default, which would let a further SIGTERM kill it on the way out.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -366,6 +366,29 @@ def test_sigint_or_sigterm_mid_run(guest_kernel: Path, guest_image, sig: int, rc
     run.assert_clean()
 
 
+def test_a_second_sigterm_does_not_cut_the_cleanup_short(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    """A supervisor that signals twice (systemd, a CI runner): the second SIGTERM lands while
+    pveoi stops QEMU and removes its temp dir, and must not interrupt that."""
+    run = Run(*boot_args(guest_kernel, guest_image, "--", "sleep", "60"))
+    assert run.proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while not (pid_dirs(run.proc.pid) and run.before != qemu_pids()):
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr
+        time.sleep(0.1)
+    time.sleep(3)  # well into the boot
+    run.proc.send_signal(signal.SIGTERM)
+    # The unwinding takes tens of ms (a second SIGTERM 0.2 s later would find pveoi gone): signal
+    # again every 5 ms until pveoi has exited, so further SIGTERMs land inside it.
+    end = time.monotonic() + 5
+    while run.proc.poll() is None and time.monotonic() < end:
+        run.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    assert run.finish(timeout=60) == 143, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == "pveoi: terminated (SIGTERM); everything started was stopped"
+    assert "Traceback" not in run.stderr, run.stderr
+    run.assert_clean()
+
+
 def test_sigkill_mid_run_qemu_dies_and_the_next_start_reaps_its_temp_dir(guest_kernel: Path,  # type: ignore[no-untyped-def]
                                                                           guest_image) -> None:
     run = Run(*boot_args(guest_kernel, guest_image, "--", "sh", "-c", "echo started; sleep 600"))
