@@ -14,6 +14,7 @@ import ctypes
 import enum
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ from qemu.qmp.qmp_client import ExecInterruptedError
 
 from .argv import MachineSpec, parse_usernet_port, qemu_argv
 from .console import Console
-from .errors import GuestError, LaunchError, PveoiError
+from .errors import GuestError, GuestTimeout, LaunchError, PveoiError
 from .ssh import GuestSsh
 from .tmpdirs import mkdtemp, reap_stale
 
@@ -206,10 +207,14 @@ class Machine:
         self._console = Console(con_ours, self.logdir / f"{self.spec.name}-console.log", self.ready_pattern)
         self._qmp_sock = qmp_ours
         self._qmp = QEMUMonitorProtocol(qmp_ours, nickname=self.spec.name)
+        # qemu.qmp's connect() has no deadline: wait for QEMU's greeting ourselves.
+        if not select.select([qmp_ours], [], [], self.qmp_timeout)[0]:
+            raise self._launch_error(f"QEMU sent no QMP greeting within {self.qmp_timeout:.0f} s")
         try:
             self._qmp.connect(negotiate=True)
         except (QMPError, OSError) as err:
             raise self._launch_error("QEMU did not answer on QMP") from err
+        self._qmp.settimeout(self.qmp_timeout)  # a hung QEMU must fail a command, not hang pveoi
         self.log.debug("QEMU pid %d up, QMP negotiated", self._proc.pid)
 
     def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
@@ -282,6 +287,11 @@ class Machine:
                     fix=f"pveoi stops this QEMU; run again, and if it recurs read {self.logdir / self.spec.name}"
                         "-qemu.log") from err
             raise PveoiError(f"QMP {command} failed: {err}", fix="see the QEMU log") from err
+        except TimeoutError as err:  # (an OSError: caught first)
+            raise GuestTimeout(
+                f"QEMU (pid {self.pid}) did not answer QMP {command} within {self.qmp_timeout:.0f} s: it is hung",
+                fix=f"pveoi stops it; if it recurs, read {self.logdir / self.spec.name}-qemu.log and the host's "
+                    "kernel log (a QEMU stuck in KVM)") from err
         except OSError as err:
             raise self._launch_error(f"QMP connection lost during {command}") from err
 
@@ -390,4 +400,7 @@ class Machine:
                 return proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 self.log.warning("QEMU survived %s", sig.name)
+        if proc.poll() is None:  # stuck in the kernel (D state): waiting longer would hang pveoi too
+            self.log.error("QEMU (pid %d) survived SIGKILL (stuck in the kernel); not waiting for it", proc.pid)
+            return -signal.SIGKILL
         return proc.wait()

@@ -24,7 +24,7 @@ import pytest
 from e2e import ab, tmpdirs
 from e2e.argv import MachineSpec
 from e2e.cache import Cache
-from e2e.errors import CapabilityError, PveoiError, SshError
+from e2e.errors import CapabilityError, GuestTimeout, PveoiError, SshError
 from e2e.image import READY_PATTERN
 from e2e.machine import Machine
 from e2e.ssh import GuestSsh
@@ -222,6 +222,28 @@ def test_qmp_socket_closed(guest_kernel: Path, guest_image) -> None:  # type: ig
         assert "; fix: pveoi stops this QEMU" in text
         assert m.is_running(), "QEMU itself is fine; only QMP is gone"
     assert m.exitcode is not None, "shutdown without QMP must still stop QEMU"
+    assert not workdir.exists()
+    assert not wait_no_new_qemu(before)
+
+
+def test_a_hung_qemu_fails_qmp_at_its_deadline_and_is_still_stopped(guest_kernel: Path,  # type: ignore[no-untyped-def]
+                                                                   guest_image) -> None:
+    """A QEMU that stops answering (SIGSTOP here; a QEMU stuck in KVM in the wild) must fail the
+    QMP command at the machine's deadline, not hang pveoi, and shutdown must still end it."""
+    before = qemu_pids()
+    spec = MachineSpec(kernel=guest_kernel, initrd=guest_image.initrd, accel="tcg", paused=True, name="faults")
+    with Machine(spec, READY_PATTERN, qmp_timeout=3) as m:
+        workdir = m.workdir
+        assert m.status() == "prelaunch"
+        os.kill(m.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(GuestTimeout) as err:
+            m.vcpus()
+        assert 2.5 < time.monotonic() - start < 20
+        text = str(err.value)
+        assert "\n" not in text and "did not answer QMP query-cpus-fast within 3 s: it is hung" in text
+        assert "; fix: pveoi stops it" in text
+    assert m.exitcode is not None
     assert not workdir.exists()
     assert not wait_no_new_qemu(before)
 
