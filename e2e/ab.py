@@ -10,6 +10,7 @@ KVM host the very same code runs inside L1 (see :mod:`e2e.vhost`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -26,7 +27,7 @@ from typing import Any
 
 from . import __version__
 from .argv import DEFAULT_APPEND, MachineSpec
-from .errors import CapabilityError, ConfigError, MeasurementError, PveoiError
+from .errors import CapabilityError, ConfigError, GuestPanic, MeasurementError, PveoiError
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .history import SCHEMA
@@ -449,6 +450,9 @@ class AbConfig:
     runs: int = 3
     arms: tuple[Arm, ...] = DEFAULT_ARMS
     threshold_overrides: dict[str, float] = field(default_factory=dict)
+    #: fresh-guest retries of a run that failed on infrastructure (boot deadline, QMP, SSH, QEMU
+    #: gone); a kernel panic is a finding and never retried. Every retry is recorded.
+    retries: int = 1
 
 
 def run_ab(setup: Setup, config: AbConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -473,16 +477,28 @@ def run_ab(setup: Setup, config: AbConfig, progress: Callable[[str], None] | Non
         errors: list[str] = []
         order = arm_order(config.arms, config.runs)
         say(f"workload {workload.name}: {workload.description}; {len(order)} guests")
+        retried: list[str] = []
         for i, (rep, arm) in enumerate(order, 1):
             say(f"[{workload.name} {i}/{len(order)}] arm {arm.name}, rep {rep + 1}: boot + workload")
-            try:
-                runs.append(run_once(setup, arm, workload, events, rep))
-            except (MeasurementError, CapabilityError):
-                raise  # the host cannot count (perf missing or denied, a tracepoint gone): no verdict at all
-            except PveoiError as err:
-                errors.append(f"{arm.name} rep {rep + 1}: {err}")
-                log.error("run failed: %s", err)
+            for attempt in range(config.retries + 1):
+                try:
+                    runs.append(run_once(setup, arm, workload, events, rep))
+                    break
+                except (MeasurementError, CapabilityError):
+                    raise  # the host cannot count (perf missing or denied, a tracepoint gone): no verdict at all
+                except PveoiError as err:
+                    if attempt < config.retries and not isinstance(err, GuestPanic):
+                        retried.append(f"{arm.name} rep {rep + 1}: {err}")
+                        log.warning("run failed, retrying once on a fresh guest: %s", err)
+                        continue
+                    errors.append(f"{arm.name} rep {rep + 1}: {err}")
+                    log.error("run failed: %s", err)
+                    break
         analysis = analyze(workload, config.arms, runs, thresholds)
+        analysis["retried"] = retried
+        if retried:
+            analysis.setdefault("notes", []).append(
+                f"{len(retried)} run(s) failed and were retried on a fresh guest: " + "; ".join(retried))
         if errors:  # a run that did not finish measured nothing: no pass or fail from the rest
             analysis["verdict"] = "error"
             analysis["reasons"] = [f"{len(errors)} of {len(order)} runs did not complete, so no verdict",
@@ -490,25 +506,49 @@ def run_ab(setup: Setup, config: AbConfig, progress: Callable[[str], None] | Non
         results[workload.name] = analysis
         for arm in config.arms:
             arm_runs[arm.name][workload.name] = [r for r in runs if r["arm"] == arm.name]
-    verdicts = [w["verdict"] for w in results.values()]
-    verdict = next((v for v in ("fail", "error", "pass") if v in verdicts), "not-measurable")
-    reason = "; ".join(f"{name}: {'; '.join(w['reasons']) or w['verdict']}" for name, w in results.items())
-    headline = next((w["eoi_exits_saved_per_interrupt"] for w in results.values()
-                     if w.get("eoi_exits_saved_per_interrupt")), None)
     return {
         "schema": SCHEMA,
         "pveoi_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "verdict": verdict,
-        "reason": reason,
         "runs_per_arm": config.runs,
         "runner": runner_info(vendor),
         "arms": {a.name: {"settings": a.to_json(), "runs": arm_runs[a.name]} for a in config.arms},
         "workloads": results,
-        "metrics": {name: w.get("metrics", {}) for name, w in results.items()},
-        "eoi_exits_saved_per_interrupt": headline,
         "events": [{"name": e.name, "filter": e.filter, "label": e.label} for e in events],
+        **overall(results),
     }
+
+
+def overall(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The document-level verdict, reason, metrics and headline from the per-workload results (pure)."""
+    verdicts = [w["verdict"] for w in results.values()]
+    return {
+        "verdict": next((v for v in ("fail", "error", "pass") if v in verdicts), "not-measurable"),
+        "reason": "; ".join(f"{name}: {'; '.join(w['reasons']) or w['verdict']}" for name, w in results.items()),
+        "metrics": {name: w.get("metrics", {}) for name, w in results.items()},
+        "eoi_exits_saved_per_interrupt": next((w["eoi_exits_saved_per_interrupt"] for w in results.values()
+                                               if w.get("eoi_exits_saved_per_interrupt")), None),
+    }
+
+
+def merge_results(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One result document from several of the same A/B, each of other workloads (pure).
+
+    :raises ValueError: no documents, or two that measured the same workload.
+    """
+    if not docs:
+        raise ValueError("nothing to merge")
+    out: dict[str, Any] = json.loads(json.dumps(docs[0]))
+    for doc in docs[1:]:
+        clash = out["workloads"].keys() & doc["workloads"].keys()
+        if clash:
+            raise ValueError(f"workload(s) {sorted(clash)} measured twice")
+        out["workloads"].update(json.loads(json.dumps(doc["workloads"])))
+        for name, arm in doc["arms"].items():
+            mine = out["arms"].setdefault(name, {"settings": arm["settings"], "runs": {}})
+            mine["runs"].update(json.loads(json.dumps(arm["runs"])))
+    out.update(overall(out["workloads"]))
+    return out
 
 
 def runner_info(vendor: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CapabilityError, ConfigError, PveoiError
+from .errors import CapabilityError, ConfigError, GuestError, GuestTimeout, PveoiError
 
 log = logging.getLogger("pveoi")
 
@@ -355,6 +355,10 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--logs", type=Path, metavar="DIR", help="keep console/QEMU logs here")
     p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest memory")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole A/B")
+    p.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="retry a run that failed on infrastructure (boot deadline, QMP, SSH, QEMU or the virtual "
+                        "host gone) on a fresh guest up to N times; panics are never retried; every retry is "
+                        "recorded (default 1)")
     p.set_defaults(func=_cmd_ab)
 
 
@@ -382,6 +386,8 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     arms = ab.load_arms(args.arms) if args.arms else ab.DEFAULT_ARMS
     if args.runs < 1:
         raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
+    if args.retries < 0:
+        raise ConfigError("--retries must be 0 or more", fix="pass --retries 1")
     for where in (args.json.expanduser().absolute().parent if args.json else None,
                   args.history.expanduser().absolute() if args.history else None):
         if where is not None:  # made now, so a bad path fails before anything boots
@@ -427,41 +433,34 @@ def _measure(args: argparse.Namespace, host: str, why: str, workloads: list[Any]
     img = _image(args)
     logs = (args.logs or _default_logs()).absolute()
     if host == "virtual":
-        from .tmpdirs import tempdir
-        from .vhost import run_in_vhost
+        import time
 
-        with tempdir("ab") as tmp:
-            inner_json = Path(tmp) / "inner.json"
-            inner = ["ab", "--kernel", str(kernel_path), "--image", str(img.path), "--runs", str(args.runs),
-                     "--json", str(inner_json), "--logs", str(Path(tmp) / "logs"), "--memory", str(args.memory)]
-            for w in workloads:
-                inner += ["--workload", w.name]
-            for t in args.threshold:
-                inner += ["--threshold", t]
-            if args.arms:
-                inner += ["--arms", str(args.arms.absolute())]
-            rc, vh = run_in_vhost(_reinvoke(inner), _host_kernel(), Path(tmp), timeout=args.timeout,
-                                  sink=_stdout_sink, artifacts=logs)
-            if not inner_json.is_file():
-                raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
-                                 fix=f"read the logs in {logs}")
-            doc: dict[str, Any] = json.loads(inner_json.read_text())
-            inner_error = doc.get("error")
-            if inner_error:  # the inner pveoi stopped on an error: the same one line here
-                raise PveoiError(f"in the virtual KVM host: {inner_error.get('message')}",
-                                 fix=inner_error.get("fix"))
-            if (Path(tmp) / "logs").is_dir():
-                import shutil
-
-                shutil.copytree(Path(tmp) / "logs", logs, dirs_exist_ok=True)
-            doc["host"] = {**doc.get("host", {}), "chosen": "virtual", "reason": why,
-                           "virtual_host": {"boot_seconds": vh.boot_seconds, "kvm": vh.kvm_facts},
-                           "inner_runner": doc.get("runner", {})}
-            doc["runner"] = ab.runner_info(ab.cpu_vendor())
+        deadline = time.monotonic() + args.timeout
+        parts, boots, restarts = [], [], []
+        for w in workloads:  # one virtual host per workload: a lost one costs one workload, not all
+            for attempt in range(args.retries + 1):
+                try:
+                    part, vh = _ab_in_vhost(args, kernel_path, img, w.name, logs, deadline - time.monotonic())
+                    break
+                except GuestTimeout:
+                    raise
+                except GuestError as err:  # the virtual host died (not a guest: those errors are results)
+                    if attempt == args.retries:
+                        raise
+                    restarts.append(f"{w.name}: {err}")
+                    log.warning("the virtual host died; restarting it once for %s: %s", w.name, err)
+            parts.append(part)
+            boots.append(round(vh.boot_seconds, 2))
+        doc = ab.merge_results(parts)
+        doc["host"] = {**doc.get("host", {}), "chosen": "virtual", "reason": why,
+                       "virtual_host": {"boot_seconds": boots[0], "boots": boots, "kvm": vh.kvm_facts,
+                                        "restarts": restarts},
+                       "inner_runner": doc.get("runner", {})}
+        doc["runner"] = ab.runner_info(ab.cpu_vendor())
     else:
         setup = ab.Setup(kernel=kernel_path, initrd=img.initrd, private_key=img.identity.private_key,
                          host_key_line=img.host_key_line, artifacts=logs, memory_mb=args.memory)
-        doc = ab.run_ab(setup, ab.AbConfig(workloads, args.runs, arms, overrides))
+        doc = ab.run_ab(setup, ab.AbConfig(workloads, args.runs, arms, overrides, retries=args.retries))
         doc["host"] = {"chosen": "direct", "reason": why}
     doc["kernel"] = results.kernel_manifest(kernel_path)
     doc["image"] = {"initrd": str(img.initrd), "hash": img.manifest.get("hash")}
@@ -469,6 +468,42 @@ def _measure(args: argparse.Namespace, host: str, why: str, workloads: list[Any]
     return doc
 
 
+
+
+def _ab_in_vhost(args: argparse.Namespace, kernel_path: Path, img: Any, workload: str, logs: Path,
+                 timeout: float) -> tuple[dict[str, Any], Any]:
+    """One workload's A/B run by pveoi inside a fresh virtual KVM host: (its result document, the host)."""
+    import shutil
+
+    from .tmpdirs import tempdir
+    from .vhost import run_in_vhost
+
+    if timeout <= 0:
+        raise GuestTimeout(f"the A/B ran past --timeout {args.timeout:.0f}s before {workload}",
+                           fix="raise --timeout")
+    with tempdir("ab") as tmp:
+        inner_json = tmp / "inner.json"
+        inner = ["ab", "--kernel", str(kernel_path), "--image", str(img.path), "--runs", str(args.runs),
+                 "--json", str(inner_json), "--logs", str(tmp / "logs"), "--memory", str(args.memory),
+                 "--workload", workload, "--retries", str(args.retries)]
+        for t in args.threshold:
+            inner += ["--threshold", t]
+        if args.arms:
+            inner += ["--arms", str(args.arms.absolute())]
+        try:
+            rc, vh = run_in_vhost(_reinvoke(inner), _host_kernel(), tmp, timeout=timeout,
+                                  sink=_stdout_sink, artifacts=logs)
+        finally:
+            if (tmp / "logs").is_dir():
+                shutil.copytree(tmp / "logs", logs, dirs_exist_ok=True)
+        if not inner_json.is_file():
+            raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
+                             fix=f"read the logs in {logs}")
+        doc: dict[str, Any] = json.loads(inner_json.read_text())
+    inner_error = doc.get("error")
+    if inner_error:  # the inner pveoi stopped on an error: the same one line here
+        raise PveoiError(f"in the virtual KVM host: {inner_error.get('message')}", fix=inner_error.get("fix"))
+    return doc, vh
 
 
 def _default_logs() -> Path:

@@ -103,13 +103,17 @@ def command_script(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> st
 
 
 def paths_to_keep(extra: Sequence[Path]) -> list[str]:
-    """Paths under /tmp that L1 must bind back in: checkout, Python env, cache, extras."""
+    """Paths under /tmp that L1 must bind back in: checkout, Python env, cache, extras.
+
+    Never ``/tmp`` itself: binding the host's (read-only) /tmp over L1's own would leave
+    L1 without a writable temp dir (as running pveoi from ``cd /tmp`` once did).
+    """
     candidates = [Path(__file__).resolve().parent.parent, Path(sys.prefix), Path(sys.base_prefix),
                   cache_root(), Path.cwd(), *extra]
     keep: list[str] = []
     for path in candidates:
         p = str(path.resolve())
-        if (p == "/tmp" or p.startswith("/tmp/")) and p not in keep:
+        if p.startswith("/tmp/") and p not in keep:
             keep.append(p)
     return keep
 

@@ -314,6 +314,8 @@ def test_ab_run_whose_guest_drops_ssh_is_an_error_not_a_verdict(  # type: ignore
     w = doc["workloads"]["fault"]
     assert w["verdict"] == "error" and w["reasons"][0] == "2 of 2 runs did not complete, so no verdict"
     assert all("SSH connection dropped" in r for r in w["reasons"][1:])
+    # Each run was retried once on a fresh guest (the fault recurred), and the retry is on record.
+    assert len(w["retried"]) == 2 and all("SSH connection dropped" in r for r in w["retried"])
     assert doc["arms"]["on"]["runs"]["fault"] == [] and doc["arms"]["off"]["runs"]["fault"] == []
     assert not wait_no_new_qemu(before)
     assert pid_dirs(os.getpid()) == []

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from e2e import ab
 from e2e.ab import (
     COUNTED,
     DEFAULT_ARMS,
@@ -503,3 +504,27 @@ def test_exit_reasons_seen_in_one_arm_only(thresholds: dict[str, float]) -> None
     out = analyze(TIMER, DEFAULT_ARMS, interleaved(on, off), thresholds)
     m = out["metrics"]["kvm_exit[EOI_INDUCED]"]
     assert m["on_median"] == 0.0 and m["off_median"] == 1.0 and m["reduction"] == 1.0
+
+
+def test_merge_results_joins_workloads_and_recomputes_the_verdict() -> None:
+    def part(name: str, verdict: str, head: float | None) -> dict:  # type: ignore[type-arg]
+        w = {"verdict": verdict, "reasons": [] if verdict == "pass" else ["x"], "metrics": {"kvm_exit": {}},
+             "eoi_exits_saved_per_interrupt": None if head is None else {"value": head}}
+        return {"schema": 2, "runner": {"hostname": "pveoi-vhost"}, "workloads": {name: w},
+                "arms": {"on": {"settings": {"kvm_pv_eoi": True}, "runs": {name: [{"rep": 0}]}},
+                         "off": {"settings": {"kvm_pv_eoi": False}, "runs": {name: [{"rep": 0}]}}},
+                **ab.overall({name: w})}
+
+    timer, net = part("timer", "pass", 0.99), part("net", "error", None)
+    doc = ab.merge_results([timer, net])
+    assert sorted(doc["workloads"]) == ["net", "timer"]
+    assert sorted(doc["arms"]["on"]["runs"]) == ["net", "timer"] and doc["arms"]["off"]["settings"] == {
+        "kvm_pv_eoi": False}
+    assert doc["verdict"] == "error" and doc["reason"] == "timer: pass; net: x"
+    assert doc["eoi_exits_saved_per_interrupt"] == {"value": 0.99} and sorted(doc["metrics"]) == ["net", "timer"]
+    assert timer["verdict"] == "pass" and "net" not in timer["workloads"]  # inputs untouched
+    assert ab.merge_results([timer])["verdict"] == "pass"
+    with pytest.raises(ValueError, match="measured twice"):
+        ab.merge_results([timer, timer])
+    with pytest.raises(ValueError):
+        ab.merge_results([])
