@@ -440,7 +440,8 @@ def _measure(args: argparse.Namespace, host: str, why: str, workloads: list[Any]
         for w in workloads:  # one virtual host per workload: a lost one costs one workload, not all
             for attempt in range(args.retries + 1):
                 try:
-                    part, vh = _ab_in_vhost(args, kernel_path, img, w.name, logs, deadline - time.monotonic())
+                    part, vh = _ab_in_vhost(args, kernel_path, img, w.name, logs, deadline - time.monotonic(),
+                                            vhost_logs=logs / f"vhost-{w.name}-{attempt + 1}")
                     break
                 except GuestTimeout:
                     raise
@@ -471,8 +472,11 @@ def _measure(args: argparse.Namespace, host: str, why: str, workloads: list[Any]
 
 
 def _ab_in_vhost(args: argparse.Namespace, kernel_path: Path, img: Any, workload: str, logs: Path,
-                 timeout: float) -> tuple[dict[str, Any], Any]:
-    """One workload's A/B run by pveoi inside a fresh virtual KVM host: (its result document, the host)."""
+                 timeout: float, vhost_logs: Path) -> tuple[dict[str, Any], Any]:
+    """One workload's A/B run by pveoi inside a fresh virtual KVM host: (its result document, the host).
+
+    The guests' logs go to ``logs``; the virtual host's own (console, output, QEMU) to ``vhost_logs``.
+    """
     import shutil
 
     from .tmpdirs import tempdir
@@ -492,7 +496,7 @@ def _ab_in_vhost(args: argparse.Namespace, kernel_path: Path, img: Any, workload
             inner += ["--arms", str(args.arms.absolute())]
         try:
             rc, vh = run_in_vhost(_reinvoke(inner), _host_kernel(), tmp, timeout=timeout,
-                                  sink=_stdout_sink, artifacts=logs)
+                                  sink=_stdout_sink, artifacts=vhost_logs)
         finally:
             if (tmp / "logs").is_dir():
                 shutil.copytree(tmp / "logs", logs, dirs_exist_ok=True)
