@@ -10,7 +10,7 @@ KVM host the very same code runs inside L1 (see :mod:`e2e.vhost`).
 from __future__ import annotations
 
 import contextlib
-import json
+import copy
 import logging
 import os
 import platform
@@ -34,7 +34,7 @@ from .history import SCHEMA
 from .image import READY_PATTERN
 from .machine import Machine, child_preexec
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
-from .stats import eoi_exits_saved_per_interrupt, summarize
+from .stats import eoi_exits_saved_per_interrupt, headline_counts, per_interrupt, summarize
 from .tmpdirs import tempdir
 from .workloads import Workload
 
@@ -340,16 +340,6 @@ def check_guest_arm(arm: Arm, state: GuestState, kvm_enabled: bool) -> None:
 # ---------------------------------------------------------------- analysis
 
 
-def per_interrupt(run: Mapping[str, Any], key: str) -> float:
-    inj = run["counts"]["kvm:kvm_inj_virq"]
-    return float(run["counts"][key]) / inj if inj else float("nan")
-
-
-def headline_counts(run: Mapping[str, Any]) -> dict[str, float]:
-    """A run's counts as :func:`stats.eoi_exits_saved_per_interrupt` takes them (interrupts = injected)."""
-    return {**run["counts"], "interrupts": run["counts"]["kvm:kvm_inj_virq"]}
-
-
 def analyze(workload: Workload, arms: Sequence[Arm], runs: Sequence[Mapping[str, Any]],
             thresholds: Mapping[str, float]) -> dict[str, Any]:
     """Metrics and verdict for one workload's runs (pure).
@@ -538,15 +528,15 @@ def merge_results(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """
     if not docs:
         raise ValueError("nothing to merge")
-    out: dict[str, Any] = json.loads(json.dumps(docs[0]))
+    out: dict[str, Any] = copy.deepcopy(dict(docs[0]))
     for doc in docs[1:]:
         clash = out["workloads"].keys() & doc["workloads"].keys()
         if clash:
             raise ValueError(f"workload(s) {sorted(clash)} measured twice")
-        out["workloads"].update(json.loads(json.dumps(doc["workloads"])))
+        out["workloads"].update(copy.deepcopy(doc["workloads"]))
         for name, arm in doc["arms"].items():
             mine = out["arms"].setdefault(name, {"settings": arm["settings"], "runs": {}})
-            mine["runs"].update(json.loads(json.dumps(arm["runs"])))
+            mine["runs"].update(copy.deepcopy(arm["runs"]))
     out.update(overall(out["workloads"]))
     return out
 

@@ -398,9 +398,9 @@ def _cmd_ab(args: argparse.Namespace) -> int:
                                   fix="pick a writable path for --json/--history") from err
     host, why, doctor_report = _choose_host(args.host)
     log.info("host: %s (%s)", host, why)
+    runner = results.runner_identity(ab.runner_info(ab.cpu_vendor()), doctor_report)  # the machine running pveoi
     if host == "not-measurable":
-        doc = results.not_measurable(why, args)
-        doc["runner"] = results.runner_identity({**doc["runner"], **ab.runner_info(ab.cpu_vendor())}, doctor_report)
+        doc = {**results.not_measurable(why, args), "runner": runner}
         results.emit(doc, args.json, args.history)
         print(results.format_table(doc))
         return 2
@@ -410,14 +410,13 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         raise  # a mistake in the command line, not a night without a measurement
     except PveoiError as err:
         if args.json or args.history:  # the history shows this run measured nothing, and why
-            doc = results.error_result(err, host, why, args)
-            doc["runner"] = results.runner_identity(ab.runner_info(ab.cpu_vendor()), doctor_report)
+            doc = {**results.error_result(err, host, why, args), "runner": runner}
             try:
                 results.emit(doc, args.json, args.history)
             except (OSError, PveoiError) as write_err:  # e.g. the disk is full: the first error is the news
                 log.warning("could not record the error in the results: %s", write_err)
         raise
-    doc["runner"] = results.runner_identity(doc.get("runner", {}), doctor_report)
+    doc["runner"] = runner
     results.emit(doc, args.json, args.history)
     if not os.environ.get("PVEOI_IN_VHOST"):  # the caller outside prints the table
         print(results.format_table(doc))
@@ -457,7 +456,6 @@ def _measure(args: argparse.Namespace, host: str, why: str, workloads: list[Any]
                        "virtual_host": {"boot_seconds": boots[0], "boots": boots, "kvm": vh.kvm_facts,
                                         "restarts": restarts},
                        "inner_runner": doc.get("runner", {})}
-        doc["runner"] = ab.runner_info(ab.cpu_vendor())
     else:
         setup = ab.Setup(kernel=kernel_path, initrd=img.initrd, private_key=img.identity.private_key,
                          host_key_line=img.host_key_line, artifacts=logs, memory_mb=args.memory)

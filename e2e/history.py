@@ -12,16 +12,18 @@ figures with their intervals, and the per-rep values behind them.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PveoiError
+from .errors import MeasurementError, PveoiError
+from .stats import headline_counts, per_interrupt, trapped_eoi_per_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def migrate(doc: dict[str, Any], name: str = "result") -> dict[str, Any]:
         raise HistoryError(
             f"{name}: result schema {version!r} is not one this pveoi reads ({', '.join(map(str, READABLE))})",
             fix="upgrade pveoi to read it" if newer else "move the file out of the history; it is not a pveoi result")
-    out: dict[str, Any] = json.loads(json.dumps(doc))  # a deep copy
+    out = copy.deepcopy(doc)
     if version == 1:
         host = out.setdefault("host", {})
         runner = out.get("runner", {})
@@ -207,16 +209,28 @@ def load_history(root: Path) -> History:
 # ---------------------------------------------------------------- per-workload records
 
 
-def _trapped(counts: Mapping[str, float]) -> float:
-    inj = counts.get("kvm:kvm_inj_virq") or 0
-    if not inj:
-        return math.nan
-    return (counts.get("kvm:kvm_eoi", 0) - counts.get("kvm:kvm_pv_eoi", 0)) / inj
+def _per_rep(value: Callable[[Mapping[str, Any], Mapping[str, Any]], float],
+             pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[float]:
+    """``value(on_rep, off_rep)`` for each pair, leaving out reps whose counts cannot give one
+    (the A/B's own analysis already reported those)."""
+    out = []
+    for on, off in pairs:
+        try:
+            v = value(on, off)
+        except (MeasurementError, ZeroDivisionError):
+            continue
+        if math.isfinite(v):
+            out.append(v)
+    return out
 
 
-def _exits(counts: Mapping[str, float]) -> float:
-    inj = counts.get("kvm:kvm_inj_virq") or 0
-    return counts.get("kvm:kvm_exit", 0) / inj if inj else math.nan
+def _saved(on: Mapping[str, Any], off: Mapping[str, Any]) -> float:
+    """EOI exits saved per interrupt by one pair of reps: the headline's own formula (:mod:`e2e.stats`)."""
+    return trapped_eoi_per_interrupt(headline_counts(off)) - trapped_eoi_per_interrupt(headline_counts(on))
+
+
+def _exit_reduction(on: Mapping[str, Any], off: Mapping[str, Any]) -> float:
+    return 1.0 - per_interrupt(on, "kvm:kvm_exit") / per_interrupt(off, "kvm:kvm_exit")
 
 
 def _number(value: Any) -> float | None:
@@ -235,10 +249,6 @@ def _interval(value: Any) -> list[float] | None:
         raise ValueError(f"expected an interval [low, high], got {value!r}")
     low, high = _number(value[0]), _number(value[1])
     return None if low is None or high is None else [low, high]
-
-
-def _finite(values: Iterable[float]) -> list[float]:
-    return [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
 
 
 @dataclass
@@ -274,11 +284,7 @@ class Record:
         on = {r["rep"]: r for r in arms.get(w.get("treatment", "on"), {}).get("runs", {}).get(workload, [])}
         off = {r["rep"]: r for r in arms.get(w.get("baseline", "off"), {}).get("runs", {}).get(workload, [])}
         pairs = [(on[rep], off[rep]) for rep in sorted(on.keys() & off.keys())]  # reps paired by number
-        samples = {
-            "eoi_saved": _finite(_trapped(b["counts"]) - _trapped(a["counts"]) for a, b in pairs),
-            "exit_reduction": _finite(1.0 - _exits(a["counts"]) / _exits(b["counts"]) for a, b in pairs
-                                      if _exits(b["counts"]) > 0),
-        }
+        samples = {"eoi_saved": _per_rep(_saved, pairs), "exit_reduction": _per_rep(_exit_reduction, pairs)}
         return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
                    list(w.get("reasons", [])))
 

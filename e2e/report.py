@@ -21,7 +21,6 @@ import html
 import io
 import json
 import logging
-import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -31,24 +30,13 @@ from typing import Any
 from .cache import atomic_write
 from .history import HEADLINES, History, Record, load_history, records
 from .regress import CheckResult, CheckSettings, GroupStatus, check, format_findings
+from .results import fmt_ci as _ci
+from .results import fmt_number as _fmt
 
 log = logging.getLogger(__name__)
 
 PER_INTERRUPT = ["kvm_exit", "kvm_msr", "kvm_apic", "kvm_eoi", "trapped_eoi", "kvm_pv_eoi"]
 COLOURS = {"off": "#c0504d", "on": "#4f81bd", "pass": "#2e7d32", "fail": "#c62828", "other": "#9e9e9e"}
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    """A number for a table; anything that is not a number (a malformed file) shows as ``?``."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "?"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _ci(ci: Sequence[float] | None) -> str:
-    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
 
 
 def _findings_of(result: CheckResult, group: GroupStatus) -> list[str]:

@@ -59,8 +59,7 @@ def error_result(err: PveoiError, host: str, why: str, args: argparse.Namespace)
 
 def runner_identity(runner: dict[str, Any], doctor_report: dict[str, Any] | None) -> dict[str, Any]:
     """``runner`` with what a history groups and explains by: its id and the doctor's findings."""
-    return {**runner, "id": runner_id(),
-            "doctor": list(doctor_report.get("findings", [])) if doctor_report else runner.get("doctor", [])}
+    return {**runner, "id": runner_id(), "doctor": list(doctor_report.get("findings", [])) if doctor_report else []}
 
 
 def history_name(doc: dict[str, Any]) -> str:
@@ -80,18 +79,18 @@ def emit(doc: dict[str, Any], json_path: Path | None, history: Path | None) -> N
         atomic_write(json_path.expanduser().absolute(), text)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def fmt_number(value: Any, digits: int = 3) -> str:
+    """A number for a table: ``-`` for none/NaN, ``?`` for anything that is not a number (a malformed file)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "?"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _ci(ci: Any) -> str:
-    if not ci:
-        return ""
-    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def fmt_ci(ci: Any) -> str:
+    """An interval ``[low, high]`` for a table ("" if there is none)."""
+    return f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]" if ci else ""
 
 
 def format_table(doc: dict[str, Any]) -> str:
@@ -105,15 +104,15 @@ def format_table(doc: dict[str, Any]) -> str:
         lines.append(f"workload {name}: {w.get('verdict', '?').upper()}  ({w.get('description', '')})")
         head = w.get("eoi_exits_saved_per_interrupt")
         if head:
-            lines.append(f"  EOI exits saved per injected interrupt: {_fmt(head.get('value'))} "
-                         f"{_ci(head.get('ci'))} (limit 1.0)")
+            lines.append(f"  EOI exits saved per injected interrupt: {fmt_number(head.get('value'))} "
+                         f"{fmt_ci(head.get('ci'))} (limit 1.0)")
         metrics = w.get("metrics", {})
         if metrics:
             treat, base = w.get("treatment", "on"), w.get("baseline", "off")
             lines.append(f"  {'per injected interrupt':<24} {base:>9} {treat:>9} {'reduction':>10}  interval")
             for key, m in metrics.items():
-                lines.append(f"  {key:<24} {_fmt(m.get('off_median')):>9} {_fmt(m.get('on_median')):>9} "
-                             f"{_fmt(m.get('reduction')):>10}  {_ci(m.get('reduction_ci'))}")
+                lines.append(f"  {key:<24} {fmt_number(m.get('off_median')):>9} {fmt_number(m.get('on_median')):>9} "
+                             f"{fmt_number(m.get('reduction')):>10}  {fmt_ci(m.get('reduction_ci'))}")
         for arm_name, arm in doc.get("arms", {}).items():
             runs = arm.get("runs", {}).get(name, [])
             if runs:

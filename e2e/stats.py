@@ -287,6 +287,17 @@ PV_EOI_KEY = "kvm:kvm_pv_eoi"
 INTERRUPTS_KEY = "interrupts"
 
 
+def per_interrupt(run: Mapping[str, Any], key: str) -> float:
+    """One A/B run record's ``counts[key]`` per injected interrupt (NaN if none was injected)."""
+    inj = run["counts"]["kvm:kvm_inj_virq"]
+    return float(run["counts"][key]) / inj if inj else float("nan")
+
+
+def headline_counts(run: Mapping[str, Any]) -> dict[str, float]:
+    """A run record's counts as :func:`eoi_exits_saved_per_interrupt` takes them (interrupts = injected)."""
+    return {**run["counts"], INTERRUPTS_KEY: run["counts"]["kvm:kvm_inj_virq"]}
+
+
 def trapped_eoi_per_interrupt(run: Mapping[str, float]) -> float:
     """Trapped EOIs per interrupt of one run: ``(kvm_eoi - kvm_pv_eoi) / interrupts``.
 

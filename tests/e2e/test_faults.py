@@ -25,6 +25,7 @@ from e2e import ab, tmpdirs
 from e2e.argv import MachineSpec
 from e2e.cache import Cache
 from e2e.errors import CapabilityError, GuestTimeout, PveoiError, SshError
+from e2e.history import load_history
 from e2e.image import READY_PATTERN
 from e2e.machine import Machine
 from e2e.ssh import GuestSsh
@@ -55,6 +56,14 @@ def one_line_error(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in line, line
     return line
+
+
+def check_named_log(line: str, before: str, after: str, holds: str) -> None:
+    """The console log an error line names (between ``before`` and ``after``) exists and holds ``holds``;
+    then it is removed (failed guests keep their logs in the cache)."""
+    log = Path(line.split(before, 1)[1].split(after, 1)[0])
+    assert log.is_file() and holds in log.read_text(), f"the console log the error names must exist: {log}"
+    shutil.rmtree(log.parent)
 
 
 def children(pid: int) -> list[int]:
@@ -122,9 +131,7 @@ def test_kernel_panic_at_boot_cli(guest_kernel: Path, guest_image) -> None:  # t
     run = Run(*boot_args(guest_kernel, guest_image, "--append", "rdinit=/nonexistent", "--", "true"))
     assert run.finish() == 2
     line = one_line_error(run.stderr, "guest kernel panicked", "Kernel panic - not syncing")
-    log = Path(line.split("read the console log ", 1)[1].split(":", 1)[0])
-    assert log.is_file() and "Kernel panic" in log.read_text(), "the console log the error names must exist"
-    shutil.rmtree(log.parent)
+    check_named_log(line, "read the console log ", ":", "Kernel panic")
     run.assert_clean()
 
 
@@ -133,9 +140,7 @@ def test_guest_never_ready_cli(guest_kernel: Path, guest_image) -> None:  # type
                          "--", "true"))
     assert run.finish() == 2
     line = one_line_error(run.stderr, "guest not ready after 8s", "raise the boot timeout")
-    log = Path(line.split("read the console log ", 1)[1].split(" or raise", 1)[0])
-    assert log.is_file()
-    shutil.rmtree(log.parent)
+    check_named_log(line, "read the console log ", " or raise", "")
     run.assert_clean()
 
 
@@ -195,9 +200,7 @@ def test_ssh_dropped_mid_workload_cli(guest_kernel: Path, guest_image) -> None: 
     run.wait_line("started")
     assert run.finish(timeout=60) == 2
     line = one_line_error(run.stderr, "SSH connection dropped while running", "dropbear died")
-    log = Path(line.split("check the guest's console log ", 1)[1].split(";", 1)[0])
-    assert log.is_file() and "pveoi-guest-ready" in log.read_text(), "the console log the error names must exist"
-    shutil.rmtree(log.parent)
+    check_named_log(line, "check the guest's console log ", ";", "pveoi-guest-ready")
     run.assert_clean()
 
 
@@ -489,4 +492,36 @@ def test_virtual_host_sigkilled_mid_ab(guest_kernel: Path, host_kernel: Path, gu
     one_line_error(run.stderr, "the virtual host stopped before the command finished: QEMU (pid",
                    "was killed by SIGKILL", "the OOM killer?")
     assert not result.exists() and (not history.exists() or os.listdir(history) == [])
+    run.assert_clean()
+
+
+# ---------------------------------------------------------------- an A/B that stops on an error
+
+
+def test_an_ab_that_stops_on_an_error_records_why(guest_kernel: Path, guest_image, host_kernel: Path,  # type: ignore[no-untyped-def]
+                                                  tmp_path: Path) -> None:
+    """A deadline that cannot be met stops the A/B after the host was chosen: the history gets a
+    result with verdict ``error`` and the same cause and fix as the one line on stderr, so a nightly's
+    ``report --check`` sees a night that measured nothing instead of the last pass."""
+    history, out = tmp_path / "history", tmp_path / "ab.json"
+    run = Run("ab", "--host", "virtual", "--timeout", "1", "--kernel", str(guest_kernel), "--image",
+              str(guest_image.path), "--history", str(history), "--json", str(out), "--logs", str(tmp_path / "logs"))
+    assert run.finish() == 2
+    line = one_line_error(run.stderr)
+    doc = json.loads(out.read_text())
+    assert doc["verdict"] == "error" and doc["error"]["type"] == "GuestTimeout"
+    assert line == f"pveoi: error: {doc['error']['message']}; fix: {doc['error']['fix']}"
+    assert doc["runner"]["id"] and doc["runner"]["doctor"] and doc["host"]["chosen"] == "virtual"
+    [recorded] = list(history.glob("*.json"))
+    assert json.loads(recorded.read_text()) == doc
+    assert load_history(history).runs[0].record("timer").verdict == "error"  # type: ignore[union-attr]
+    run.assert_clean()
+
+
+def test_a_command_line_mistake_records_nothing(tmp_path: Path) -> None:
+    history = tmp_path / "history"
+    run = Run("ab", "--host", "virtual", "--kernel", str(tmp_path / "nope"), "--history", str(history))
+    assert run.finish() == 2
+    one_line_error(run.stderr, "not found", "pass a bzImage")
+    assert list(history.glob("*")) == []
     run.assert_clean()
