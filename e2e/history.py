@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MeasurementError, PveoiError
-from .stats import headline_counts, per_interrupt, trapped_eoi_per_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +225,14 @@ def _per_rep(value: Callable[[Mapping[str, Any], Mapping[str, Any]], float],
 
 def _saved(on: Mapping[str, Any], off: Mapping[str, Any]) -> float:
     """EOI exits saved per interrupt by one pair of reps: the headline's own formula (:mod:`e2e.stats`)."""
+    from .stats import headline_counts, trapped_eoi_per_interrupt  # not at import: every `pveoi` loads this module
+
     return trapped_eoi_per_interrupt(headline_counts(off)) - trapped_eoi_per_interrupt(headline_counts(on))
 
 
 def _exit_reduction(on: Mapping[str, Any], off: Mapping[str, Any]) -> float:
+    from .stats import per_interrupt
+
     return 1.0 - per_interrupt(on, "kvm:kvm_exit") / per_interrupt(off, "kvm:kvm_exit")
 
 

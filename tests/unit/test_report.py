@@ -356,3 +356,15 @@ def test_renderers_handle_failing_and_unmeasurable_workloads(tmp_path: Path) -> 
     cases = {c.get("name"): c for c in root.iter("testcase")}
     assert cases["timer.verdict"].find("failure") is not None
     assert cases["net.verdict"].find("skipped") is not None
+
+
+def test_building_the_cli_loads_no_numeric_stack() -> None:
+    """`pveoi` builds its parser (report's included) for every command: it must stay light, and work
+    where the numeric libraries are not importable (e.g. a non-root user of a root-owned venv)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, e2e.cli; e2e.cli.make_parser(); "
+            "print(sorted(m for m in ('numpy', 'scipy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
