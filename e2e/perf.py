@@ -72,6 +72,8 @@ REQUIRED: tuple[str, ...] = (
 
 PERMISSION_FIX = "sysctl kernel.perf_event_paranoid=-1 or run as root"
 INSTALL_FIX = "apt-get install linux-perf (Debian), or pass the path of a perf binary"
+TRACEFS_MOUNT_FIX = ("mount -t tracefs nodev /sys/kernel/tracing as root (root's perf does it on first use), "
+                     "then give the user access: host_config/prepare-host.sh")
 
 NOT_COUNTED = "<not counted>"
 NOT_SUPPORTED = "<not supported>"
@@ -360,6 +362,12 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
         line = first("event syntax error", "unknown tracepoint")
         why = next((ln.lstrip("\\_ ") for ln in lines if ln.startswith("\\___")), None)
         line = f"{line} ({why})" if why and why not in line else line
+        from .capability import probe_tracefs  # local: perf stays importable without the host probes
+
+        if not probe_tracefs(Path("/")).mounted:
+            # On a fresh machine tracefs is mounted only once root's perf first runs, so a perf
+            # that may not mount it sees no tracepoint at all: that is the cause, not a missing kvm.
+            return CapabilityError(f"{head}: {line}; tracefs is not mounted", fix=TRACEFS_MOUNT_FIX)
         return CapabilityError(
             f"{head}: {line}",
             fix="load kvm (modprobe kvm_intel or kvm_amd); check `perf list 'kvm:*'`")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,16 @@ import pytest
 # sees only our own QEMUs, never those of another pveoi run on the same machine.
 SESSION_TAG = f"PVEOI_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["PVEOI_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child a test will SIGINT: the default disposition.
+
+    Started from a background job of a non-interactive shell (``nohup tox &``,
+    CI wrappers), this process ignores SIGINT and its children inherit SIG_IGN,
+    so a Ctrl-C sent by the test would never reach them.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def qemu_pids() -> set[int]:

@@ -17,7 +17,7 @@ from e2e.guest import STATE_COMMAND, GuestState
 from e2e.image import READY_PATTERN
 from e2e.machine import Machine
 
-from ..conftest import qemu_pids, wait_no_new_qemu
+from ..conftest import interruptible, qemu_pids, wait_no_new_qemu
 
 pytestmark = pytest.mark.qemu
 
@@ -96,7 +96,8 @@ def test_cli_boot_runs_command_and_reports_pv_eoi(guest_kernel: Path, guest_imag
 def test_killing_the_harness_mid_command_leaves_no_qemu(guest_kernel: Path, guest_image, sig: int) -> None:  # type: ignore[no-untyped-def]
     before = qemu_pids()
     proc = subprocess.Popen(_pveoi("boot", "--accel", "tcg", "--", "sh", "-c", "echo started; sleep 600"),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=interruptible)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the command is running in the guest

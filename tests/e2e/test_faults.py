@@ -31,7 +31,7 @@ from e2e.machine import Machine
 from e2e.ssh import GuestSsh
 from e2e.workloads import Workload
 
-from ..conftest import qemu_pids, wait_no_new_qemu
+from ..conftest import interruptible, qemu_pids, wait_no_new_qemu
 
 pytestmark = pytest.mark.qemu
 
@@ -91,7 +91,7 @@ class Run:
     def __init__(self, *args: str) -> None:
         self.before = qemu_pids()
         self.proc = subprocess.Popen(pveoi(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=REPO)
+                                     cwd=REPO, preexec_fn=interruptible)
         self.stderr = ""
         self._err = threading.Thread(target=self._drain, daemon=True)
         self._err.start()
