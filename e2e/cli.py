@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CapabilityError, ConfigError, GuestError, GuestTimeout, PveoiError
+from .errors import CapabilityError, ConfigError, GuestTimeout, Kind, PveoiError
 
 log = logging.getLogger("pveoi")
 
@@ -336,17 +336,21 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .workloads import WORKLOADS
 
     p = sub.add_parser(
-        "ab", help="the A/B: kvm-pv-eoi=on vs off, perf kvm:* per workload window, statistics, verdict",
+        "ab", help="the A/B: kvm-pv-eoi=on vs off (or any arms), perf kvm:* per workload window, verdict",
         description="Boot a fresh guest per arm and rep (interleaved), count kvm:* tracepoints on the host for "
-                    "exactly the workload window and exactly that QEMU's vCPU threads, compare the arms and "
-                    "decide. Exit 0 pass, 1 fail, 2 not measurable or setup error.",
+                    "exactly the workload window and exactly that QEMU's vCPU threads, compare every pair of "
+                    "arms and decide. Exit 0 pass, 1 fail (or a regression between arms), 2 not measurable or "
+                    "setup error.",
     )
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS), metavar="NAME",
                    help=f"repeatable; one of {', '.join(WORKLOADS)} (default: timer)")
     p.add_argument("--runs", type=int, default=3, help="reps per arm (default 3)")
     p.add_argument("--kernel", type=Path, metavar="PATH", help="guest bzImage (default: build pveoi's)")
     p.add_argument("--image", type=Path, metavar="DIR", help="a built guest image entry (default: build pveoi's)")
-    p.add_argument("--arms", type=Path, metavar="TOML", help="custom arms ([[arm]] name, pv_eoi, append, kernel)")
+    p.add_argument("--arms", type=Path, metavar="TOML",
+                   help="two or more [[arm]] tables: name, pv_eoi, cpu_flags, smp, append, kernel (a bzImage or "
+                        "{source = DIR, patches = DIR}), host_kernel; default: on vs off")
+    p.add_argument("--smp", type=int, metavar="N", help="vCPUs of every default arm (default: the workload's, 2)")
     p.add_argument("--host", choices=["auto", "direct", "virtual"], default="auto")
     p.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
                    help="override a verdict threshold (see e2e/data/thresholds.toml)")
@@ -357,9 +361,19 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole A/B")
     p.add_argument("--retries", type=int, default=1, metavar="N",
                    help="retry a run that failed on infrastructure (boot deadline, QMP, SSH, QEMU or the virtual "
-                        "host gone) on a fresh guest up to N times; panics are never retried; every retry is "
-                        "recorded (default 1)")
+                        "host gone) on a fresh guest up to N times; findings (a panic, a kernel that did not "
+                        "enable PV EOI) are never retried; every retry is recorded (default 1)")
     p.set_defaults(func=_cmd_ab)
+
+    a = sub.add_parser(
+        "analyze", help="recompute metrics, comparisons and verdicts from a saved result (boots nothing)",
+        description="Read a result document (`pveoi ab --json`, any schema), draw every conclusion anew from its "
+                    "raw counts under today's thresholds (and --threshold overrides), print the table. Exit codes "
+                    "as for `pveoi ab`.")
+    a.add_argument("result", type=Path, metavar="RESULT.json")
+    a.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--json", type=Path, metavar="PATH", help="write the recomputed result here")
+    a.set_defaults(func=_cmd_analyze)
 
 
 def _parse_thresholds(items: Sequence[str]) -> dict[str, float]:
@@ -375,137 +389,201 @@ def _parse_thresholds(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _cmd_ab(args: argparse.Namespace) -> int:
-    from . import ab, results
+def _build_from_source(source: Path, patches: Path | None, flavour: str) -> Path:
+    """A kernel built by pveoi from a user's tree (a cache hit when built before)."""
+    from . import kernel
+
+    spec = kernel.default_spec(flavour, source=source, patches_dir=patches)
+    return kernel.build_kernel(spec).file("bzImage")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Make the --json parent and --history dirs now, so a bad path fails before anything boots."""
+    for where in (args.json.expanduser().absolute().parent if args.json else None,
+                  args.history.expanduser().absolute() if getattr(args, "history", None) else None):
+        if where is None:
+            continue
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create {where}: {err.strerror}",
+                              fix="pick a writable path for --json/--history") from err
+        if not os.access(where, os.W_OK):
+            raise ConfigError(f"{where} is not writable", fix="pick a writable path for --json/--history")
+    if args.json and args.json.expanduser().is_dir():
+        raise ConfigError(f"--json {args.json} is a directory", fix="pass a file path, e.g. results/ab.json")
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    """The A/B's plan from the command line, every input checked and resolved before anything boots."""
+    from dataclasses import replace
+
+    from . import ab, analysis
+    from .model import DEFAULT_ARMS, Plan, validate_arms
     from .workloads import get_workloads
 
     workloads = get_workloads(args.workload or ["timer"])
     overrides = _parse_thresholds(args.threshold)
     for w in workloads:
-        ab.load_thresholds(w.name, overrides)  # reject unknown keys before anything boots
-    arms = ab.load_arms(args.arms) if args.arms else ab.DEFAULT_ARMS
+        analysis.load_thresholds(w.name, overrides)  # reject unknown keys before anything boots
     if args.runs < 1:
         raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
     if args.retries < 0:
         raise ConfigError("--retries must be 0 or more", fix="pass --retries 1")
-    for where in (args.json.expanduser().absolute().parent if args.json else None,
-                  args.history.expanduser().absolute() if args.history else None):
-        if where is not None:  # made now, so a bad path fails before anything boots
-            try:
-                where.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise ConfigError(f"cannot create {where}: {err.strerror}",
-                                  fix="pick a writable path for --json/--history") from err
+    if args.smp is not None and not 1 <= args.smp <= 64:
+        raise ConfigError(f"--smp {args.smp} is not in 1..64", fix="pass e.g. --smp 2")
+    _check_outputs(args)
+    if args.kernel:
+        from . import kernel
+
+        kernel.check_kernel_file(Path(args.kernel).expanduser().absolute())
+    arms = ab.load_arms(args.arms, build=_build_from_source) if args.arms else DEFAULT_ARMS
+    if args.smp is not None:
+        arms = tuple(a if a.smp is not None else replace(a, smp=args.smp) for a in arms)
+    validate_arms(arms)
+    kernel_path = _guest_kernel(args)
+    img = _image(args)
+    logs = (args.logs or _default_logs()).absolute()
+    return Plan(workloads=tuple(w.name for w in workloads), arms=arms, runs=args.runs, kernel=kernel_path,
+                image=img.path, logs=logs, thresholds=overrides, retries=args.retries, memory_mb=args.memory,
+                timeout=args.timeout)
+
+
+def _cmd_ab(args: argparse.Namespace) -> int:
+    from . import ab, results
+    from .model import Result
+
     host, why, doctor_report = _choose_host(args.host)
     log.info("host: %s (%s)", host, why)
     runner = results.runner_identity(ab.runner_info(ab.cpu_vendor()), doctor_report)  # the machine running pveoi
     if host == "not-measurable":
-        doc = {**results.not_measurable(why, args), "runner": runner}
-        results.emit(doc, args.json, args.history)
-        print(results.format_table(doc))
+        _check_outputs(args)
+        res = results.not_measurable(why, args.runs).with_(runner=runner)
+        results.emit(res, args.json, args.history)
+        print(results.format_table(res))
         return 2
+    plan = _plan(args)
+    if host == "direct" and any(a.host_kernel for a in plan.arms):
+        raise ConfigError("an arm sets host_kernel, which only the virtual KVM host can boot",
+                          fix="add --host virtual (a hardware host cannot swap its kernel without a reboot)")
     try:
-        doc = _measure(args, host, why, workloads, arms, overrides)
+        measured: Result = _run_virtual(plan, why) if host == "virtual" else ab.run_plan(plan).with_(
+            host={"chosen": "direct", "reason": why})
     except ConfigError:
-        raise  # a mistake in the command line, not a night without a measurement
+        raise  # a mistake in the input, not a night without a measurement
     except PveoiError as err:
         if args.json or args.history:  # the history shows this run measured nothing, and why
-            doc = {**results.error_result(err, host, why, args), "runner": runner}
+            failed = results.error_result(err, host, why, args.runs).with_(runner=runner, plan=plan)
             try:
-                results.emit(doc, args.json, args.history)
+                results.emit(failed, args.json, args.history)
             except (OSError, PveoiError) as write_err:  # e.g. the disk is full: the first error is the news
                 log.warning("could not record the error in the results: %s", write_err)
         raise
-    doc["runner"] = runner
-    results.emit(doc, args.json, args.history)
-    if not os.environ.get("PVEOI_IN_VHOST"):  # the caller outside prints the table
-        print(results.format_table(doc))
-    return {"pass": 0, "fail": 1}.get(doc["verdict"], 2)
+    res = measured.with_(runner=runner, kernel=results.kernel_manifest(plan.kernel),
+                    image={"path": str(plan.image)}, logs=str(plan.logs))
+    results.emit(res, args.json, args.history)
+    print(results.format_table(res))
+    return res.exit_code
 
 
-def _measure(args: argparse.Namespace, host: str, why: str, workloads: list[Any], arms: Any,
-             overrides: dict[str, float]) -> dict[str, Any]:
-    """Build what is needed and run the A/B directly or through the virtual host: the result document."""
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from . import ab, results
+    from .model import DEFAULT_ARMS, Plan
 
-    kernel_path = _guest_kernel(args)
-    img = _image(args)
-    logs = (args.logs or _default_logs()).absolute()
-    if host == "virtual":
-        import time
+    res = results.load(args.result.expanduser())
+    overrides = _parse_thresholds(args.threshold)
+    plan = res.plan
+    if plan is None:  # a schema 1/2 result: its arms and workloads are in the document
+        plan = Plan(workloads=tuple(res.workloads), arms=tuple(res.arms.values()) or DEFAULT_ARMS,
+                    runs=res.runs_per_arm or 0, kernel=Path(str(res.kernel.get("path", ""))),
+                    image=Path(str(res.image.get("path", ""))), logs=Path(res.logs or ""))
+    plan = replace(plan, thresholds={**plan.thresholds, **overrides})
+    if not res.runs:
+        raise ConfigError(f"{args.result} holds no runs to analyze (verdict {res.verdict})",
+                          fix="pass a result of an A/B that measured something")
+    again = ab.reanalyze(res, plan)
+    if args.json:
+        results.emit(again, args.json, None)
+    print(results.format_table(again))
+    return again.exit_code
 
-        deadline = time.monotonic() + args.timeout
-        parts, boots, restarts = [], [], []
-        for w in workloads:  # one virtual host per workload: a lost one costs one workload, not all
-            for attempt in range(args.retries + 1):
+
+def _run_virtual(plan: Any, why: str) -> Any:
+    """Run ``plan`` through the virtual KVM host: one L1 per workload and host kernel (a lost L1 costs
+    one part, not all; restarted per the retry policy), each running the plan's part unchanged;
+    the parts' raw runs are analyzed together."""
+    import time
+
+    from . import ab
+    from .errors import retryable
+
+    deadline = time.monotonic() + plan.timeout
+    parts, boots, restarts, facts = [], [], [], {}
+    for w in plan.workloads:
+        for hk in plan.host_kernels():
+            part_plan = plan.only(w, hk)
+            tag = w if len(plan.host_kernels()) == 1 else f"{w}-{hk.name if hk else 'stock'}"
+            for attempt in range(plan.retries + 1):
                 try:
-                    part, vh = _ab_in_vhost(args, kernel_path, img, w.name, logs, deadline - time.monotonic(),
-                                            vhost_logs=logs / f"vhost-{w.name}-{attempt + 1}")
+                    part, vh = _in_vhost(part_plan, hk or _host_kernel(), deadline - time.monotonic(),
+                                         plan.logs / f"vhost-{tag}-{attempt + 1}")
                     break
-                except GuestTimeout:
-                    raise
-                except GuestError as err:  # the virtual host died (not a guest: those errors are results)
-                    if attempt == args.retries:
+                except PveoiError as err:
+                    if not retryable(err) or attempt == plan.retries:
                         raise
-                    restarts.append(f"{w.name}: {err}")
-                    log.warning("the virtual host died; restarting it once for %s: %s", w.name, err)
+                    restarts.append(f"{tag}: {err}")
+                    log.warning("the virtual host failed; restarting it for %s: %s", tag, err)
             parts.append(part)
-            boots.append(round(vh.boot_seconds, 2))
-        doc = ab.merge_results(parts)
-        doc["host"] = {**doc.get("host", {}), "chosen": "virtual", "reason": why,
-                       "virtual_host": {"boot_seconds": boots[0], "boots": boots, "kvm": vh.kvm_facts,
-                                        "restarts": restarts},
-                       "inner_runner": doc.get("runner", {})}
-    else:
-        setup = ab.Setup(kernel=kernel_path, initrd=img.initrd, private_key=img.identity.private_key,
-                         host_key_line=img.host_key_line, artifacts=logs, memory_mb=args.memory)
-        doc = ab.run_ab(setup, ab.AbConfig(workloads, args.runs, arms, overrides, retries=args.retries))
-        doc["host"] = {"chosen": "direct", "reason": why}
-    doc["kernel"] = results.kernel_manifest(kernel_path)
-    doc["image"] = {"initrd": str(img.initrd), "hash": img.manifest.get("hash")}
-    doc["logs"] = str(logs)
-    return doc
+            boots.append(round(vh.boot_seconds or 0.0, 2))
+            facts = vh.kvm_facts
+    merged = ab.reanalyze(parts[0], plan, parts[1:])
+    host_kernels = {str(hk or "stock"): results_manifest(hk or _host_kernel()) for hk in plan.host_kernels()}
+    return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
+                              "virtual_host": {"boot_seconds": boots[0], "boots": boots, "kvm": facts,
+                                               "restarts": restarts, "kernels": host_kernels}})
 
 
+def results_manifest(path: Path) -> dict[str, Any]:
+    from .results import kernel_manifest
+
+    return kernel_manifest(path)
 
 
-def _ab_in_vhost(args: argparse.Namespace, kernel_path: Path, img: Any, workload: str, logs: Path,
-                 timeout: float, vhost_logs: Path) -> tuple[dict[str, Any], Any]:
-    """One workload's A/B run by pveoi inside a fresh virtual KVM host: (its result document, the host).
+def _in_vhost(plan: Any, host_kernel: Path, timeout: float, vhost_logs: Path) -> tuple[Any, Any]:
+    """One part of the plan run by the inner runner inside a fresh virtual KVM host: (its result, the host).
 
-    The guests' logs go to ``logs``; the virtual host's own (console, output, QEMU) to ``vhost_logs``.
+    The plan goes in as JSON through the results share; the typed result comes back the same way.
+    The guests' logs go to ``plan.logs``; the virtual host's own (console, output, QEMU) to ``vhost_logs``.
     """
     import shutil
+    from dataclasses import replace
 
+    from . import inner, results
+    from .cache import atomic_write
     from .tmpdirs import tempdir
     from .vhost import run_in_vhost
 
     if timeout <= 0:
-        raise GuestTimeout(f"the A/B ran past --timeout {args.timeout:.0f}s before {workload}",
+        raise GuestTimeout(f"the A/B ran past --timeout {plan.timeout:.0f}s before {', '.join(plan.workloads)}",
                            fix="raise --timeout")
     with tempdir("ab") as tmp:
-        inner_json = tmp / "inner.json"
-        inner = ["ab", "--kernel", str(kernel_path), "--image", str(img.path), "--runs", str(args.runs),
-                 "--json", str(inner_json), "--logs", str(tmp / "logs"), "--memory", str(args.memory),
-                 "--workload", workload, "--retries", str(args.retries)]
-        for t in args.threshold:
-            inner += ["--threshold", t]
-        if args.arms:
-            inner += ["--arms", str(args.arms.absolute())]
+        inner_plan = replace(plan, logs=tmp / "logs")
+        atomic_write(tmp / "plan.json", json.dumps(inner_plan.to_json(), indent=2))
+        argv = [sys.executable, "-m", "e2e.inner", str(tmp / "plan.json"), str(tmp / "result.json")]
         try:
-            rc, vh = run_in_vhost(_reinvoke(inner), _host_kernel(), tmp, timeout=timeout,
-                                  sink=_stdout_sink, artifacts=vhost_logs)
+            rc, vh = run_in_vhost(argv, host_kernel, tmp, timeout=timeout, sink=_stdout_sink,
+                                  artifacts=vhost_logs, keep=plan.files())
         finally:
             if (tmp / "logs").is_dir():
-                shutil.copytree(tmp / "logs", logs, dirs_exist_ok=True)
-        if not inner_json.is_file():
+                shutil.copytree(tmp / "logs", plan.logs, dirs_exist_ok=True)
+        if not (tmp / "result.json").is_file():
             raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
-                             fix=f"read the logs in {logs}")
-        doc: dict[str, Any] = json.loads(inner_json.read_text())
-    inner_error = doc.get("error")
-    if inner_error:  # the inner pveoi stopped on an error: the same one line here
-        raise PveoiError(f"in the virtual KVM host: {inner_error.get('message')}", fix=inner_error.get("fix"))
-    return doc, vh
+                             fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)
+        res = results.load(tmp / "result.json")
+    inner.raise_inner_error(res)
+    return res, vh
 
 
 def _default_logs() -> Path:

@@ -14,12 +14,38 @@ line that names the cause and, where there is one, the fix::
      |    +-- GuestPanic     kernel panic/oops seen on the console
      |    +-- GuestTimeout   a deadline passed while waiting for the guest
      |    +-- SshError       SSH to the guest failed
-     +-- MeasurementError    perf or the counts are unusable
+     +-- MeasurementError    perf cannot count (or, with kind=infrastructure, lost its threads)
+     +-- Finding             the kernel under test misbehaves (a verdict: fail, exit 1)
+
+Every error carries a :class:`Kind`, and the kind alone decides what happens
+next (:func:`retryable`, :attr:`PveoiError.exit_code`):
+
+* ``config``: bad input; exit 2, found before any boot, never retried;
+* ``capability``: not measurable here; exit 2 (a skip in tests);
+* ``infrastructure``: a boot deadline, QMP or SSH lost, QEMU or the virtual host
+  gone; retried per ``--retries`` on a fresh guest, then the verdict ``error``;
+* ``finding``: the kernel under test misbehaves (a measured guest's panic, a
+  vCPU whose CPUID offers PV EOI but whose kernel did not enable it,
+  inconsistent counts); verdict ``fail`` with the reason, exit 1, never retried.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
+
+
+class Kind(enum.StrEnum):
+    """What an error means for the run: it alone decides retry and exit code."""
+
+    CONFIG = "config"
+    CAPABILITY = "capability"
+    INFRASTRUCTURE = "infrastructure"
+    FINDING = "finding"
+
+
+#: The exit code of each kind (a finding is a failed verdict).
+EXIT_CODES = {Kind.CONFIG: 2, Kind.CAPABILITY: 2, Kind.INFRASTRUCTURE: 2, Kind.FINDING: 1}
 
 
 class PveoiError(Exception):
@@ -29,12 +55,18 @@ class PveoiError(Exception):
     :param fix: what the user should do about it, if known.
     """
 
-    exit_code = 2
+    #: The kind of every instance of this class, unless one is passed.
+    default_kind = Kind.CONFIG
 
-    def __init__(self, message: str, fix: str | None = None) -> None:
+    def __init__(self, message: str, fix: str | None = None, kind: Kind | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
+        self.kind = kind or self.default_kind
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.kind]
 
     def __str__(self) -> str:
         if self.fix:
@@ -49,6 +81,8 @@ class ConfigError(PveoiError):
 class CapabilityError(PveoiError):
     """The host lacks a capability pveoi needs."""
 
+    default_kind = Kind.CAPABILITY
+
 
 class NotMeasurable(CapabilityError):
     """PV EOI cannot be measured on this host (a verdict, not a failure)."""
@@ -61,7 +95,7 @@ class BuildError(PveoiError):
     """
 
     def __init__(self, message: str, fix: str | None = None, log: str | None = None) -> None:
-        super().__init__(message, fix)
+        super().__init__(message, fix, Kind.CONFIG)
         self.log = log
 
     def __str__(self) -> str:
@@ -70,12 +104,14 @@ class BuildError(PveoiError):
 
 
 class LaunchError(PveoiError):
-    """QEMU failed to start or exited early.
+    """QEMU failed to start or exited early (infrastructure, unless the cause is the input).
 
     :param argv: the command line that was run.
     :param exitcode: QEMU's exit status, if it exited.
     :param output: the tail of QEMU's own log.
     """
+
+    default_kind = Kind.INFRASTRUCTURE
 
     def __init__(
         self,
@@ -84,8 +120,9 @@ class LaunchError(PveoiError):
         exitcode: int | None = None,
         output: str = "",
         fix: str | None = None,
+        kind: Kind | None = None,
     ) -> None:
-        super().__init__(message, fix)
+        super().__init__(message, fix, kind)
         self.argv = list(argv)
         self.exitcode = exitcode
         self.output = output
@@ -101,17 +138,23 @@ class LaunchError(PveoiError):
 
 
 class GuestError(PveoiError):
-    """The guest misbehaved."""
+    """The guest (or the virtual host) could not be booted, reached or kept: infrastructure."""
+
+    default_kind = Kind.INFRASTRUCTURE
 
 
 class GuestPanic(GuestError):
-    """The guest kernel panicked or oopsed.
+    """The guest kernel panicked or oopsed: a finding about the kernel under test
+    (the virtual host's own panic is re-raised as infrastructure).
 
     :param lines: the console lines around the panic.
     """
 
-    def __init__(self, message: str, lines: Sequence[str] = (), fix: str | None = None) -> None:
-        super().__init__(message, fix)
+    default_kind = Kind.FINDING
+
+    def __init__(self, message: str, lines: Sequence[str] = (), fix: str | None = None,
+                 kind: Kind | None = None) -> None:
+        super().__init__(message, fix, kind)
         self.lines = list(lines)
 
     def __str__(self) -> str:
@@ -129,4 +172,24 @@ class SshError(GuestError):
 
 
 class MeasurementError(PveoiError):
-    """perf or the counts it produced are unusable."""
+    """perf cannot count here (capability), or lost what it counted (``kind=infrastructure``)."""
+
+    default_kind = Kind.CAPABILITY
+
+
+class Finding(PveoiError):
+    """The kernel under test misbehaves: the A/B fails with this reason (exit 1), never retried.
+
+    :param vcpu: the vCPU it concerns, when one does.
+    """
+
+    default_kind = Kind.FINDING
+
+    def __init__(self, message: str, fix: str | None = None, vcpu: int | None = None) -> None:
+        super().__init__(message, fix, Kind.FINDING)
+        self.vcpu = vcpu
+
+
+def retryable(err: PveoiError) -> bool:
+    """The one retry policy, for a run and for the virtual host alike: only infrastructure."""
+    return err.kind is Kind.INFRASTRUCTURE

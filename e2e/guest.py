@@ -98,4 +98,7 @@ def pveoi_delta(before: GuestState, after: GuestState) -> dict[str, Any] | None:
         "written": written,
         "feature": [c.feature for _, c in sorted(after.pveoi.items())],
         "enabled": [c.enabled for _, c in sorted(after.pveoi.items())],
+        "per_cpu": {str(cpu): {"skipped": c.skipped - before.pveoi[cpu].skipped,
+                               "written": c.written - before.pveoi[cpu].written}
+                    for cpu, c in sorted(after.pveoi.items()) if cpu in before.pveoi},
     }

@@ -12,7 +12,6 @@ figures with their intervals, and the per-rep values behind them.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -22,13 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MeasurementError, PveoiError
+from .errors import PveoiError
+from .model import READABLE, SCHEMA, Result, SchemaError, migrate
 
 log = logging.getLogger(__name__)
-
-#: The result schema this pveoi writes; it reads every version in :data:`READABLE`.
-SCHEMA = 2
-READABLE = (1, 2)
 
 #: The headline figures, by key: (label, unit). Both are "bigger is better".
 HEADLINES = {
@@ -37,49 +33,28 @@ HEADLINES = {
 }
 
 
-class HistoryError(PveoiError):
-    """The history cannot be used (missing, empty, unreadable files, unknown schema)."""
+#: The history cannot be used (missing, empty, unreadable files, unknown schema); the same
+#: error the one result reader raises for a document it cannot read.
+HistoryError = SchemaError
 
-
-# ---------------------------------------------------------------- loading
-
-
-def migrate(doc: dict[str, Any], name: str = "result") -> dict[str, Any]:
-    """Bring a result document to :data:`SCHEMA` (pure; returns a new dict).
-
-    Schema 1 kept the virtual host's own machine as ``runner`` and the machine
-    that ran pveoi as ``host.outer_runner``; schema 2 makes ``runner`` the
-    machine that ran pveoi (the one a history groups by), with an ``id`` and
-    the doctor's findings, and moves the virtual host's to ``host.inner_runner``.
-
-    :raises HistoryError: no schema, or one this pveoi cannot read.
-    """
-    version = doc.get("schema")
-    if version not in READABLE:
-        newer = isinstance(version, int) and version > SCHEMA
-        raise HistoryError(
-            f"{name}: result schema {version!r} is not one this pveoi reads ({', '.join(map(str, READABLE))})",
-            fix="upgrade pveoi to read it" if newer else "move the file out of the history; it is not a pveoi result")
-    out = copy.deepcopy(doc)
-    if version == 1:
-        host = out.setdefault("host", {})
-        runner = out.get("runner", {})
-        if "outer_runner" in host:
-            host["inner_runner"] = runner
-            runner = host.pop("outer_runner")
-        runner.setdefault("id", runner.get("hostname", "unknown"))
-        runner.setdefault("doctor", [])
-        out["runner"] = runner
-        out["schema"] = SCHEMA
-    return out
+__all__ = ["READABLE", "SCHEMA", "HistoryError", "migrate"]
 
 
 @dataclass
 class Run:
-    """One result document of a history."""
+    """One result of a history: the typed result and its document as pveoi writes it today
+    (whatever schema the file has, :class:`e2e.model.Result` read it)."""
 
     path: Path
-    doc: dict[str, Any]
+    result: Result
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        if self._doc is None:
+            self._doc = self.result.to_json()
+        return self._doc
+
+    _doc: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -189,7 +164,7 @@ def load_history(root: Path) -> History:
             problems.append(f"{path}: not a pveoi result (no verdict)")
             continue
         try:
-            run = Run(path, migrate(raw, str(path)))
+            run = Run(path, Result.from_json(raw, str(path)))
             validate(run)
         except HistoryError as err:
             problems.append(f"{err.message}; fix: {err.fix}")
@@ -216,7 +191,7 @@ def _per_rep(value: Callable[[Mapping[str, Any], Mapping[str, Any]], float],
     for on, off in pairs:
         try:
             v = value(on, off)
-        except (MeasurementError, ZeroDivisionError):
+        except (PveoiError, ZeroDivisionError):
             continue
         if math.isfinite(v):
             out.append(v)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from .errors import CapabilityError, ConfigError, MeasurementError, PveoiError
+from .errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
 from .tmpdirs import mkdtemp
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,8 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
     if "problems finding threads" in lower or "no such process" in lower:
         line = first("problems finding threads", "no such process")
         return MeasurementError(f"{head}: {line}",
-                                fix="the pid/tids to count do not exist (any more); pass live ones")
+                                fix="the pid/tids to count do not exist (any more); pass live ones",
+                                kind=Kind.INFRASTRUCTURE)
     if "unknown tracepoint" in lower or "event syntax error" in lower:
         line = first("event syntax error", "unknown tracepoint")
         why = next((ln.lstrip("\\_ ") for ln in lines if ln.startswith("\\___")), None)
@@ -378,7 +379,7 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
     if returncode == 0:
         return MeasurementError(
             f"{head}: perf ended by itself: the counted process or threads exited",
-            fix="keep the counted process alive until stop()")
+            fix="keep the counted process alive until stop()", kind=Kind.INFRASTRUCTURE)
     return MeasurementError(f"{head}: {first('error', 'fail')}",
                             fix=f"run it by hand to see why: {shlex.join(argv)}")
 

@@ -6,7 +6,6 @@ every other format (tables, JUnit, reports) is made from.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -17,10 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .cache import atomic_write
 from .errors import PveoiError
-from .history import SCHEMA, runner_id
+from .history import runner_id
+from .model import Result
 
 
 def kernel_manifest(bzimage: Path) -> dict[str, Any]:
@@ -35,26 +34,19 @@ def kernel_manifest(bzimage: Path) -> dict[str, Any]:
     return {"kind": "path", "path": str(bzimage), "sha256": sha256_file(bzimage)}
 
 
-def not_measurable(reason: str, args: argparse.Namespace) -> dict[str, Any]:
-    """A complete result document for a host that cannot measure PV EOI."""
-    return {
-        "schema": SCHEMA, "pveoi_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "verdict": "not-measurable", "reason": reason,
-        "host": {"chosen": "not-measurable", "reason": reason},
-        "runner": {"hostname": platform.node(), "kernel": platform.release()},
-        "arms": {}, "workloads": {}, "metrics": {}, "eoi_exits_saved_per_interrupt": None,
-        "runs_per_arm": getattr(args, "runs", None),
-    }
+def not_measurable(reason: str, runs: int | None) -> Result:
+    """A complete result for a host that cannot measure PV EOI."""
+    return Result(verdict="not-measurable", reason=reason, runs_per_arm=runs,
+                  host={"chosen": "not-measurable", "reason": reason},
+                  runner={"hostname": platform.node(), "kernel": platform.release()})
 
 
-def error_result(err: PveoiError, host: str, why: str, args: argparse.Namespace) -> dict[str, Any]:
-    """A complete result document for an A/B that stopped on an error: verdict ``error``, no
-    figures, the error (message and fix) kept so a history shows why the night measured nothing."""
-    doc = not_measurable(str(err), args)
-    doc.update(verdict="error", host={"chosen": host, "reason": why},
-               error={"type": type(err).__name__, "message": err.message, "fix": err.fix})
-    return doc
+def error_result(err: PveoiError, host: str, why: str, runs: int | None) -> Result:
+    """A complete result for an A/B that stopped on an error: verdict ``error``, no figures, the
+    error (kind, message and fix) kept so a history shows why the night measured nothing."""
+    return Result(verdict="error", reason=str(err), runs_per_arm=runs, host={"chosen": host, "reason": why},
+                  runner={"hostname": platform.node(), "kernel": platform.release()},
+                  error={"kind": str(err.kind), "type": type(err).__name__, "message": err.message, "fix": err.fix})
 
 
 def runner_identity(runner: dict[str, Any], doctor_report: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,19 +54,38 @@ def runner_identity(runner: dict[str, Any], doctor_report: dict[str, Any] | None
     return {**runner, "id": runner_id(), "doctor": list(doctor_report.get("findings", [])) if doctor_report else []}
 
 
-def history_name(doc: dict[str, Any]) -> str:
+def history_name(result: Result) -> str:
     """A file name that never collides across runners and runs."""
-    stamp = str(doc.get("created", "")).replace(":", "").replace("-", "") or time.strftime("%Y%m%dT%H%M%SZ")
+    stamp = result.created.replace(":", "").replace("-", "") or time.strftime("%Y%m%dT%H%M%SZ")
     host = socket.gethostname().replace("/", "_")
     return f"{stamp}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
 
 
-def emit(doc: dict[str, Any], json_path: Path | None, history: Path | None) -> None:
-    """Write ``doc`` into ``history`` and to ``json_path`` (each atomic; the history first, so a
+def dumps(result: Result) -> str:
+    """The one writer of a result document."""
+    return json.dumps(result.to_json(), indent=2, sort_keys=True, default=str) + "\n"
+
+
+def load(path: Path) -> Result:
+    """The one reader of a result file (any readable schema).
+
+    :raises ConfigError: unreadable or not JSON. :raises SchemaError: not a readable result.
+    """
+    from .errors import ConfigError
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read result {path}: {err}", fix="pass a file `pveoi ab --json` wrote") from err
+    return Result.from_json(data, str(path))
+
+
+def emit(result: Result, json_path: Path | None, history: Path | None) -> None:
+    """Write ``result`` into ``history`` and to ``json_path`` (each atomic; the history first, so a
     ``--json`` file never holds a verdict the history failed to record)."""
-    text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+    text = dumps(result)
     if history is not None:
-        atomic_write(history.expanduser().absolute() / history_name(doc), text)
+        atomic_write(history.expanduser().absolute() / history_name(result), text)
     if json_path is not None:
         atomic_write(json_path.expanduser().absolute(), text)
 
@@ -93,37 +104,64 @@ def fmt_ci(ci: Any) -> str:
     return f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]" if ci else ""
 
 
-def format_table(doc: dict[str, Any]) -> str:
-    """A readable end-of-run table: per workload, per metric: off, on, reduction, interval."""
-    lines = [f"verdict: {doc['verdict'].upper()}"]
-    host = doc.get("host", {})
-    if host:
-        lines.append(f"host: {host.get('chosen')} ({host.get('reason')})")
-    for name, w in doc.get("workloads", {}).items():
+def _arm_line(result: Result, workload: str, arm: str) -> str | None:
+    runs = result.runs_of(workload, arm)
+    if not runs:
+        return None
+    pv = [r.counts.get("kvm:kvm_pv_eoi") for r in runs]
+    inj = [r.counts.get("kvm:kvm_inj_virq") for r in runs]
+    guest = [(r.guest_pv_eoi or {}).get("skipped") for r in runs]
+    return f"  arm {arm}: kvm_pv_eoi={pv} inj_virq={inj} guest_skipped={guest}"
+
+
+def format_table(result: Result) -> str:
+    """A readable end-of-run table: per workload, the on/off figures, then every other comparison."""
+    lines = [f"verdict: {result.verdict.upper()}"]
+    if result.host:
+        lines.append(f"host: {result.host.get('chosen')} ({result.host.get('reason')})")
+    for name, w in result.workloads.items():
         lines.append("")
-        lines.append(f"workload {name}: {w.get('verdict', '?').upper()}  ({w.get('description', '')})")
-        head = w.get("eoi_exits_saved_per_interrupt")
+        lines.append(f"workload {name}: {w.verdict.upper()}  ({w.description})")
+        head = w.eoi_exits_saved_per_interrupt
         if head:
             lines.append(f"  EOI exits saved per injected interrupt: {fmt_number(head.get('value'))} "
-                         f"{fmt_ci(head.get('ci'))} (limit 1.0)")
-        metrics = w.get("metrics", {})
-        if metrics:
-            treat, base = w.get("treatment", "on"), w.get("baseline", "off")
-            lines.append(f"  {'per injected interrupt':<24} {base:>9} {treat:>9} {'reduction':>10}  interval")
-            for key, m in metrics.items():
+                         f"{fmt_ci(head.get('ci'))} (limit 1.0; {w.treatment} vs {w.baseline})")
+        if w.metrics:
+            lines.append(f"  {'per injected interrupt':<24} {w.baseline or 'off':>9} {w.treatment or 'on':>9} "
+                         f"{'reduction':>10}  interval")
+            for key, m in w.metrics.items():
                 lines.append(f"  {key:<24} {fmt_number(m.get('off_median')):>9} {fmt_number(m.get('on_median')):>9} "
                              f"{fmt_number(m.get('reduction')):>10}  {fmt_ci(m.get('reduction_ci'))}")
-        for arm_name, arm in doc.get("arms", {}).items():
-            runs = arm.get("runs", {}).get(name, [])
-            if runs:
-                pv = [r["counts"].get("kvm:kvm_pv_eoi") for r in runs]
-                inj = [r["counts"].get("kvm:kvm_inj_virq") for r in runs]
-                guest = [(r["guest"].get("pv_eoi") or {}).get("skipped") for r in runs]
-                lines.append(f"  arm {arm_name}: kvm_pv_eoi={pv} inj_virq={inj} guest_skipped={guest}")
-        for reason in w.get("reasons", []):
+        first = True
+        for comp in w.comparisons:
+            if comp.kind == "effect" and comp.a == w.baseline and comp.b == w.treatment:
+                continue  # the table above
+            if first:
+                lines.append("  comparisons (b - a; 95 % CI of the difference; permutation p):")
+                first = False
+            lines.append(f"  {comp.kind} {comp.b} vs {comp.a} (differ in {', '.join(comp.differs_in) or '-'}): "
+                         f"{comp.verdict.upper()}")
+            if comp.kind == "effect" and comp.headline:
+                lines.append(f"    EOI exits saved per interrupt {fmt_number(comp.headline.get('value'))} "
+                             f"{fmt_ci(comp.headline.get('ci'))}")
+            for key in ("trapped_eoi", "kvm_exit", "eoi_saved"):
+                m = comp.metrics.get(key)
+                if not m or comp.kind == "effect":
+                    continue
+                if "a_median" in m:
+                    lines.append(f"    {key:<12} a {fmt_number(m['a_median'])}  b {fmt_number(m['b_median'])}  "
+                                 f"diff {fmt_number(m['diff'])} {fmt_ci(m['diff_ci'])}  p {fmt_number(m['p_value'])}")
+                else:
+                    lines.append(f"    {key:<12} a {fmt_number(m.get('a'))}  b {fmt_number(m.get('b'))}  "
+                                 f"diff {fmt_number(m['diff'])} {fmt_ci(m['diff_ci'])}")
+        for arm in result.arms:
+            line = _arm_line(result, name, arm)
+            if line:
+                lines.append(line)
+        for reason in w.reasons:
             lines.append(f"  ! {reason}")
-        for note in w.get("notes", []):
+        for note in w.notes:
             lines.append(f"  note: {note}")
-    if doc["verdict"] == "not-measurable":
-        lines.append(f"reason: {doc.get('reason')}")
+    if result.verdict in ("not-measurable", "error") and not result.workloads:
+        lines.append(f"reason: {result.reason}")
     return "\n".join(lines)

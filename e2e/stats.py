@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ConfigError, MeasurementError
+from .errors import ConfigError, Finding, MeasurementError
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +307,8 @@ def trapped_eoi_per_interrupt(run: Mapping[str, float]) -> float:
 
     :param run: counts with ``kvm:kvm_eoi``, ``kvm:kvm_pv_eoi`` and ``interrupts``.
     :returns: the ratio.
-    :raises MeasurementError: a key is missing, interrupts <= 0, or
-        kvm_pv_eoi > kvm_eoi (inconsistent counts).
+    :raises MeasurementError: a key is missing or interrupts <= 0.
+    :raises Finding: kvm_pv_eoi > kvm_eoi (inconsistent counts: the host's accounting is broken).
     """
     missing = [k for k in (EOI_KEY, PV_EOI_KEY, INTERRUPTS_KEY) if k not in run]
     if missing:
@@ -321,7 +321,7 @@ def trapped_eoi_per_interrupt(run: Mapping[str, float]) -> float:
             "is not a measurement",
             fix="check perf counted the vCPU threads and the workload interrupts the guest")
     if pv > eoi:
-        raise MeasurementError(
+        raise Finding(
             f"kvm_pv_eoi ({run[PV_EOI_KEY]}) > kvm_eoi ({run[EOI_KEY]}): inconsistent counts "
             "(kvm_eoi fires for every EOI, PV ones included)",
             fix="count both tracepoints in the same perf run over the same window")
@@ -354,3 +354,23 @@ def eoi_exits_saved_per_interrupt(runs_on: Sequence[Mapping[str, float]],
     on = [trapped_eoi_per_interrupt(r) for r in runs_on]
     off = [trapped_eoi_per_interrupt(r) for r in runs_off]
     return summarize("trapped_eoi", on, off, unit="per interrupt", level=level, n=n, seed=seed)
+
+
+def effect_difference(on_a: Values, off_a: Values, on_b: Values, off_b: Values, level: float = 0.95,
+                      n: int = 9999, seed: int = 0) -> tuple[float, Interval]:
+    """How much PV EOI's saving differs between two arm pairs: ``(off_b - on_b) - (off_a - on_a)``
+    in medians, with a bootstrap CI that resamples each of the four arms independently.
+
+    :param on_a: pair a's PV EOI arm; :param off_a: its twin without PV EOI.
+    :param on_b: pair b's PV EOI arm; :param off_b: its twin.
+    :returns: ``(difference, (lo, hi))``; negative: pair b saves less.
+    :raises MeasurementError: an empty arm or a non-finite value.
+    :raises ConfigError: a bad level or n.
+    """
+    _check(level, n)
+    arrays = [_array(v, what) for v, what in ((on_a, "on a"), (off_a, "off a"), (on_b, "on b"), (off_b, "off b"))]
+    point = ((float(np.median(arrays[3])) - float(np.median(arrays[2])))
+             - (float(np.median(arrays[1])) - float(np.median(arrays[0]))))
+    rng = np.random.default_rng(seed)
+    boots = [_boot_or_point(rng, arr, np.median, n) for arr in arrays]
+    return point, _interval((boots[3] - boots[2]) - (boots[1] - boots[0]), level)

@@ -34,7 +34,7 @@ from typing import IO
 from .argv import MachineSpec, base_argv, quote_optarg
 from .cache import cache_root
 from .console import stop_reader
-from .errors import CapabilityError, ConfigError, GuestError, GuestTimeout, PveoiError
+from .errors import CapabilityError, ConfigError, GuestError, GuestPanic, GuestTimeout, Kind, PveoiError
 from .machine import Machine
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,12 @@ class VirtualKvmHost(Machine):
                                    fix="raise --timeout") from err
         finally:
             self.shutdown()
-        self.console.check()
+        try:
+            self.console.check()
+        except GuestPanic as err:  # the virtual host's own kernel: infrastructure, not the kernel under test
+            raise GuestError(f"the virtual host's kernel panicked: {err}",
+                             fix="re-run; if it repeats, read the virtual host's console log",
+                             kind=Kind.INFRASTRUCTURE) from err
         rc_file = ctl / "rc"
         if not rc_file.is_file():
             death = self.death_note()
@@ -244,11 +249,15 @@ class VirtualKvmHost(Machine):
 
 def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int = 2, memory_mb: int = 2048,
                  timeout: float = 1800.0, sink: Callable[[bytes], None] | None = None,
-                 artifacts: Path | None = None, env: Mapping[str, str] | None = None) -> tuple[int, VirtualKvmHost]:
+                 artifacts: Path | None = None, env: Mapping[str, str] | None = None,
+                 keep: Sequence[Path] = ()) -> tuple[int, VirtualKvmHost]:
     """Boot a virtual host, run ``argv`` in it, tear it down.
 
     :param results: the writable dir shared into L1 (the caller owns and removes it).
+    :param keep: files or dirs under the host's /tmp the command needs (bound into L1's own /tmp;
+        a file's directory is bound).
     :returns: the command's exit status and the (shut down) host object.
     """
-    host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout), results, sink, artifacts)
+    keep = [p if p.is_dir() else p.parent for p in keep]
+    host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep)), results, sink, artifacts)
     return host.run(argv, env=env), host

@@ -28,7 +28,10 @@ class Workload:
     :param command: argv run in the guest over SSH; ``{port}`` is replaced by
         the host-side server port for workloads that need one.
     :param ops: the operations the command performs (for per-op figures).
-    :param smp: vCPUs the guest needs.
+    :param smp: vCPUs the guest gets (an arm's ``smp`` overrides it). Two by default, so
+        that the arm proof sees a second vCPU and per-CPU enabling bugs fail every workload.
+    :param pin_last_cpu: run the command on the guest's last vCPU (``taskset``), never CPU 0
+        alone: a kernel that sets PV EOI up on the boot CPU only must fail the measurement too.
     :param scratch_mb: size of the virtio-blk scratch disk (0: none).
     :param host_server: a host-side server to run during the workload, argv
         with ``{port}`` (e.g. iperf3 -s).
@@ -39,26 +42,30 @@ class Workload:
     command: tuple[str, ...]
     ops: int
     description: str
-    smp: int = 1
+    smp: int = 2
+    pin_last_cpu: bool = False
     scratch_mb: int = 0
     host_server: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
     timeout: float = 600.0
 
-    def argv(self, port: int | None = None) -> list[str]:
-        return [a.replace("{port}", str(port)) if port is not None else a for a in self.command]
+    def argv(self, port: int | None = None, vcpus: int | None = None) -> list[str]:
+        """The guest command, with the server port filled in and pinned to the last of ``vcpus``."""
+        cmd = [a.replace("{port}", str(port)) if port is not None else a for a in self.command]
+        n = vcpus or self.smp
+        return ["taskset", "-c", str(n - 1), *cmd] if self.pin_last_cpu and n > 1 else cmd
 
 
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
         Workload(
-            "timer", ("pveoi-load", "timer", "3000", "100"), ops=3000,
-            description="3000 x 100 us clock_nanosleep: one LAPIC timer interrupt each",
+            "timer", ("pveoi-load", "timer", "3000", "100"), ops=3000, pin_last_cpu=True,
+            description="3000 x 100 us clock_nanosleep on the last vCPU: one LAPIC timer interrupt each",
             needs=("pveoi-load",),
         ),
         Workload(
-            "ipi", ("pveoi-load", "ipi", "3000"), ops=3000, smp=2,
+            "ipi", ("pveoi-load", "ipi", "3000"), ops=3000,
             description="3000 futex ping-pong round trips between threads pinned to CPU 0 and 1 "
                         "(cross-CPU wakeup IPIs, mostly CAL)",
             needs=("pveoi-load",),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from e2e.errors import ConfigError, MeasurementError
+from e2e.errors import ConfigError, Finding, MeasurementError
 from e2e.stats import (
     MetricSummary,
     bootstrap_ci,
@@ -266,7 +266,7 @@ def test_eoi_saved_refuses_zero_interrupts(interrupts: float) -> None:
 def test_eoi_saved_refuses_missing_keys_inconsistent_counts_and_empty_arms() -> None:
     with pytest.raises(MeasurementError, match="lack"):
         eoi_exits_saved_per_interrupt([{"kvm:kvm_eoi": 5.0, "interrupts": 5.0}], off_runs(1))
-    with pytest.raises(MeasurementError, match="inconsistent"):
+    with pytest.raises(Finding, match="inconsistent"):
         eoi_exits_saved_per_interrupt([run(10.0, 11.0, 10.0)], off_runs(1))
     with pytest.raises(MeasurementError, match="both arms"):
         eoi_exits_saved_per_interrupt([], off_runs(1))

@@ -1,0 +1,61 @@
+"""
+The inner runner: runs a :class:`e2e.model.Plan` on this KVM host and writes its
+typed result. The virtual KVM host runs it as ``python -m e2e.inner PLAN RESULT``
+on the plan the outer pveoi wrote into the results share: the same plan object
+in both places, no command line rebuilt for L1.
+
+Exit status: the result's (0 pass, 1 fail, 2 otherwise). An error that stops
+the whole run is written as a result with verdict ``error`` and the error's
+kind, message and fix, which the outer pveoi raises again as the same kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import Kind, PveoiError
+from .model import Plan, Result
+
+
+def run(plan_path: Path, result_path: Path) -> int:
+    """Run the plan at ``plan_path``; write the result to ``result_path``; return the exit status."""
+    from . import ab, results
+
+    plan = Plan.from_json(json.loads(plan_path.read_text()))
+    try:
+        result = ab.run_plan(plan)
+    except PveoiError as err:
+        results.emit(results.error_result(err, "direct", "inside the virtual KVM host", plan.runs), result_path, None)
+        return err.exit_code
+    results.emit(result, result_path, None)
+    return result.exit_code
+
+
+def raise_inner_error(result: Result) -> None:
+    """The error an inner run stopped on, raised here as its own kind (one line, same fix).
+
+    :raises PveoiError: when ``result`` records one.
+    """
+    err = result.error
+    if err:
+        kind = Kind(err["kind"]) if err.get("kind") in Kind.__members__.values() else Kind.INFRASTRUCTURE
+        raise PveoiError(f"in the virtual KVM host: {err.get('message')}", fix=err.get("fix"), kind=kind)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m e2e.inner PLAN.json RESULT.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="pveoi: %(message)s", stream=sys.stderr)
+    for noisy in ("paramiko", "qemu.qmp", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    return run(Path(args[0]), Path(args[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
