@@ -143,3 +143,30 @@ def guest_image(guest_kernel: Path):  # type: ignore[no-untyped-def]
     from e2e import image
 
     return image.build_image()
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture_patch_dir(fixture: str, tmp: Path) -> Path:
+    """guest_patches/ in series order, then every ``*.patch`` of ``tests/fixtures/<fixture>/``, as
+    one quilt dir of symlinks (the cache key hashes names and contents: every build is one key)."""
+    from e2e.kernel import load_series
+
+    repo = FIXTURES.parent.parent
+    d = tmp / f"{fixture}-patches"
+    d.mkdir()
+    names = []
+    for path in [p.path for p in load_series(repo / "guest_patches")] + sorted((FIXTURES / fixture).glob("*.patch")):
+        (d / path.name).symlink_to(path)
+        names.append(path.name)
+    (d / "series").write_text("\n".join(names) + "\n")
+    return d
+
+
+def fixture_kernel(fixture: str, tmp: Path) -> Path:
+    """A guest kernel with a planted bug from ``tests/fixtures/<fixture>/`` (a cache hit once built)."""
+    from e2e import kernel
+
+    spec = kernel.default_spec("guest", patches_dir=fixture_patch_dir(fixture, tmp))
+    return kernel.build_kernel(spec).file("bzImage")

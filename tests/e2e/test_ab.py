@@ -60,7 +60,7 @@ def test_timer_ab(timer_run: tuple[dict, Path]) -> None:  # type: ignore[type-ar
     check_pv_eoi_claim(doc, "timer", 0.9)
     assert doc["host"]["chosen"] in ("direct", "virtual")
     # What a history groups and explains by: the machine that ran pveoi, and its doctor.
-    assert doc["schema"] == 2 and doc["runner"]["id"] and doc["runner"]["doctor"]
+    assert doc["schema"] == 3 and doc["runner"]["id"] and doc["runner"]["doctor"]
     if doc["host"]["chosen"] == "virtual":
         assert doc["host"]["inner_runner"]["hostname"] == "pveoi-vhost"
 
