@@ -414,18 +414,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise ConfigError(f"--json {args.json} is a directory", fix="pass a file path, e.g. results/ab.json")
 
 
-def _plan(args: argparse.Namespace) -> Any:
-    """The A/B's plan from the command line, every input checked and resolved before anything boots."""
-    from dataclasses import replace
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every input of ``pveoi ab`` that can be checked cheaply, checked before the doctor's probe boot,
+    any build or any boot (a kernel an arm builds from source is only looked at here).
 
+    :raises ConfigError: naming the input and the fix.
+    """
     from . import ab, analysis
-    from .model import DEFAULT_ARMS, Plan, validate_arms
+    from .model import DEFAULT_ARMS, validate_arms
     from .workloads import get_workloads
 
-    workloads = get_workloads(args.workload or ["timer"])
     overrides = _parse_thresholds(args.threshold)
-    for w in workloads:
-        analysis.load_thresholds(w.name, overrides)  # reject unknown keys before anything boots
+    for w in get_workloads(args.workload or ["timer"]):
+        analysis.load_thresholds(w.name, overrides)  # reject unknown keys
     if args.runs < 1:
         raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
     if args.retries < 0:
@@ -437,6 +438,24 @@ def _plan(args: argparse.Namespace) -> Any:
         from . import kernel
 
         kernel.check_kernel_file(Path(args.kernel).expanduser().absolute())
+    if args.image:
+        from . import image
+
+        image.load_image(args.image)
+    validate_arms(ab.load_arms(args.arms, build=lambda source, _patches, _flavour: source)
+                  if args.arms else DEFAULT_ARMS)
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    """The A/B's plan from the command line, every input resolved (kernels built) before anything boots."""
+    from dataclasses import replace
+
+    from . import ab
+    from .model import DEFAULT_ARMS, Plan, validate_arms
+    from .workloads import get_workloads
+
+    workloads = get_workloads(args.workload or ["timer"])
+    overrides = _parse_thresholds(args.threshold)
     arms = ab.load_arms(args.arms, build=_build_from_source) if args.arms else DEFAULT_ARMS
     if args.smp is not None:
         arms = tuple(a if a.smp is not None else replace(a, smp=args.smp) for a in arms)
@@ -453,11 +472,11 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     from . import ab, results
     from .model import Result
 
+    _check_inputs(args)
     host, why, doctor_report = _choose_host(args.host)
     log.info("host: %s (%s)", host, why)
     runner = results.runner_identity(ab.runner_info(ab.cpu_vendor()), doctor_report)  # the machine running pveoi
     if host == "not-measurable":
-        _check_outputs(args)
         res = results.not_measurable(why, args.runs).with_(runner=runner)
         results.emit(res, args.json, args.history)
         print(results.format_table(res))

@@ -522,8 +522,8 @@ class Result:
         doc = migrate(data, name)
         try:
             for key in ("runner", "host", "kernel", "image", "arms", "workloads", "plan"):
-                if key in doc and doc[key] is not None and not isinstance(doc[key], Mapping) or (
-                        key in ("runner", "host", "arms", "workloads") and key in doc and doc[key] is None):
+                nullable = key in ("kernel", "image", "plan")
+                if key in doc and not isinstance(doc[key], Mapping) and not (nullable and doc[key] is None):
                     raise TypeError(f"{key!r} is not an object")
             for w, body in doc["workloads"].items():
                 if not isinstance(body, Mapping):

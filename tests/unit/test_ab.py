@@ -1,5 +1,6 @@
-"""Unit tests for e2e.ab's pure parts: arms, their order, thresholds, the CPU
-vendor, and ``analyze()`` on synthetic run records shaped like ``run_once``'s.
+"""Unit tests for e2e.ab's pure parts (arms, the CPU vendor, reanalyze), the
+plan's run order, thresholds, and ``e2e.analysis.analyze()`` on synthetic run
+records shaped like ``run_once``'s.
 
 The synthetic runs model a 1-vCPU timer workload: each injected interrupt
 ends with one EOI (``kvm:kvm_eoi`` fires for every EOI KVM completes, PV or
@@ -18,24 +19,20 @@ from typing import Any
 
 import pytest
 
-from e2e import ab
+from e2e import ab, analysis
 from e2e.ab import (
     COUNTED,
     DEFAULT_ARMS,
-    THRESHOLDS,
     Arm,
-    analyze,
-    arm_order,
     cpu_vendor,
-    headline_counts,
     load_arms,
-    load_thresholds,
-    per_interrupt,
     validate_arms,
 )
+from e2e.analysis import THRESHOLDS, load_thresholds
 from e2e.errors import ConfigError, MeasurementError
+from e2e.model import Plan, Result, RunRecord, WorkloadResult
 from e2e.results import format_table
-from e2e.stats import trapped_eoi_per_interrupt
+from e2e.stats import headline_counts, per_interrupt, trapped_eoi_per_interrupt
 from e2e.workloads import WORKLOADS
 
 TIMER = WORKLOADS["timer"]
@@ -76,24 +73,28 @@ def test_arm_to_json() -> None:
     arm = Arm("x", pv_eoi=None, cpu_flags=("x2apic=on",), append="no-kvm-pv-eoi",
               kernel=Path("/k/bzImage"))
     assert arm.to_json() == {"name": "x", "kvm_pv_eoi": None, "cpu_flags": ["x2apic=on"],
-                             "append": "no-kvm-pv-eoi", "kernel": "/k/bzImage",
-                             "expects_pv_eoi": False}
+                             "append": "no-kvm-pv-eoi", "kernel": "/k/bzImage", "smp": None,
+                             "host_kernel": None, "origin": {}, "expects_pv_eoi": False}
     json.dumps(arm.to_json())
+    assert Arm.from_json(json.loads(json.dumps(arm.to_json()))) == arm
 
 
 @pytest.mark.parametrize(
-    "arms",
+    ("arms", "words"),
     [
-        (),
-        (Arm("on"),),
-        (Arm("on"), Arm("off", pv_eoi=False), Arm("off2", pv_eoi=False)),
-        (Arm("same"), Arm("same", pv_eoi=False)),
-        (Arm("a"), Arm("b")),  # both expect PV EOI
-        (Arm("a", pv_eoi=False), Arm("b", append="no-kvm-pv-eoi")),  # neither does
+        ((), "at least two arms, got 0"),
+        ((Arm("on"),), "at least two arms, got 1"),
+        ((Arm("on"), Arm("off", pv_eoi=False), Arm("off2", pv_eoi=False)), "off and off2 are the same"),
+        ((Arm("same"), Arm("same", pv_eoi=False)), "unique"),
+        ((Arm("a"), Arm("b")), "a and b are the same experiment"),  # identical but for the name
+        ((Arm("a", pv_eoi=False), Arm("b", pv_eoi=False)), "a and b are the same experiment"),
+        ((Arm(""), Arm("b", pv_eoi=False)), "non-empty"),
+        ((Arm("on", smp=0), Arm("off", pv_eoi=False)), "smp 0 is not in 1..64"),
+        ((Arm("on", smp=65), Arm("off", pv_eoi=False)), "smp 65 is not in 1..64"),
     ],
 )
-def test_validate_arms_rejects(arms: tuple[Arm, ...]) -> None:
-    with pytest.raises(ConfigError) as info:
+def test_validate_arms_rejects(arms: tuple[Arm, ...], words: str) -> None:
+    with pytest.raises(ConfigError, match=words) as info:
         validate_arms(arms)
     assert info.value.fix
 
@@ -102,15 +103,39 @@ def test_validate_arms_accepts_guest_side_baseline() -> None:
     validate_arms((Arm("guest-off", append="no-kvm-pv-eoi"), Arm("pv")))
 
 
+@pytest.mark.parametrize(
+    "arms",
+    [
+        (Arm("a", kernel=Path("/k/a")), Arm("b", kernel=Path("/k/b"))),  # both with PV EOI: two kernels
+        (Arm("x2apic"), Arm("xapic", cpu_flags=("-x2apic",))),
+        (Arm("two", smp=2), Arm("four", smp=4)),
+        (Arm("qemu-off", pv_eoi=False), Arm("guest-off", append="no-kvm-pv-eoi")),  # both off, two ways
+        (Arm("on"), Arm("off", pv_eoi=False), Arm("on-4", smp=4)),
+        (Arm("a-on", kernel=Path("/k/a")), Arm("a-off", pv_eoi=False, kernel=Path("/k/a")),
+         Arm("b-on", kernel=Path("/k/b")), Arm("b-off", pv_eoi=False, kernel=Path("/k/b"))),
+    ],
+)
+def test_validate_arms_accepts_arms_that_differ_in_anything(arms: tuple[Arm, ...]) -> None:
+    validate_arms(arms)
+
+
 def write_arms(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "arms.toml"
     path.write_text(text)
     return path
 
 
+def fake_bzimage(path: Path) -> Path:
+    """A file with an x86 boot header (``HdrS``), as a bzImage has."""
+    data = bytearray(0x4000)
+    data[0:2] = b"\xeb\x3c"
+    data[0x202:0x206] = b"HdrS"
+    path.write_bytes(bytes(data))
+    return path
+
+
 def test_load_arms(tmp_path: Path) -> None:
-    kernel = tmp_path / "bzImage"
-    kernel.write_bytes(b"")
+    kernel = fake_bzimage(tmp_path / "bzImage")
     path = write_arms(tmp_path, f"""
 # the guest refuses PV EOI although QEMU offers it
 [[arm]]
@@ -124,7 +149,8 @@ pv_eoi = true
 cpu_flags = ["x2apic=on", "kvm-pv-ipi=off"]
 """)
     off, on = load_arms(path)
-    assert off == Arm("guest-off", pv_eoi=True, append="no-kvm-pv-eoi", kernel=kernel)
+    assert off == Arm("guest-off", pv_eoi=True, append="no-kvm-pv-eoi", kernel=kernel,
+                      origin={"guest_kernel": str(kernel)})
     assert on == Arm("pv", pv_eoi=True, cpu_flags=("x2apic=on", "kvm-pv-ipi=off"))
     assert not off.expects_pv_eoi and on.expects_pv_eoi
 
@@ -137,12 +163,12 @@ def test_load_arms_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("[[arm]]\nname = 'on'\n", "exactly two arms"),
-        ("", "exactly two arms"),
-        ("[[arm]]\nname = 'a'\n[[arm]]\nname = 'b'\n", "exactly one arm must expect"),
+        ("[[arm]]\nname = 'on'\n", "at least two arms, got 1"),
+        ("", "at least two arms, got 0"),
+        ("[[arm]]\nname = 'a'\n[[arm]]\nname = 'b'\n", "a and b are the same experiment"),
         ("[[arm]]\nname = 'a'\npv_eoi = false\n[[arm]]\nname = 'b'\npv_eoi = false\n",
-         "exactly one arm must expect"),
-        ("[[arm]]\nname = 'a'\n[[arm]]\nname = 'a'\npv_eoi = false\n", "distinct names"),
+         "a and b are the same experiment"),
+        ("[[arm]]\nname = 'a'\n[[arm]]\nname = 'a'\npv_eoi = false\n", "must be unique"),
         ("[[arm]]\nname = 'on'\npv-eoi = false\n[[arm]]\nname = 'off'\n", "unknown keys"),
         ("[[arm]]\npv_eoi = true\n[[arm]]\nname = 'off'\npv_eoi = false\n", "no name"),
         ("[[arm]]\nname = 'on'\n[[arm]]\nname = 'off'\npv_eoi = 'off'\n", "pv_eoi must be true"),
@@ -151,6 +177,11 @@ def test_load_arms_defaults(tmp_path: Path) -> None:
         ("[[arm]]\nname = 'on'\n[[arm]]\nname = 'off'\npv_eoi = false\nkernel = '/no/such/bzImage'\n",
          "kernel /no/such/bzImage not found"),
         ("[[arm]\nname = 'on'\n", "cannot read arms file"),
+        ("[[arm]]\nname = 'on'\nsmp = 'two'\n[[arm]]\nname = 'off'\npv_eoi = false\n", "smp must be an integer"),
+        ("[[arm]]\nname = 'on'\nsmp = 0\n[[arm]]\nname = 'off'\npv_eoi = false\n", "smp 0 is not in 1..64"),
+        ("[[arm]]\nname = 'on'\nappend = 1\n[[arm]]\nname = 'off'\npv_eoi = false\n", "append must be a string"),
+        ("[[arm]]\nname = 'on'\nkernel = 5\n[[arm]]\nname = 'off'\npv_eoi = false\n", "expected a bzImage path"),
+        ("runs = 3\n[[arm]]\nname = 'on'\n[[arm]]\nname = 'off'\npv_eoi = false\n", "expected only"),
     ],
 )
 def test_load_arms_rejects(tmp_path: Path, text: str, words: str) -> None:
@@ -161,6 +192,17 @@ def test_load_arms_rejects(tmp_path: Path, text: str, words: str) -> None:
 def test_load_arms_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read arms file"):
         load_arms(tmp_path / "nope.toml")
+
+
+def arm_order(arms: Sequence[Arm], runs: int) -> list[tuple[int, Arm]]:
+    """The interleaved (rep, arm) order of a plan of ``arms`` and ``runs`` reps."""
+    return make_plan(arms, runs).order()
+
+
+def make_plan(arms: Sequence[Arm] = DEFAULT_ARMS, runs: int = 3, workloads: Sequence[str] = ("timer",),
+              thresholds: dict[str, float] | None = None) -> Plan:
+    return Plan(workloads=tuple(workloads), arms=tuple(arms), runs=runs, kernel=Path("/k/bzImage"),
+                image=Path("/cache/images/x"), logs=Path("/logs"), thresholds=thresholds or {})
 
 
 def test_arm_order_interleaves() -> None:
@@ -189,7 +231,8 @@ def test_arm_order_balanced(runs: int) -> None:
 def test_load_thresholds_default_and_workload() -> None:
     default = load_thresholds("no-such-workload")
     assert set(default) == {"min_eoi_saved_per_interrupt", "max_agreement_error", "agreement_slack",
-                            "min_interrupts"}
+                            "min_interrupts", "max_trapped_eoi_increase", "max_exit_increase",
+                            "max_effect_drop"}
     assert all(isinstance(v, float) for v in default.values())
     timer = load_thresholds("timer")
     assert timer["min_eoi_saved_per_interrupt"] == 0.9  # [timer] overrides [default]
@@ -203,6 +246,9 @@ def test_every_workload_has_sane_thresholds() -> None:
         assert 0 < t["min_eoi_saved_per_interrupt"] <= 1.0, name  # 1.0 is the physical limit
         assert 0 <= t["max_agreement_error"] < 1, name
         assert t["min_interrupts"] >= 1, name
+        assert 0 < t["max_trapped_eoi_increase"] < 1, name
+        assert 0 < t["max_exit_increase"] < 1, name
+        assert 0 < t["max_effect_drop"] < 1, name
 
 
 def test_load_thresholds_overrides() -> None:
@@ -307,14 +353,24 @@ def thresholds() -> dict[str, float]:
     return load_thresholds("timer")
 
 
+def analyze(workload: Any, arms: Sequence[Arm], runs: Sequence[dict[str, Any]],
+            thresholds: dict[str, float]) -> dict[str, Any]:
+    """:func:`e2e.analysis.analyze` of the synthetic runs, as the document it writes."""
+    out = analysis.analyze(workload, arms, [RunRecord.from_json(r) for r in runs], thresholds)
+    assert isinstance(out, WorkloadResult)
+    return out.to_json()
+
+
 def check_document(out: dict[str, Any]) -> None:
-    """Every analysis is a JSON document with a verdict and reasons."""
-    json.dumps(out, allow_nan=False)
+    """Every analysis is a JSON document with a verdict and reasons, read back as it was written."""
+    text = json.dumps(out, allow_nan=False)
     assert out["verdict"] in ("pass", "fail", "not-measurable")
     assert isinstance(out["reasons"], list)
     assert (out["verdict"] == "pass") == (out["reasons"] == [])
     assert out["workload"] == "timer"
-    table = format_table({"verdict": out["verdict"], "workloads": {"timer": out}})
+    typed = WorkloadResult.from_json("timer", json.loads(text))
+    assert json.loads(json.dumps(typed.to_json())) == json.loads(text)
+    table = format_table(Result(verdict=out["verdict"], workloads={"timer": typed}))
     assert f"workload timer: {out['verdict'].upper()}" in table
 
 
@@ -327,6 +383,13 @@ def test_per_interrupt_helpers() -> None:
     assert math.isnan(per_interrupt(zero, "kvm:kvm_exit"))
     with pytest.raises(MeasurementError, match="zero counts"):
         trapped_eoi_per_interrupt(headline_counts(zero))
+    # The typed run gives the same figures.
+    typed = RunRecord.from_json(r)
+    assert typed.interrupts == 3000
+    assert typed.per_interrupt("kvm_pv_eoi") == typed.per_interrupt("kvm:kvm_pv_eoi") == 2997 / 3000
+    assert typed.per_interrupt("trapped_eoi") == 3 / 3000
+    assert typed.per_interrupt("kvm_exit[HLT]") == 905 / 3000
+    assert math.isnan(RunRecord.from_json(zero).per_interrupt("kvm_exit"))
 
 
 def test_real_reduction_passes(thresholds: dict[str, float]) -> None:
@@ -352,7 +415,10 @@ def test_real_reduction_passes(thresholds: dict[str, float]) -> None:
     assert m["kvm_exit"]["reduction"] > 0.3
     assert m["kvm_exit[MSR_WRITE]"]["reduction"] > 0.5
     assert [a["rep"] for a in out["agreement"]] == [0, 1, 2]
-    assert all(a["ok"] for a in out["agreement"])
+    assert all(a["ok"] and a["arm"] == "on" for a in out["agreement"])
+    [effect] = out["comparisons"]  # two arms: the one on/off effect, the headline's own
+    assert (effect["kind"], effect["a"], effect["b"], effect["verdict"]) == ("effect", "off", "on", "pass")
+    assert effect["differs_in"] == ["pv_eoi"] and effect["headline"] == saved
 
 
 def test_real_reduction_with_one_run_per_arm(thresholds: dict[str, float]) -> None:
@@ -369,7 +435,7 @@ def test_no_difference_fails(thresholds: dict[str, float]) -> None:
     check_document(out)
     assert out["verdict"] == "fail"
     reasons = " | ".join(out["reasons"])
-    assert "EOI exits saved per interrupt 0.000 < threshold 0.90" in reasons
+    assert "EOI exits saved per interrupt 0.000 (on vs off) < threshold 0.90" in reasons
     assert "kvm_pv_eoi was 0 in a on run" in reasons
     assert "kvm_exit per interrupt not lower with PV EOI" in reasons
     assert out["eoi_exits_saved_per_interrupt"]["value"] == 0.0
@@ -424,9 +490,10 @@ def test_guest_host_disagreement_fails(thresholds: dict[str, float]) -> None:
     out = analyze(TIMER, DEFAULT_ARMS, interleaved(on, [off_run(i) for i in range(3)]), thresholds)
     check_document(out)
     assert out["verdict"] == "fail"
-    assert out["reasons"] == ["host kvm_pv_eoi 3001 and guest skipped EOIs 1400 disagree (rep 1)"]
+    assert out["reasons"] == ["host kvm_pv_eoi 3001 and guest skipped EOIs 1400 disagree (arm on, rep 1)"]
     assert [a["ok"] for a in out["agreement"]] == [True, False, True]
-    assert out["agreement"][1] == {"rep": 1, "host_pv_eoi": 3001, "guest_skipped": 1400, "ok": False}
+    assert out["agreement"][1] == {"rep": 1, "arm": "on", "host_pv_eoi": 3001, "guest_skipped": 1400,
+                                   "ok": False}
 
 
 def test_agreement_tolerance_boundary(thresholds: dict[str, float]) -> None:
@@ -483,7 +550,8 @@ def test_an_arm_without_runs_is_not_measurable(thresholds: dict[str, float], mis
     out = analyze(TIMER, DEFAULT_ARMS, runs, thresholds)
     check_document(out)
     assert out["verdict"] == "not-measurable"
-    assert out["reasons"] == ["an arm has no completed runs"]
+    names = {"on": ["on"], "off": ["off"], "both": ["on", "off"]}[missing]
+    assert out["reasons"] == [f"arm(s) {names} have no completed runs"]
 
 
 def test_arm_names_and_order_come_from_the_arms(thresholds: dict[str, float]) -> None:
@@ -506,25 +574,45 @@ def test_exit_reasons_seen_in_one_arm_only(thresholds: dict[str, float]) -> None
     assert m["on_median"] == 0.0 and m["off_median"] == 1.0 and m["reduction"] == 1.0
 
 
-def test_merge_results_joins_workloads_and_recomputes_the_verdict() -> None:
-    def part(name: str, verdict: str, head: float | None) -> dict:  # type: ignore[type-arg]
-        w = {"verdict": verdict, "reasons": [] if verdict == "pass" else ["x"], "metrics": {"kvm_exit": {}},
-             "eoi_exits_saved_per_interrupt": None if head is None else {"value": head}}
-        return {"schema": 2, "runner": {"hostname": "pveoi-vhost"}, "workloads": {name: w},
-                "arms": {"on": {"settings": {"kvm_pv_eoi": True}, "runs": {name: [{"rep": 0}]}},
-                         "off": {"settings": {"kvm_pv_eoi": False}, "runs": {name: [{"rep": 0}]}}},
-                **ab.overall({name: w})}
+def typed(runs: Sequence[dict[str, Any]]) -> tuple[RunRecord, ...]:
+    return tuple(RunRecord.from_json(r) for r in runs)
 
-    timer, net = part("timer", "pass", 0.99), part("net", "error", None)
-    doc = ab.merge_results([timer, net])
-    assert sorted(doc["workloads"]) == ["net", "timer"]
-    assert sorted(doc["arms"]["on"]["runs"]) == ["net", "timer"] and doc["arms"]["off"]["settings"] == {
-        "kvm_pv_eoi": False}
-    assert doc["verdict"] == "error" and doc["reason"] == "timer: pass; net: x"
-    assert doc["eoi_exits_saved_per_interrupt"] == {"value": 0.99} and sorted(doc["metrics"]) == ["net", "timer"]
-    assert timer["verdict"] == "pass" and "net" not in timer["workloads"]  # inputs untouched
-    assert ab.merge_results([timer])["verdict"] == "pass"
-    with pytest.raises(ValueError, match="measured twice"):
-        ab.merge_results([timer, timer])
-    with pytest.raises(ValueError):
-        ab.merge_results([])
+
+def test_reanalyze_joins_parts_and_recomputes_the_verdict() -> None:
+    """The virtual host's parts (one per workload) become one result, concluded anew from the raw runs."""
+    plan = make_plan(workloads=("timer", "net"))
+    timer_runs = typed(interleaved([on_run(i) for i in range(3)], [off_run(i) for i in range(3)]))
+    timer = Result(verdict="pass", reason="timer: pass", runs={"timer": timer_runs},
+                   workloads={"timer": WorkloadResult("timer", "pass")}, runner={"hostname": "pveoi-vhost"})
+    net_runs = typed([off_run(0)])  # the on arm's rep 0 did not complete
+    net = Result(verdict="error", runs={"net": net_runs},
+                 workloads={"net": WorkloadResult("net", "error", errors=("on rep 1: ssh lost",))})
+    out = ab.reanalyze(timer, plan, [net])
+    assert list(out.workloads) == ["timer", "net"]
+    assert out.workloads["timer"].verdict == "pass"
+    assert out.workloads["net"].verdict == "error"
+    assert out.workloads["net"].reasons == ("1 of 2 runs did not complete, so no verdict", "on rep 1: ssh lost")
+    assert out.verdict == "error" and out.exit_code == 2
+    assert out.reason == "timer: pass; net: 1 of 2 runs did not complete, so no verdict; on rep 1: ssh lost"
+    assert out.runs["timer"] == timer_runs and out.runs["net"] == net_runs
+    assert out.headline == out.workloads["timer"].eoi_exits_saved_per_interrupt
+    assert out.headline is not None and out.headline["value"] > 0.99
+    assert out.plan == plan and list(out.arms) == ["on", "off"] and out.runs_per_arm == 3
+    assert out.runner == {"hostname": "pveoi-vhost"}, "the first part's identity is kept"
+    assert timer.verdict == "pass" and "net" not in timer.workloads  # inputs untouched
+    assert ab.reanalyze(timer, plan).verdict == "pass"
+    # Thresholds come from the plan: what passed fails under a stricter one.
+    strict = make_plan(workloads=("timer",), thresholds={"min_eoi_saved_per_interrupt": 1.5})
+    assert ab.reanalyze(timer, strict).verdict == "fail"
+
+
+def test_reanalyze_keeps_findings_and_retries() -> None:
+    plan = make_plan()
+    runs = typed(interleaved([on_run(i) for i in range(3)], [off_run(i) for i in range(3)]))
+    part = Result(verdict="fail", runs={"timer": runs},
+                  workloads={"timer": WorkloadResult("timer", "fail", findings=("on rep 2: cpu1 did not enable",),
+                                                     retried=("off rep 1: boot deadline",))})
+    out = ab.reanalyze(part, plan)
+    w = out.workloads["timer"]
+    assert out.verdict == "fail" and w.reasons == ("on rep 2: cpu1 did not enable",)
+    assert w.retried == ("off rep 1: boot deadline",) and "off rep 1: boot deadline" in w.notes[0]

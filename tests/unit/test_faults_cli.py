@@ -45,12 +45,13 @@ def test_arms_file_missing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, needle", [
-    ('[[arm]]\nname = "a"\n[[arm]]\nname = "b"\npv_eoi = false\n[[arm]]\nname = "c"\n', "exactly two arms"),
-    ('[[arm]]\nname = "a"\n[[arm]]\nname = "b"\n', "exactly one arm must expect PV EOI"),
+    ('[[arm]]\nname = "a"\n', "at least two arms"),
+    ('[[arm]]\nname = "a"\n[[arm]]\nname = "b"\npv_eoi = false\n[[arm]]\nname = "c"\n',
+     "a and c are the same experiment"),
     ('[[arm]]\nname = "a"\npv_eoi = "yes"\n[[arm]]\nname = "b"\npv_eoi = false\n', "pv_eoi must be true or false"),
     ('[[arm]]\nname = "a"\ncolour = 1\n[[arm]]\nname = "b"\n', "unknown keys ['colour']"),
     ('[[arm]]\nname = "a"\nkernel = "/nonexistent/bzImage"\n[[arm]]\nname = "b"\npv_eoi = false\n', "not found"),
-], ids=["three-arms", "no-baseline", "pv_eoi-type", "unknown-key", "kernel-missing"])
+], ids=["one-arm", "identical-arms", "pv_eoi-type", "unknown-key", "kernel-missing"])
 def test_arms_file_bad_content(tmp_path: Path, text: str, needle: str) -> None:
     assert_one_line_error(pveoi("ab", "--arms", str(write(tmp_path / "arms.toml", text))), needle)
 

@@ -21,6 +21,7 @@ from e2e.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.errors import ConfigError, PveoiError
 from e2e.image import IMAGE_KIND, load_image
 from e2e.kernel import check_kernel_file
+from e2e.model import Result
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +66,7 @@ def test_disk_full_atomic_write_names_the_disk_and_leaves_old_file_and_no_temp(t
 
 
 def test_disk_full_history_gets_no_partial_result(tmp_path: Path) -> None:
-    doc = {"schema": 1, "verdict": "pass", "created": "2026-11-26T00:00:00Z", "pad": "x" * (256 << 10)}
+    doc = Result(verdict="pass", created="2026-11-26T00:00:00Z", reason="x" * (256 << 10))
     with tiny_tmpfs(tmp_path / "tiny") as tiny:
         with pytest.raises(PveoiError, match="is full"):
             results.emit(doc, tiny / "ab.json", tiny / "history")
@@ -369,9 +370,10 @@ WRITER = """
 import sys
 from pathlib import Path
 from e2e import results
-doc = {"schema": 1, "verdict": "pass", "created": "2026-11-26T00:00:00Z", "writer": sys.argv[2]}
+from e2e.model import Result
 for i in range(25):
-    results.emit({**doc, "i": i}, None, Path(sys.argv[1]))
+    doc = Result(verdict="pass", created="2026-11-26T00:00:00Z", host={"writer": sys.argv[2], "i": i})
+    results.emit(doc, None, Path(sys.argv[1]))
 """
 
 
@@ -382,7 +384,7 @@ def test_two_runs_writing_one_history_never_clash(tmp_path: Path) -> None:
     names = sorted(os.listdir(hist))
     assert len(names) == 50 and all(n.endswith(".json") for n in names), "a clash or a temp file"
     docs = [json.loads((hist / n).read_text()) for n in names]
-    assert sorted((d["writer"], d["i"]) for d in docs) == sorted((w, i) for w in "12" for i in range(25))
+    assert sorted((d["host"]["writer"], d["host"]["i"]) for d in docs) == sorted((w, i) for w in "12" for i in range(25))
 
 
 def pveoi_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:

@@ -187,14 +187,16 @@ def test_pveoi_delta() -> None:
                   "cpu1 feature=1 enabled=1 skipped=3510 written=9\n")
     after = GuestState.parse(f"{INTERRUPTS}{STATE_MARK}\n{after_text}")
     assert pveoi_delta(before, after) == {
-        "skipped": 3010, "written": 3, "feature": [True, True], "enabled": [True, True]}
+        "skipped": 3010, "written": 3, "feature": [True, True], "enabled": [True, True],
+        "per_cpu": {"0": {"skipped": 3000, "written": 1}, "1": {"skipped": 10, "written": 2}}}
 
 
 def test_pveoi_delta_flags_are_per_cpu_in_cpu_order() -> None:
     before = GuestState({}, {1: PvEoiCpu(1, True, False, 0, 0), 0: PvEoiCpu(0, True, True, 0, 0)})
     after = GuestState({}, {1: PvEoiCpu(1, True, False, 0, 5), 0: PvEoiCpu(0, True, True, 9, 0)})
     assert pveoi_delta(before, after) == {
-        "skipped": 9, "written": 5, "feature": [True, True], "enabled": [True, False]}
+        "skipped": 9, "written": 5, "feature": [True, True], "enabled": [True, False],
+        "per_cpu": {"0": {"skipped": 9, "written": 0}, "1": {"skipped": 0, "written": 5}}}
 
 
 def test_pveoi_delta_without_patch() -> None:

@@ -6,7 +6,6 @@ made so that each rep's "EOI exits saved per interrupt" is a chosen value.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -184,15 +183,12 @@ def test_a_run_that_measured_nothing_counts_as_not_measurable_not_missing(tmp_pa
 def test_real_documents_of_a_run_that_measured_nothing_are_flagged(tmp_path: Path, kind: str) -> None:
     rng = random.Random(8)
     docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(3)]
-    args = argparse.Namespace(runs=3)
     if kind == "error":
-        doc = results.error_result(CapabilityError("perf is missing", fix="apt-get install linux-perf"),
-                                   "virtual", "kvm_pvm", args)
+        res = results.error_result(CapabilityError("perf is missing", fix="apt-get install linux-perf"),
+                                   "virtual", "kvm_pvm", 3)
     else:
-        doc = results.not_measurable("no usable KVM", args)
-    doc["runner"] = {"id": "r1"}
-    doc["created"] = "2026-11-02T00:00:00Z"
-    docs.append(doc)
+        res = results.not_measurable("no usable KVM", 3)
+    docs.append(res.with_(runner={"id": "r1"}, created="2026-11-02T00:00:00Z").to_json())
     history = load_history(write_history(tmp_path, docs))
     result = check(history)
     assert [(f.kind, f.workload) for f in result.findings] == [("not-measurable", "timer")]
@@ -275,7 +271,7 @@ def test_schema_1_documents_migrate(tmp_path: Path) -> None:
     doc["runner"] = {"hostname": "pveoi-vhost", "kernel": "6.1.192"}
     doc["host"] = {"chosen": "virtual", "outer_runner": {"hostname": "ci-7", "kernel": "6.18"}}
     new = migrate(doc)
-    assert new["schema"] == 2
+    assert new["schema"] == 3
     assert new["runner"]["hostname"] == "ci-7" and new["runner"]["id"] == "ci-7"
     assert new["host"]["inner_runner"]["hostname"] == "pveoi-vhost" and "outer_runner" not in new["host"]
     assert doc["schema"] == 1  # the input is untouched

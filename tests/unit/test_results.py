@@ -3,7 +3,6 @@ file names, and the end-of-run table."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -12,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from e2e.model import SCHEMA, Result, WorkloadResult
 from e2e.results import (
-    SCHEMA,
     emit,
     format_table,
     history_name,
@@ -23,7 +22,7 @@ from e2e.results import (
 
 
 def small_doc() -> dict[str, Any]:
-    """A result document shaped like run_ab's, one workload, one run per arm."""
+    """A (schema 1) result document shaped like run_ab's, one workload, one run per arm."""
     def run(arm: str, pv: int, skipped: int | None) -> dict[str, Any]:
         return {"rep": 0, "arm": arm,
                 "counts": {"kvm:kvm_pv_eoi": pv, "kvm:kvm_inj_virq": 3000},
@@ -54,11 +53,15 @@ def small_doc() -> dict[str, Any]:
     }
 
 
+def small_result() -> Result:
+    return Result.from_json(small_doc())
+
+
 # ---------------------------------------------------------------- emit
 
 
 def test_emit_writes_json_and_history(tmp_path: Path) -> None:
-    doc = small_doc()
+    doc = small_result()
     json_path = tmp_path / "out" / "ab.json"
     history = tmp_path / "history"
     emit(doc, json_path, history)
@@ -73,26 +76,29 @@ def test_emit_writes_json_and_history(tmp_path: Path) -> None:
 
 
 def test_emit_is_deterministic_text(tmp_path: Path) -> None:
-    doc = {"b": 1, "a": {"z": Path("/x"), "y": 2}}
-    emit(doc, tmp_path / "1.json", None)
-    emit(dict(reversed(list(doc.items()))), tmp_path / "2.json", None)
+    host = {"b": 1, "a": {"z": Path("/x"), "y": 2}}
+    emit(Result(verdict="pass", created="2026-11-25T10:20:30Z", host=host), tmp_path / "1.json", None)
+    emit(Result(verdict="pass", created="2026-11-25T10:20:30Z", host=dict(reversed(list(host.items())))),
+         tmp_path / "2.json", None)
     text = (tmp_path / "1.json").read_text()
     assert text == (tmp_path / "2.json").read_text(), "keys are sorted"
     assert text.endswith("}\n")
-    assert json.loads(text) == {"a": {"y": 2, "z": "/x"}, "b": 1}, "non-JSON values become strings"
+    doc = json.loads(text)
+    assert list(doc) == sorted(doc)
+    assert doc["host"] == {"a": {"y": 2, "z": "/x"}, "b": 1}, "non-JSON values become strings"
 
 
 def test_emit_replaces_atomically(tmp_path: Path) -> None:
     path = tmp_path / "ab.json"
-    emit({"verdict": "fail"}, path, None)
+    emit(Result(verdict="fail"), path, None)
     with open(path) as reader:  # a reader of the old document is never handed a half-written one
-        emit({"verdict": "pass"}, path, None)
-        assert json.loads(reader.read()) == {"verdict": "fail"}
-    assert json.loads(path.read_text()) == {"verdict": "pass"}
+        emit(Result(verdict="pass"), path, None)
+        assert json.loads(reader.read())["verdict"] == "fail"
+    assert json.loads(path.read_text())["verdict"] == "pass"
 
 
 def test_emit_history_accumulates(tmp_path: Path) -> None:
-    doc = small_doc()
+    doc = small_result()
     for _ in range(3):
         emit(doc, None, tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 3
@@ -100,13 +106,13 @@ def test_emit_history_accumulates(tmp_path: Path) -> None:
 
 def test_emit_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    emit(small_doc(), None, None)
+    emit(small_result(), None, None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_emit_expands_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    emit({"verdict": "pass"}, Path("~/r/ab.json"), Path("~/r/hist"))
+    emit(Result(verdict="pass"), Path("~/r/ab.json"), Path("~/r/hist"))
     assert (tmp_path / "r" / "ab.json").is_file()
     assert len(list((tmp_path / "r" / "hist").iterdir())) == 1
 
@@ -115,7 +121,7 @@ def test_emit_expands_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_history_name_unique_and_safe() -> None:
-    doc = small_doc()
+    doc = small_result()
     names = {history_name(doc) for _ in range(200)}
     assert len(names) == 200
     for name in names:
@@ -125,7 +131,7 @@ def test_history_name_unique_and_safe() -> None:
 
 
 def test_history_name_without_created() -> None:
-    name = history_name({})
+    name = history_name(Result(verdict="pass", created=""))
     assert re.match(r"\d{8}T\d{6}Z-", name), name
 
 
@@ -133,15 +139,19 @@ def test_history_name_without_created() -> None:
 
 
 def test_not_measurable_document() -> None:
-    doc = not_measurable("no KVM here", argparse.Namespace(runs=3))
-    assert doc["schema"] == SCHEMA
+    res = not_measurable("no KVM here", 3)
+    doc = res.to_json()
+    assert doc["schema"] == SCHEMA == 3
     assert doc["verdict"] == "not-measurable"
     assert doc["reason"] == doc["host"]["reason"] == "no KVM here"
     assert doc["runs_per_arm"] == 3
     assert doc["eoi_exits_saved_per_interrupt"] is None
     json.dumps(doc, allow_nan=False)
-    assert not_measurable("x", argparse.Namespace())["runs_per_arm"] is None
-    text = format_table(doc)
+    assert doc["workloads"] == {} and doc["arms"] == {}
+    assert res.exit_code == 2
+    assert not_measurable("x", None).to_json()["runs_per_arm"] is None
+    assert Result.from_json(json.loads(json.dumps(doc))).to_json() == doc
+    text = format_table(res)
     assert text.splitlines()[0] == "verdict: NOT-MEASURABLE"
     assert "reason: no KVM here" in text
 
@@ -161,11 +171,11 @@ def test_kernel_manifest(tmp_path: Path) -> None:
 
 
 def test_format_table_small_doc() -> None:
-    lines = format_table(small_doc()).splitlines()
+    lines = format_table(small_result()).splitlines()
     assert lines[0] == "verdict: PASS"
     assert lines[1] == "host: direct (/dev/kvm is usable)"
     assert "workload timer: PASS  (3000 x 100 us clock_nanosleep)" in lines
-    assert "  EOI exits saved per injected interrupt: 0.999 [0.990, 1.000] (limit 1.0)" in lines
+    assert "  EOI exits saved per injected interrupt: 0.999 [0.990, 1.000] (limit 1.0; on vs off)" in lines
     header = next(line for line in lines if "per injected interrupt" in line and "reduction" in line)
     assert header.split() == ["per", "injected", "interrupt", "off", "on", "reduction", "interval"]
     exit_row = next(line for line in lines if line.strip().startswith("kvm_exit "))
@@ -186,18 +196,17 @@ def test_format_table_failed_workload() -> None:
     doc["verdict"] = w["verdict"] = "fail"
     w["reasons"] = ["kvm_pv_eoi was 0 in a on run ([0]): the host never used PV EOI"]
     w["notes"] = []
-    text = format_table(doc)
+    text = format_table(Result.from_json(doc))
     assert text.startswith("verdict: FAIL\n")
     assert "workload timer: FAIL" in text
     assert "  ! kvm_pv_eoi was 0 in a on run ([0]): the host never used PV EOI" in text
 
 
 def test_format_table_sparse_workload() -> None:
-    doc = {"verdict": "not-measurable", "reason": "timer: too few interrupts",
-           "workloads": {"timer": {"verdict": "not-measurable", "metrics": {},
-                                   "eoi_exits_saved_per_interrupt": None,
-                                   "reasons": ["1 run(s) injected fewer than 200 interrupts"]}}}
-    lines = format_table(doc).splitlines()
+    res = Result(verdict="not-measurable", reason="timer: too few interrupts",
+                 workloads={"timer": WorkloadResult("timer", "not-measurable",
+                                                    reasons=("1 run(s) injected fewer than 200 interrupts",))})
+    lines = format_table(res).splitlines()
     assert lines[0] == "verdict: NOT-MEASURABLE"
     assert "workload timer: NOT-MEASURABLE  ()" in lines
     assert not any("EOI exits saved" in line for line in lines)

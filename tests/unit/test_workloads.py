@@ -56,12 +56,29 @@ def test_argv_without_a_port_leaves_the_placeholder() -> None:
     assert WORKLOADS["net"].argv(None) == list(WORKLOADS["net"].command)
 
 
-@pytest.mark.parametrize("name", ["timer", "ipi", "block"])
+@pytest.mark.parametrize("name", ["ipi", "block"])
 def test_argv_of_portless_workloads(name: str) -> None:
     w = WORKLOADS[name]
     assert w.argv() == list(w.command)
     assert w.argv(1234) == list(w.command)
+    assert w.argv(vcpus=4) == list(w.command), "only a pinned workload gets taskset"
     assert isinstance(w.argv(), list)
+
+
+def test_every_workload_has_a_second_vcpu_by_default() -> None:
+    # The arm proof must see a second vCPU, so a per-CPU enabling bug fails every workload.
+    assert all(w.smp >= 2 for w in WORKLOADS.values())
+
+
+def test_timer_runs_on_the_last_vcpu() -> None:
+    timer = WORKLOADS["timer"]
+    assert timer.pin_last_cpu
+    assert timer.argv() == ["taskset", "-c", str(timer.smp - 1), *timer.command]
+    assert timer.argv(1234) == timer.argv(), "the timer has no port"
+    assert timer.argv(vcpus=4) == ["taskset", "-c", "3", *timer.command]
+    assert timer.argv(vcpus=2)[:3] == ["taskset", "-c", "1"]
+    assert timer.argv(vcpus=1) == list(timer.command), "one vCPU: nothing to pin"
+    assert "taskset" not in timer.command, "the declaration itself is untouched"
 
 
 def test_argv_substitutes_inside_arguments_and_every_occurrence() -> None:
