@@ -351,6 +351,15 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="two or more [[arm]] tables: name, pv_eoi, cpu_flags, smp, append, kernel (a bzImage or "
                         "{source = DIR, patches = DIR}), host_kernel; default: on vs off")
     p.add_argument("--smp", type=int, metavar="N", help="vCPUs of every default arm (default: the workload's, 2)")
+    hk = p.add_mutually_exclusive_group()
+    hk.add_argument("--host-kernel", type=Path, metavar="PATH",
+                    help="a KVM host kernel under test (virtual host only): PV EOI's effect under the stock host "
+                         "kernel and under this one, and the difference (4 arms)")
+    hk.add_argument("--host-source", type=Path, metavar="DIR",
+                    help="build the host kernel under test from your tree (pveoi's host fragments on top)")
+    p.add_argument("--host-patches", type=Path, metavar="DIR",
+                   help="a quilt-style patch dir for the host kernel under test (on --host-source, or on Debian's "
+                        "source)")
     p.add_argument("--host", choices=["auto", "direct", "virtual"], default="auto")
     p.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
                    help="override a verdict threshold (see e2e/data/thresholds.toml)")
@@ -442,8 +451,40 @@ def _check_inputs(args: argparse.Namespace) -> None:
         from . import image
 
         image.load_image(args.image)
+    for d, what in ((args.host_source, "--host-source"), (args.host_patches, "--host-patches")):
+        if d is not None and not d.expanduser().is_dir():
+            raise ConfigError(f"{what} {d} is not a directory", fix=f"pass a directory to {what}")
+    if args.host_kernel is not None and not args.host_kernel.expanduser().is_file():
+        raise ConfigError(f"--host-kernel {args.host_kernel} not found",
+                          fix="build one: pveoi kernel build --flavour host --source DIR")
+    if args.host == "direct" and (args.host_kernel or args.host_source or args.host_patches):
+        raise ConfigError("a host kernel under test can only be booted by the virtual KVM host",
+                          fix="add --host virtual (a hardware host cannot swap its kernel without a reboot)")
+    if args.arms and (args.host_kernel or args.host_source or args.host_patches):
+        raise ConfigError("--host-kernel/--host-source/--host-patches make the arms themselves; with --arms, "
+                          "set host_kernel in the arms file", fix="use one or the other")
     validate_arms(ab.load_arms(args.arms, build=lambda source, _patches, _flavour: source)
                   if args.arms else DEFAULT_ARMS)
+
+
+def _host_kernel_arms(args: argparse.Namespace, arms: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The default arms under the stock host kernel and again under the host kernel under test."""
+    from dataclasses import replace
+
+    if args.host_kernel:
+        kernel, origin = args.host_kernel.expanduser().absolute(), {"host_kernel": str(args.host_kernel)}
+    elif args.host_source or args.host_patches:
+        from . import kernel as kernels
+
+        source = args.host_source.expanduser().absolute() if args.host_source else None
+        patches = args.host_patches.expanduser().absolute() if args.host_patches else None
+        spec = kernels.default_spec("host", source=source, patches_dir=patches)
+        kernel = kernels.build_kernel(spec).file("bzImage")
+        origin = {k: str(v) for k, v in (("host_source", source), ("host_patches", patches)) if v is not None}
+    else:
+        return arms
+    return (*arms, *(replace(a, name=f"{a.name}-test-host", host_kernel=kernel, origin={**a.origin, **origin})
+                     for a in arms))
 
 
 def _plan(args: argparse.Namespace) -> Any:
@@ -459,6 +500,7 @@ def _plan(args: argparse.Namespace) -> Any:
     arms = ab.load_arms(args.arms, build=_build_from_source) if args.arms else DEFAULT_ARMS
     if args.smp is not None:
         arms = tuple(a if a.smp is not None else replace(a, smp=args.smp) for a in arms)
+    arms = _host_kernel_arms(args, arms)
     validate_arms(arms)
     kernel_path = _guest_kernel(args)
     img = _image(args)
@@ -481,9 +523,12 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         results.emit(res, args.json, args.history)
         print(results.format_table(res))
         return 2
+    if host == "direct" and (args.host_kernel or args.host_source or args.host_patches):
+        raise ConfigError("a host kernel under test can only be booted by the virtual KVM host",
+                          fix="add --host virtual (a hardware host cannot swap its kernel without a reboot)")
     plan = _plan(args)
     if host == "direct" and any(a.host_kernel for a in plan.arms):
-        raise ConfigError("an arm sets host_kernel, which only the virtual KVM host can boot",
+        raise ConfigError("a host kernel under test can only be booted by the virtual KVM host",
                           fix="add --host virtual (a hardware host cannot swap its kernel without a reboot)")
     try:
         measured: Result = _run_virtual(plan, why) if host == "virtual" else ab.run_plan(plan).with_(

@@ -141,7 +141,6 @@ def test_two_kernels_on_and_off(thresholds: dict[str, float]) -> None:
     assert w.eoi_exits_saved_per_interrupt == good.headline
     [ed] = comparisons(w, "effect-difference")
     assert (ed.a, ed.b, ed.verdict) == ("good-on/good-off", "broken-on/broken-off", "regression")
-    assert ed.differs_in == ("kernel",)
     m = ed.metrics["eoi_saved"]
     assert m["diff"] == pytest.approx(-0.49, abs=0.02) and m["diff_ci"][1] < 0
     assert m["a"] == good.headline["value"] and m["b"] == broken.headline["value"]
@@ -155,6 +154,16 @@ def test_two_kernels_on_and_off(thresholds: dict[str, float]) -> None:
     assert any(r.startswith("broken-on vs good-on: arm broken-on traps") for r in w.reasons)
     assert [a.arm for a in w.agreement] == [r.arm for r in runs_of({"good-on": 0, "good-off": 1, "broken-on": 0,
                                                                     "broken-off": 1}) if r.arm.endswith("-on")]
+
+
+def test_an_effect_difference_names_what_differs_between_the_pairs(thresholds: dict[str, float]) -> None:
+    """The pairs differ in their kernel (each pair's own arms differ in pv_eoi only)."""
+    arms = (Arm("good-on", kernel=GOOD), Arm("good-off", pv_eoi=False, kernel=GOOD),
+            Arm("broken-on", kernel=BROKEN), Arm("broken-off", pv_eoi=False, kernel=BROKEN))
+    w = analyze(TIMER, arms, runs_of({"good-on": 0.01, "good-off": 1.0, "broken-on": 0.5, "broken-off": 1.0}),
+                thresholds)
+    [ed] = comparisons(w, "effect-difference")
+    assert ed.differs_in == ("kernel",)
 
 
 def test_two_good_kernels_on_and_off_pass(thresholds: dict[str, float]) -> None:
@@ -315,31 +324,33 @@ def test_load_four_arms_with_relative_kernels(tmp_path: Path) -> None:
                    for k in ("good", "bad") for s in ("on", "off"))
     arms = load_arms(write(tmp_path / "conf" / ".." / "arms.toml", text))
     assert [a.name for a in arms] == ["good-on", "good-off", "bad-on", "bad-off"]
-    assert [a.kernel for a in arms] == [good, good, bad, bad], "relative to the arms file's directory"
     assert all(a.kernel is not None and a.kernel.is_absolute() for a in arms)
-    assert arms[0].origin == {"guest_kernel": str(good)}
+    assert [a.kernel.resolve() for a in arms if a.kernel] == [good, good, bad, bad], "relative to the arms file"
+    assert arms[0].origin == {"guest_kernel": str(arms[0].kernel)}
     assert arms[0].is_twin(arms[1]) and not arms[0].is_twin(arms[2])
 
 
 def test_relative_paths_do_not_depend_on_the_working_directory(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     fake_bzimage(tmp_path / "arms" / "bzImage")
-    path = write(tmp_path / "arms" / "arms.toml", '[[arm]]\nname = "a"\nkernel = "bzImage"\n[[arm]]\nname = "b"\n')
+    write(tmp_path / "arms" / "arms.toml", '[[arm]]\nname = "a"\nkernel = "bzImage"\n[[arm]]\nname = "b"\n')
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert load_arms(Path("../arms/arms.toml"))[0].kernel == tmp_path / "arms" / "bzImage"
+    kernel = load_arms(Path("../arms/arms.toml"))[0].kernel
+    assert kernel is not None and kernel.is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert kernel.resolve() == tmp_path / "arms" / "bzImage", "the same file from any working directory"
 
 
 def test_a_kernel_from_source_is_built_by_the_callback(tmp_path: Path) -> None:
     (tmp_path / "linux").mkdir()
     (tmp_path / "patches").mkdir()
-    built = fake_bzimage(tmp_path / "cache" / "bzImage")
     calls: list[tuple[Path, Path | None, str]] = []
 
     def build(source: Path, patches: Path | None, flavour: str) -> Path:
         calls.append((source, patches, flavour))
-        return built
+        return fake_bzimage(tmp_path / "cache" / str(len(calls)) / "bzImage")
 
     arms = load_arms(write(tmp_path / "arms.toml", """
 [[arm]]
@@ -350,10 +361,10 @@ name = "stock"
 kernel = { source = "linux" }
 """), build=build)
     assert calls == [(tmp_path / "linux", tmp_path / "patches", "guest"), (tmp_path / "linux", None, "guest")]
-    assert arms[0].kernel == built and arms[1].kernel == built
+    assert [a.kernel for a in arms] == [tmp_path / "cache" / "1" / "bzImage", tmp_path / "cache" / "2" / "bzImage"]
     assert arms[0].origin == {"guest_source": str(tmp_path / "linux"), "guest_patches": str(tmp_path / "patches")}
     assert arms[1].origin == {"guest_source": str(tmp_path / "linux")}
-    assert arms[0].differences(arms[1]) == (), "same kernel file: the origin is a record, not a setting"
+    assert arms[0].differences(arms[1]) == ("kernel",)
 
 
 def test_a_kernel_from_source_without_a_builder_or_directory_is_a_config_error(tmp_path: Path) -> None:

@@ -384,7 +384,8 @@ def test_two_runs_writing_one_history_never_clash(tmp_path: Path) -> None:
     names = sorted(os.listdir(hist))
     assert len(names) == 50 and all(n.endswith(".json") for n in names), "a clash or a temp file"
     docs = [json.loads((hist / n).read_text()) for n in names]
-    assert sorted((d["host"]["writer"], d["host"]["i"]) for d in docs) == sorted((w, i) for w in "12" for i in range(25))
+    written = sorted((d["host"]["writer"], d["host"]["i"]) for d in docs)
+    assert written == sorted((w, i) for w in "12" for i in range(25))
 
 
 def pveoi_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
