@@ -140,6 +140,6 @@ def host_kernel() -> Path:
 
 @pytest.fixture(scope="session")
 def guest_image(guest_kernel: Path):  # type: ignore[no-untyped-def]
-    from e2e import image
+    from e2e.build import image
 
     return image.build_image()

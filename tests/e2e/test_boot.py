@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from e2e.argv import DEFAULT_APPEND, MachineSpec
+from e2e.build.image import READY_PATTERN
 from e2e.errors import GuestPanic, GuestTimeout
 from e2e.guest import STATE_COMMAND, GuestState
-from e2e.image import READY_PATTERN
 from e2e.machine import Machine
 
 from ..conftest import interruptible, qemu_pids, wait_no_new_qemu

@@ -23,10 +23,10 @@ import pytest
 
 from e2e import ab, tmpdirs
 from e2e.argv import MachineSpec
+from e2e.build.image import READY_PATTERN
 from e2e.cache import Cache
 from e2e.errors import CapabilityError, GuestTimeout, PveoiError, SshError
 from e2e.history import load_history
-from e2e.image import READY_PATTERN
 from e2e.machine import Machine
 from e2e.ssh import GuestSsh
 from e2e.workloads import Workload

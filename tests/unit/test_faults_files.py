@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from e2e import results, tmpdirs
+from e2e.build.image import IMAGE_KIND, load_image
 from e2e.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.errors import ConfigError, PveoiError
-from e2e.image import IMAGE_KIND, load_image
 from e2e.kernel import check_kernel_file
 
 REPO = Path(__file__).resolve().parents[2]
