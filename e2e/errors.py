@@ -19,7 +19,10 @@ line that names the cause and, where there is one, the fix::
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class PveoiError(Exception):
@@ -130,3 +133,31 @@ class SshError(GuestError):
 
 class MeasurementError(PveoiError):
     """perf or the counts it produced are unusable."""
+
+
+# ---------------------------------------------------------------- writes
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding ``path`` (or its nearest existing parent)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def write_error(path: Path, err: OSError) -> PveoiError:
+    """A one-line error for a failed write of ``path``, naming the filesystem and the fix."""
+    where = mount_point(path)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(where)
+            free = f", {st.f_bavail * st.f_frsize} bytes free"
+        except OSError:
+            free = ""
+        return PveoiError(f"cannot write {path}: the filesystem at {where} is full ({err.strerror}{free})",
+                          fix=f"free space on {where} or write the file somewhere else")
+    return PveoiError(f"cannot write {path} (filesystem {where}): {err.strerror or err}",
+                      fix=f"make {path.parent} writable or write the file somewhere else")

@@ -25,6 +25,7 @@ from typing import Any
 
 from .cache import (
     MANIFEST,
+    Built,
     Cache,
     CacheEntry,
     content_hash,
@@ -352,19 +353,16 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
     requested = spec.requested_options()
     identity = spec.source.identity()
     key = spec.key(identity, requested)
-    if not force and (hit := cache.lookup(KERNEL_KIND, key)):
-        log.info("kernel %s: cache hit (%s)", key, hit.path)
-        return hit
-    with cache.lock(KERNEL_KIND, key):
-        if not force and (hit := cache.lookup(KERNEL_KIND, key)):
-            return hit
+    final = cache.entry_path(KERNEL_KIND, key)
+
+    def build(staged: Path) -> Built:
         progress = Progress(f"kernel build {spec.flavour}")
         started = time.time()
-        with cache.staging(KERNEL_KIND, key) as staged, tempdir("kbuild") as work:
-            logfile = staged / "build.log"
+        logfile = staged / "build.log"
+        with tempdir("kbuild") as work:
             try:
-                return _build_into(spec, cache, key, identity, requested, Path(work), staged, logfile, progress,
-                                   started)
+                return _build_into(spec, key, identity, requested, Path(work), staged, logfile, progress,
+                                   started, final)
             except BuildError as err:
                 kept = cache.root / "logs" / f"kernel-{key}-{int(started)}.log"
                 kept.parent.mkdir(parents=True, exist_ok=True)
@@ -373,11 +371,13 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
                     err.log = str(kept)
                 raise
 
+    return cache.get_or_build(KERNEL_KIND, key, build, force=force)
+
 
 def _build_into(
-    spec: BuildSpec, cache: Cache, key: str, identity: str, requested: Mapping[str, str], work: Path, staged: Path,
-    logfile: Path, progress: Progress, started: float,
-) -> CacheEntry:
+    spec: BuildSpec, key: str, identity: str, requested: Mapping[str, str], work: Path, staged: Path,
+    logfile: Path, progress: Progress, started: float, final: Path,
+) -> Built:
     progress.update(f"preparing source ({spec.source.kind}: {spec.source.path})", force=True)
     tree = spec.source.prepare(work, need_copy=bool(spec.patches))
     if spec.patches:
@@ -396,8 +396,8 @@ def _build_into(
         "merge_config.sh", cwd=tree,
     )
     _make_logged(make_argv(tree, builddir, ["olddefconfig"]), logfile, progress, "olddefconfig")
-    final = read_config(builddir / ".config")
-    dropped = missing_options(requested, final)
+    configured = read_config(builddir / ".config")
+    dropped = missing_options(requested, configured)
     if dropped:
         raise BuildError(
             f"this tree dropped {len(dropped)} requested option(s): {', '.join(dropped)}",
@@ -420,9 +420,8 @@ def _build_into(
         "build_seconds": round(time.time() - started, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    entry = cache.publish(KERNEL_KIND, key, staged, ["bzImage", "config", "fragment.config", "build.log"], manifest)
-    progress.done(f"built {release} ({entry.path / 'bzImage'})")
-    return entry
+    progress.done(f"built {release} ({final / 'bzImage'})")
+    return Built(("bzImage", "config", "fragment.config", "build.log"), manifest)
 
 
 def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
@@ -506,14 +505,14 @@ def _kernel_release_from_image(path: Path) -> str:
 
 
 def _publish_file(cache: Cache, key: str, src: Path, origin: Mapping[str, Any]) -> CacheEntry:
-    if hit := cache.lookup(KERNEL_KIND, key):
-        return hit
-    with cache.lock(KERNEL_KIND, key), cache.staging(KERNEL_KIND, key) as staged:
+    def build(staged: Path) -> Built:
         shutil.copy(src, staged / "bzImage")
         manifest = {"schema": SCHEMA, "kind": "fetch", "hash": key, "flavour": "guest",
                     "release": _kernel_release_from_image(staged / "bzImage"), "source": dict(origin),
                     "patches": [], "config": {}}
-        return cache.publish(KERNEL_KIND, key, staged, ["bzImage"], manifest)
+        return Built(("bzImage",), manifest)
+
+    return cache.get_or_build(KERNEL_KIND, key, build)
 
 
 def fetch_debian(package: str | None = None, cache: Cache | None = None) -> CacheEntry:
@@ -524,8 +523,7 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
     :raises ConfigError: if apt cannot find or download the package.
     """
     cache = cache or Cache()
-    if package is None:
-        package = _resolve_meta("linux-image-cloud-amd64")
+    package = package if package is not None else _resolve_meta("linux-image-cloud-amd64")
     with tempdir("apt") as tmp:
         proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True, check=False)
         debs = list(Path(tmp).glob("*.deb"))
@@ -535,9 +533,8 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
         deb = debs[0]
         digest = sha256_file(deb)
         key = f"deb-{digest[:24]}"
-        if hit := cache.lookup(KERNEL_KIND, key):
-            return hit
-        with cache.lock(KERNEL_KIND, key), cache.staging(KERNEL_KIND, key) as staged:
+
+        def build(staged: Path) -> Built:
             root = Path(tmp) / "root"
             _run_checked(["dpkg-deb", "-x", str(deb), str(root)], "dpkg-deb -x")
             vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
@@ -559,7 +556,9 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
                         "source": {"kind": "debian-package", "package": package, "deb_sha256": digest,
                                    "modules_tree": sha256_tree(mods) if mods.is_dir() else None},
                         "patches": [], "config": {}}
-            return cache.publish(KERNEL_KIND, key, staged, files, manifest)
+            return Built(tuple(files), manifest)
+
+        return cache.get_or_build(KERNEL_KIND, key, build)
 
 
 def _resolve_meta(meta: str) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..cache import (
     MANIFEST,
+    Built,
     Cache,
     CacheEntry,
     content_hash,
@@ -271,21 +272,18 @@ def build_image(kernel: CacheEntry | None = None, cache: Cache | None = None,
                           fix="keep them in tools")
     inputs = image_inputs(identity, kernel, tools=tools)
     key = inputs.key()
-    if not force and (hit := cache.lookup(IMAGE_KIND, key)):
-        log.info("image %s: cache hit (%s)", key, hit.path)
-        return _guest_image(hit, identity)
-    with cache.lock(IMAGE_KIND, key):
-        if not force and (hit := cache.lookup(IMAGE_KIND, key)):
-            return _guest_image(hit, identity)
+    final = cache.entry_path(IMAGE_KIND, key)
+
+    def build(staged: Path) -> Built:
         progress = Progress("image build")
-        with cache.staging(IMAGE_KIND, key) as staged, \
-                tempdir("image") as work:
-            entry = _build_into(inputs, key, cache, staged, Path(work), progress)
-        return _guest_image(entry, identity)
+        with tempdir("image") as work:
+            return _build_into(inputs, key, staged, Path(work), progress, final)
+
+    return _guest_image(cache.get_or_build(IMAGE_KIND, key, build, force=force), identity)
 
 
-def _build_into(inputs: ImageInputs, key: str, cache: Cache, staged: Path, work: Path,
-                progress: Progress) -> CacheEntry:
+def _build_into(inputs: ImageInputs, key: str, staged: Path, work: Path, progress: Progress,
+                final: Path) -> Built:
     started = time.time()
     progress.update("compiling pveoi-load (gcc -O2 -static)", force=True)
     load_helper = staged / LOAD_NAME
@@ -341,14 +339,8 @@ def _build_into(inputs: ImageInputs, key: str, cache: Cache, staged: Path, work:
         "build_seconds": round(time.time() - started, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    entry = cache.publish(IMAGE_KIND, key, staged, [INITRD_NAME, LOAD_NAME], manifest)
-    progress.done(f"built {entry.path / INITRD_NAME} ({_size_mb(entry)} MB, "
-                  f"{len(entries)} members)")
-    return entry
-
-
-def _size_mb(entry: CacheEntry) -> str:
-    return f"{(entry.path / INITRD_NAME).stat().st_size / 1e6:.1f}"
+    progress.done(f"built {final / INITRD_NAME} ({initrd.stat().st_size / 1e6:.1f} MB, {len(entries)} members)")
+    return Built((INITRD_NAME, LOAD_NAME), manifest)
 
 
 def load_image(path: Path) -> GuestImage:
