@@ -9,7 +9,8 @@ iperf3 and cyclictest with every shared library they load and the dynamic
 loader; ``pveoi-load`` compiled here with ``gcc -O2 -static`` from
 ``images/guest/pveoi-load.c``; ``/init`` from ``images/guest/init``; and, for
 a fetched Debian kernel (a kernel entry with ``modules.tar``), its virtio
-modules with their load order precomputed from ``modules.dep``.
+modules with their load order precomputed (kmod's ``modinfo``, see
+:mod:`e2e.build.modules`).
 
 The archive is written in Python (newc), so every entry is owned by root
 (uid/gid 0), has a fixed mtime, and the output is the same for the same

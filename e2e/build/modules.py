@@ -1,18 +1,18 @@
 """
 A fetched kernel's modules in the guest image: which module files the wanted
-drivers need (their dependencies, recursively), in which order to load them,
-and copying them into the image's tree with a load-order file that the
-guest's init reads.
+drivers need (their dependencies, recursively, as kmod's ``modinfo`` reads
+them), in which order to load them, and copying them into the image's tree
+with a load-order file that the guest's init reads.
+
+Debian's kernel packages ship no ``modules.dep`` (depmod makes it on
+install), so the dependencies come from each module's own ``depends=`` field,
+read by ``modinfo -F depends`` (kmod reads compressed modules too). The
+archive's ``modules.builtin`` tells a built-in driver from a missing one.
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
-import lzma
-import os
-import shutil
-import struct
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,13 +21,28 @@ from pathlib import Path
 
 from ..cache import CacheEntry, sha256_file
 from ..errors import BuildError, ConfigError
+from ..tmpdirs import tempdir
 from .cpio import ImageTree
+from .elf import Tool, find_tool
 
 log = logging.getLogger(__name__)
 
 MODULE_ORDER_NAME = "pveoi-modules.order"
 WANTED_MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
-"""Modules a fetched Debian kernel needs; their dependencies come from modules.dep."""
+"""Drivers the guest's init needs (eth0, /dev/vda) from a kernel that has them as modules;
+their dependencies are found by :func:`module_dependencies`."""
+
+MODINFO = Tool("modinfo", "/usr/sbin/modinfo", "kmod", None)
+
+MODULE_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
+_DECOMPRESS: Mapping[str, Tool] = {
+    ".xz": Tool("xz", "/usr/bin/xz", "xz-utils", None),
+    ".zst": Tool("zstd", "/usr/bin/zstd", "zstd", None),
+    ".gz": Tool("gzip", "/bin/gzip", "gzip", None),
+}
+"""The tool that decompresses a module with this suffix (``-dc``: to stdout)."""
+
+_REFETCH = "re-fetch the kernel (pveoi kernel fetch --debian)"
 
 
 @dataclass(frozen=True)
@@ -59,34 +74,22 @@ def kernel_modules(kernel: CacheEntry | None) -> KernelModules | None:
     return KernelModules(release, tar, str(digest) if digest else sha256_file(tar))
 
 
-_MODULE_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
-
-
 def module_name(relpath: str) -> str:
     """``kernel/drivers/net/virtio_net.ko.xz`` -> ``virtio_net`` (dashes as underscores)."""
-    base = os.path.basename(relpath)
-    for suffix in _MODULE_SUFFIXES:
+    base = relpath.rsplit("/", 1)[-1]
+    for suffix in MODULE_SUFFIXES:
         if base.endswith(suffix):
             base = base[: -len(suffix)]
             break
     return base.replace("-", "_")
 
 
-def parse_modules_dep(text: str) -> dict[str, tuple[str, ...]]:
-    """``modules.dep`` as ``{module path: dependency paths}``."""
-    deps: dict[str, tuple[str, ...]] = {}
-    for line in text.splitlines():
-        if ":" not in line:
-            continue
-        mod, _, rest = line.partition(":")
-        deps[mod.strip()] = tuple(rest.split())
-    return deps
-
-
 def module_load_order(deps: Mapping[str, Sequence[str]], wanted: Iterable[str]) -> list[str]:
     """Module paths to insmod, dependencies first, for the ``wanted`` module names.
 
     A wanted module not in ``deps`` is built in (or absent) and is skipped.
+
+    :param deps: ``{module path: the paths of its direct dependencies}``.
     """
     by_name = {module_name(path): path for path in deps}
     order: list[str] = []
@@ -107,73 +110,28 @@ def module_load_order(deps: Mapping[str, Sequence[str]], wanted: Iterable[str]) 
     return order
 
 
-def _decompressed_name(relpath: str) -> str:
-    for suffix in (".xz", ".gz", ".zst"):
-        if relpath.endswith(".ko" + suffix):
-            return relpath[: -len(suffix)]
-    return relpath
+def modinfo_depends(module: Path) -> tuple[str, ...]:
+    """The names a module depends on: ``modinfo -F depends MODULE`` (kmod), dashes as underscores.
 
-
-def _decompress_module(relpath: str, raw: bytes) -> tuple[str, bytes]:
-    """``(name without the compression suffix, contents)``; other files pass through.
-
-    :raises ConfigError: if a zstd module needs the missing ``zstd`` tool.
+    :raises ConfigError: if kmod's ``modinfo`` is not installed.
+    :raises BuildError: if ``modinfo`` cannot read the module.
     """
-    if relpath.endswith(".ko.xz"):
-        return relpath[:-3], lzma.decompress(raw)
-    if relpath.endswith(".ko.gz"):
-        return relpath[:-3], gzip.decompress(raw)
-    if relpath.endswith(".ko.zst"):
-        zstd = shutil.which("zstd")
-        if zstd is None:
-            raise ConfigError("zstd not found (the kernel's modules are zstd-compressed)",
-                              fix="apt-get install zstd")
-        proc = subprocess.run([zstd, "-dc"], input=raw, capture_output=True, check=False)
-        if proc.returncode != 0:
-            detail = proc.stderr.decode(errors="replace").strip()[-200:]
-            raise BuildError(f"zstd -d {relpath} failed: {detail}")
-        return relpath[:-4], proc.stdout
-    return relpath, raw
+    modinfo = find_tool(MODINFO)
+    proc = subprocess.run([str(modinfo), "-F", "depends", str(module)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise BuildError(f"modinfo {module.name} failed: {detail[0]}", fix=_REFETCH)
+    return tuple(n.strip().replace("-", "_") for line in proc.stdout.splitlines() for n in line.split(",")
+                 if n.strip())
 
 
-def elf_modinfo(data: bytes) -> dict[str, list[str]]:
-    """The ``.modinfo`` section of a (decompressed) 64-bit kernel module: key -> values.
+def module_dependencies(module_paths: Iterable[str], wanted: Iterable[str],
+                        depends: Callable[[str], Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """A ``modules.dep``-like map for the wanted modules and, recursively, what they depend on.
 
-    :raises ValueError: if ``data`` is not a 64-bit little-endian ELF file.
-    """
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError("not a 64-bit little-endian ELF object")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-
-    def section(i: int) -> tuple[int, int, int]:
-        name, = struct.unpack_from("<I", data, shoff + i * shentsize)
-        offset, size = struct.unpack_from("<QQ", data, shoff + i * shentsize + 24)
-        return name, offset, size
-
-    _, str_off, _ = section(shstrndx)
-    info: dict[str, list[str]] = {}
-    for i in range(shnum):
-        name_off, offset, size = section(i)
-        end = data.index(b"\0", str_off + name_off)
-        if data[str_off + name_off:end] != b".modinfo":
-            continue
-        for item in data[offset:offset + size].split(b"\0"):
-            key, sep, value = item.decode(errors="replace").partition("=")
-            if sep:
-                info.setdefault(key, []).append(value)
-    return info
-
-
-def modinfo_dependencies(read: Callable[[str], bytes], module_paths: Iterable[str],
-                         wanted: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """A ``modules.dep``-like map built from the modules' own ``depends=`` fields.
-
-    Debian's kernel packages ship no ``modules.dep`` (depmod makes it on
-    install), so the wanted modules and, recursively, what they depend on are
-    read instead.
-
-    :param read: returns a module's decompressed contents by path.
+    :param module_paths: every module file of the kernel (paths, any suffix of :data:`MODULE_SUFFIXES`).
+    :param depends: the names a module (by path) depends on, e.g. via :func:`modinfo_depends`.
     :returns: ``{module path: direct dependency paths}`` for the modules reached.
     """
     by_name = {module_name(p): p for p in module_paths}
@@ -183,62 +141,113 @@ def modinfo_dependencies(read: Callable[[str], bytes], module_paths: Iterable[st
         path = todo.pop()
         if path in deps:
             continue
-        names = [n.replace("-", "_") for v in elf_modinfo(read(path)).get("depends", [])
-                 for n in v.split(",") if n]
-        found = tuple(by_name[n] for n in names if n in by_name)
+        names = depends(path)
         for n in names:
             if n not in by_name:
                 log.warning("module %s depends on %s, which is not a module file", path, n)
-        deps[path] = found
-        todo.extend(found)
+        deps[path] = tuple(by_name[n] for n in names if n in by_name)
+        todo.extend(deps[path])
     return deps
+
+
+def decompressed(path: Path) -> tuple[str, bytes]:
+    """A module file's name without its compression suffix and its decompressed contents.
+
+    :raises ConfigError: if the decompressor (xz, zstd, gzip) is not installed.
+    :raises BuildError: if it fails.
+    """
+    tool = _DECOMPRESS.get(path.suffix) if path.name.endswith(MODULE_SUFFIXES[:-1]) else None
+    if tool is None:
+        return path.name, path.read_bytes()
+    proc = subprocess.run([str(find_tool(tool)), "-dc", str(path)], capture_output=True, check=False)
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip()[-200:] or f"exit {proc.returncode}"
+        raise BuildError(f"{tool.name} -dc {path.name} failed: {detail}", fix=_REFETCH)
+    return path.name[: -len(path.suffix)], proc.stdout
+
+
+@dataclass(frozen=True)
+class ModuleTree:
+    """A kernel's module tree unpacked on disk (``<root>/<release>/...``)."""
+
+    root: Path
+    release: str
+
+    @property
+    def base(self) -> Path:
+        """``<root>/<release>``: what module paths are relative to."""
+        return self.root / self.release
+
+    def module_paths(self) -> list[str]:
+        """Every module file, relative to :attr:`base`, sorted."""
+        return sorted(str(p.relative_to(self.base)) for p in self.base.rglob("*.ko*")
+                      if p.name.endswith(MODULE_SUFFIXES) and p.is_file())
+
+    def builtin(self) -> set[str] | None:
+        """Names of the drivers built into the kernel (``modules.builtin``); None if that list is absent."""
+        listing = self.base / "modules.builtin"
+        if not listing.is_file():
+            return None
+        return {module_name(line.strip()) for line in listing.read_text().splitlines() if line.strip()}
+
+    def load_order(self, wanted: Sequence[str]) -> list[str]:
+        """The module paths to load, dependencies first, for the ``wanted`` drivers.
+
+        :raises ConfigError: if ``modinfo`` is missing.
+        :raises BuildError: if a module cannot be read.
+        """
+        deps = module_dependencies(self.module_paths(), wanted,
+                                   lambda rel: modinfo_depends(self.base / rel))
+        return module_load_order(deps, wanted)
+
+
+def unpack_modules(modules: KernelModules, into: Path) -> ModuleTree:
+    """Unpack ``modules.tar`` into ``into`` (members outside ``<release>/`` and links are left out).
+
+    :raises BuildError: if the archive is unreadable or has nothing under ``<release>/``.
+    """
+    prefix = f"{modules.release}/"
+    try:
+        with tarfile.open(modules.tar) as tf:
+            members = [m for m in tf.getmembers() if (m.isfile() or m.isdir())
+                       and m.name.removeprefix("./").startswith(prefix)]
+            if not any(m.isfile() for m in members):
+                raise BuildError(f"{modules.tar} has nothing under {prefix}", fix=_REFETCH)
+            tf.extractall(into, members=members, filter="data")
+    except (OSError, tarfile.TarError) as err:
+        raise BuildError(f"cannot unpack {modules.tar}: {err}", fix=_REFETCH) from err
+    return ModuleTree(into, modules.release)
 
 
 def add_kernel_modules(tree: ImageTree, modules: KernelModules,
                        wanted: Sequence[str] = WANTED_MODULES) -> list[str]:
-    """Copy the wanted modules (decompressed) and their load order into ``tree``.
+    """Copy the wanted modules (decompressed), their dependencies and their load order into ``tree``.
 
-    The order comes from ``modules.dep`` if the archive has one, else from
-    each module's ``.modinfo`` (see :func:`modinfo_dependencies`); a wanted
-    module with no file is built in and skipped.
+    A wanted driver with no module file is built in (``modules.builtin``) and
+    skipped; one neither built in nor a module is an error (if the archive has
+    no ``modules.builtin``, it is assumed built in and logged).
 
     :returns: the module paths in load order (relative to ``/lib/modules/<release>``).
+    :raises ConfigError: if the kernel lacks a wanted driver, or a tool is missing.
     :raises BuildError: if a module cannot be read.
     """
-    prefix = f"{modules.release}/"
-    with tarfile.open(modules.tar) as tf:
-        members = {m.name.removeprefix("./").removeprefix(prefix): m for m in tf.getmembers()
-                   if m.isfile() and m.name.removeprefix("./").startswith(prefix)}
-        if not members:
-            raise BuildError(f"{modules.tar} has nothing under {prefix}",
-                             fix="re-fetch the kernel (pveoi kernel fetch --debian)")
-        blobs: dict[str, bytes] = {}
-
-        def read(name: str) -> bytes:
-            if name not in blobs:
-                member = members.get(name)
-                f = tf.extractfile(member) if member is not None else None
-                if f is None:
-                    raise BuildError(f"{modules.tar} has no {prefix}{name}",
-                                     fix="re-fetch the kernel (pveoi kernel fetch --debian)")
-                blobs[name] = _decompress_module(name, f.read())[1]
-            return blobs[name]
-
-        if "modules.dep" in members:
-            deps = parse_modules_dep(read("modules.dep").decode())
-        else:
-            ko = [m for m in members if m.endswith(_MODULE_SUFFIXES)]
-            deps = modinfo_dependencies(read, ko, wanted)
-        order = module_load_order(deps, wanted)
+    with tempdir("modules") as work:
+        mods = unpack_modules(modules, work)
+        order = mods.load_order(wanted)
+        builtin = mods.builtin()
+        missing = sorted({w.replace("-", "_") for w in wanted} - {module_name(p) for p in order}
+                         - (builtin or set()))
+        if missing and builtin is None:
+            log.info("kernel %s: no module file for %s (built in?)", modules.release, ", ".join(missing))
+        elif missing:
+            raise ConfigError(f"kernel {modules.release} has no {', '.join(missing)} (neither a module "
+                              "nor built in)", fix="use a kernel with these virtio drivers (omit --kernel)")
         loaded = []
         for relpath in order:
-            name = _decompressed_name(relpath)
-            tree.file(f"lib/modules/{modules.release}/{name}", data=read(relpath))
-            loaded.append(name)
-    missing = sorted({w.replace("-", "_") for w in wanted} - {module_name(p) for p in order})
-    if missing:
-        log.info("kernel %s: no module file for %s (built in?)", modules.release,
-                 ", ".join(missing))
+            name, data = decompressed(mods.base / relpath)
+            dest = str(Path(relpath).with_name(name))
+            tree.file(f"lib/modules/{modules.release}/{dest}", data=data)
+            loaded.append(dest)
     tree.file(f"lib/modules/{modules.release}/{MODULE_ORDER_NAME}",
               data="".join(f"{name}\n" for name in loaded).encode())
     return loaded
