@@ -7,6 +7,6 @@ Only for callers not yet moved (``ab.py`` and ``cli.py``); new code imports
 
 from __future__ import annotations
 
-from .build.image import READY_PATTERN, GuestImage, build_image, load_image
+from .build.image import READY_PATTERN, GuestImage, build_image, guest_image, image_for_kernel, load_image
 
-__all__ = ["READY_PATTERN", "GuestImage", "build_image", "load_image"]
+__all__ = ["READY_PATTERN", "GuestImage", "build_image", "guest_image", "image_for_kernel", "load_image"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bzimage import read_setup_header
 from .cache import (
     MANIFEST,
     Built,
@@ -452,7 +453,7 @@ def fetch_path(path: Path, cache: Cache | None = None) -> CacheEntry:
     path = path.expanduser().absolute()
     if not path.is_file():
         raise ConfigError(f"kernel {path} not found", fix="pass the path of a bzImage/vmlinuz")
-    _check_bzimage(path)
+    read_setup_header(path)
     digest = sha256_file(path)
     key = f"file-{digest[:24]}"
     return _publish_file(cache, key, path, {"kind": "path", "origin": str(path), "sha256": digest})
@@ -481,34 +482,15 @@ def fetch_url(url: str, sha256: str, cache: Cache | None = None) -> CacheEntry:
         got = sha256_file(target)
         if got != sha256.lower():
             raise ConfigError(f"{url} has sha256 {got}, expected {sha256.lower()}", fix="check --sha256 or the URL")
-        _check_bzimage(target)
+        read_setup_header(target)
         return _publish_file(cache, key, target, {"kind": "url", "origin": url, "sha256": got})
-
-
-def _check_bzimage(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(0x210)
-    if len(head) < 0x206 or head[0x202:0x206] != b"HdrS":
-        raise ConfigError(f"{path} is not an x86 bzImage (no HdrS boot header)", fix="pass a bzImage/vmlinuz")
-
-
-def _kernel_release_from_image(path: Path) -> str:
-    """The version string embedded in a bzImage's setup header."""
-    with open(path, "rb") as f:
-        data = f.read(0x10000)
-    pointer = int.from_bytes(data[0x20E:0x210], "little")  # 0: the image has no version string
-    off = pointer + 0x200
-    end = data.find(b"\0", off)
-    if not pointer or off >= len(data) or end < 0:
-        return "unknown"
-    return data[off:end].decode(errors="replace").split(" ")[0] or "unknown"
 
 
 def _publish_file(cache: Cache, key: str, src: Path, origin: Mapping[str, Any]) -> CacheEntry:
     def build(staged: Path) -> Built:
         shutil.copy(src, staged / "bzImage")
         manifest = {"schema": SCHEMA, "kind": "fetch", "hash": key, "flavour": "guest",
-                    "release": _kernel_release_from_image(staged / "bzImage"), "source": dict(origin),
+                    "release": read_setup_header(staged / "bzImage").release, "source": dict(origin),
                     "patches": [], "config": {}}
         return Built(("bzImage",), manifest)
 
@@ -570,21 +552,39 @@ def _resolve_meta(meta: str) -> str:
     raise ConfigError(f"cannot resolve {meta} to a kernel package", fix="run apt-get update or pass --package")
 
 
-def check_kernel_file(path: Path) -> Path:
-    """A kernel file the user named: if it lies in a pveoi cache entry, verify that entry.
+def entry_of(bzimage: Path) -> CacheEntry | None:
+    """The kernel cache entry ``bzimage`` lives in (verified), or None for a kernel of the user's own.
 
-    :raises ConfigError: the file is missing, or its cache entry is damaged (named, with the fix).
+    A fetched Debian kernel's entry also holds its ``modules.tar`` and
+    ``config``; a pveoi build's holds its ``config``.
+
+    :raises ConfigError: the file lies in a kernel cache entry that is damaged (named, with the fix).
     """
-    if not path.is_file():
-        raise ConfigError(f"kernel {path} not found", fix="pass a bzImage, or omit --kernel to build one")
-    try:
-        listed = json.loads((path.parent / MANIFEST).read_text()).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        return path  # not a cache entry: a kernel of the user's own
-    if isinstance(listed, dict) and path.name in listed:
-        _, problem = entry_problem(path.parent)
-        if problem is not None:
-            raise corrupt_entry_error(path.parent, problem, "pveoi kernel build --force")
+    path = bzimage.expanduser().resolve()
+    directory = path.parent
+    if directory.parent.name != KERNEL_KIND or not (directory / MANIFEST).is_file():
+        return None
+    manifest, problem = entry_problem(directory)
+    if problem is not None or manifest is None:
+        raise corrupt_entry_error(directory, problem or "no manifest", "pveoi kernel build --force, or fetch it again")
+    if path.name not in manifest.get("files", {}):
+        return None
+    return CacheEntry(KERNEL_KIND, directory.name, directory, manifest)
+
+
+def check_kernel_file(path: Path) -> Path:
+    """A kernel file the user named (``--kernel``): a bzImage, and an intact cache entry if it lies in one.
+
+    Reads the setup header and the file's size only (the entry's hashes if it
+    is in the cache), so a wrong file is refused at once, before any boot.
+
+    :returns: ``path``.
+    :raises ConfigError: the file is missing, a directory, not a bzImage (an ELF vmlinux, an empty or
+        truncated file, no boot signature or setup header, an insane boot protocol version), or its
+        cache entry is damaged; one line naming the fix.
+    """
+    read_setup_header(path)
+    entry_of(path)
     return path
 
 

@@ -21,6 +21,7 @@ content hash of everything that goes into it (see :class:`ImageInputs`).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import stat
 import subprocess
@@ -40,11 +41,18 @@ from ..cache import (
     entry_problem,
 )
 from ..errors import BuildError, ConfigError
+from ..kernel import check_kernel_file, entry_of
 from ..progress import Progress
 from ..tmpdirs import tempdir
 from .cpio import ImageTree, write_initrd
 from .elf import HostFile, Tool, collect_host_files, find_tool
-from .modules import WANTED_MODULES, KernelModules, add_kernel_modules, kernel_modules
+from .modules import (
+    WANTED_MODULES,
+    KernelModules,
+    add_kernel_modules,
+    kernel_modules,
+    missing_builtin_drivers,
+)
 from .sshkey import SshIdentity, ssh_identity
 
 log = logging.getLogger(__name__)
@@ -250,22 +258,26 @@ def populate_tree(tree: ImageTree, inputs: ImageInputs, host_key: Path, load_hel
     tree.file("etc/pveoi-image", data=f"key={key}\n".encode())
 
 
-def build_image(kernel: CacheEntry | None = None, cache: Cache | None = None,
+def build_image(kernel: CacheEntry | Path | None = None, cache: Cache | None = None,
                 force: bool = False, *, tools: Sequence[Tool] = TOOLS) -> GuestImage:
     """Build (or find in the cache) the guest initramfs.
 
-    :param kernel: the kernel it will boot; only a fetched Debian kernel
+    :param kernel: the kernel it will boot, as its cache entry or its bzImage
+        path (the entry it lies in is found); only a fetched Debian kernel
         (an entry with ``modules.tar``) changes the image (its virtio
         modules are added).
     :param force: rebuild even on a cache hit.
     :param tools: the host binaries to include (default :data:`TOOLS`; busybox
         and dropbear are required). fio alone brings about 80 MB of shared
         libraries (ceph, gluster, ICU), which costs about 1.5 s per TCG boot.
-    :raises ConfigError: if a tool is missing (naming the package to install).
+    :raises ConfigError: if a tool is missing (naming the package to install),
+        the kernel's modules lack a wanted driver, or its cache entry is damaged.
     :raises BuildError: if compiling ``pveoi-load``, key generation or
         library resolution fails.
     """
     cache = cache or Cache()
+    if isinstance(kernel, Path):
+        kernel = entry_of(kernel)
     identity = ssh_identity(cache)
     names = {t.name for t in tools}
     if not {"busybox", "dropbear", "dropbearkey"} <= names:
@@ -344,24 +356,94 @@ def _build_into(inputs: ImageInputs, key: str, staged: Path, work: Path, progres
     return Built((INITRD_NAME, LOAD_NAME), manifest)
 
 
+def image_for_kernel(bzimage: Path | None, cache: Cache | None = None) -> GuestImage:
+    """The image to boot ``bzimage`` with (what ``--kernel`` gives the CLI).
+
+    None or a kernel with the drivers built in (pveoi's own) gets the
+    default image; a fetched kernel whose cache entry holds ``modules.tar``
+    gets an image with its virtio modules and their dependencies. A kernel
+    with neither is refused here, before any boot, naming the drivers it
+    lacks (see :func:`e2e.build.modules.missing_builtin_drivers` for how
+    that is read).
+
+    :raises ConfigError: ``bzimage`` is not a bzImage, its cache entry is
+        damaged, or it lacks virtio drivers; one line naming the fix.
+    """
+    if bzimage is None:
+        return build_image(cache=cache)
+    check_kernel_file(bzimage)
+    entry = entry_of(bzimage)
+    if entry is not None and kernel_modules(entry) is not None:
+        return build_image(entry, cache)
+    check = missing_builtin_drivers(bzimage, entry.file("config") if entry is not None else None)
+    if check.missing:
+        raise ConfigError(
+            f"kernel {bzimage} lacks {', '.join(check.missing)}: not built in (read from {check.evidence}) and "
+            "it has no modules in the cache",
+            fix="build it with them =y, or for Debian's kernel use the bzImage `pveoi kernel fetch --debian` "
+                "prints (it brings its modules), or omit --kernel")
+    return build_image(entry, cache)
+
+
 def load_image(path: Path) -> GuestImage:
     """An already built image entry (``pveoi image build --json``'s ``path``), used as is.
 
     Verifies the entry like a cache hit does and needs nothing writable, so it
     serves inside the virtual KVM host, where the cache is read-only.
 
-    :raises ConfigError: ``path`` is not a pveoi image entry, or a damaged one
-        (it is left in place: the error names it and the fix).
+    :raises ConfigError: ``path`` is missing, a file (the initramfs itself, say), not a pveoi image
+        entry (a kernel entry, any other directory), or a damaged one (it is left in place: the
+        error names it and the fix); one line.
     """
     path = path.expanduser().absolute()
+    fix = "pass the path `pveoi image build --json` prints, or omit --image"
+    if not path.exists():
+        raise ConfigError(f"image {path} not found", fix=fix)
+    if not path.is_dir():
+        inside = path.parent.parent.name == IMAGE_KIND and (path.parent / MANIFEST).is_file()
+        raise ConfigError(f"{path} is a file, not a pveoi image entry (a directory)",
+                          fix=f"pass its directory {path.parent}" if inside else fix)
     if path.parent.name != IMAGE_KIND or not (path / MANIFEST).is_file():
-        raise ConfigError(f"{path} is not a pveoi image entry",
-                          fix="pass the path `pveoi image build --json` prints, or omit --image")
+        raise ConfigError(f"{path} is not a pveoi image entry", fix=fix)
     manifest, problem = entry_problem(path)
     if problem is not None or manifest is None:
         raise corrupt_entry_error(path, problem or "no manifest", "pveoi image build --force")
+    if manifest.get("kind") != "initramfs" or INITRD_NAME not in manifest.get("files", {}):
+        raise ConfigError(f"{path} is not a pveoi image entry (its manifest is of kind {manifest.get('kind')!r})",
+                          fix=fix)
     entry = CacheEntry(IMAGE_KIND, path.name, path, manifest)
     return _guest_image(entry, ssh_identity(Cache(root=path.parent.parent)))
+
+
+def guest_image(kernel: Path | None, image: Path | None = None) -> GuestImage:
+    """The image the CLI boots ``--kernel`` with: ``--image DIR`` as is, else :func:`image_for_kernel`.
+
+    A given image must carry the modules of a fetched kernel that needs them
+    (read from the two manifests, without hashing: both are checked on load).
+
+    :raises ConfigError: a bad kernel or image (see :func:`image_for_kernel`, :func:`load_image`), or an
+        image without the kernel's modules.
+    """
+    if image is None:
+        return image_for_kernel(kernel)
+    img = load_image(image)
+    release = _modules_release(kernel) if kernel is not None else None
+    mods = img.manifest.get("kernel_modules") or {}
+    if release is not None and mods.get("release") != release:
+        raise ConfigError(f"image {img.path} has no modules for kernel {release} ({kernel})",
+                          fix="omit --image (pveoi builds the image for this kernel), or pass the one built for it")
+    return img
+
+
+def _modules_release(bzimage: Path) -> str | None:
+    """The release of the modules in the kernel entry ``bzimage`` lies in; None if it has none."""
+    try:
+        manifest = json.loads((bzimage.expanduser().resolve().parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or "modules.tar" not in (manifest.get("files") or {}):
+        return None
+    return str(manifest.get("release") or "") or None
 
 
 def _guest_image(entry: CacheEntry, identity: SshIdentity) -> GuestImage:

@@ -21,6 +21,7 @@ from e2e.build.image import IMAGE_KIND, load_image
 from e2e.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.errors import ConfigError, PveoiError
 from e2e.kernel import check_kernel_file
+from tests.conftest import bzimage_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,15 +240,15 @@ def test_corrupt_image_entry_named_by_the_user_is_an_error_naming_it_and_kept(tm
 
 
 def test_corrupt_kernel_entry_named_by_the_user_is_an_error(tmp_path: Path) -> None:
-    entry = publish(Cache(tmp_path), "kernels", "bzImage", os.urandom(4096))
+    entry = publish(Cache(tmp_path), "kernels", "bzImage", bzimage_bytes(payload=os.urandom(4096)))
     assert check_kernel_file(entry / "bzImage") == entry / "bzImage"
-    flip(entry / "bzImage", 7)
+    flip(entry / "bzImage", 0x1000)  # in the payload: still a bzImage, but not the one recorded
     with pytest.raises(ConfigError) as err:
         check_kernel_file(entry / "bzImage")
     assert "pveoi kernel build --force" in one_line(err.value) and str(entry) in str(err.value)
     own = tmp_path / "mine" / "bzImage"  # a kernel of the user's own, not in a cache entry
     own.parent.mkdir()
-    own.write_bytes(b"k")
+    own.write_bytes(bzimage_bytes())
     assert check_kernel_file(own) == own
     with pytest.raises(ConfigError, match="not found"):
         check_kernel_file(tmp_path / "nope")
@@ -406,11 +407,8 @@ def leftovers(cache: Path) -> list[str]:
 
 
 def test_disk_full_cli_kernel_fetch_into_the_cache(tmp_path: Path) -> None:
-    kernel = tmp_path / "bzImage"  # a bzImage header, then 256 KiB: more than the disk holds
-    data = bytearray(os.urandom(256 << 10))
-    data[0x202:0x206] = b"HdrS"
-    data[0x20E:0x210] = b"\0\0"
-    kernel.write_bytes(bytes(data))
+    kernel = tmp_path / "bzImage"  # a well-formed bzImage of 256 KiB: more than the disk holds
+    kernel.write_bytes(bzimage_bytes(payload=os.urandom(256 << 10), version=None))
     with tiny_tmpfs(tmp_path / "tiny") as tiny:
         proc = pveoi_cli("kernel", "fetch", "--path", str(kernel), cache=tiny)
         assert_disk_full_line(proc, tiny)

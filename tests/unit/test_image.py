@@ -23,7 +23,10 @@ from e2e.build.cpio import read_initrd
 from e2e.build.elf import HostFile
 from e2e.build.image import GuestImage, ImageInputs
 from e2e.build.modules import KernelModules
-from e2e.cache import Cache
+from e2e.cache import Built, Cache, cache_root
+from e2e.errors import ConfigError
+from e2e.kernel import entry_of
+from tests.conftest import bzimage_bytes
 
 HAVE_CPIO = shutil.which("cpio") is not None
 HAVE_BUSYBOX = Path("/bin/busybox").is_file()
@@ -221,3 +224,123 @@ def test_image_userland_works_in_a_chroot(built: tuple[Cache, GuestImage], tmp_p
             dropbear.wait()
         assert dropbear.stderr is not None
         dropbear.stderr.close()
+
+
+# ---------------------------------------------------------------- images for a kernel (--kernel)
+
+
+def _debian_bzimage() -> Path | None:
+    """A fetched Debian kernel's bzImage in the default cache (entry holding modules.tar), if any."""
+    for manifest in sorted((cache_root() / "kernels").glob("deb-*/manifest.json")):
+        if (manifest.parent / "modules.tar").is_file():
+            return manifest.parent / "bzImage"
+    return None
+
+
+DEBIAN_BZIMAGE = _debian_bzimage()
+needs_debian = pytest.mark.skipif(DEBIAN_BZIMAGE is None, reason="no fetched Debian kernel in the cache "
+                                                                 "(pveoi kernel fetch --debian)")
+
+
+def test_entry_of_a_cache_kernel_and_of_other_files(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    entry = cache.get_or_build("kernels", "k1", lambda staged: (
+        (staged / "bzImage").write_bytes(bzimage_bytes()), Built(("bzImage",), {"kind": "test"}))[1])
+    found = entry_of(entry.path / "bzImage")
+    assert found is not None and found.path == entry.path and found.manifest["kind"] == "test"
+    assert entry_of(entry.path / "manifest.json") is None  # not one of the entry's files
+    own = tmp_path / "bzImage"
+    own.write_bytes(bzimage_bytes())
+    assert entry_of(own) is None
+    link = tmp_path / "link"
+    link.symlink_to(entry.path / "bzImage")
+    assert entry_of(link) == found  # a symlink into the cache finds the entry
+    data = bytearray((entry.path / "bzImage").read_bytes())
+    data[-8] ^= 0xFF  # in the payload: still a bzImage, not the one recorded
+    (entry.path / "bzImage").write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=rf"cache entry {entry.path} is damaged: .*bzImage is corrupt"):
+        entry_of(entry.path / "bzImage")
+
+
+@needs_tools
+def test_pveoi_kernels_and_none_get_the_default_image(built: tuple[Cache, GuestImage], tmp_path: Path) -> None:
+    cache, img = built
+    assert image.image_for_kernel(None, cache).path == img.path
+    kernel_cache = Cache(tmp_path / "kc")
+    own = kernel_cache.get_or_build("kernels", "b1", lambda staged: (
+        (staged / "bzImage").write_bytes(bzimage_bytes()),
+        (staged / "config").write_text("CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_NET=y\nCONFIG_VIRTIO_BLK=y\n"),
+        Built(("bzImage", "config"), {"kind": "build"}))[2])
+    assert image.image_for_kernel(own.path / "bzImage", cache).path == img.path
+    assert image.build_image(own.path / "bzImage", cache).path == img.path  # a path works like an entry
+
+
+@needs_debian
+def test_a_bare_kernel_without_virtio_drivers_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    assert DEBIAN_BZIMAGE is not None
+    bare = tmp_path / "vmlinuz"
+    shutil.copy(DEBIAN_BZIMAGE, bare)
+    cache = Cache(tmp_path / "cache")
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        image.image_for_kernel(bare, cache)
+    assert time.monotonic() - start < 2.0
+    text = str(err.value)
+    assert text.startswith(f"kernel {bare} lacks virtio_pci, virtio_net, virtio_blk: not built in") and \
+        "; fix: " in text and "\n" not in text
+    assert not (cache.root / image.IMAGE_KIND).exists()
+
+
+@pytest.fixture(scope="module")
+def debian_image(built: tuple[Cache, GuestImage]) -> GuestImage:
+    cache, _ = built
+    assert DEBIAN_BZIMAGE is not None
+    return image.image_for_kernel(DEBIAN_BZIMAGE, cache)
+
+
+@needs_tools
+@needs_debian
+def test_a_fetched_debian_kernel_gets_its_modules(built: tuple[Cache, GuestImage],
+                                                  debian_image: GuestImage) -> None:
+    assert DEBIAN_BZIMAGE is not None
+    _, default = built
+    entry = entry_of(DEBIAN_BZIMAGE)
+    assert entry is not None
+    release = entry.manifest["release"]
+    assert debian_image.path != default.path
+    mods = debian_image.manifest["kernel_modules"]
+    assert mods["release"] == release and mods["modules_tar_sha256"] == entry.manifest["files"]["modules.tar"]
+    names = {Path(p).name for p in mods["load_order"]}
+    assert {"virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "virtio_net.ko", "virtio_blk.ko"} <= names
+    members = {e.name: e for e in read_initrd(debian_image.initrd)}
+    order = members[f"lib/modules/{release}/pveoi-modules.order"].data.decode().split()
+    assert order == mods["load_order"]
+    for rel in order:
+        assert members[f"lib/modules/{release}/{rel}"].data.startswith(b"\x7fELF")
+    assert image.build_image(entry, built[0]).path == debian_image.path  # entry or path: one image
+
+
+@needs_tools
+@needs_debian
+def test_an_image_without_the_kernels_modules_is_refused(built: tuple[Cache, GuestImage],
+                                                         debian_image: GuestImage) -> None:
+    assert DEBIAN_BZIMAGE is not None
+    _, default = built
+    with pytest.raises(ConfigError, match=rf"image {default.path} has no modules for kernel "):
+        image.guest_image(DEBIAN_BZIMAGE, default.path)
+    assert image.guest_image(DEBIAN_BZIMAGE, debian_image.path).path == debian_image.path
+    assert image.guest_image(None, default.path).path == default.path
+
+
+def test_load_image_refuses_what_is_not_an_image_entry(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    kernel = cache.get_or_build("kernels", "k", lambda staged: (
+        (staged / "bzImage").write_bytes(bzimage_bytes()), Built(("bzImage",), {"kind": "fetch"}))[1])
+    fake = cache.get_or_build(image.IMAGE_KIND, "x", lambda staged: (
+        (staged / "notes").write_text("hi"), Built(("notes",), {"kind": "notes"}))[1])
+    for path, pattern in ((tmp_path / "nope", "not found"), (kernel.path, "is not a pveoi image entry"),
+                          (kernel.path / "bzImage", "is a file, not a pveoi image entry"),
+                          (fake.path, r"is not a pveoi image entry \(its manifest is of kind 'notes'\)")):
+        with pytest.raises(ConfigError, match=pattern) as err:
+            image.load_image(path)
+        assert "; fix: " in str(err.value)

@@ -8,14 +8,12 @@ from Debian's linux-source-6.1 tarball (about 10 s to unpack).
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from e2e import kernel
-from e2e.cache import cache_root
 from e2e.errors import BuildError, ConfigError
 from e2e.kernel import (
     BuildSpec,
@@ -396,74 +394,3 @@ def test_host_flavour_adds_host_fragment(tmp_path: Path) -> None:
     host = BuildSpec(source, "host").requested_options()
     host_only = parse_config_fragment((REPO / "images" / "kernel" / "host.config").read_text())
     assert host == {**guest, **host_only}
-
-
-# ---------------------------------------------------------------- bzImage header
-
-
-def fake_bzimage(path: Path, version: bytes | None = b"6.1.192 (pveoi@pveoi) #1 SMP pveoi",
-                 magic: bytes = b"HdrS", size: int = 0x4000, at: int = 0x3920) -> Path:
-    data = bytearray(size)
-    data[0:2] = b"\xeb\x3c"  # a jump, like the real setup code
-    data[0x202:0x206] = magic
-    if version is not None:
-        data[0x20E:0x210] = (at - 0x200).to_bytes(2, "little")
-        data[at:at + len(version) + 1] = version + b"\0"
-    path.write_bytes(bytes(data))
-    return path
-
-
-def test_check_bzimage_accepts_boot_header(tmp_path: Path) -> None:
-    kernel._check_bzimage(fake_bzimage(tmp_path / "bzImage"))
-
-
-@pytest.mark.parametrize(
-    ("magic", "size"), [(b"HdrX", 0x4000), (b"\0\0\0\0", 0x4000), (b"HdrS", 0x205), (b"", 0)],
-)
-def test_check_bzimage_rejects_non_images(tmp_path: Path, magic: bytes, size: int) -> None:
-    path = tmp_path / "vmlinux"
-    if size < 0x206:
-        path.write_bytes(b"\0" * size)
-    else:
-        fake_bzimage(path, magic=magic, size=size)
-    with pytest.raises(ConfigError, match="not an x86 bzImage"):
-        kernel._check_bzimage(path)
-
-
-def test_kernel_release_from_fake_header(tmp_path: Path) -> None:
-    assert kernel._kernel_release_from_image(fake_bzimage(tmp_path / "a")) == "6.1.192"
-    b = fake_bzimage(tmp_path / "b", version=b"6.1.0-27-cloud-amd64 (debian-kernel@lists)",
-                     at=0x300)
-    assert kernel._kernel_release_from_image(b) == "6.1.0-27-cloud-amd64"
-
-
-def test_kernel_release_absent_or_broken(tmp_path: Path) -> None:
-    # kernel_version 0 means "no version string" (boot protocol), not "read at 0x200".
-    no_version = fake_bzimage(tmp_path / "a", version=None)
-    assert kernel._kernel_release_from_image(no_version) == "unknown"
-    # A pointer past what is read, or a string with no NUL, gives "unknown".
-    past = fake_bzimage(tmp_path / "b", version=None)
-    data = bytearray(past.read_bytes())
-    data[0x20E:0x210] = (0xFFFF).to_bytes(2, "little")
-    past.write_bytes(bytes(data))
-    assert kernel._kernel_release_from_image(past) == "unknown"
-    unterminated = fake_bzimage(tmp_path / "c", version=None, size=0x1000)
-    data = bytearray(unterminated.read_bytes())
-    data[0x20E:0x210] = (0x0E00 - 0x200).to_bytes(2, "little")
-    data[0x0E00:] = b"7" * (0x1000 - 0x0E00)
-    unterminated.write_bytes(bytes(data))
-    assert kernel._kernel_release_from_image(unterminated) == "unknown"
-
-
-def test_kernel_release_of_cached_real_kernels() -> None:
-    """pveoi's own builds, if this machine has any: the header agrees with the manifest."""
-    images = sorted((cache_root() / "kernels").glob("*/bzImage"))
-    if not images:
-        pytest.skip(f"no kernel built in {cache_root()} yet")
-    for image in images:
-        kernel._check_bzimage(image)
-        manifest = json.loads((image.parent / "manifest.json").read_text())
-        release = kernel._kernel_release_from_image(image)
-        assert release != "unknown"
-        if manifest.get("kind") == "build":
-            assert release == manifest["release"]
