@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .build import kbuild
 from .bzimage import read_setup_header
 from .cache import (
     MANIFEST,
@@ -303,9 +304,12 @@ class BuildSpec:
         return content_hash(parts)[:24]
 
 
-def make_argv(tree: Path, builddir: Path, targets: Sequence[str], jobs: int = 1) -> list[str]:
-    """``make`` command line for an out-of-tree build (pure)."""
-    return ["make", "-C", str(tree), f"O={builddir}", f"-j{jobs}", *targets]
+def make_argv(tree: Path, builddir: Path, targets: Sequence[str], jobs: int = 1, cc: str | None = None) -> list[str]:
+    """``make`` command line for an out-of-tree build (pure).
+
+    :param cc: the C compiler (``CC=``), e.g. ``ccache gcc``; None for the kernel's default.
+    """
+    return ["make", "-C", str(tree), f"O={builddir}", f"-j{jobs}", *([f"CC={cc}"] if cc else []), *targets]
 
 
 def read_config(path: Path) -> dict[str, str]:
@@ -316,11 +320,12 @@ def read_config(path: Path) -> dict[str, str]:
     return opts
 
 
-def _make_logged(argv: Sequence[str], logfile: Path, progress: Progress, what: str) -> None:
+def _make_logged(argv: Sequence[str], logfile: Path, progress: Progress, what: str,
+                 extra_env: Mapping[str, str] | None = None) -> None:
     """Run make, appending to ``logfile`` and reporting progress per compiled object."""
     objects = 0
     env = dict(os.environ, LC_ALL="C", KBUILD_BUILD_TIMESTAMP="pveoi", KBUILD_BUILD_USER="pveoi",
-               KBUILD_BUILD_HOST="pveoi")
+               KBUILD_BUILD_HOST="pveoi", **(extra_env or {}))
     with open(logfile, "a") as logf:
         logf.write(f"$ {' '.join(argv)}\n")
         logf.flush()
@@ -362,8 +367,8 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
         logfile = staged / "build.log"
         with tempdir("kbuild") as work:
             try:
-                return _build_into(spec, key, identity, requested, Path(work), staged, logfile, progress,
-                                   started, final)
+                return _build_into(spec, cache, key, identity, requested, Path(work), staged, logfile,
+                                   progress, started, final)
             except BuildError as err:
                 kept = cache.root / "logs" / f"kernel-{key}-{int(started)}.log"
                 kept.parent.mkdir(parents=True, exist_ok=True)
@@ -376,39 +381,47 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
 
 
 def _build_into(
-    spec: BuildSpec, key: str, identity: str, requested: Mapping[str, str], work: Path, staged: Path,
-    logfile: Path, progress: Progress, started: float, final: Path,
+    spec: BuildSpec, cache: Cache, key: str, identity: str, requested: Mapping[str, str], work: Path,
+    staged: Path, logfile: Path, progress: Progress, started: float, final: Path,
 ) -> Built:
-    progress.update(f"preparing source ({spec.source.kind}: {spec.source.path})", force=True)
-    tree = spec.source.prepare(work, need_copy=bool(spec.patches))
-    if spec.patches:
-        progress.update(f"applying {len(spec.patches)} patches", force=True)
-        apply_patches(tree, spec.patches)
-    builddir = work / "build"
-    builddir.mkdir()
-    progress.update("configuring: tinyconfig + kvm_guest.config + fragments", force=True)
-    _make_logged(make_argv(tree, builddir, ["tinyconfig"]), logfile, progress, "tinyconfig")
-    merged = staged / "fragment.config"
-    merged.write_text(render_fragment(requested))
-    frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
-    _run_checked(
-        [str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
-         str(builddir / ".config"), *map(str, frags)],
-        "merge_config.sh", cwd=tree,
-    )
-    _make_logged(make_argv(tree, builddir, ["olddefconfig"]), logfile, progress, "olddefconfig")
-    configured = read_config(builddir / ".config")
-    dropped = missing_options(requested, configured)
-    if dropped:
-        raise BuildError(
-            f"this tree dropped {len(dropped)} requested option(s): {', '.join(dropped)}",
-            fix="remove them from the fragment or enable their dependencies", log=str(logfile),
-        )
-    progress.update(f"building bzImage with -j{spec.jobs}", force=True)
-    _make_logged(make_argv(tree, builddir, ["bzImage"], spec.jobs), logfile, progress, "make bzImage")
-    release = _run_out(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"]).strip().splitlines()[-1]
-    shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
-    shutil.copy(builddir / ".config", staged / "config")
+    fragment = render_fragment(requested)
+    comp = kbuild.compiler(cache.root)
+    with kbuild.build_tree(cache, kbuild.tree_key(spec.source.kind, spec.source.path, spec.flavour, fragment)) as bt:
+        reused = bt.reused()
+        tree = _source_tree(spec, identity, bt, work, progress)
+        builddir = bt.out
+        before = kbuild.ccache_stats(comp)
+        with kbuild.making(bt):
+            progress.update("configuring: tinyconfig + kvm_guest.config + fragments", force=True)
+            _make_logged(make_argv(tree, builddir, ["tinyconfig"], cc=comp.cc), logfile, progress, "tinyconfig",
+                         comp.env)
+            merged = staged / "fragment.config"
+            merged.write_text(fragment)
+            frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
+            _run_checked(
+                [str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
+                 str(builddir / ".config"), *map(str, frags)],
+                "merge_config.sh", cwd=tree,
+            )
+            _make_logged(make_argv(tree, builddir, ["olddefconfig"], cc=comp.cc), logfile, progress, "olddefconfig",
+                         comp.env)
+            configured = read_config(builddir / ".config")
+            dropped = missing_options(requested, configured)
+            if dropped:
+                raise BuildError(
+                    f"this tree dropped {len(dropped)} requested option(s): {', '.join(dropped)}",
+                    fix="remove them from the fragment or enable their dependencies", log=str(logfile),
+                )
+            progress.update(f"building bzImage with -j{spec.jobs}"
+                            f"{' (incremental)' if reused else ''}{' with ccache' if comp.uses_ccache else ''}",
+                            force=True)
+            _make_logged(make_argv(tree, builddir, ["bzImage"], spec.jobs, comp.cc), logfile, progress,
+                         "make bzImage", comp.env)
+            release = _run_out(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"]
+                               ).strip().splitlines()[-1]
+        shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
+        shutil.copy(builddir / ".config", staged / "config")
+        after = kbuild.ccache_stats(comp)
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "build",
@@ -420,9 +433,33 @@ def _build_into(
         "config": dict(sorted(requested.items())),
         "build_seconds": round(time.time() - started, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "incremental": {"build_dir": str(builddir), "reused": reused, "ccache": comp.uses_ccache,
+                        **{k: after[k] - before.get(k, 0) for k in after}},
     }
     progress.done(f"built {release} ({final / 'bzImage'})")
     return Built(("bzImage", "config", "fragment.config", "build.log"), manifest)
+
+
+def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Path, progress: Progress) -> Path:
+    """The tree make builds from: the user's own (read only: ``O=`` builds write nothing there) when no
+    patch applies, else the persistent private copy, synced and patched unless it already holds this
+    source with these patches."""
+    if spec.source.kind == "tree" and not spec.patches:
+        return spec.source.path
+    stamp = content_hash([identity, *(part for p in spec.patches for part in (p.name, p.path.read_bytes()))])
+    if bt.src_holds(stamp):
+        progress.update(f"source unchanged in {bt.src}", force=True)
+        return bt.src
+    bt.stamp.unlink(missing_ok=True)
+    progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
+    origin = spec.source.prepare(work, need_copy=False)  # Debian: unpacked into work; a tree: itself
+    written = kbuild.sync_tree(origin, bt.src)
+    log.info("synced %d changed files into %s", len(written), bt.src)
+    if spec.patches:
+        progress.update(f"applying {len(spec.patches)} patches", force=True)
+        apply_patches(bt.src, spec.patches)
+    bt.stamp.write_text(stamp)
+    return bt.src
 
 
 def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
