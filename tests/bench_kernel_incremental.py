@@ -63,7 +63,7 @@ def main() -> int:
         subprocess.run(["tar", "-xJf", str(TARBALL), "-C", str(work)], check=True)
         tree = work / "linux-source-6.1"
         subprocess.run([*GIT, "init", "-q"], cwd=tree, check=True)
-        subprocess.run([*GIT, "add", "-A"], cwd=tree, check=True)
+        subprocess.run([*GIT, "add", "-A", "--force"], cwd=tree, check=True)  # Debian's .gitignore ignores /*
         subprocess.run([*GIT, "commit", "-q", "-m", "linux-source-6.1"], cwd=tree, check=True)
         setup = round(time.monotonic() - start, 1)
 
@@ -79,7 +79,8 @@ def main() -> int:
             "bench": "kernel_incremental", "cpus": os.cpu_count(), "setup_seconds": setup,
             "cold_seconds": cold["seconds"], "one_file_rebuild_seconds": rebuild["seconds"],
             "reverted_seconds": back["seconds"], "goal_rebuild_seconds": 60,
-            "rebuild_is_new_entry": rebuild["hash"] != cold["hash"], "reverted_is_cold_entry": back["hash"] == cold["hash"],
+            "rebuild_is_new_entry": rebuild["hash"] != cold["hash"],
+            "reverted_is_cold_entry": back["hash"] == cold["hash"],
             "user_tree_unmodified": status == "",
             "cold": cold["incremental"], "rebuild": rebuild["incremental"],
         }

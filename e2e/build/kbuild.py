@@ -16,11 +16,16 @@ Layout under the cache root::
     kbuild/<tree key>/state      "building" while make runs; "idle" after
     ccache/                      ccache's directory
 
-The private copy is synced with ``rsync -a --delete``; every file rsync
-writes gets the current time as its mtime, so make rebuilds what it came
-from even when the file's own mtime is older than the objects (a patch taken
-out of the series restores an older file). Unchanged files keep their mtimes
-and are not rebuilt. A user's tree (``--source DIR``) is only read.
+The private copy is synced with ``rsync --checksum --no-times --delete``:
+files are compared by content, not by size and mtime, and a file rsync
+writes gets the current time, so make rebuilds what it came from even when
+the source's own mtime is older than the objects (a patch taken out of the
+series restores an older file; a file copied with its old mtime). Unchanged
+files keep their mtimes and are not rebuilt. (Preserving the source's mtimes
+instead would miss those cases, and touching the written files afterwards
+would make the next sync's quick check see every one of them as changed.)
+Checksumming both sides costs a few seconds on a kernel tree. A user's tree
+(``--source DIR``) is only read.
 
 A build killed while make ran (the state still says ``building``) may have
 left half-written objects, so the next build of that tree starts from an
@@ -34,7 +39,6 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +129,9 @@ def making(tree: BuildTree) -> Iterator[None]:
 
 
 def rsync_argv(source: Path, dest: Path, excludes: Sequence[str] = SYNC_EXCLUDES) -> list[str]:
-    """``rsync`` making ``dest`` a copy of ``source``, listing each change (pure)."""
-    return ["rsync", "-a", "--delete", "--itemize-changes", "--out-format=%i %n",
+    """``rsync`` making ``dest`` a copy of ``source`` by content, written files getting the current
+    time, listing each change (pure)."""
+    return ["rsync", "-a", "--no-times", "--checksum", "--delete", "--itemize-changes", "--out-format=%i %n",
             *(f"--exclude={e}" for e in excludes), f"{source}/", f"{dest}/"]
 
 
@@ -141,7 +146,7 @@ def written_files(itemized: str) -> list[str]:
 
 
 def sync_tree(source: Path, dest: Path, excludes: Sequence[str] = SYNC_EXCLUDES) -> list[str]:
-    """Make ``dest`` a copy of ``source`` (rsync), giving every file written the current time.
+    """Make ``dest`` a copy of ``source`` (rsync by content); every file written has the current time.
 
     :returns: the files written (relative paths).
     :raises ConfigError: if rsync is missing.
@@ -154,11 +159,7 @@ def sync_tree(source: Path, dest: Path, excludes: Sequence[str] = SYNC_EXCLUDES)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise BuildError(f"rsync {source} -> {dest} failed: {tail[0]}", fix=f"check that {source} is readable")
-    written = written_files(proc.stdout)
-    now = time.time()
-    for name in written:
-        os.utime(dest / name, (now, now), follow_symlinks=False)
-    return written
+    return written_files(proc.stdout)
 
 
 @dataclass(frozen=True)
