@@ -5,7 +5,10 @@ path, a URL with sha256). Results are cached by content hash with a manifest.
 
 Builds are always out of tree (``O=``) and never touch the user's tree: a
 series of patches is applied to a private copy, so a patch that fails to apply
-leaves the original as it was.
+leaves the original as it was. The ``O=`` directory and the private copy
+persist per (source path, flavour, config) and the compiler runs under
+ccache, so a rebuild after a small change recompiles only what changed
+(:mod:`e2e.build.kbuild`); the content-hash cache still decides what is built.
 """
 
 from __future__ import annotations

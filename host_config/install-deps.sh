@@ -9,6 +9,7 @@
 #   linux-source-6.1             the default guest/host kernel source
 #   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils rsync patch
 #                                kernel builds, patch series, initramfs
+#   ccache                       incremental kernel builds (CCACHE_DIR under pveoi's cache)
 #   busybox-static dropbear-bin fio iperf3 rt-tests
 #                                the guest image: shell, SSH server, workloads
 #   linux-perf                   counting kvm:* tracepoints on the host
@@ -19,7 +20,7 @@ set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc libelf-dev
 libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin fio iperf3 rt-tests linux-perf kmod
-lz4 zstd python3-venv chromium"
+lz4 zstd ccache python3-venv chromium"
 
 missing=""
 for p in $PACKAGES; do

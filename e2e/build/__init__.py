@@ -8,7 +8,10 @@ Building what a guest boots, one module per job:
 * :mod:`.modules`: a fetched kernel's modules: dependencies (kmod's
   ``modinfo``), load order, copying them into the tree, built-in drivers;
 * :mod:`.sshkey`: the SSH client identity every image authorises;
-* :mod:`.image`: the guest initramfs itself, cached by content hash.
+* :mod:`.image`: the guest initramfs itself, cached by content hash;
+* :mod:`.kbuild`: the persistent build trees and ccache that make kernel
+  rebuilds incremental.
 
-Kernels are built by :mod:`e2e.kernel`.
+Kernels are built by :mod:`e2e.kernel`; a bzImage's header and contents are
+read by :mod:`e2e.bzimage`.
 """

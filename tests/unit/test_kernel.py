@@ -8,6 +8,7 @@ from Debian's linux-source-6.1 tarball (about 10 s to unpack).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -394,3 +395,51 @@ def test_host_flavour_adds_host_fragment(tmp_path: Path) -> None:
     host = BuildSpec(source, "host").requested_options()
     host_only = parse_config_fragment((REPO / "images" / "kernel" / "host.config").read_text())
     assert host == {**guest, **host_only}
+
+
+# ---------------------------------------------------------------- the private source copy of incremental builds
+
+
+def user_tree(root: Path) -> Path:
+    """A directory KernelSource.tree accepts, with src/file.c for the patches above."""
+    tree = make_tree(root)
+    (tree / "Makefile").write_text("all:\n")
+    (tree / "arch" / "x86").mkdir(parents=True)
+    return tree
+
+
+def tree_snapshot(tree: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(tree)): (p.read_bytes(), p.stat().st_mtime_ns) for p in tree.rglob("*") if p.is_file()}
+
+
+def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -> None:
+    from e2e.build import kbuild
+    from e2e.cache import Cache
+    from e2e.kernel import BuildSpec, KernelSource, _source_tree
+    from e2e.progress import Progress
+
+    tree = user_tree(tmp_path)
+    (tree / "other.c").write_text("int other;\n")
+    patch = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
+    spec = BuildSpec(KernelSource.tree(tree), "guest", (patch,))
+    progress = Progress("test")
+    patched = ORIGINAL.replace("line 2\n", "LINE TWO\n")
+    with kbuild.build_tree(Cache(tmp_path / "cache"), "t") as bt:
+        src = _source_tree(spec, "id-1", bt, tmp_path, progress)
+        assert src == bt.src and (src / "src" / "file.c").read_text() == patched
+        synced = tree_snapshot(src)
+        # Same identity and patches: the copy is used as it is (nothing rewritten, so nothing rebuilt).
+        assert _source_tree(spec, "id-1", bt, tmp_path, progress) == src and tree_snapshot(src) == synced
+        # The user edits other.c: only it (and the re-patched file) is rewritten.
+        before = tree_snapshot(tree)
+        (tree / "other.c").write_text("int other = 1;\n")
+        os.utime(tree / "other.c", (1_000_000_000, 1_000_000_000))  # even with an old mtime
+        edited = tree_snapshot(tree)
+        assert _source_tree(spec, "id-2", bt, tmp_path, progress) == src
+        now = tree_snapshot(src)
+        assert now["other.c"][0] == b"int other = 1;\n" and now["other.c"][1] > synced["other.c"][1]
+        assert now["Makefile"] == synced["Makefile"]  # unchanged: untouched
+        assert now["src/file.c"][0] == patched.encode()
+        # Without patches, make reads the user's tree itself (O= builds write nothing there).
+        assert _source_tree(BuildSpec(spec.source, "guest", ()), "id-2", bt, tmp_path, progress) == tree
+    assert tree_snapshot(tree) == edited and before != edited, "the user's tree was modified by pveoi"
