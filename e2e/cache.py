@@ -11,10 +11,10 @@ Leftovers of a killed process (SIGKILL, power loss) -- the temp file of an
 :func:`atomic_write` (``.<name>.<host tag>.<pid>.XXXX.tmp``) and the staging
 dir of a build (``.<key>.<host tag>.<pid>.XXXX.tmp``) -- are removed by the
 next write into that directory / the next build of that key, but only when the
-name's host tag is this process's (:attr:`e2e.tmpdirs.HostIdentity.tag`: host
+name's host tag is this process's (:attr:`e2e.hostid.HostIdentity.tag`: host
 name plus a hash of host name, boot id and pid namespace) and its pid is not a
 live process here (and, if this process cannot read its pid namespace or boot
-id, the leftover is older than :data:`e2e.tmpdirs.STALE_AGE`). A cache or
+id, the leftover is older than :data:`e2e.hostid.STALE_AGE`). A cache or
 history directory shared between hosts or containers is therefore safe: a pid
 that is dead here may be alive in another pid namespace, and its writer's
 files are never touched from here. Leftovers from before a reboot (another
@@ -33,13 +33,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, PveoiError
-from .tmpdirs import TAG_PATTERN, host_identity, leftover_of_dead_writer
+from .errors import ConfigError, write_error
+from .hostid import TAG_PATTERN, TEMP_PATTERN, leftover_of_dead_writer, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -86,39 +86,6 @@ def content_hash(parts: Iterable[str | bytes]) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
-
-
-def mount_point(path: Path) -> Path:
-    """The mount point of the filesystem holding ``path`` (or its nearest existing parent)."""
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    while not os.path.ismount(p) and p != p.parent:
-        p = p.parent
-    return p
-
-
-def write_error(path: Path, err: OSError) -> PveoiError:
-    """A one-line error for a failed write of ``path``, naming the filesystem and the fix."""
-    where = mount_point(path)
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            st = os.statvfs(where)
-            free = f", {st.f_bavail * st.f_frsize} bytes free"
-        except OSError:
-            free = ""
-        return PveoiError(f"cannot write {path}: the filesystem at {where} is full ({err.strerror}{free})",
-                          fix=f"free space on {where} or write the file somewhere else")
-    return PveoiError(f"cannot write {path} (filesystem {where}): {err.strerror or err}",
-                      fix=f"make {path.parent} writable or write the file somewhere else")
-
-
-TEMP_PATTERN = re.compile(rf"^\..+\.({TAG_PATTERN})\.(\d+)\.[^.]+\.tmp$")
-
-
-def temp_prefix(name: str) -> str:
-    """``.<name>.<host tag>.<pid>.``: how this process's temp files and staging dirs for ``name`` start."""
-    return f".{name}.{host_identity().tag}.{os.getpid()}."
 
 
 def remove_dead_temps(directory: Path) -> list[Path]:
@@ -208,6 +175,18 @@ def corrupt_entry_error(path: Path, problem: str, rebuild: str) -> ConfigError:
     """The one-line error for a corrupt cache entry the user pointed at."""
     return ConfigError(f"cache entry {path} is damaged: {problem}",
                        fix=f"delete it (rm -r {path}) and rebuild it ({rebuild})")
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a build left in its staging dir, for :meth:`Cache.get_or_build` to publish.
+
+    :param files: the entry's files, relative to the staging dir (their sha256 go into the manifest).
+    :param manifest: the entry's manifest, without ``files``.
+    """
+
+    files: tuple[str, ...]
+    manifest: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -359,3 +338,29 @@ class Cache:
         os.rename(staged, final)
         staged.mkdir()  # so staging()'s cleanup has something to remove
         return CacheEntry(kind, key, final, record)
+
+    def get_or_build(self, kind: str, key: str, build: Callable[[Path], Built], *, force: bool = False,
+                     verify: bool = True) -> CacheEntry:
+        """The intact entry ``kind/key``, built and published first if it is missing or damaged.
+
+        The one sequence every producer uses: look up; on a miss take the key's
+        lock, look up again (another process may have built it meanwhile),
+        then call ``build`` with a fresh staging dir and publish what it
+        returns. A failing build publishes nothing and leaves no staging dir.
+
+        :param build: fills the staging dir it is given and returns what to publish.
+        :param force: rebuild even if an intact entry exists (under the lock).
+        :param verify: check every file's sha256 on lookup.
+        :returns: the entry found or published.
+        :raises PveoiError: whatever ``build`` raises, or a failed write (full disk).
+        """
+        if not force and (hit := self.lookup(kind, key, verify)) is not None:
+            log.info("%s/%s: cache hit (%s)", kind, key, hit.path)
+            return hit
+        with self.lock(kind, key):
+            if not force and (hit := self.lookup(kind, key, verify)) is not None:
+                log.debug("%s/%s: built meanwhile by another process (%s)", kind, key, hit.path)
+                return hit
+            with self.staging(kind, key) as staged:
+                built = build(staged)
+                return self.publish(kind, key, staged, built.files, built.manifest)

@@ -136,7 +136,7 @@ def _image(args: argparse.Namespace) -> Any:
     from . import image
 
     entry = getattr(args, "image", None)
-    return image.build_image() if entry is None else image.load_image(entry)
+    return image.guest_image(Path(args.kernel) if getattr(args, "kernel", None) else None, entry)
 
 
 def _stdout_sink(data: bytes) -> None:

@@ -32,7 +32,10 @@ next (:func:`retryable`, :attr:`PveoiError.exit_code`):
 from __future__ import annotations
 
 import enum
+import errno
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class Kind(enum.StrEnum):
@@ -193,3 +196,31 @@ class Finding(PveoiError):
 def retryable(err: PveoiError) -> bool:
     """The one retry policy, for a run and for the virtual host alike: only infrastructure."""
     return err.kind is Kind.INFRASTRUCTURE
+
+
+# ---------------------------------------------------------------- writes
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding ``path`` (or its nearest existing parent)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def write_error(path: Path, err: OSError) -> PveoiError:
+    """A one-line error for a failed write of ``path``, naming the filesystem and the fix."""
+    where = mount_point(path)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            st = os.statvfs(where)
+            free = f", {st.f_bavail * st.f_frsize} bytes free"
+        except OSError:
+            free = ""
+        return PveoiError(f"cannot write {path}: the filesystem at {where} is full ({err.strerror}{free})",
+                          fix=f"free space on {where} or write the file somewhere else")
+    return PveoiError(f"cannot write {path} (filesystem {where}): {err.strerror or err}",
+                      fix=f"make {path.parent} writable or write the file somewhere else")

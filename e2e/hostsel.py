@@ -23,8 +23,9 @@ def probe_boot(timeout: float = 60.0) -> Callable[[], ProbeBoot]:
     """A callable that boots pveoi's guest under KVM here and reports whether it got ready."""
 
     def run() -> ProbeBoot:
-        from . import image, kernel
+        from . import kernel
         from .argv import MachineSpec
+        from .build import image
         from .machine import Machine
 
         kern = kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")

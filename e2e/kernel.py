@@ -5,7 +5,10 @@ path, a URL with sha256). Results are cached by content hash with a manifest.
 
 Builds are always out of tree (``O=``) and never touch the user's tree: a
 series of patches is applied to a private copy, so a patch that fails to apply
-leaves the original as it was.
+leaves the original as it was. The ``O=`` directory and the private copy
+persist per (source path, flavour, config) and the compiler runs under
+ccache, so a rebuild after a small change recompiles only what changed
+(:mod:`e2e.build.kbuild`); the content-hash cache still decides what is built.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .build import kbuild
+from .bzimage import read_setup_header
 from .cache import (
     MANIFEST,
+    Built,
     Cache,
     CacheEntry,
     content_hash,
@@ -301,9 +307,12 @@ class BuildSpec:
         return content_hash(parts)[:24]
 
 
-def make_argv(tree: Path, builddir: Path, targets: Sequence[str], jobs: int = 1) -> list[str]:
-    """``make`` command line for an out-of-tree build (pure)."""
-    return ["make", "-C", str(tree), f"O={builddir}", f"-j{jobs}", *targets]
+def make_argv(tree: Path, builddir: Path, targets: Sequence[str], jobs: int = 1, cc: str | None = None) -> list[str]:
+    """``make`` command line for an out-of-tree build (pure).
+
+    :param cc: the C compiler (``CC=``), e.g. ``ccache gcc``; None for the kernel's default.
+    """
+    return ["make", "-C", str(tree), f"O={builddir}", f"-j{jobs}", *([f"CC={cc}"] if cc else []), *targets]
 
 
 def read_config(path: Path) -> dict[str, str]:
@@ -314,11 +323,12 @@ def read_config(path: Path) -> dict[str, str]:
     return opts
 
 
-def _make_logged(argv: Sequence[str], logfile: Path, progress: Progress, what: str) -> None:
+def _make_logged(argv: Sequence[str], logfile: Path, progress: Progress, what: str,
+                 extra_env: Mapping[str, str] | None = None) -> None:
     """Run make, appending to ``logfile`` and reporting progress per compiled object."""
     objects = 0
     env = dict(os.environ, LC_ALL="C", KBUILD_BUILD_TIMESTAMP="pveoi", KBUILD_BUILD_USER="pveoi",
-               KBUILD_BUILD_HOST="pveoi")
+               KBUILD_BUILD_HOST="pveoi", **(extra_env or {}))
     with open(logfile, "a") as logf:
         logf.write(f"$ {' '.join(argv)}\n")
         logf.flush()
@@ -352,19 +362,16 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
     requested = spec.requested_options()
     identity = spec.source.identity()
     key = spec.key(identity, requested)
-    if not force and (hit := cache.lookup(KERNEL_KIND, key)):
-        log.info("kernel %s: cache hit (%s)", key, hit.path)
-        return hit
-    with cache.lock(KERNEL_KIND, key):
-        if not force and (hit := cache.lookup(KERNEL_KIND, key)):
-            return hit
+    final = cache.entry_path(KERNEL_KIND, key)
+
+    def build(staged: Path) -> Built:
         progress = Progress(f"kernel build {spec.flavour}")
         started = time.time()
-        with cache.staging(KERNEL_KIND, key) as staged, tempdir("kbuild") as work:
-            logfile = staged / "build.log"
+        logfile = staged / "build.log"
+        with tempdir("kbuild") as work:
             try:
-                return _build_into(spec, cache, key, identity, requested, Path(work), staged, logfile, progress,
-                                   started)
+                return _build_into(spec, cache, key, identity, requested, Path(work), staged, logfile,
+                                   progress, started, final)
             except BuildError as err:
                 kept = cache.root / "logs" / f"kernel-{key}-{int(started)}.log"
                 kept.parent.mkdir(parents=True, exist_ok=True)
@@ -373,41 +380,51 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
                     err.log = str(kept)
                 raise
 
+    return cache.get_or_build(KERNEL_KIND, key, build, force=force)
+
 
 def _build_into(
-    spec: BuildSpec, cache: Cache, key: str, identity: str, requested: Mapping[str, str], work: Path, staged: Path,
-    logfile: Path, progress: Progress, started: float,
-) -> CacheEntry:
-    progress.update(f"preparing source ({spec.source.kind}: {spec.source.path})", force=True)
-    tree = spec.source.prepare(work, need_copy=bool(spec.patches))
-    if spec.patches:
-        progress.update(f"applying {len(spec.patches)} patches", force=True)
-        apply_patches(tree, spec.patches)
-    builddir = work / "build"
-    builddir.mkdir()
-    progress.update("configuring: tinyconfig + kvm_guest.config + fragments", force=True)
-    _make_logged(make_argv(tree, builddir, ["tinyconfig"]), logfile, progress, "tinyconfig")
-    merged = staged / "fragment.config"
-    merged.write_text(render_fragment(requested))
-    frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
-    _run_checked(
-        [str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
-         str(builddir / ".config"), *map(str, frags)],
-        "merge_config.sh", cwd=tree,
-    )
-    _make_logged(make_argv(tree, builddir, ["olddefconfig"]), logfile, progress, "olddefconfig")
-    final = read_config(builddir / ".config")
-    dropped = missing_options(requested, final)
-    if dropped:
-        raise BuildError(
-            f"this tree dropped {len(dropped)} requested option(s): {', '.join(dropped)}",
-            fix="remove them from the fragment or enable their dependencies", log=str(logfile),
-        )
-    progress.update(f"building bzImage with -j{spec.jobs}", force=True)
-    _make_logged(make_argv(tree, builddir, ["bzImage"], spec.jobs), logfile, progress, "make bzImage")
-    release = _run_out(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"]).strip().splitlines()[-1]
-    shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
-    shutil.copy(builddir / ".config", staged / "config")
+    spec: BuildSpec, cache: Cache, key: str, identity: str, requested: Mapping[str, str], work: Path,
+    staged: Path, logfile: Path, progress: Progress, started: float, final: Path,
+) -> Built:
+    fragment = render_fragment(requested)
+    comp = kbuild.compiler(cache.root)
+    with kbuild.build_tree(cache, kbuild.tree_key(spec.source.kind, spec.source.path, spec.flavour, fragment)) as bt:
+        reused = bt.reused()
+        tree = _source_tree(spec, identity, bt, work, progress)
+        builddir = bt.out
+        before = kbuild.ccache_stats(comp)
+        with kbuild.making(bt):
+            progress.update("configuring: tinyconfig + kvm_guest.config + fragments", force=True)
+            _make_logged(make_argv(tree, builddir, ["tinyconfig"], cc=comp.cc), logfile, progress, "tinyconfig",
+                         comp.env)
+            merged = staged / "fragment.config"
+            merged.write_text(fragment)
+            frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
+            _run_checked(
+                [str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
+                 str(builddir / ".config"), *map(str, frags)],
+                "merge_config.sh", cwd=tree,
+            )
+            _make_logged(make_argv(tree, builddir, ["olddefconfig"], cc=comp.cc), logfile, progress, "olddefconfig",
+                         comp.env)
+            configured = read_config(builddir / ".config")
+            dropped = missing_options(requested, configured)
+            if dropped:
+                raise BuildError(
+                    f"this tree dropped {len(dropped)} requested option(s): {', '.join(dropped)}",
+                    fix="remove them from the fragment or enable their dependencies", log=str(logfile),
+                )
+            progress.update(f"building bzImage with -j{spec.jobs}"
+                            f"{' (incremental)' if reused else ''}{' with ccache' if comp.uses_ccache else ''}",
+                            force=True)
+            _make_logged(make_argv(tree, builddir, ["bzImage"], spec.jobs, comp.cc), logfile, progress,
+                         "make bzImage", comp.env)
+            release = _run_out(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"]
+                               ).strip().splitlines()[-1]
+        shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
+        shutil.copy(builddir / ".config", staged / "config")
+        after = kbuild.ccache_stats(comp)
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "build",
@@ -419,10 +436,33 @@ def _build_into(
         "config": dict(sorted(requested.items())),
         "build_seconds": round(time.time() - started, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "incremental": {"build_dir": str(builddir), "reused": reused, "ccache": comp.uses_ccache,
+                        **{k: after[k] - before.get(k, 0) for k in after}},
     }
-    entry = cache.publish(KERNEL_KIND, key, staged, ["bzImage", "config", "fragment.config", "build.log"], manifest)
-    progress.done(f"built {release} ({entry.path / 'bzImage'})")
-    return entry
+    progress.done(f"built {release} ({final / 'bzImage'})")
+    return Built(("bzImage", "config", "fragment.config", "build.log"), manifest)
+
+
+def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Path, progress: Progress) -> Path:
+    """The tree make builds from: the user's own (read only: ``O=`` builds write nothing there) when no
+    patch applies, else the persistent private copy, synced and patched unless it already holds this
+    source with these patches."""
+    if spec.source.kind == "tree" and not spec.patches:
+        return spec.source.path
+    stamp = content_hash([identity, *(part for p in spec.patches for part in (p.name, p.path.read_bytes()))])
+    if bt.src_holds(stamp):
+        progress.update(f"source unchanged in {bt.src}", force=True)
+        return bt.src
+    bt.stamp.unlink(missing_ok=True)
+    progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
+    origin = spec.source.prepare(work, need_copy=False)  # Debian: unpacked into work; a tree: itself
+    written = kbuild.sync_tree(origin, bt.src)
+    log.info("synced %d changed files into %s", len(written), bt.src)
+    if spec.patches:
+        progress.update(f"applying {len(spec.patches)} patches", force=True)
+        apply_patches(bt.src, spec.patches)
+    bt.stamp.write_text(stamp)
+    return bt.src
 
 
 def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
@@ -453,7 +493,7 @@ def fetch_path(path: Path, cache: Cache | None = None) -> CacheEntry:
     path = path.expanduser().absolute()
     if not path.is_file():
         raise ConfigError(f"kernel {path} not found", fix="pass the path of a bzImage/vmlinuz")
-    _check_bzimage(path)
+    read_setup_header(path)
     digest = sha256_file(path)
     key = f"file-{digest[:24]}"
     return _publish_file(cache, key, path, {"kind": "path", "origin": str(path), "sha256": digest})
@@ -482,38 +522,19 @@ def fetch_url(url: str, sha256: str, cache: Cache | None = None) -> CacheEntry:
         got = sha256_file(target)
         if got != sha256.lower():
             raise ConfigError(f"{url} has sha256 {got}, expected {sha256.lower()}", fix="check --sha256 or the URL")
-        _check_bzimage(target)
+        read_setup_header(target)
         return _publish_file(cache, key, target, {"kind": "url", "origin": url, "sha256": got})
 
 
-def _check_bzimage(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(0x210)
-    if len(head) < 0x206 or head[0x202:0x206] != b"HdrS":
-        raise ConfigError(f"{path} is not an x86 bzImage (no HdrS boot header)", fix="pass a bzImage/vmlinuz")
-
-
-def _kernel_release_from_image(path: Path) -> str:
-    """The version string embedded in a bzImage's setup header."""
-    with open(path, "rb") as f:
-        data = f.read(0x10000)
-    pointer = int.from_bytes(data[0x20E:0x210], "little")  # 0: the image has no version string
-    off = pointer + 0x200
-    end = data.find(b"\0", off)
-    if not pointer or off >= len(data) or end < 0:
-        return "unknown"
-    return data[off:end].decode(errors="replace").split(" ")[0] or "unknown"
-
-
 def _publish_file(cache: Cache, key: str, src: Path, origin: Mapping[str, Any]) -> CacheEntry:
-    if hit := cache.lookup(KERNEL_KIND, key):
-        return hit
-    with cache.lock(KERNEL_KIND, key), cache.staging(KERNEL_KIND, key) as staged:
+    def build(staged: Path) -> Built:
         shutil.copy(src, staged / "bzImage")
         manifest = {"schema": SCHEMA, "kind": "fetch", "hash": key, "flavour": "guest",
-                    "release": _kernel_release_from_image(staged / "bzImage"), "source": dict(origin),
+                    "release": read_setup_header(staged / "bzImage").release, "source": dict(origin),
                     "patches": [], "config": {}}
-        return cache.publish(KERNEL_KIND, key, staged, ["bzImage"], manifest)
+        return Built(("bzImage",), manifest)
+
+    return cache.get_or_build(KERNEL_KIND, key, build)
 
 
 def fetch_debian(package: str | None = None, cache: Cache | None = None) -> CacheEntry:
@@ -524,8 +545,7 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
     :raises ConfigError: if apt cannot find or download the package.
     """
     cache = cache or Cache()
-    if package is None:
-        package = _resolve_meta("linux-image-cloud-amd64")
+    package = package if package is not None else _resolve_meta("linux-image-cloud-amd64")
     with tempdir("apt") as tmp:
         proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True, check=False)
         debs = list(Path(tmp).glob("*.deb"))
@@ -535,9 +555,8 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
         deb = debs[0]
         digest = sha256_file(deb)
         key = f"deb-{digest[:24]}"
-        if hit := cache.lookup(KERNEL_KIND, key):
-            return hit
-        with cache.lock(KERNEL_KIND, key), cache.staging(KERNEL_KIND, key) as staged:
+
+        def build(staged: Path) -> Built:
             root = Path(tmp) / "root"
             _run_checked(["dpkg-deb", "-x", str(deb), str(root)], "dpkg-deb -x")
             vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
@@ -559,7 +578,9 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
                         "source": {"kind": "debian-package", "package": package, "deb_sha256": digest,
                                    "modules_tree": sha256_tree(mods) if mods.is_dir() else None},
                         "patches": [], "config": {}}
-            return cache.publish(KERNEL_KIND, key, staged, files, manifest)
+            return Built(tuple(files), manifest)
+
+        return cache.get_or_build(KERNEL_KIND, key, build)
 
 
 def _resolve_meta(meta: str) -> str:
@@ -571,21 +592,39 @@ def _resolve_meta(meta: str) -> str:
     raise ConfigError(f"cannot resolve {meta} to a kernel package", fix="run apt-get update or pass --package")
 
 
-def check_kernel_file(path: Path) -> Path:
-    """A kernel file the user named: if it lies in a pveoi cache entry, verify that entry.
+def entry_of(bzimage: Path) -> CacheEntry | None:
+    """The kernel cache entry ``bzimage`` lives in (verified), or None for a kernel of the user's own.
 
-    :raises ConfigError: the file is missing, or its cache entry is damaged (named, with the fix).
+    A fetched Debian kernel's entry also holds its ``modules.tar`` and
+    ``config``; a pveoi build's holds its ``config``.
+
+    :raises ConfigError: the file lies in a kernel cache entry that is damaged (named, with the fix).
     """
-    if not path.is_file():
-        raise ConfigError(f"kernel {path} not found", fix="pass a bzImage, or omit --kernel to build one")
-    try:
-        listed = json.loads((path.parent / MANIFEST).read_text()).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        return path  # not a cache entry: a kernel of the user's own
-    if isinstance(listed, dict) and path.name in listed:
-        _, problem = entry_problem(path.parent)
-        if problem is not None:
-            raise corrupt_entry_error(path.parent, problem, "pveoi kernel build --force")
+    path = bzimage.expanduser().resolve()
+    directory = path.parent
+    if directory.parent.name != KERNEL_KIND or not (directory / MANIFEST).is_file():
+        return None
+    manifest, problem = entry_problem(directory)
+    if problem is not None or manifest is None:
+        raise corrupt_entry_error(directory, problem or "no manifest", "pveoi kernel build --force, or fetch it again")
+    if path.name not in manifest.get("files", {}):
+        return None
+    return CacheEntry(KERNEL_KIND, directory.name, directory, manifest)
+
+
+def check_kernel_file(path: Path) -> Path:
+    """A kernel file the user named (``--kernel``): a bzImage, and an intact cache entry if it lies in one.
+
+    Reads the setup header and the file's size only (the entry's hashes if it
+    is in the cache), so a wrong file is refused at once, before any boot.
+
+    :returns: ``path``.
+    :raises ConfigError: the file is missing, a directory, not a bzImage (an ELF vmlinux, an empty or
+        truncated file, no boot signature or setup header, an insane boot protocol version), or its
+        cache entry is damaged; one line naming the fix.
+    """
+    read_setup_header(path)
+    entry_of(path)
     return path
 
 

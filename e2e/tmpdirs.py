@@ -22,24 +22,25 @@ dir must be older than :data:`STALE_AGE` seconds. A dir with no owner file
 (not made by this code, or still being made), or one written before the host
 name and namespace were recorded, is never touched.
 
-:func:`host_identity` gives the same identity to :mod:`e2e.cache`, whose temp
-files and staging dirs carry it (as :attr:`HostIdentity.tag`) in their names.
+The identity comes from :mod:`e2e.hostid`, which :mod:`e2e.cache` shares
+(its temp files and staging dirs carry it, as :attr:`e2e.hostid.HostIdentity.tag`,
+in their names).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import write_error
+from .hostid import STALE_AGE, host_identity, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -47,71 +48,6 @@ OWNER_FILE = ".pveoi-owner"
 PREFIX = "pveoi-"
 #: The environment variable the test suite tags its processes with.
 SESSION_ENV = "PVEOI_TEST_SESSION"
-#: Seconds a dead writer's leftovers must be old before they are reaped when this
-#: process's identity is incomplete (pid namespace or boot id unreadable).
-STALE_AGE = 600.0
-
-
-def boot_id() -> str:
-    """This kernel's boot id (differs in the virtual KVM host and after a reboot)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def pid_namespace() -> int | None:
-    """The inode of this process's pid namespace, None if ``/proc/self/ns/pid`` is unreadable."""
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-
-
-@dataclass(frozen=True)
-class HostIdentity:
-    """Where a pid means a process: the host name, the boot and the pid namespace."""
-
-    node: str
-    boot_id: str
-    pid_ns: int | None
-
-    @property
-    def complete(self) -> bool:
-        """Whether the boot id and the pid namespace are both known (a pid is then unambiguous)."""
-        return self.boot_id != "unknown" and self.pid_ns is not None
-
-    @property
-    def tag(self) -> str:
-        """``<host name>-<8 hex>`` for file names: the host name (only ``[A-Za-z0-9_-]``, at most 40
-        characters) and a hash of host name, boot id and pid namespace."""
-        node = re.sub(r"[^A-Za-z0-9_-]", "_", self.node)[:40] or "host"
-        digest = hashlib.sha256(f"{self.node}\0{self.boot_id}\0{self.pid_ns}".encode()).hexdigest()[:8]
-        return f"{node}-{digest}"
-
-
-def host_identity() -> HostIdentity:
-    """This process's :class:`HostIdentity`."""
-    return HostIdentity(os.uname().nodename, boot_id(), pid_namespace())
-
-
-#: What a host tag looks like inside a temp name (see :attr:`HostIdentity.tag`).
-TAG_PATTERN = r"[A-Za-z0-9_-]+-[0-9a-f]{8}"
-
-
-def leftover_of_dead_writer(tag: str, pid: int, path: Path) -> bool:
-    """Whether a temp file or dir named with writer ``tag`` and ``pid`` may be removed: written on
-    this host, boot and pid namespace (``tag`` is ours), by a process that is gone; and, if this
-    process's identity is incomplete, older than :data:`STALE_AGE`."""
-    me = host_identity()
-    if tag != me.tag or pid <= 0 or pid_alive(pid):
-        return False
-    if me.complete:
-        return True
-    try:
-        return time.time() - path.lstat().st_mtime >= STALE_AGE
-    except OSError:
-        return False
 
 
 def mkdtemp(kind: str, root: Path | None = None) -> Path:
@@ -122,8 +58,6 @@ def mkdtemp(kind: str, root: Path | None = None) -> Path:
     :raises PveoiError: the dir or its owner file cannot be written (a full disk, say),
         naming the filesystem; nothing is left behind.
     """
-    from .cache import write_error  # cache imports this module
-
     where = Path(root) if root is not None else Path(tempfile.gettempdir())
     try:
         path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{os.getpid()}-", dir=where))
@@ -159,21 +93,6 @@ def read_owner(path: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` names a live (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def is_stale(path: Path) -> bool:

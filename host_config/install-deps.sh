@@ -9,16 +9,18 @@
 #   linux-source-6.1             the default guest/host kernel source
 #   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils rsync patch
 #                                kernel builds, patch series, initramfs
+#   ccache                       incremental kernel builds (CCACHE_DIR under pveoi's cache)
 #   busybox-static dropbear-bin fio iperf3 rt-tests
 #                                the guest image: shell, SSH server, workloads
 #   linux-perf                   counting kvm:* tracepoints on the host
-#   kmod                         module tools for fetched Debian kernels
+#   kmod lz4 zstd                module tools for fetched Debian kernels; expanding a
+#                                bzImage to see which drivers are built in
 #   chromium                     headless screenshots of the HTML report (its test)
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc libelf-dev
 libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin fio iperf3 rt-tests linux-perf kmod
-python3-venv chromium"
+lz4 zstd ccache python3-venv chromium"
 
 missing=""
 for p in $PACKAGES; do

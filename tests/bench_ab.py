@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 FOUR_ARMS = """
 [[arm]]
 name = "on"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from e2e.argv import DEFAULT_APPEND, MachineSpec
+from e2e.build.image import READY_PATTERN
 from e2e.errors import GuestPanic, GuestTimeout
 from e2e.guest import STATE_COMMAND, GuestState
-from e2e.image import READY_PATTERN
 from e2e.machine import Machine
 
 from ..conftest import interruptible, qemu_pids, wait_no_new_qemu
@@ -112,3 +112,31 @@ def test_killing_the_harness_mid_command_leaves_no_qemu(guest_kernel: Path, gues
     assert not wait_no_new_qemu(before), "QEMU outlived the harness"
     if sig == signal.SIGINT:
         assert proc.returncode == 130
+
+
+def _fetched_debian_kernel() -> Path | None:
+    from e2e.cache import cache_root
+
+    for manifest in sorted((cache_root() / "kernels").glob("deb-*/manifest.json")):
+        if (manifest.parent / "modules.tar").is_file():
+            return manifest.parent / "bzImage"
+    return None
+
+
+def test_fetched_debian_kernel_boots_with_its_modules(tmp_path: Path) -> None:
+    """`pveoi kernel fetch --debian`'s kernel: image_for_kernel adds its virtio modules; SSH works."""
+    from e2e.build.image import image_for_kernel
+
+    kernel = _fetched_debian_kernel()
+    if kernel is None:
+        pytest.skip("no fetched Debian kernel in the cache (pveoi kernel fetch --debian)")
+    image = image_for_kernel(kernel)
+    release = image.manifest["kernel_modules"]["release"]
+    with Machine(spec(kernel, image), READY_PATTERN, artifacts=tmp_path) as m:
+        m.wait_ready(120)
+        ssh = m.ssh(image.identity.private_key, image.host_key_line)
+        assert ssh.run(["uname", "-r"], timeout=60).check().stdout.strip() == release
+        loaded = ssh.run(["cut", "-d", " ", "-f1", "/proc/modules"], timeout=60).check().stdout.split()
+        assert {"virtio_pci", "virtio_net", "virtio_blk"} <= set(loaded)
+    console = next(tmp_path.glob("*console.log")).read_text()
+    assert "pveoi-guest-error" not in console, console

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e import ab, tmpdirs
+from e2e import ab, hostid
 from e2e.argv import MachineSpec
+from e2e.build.image import READY_PATTERN
 from e2e.cache import Cache
 from e2e.errors import CapabilityError, GuestTimeout, PveoiError, SshError
 from e2e.history import load_history
-from e2e.image import READY_PATTERN
 from e2e.machine import Machine
 from e2e.ssh import GuestSsh
 from e2e.workloads import Workload
@@ -424,7 +424,7 @@ def test_sigkill_mid_run_qemu_dies_and_the_next_start_reaps_its_temp_dir(guest_k
     run.proc.kill()
     assert run.finish(timeout=30) == -signal.SIGKILL
     assert not wait_no_new_qemu(run.before), "QEMU outlived a SIGKILLed pveoi"
-    assert not Path(f"/proc/{qemu}").exists() or tmpdirs.pid_alive(qemu) is False
+    assert not Path(f"/proc/{qemu}").exists() or hostid.pid_alive(qemu) is False
     left = pid_dirs(run.proc.pid)
     assert left, "a SIGKILLed pveoi cannot clean up (that is the fault the next start repairs)"
     # The next pveoi start (here one that fails fast on a bad value) removes them.

@@ -30,10 +30,11 @@ import pytest
 
 from e2e import tmpdirs
 from e2e.argv import MachineSpec, qemu_argv
+from e2e.build.image import READY_PATTERN
+from e2e.build.sshkey import ssh_identity
 from e2e.cache import Cache
 from e2e.errors import ConfigError
 from e2e.guest import STATE_COMMAND
-from e2e.image import READY_PATTERN, ssh_identity
 from e2e.machine import Machine
 from e2e.vhost import VhostSpec, run_in_vhost, vhost_argv
 from e2e.workloads import WORKLOADS

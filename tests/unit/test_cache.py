@@ -7,12 +7,15 @@ import fcntl
 import json
 import os
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from e2e.cache import (
     MANIFEST,
+    Built,
     Cache,
     CacheEntry,
     atomic_write,
@@ -260,3 +263,78 @@ def test_lock_is_exclusive(tmp_path: Path) -> None:
     with open(lock_file) as other:
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
         fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- get_or_build
+
+
+def _writer(content: bytes, calls: list[Path]) -> Callable[[Path], Built]:
+    def build(staged: Path) -> Built:
+        calls.append(staged)
+        (staged / "blob").write_bytes(content)
+        return Built(("blob",), {"what": content.decode()})
+    return build
+
+
+def test_get_or_build_builds_once_then_hits(tmp_path: Path) -> None:
+    cache = Cache(root=tmp_path)
+    calls: list[Path] = []
+    entry = cache.get_or_build("things", "k1", _writer(b"one", calls))
+    assert entry.path == tmp_path / "things" / "k1" and (entry.path / "blob").read_bytes() == b"one"
+    assert entry.manifest["what"] == "one" and entry.manifest["files"]["blob"] == sha256_file(entry.path / "blob")
+    assert len(calls) == 1 and calls[0].parent == tmp_path / "things" and calls[0].name.startswith(".k1.")
+    assert cache.get_or_build("things", "k1", _writer(b"two", calls)) == entry  # a hit: not rebuilt
+    assert len(calls) == 1
+    forced = cache.get_or_build("things", "k1", _writer(b"two", calls), force=True)
+    assert len(calls) == 2 and (forced.path / "blob").read_bytes() == b"two"
+    assert sorted(p.name for p in (tmp_path / "things").iterdir()) == [".k1.lock", "k1"]  # no staging left
+
+
+def test_get_or_build_rebuilds_a_corrupt_entry(tmp_path: Path) -> None:
+    cache = Cache(root=tmp_path)
+    calls: list[Path] = []
+    entry = cache.get_or_build("things", "k", _writer(b"good", calls))
+    (entry.path / "blob").write_bytes(b"evil")
+    again = cache.get_or_build("things", "k", _writer(b"good", calls))
+    assert len(calls) == 2 and (again.path / "blob").read_bytes() == b"good"
+
+
+def test_a_failed_build_publishes_nothing_and_leaves_no_staging(tmp_path: Path) -> None:
+    cache = Cache(root=tmp_path)
+
+    def broken(staged: Path) -> Built:
+        (staged / "half").write_bytes(b"x")
+        raise ConfigError("the build broke", fix="mend it")
+
+    with pytest.raises(ConfigError, match="the build broke"):
+        cache.get_or_build("things", "k", broken)
+    assert cache.lookup("things", "k") is None
+    assert [p.name for p in (tmp_path / "things").iterdir()] == [".k.lock"]
+
+
+def test_get_or_build_waits_for_a_concurrent_build_and_uses_it(tmp_path: Path) -> None:
+    """The second caller blocks on the key's lock, then finds the first one's entry (no second build)."""
+    first, second = Cache(root=tmp_path), Cache(root=tmp_path)
+    started, release = threading.Event(), threading.Event()
+    results: dict[str, CacheEntry] = {}
+
+    def slow(staged: Path) -> Built:
+        started.set()
+        assert release.wait(30)
+        (staged / "blob").write_bytes(b"first")
+        return Built(("blob",), {})
+
+    def must_not_build(staged: Path) -> Built:
+        raise AssertionError("built twice")
+
+    a = threading.Thread(target=lambda: results.update(a=first.get_or_build("things", "k", slow)))
+    a.start()
+    assert started.wait(30)
+    b = threading.Thread(target=lambda: results.update(b=second.get_or_build("things", "k", must_not_build)))
+    b.start()
+    b.join(0.3)
+    assert b.is_alive(), "the second caller must wait for the lock"
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert results["a"].path == results["b"].path and (results["b"].path / "blob").read_bytes() == b"first"

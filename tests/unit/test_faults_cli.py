@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import bzimage_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,8 +73,25 @@ def test_bad_cli_values(args: list[str], needle: str) -> None:
 
 
 def test_image_dir_that_is_not_an_entry(tmp_path: Path) -> None:
-    proc = pveoi("boot", "--accel", "tcg", "--kernel", "/bin/true", "--image", str(tmp_path), "--", "true")
-    assert_one_line_error(proc, f"{tmp_path} is not a pveoi image entry")
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage_bytes())
+    for image, needle in ((tmp_path, f"{tmp_path} is not a pveoi image entry"),
+                          (tmp_path / "nope", f"image {tmp_path / 'nope'} not found"),
+                          (kernel, f"{kernel} is a file, not a pveoi image entry")):
+        proc = pveoi("boot", "--accel", "tcg", "--kernel", str(kernel), "--image", str(image), "--", "true")
+        assert_one_line_error(proc, needle)
+
+
+@pytest.mark.parametrize("kernel, needle", [
+    ("/etc/passwd", "/etc/passwd is not an x86 bzImage: no boot-sector signature 0x55AA"),
+    ("/bin/true", "/bin/true is an ELF file (a vmlinux?), not a bzImage"),
+    ("/tmp", "/tmp is a directory, not a kernel file"),
+], ids=["text-file", "elf", "directory"])
+def test_a_kernel_that_is_not_a_bzimage_is_refused_at_once(kernel: str, needle: str) -> None:
+    start = time.monotonic()
+    proc = pveoi("boot", "--accel", "tcg", "--kernel", kernel, "--", "true")
+    assert time.monotonic() - start < 5.0  # the check itself is well under 1 s; this is the CLI's start too
+    assert_one_line_error(proc, needle)
 
 
 def test_cache_dir_unusable(tmp_path: Path) -> None:

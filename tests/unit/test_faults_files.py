@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from e2e import results, tmpdirs
+from e2e import hostid, results, tmpdirs
+from e2e.build.image import IMAGE_KIND, load_image
 from e2e.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.errors import ConfigError, PveoiError
-from e2e.image import IMAGE_KIND, load_image
 from e2e.kernel import check_kernel_file
 from e2e.model import Result
+from tests.conftest import bzimage_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,7 +111,7 @@ def test_sigkill_mid_write_leaves_no_partial_file_after_the_next_write(tmp_path:
             writer.kill()
             writer.wait()
     left = os.listdir(hist)
-    prefix = f".run-1.json.{tmpdirs.host_identity().tag}.{writer.pid}."
+    prefix = f".run-1.json.{hostid.host_identity().tag}.{writer.pid}."
     assert len(left) == 1 and left[0].startswith(prefix) and left[0].endswith(".tmp"), left
     assert not (hist / "run-1.json").exists(), "a killed write never shows under the final name"
     atomic_write(hist / "run-2.json", "{}\n")  # the next write into that dir removes the dead writer's temp
@@ -125,10 +126,10 @@ def dead_pid() -> int:
 
 def test_dead_writer_temps_are_removed_only_when_written_here(tmp_path: Path) -> None:
     """A shared history dir: a pid dead here may be a live writer in another host or container."""
-    me, pid = tmpdirs.host_identity(), dead_pid()
+    me, pid = hostid.host_identity(), dead_pid()
     assert me.complete, "this test expects a readable boot id and pid namespace"
-    other_ns = tmpdirs.HostIdentity(me.node, me.boot_id, (me.pid_ns or 0) + 1).tag  # a container, same host name
-    other_boot = tmpdirs.HostIdentity(me.node, "another-boot", me.pid_ns).tag
+    other_ns = hostid.HostIdentity(me.node, me.boot_id, (me.pid_ns or 0) + 1).tag  # a container, same host name
+    other_boot = hostid.HostIdentity(me.node, "another-boot", me.pid_ns).tag
     names = {
         "mine": f".b.json.{me.tag}.{pid}.abc.tmp",
         "live": f".c.json.{me.tag}.{os.getpid()}.abc.tmp",
@@ -145,13 +146,13 @@ def test_dead_writer_temps_are_removed_only_when_written_here(tmp_path: Path) ->
 
 def test_without_a_pid_namespace_only_old_dead_temps_are_removed(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tmpdirs, "pid_namespace", lambda: None)
-    me = tmpdirs.host_identity()
+    monkeypatch.setattr(hostid, "pid_namespace", lambda: None)
+    me = hostid.host_identity()
     assert not me.complete
     temp = tmp_path / f".run.json.{me.tag}.{dead_pid()}.abc.tmp"
     temp.write_text("partial")
     assert remove_dead_temps(tmp_path) == [], "a young temp of an ambiguous pid is kept"
-    old = time.time() - tmpdirs.STALE_AGE - 60
+    old = time.time() - hostid.STALE_AGE - 60
     os.utime(temp, (old, old))
     assert remove_dead_temps(tmp_path) == [temp]
 
@@ -180,7 +181,7 @@ def test_sigkilled_build_staging_dir_is_removed_by_the_next_build_of_the_key(tmp
         if builder.poll() is None:
             builder.kill()
             builder.wait()
-    me = tmpdirs.host_identity()
+    me = hostid.host_identity()
     assert staged.is_dir() and staged.name.startswith(f".k.{me.tag}.{builder.pid}."), staged
     kernels = tmp_path / "kernels"
     kept = [kernels / f".k.{me.tag}.{os.getpid()}.live.tmp",  # a build still running
@@ -240,15 +241,15 @@ def test_corrupt_image_entry_named_by_the_user_is_an_error_naming_it_and_kept(tm
 
 
 def test_corrupt_kernel_entry_named_by_the_user_is_an_error(tmp_path: Path) -> None:
-    entry = publish(Cache(tmp_path), "kernels", "bzImage", os.urandom(4096))
+    entry = publish(Cache(tmp_path), "kernels", "bzImage", bzimage_bytes(payload=os.urandom(4096)))
     assert check_kernel_file(entry / "bzImage") == entry / "bzImage"
-    flip(entry / "bzImage", 7)
+    flip(entry / "bzImage", 0x1000)  # in the payload: still a bzImage, but not the one recorded
     with pytest.raises(ConfigError) as err:
         check_kernel_file(entry / "bzImage")
     assert "pveoi kernel build --force" in one_line(err.value) and str(entry) in str(err.value)
     own = tmp_path / "mine" / "bzImage"  # a kernel of the user's own, not in a cache entry
     own.parent.mkdir()
-    own.write_bytes(b"k")
+    own.write_bytes(bzimage_bytes())
     assert check_kernel_file(own) == own
     with pytest.raises(ConfigError, match="not found"):
         check_kernel_file(tmp_path / "nope")
@@ -321,7 +322,7 @@ def test_reaping_needs_the_same_host_and_pid_namespace(tmp_path: Path) -> None:
         return path
 
     here = owned()
-    me = tmpdirs.host_identity()
+    me = hostid.host_identity()
     others = [owned(host="another-host"), owned(pid_ns=(me.pid_ns or 0) + 1),
               owned(host=None, pid_ns=None)]  # None: the key is left out (an older owner file)
     assert json.loads((here / tmpdirs.OWNER_FILE).read_text())["host"] == os.uname().nodename
@@ -330,12 +331,12 @@ def test_reaping_needs_the_same_host_and_pid_namespace(tmp_path: Path) -> None:
 
 
 def test_without_a_pid_namespace_only_old_dirs_are_reaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tmpdirs, "pid_namespace", lambda: None)
+    monkeypatch.setattr(hostid, "pid_namespace", lambda: None)
     path = tmpdirs.mkdtemp("vm", tmp_path)
     owner_file = path / tmpdirs.OWNER_FILE
     owner_file.write_text(json.dumps({**json.loads(owner_file.read_text()), "pid": dead_pid()}))
     assert tmpdirs.reap_stale(tmp_path) == []
-    old = time.time() - tmpdirs.STALE_AGE - 60
+    old = time.time() - hostid.STALE_AGE - 60
     os.utime(owner_file, (old, old))
     assert tmpdirs.reap_stale(tmp_path) == [path]
 
@@ -409,11 +410,8 @@ def leftovers(cache: Path) -> list[str]:
 
 
 def test_disk_full_cli_kernel_fetch_into_the_cache(tmp_path: Path) -> None:
-    kernel = tmp_path / "bzImage"  # a bzImage header, then 256 KiB: more than the disk holds
-    data = bytearray(os.urandom(256 << 10))
-    data[0x202:0x206] = b"HdrS"
-    data[0x20E:0x210] = b"\0\0"
-    kernel.write_bytes(bytes(data))
+    kernel = tmp_path / "bzImage"  # a well-formed bzImage of 256 KiB: more than the disk holds
+    kernel.write_bytes(bzimage_bytes(payload=os.urandom(256 << 10), version=None))
     with tiny_tmpfs(tmp_path / "tiny") as tiny:
         proc = pveoi_cli("kernel", "fetch", "--path", str(kernel), cache=tiny)
         assert_disk_full_line(proc, tiny)

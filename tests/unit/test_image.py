@@ -1,10 +1,9 @@
-"""Guest image: newc writer/parser, key derivation, SSH identity, module order,
-and one real build (about 5 s) into a temporary cache."""
+"""The guest image: key derivation, the init script, and one real build (about
+5 s) into a temporary cache (e2e.build.image)."""
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import re
@@ -17,246 +16,20 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import paramiko
 import pytest
 
-from e2e import image
-from e2e.cache import Cache
-from e2e.errors import BuildError, ConfigError
-from e2e.image import (
-    CpioEntry,
-    GuestImage,
-    HostFile,
-    ImageInputs,
-    ImageTree,
-    KernelModules,
-    Tool,
-    elf_interpreter,
-    elf_modinfo,
-    modinfo_dependencies,
-    module_load_order,
-    module_name,
-    parse_ldd,
-    parse_modules_dep,
-    parse_newc,
-    read_initrd,
-    ssh_identity,
-    write_newc,
-)
+from e2e.build import image
+from e2e.build.cpio import read_initrd
+from e2e.build.elf import HostFile
+from e2e.build.image import GuestImage, ImageInputs
+from e2e.build.modules import KernelModules
+from e2e.cache import Built, Cache, cache_root
+from e2e.errors import ConfigError
+from e2e.kernel import entry_of
+from tests.conftest import bzimage_bytes
 
 HAVE_CPIO = shutil.which("cpio") is not None
-HAVE_GCC = shutil.which("gcc") is not None
 HAVE_BUSYBOX = Path("/bin/busybox").is_file()
-
-
-# ---------------------------------------------------------------- newc
-
-
-def sample_entries() -> list[CpioEntry]:
-    return [
-        CpioEntry("bin", stat.S_IFDIR | 0o755),
-        CpioEntry("bin/hello", stat.S_IFREG | 0o755, b"#!/bin/sh\necho hi\n"),
-        CpioEntry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
-        CpioEntry("dev", stat.S_IFDIR | 0o755),
-        CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
-        CpioEntry("empty", stat.S_IFREG | 0o644, b""),
-        CpioEntry("odd", stat.S_IFREG | 0o600, b"abc"),  # 3 bytes: exercises padding
-    ]
-
-
-def test_newc_round_trip_and_alignment() -> None:
-    buf = io.BytesIO()
-    size = write_newc(sample_entries(), buf)
-    data = buf.getvalue()
-    assert size == len(data)
-    assert size % 512 == 0
-    assert parse_newc(data) == sample_entries()
-
-
-def test_newc_is_deterministic() -> None:
-    a, b = io.BytesIO(), io.BytesIO()
-    write_newc(sample_entries(), a)
-    write_newc(sample_entries(), b)
-    assert a.getvalue() == b.getvalue()
-
-
-def test_newc_source_file_is_read(tmp_path: Path) -> None:
-    src = tmp_path / "blob"
-    src.write_bytes(b"x" * 1001)
-    buf = io.BytesIO()
-    write_newc([CpioEntry("blob", stat.S_IFREG | 0o644, source=src)], buf)
-    (entry,) = parse_newc(buf.getvalue())
-    assert entry.data == b"x" * 1001
-
-
-def test_newc_rejects_absolute_names() -> None:
-    with pytest.raises(ValueError, match="relative"):
-        write_newc([CpioEntry("/etc/passwd", stat.S_IFREG | 0o644, b"")], io.BytesIO())
-
-
-def test_parse_newc_rejects_garbage() -> None:
-    with pytest.raises(ValueError, match="newc header"):
-        parse_newc(b"not an archive" * 20)
-
-
-@pytest.mark.skipif(not HAVE_CPIO, reason="cpio not installed (apt-get install cpio)")
-def test_gnu_cpio_lists_our_archive() -> None:
-    buf = io.BytesIO()
-    write_newc(sample_entries(), buf)
-    listing = subprocess.run(["cpio", "-itv", "--numeric-uid-gid", "--quiet"], input=buf.getvalue(),
-                             capture_output=True, check=True).stdout.decode()
-    lines = listing.splitlines()
-    assert [ln.split()[-1] if "->" not in ln else ln.split()[-3] for ln in lines] == [
-        e.name for e in sample_entries()
-    ]
-    for line in lines:
-        owner, group = line.split()[2:4]
-        assert (owner, group) == ("0", "0")
-    assert any(ln.startswith("lrwxrwxrwx") and ln.endswith("bin/sh -> busybox") for ln in lines)
-    assert any(ln.startswith("crw-------") and "dev/console" in ln for ln in lines)
-
-
-def test_image_tree_adds_parents_first() -> None:
-    tree = ImageTree()
-    tree.file("usr/lib/x86_64-linux-gnu/libc.so.6", data=b"elf")
-    tree.symlink("bin/sh", "busybox")
-    tree.dir("root", 0o700)
-    names = [e.name for e in tree.entries()]
-    assert names == ["bin", "bin/sh", "root", "usr", "usr/lib", "usr/lib/x86_64-linux-gnu",
-                     "usr/lib/x86_64-linux-gnu/libc.so.6"]
-    for i, name in enumerate(names):
-        parent = os.path.dirname(name)
-        assert not parent or parent in names[:i]
-    root = next(e for e in tree.entries() if e.name == "root")
-    assert stat.S_IMODE(root.mode) == 0o700
-
-
-def test_image_tree_keeps_existing_unless_replacing() -> None:
-    tree = ImageTree()
-    tree.file("bin/ls", data=b"real")
-    tree.symlink("bin/ls", "busybox", replace=False)
-    (ls,) = [e for e in tree.entries() if e.name == "bin/ls"]
-    assert stat.S_ISREG(ls.mode)
-    with pytest.raises(ValueError):
-        tree.file("../escape", data=b"")
-
-
-# ---------------------------------------------------------------- host files
-
-
-LDD_SAMPLE = """\
-\tlinux-vdso.so.1 (0x00007ffd3a1f2000)
-\tlibtomcrypt.so.1 => /lib/x86_64-linux-gnu/libtomcrypt.so.1 (0x00007f0e4c8e5000)
-\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0e4c703000)
-\tlibceph-common.so.2 => /usr/lib/x86_64-linux-gnu/ceph/libceph-common.so.2 (0x00007f0e40000000)
-\t/lib64/ld-linux-x86-64.so.2 (0x00007f0e4ca07000)
-"""
-
-
-def test_parse_ldd() -> None:
-    assert parse_ldd(LDD_SAMPLE) == [
-        "/lib/x86_64-linux-gnu/libtomcrypt.so.1",
-        "/lib/x86_64-linux-gnu/libc.so.6",
-        "/usr/lib/x86_64-linux-gnu/ceph/libceph-common.so.2",
-        "/lib64/ld-linux-x86-64.so.2",
-    ]
-
-
-def test_parse_ldd_missing_library_is_an_error() -> None:
-    with pytest.raises(BuildError, match=r"libgone\.so\.3"):
-        parse_ldd("\tlibgone.so.3 => not found\n", "/usr/bin/thing")
-
-
-@pytest.mark.skipif(not Path("/usr/sbin/dropbear").is_file() or not HAVE_BUSYBOX,
-                    reason="needs dropbear-bin and busybox-static")
-def test_elf_interpreter() -> None:
-    assert elf_interpreter(Path("/usr/sbin/dropbear")) == "/lib64/ld-linux-x86-64.so.2"
-    assert elf_interpreter(Path("/bin/busybox")) is None
-
-
-def test_elf_interpreter_rejects_non_elf(tmp_path: Path) -> None:
-    script = tmp_path / "script"
-    script.write_text("#!/bin/sh\n" + "#" * 80 + "\n")
-    with pytest.raises(BuildError, match="not a 64-bit"):
-        elf_interpreter(script)
-
-
-def test_missing_tool_names_the_package() -> None:
-    tool = Tool("pveoi-no-such-tool", "/nonexistent/pveoi-no-such-tool", "pveoi-pkg", None)
-    with pytest.raises(ConfigError) as err:
-        image.find_tool(tool)
-    assert str(err.value) == "pveoi-no-such-tool not found; fix: apt-get install pveoi-pkg"
-
-
-def test_dropbear_missing_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    tool = next(t for t in image.TOOLS if t.name == "dropbear")
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(ConfigError, match=r"^dropbear not found; fix: apt-get install dropbear-bin$"):
-        image.find_tool(replace(tool, path="/nonexistent/dropbear"))
-
-
-# ---------------------------------------------------------------- modules
-
-
-MODULES_DEP = """\
-kernel/drivers/virtio/virtio.ko:
-kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko
-kernel/drivers/virtio/virtio_pci_modern_dev.ko:
-kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
-kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko \
-kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_ring.ko \
-kernel/drivers/virtio/virtio.ko
-kernel/net/core/failover.ko:
-kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
-kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko \
-kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
-kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
-kernel/sound/unrelated.ko:
-"""
-
-
-def test_module_load_order_puts_dependencies_first() -> None:
-    deps = parse_modules_dep(MODULES_DEP)
-    order = module_load_order(deps, ["virtio_pci", "virtio-net", "virtio_blk", "built_in_thing"])
-    names = [module_name(p) for p in order]
-    assert "unrelated" not in names and "built_in_thing" not in names
-    assert sorted(names) == sorted(["virtio", "virtio_ring", "virtio_pci_modern_dev",
-                                    "virtio_pci_legacy_dev", "virtio_pci", "failover",
-                                    "net_failover", "virtio_net", "virtio_blk"])
-    for path in order:
-        for dep in deps[path]:
-            assert order.index(dep) < order.index(path), f"{dep} must load before {path}"
-    assert order == module_load_order(deps, ["virtio_pci", "virtio-net", "virtio_blk"])  # stable
-
-
-def _module_object(tmp_path: Path, name: str, depends: str) -> bytes:
-    src = tmp_path / f"{name}.c"
-    src.write_text(
-        '__attribute__((section(".modinfo"), used)) static const char info[] = '
-        f'"license=GPL\\0depends={depends}\\0name={name}";\n'
-    )
-    obj = tmp_path / f"{name}.o"
-    subprocess.run(["gcc", "-c", "-o", str(obj), str(src)], check=True)
-    return obj.read_bytes()
-
-
-@pytest.mark.skipif(not HAVE_GCC, reason="gcc not installed")
-def test_modinfo_dependencies_without_modules_dep(tmp_path: Path) -> None:
-    mods = {
-        "kernel/a/virtio.ko": _module_object(tmp_path, "virtio", ""),
-        "kernel/a/virtio_ring.ko": _module_object(tmp_path, "virtio_ring", "virtio"),
-        "kernel/b/virtio_net.ko": _module_object(tmp_path, "virtio_net", "virtio_ring,virtio,failover"),
-        "kernel/c/failover.ko": _module_object(tmp_path, "failover", ""),
-        "kernel/d/other.ko": _module_object(tmp_path, "other", ""),
-    }
-    assert elf_modinfo(mods["kernel/b/virtio_net.ko"])["depends"] == ["virtio_ring,virtio,failover"]
-    deps = modinfo_dependencies(mods.__getitem__, mods, ["virtio_net", "virtio_blk"])
-    assert "kernel/d/other.ko" not in deps
-    order = module_load_order(deps, ["virtio_net"])
-    assert order[-1] == "kernel/b/virtio_net.ko"
-    assert order.index("kernel/a/virtio.ko") < order.index("kernel/a/virtio_ring.ko")
-    assert set(order) == {"kernel/a/virtio.ko", "kernel/a/virtio_ring.ko", "kernel/b/virtio_net.ko",
-                          "kernel/c/failover.ko"}
 
 
 # ---------------------------------------------------------------- key derivation
@@ -294,49 +67,6 @@ def test_key_is_stable_and_tracks_every_input() -> None:
     # where a file comes from on the host does not matter, only what it is
     moved = make_inputs(files=(replace(base.files[0], source=Path("/usr/bin/busybox")), base.files[1]))
     assert moved.key() == base.key()
-
-
-# ---------------------------------------------------------------- ssh identity
-
-
-def test_ssh_identity_permissions_and_reuse(tmp_path: Path) -> None:
-    cache = Cache(root=tmp_path / "cache")
-    ident = ssh_identity(cache)
-    assert ident.private_key == tmp_path / "cache" / "ssh" / "id_ecdsa"
-    assert stat.S_IMODE(ident.private_key.stat().st_mode) == 0o600
-    assert stat.S_IMODE(ident.private_key.parent.stat().st_mode) == 0o700
-    assert re.fullmatch(r"ecdsa-sha2-nistp256 AAAA[A-Za-z0-9+/=]+ pveoi", ident.public_line)
-    key = paramiko.ECDSAKey.from_private_key_file(str(ident.private_key))
-    assert ident.public_line.split()[1] == key.get_base64()
-    assert ssh_identity(cache) == ident  # generated once per cache
-
-    os.chmod(ident.private_key, 0o644)
-    os.chmod(ident.private_key.parent, 0o755)
-    assert ssh_identity(cache) == ident
-    assert stat.S_IMODE(ident.private_key.stat().st_mode) == 0o600
-    assert stat.S_IMODE(ident.private_key.parent.stat().st_mode) == 0o700
-
-
-def test_ssh_identity_reads_a_good_key_without_locking(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = Cache(root=tmp_path)
-    ident = ssh_identity(cache)
-
-    def no_lock(*args: object) -> None:
-        raise AssertionError("a good key must be read without the lock (read-only caches)")
-
-    monkeypatch.setattr(Cache, "lock", no_lock)
-    assert ssh_identity(cache) == ident
-
-
-def test_ssh_identity_regenerates_an_unreadable_key(tmp_path: Path) -> None:
-    cache = Cache(root=tmp_path)
-    old = ssh_identity(cache)
-    old.private_key.write_text("-----BEGIN NONSENSE-----\ngarbage\n")
-    new = ssh_identity(cache)
-    assert new.public_line != old.public_line
-    paramiko.ECDSAKey.from_private_key_file(str(new.private_key))
-    assert stat.S_IMODE(new.private_key.stat().st_mode) == 0o600
 
 
 # ---------------------------------------------------------------- guest files
@@ -494,3 +224,123 @@ def test_image_userland_works_in_a_chroot(built: tuple[Cache, GuestImage], tmp_p
             dropbear.wait()
         assert dropbear.stderr is not None
         dropbear.stderr.close()
+
+
+# ---------------------------------------------------------------- images for a kernel (--kernel)
+
+
+def _debian_bzimage() -> Path | None:
+    """A fetched Debian kernel's bzImage in the default cache (entry holding modules.tar), if any."""
+    for manifest in sorted((cache_root() / "kernels").glob("deb-*/manifest.json")):
+        if (manifest.parent / "modules.tar").is_file():
+            return manifest.parent / "bzImage"
+    return None
+
+
+DEBIAN_BZIMAGE = _debian_bzimage()
+needs_debian = pytest.mark.skipif(DEBIAN_BZIMAGE is None, reason="no fetched Debian kernel in the cache "
+                                                                 "(pveoi kernel fetch --debian)")
+
+
+def test_entry_of_a_cache_kernel_and_of_other_files(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    entry = cache.get_or_build("kernels", "k1", lambda staged: (
+        (staged / "bzImage").write_bytes(bzimage_bytes()), Built(("bzImage",), {"kind": "test"}))[1])
+    found = entry_of(entry.path / "bzImage")
+    assert found is not None and found.path == entry.path and found.manifest["kind"] == "test"
+    assert entry_of(entry.path / "manifest.json") is None  # not one of the entry's files
+    own = tmp_path / "bzImage"
+    own.write_bytes(bzimage_bytes())
+    assert entry_of(own) is None
+    link = tmp_path / "link"
+    link.symlink_to(entry.path / "bzImage")
+    assert entry_of(link) == found  # a symlink into the cache finds the entry
+    data = bytearray((entry.path / "bzImage").read_bytes())
+    data[-8] ^= 0xFF  # in the payload: still a bzImage, not the one recorded
+    (entry.path / "bzImage").write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=rf"cache entry {entry.path} is damaged: .*bzImage is corrupt"):
+        entry_of(entry.path / "bzImage")
+
+
+@needs_tools
+def test_pveoi_kernels_and_none_get_the_default_image(built: tuple[Cache, GuestImage], tmp_path: Path) -> None:
+    cache, img = built
+    assert image.image_for_kernel(None, cache).path == img.path
+    kernel_cache = Cache(tmp_path / "kc")
+    own = kernel_cache.get_or_build("kernels", "b1", lambda staged: (
+        (staged / "bzImage").write_bytes(bzimage_bytes()),
+        (staged / "config").write_text("CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_NET=y\nCONFIG_VIRTIO_BLK=y\n"),
+        Built(("bzImage", "config"), {"kind": "build"}))[2])
+    assert image.image_for_kernel(own.path / "bzImage", cache).path == img.path
+    assert image.build_image(own.path / "bzImage", cache).path == img.path  # a path works like an entry
+
+
+@needs_debian
+def test_a_bare_kernel_without_virtio_drivers_is_refused_before_anything_is_built(tmp_path: Path) -> None:
+    assert DEBIAN_BZIMAGE is not None
+    bare = tmp_path / "vmlinuz"
+    shutil.copy(DEBIAN_BZIMAGE, bare)
+    cache = Cache(tmp_path / "cache")
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        image.image_for_kernel(bare, cache)
+    assert time.monotonic() - start < 2.0
+    text = str(err.value)
+    assert text.startswith(f"kernel {bare} lacks virtio_pci, virtio_net, virtio_blk: not built in") and \
+        "; fix: " in text and "\n" not in text
+    assert not (cache.root / image.IMAGE_KIND).exists()
+
+
+@pytest.fixture(scope="module")
+def debian_image(built: tuple[Cache, GuestImage]) -> GuestImage:
+    cache, _ = built
+    assert DEBIAN_BZIMAGE is not None
+    return image.image_for_kernel(DEBIAN_BZIMAGE, cache)
+
+
+@needs_tools
+@needs_debian
+def test_a_fetched_debian_kernel_gets_its_modules(built: tuple[Cache, GuestImage],
+                                                  debian_image: GuestImage) -> None:
+    assert DEBIAN_BZIMAGE is not None
+    _, default = built
+    entry = entry_of(DEBIAN_BZIMAGE)
+    assert entry is not None
+    release = entry.manifest["release"]
+    assert debian_image.path != default.path
+    mods = debian_image.manifest["kernel_modules"]
+    assert mods["release"] == release and mods["modules_tar_sha256"] == entry.manifest["files"]["modules.tar"]
+    names = {Path(p).name for p in mods["load_order"]}
+    assert {"virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "virtio_net.ko", "virtio_blk.ko"} <= names
+    members = {e.name: e for e in read_initrd(debian_image.initrd)}
+    order = members[f"lib/modules/{release}/pveoi-modules.order"].data.decode().split()
+    assert order == mods["load_order"]
+    for rel in order:
+        assert members[f"lib/modules/{release}/{rel}"].data.startswith(b"\x7fELF")
+    assert image.build_image(entry, built[0]).path == debian_image.path  # entry or path: one image
+
+
+@needs_tools
+@needs_debian
+def test_an_image_without_the_kernels_modules_is_refused(built: tuple[Cache, GuestImage],
+                                                         debian_image: GuestImage) -> None:
+    assert DEBIAN_BZIMAGE is not None
+    _, default = built
+    with pytest.raises(ConfigError, match=rf"image {default.path} has no modules for kernel "):
+        image.guest_image(DEBIAN_BZIMAGE, default.path)
+    assert image.guest_image(DEBIAN_BZIMAGE, debian_image.path).path == debian_image.path
+    assert image.guest_image(None, default.path).path == default.path
+
+
+def test_load_image_refuses_what_is_not_an_image_entry(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    kernel = cache.get_or_build("kernels", "k", lambda staged: (
+        (staged / "bzImage").write_bytes(bzimage_bytes()), Built(("bzImage",), {"kind": "fetch"}))[1])
+    fake = cache.get_or_build(image.IMAGE_KIND, "x", lambda staged: (
+        (staged / "notes").write_text("hi"), Built(("notes",), {"kind": "notes"}))[1])
+    for path, pattern in ((tmp_path / "nope", "not found"), (kernel.path, "is not a pveoi image entry"),
+                          (kernel.path / "bzImage", "is a file, not a pveoi image entry"),
+                          (fake.path, r"is not a pveoi image entry \(its manifest is of kind 'notes'\)")):
+        with pytest.raises(ConfigError, match=pattern) as err:
+            image.load_image(path)
+        assert "; fix: " in str(err.value)

@@ -8,14 +8,13 @@ from Debian's linux-source-6.1 tarball (about 10 s to unpack).
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from e2e import kernel
-from e2e.cache import cache_root
 from e2e.errors import BuildError, ConfigError
 from e2e.kernel import (
     BuildSpec,
@@ -398,72 +397,49 @@ def test_host_flavour_adds_host_fragment(tmp_path: Path) -> None:
     assert host == {**guest, **host_only}
 
 
-# ---------------------------------------------------------------- bzImage header
+# ---------------------------------------------------------------- the private source copy of incremental builds
 
 
-def fake_bzimage(path: Path, version: bytes | None = b"6.1.192 (pveoi@pveoi) #1 SMP pveoi",
-                 magic: bytes = b"HdrS", size: int = 0x4000, at: int = 0x3920) -> Path:
-    data = bytearray(size)
-    data[0:2] = b"\xeb\x3c"  # a jump, like the real setup code
-    data[0x202:0x206] = magic
-    if version is not None:
-        data[0x20E:0x210] = (at - 0x200).to_bytes(2, "little")
-        data[at:at + len(version) + 1] = version + b"\0"
-    path.write_bytes(bytes(data))
-    return path
+def user_tree(root: Path) -> Path:
+    """A directory KernelSource.tree accepts, with src/file.c for the patches above."""
+    tree = make_tree(root)
+    (tree / "Makefile").write_text("all:\n")
+    (tree / "arch" / "x86").mkdir(parents=True)
+    return tree
 
 
-def test_check_bzimage_accepts_boot_header(tmp_path: Path) -> None:
-    kernel._check_bzimage(fake_bzimage(tmp_path / "bzImage"))
+def tree_snapshot(tree: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(tree)): (p.read_bytes(), p.stat().st_mtime_ns) for p in tree.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize(
-    ("magic", "size"), [(b"HdrX", 0x4000), (b"\0\0\0\0", 0x4000), (b"HdrS", 0x205), (b"", 0)],
-)
-def test_check_bzimage_rejects_non_images(tmp_path: Path, magic: bytes, size: int) -> None:
-    path = tmp_path / "vmlinux"
-    if size < 0x206:
-        path.write_bytes(b"\0" * size)
-    else:
-        fake_bzimage(path, magic=magic, size=size)
-    with pytest.raises(ConfigError, match="not an x86 bzImage"):
-        kernel._check_bzimage(path)
+def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -> None:
+    from e2e.build import kbuild
+    from e2e.cache import Cache
+    from e2e.kernel import BuildSpec, KernelSource, _source_tree
+    from e2e.progress import Progress
 
-
-def test_kernel_release_from_fake_header(tmp_path: Path) -> None:
-    assert kernel._kernel_release_from_image(fake_bzimage(tmp_path / "a")) == "6.1.192"
-    b = fake_bzimage(tmp_path / "b", version=b"6.1.0-27-cloud-amd64 (debian-kernel@lists)",
-                     at=0x300)
-    assert kernel._kernel_release_from_image(b) == "6.1.0-27-cloud-amd64"
-
-
-def test_kernel_release_absent_or_broken(tmp_path: Path) -> None:
-    # kernel_version 0 means "no version string" (boot protocol), not "read at 0x200".
-    no_version = fake_bzimage(tmp_path / "a", version=None)
-    assert kernel._kernel_release_from_image(no_version) == "unknown"
-    # A pointer past what is read, or a string with no NUL, gives "unknown".
-    past = fake_bzimage(tmp_path / "b", version=None)
-    data = bytearray(past.read_bytes())
-    data[0x20E:0x210] = (0xFFFF).to_bytes(2, "little")
-    past.write_bytes(bytes(data))
-    assert kernel._kernel_release_from_image(past) == "unknown"
-    unterminated = fake_bzimage(tmp_path / "c", version=None, size=0x1000)
-    data = bytearray(unterminated.read_bytes())
-    data[0x20E:0x210] = (0x0E00 - 0x200).to_bytes(2, "little")
-    data[0x0E00:] = b"7" * (0x1000 - 0x0E00)
-    unterminated.write_bytes(bytes(data))
-    assert kernel._kernel_release_from_image(unterminated) == "unknown"
-
-
-def test_kernel_release_of_cached_real_kernels() -> None:
-    """pveoi's own builds, if this machine has any: the header agrees with the manifest."""
-    images = sorted((cache_root() / "kernels").glob("*/bzImage"))
-    if not images:
-        pytest.skip(f"no kernel built in {cache_root()} yet")
-    for image in images:
-        kernel._check_bzimage(image)
-        manifest = json.loads((image.parent / "manifest.json").read_text())
-        release = kernel._kernel_release_from_image(image)
-        assert release != "unknown"
-        if manifest.get("kind") == "build":
-            assert release == manifest["release"]
+    tree = user_tree(tmp_path)
+    (tree / "other.c").write_text("int other;\n")
+    patch = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
+    spec = BuildSpec(KernelSource.tree(tree), "guest", (patch,))
+    progress = Progress("test")
+    patched = ORIGINAL.replace("line 2\n", "LINE TWO\n")
+    with kbuild.build_tree(Cache(tmp_path / "cache"), "t") as bt:
+        src = _source_tree(spec, "id-1", bt, tmp_path, progress)
+        assert src == bt.src and (src / "src" / "file.c").read_text() == patched
+        synced = tree_snapshot(src)
+        # Same identity and patches: the copy is used as it is (nothing rewritten, so nothing rebuilt).
+        assert _source_tree(spec, "id-1", bt, tmp_path, progress) == src and tree_snapshot(src) == synced
+        # The user edits other.c: only it (and the re-patched file) is rewritten.
+        before = tree_snapshot(tree)
+        (tree / "other.c").write_text("int other = 1;\n")
+        os.utime(tree / "other.c", (1_000_000_000, 1_000_000_000))  # even with an old mtime
+        edited = tree_snapshot(tree)
+        assert _source_tree(spec, "id-2", bt, tmp_path, progress) == src
+        now = tree_snapshot(src)
+        assert now["other.c"][0] == b"int other = 1;\n" and now["other.c"][1] > synced["other.c"][1]
+        assert now["Makefile"] == synced["Makefile"]  # unchanged: untouched
+        assert now["src/file.c"][0] == patched.encode()
+        # Without patches, make reads the user's tree itself (O= builds write nothing there).
+        assert _source_tree(BuildSpec(spec.source, "guest", ()), "id-2", bt, tmp_path, progress) == tree
+    assert tree_snapshot(tree) == edited and before != edited, "the user's tree was modified by pveoi"

@@ -1,0 +1,17 @@
+"""
+Building what a guest boots, one module per job:
+
+* :mod:`.cpio`: the newc (``cpio -H newc``) archive writer and reader, and the
+  image's file tree;
+* :mod:`.elf`: host binaries for the image: ELF interpreter, ``ldd`` output,
+  the files a tool needs;
+* :mod:`.modules`: a fetched kernel's modules: dependencies (kmod's
+  ``modinfo``), load order, copying them into the tree, built-in drivers;
+* :mod:`.sshkey`: the SSH client identity every image authorises;
+* :mod:`.image`: the guest initramfs itself, cached by content hash;
+* :mod:`.kbuild`: the persistent build trees and ccache that make kernel
+  rebuilds incremental.
+
+Kernels are built by :mod:`e2e.kernel`; a bzImage's header and contents are
+read by :mod:`e2e.bzimage`.
+"""

@@ -1,0 +1,120 @@
+"""Every module of e2e imports on its own, and no two modules import each other,
+directly or through others, at module level or inside a function."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "e2e"
+
+
+def modules_of(package: Path) -> dict[str, tuple[Path, bool]]:
+    """``{dotted name: (file, is a package)}`` for every .py file under ``package``."""
+    out = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        out[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
+    return out
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Which modules of ``package`` each module imports (every import statement, nested ones too)."""
+    mods = modules_of(package)
+    top = package.name
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_pkg) in mods.items():
+        here = name.split(".") if is_pkg else name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ".".join([*here[:len(here) - node.level + 1], node.module or ""]).strip(".")
+                else:
+                    base = node.module or ""
+                # ``from .pkg import mod`` imports the module pkg.mod; ``from .mod import name`` imports mod
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            deps |= {t for t in targets if t.split(".")[0] == top and t in mods and t != name}
+        graph[name] = deps
+    return graph
+
+
+def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_detector_finds_a_cycle_through_a_nested_import(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import c\n")
+    (pkg / "sub" / "c.py").write_text("def f():\n    from ..b import g\n")
+    (pkg / "b.py").write_text("from . import a\nimport os\n")
+    (pkg / "d.py").write_text("from .a import x\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.b"} and graph["pkg.d"] == {"pkg.a"}
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
+
+
+def test_e2e_has_no_import_cycles() -> None:
+    graph = import_graph(PACKAGE)
+    assert {"e2e.cache", "e2e.tmpdirs", "e2e.hostid", "e2e.build.image"} <= set(graph)
+    assert "e2e.hostid" in graph["e2e.cache"] and "e2e.hostid" in graph["e2e.tmpdirs"]
+    assert cycles(graph) == []
+
+
+@pytest.mark.parametrize("module", sorted(modules_of(PACKAGE)))
+def test_each_module_imports_alone(module: str) -> None:
+    """In a fresh interpreter, so no other module was imported first."""
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                          timeout=60, cwd=PACKAGE.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_old_image_module_still_serves_main() -> None:
+    old = importlib.import_module("e2e.image")
+    new = importlib.import_module("e2e.build.image")
+    for name in ("READY_PATTERN", "GuestImage", "build_image", "load_image"):
+        assert getattr(old, name) is getattr(new, name)
