@@ -31,6 +31,8 @@ from .errors import CapabilityError, ConfigError, GuestPanic, MeasurementError, 
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .history import SCHEMA
+from .hostfacts import COUNTED as COUNTED  # the host facts have one owner; importable from ab for now
+from .hostfacts import cpu_vendor as cpu_vendor
 from .image import READY_PATTERN
 from .machine import Machine, child_preexec
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
@@ -41,10 +43,6 @@ from .workloads import Workload
 log = logging.getLogger(__name__)
 
 THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds.toml"
-COUNTED = [
-    "kvm:kvm_exit", "kvm:kvm_entry", "kvm:kvm_msr", "kvm:kvm_apic", "kvm:kvm_eoi", "kvm:kvm_pv_eoi",
-    "kvm:kvm_inj_virq", "kvm:kvm_apic_accept_irq",
-]
 
 
 # ---------------------------------------------------------------- arms
@@ -176,19 +174,6 @@ class Setup:
     boot_timeout: float = 180.0
     qemu: str = "qemu-system-x86_64"
     accel: str = "kvm"
-
-
-def cpu_vendor(cpuinfo: str | None = None) -> str:
-    """``svm`` or ``vmx`` from /proc/cpuinfo flags (``unknown`` otherwise)."""
-    text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = line.split(":", 1)[1].split()
-            if "svm" in flags:
-                return "svm"
-            if "vmx" in flags:
-                return "vmx"
-    return "unknown"
 
 
 def perf_events(vendor: str, available: Sequence[str]) -> list[Event]:
