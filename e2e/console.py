@@ -34,8 +34,9 @@ PANIC_PATTERN = (
     r"Kernel panic - not syncing[^\r\n]*|Oops: [^\r\n]*|BUG: [^\r\n]*|kernel BUG at [^\r\n]*"
     r"|general protection fault[^\r\n]*|Unable to handle kernel[^\r\n]*"
 )
-GUEST_ERROR_PATTERN = r"pveoi-guest-error: [^\r\n]*"
-"""What the guest's init (images/guest/init) prints when a boot step failed; fatal at once."""
+GUEST_ERROR_PATTERN = r"pveoi-guest-error: [^\r\n]*\r?\n"
+"""What the guest's init (images/guest/init) prints when a boot step failed; fatal at once.
+Matched only once the line is complete (the serial console delivers it in pieces)."""
 PANIC_GRACE = 1.0  # seconds to keep collecting lines after a panic is seen
 
 

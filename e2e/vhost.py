@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 INIT_SCRIPT = Path(__file__).resolve().parent / "data" / "vhost-init.sh"
 READY_PATTERN = r"pveoi-vhost-ready dev=\d svm=\d npt=\S+"
-ERROR_PATTERN = r"pveoi-vhost-error: [^\r\n]*"
+ERROR_PATTERN = r"pveoi-vhost-error: [^\r\n]*\r?\n"
 """What the virtual host's init (data/vhost-init.sh) prints before it gives up."""
 CTL = ".pveoi-vhost"
 ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")

@@ -80,3 +80,15 @@ def test_a_panic_still_wins(wire: tuple[socket.socket, Console]) -> None:
     guest.close()
     with pytest.raises(GuestPanic):
         console.wait_ready(10)
+
+
+def test_an_error_line_arriving_in_pieces_is_quoted_whole(wire: tuple[socket.socket, Console]) -> None:
+    """The serial console delivers a line in pieces: the quote must be the whole line, not its first piece."""
+    guest, console = wire
+    guest.sendall(b"pveoi-guest-error: no eth0 (is a vir")
+    timer = threading.Timer(0.7, guest.sendall, [b"tio-net device attached?)\r\n"])
+    timer.start()
+    with pytest.raises(GuestInitError) as err:
+        console.wait_ready(10)
+    timer.join()
+    assert err.value.line == "pveoi-guest-error: no eth0 (is a virtio-net device attached?)"
