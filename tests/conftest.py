@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -46,6 +47,23 @@ def clean_stderr_lines(stderr: str) -> list[str]:
         run_log.unlink()
         lines[-1] = lines[-1][:note.start()]
     return lines
+
+
+#: Set (to anything but 0) where a test must not skip because PV EOI is not measurable: CI and the nightly.
+REQUIRE_MEASURABLE = "PVEOI_REQUIRE_MEASURABLE"
+
+
+def not_measurable(reason: str) -> NoReturn:
+    """Skip a test because PV EOI is not measurable here, or fail it under ``PVEOI_REQUIRE_MEASURABLE=1``.
+
+    Every test that would skip on "not measurable" calls this, so a CI runner
+    that lost its KVM (or its perf) turns red instead of silently green.
+
+    :param reason: why it is not measurable (the verdict's reason, the capability error).
+    """
+    if os.environ.get(REQUIRE_MEASURABLE, "") not in ("", "0"):
+        pytest.fail(f"PV EOI is not measurable here, and {REQUIRE_MEASURABLE} is set: {reason}", pytrace=False)
+    pytest.skip(f"PV EOI is not measurable here: {reason}")
 
 
 def interruptible() -> None:

@@ -31,7 +31,7 @@ from e2e.machine import Machine
 from e2e.ssh import GuestSsh
 from e2e.workloads import Workload
 
-from ..conftest import clean_stderr_lines, interruptible, qemu_pids, wait_no_new_qemu
+from ..conftest import clean_stderr_lines, interruptible, not_measurable, qemu_pids, wait_no_new_qemu
 
 pytestmark = pytest.mark.qemu
 
@@ -280,7 +280,7 @@ def kvm_tracepoints_here(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         ab.perf_events(ab.cpu_vendor(), ab.list_kvm_tracepoints())
     except PveoiError as err:
-        pytest.skip(f"this host has no kvm tracepoints to count: {err}")
+        not_measurable(f"this host has no kvm tracepoints to count: {err}")
 
 
 @pytest.mark.parametrize("fault", ["missing", "denied"])
