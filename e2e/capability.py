@@ -21,6 +21,9 @@ What is probed (see :class:`HostFacts`):
   ``-cpu help`` (does QEMU know the ``kvm-pv-eoi`` CPU property?);
 * the pveoi cache (when asked): can we write it, and read its SSH key?
 
+The tracepoint list, the tracefs scan and the CPU flags and vendor come from
+:mod:`e2e.hostfacts`, the one owner of those facts (re-exported here).
+
 The backend of ``/dev/kvm`` is decided from the loaded vendor module, not from
 ``/dev/kvm`` itself: a nested paravirtual backend (``kvm_pvm``) creates a
 ``/dev/kvm`` on which ``KVM_CREATE_VM`` succeeds but standard guests die in the
@@ -40,6 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hostfacts import TRACEFS_DIRS, TRACEPOINTS, TracefsFacts, cpu_flags, probe_tracefs, vendor_of
+
 log = logging.getLogger(__name__)
 
 #: KVM vendor modules pveoi knows, and the backend name each one means.
@@ -48,14 +53,8 @@ VENDOR_MODULES: dict[str, str] = {"kvm_intel": "vmx", "kvm_amd": "svm", "kvm_pvm
 #: Backends that run standard guests with hardware virtualisation.
 HARDWARE_BACKENDS = frozenset({"vmx", "svm"})
 
-#: The tracepoints pveoi counts (kvm-facts.md, "Counting with perf").
-NEEDED_TRACEPOINTS: tuple[str, ...] = (
-    "kvm_exit", "kvm_entry", "kvm_msr", "kvm_apic", "kvm_eoi", "kvm_pv_eoi",
-    "kvm_inj_virq", "kvm_apic_accept_irq",
-)
-
-#: Where tracefs is looked for, relative to the root, in order.
-TRACEFS_DIRS: tuple[str, ...] = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
+#: The tracepoints pveoi counts (bare names; :mod:`e2e.hostfacts` owns the list).
+NEEDED_TRACEPOINTS: tuple[str, ...] = TRACEPOINTS
 
 #: Capability bits (include/uapi/linux/capability.h) that let perf count kernel events.
 CAP_SYS_ADMIN = 21
@@ -139,7 +138,7 @@ class HostFacts:
     :param tracefs_mounted: that directory has an ``events`` directory.
     :param tracefs_readable: we can read the kvm tracepoint ids (what perf needs).
     :param kvm_tracepoints: the number of ``kvm:*`` tracepoints in tracefs.
-    :param missing_tracepoints: the :data:`NEEDED_TRACEPOINTS` tracefs lacks
+    :param missing_tracepoints: the :data:`~e2e.hostfacts.TRACEPOINTS` tracefs lacks
         (empty when tracefs is not mounted: unknown).
     :param qemu_version: ``qemu-system-x86_64 --version``'s version, or None.
     :param qemu_error: why QEMU's version could not be read.
@@ -199,6 +198,11 @@ class HostFacts:
     cache_key_readable: bool | None = None
 
     @property
+    def cpu_vendor(self) -> str:
+        """``svm``, ``vmx`` or ``unknown``, by :func:`e2e.hostfacts.vendor_of` (the one rule)."""
+        return vendor_of({flag for flag, on in (("svm", self.cpu_svm), ("vmx", self.cpu_vmx)) if on})
+
+    @property
     def hardware_backend(self) -> bool:
         """The backend is VMX or SVM, i.e. can run standard guests."""
         return self.backend in HARDWARE_BACKENDS
@@ -248,19 +252,6 @@ def parse_bool_param(text: str | None) -> bool | None:
         return int(value) != 0
     except ValueError:
         return None
-
-
-def cpu_flags(cpuinfo: str | None) -> frozenset[str]:
-    """The first ``flags`` line of ``/proc/cpuinfo`` as a set.
-
-    :param cpuinfo: the file's content, or None.
-    :returns: the flags (empty when unknown).
-    """
-    for line in (cpuinfo or "").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
 
 
 def kvm_modules(root: Path) -> tuple[str, ...]:
@@ -419,61 +410,6 @@ def _cap_perfmon(root: Path) -> bool | None:
                 return None
             return bool(caps & (1 << CAP_PERFMON | 1 << CAP_SYS_ADMIN))
     return None
-
-
-@dataclass(frozen=True)
-class TracefsFacts:
-    """What tracefs says about the kvm tracepoints.
-
-    :param path: the tracefs directory found (absolute, as on the host), or None.
-    :param mounted: it has an ``events`` directory (or we may not look: then
-        it is taken as mounted, since an unmounted mount point is world-searchable).
-    :param readable: the kvm tracepoint ids can be read by us.
-    :param count: the number of ``kvm:*`` tracepoints.
-    :param missing: the :data:`NEEDED_TRACEPOINTS` that are absent.
-    :param listable: we may look into the directory at all.
-    """
-
-    path: str | None
-    mounted: bool
-    readable: bool
-    count: int
-    missing: tuple[str, ...]
-    listable: bool = True
-
-
-def probe_tracefs(root: Path) -> TracefsFacts:
-    """Count the ``kvm:*`` tracepoints and check we can read their ids.
-
-    An unmounted tracefs is reported, not fixed: perf mounts it on first use
-    when it runs as root.
-
-    :param root: the probed root.
-    :returns: the tracefs facts.
-    """
-    for rel in TRACEFS_DIRS:
-        base = root / rel
-        try:
-            (base / "events").stat()
-        except PermissionError:
-            # tracefs is root-only (mode 0700) and mounted: sysfs mount points are 0755.
-            return TracefsFacts("/" + rel, True, False, 0, (), listable=False)
-        except OSError:
-            continue
-        if not (base / "events").is_dir():
-            continue
-        shown = "/" + rel
-        kvm = base / "events" / "kvm"
-        try:
-            names = {p.name for p in kvm.iterdir() if p.is_dir()}
-        except OSError as err:
-            log.debug("cannot list %s: %s", kvm, err)
-            return TracefsFacts(shown, True, False, 0, NEEDED_TRACEPOINTS)
-        sample = "kvm_exit" if "kvm_exit" in names else min(names, default=None)
-        readable = sample is not None and os.access(kvm / sample / "id", os.R_OK)
-        missing = tuple(t for t in NEEDED_TRACEPOINTS if t not in names)
-        return TracefsFacts(shown, True, readable, len(names), missing)
-    return TracefsFacts(None, False, False, 0, ())
 
 
 # ---------------------------------------------------------------- command probes
@@ -642,9 +578,30 @@ def probe_host(root: Path = Path("/"), *, run: RunCommand | None = None,
 
 
 __all__ = [
-    "HARDWARE_BACKENDS", "NEEDED_TRACEPOINTS", "VENDOR_MODULES", "CacheFacts", "CommandOutput",
-    "HostFacts", "KvmDevOwner", "RunCommand", "ToolFacts", "TracefsFacts", "backend_of", "cpu_flags",
-    "group_name", "kvm_modules", "parse_bool_param", "parse_version", "probe_cache", "probe_host",
-    "probe_kvm_dev_owner", "probe_tools", "probe_tracefs", "qemu_has_accel", "qemu_knows_property",
-    "run_command", "user_name",
+    "HARDWARE_BACKENDS",
+    "NEEDED_TRACEPOINTS",
+    "TRACEFS_DIRS",
+    "VENDOR_MODULES",
+    "CacheFacts",
+    "CommandOutput",
+    "HostFacts",
+    "KvmDevOwner",
+    "RunCommand",
+    "ToolFacts",
+    "TracefsFacts",
+    "backend_of",
+    "cpu_flags",
+    "group_name",
+    "kvm_modules",
+    "parse_bool_param",
+    "parse_version",
+    "probe_cache",
+    "probe_host",
+    "probe_kvm_dev_owner",
+    "probe_tools",
+    "probe_tracefs",
+    "qemu_has_accel",
+    "qemu_knows_property",
+    "run_command",
+    "user_name",
 ]

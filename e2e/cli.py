@@ -34,16 +34,124 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+#: Loggers whose records may reach the terminal at default verbosity; everything else
+#: (paramiko, qemu.qmp, asyncio, py.warnings, ...) goes only to the run's log file, or shows with -vv.
+OWN_LOGGERS = ("pveoi", "e2e")
+
+
+class _OneLineFormatter(logging.Formatter):
+    """The terminal's format at default verbosity: the message, never a traceback (those go to the log file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                            "stack_info": None})
+        return super().format(record)
+
+
+def _own_records(record: logging.LogRecord) -> bool:
+    """Filter for the terminal: only pveoi's own loggers."""
+    return record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+def _log_file() -> Path | None:
+    """This run's log file (``<cache>/logs/pveoi-<time>-<pid>.log``), None if it could not be made."""
+    handler = next((h for h in logging.getLogger().handlers if isinstance(h, _RunLogHandler)), None)
+    return Path(handler.baseFilename) if handler is not None else None
+
+
+class _RunLogHandler(logging.FileHandler):
+    """The run's log file: everything, with tracebacks.
+
+    A write that fails (a full disk) silences the file for the rest of the run
+    instead of printing logging's own "--- Logging error ---" traceback.
+    """
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+
+
+def _log_note() -> str:
+    """`` (log: FILE)`` for the one-line error, or nothing when this run has no log file."""
+    path = _log_file()
+    return f" (log: {path})" if path is not None else ""
+
+
+def _open_run_log() -> _RunLogHandler | None:
+    import time
+
+    from .cache import cache_root
+
+    try:
+        logs = cache_root() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        handler = _RunLogHandler(logs / f"pveoi-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log",
+                                 encoding="utf-8")
+    except (OSError, PveoiError):  # a read-only or unusable cache: no log file, the run goes on
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    return handler
+
+
+def _thread_excepthook(args: Any) -> None:
+    """An exception that ends a thread: one line on the terminal, the traceback in the log file."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("unexpected error in thread %s: %s: %s", name, args.exc_type.__name__, args.exc_value,
+              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _unraisable_hook(unraisable: Any) -> None:
+    """An exception Python cannot raise (in __del__, a finalizer): to the log file, not the terminal."""
+    logging.getLogger("pveoi.unraisable").debug(
+        "exception ignored in %r: %s", unraisable.object, unraisable.exc_value,
+        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+        if unraisable.exc_value is not None else None)
+
+
 def _setup_logging(verbose: int) -> None:
+    """Route all logging: the terminal gets pveoi's own records, one line each; the run's log file everything.
+
+    At ``-vv`` and above the terminal also gets other libraries' records and
+    tracebacks (``-vvv``: their debug records too). Exceptions that end a
+    thread, and unraisable ones, are logged instead of printed.
+
+    :param verbose: 0 quiet, 1 default, 2 ``-vv``, 3 ``-vvv``.
+    """
+    import threading
+
     level = logging.DEBUG if verbose > 1 else logging.INFO
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("pveoi: %(message)s" if verbose < 2 else
-                                           "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    handler.setLevel(level)
+    if verbose < 2:
+        handler.setFormatter(_OneLineFormatter("pveoi: %(message)s"))
+        handler.addFilter(_own_records)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
+    for old in root.handlers:  # main() may run more than once in a process (tests, the soak): no leaked files
+        old.close()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("paramiko", "qemu.qmp", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+    run_log = _open_run_log()
+    if run_log is not None:
+        root.handlers.append(run_log)
+    root.setLevel(logging.DEBUG if run_log is not None else level)
+    for library in ("paramiko", "qemu.qmp", "asyncio", "py.warnings"):
+        library_logger = logging.getLogger(library)
+        library_logger.setLevel(logging.INFO if verbose < 3 else logging.DEBUG)
+        library_logger.handlers[:] = []  # nothing of theirs writes to the terminal by itself
+        library_logger.propagate = True
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_excepthook
+    sys.unraisablehook = _unraisable_hook
 
 
 # ---------------------------------------------------------------- kernel
@@ -741,13 +849,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         reap_stale()  # temp dirs of a pveoi that was SIGKILLed
         return int(args.func(args))
     except PveoiError as err:
-        print(f"pveoi: error: {err}", file=sys.stderr)
+        log.debug("stopped on %s", type(err).__name__, exc_info=True)  # the traceback: log file (and -vv)
+        print(f"pveoi: error: {err}{_log_note()}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # an I/O failure no layer below named: still one line, never a traceback
         log.debug("unexpected OSError", exc_info=True)
         where = f" ({err.filename})" if err.filename else ""
-        print(f"pveoi: error: {err.strerror or err}{where}; fix: check that path and its disk (-vv shows where)",
-              file=sys.stderr)
+        print(f"pveoi: error: {err.strerror or err}{where}; fix: check that path and its disk (-vv shows where)"
+              f"{_log_note()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         if isinstance(err, Terminated):

@@ -3,9 +3,12 @@ The guest's serial console, watched with pexpect.
 
 A pump thread drains the console socket continuously (a full socket would
 stall the guest's UART), writes everything to ``console.log`` and to the
-``pveoi.console`` logger, and matches the ready line and panic/oops patterns
-as they arrive. Waiters block on a condition variable with a deadline: no
-sleep-polling.
+``pveoi.console`` logger, and matches the ready line, panic/oops patterns and
+the guest init's error lines (``pveoi-guest-error: ...``) as they arrive.
+Waiters block on a condition variable with a deadline: no sleep-polling. A
+panic or an init error fails every wait at once (:meth:`Console.wait_ready`,
+:meth:`Console.pause`), and :meth:`Console.on_failure` lets a blocked SSH
+connect be cut short.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import pexpect
 import pexpect.fdpexpect
 
-from .errors import GuestError, GuestPanic, GuestTimeout
+from .errors import GuestError, GuestInitError, GuestPanic, GuestTimeout
 
 log = logging.getLogger("pveoi.console")
 
@@ -29,6 +34,9 @@ PANIC_PATTERN = (
     r"Kernel panic - not syncing[^\r\n]*|Oops: [^\r\n]*|BUG: [^\r\n]*|kernel BUG at [^\r\n]*"
     r"|general protection fault[^\r\n]*|Unable to handle kernel[^\r\n]*"
 )
+GUEST_ERROR_PATTERN = r"pveoi-guest-error: [^\r\n]*\r?\n"
+"""What the guest's init (images/guest/init) prints when a boot step failed; fatal at once.
+Matched only once the line is complete (the serial console delivers it in pieces)."""
 PANIC_GRACE = 1.0  # seconds to keep collecting lines after a panic is seen
 
 
@@ -80,20 +88,28 @@ class Console:
     :param sock: the harness's end of the console socketpair.
     :param logpath: where the full console transcript is kept.
     :param ready_pattern: regex of the guest's ready line.
+    :param error_pattern: regex of a line that means the guest's init failed
+        (None: no such line).
     """
 
-    def __init__(self, sock: socket.socket, logpath: Path, ready_pattern: str) -> None:
+    def __init__(self, sock: socket.socket, logpath: Path, ready_pattern: str,
+                 error_pattern: str | None = GUEST_ERROR_PATTERN) -> None:
         self.logpath = logpath
         self._sock = sock
         self._tee = _Tee(logpath)
         self._child = pexpect.fdpexpect.fdspawn(sock.fileno(), timeout=None, maxread=65536)
         self._child.logfile_read = self._tee
-        self._patterns = [re.compile(ready_pattern.encode()), re.compile(PANIC_PATTERN.encode())]
+        # pexpect reports the pattern that matches earliest in the stream, so an error line
+        # printed before the ready line is seen first. A pattern that never matches stands in for none.
+        self._patterns = [re.compile(ready_pattern.encode()), re.compile(PANIC_PATTERN.encode()),
+                          re.compile((error_pattern or r"(?!)").encode())]
         self._cond = threading.Condition()
         self.ready_match: str | None = None
         self.ready_at: float | None = None
         self.panic_line: str | None = None
         self._panic_at: float | None = None
+        self.error_line: str | None = None
+        self._listeners: list[Callable[[], None]] = []
         self.eof = False
         self._thread = threading.Thread(target=self._pump, name="pveoi-console", daemon=True)
         self._thread.start()
@@ -111,7 +127,12 @@ class Console:
                         self.panic_line = self._child.after.decode(errors="replace").strip()
                         self._panic_at = time.monotonic()
                         log.error("guest console: %s", self.panic_line)
-                    elif idx == 2:
+                        self._failed()
+                    elif idx == 2 and self.error_line is None:
+                        self.error_line = self._child.after.decode(errors="replace").strip()
+                        log.error("guest console: %s", self.error_line)
+                        self._failed()
+                    elif idx == 3:
                         self.eof = True
                         self._cond.notify_all()
                         return
@@ -121,6 +142,30 @@ class Console:
             with self._cond:
                 self.eof = True
                 self._cond.notify_all()
+
+    def _failed(self) -> None:
+        """A panic or init error was seen (lock held): wake waiters, tell the listeners."""
+        self._cond.notify_all()
+        for callback in self._listeners:
+            callback()
+
+    @contextmanager
+    def on_failure(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Call ``callback`` (from the console's thread) if a panic or init error shows while inside.
+
+        For a blocking call that cannot wait on the console itself (an SSH
+        handshake): the callback closes its socket, then :meth:`check` names why.
+        Called at once if the failure was already seen.
+        """
+        with self._cond:
+            if self.panic_line is not None or self.error_line is not None:
+                callback()
+            self._listeners.append(callback)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._listeners.remove(callback)
 
     def text(self) -> str:
         """Everything seen so far (bounded), decoded."""
@@ -137,6 +182,11 @@ class Console:
         first = next((i for i, ln in enumerate(text) if self.panic_line in ln), max(0, len(text) - limit))
         return [ln.rstrip("\r") for ln in text[first:first + limit]]
 
+    def _init_error(self) -> GuestInitError:
+        assert self.error_line is not None
+        return GuestInitError("the guest's init failed", self.error_line,
+                              fix=f"read the console log {self.logpath}")
+
     def _check_panic(self, now: float) -> None:
         if self._panic_at is not None and (self.eof or now - self._panic_at >= PANIC_GRACE):
             raise GuestPanic(
@@ -149,6 +199,8 @@ class Console:
 
         :returns: the matched ready line.
         :raises GuestPanic: a panic or oops was printed (its lines are quoted).
+        :raises GuestInitError: the guest's init printed an error line (quoted), even
+            if the ready line followed it.
         :raises GuestTimeout: the deadline passed.
         :raises GuestError: the console closed (QEMU exited) before ready.
         """
@@ -157,6 +209,8 @@ class Console:
             while True:
                 now = time.monotonic()
                 self._check_panic(now)
+                if self.error_line is not None:
+                    raise self._init_error()
                 if self.ready_match is not None:
                     return self.ready_match
                 if self.eof:
@@ -172,11 +226,34 @@ class Console:
                 self._cond.wait(timeout=min(deadline - now, 0.5))
 
     def check(self) -> None:
-        """Raise :class:`GuestPanic` if a panic has been seen (call between steps)."""
+        """Raise if a panic or an init error has been seen (call between steps).
+
+        :raises GuestPanic: a panic or oops was printed.
+        :raises GuestInitError: the guest's init printed an error line.
+        """
         with self._cond:
             if self.panic_line is not None:
                 raise GuestPanic("guest kernel panicked/oopsed", self.panic_lines(),
                                  fix=f"read the console log {self.logpath}")
+            if self.error_line is not None:
+                raise self._init_error()
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between retries, but fail at once if the guest fails meanwhile.
+
+        :raises GuestPanic: a panic or oops was printed (before or during the pause).
+        :raises GuestInitError: the guest's init printed an error line.
+        """
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while True:
+                if self.panic_line is not None or self.error_line is not None:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+        self.check()
 
     def _last_line(self) -> str:
         tail = [ln for ln in self.tail(5) if ln.strip()]

@@ -56,8 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .capability import NEEDED_TRACEPOINTS, HostFacts, RunCommand, probe_host
+from .capability import VENDOR_MODULES, HostFacts, RunCommand, probe_host
 from .errors import NotMeasurable, PveoiError
+from .hostfacts import TRACEPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +191,10 @@ def check_backend(facts: HostFacts) -> Check:
         return Check(False, "/dev/kvm is backed by kvm_pvm (a paravirtual backend without "
                              "VMX/SVM) and cannot run standard guests")
     if b == "none":
-        for flag, module in (("vmx", "kvm_intel"), ("svm", "kvm_amd")):
-            if getattr(facts, f"cpu_{flag}"):
-                return Check(False, f"no KVM: the CPU has {flag} but {module} is not loaded",
-                              f"modprobe {module}")
+        module = next((m for m, b in VENDOR_MODULES.items() if b == facts.cpu_vendor), None)
+        if module is not None:
+            return Check(False, f"no KVM: the CPU has {facts.cpu_vendor} but {module} is not loaded",
+                          f"modprobe {module}")
         guest = " (this machine is itself a guest)" if facts.cpu_hypervisor else ""
         return Check(False, f"no KVM: /dev/kvm is absent and the CPU shows neither vmx nor "
                              f"svm{guest}",
@@ -321,7 +322,7 @@ def check_tracepoints(facts: HostFacts) -> Check:
         return Check(False, f"{facts.kvm_tracepoints} kvm:* tracepoints in {where}, but "
                              f"{missing} missing", "use a kernel whose KVM has these tracepoints")
     return Check(True, f"{facts.kvm_tracepoints} kvm:* tracepoints in {where}, including all "
-                        f"{len(NEEDED_TRACEPOINTS)} pveoi counts")
+                        f"{len(TRACEPOINTS)} pveoi counts")
 
 
 def check_perf_permissions(facts: HostFacts) -> Check:

@@ -10,8 +10,10 @@ line that names the cause and, where there is one, the fix::
      |    +-- NotMeasurable  the host cannot measure PV EOI (a verdict, not a failure)
      +-- BuildError          kernel or image build failed (carries the log path)
      +-- LaunchError         QEMU did not start (carries argv, exit code, log tail)
+     +-- QmpCommandError     QEMU refused a QMP command (carries command, arguments, error class)
      +-- GuestError          the guest misbehaved
      |    +-- GuestPanic     kernel panic/oops seen on the console
+     |    +-- GuestInitError the guest's init reported a failed step (pveoi-guest-error:)
      |    +-- GuestTimeout   a deadline passed while waiting for the guest
      |    +-- SshError       SSH to the guest failed
      +-- MeasurementError    perf cannot count (or, with kind=infrastructure, lost its threads)
@@ -33,9 +35,11 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class Kind(enum.StrEnum):
@@ -140,6 +144,29 @@ class LaunchError(PveoiError):
         return text
 
 
+class QmpCommandError(PveoiError):
+    """QEMU answered a QMP command with an error (as qemu.qmp's ``ExecuteError``).
+
+    :param command: the QMP command that failed.
+    :param arguments: its arguments as sent.
+    :param error_class: QEMU's error class, e.g. ``GenericError``, ``DeviceNotFound``.
+    :param desc: QEMU's description of the error.
+    """
+
+    default_kind = Kind.INFRASTRUCTURE
+
+    def __init__(self, command: str, arguments: Mapping[str, Any], error_class: str, desc: str,
+                 fix: str | None = None) -> None:
+        self.command = command
+        self.arguments = dict(arguments)
+        self.error_class = error_class
+        self.desc = desc
+        shown = json.dumps(self.arguments, sort_keys=True, default=str)
+        if len(shown) > 200:
+            shown = shown[:197] + "..."
+        super().__init__(f"QMP {command} {shown} failed: {error_class}: {desc}", fix)
+
+
 class GuestError(PveoiError):
     """The guest (or the virtual host) could not be booted, reached or kept: infrastructure."""
 
@@ -164,6 +191,24 @@ class GuestPanic(GuestError):
         quoted = " | ".join(line.strip() for line in self.lines[:3] if line.strip())
         text = super().__str__()
         return f"{text}: {quoted}" if quoted else text
+
+
+class GuestInitError(GuestError):
+    """The guest's init printed a ``pveoi-guest-error:`` line: a boot step failed.
+
+    Fatal at once, like a panic: the guest would come up without what the
+    step provides (its network, a mount, dropbear).
+
+    :param line: the console line, quoted in the message.
+    """
+
+    def __init__(self, message: str, line: str, fix: str | None = None) -> None:
+        super().__init__(message, fix)
+        self.line = line
+
+    def __str__(self) -> str:
+        text = f"{self.message}: {self.line.strip()}"
+        return f"{text}; fix: {self.fix}" if self.fix else text
 
 
 class GuestTimeout(GuestError):

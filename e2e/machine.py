@@ -29,11 +29,11 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.protocol import StateError
-from qemu.qmp.qmp_client import ExecInterruptedError
+from qemu.qmp.qmp_client import ExecInterruptedError, ExecuteError
 
 from .argv import MachineSpec, parse_usernet_port, qemu_argv
-from .console import Console
-from .errors import GuestError, GuestTimeout, LaunchError, PveoiError
+from .console import GUEST_ERROR_PATTERN, Console
+from .errors import GuestError, GuestTimeout, LaunchError, PveoiError, QmpCommandError
 from .ssh import GuestSsh
 from .tmpdirs import mkdtemp, reap_stale
 
@@ -79,12 +79,16 @@ class Machine:
     :param artifacts: a directory where ``<name>-console.log`` and
         ``<name>-qemu.log`` are written and kept; None keeps them only while
         the machine runs.
+    :param qmp_timeout: seconds any QMP command may take.
+    :param error_pattern: the console regex of a failed init step, fatal at
+        once (:class:`~e2e.errors.GuestInitError`); None: none.
     """
 
     def __init__(self, spec: MachineSpec, ready_pattern: str, artifacts: Path | None = None,
-                 qmp_timeout: float = 30.0) -> None:
+                 qmp_timeout: float = 30.0, error_pattern: str | None = GUEST_ERROR_PATTERN) -> None:
         self.spec = spec
         self.ready_pattern = ready_pattern
+        self.error_pattern = error_pattern
         self.artifacts = artifacts
         self.qmp_timeout = qmp_timeout
         self.state = Runstate.NEW
@@ -204,7 +208,8 @@ class Machine:
             for sock in self._extra_theirs:
                 sock.close()
         self.launched_at = time.monotonic()
-        self._console = Console(con_ours, self.logdir / f"{self.spec.name}-console.log", self.ready_pattern)
+        self._console = Console(con_ours, self.logdir / f"{self.spec.name}-console.log", self.ready_pattern,
+                                self.error_pattern)
         self._qmp_sock = qmp_ours
         self._qmp = QEMUMonitorProtocol(qmp_ours, nickname=self.spec.name)
         # qemu.qmp's connect() has no deadline: wait for QEMU's greeting ourselves.
@@ -272,12 +277,20 @@ class Machine:
         """Run a QMP command; return its ``return`` value.
 
         :raises LaunchError: if QEMU is gone.
-        :raises PveoiError: if QMP reports an error.
+        :raises QmpCommandError: if QEMU answers with an error (command, arguments and
+            QEMU's error class and description attached).
+        :raises PveoiError: if the QMP connection closed under a running QEMU.
+        :raises GuestTimeout: if QEMU did not answer within the QMP deadline.
         """
         self._require(Runstate.RUNNING, f"run QMP {command}")
         assert self._qmp is not None
         try:
             return self._qmp.cmd(command, **arguments)
+        except ExecuteError as err:  # QEMU answered: the command itself failed
+            raise QmpCommandError(
+                command, arguments, err.error_class, str(err),
+                fix=f"check {command} and its arguments against QEMU's schema (query-qmp-schema); "
+                    f"QEMU's log: {self.logdir / self.spec.name}-qemu.log") from err
         except QMPError as err:
             if not self.is_running():
                 raise self._launch_error(f"QEMU exited during QMP {command}") from err
@@ -337,10 +350,17 @@ class Machine:
             raise
 
     def ssh(self, private_key: Path, host_key_line: str, timeout: float = 60.0) -> GuestSsh:
-        """Connect over SSH (call after :meth:`wait_ready`); closed at shutdown."""
+        """Connect over SSH (call after :meth:`wait_ready`); closed at shutdown.
+
+        The wait for SSH ends at once when the console shows a panic or an init error.
+
+        :raises SshError: no SSH within ``timeout``.
+        :raises GuestPanic: the guest panicked meanwhile.
+        :raises GuestInitError: the guest's init reported a failed step.
+        """
         self._require(Runstate.RUNNING, "connect SSH")
         conn = GuestSsh(self.ssh_port(), private_key, host_key_line, explain_drop=self.death_note,
-                        console_log=self.console.logpath)
+                        console_log=self.console.logpath, watch=self.console)
         self._ssh.append(conn)
         return conn.connect(timeout)
 

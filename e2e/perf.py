@@ -1,7 +1,8 @@
 """
 Counting ``kvm:*`` tracepoints with ``perf stat`` for exactly a window.
 
-* :func:`list_kvm_tracepoints` and :func:`check_required` probe tracefs.
+* :func:`check_required` checks what tracefs offers (:func:`e2e.hostfacts.list_kvm_tracepoints`,
+  re-exported here) against :data:`REQUIRED`.
 * :class:`Event` is one counter: a tracepoint, an optional ``--filter`` and a
   label (``kvm_exit[MSR]``); the same tracepoint may appear with several
   filters.
@@ -46,6 +47,8 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
+from .hostfacts import COUNTED, probe_tracefs
+from .hostfacts import list_kvm_tracepoints as list_kvm_tracepoints  # re-exported: where perf users look
 from .tmpdirs import mkdtemp
 
 log = logging.getLogger(__name__)
@@ -54,21 +57,8 @@ log = logging.getLogger(__name__)
 #: :class:`Event`) nor in a unit; filters never appear in the CSV.
 SEPARATOR = ";"
 
-#: Where tracefs normally lives, and the old debugfs location.
-TRACEFS = Path("/sys/kernel/tracing")
-DEBUGFS_TRACING = Path("/sys/kernel/debug/tracing")
-
-#: The tracepoints pveoi cannot measure PV EOI without.
-REQUIRED: tuple[str, ...] = (
-    "kvm:kvm_exit",
-    "kvm:kvm_entry",
-    "kvm:kvm_msr",
-    "kvm:kvm_apic",
-    "kvm:kvm_eoi",
-    "kvm:kvm_pv_eoi",
-    "kvm:kvm_inj_virq",
-    "kvm:kvm_apic_accept_irq",
-)
+#: The tracepoints pveoi cannot measure PV EOI without (:data:`e2e.hostfacts.COUNTED`).
+REQUIRED: tuple[str, ...] = tuple(COUNTED)
 
 PERMISSION_FIX = "sysctl kernel.perf_event_paranoid=-1 or run as root"
 INSTALL_FIX = "apt-get install linux-perf (Debian), or pass the path of a perf binary"
@@ -83,43 +73,6 @@ PR_SET_PDEATHSIG = 1
 
 
 # ---------------------------------------------------------------- tracefs
-
-
-def list_kvm_tracepoints(tracefs: Path = TRACEFS, *,
-                         fallback: Path | None = DEBUGFS_TRACING) -> list[str]:
-    """The ``kvm:*`` tracepoints tracefs offers, e.g. ``"kvm:kvm_exit"``.
-
-    Looks for ``events/kvm/<name>/`` directories under ``tracefs``, then
-    under ``fallback`` (the old debugfs mount) if ``tracefs`` has no
-    ``events`` directory.
-
-    :param tracefs: the tracefs mount point.
-    :param fallback: where to look if ``tracefs`` is not mounted (None: nowhere).
-    :returns: the tracepoint names, sorted.
-    :raises CapabilityError: tracefs is not mounted or not readable, or it
-        has no kvm events (the kvm module is not loaded).
-    """
-    candidates = [tracefs] + ([fallback] if fallback is not None and fallback != tracefs else [])
-    root = next((c for c in candidates if (c / "events").is_dir()), None)
-    if root is None:
-        raise CapabilityError(
-            f"tracefs is not mounted (no events/ in {' or '.join(map(str, candidates))})",
-            fix=f"mount -t tracefs nodev {tracefs}",
-        )
-    kvm = root / "events" / "kvm"
-    try:
-        names = sorted(entry.name for entry in kvm.iterdir() if entry.is_dir())
-    except FileNotFoundError:
-        names = []
-    except PermissionError as err:
-        raise CapabilityError(f"cannot read {kvm}: {err.strerror}", fix="run as root") from err
-    if not names:
-        raise CapabilityError(
-            f"no kvm tracepoints in {kvm}: the kvm module is not loaded",
-            fix="load kvm: modprobe kvm_intel or modprobe kvm_amd",
-        )
-    log.debug("%d kvm tracepoints in %s", len(names), kvm)
-    return [f"kvm:{name}" for name in names]
 
 
 def check_required(available: Iterable[str]) -> None:
@@ -324,13 +277,17 @@ def _to_count(value: str, event: Event) -> int:
 # ---------------------------------------------------------------- perf's errors
 
 
-def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: str) -> PveoiError:
-    """The error for a perf that exited when it should not have (pure).
+def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: str, *,
+               root: Path = Path("/")) -> PveoiError:
+    """The error for a perf that exited when it should not have.
+
+    Pure but for one look at tracefs under ``root`` when perf names an unknown tracepoint.
 
     :param stderr: perf's stderr.
     :param returncode: its exit status (negative: killed by that signal).
     :param argv: its command line.
     :param when: what we were doing, e.g. ``"attach"``.
+    :param root: where tracefs is looked for (a fixture tree in tests).
     :returns: a CapabilityError (permissions, missing events) or a
         MeasurementError (anything else), naming perf's own line and a fix.
     """
@@ -363,9 +320,7 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
         line = first("event syntax error", "unknown tracepoint")
         why = next((ln.lstrip("\\_ ") for ln in lines if ln.startswith("\\___")), None)
         line = f"{line} ({why})" if why and why not in line else line
-        from .capability import probe_tracefs  # local: perf stays importable without the host probes
-
-        if not probe_tracefs(Path("/")).mounted:
+        if not probe_tracefs(root).mounted:
             # On a fresh machine tracefs is mounted only once root's perf first runs, so a perf
             # that may not mount it sees no tracepoint at all: that is the cause, not a missing kvm.
             return CapabilityError(f"{head}: {line}; tracefs is not mounted", fix=TRACEFS_MOUNT_FIX)

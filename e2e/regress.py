@@ -13,7 +13,9 @@ previous ``N`` good (``pass``) runs of the same runner. A headline figure
 A fixed percentage alone would flag noise on a noisy runner and miss a real
 drop on a quiet one; the test alone would flag tiny, irrelevant shifts once
 the baseline is large. Also flagged: a verdict that turned from pass to fail,
-from measurable to not measurable, and a workload that stopped being run.
+from measurable to not measurable, and a workload that stopped being run;
+on request, a runner whose newest result is too old (``max_age_hours``) and a
+runner that never measured at all (``require_measurable``).
 
 Everything here is pure: it reads a loaded :class:`~e2e.history.History`.
 """
@@ -24,24 +26,28 @@ import calendar
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .history import HEADLINES, History, Record, Run, records
 
-Kind = Literal["drop", "fail", "not-measurable", "missing", "stale"]
+Kind = Literal["drop", "fail", "not-measurable", "missing", "stale", "never-measured"]
 
 
 @dataclass(frozen=True)
 class CheckSettings:
     """:param baseline: good runs in the baseline; :param rel: relative drop threshold; :param alpha: test
-    level; :param max_age_hours: flag a runner whose newest result is older (an A/B that wrote nothing)."""
+    level; :param max_age_hours: flag a runner whose newest result is older (an A/B that wrote nothing);
+    :param require_measurable: flag a runner none of whose results measured PV EOI (all not measurable or
+    error), which is otherwise only a note (a CI runner that can never measure must not pass silently)."""
 
     baseline: int = 5
     rel: float = 0.05
     alpha: float = 0.05
     max_age_hours: float | None = None
+    require_measurable: bool = False
     now: float | None = None  # epoch seconds (default: the clock)
 
 
@@ -212,6 +218,22 @@ def _stale(runner: str, latest: Run, settings: CheckSettings) -> Finding | None:
                    f"{settings.max_age_hours:g} h: the last A/B on this runner recorded nothing", since=latest.name)
 
 
+def _never_measured(history: History, runner: str, runs: Sequence[Run], settings: CheckSettings) -> Finding | None:
+    """With ``require_measurable``: a finding if no result of ``runner`` ever measured PV EOI."""
+    if not settings.require_measurable:
+        return None
+    workloads = sorted({w for run in runs for w in run.workloads()})
+    if any(rec.measurable for w in workloads for rec in records(history, runner, w)):
+        return None
+    tally = ", ".join(f"{n} {verdict}" for verdict, n in sorted(Counter(r.verdict for r in runs).items()))
+    latest = runs[-1]
+    why = str(latest.doc.get("reason") or "") or "; ".join(
+        reason for w in workloads for rec in records(history, runner, w)[-1:] for reason in rec.reasons[:1])
+    return Finding("never-measured", runner, "(all)",
+                   f"none of its {len(runs)} result(s) measured PV EOI ({tally}); latest {latest.name}: "
+                   f"{latest.verdict}{': ' + why if why else ''}", since=runs[0].name)
+
+
 def check(history: History, settings: CheckSettings | None = None) -> CheckResult:
     """Compare every runner's latest runs with their baselines (pure)."""
     settings = settings or CheckSettings()
@@ -223,6 +245,9 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
         stale = _stale(runner, latest_run, settings)
         if stale:
             findings.append(stale)
+        never = _never_measured(history, runner, runs, settings)
+        if never:
+            findings.append(never)
         seen = sorted({w for r in runs for w in r.workloads()})
         if not seen:
             groups.append(GroupStatus(runner, "(none)", None,

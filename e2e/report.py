@@ -345,6 +345,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--alpha", type=float, default=0.05, help="level of the one-sided test (default 0.05)")
     p.add_argument("--max-age", type=float, metavar="HOURS",
                    help="also flag a runner whose newest result is older than this (an A/B that recorded nothing)")
+    p.add_argument("--require-measurable", action="store_true",
+                   help="also flag a runner none of whose results measured PV EOI (all not measurable or error)")
     p.set_defaults(func=cmd_report)
 
 
@@ -362,7 +364,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.max_age is not None and args.max_age <= 0:
         raise ConfigError("--max-age must be positive", fix="e.g. --max-age 20 for a nightly job")
     result = check(history, CheckSettings(baseline=args.baseline, rel=args.threshold, alpha=args.alpha,
-                                          max_age_hours=args.max_age))
+                                          max_age_hours=args.max_age, require_measurable=args.require_measurable))
     outputs: list[tuple[Path | None, Callable[[], str]]] = [(args.html, lambda: render_html(history, result)),
                (args.markdown, lambda: render_markdown(history, result)),
                (args.junit, lambda: render_junit(result))]

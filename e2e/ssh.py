@@ -11,11 +11,14 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import paramiko
 
@@ -38,6 +41,27 @@ class CommandResult:
             tail = (self.stderr or self.stdout).strip().splitlines()[-1:] or ["no output"]
             raise SshError(f"guest command `{self.argv}` exited {self.exit_status}: {tail[0]}")
         return self
+
+
+class GuestWatch(Protocol):
+    """What the SSH wait needs from the guest's console (:class:`e2e.console.Console`)."""
+
+    def check(self) -> None:
+        """Raise if the guest failed (a panic, an init error)."""
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds``; raise at once if the guest fails meanwhile."""
+
+    def on_failure(self, callback: Callable[[], None]) -> AbstractContextManager[None]:
+        """Call ``callback`` if the guest fails while inside."""
+
+
+def _shut(sock: socket.socket) -> None:
+    """End a blocking read on ``sock`` from another thread (the SSH handshake's)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _command_string(cmd: Sequence[str] | str) -> str:
@@ -63,12 +87,15 @@ class GuestSsh:
         connection drops; returns why (e.g. "QEMU was killed by SIGKILL") or
         None if it does not know.
     :param console_log: the guest's console log, named in errors.
+    :param watch: the guest's console: the wait for SSH ends at once when it
+        shows a panic or an init error (None: wait out the deadline).
     """
 
     def __init__(self, port: int, private_key: Path, host_key_line: str, host: str = "127.0.0.1",
                  user: str = "root", explain_drop: Callable[[float], str | None] | None = None,
-                 console_log: Path | None = None) -> None:
+                 console_log: Path | None = None, watch: GuestWatch | None = None) -> None:
         self.explain_drop = explain_drop
+        self.watch = watch
         self._console = f"the guest's console log {console_log}" if console_log else "the guest's console log"
         self.host = host
         self.port = port
@@ -88,39 +115,71 @@ class GuestSsh:
     def connect(self, timeout: float = 60.0) -> GuestSsh:
         """Connect, retrying until ``timeout`` seconds have passed.
 
+        With a :attr:`watch`, a panic or init error on the guest's console
+        ends the wait at once, even mid-handshake.
+
         :raises SshError: if no connection succeeded in time (the last cause is named).
+        :raises GuestPanic: the console showed a panic (with a watch).
+        :raises GuestInitError: the console showed an init error (with a watch).
         """
         deadline = time.monotonic() + timeout
         attempt, last = 0, "no attempt"
         while True:
             attempt += 1
+            if self.watch is not None:
+                self.watch.check()
             client = self._new_client()
             left = max(1.0, deadline - time.monotonic())
             try:
-                client.connect(self.host, self.port, username=self.user, pkey=self._pkey,
-                               look_for_keys=False, allow_agent=False, timeout=min(10.0, left),
-                               banner_timeout=min(15.0, left), auth_timeout=min(15.0, left))
-                transport = client.get_transport()
-                if transport is not None:
-                    transport.set_keepalive(5)
-                self._client = client
-                log.debug("ssh connected to %s:%d after %d attempt(s)", self.host, self.port, attempt)
-                return self
-            except paramiko.BadHostKeyException as err:
-                client.close()
-                raise SshError(f"guest host key mismatch on port {self.port}",
-                               fix="rebuild the image (pveoi image build --force)") from err
-            except paramiko.AuthenticationException as err:
-                client.close()
-                raise SshError("the guest refused pveoi's SSH key",
-                               fix="rebuild the image so it carries the cache's key") from err
-            except (OSError, paramiko.SSHException, EOFError) as err:
+                sock = socket.create_connection((self.host, self.port), timeout=min(10.0, left))
+            except OSError as err:
                 client.close()
                 last = f"{type(err).__name__}: {err}"
+            else:
+                try:
+                    self._handshake(client, sock, left)
+                    transport = client.get_transport()
+                    if transport is not None:
+                        transport.set_keepalive(5)
+                    self._client = client
+                    log.debug("ssh connected to %s:%d after %d attempt(s)", self.host, self.port, attempt)
+                    return self
+                except paramiko.BadHostKeyException as err:
+                    client.close()
+                    sock.close()
+                    raise SshError(f"guest host key mismatch on port {self.port}",
+                                   fix="rebuild the image (pveoi image build --force)") from err
+                except paramiko.AuthenticationException as err:
+                    client.close()
+                    sock.close()
+                    raise SshError("the guest refused pveoi's SSH key",
+                                   fix="rebuild the image so it carries the cache's key") from err
+                except (OSError, paramiko.SSHException, EOFError) as err:
+                    client.close()
+                    sock.close()
+                    last = f"{type(err).__name__}: {err}"
+                    if self.watch is not None:
+                        self.watch.check()  # the handshake was cut short because the guest failed
             if time.monotonic() >= deadline:
                 raise SshError(f"no SSH to the guest on 127.0.0.1:{self.port} within {timeout:.0f}s ({last})",
                                fix=f"check {self._console} for dropbear errors")
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            pause = min(0.5, max(0.0, deadline - time.monotonic()))
+            if self.watch is not None:
+                self.watch.pause(pause)
+            else:
+                time.sleep(pause)  # a backoff between attempts; nothing to watch
+
+    def _handshake(self, client: paramiko.SSHClient, sock: socket.socket, left: float) -> None:
+        """SSH over a connected ``sock``; a guest failure seen meanwhile shuts the socket down."""
+        if self.watch is None:
+            client.connect(self.host, self.port, username=self.user, pkey=self._pkey, sock=sock,
+                           look_for_keys=False, allow_agent=False, timeout=min(10.0, left),
+                           banner_timeout=min(15.0, left), auth_timeout=min(15.0, left))
+            return
+        with self.watch.on_failure(lambda: _shut(sock)):
+            client.connect(self.host, self.port, username=self.user, pkey=self._pkey, sock=sock,
+                           look_for_keys=False, allow_agent=False, timeout=min(10.0, left),
+                           banner_timeout=min(15.0, left), auth_timeout=min(15.0, left))
 
     @property
     def client(self) -> paramiko.SSHClient:

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 INIT_SCRIPT = Path(__file__).resolve().parent / "data" / "vhost-init.sh"
 READY_PATTERN = r"pveoi-vhost-ready dev=\d svm=\d npt=\S+"
+ERROR_PATTERN = r"pveoi-vhost-error: [^\r\n]*\r?\n"
+"""What the virtual host's init (data/vhost-init.sh) prints before it gives up."""
 CTL = ".pveoi-vhost"
 ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")
 
@@ -154,7 +156,7 @@ class VirtualKvmHost(Machine):
     def __init__(self, spec: VhostSpec, results: Path, sink: Callable[[bytes], None] | None = None,
                  artifacts: Path | None = None) -> None:
         placeholder = MachineSpec(kernel=spec.kernel, name="pveoi-vhost", qemu=spec.qemu)
-        super().__init__(placeholder, READY_PATTERN, artifacts=artifacts)
+        super().__init__(placeholder, READY_PATTERN, artifacts=artifacts, error_pattern=ERROR_PATTERN)
         self.vspec = spec
         self.results = results.resolve()
         self._sink = sink

@@ -4,12 +4,14 @@ a guard that fails any test leaving a qemu-system process behind."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -17,6 +19,51 @@ import pytest
 # sees only our own QEMUs, never those of another pveoi run on the same machine.
 SESSION_TAG = f"PVEOI_TEST_SESSION={uuid.uuid4().hex}"
 os.environ["PVEOI_TEST_SESSION"] = SESSION_TAG.split("=", 1)[1]
+
+
+#: What must never reach pveoi's terminal at default verbosity (it goes to the run's log file, and
+#: shows with -vv): tracebacks and the noise of the libraries below pveoi.
+TERMINAL_NOISE = (
+    "Traceback", "Error reading SSH protocol banner", "Negotiation failed", "Failed to establish session",
+    "--- Logging error ---", "Exception in thread", "Task exception was never retrieved", "Exception ignored in",
+)
+_LOG_NOTE = re.compile(r" \(log: (/\S+\.log)\)$")
+
+
+def clean_stderr_lines(stderr: str) -> list[str]:
+    """pveoi's stderr as lines, checked: no traceback and no library noise anywhere in it.
+
+    The one-line error may end with `` (log: FILE)``, the run's log file: it
+    must exist; it is removed, and the note stripped from the returned line.
+    Every fault-matrix test reads pveoi's stderr through this.
+    """
+    for noise in TERMINAL_NOISE:
+        assert noise not in stderr, f"{noise!r} reached the terminal:\n{stderr}"
+    lines = stderr.strip().splitlines()
+    note = _LOG_NOTE.search(lines[-1]) if lines else None
+    if note is not None:
+        run_log = Path(note.group(1))
+        assert run_log.is_file(), f"the error names a run log that does not exist: {run_log}"
+        run_log.unlink()
+        lines[-1] = lines[-1][:note.start()]
+    return lines
+
+
+#: Set (to anything but 0) where a test must not skip because PV EOI is not measurable: CI and the nightly.
+REQUIRE_MEASURABLE = "PVEOI_REQUIRE_MEASURABLE"
+
+
+def not_measurable(reason: str) -> NoReturn:
+    """Skip a test because PV EOI is not measurable here, or fail it under ``PVEOI_REQUIRE_MEASURABLE=1``.
+
+    Every test that would skip on "not measurable" calls this, so a CI runner
+    that lost its KVM (or its perf) turns red instead of silently green.
+
+    :param reason: why it is not measurable (the verdict's reason, the capability error).
+    """
+    if os.environ.get(REQUIRE_MEASURABLE, "") not in ("", "0"):
+        pytest.fail(f"PV EOI is not measurable here, and {REQUIRE_MEASURABLE} is set: {reason}", pytrace=False)
+    pytest.skip(f"PV EOI is not measurable here: {reason}")
 
 
 def interruptible() -> None:

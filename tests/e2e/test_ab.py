@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import not_measurable
+
 pytestmark = pytest.mark.kvm
 
 
@@ -26,7 +28,7 @@ def run_ab(workload: str, tmp_path: Path, runs: int = 3) -> dict:  # type: ignor
     assert len(list(history.glob("*.json"))) == 1
     assert proc.returncode == {"pass": 0, "fail": 1, "not-measurable": 2}[doc["verdict"]], proc.stderr[-2000:]
     if doc["verdict"] == "not-measurable":
-        pytest.skip(f"PV EOI is not measurable here: {doc['reason']}")
+        not_measurable(doc["reason"])
     return dict(doc, _stdout=proc.stdout, _stderr=proc.stderr)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import pytest
 
 from e2e.argv import DEFAULT_APPEND, MachineSpec
 from e2e.build.image import READY_PATTERN
-from e2e.errors import GuestPanic, GuestTimeout
+from e2e.errors import GuestInitError, GuestPanic, GuestTimeout
 from e2e.guest import STATE_COMMAND, GuestState
 from e2e.machine import Machine
+from e2e.ssh import GuestSsh
 
 from ..conftest import interruptible, qemu_pids, wait_no_new_qemu
 
@@ -140,3 +143,52 @@ def test_fetched_debian_kernel_boots_with_its_modules(tmp_path: Path) -> None:
         assert {"virtio_pci", "virtio_net", "virtio_blk"} <= set(loaded)
     console = next(tmp_path.glob("*console.log")).read_text()
     assert "pveoi-guest-error" not in console, console
+
+
+def test_guest_init_error_fails_the_boot_at_once_with_the_line_quoted(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    # No virtio-net device: the guest's init prints "pveoi-guest-error: no eth0 (...)", then starts
+    # dropbear and prints its ready line anyway. The error must win, at once.
+    no_net = spec(guest_kernel, guest_image, ssh_forward=False)
+    start = time.monotonic()
+    with pytest.raises(GuestInitError) as err, Machine(no_net, READY_PATTERN) as m:
+        m.wait_ready(120)
+    took = time.monotonic() - start
+    text = str(err.value)
+    assert err.value.line.startswith("pveoi-guest-error: no eth0"), text
+    assert "the guest's init failed: pveoi-guest-error: no eth0 (is a virtio-net device attached?)" in text
+    assert "; fix: read the console log " in text and "\n" not in text
+    assert took < 30, f"the init error took {took:.1f}s to fail the boot"
+    print(f"init error failed the boot after {took:.1f}s")
+
+
+def test_ssh_wait_stops_at_once_when_the_console_shows_an_init_error(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    """An SSH connect already blocked in its handshake (a server that never sends a banner) ends
+    as soon as the guest's console shows the init error, not at its 60 s deadline."""
+    no_net = spec(guest_kernel, guest_image, ssh_forward=False, paused=True)
+    errors: list[BaseException] = []
+    with socket.socket() as server, Machine(no_net, READY_PATTERN) as m:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(30)
+        ssh = GuestSsh(server.getsockname()[1], guest_image.identity.private_key, guest_image.host_key_line,
+                       watch=m.console)
+
+        def connect() -> None:
+            try:
+                ssh.connect(timeout=60)
+            except BaseException as exc:  # handed to the test's thread
+                errors.append(exc)
+
+        waiter = threading.Thread(target=connect)
+        waiter.start()
+        conn, _ = server.accept()  # the handshake now waits for a banner that never comes
+        with conn:
+            resumed = time.monotonic()
+            m.resume()
+            waiter.join(60)
+            took = time.monotonic() - resumed
+    assert not waiter.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], GuestInitError), errors
+    assert "pveoi-guest-error: no eth0" in str(errors[0])
+    assert took < 15, f"the SSH wait took {took:.1f}s after boot to notice the init error"
+    print(f"SSH wait ended {took:.1f}s after the guest was resumed")

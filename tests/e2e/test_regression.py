@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import not_measurable
+
 pytestmark = [pytest.mark.kvm, pytest.mark.slow, pytest.mark.timeout(7200)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +66,7 @@ def run_ab(history: Path, out: Path, *extra: str) -> tuple[int, dict]:  # type: 
     assert out.is_file(), f"no result (exit {proc.returncode}): {proc.stderr[-3000:]}"
     doc = json.loads(out.read_text())
     if doc["verdict"] == "not-measurable":
-        pytest.skip(f"PV EOI is not measurable here: {doc['reason']}")
+        not_measurable(doc["reason"])
     assert proc.returncode == {"pass": 0, "fail": 1}[doc["verdict"]], proc.stderr[-2000:]
     return proc.returncode, doc
 

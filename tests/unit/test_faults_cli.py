@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import bzimage_bytes
+from tests.conftest import bzimage_bytes, clean_stderr_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def pveoi(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
+    lines = clean_stderr_lines(proc.stderr)
     assert len(lines) == 1, f"not one line: {proc.stderr!r}"
     line = lines[0]
     assert line.startswith("pveoi: error: ") and "; fix: " in line, line
@@ -108,6 +108,81 @@ def test_cache_dir_unusable(tmp_path: Path) -> None:
 def test_argparse_rejects_bad_values_with_usage_and_one_error_line(args: list[str], needle: str) -> None:
     proc = pveoi(*args)
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    last = clean_stderr_lines(proc.stderr)[-1]
     assert last.startswith("pveoi ") and ": error: " in last and needle in last, last
+
+
+# What a pveoi process's libraries say when SSH or QMP fail, with pveoi's logging set up at a verbosity:
+# paramiko's "Error reading SSH protocol banner" traceback (a peer that hangs up at once) and
+# qemu.qmp's "Negotiation failed: EOFError" (a QMP peer that greets, then hangs up).
+NOISY = r'''
+import json, socket, sys, threading
+from pathlib import Path
+import paramiko
+from qemu.qmp.legacy import QEMUMonitorProtocol
+from e2e import cli
+from e2e.errors import PveoiError
+from e2e.ssh import GuestSsh
+
+cli._setup_logging(int(sys.argv[1]))
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+
+def hang_up():
+    while True:
+        conn, _ = server.accept()
+        conn.close()
+
+threading.Thread(target=hang_up, daemon=True).start()
+key = paramiko.ECDSAKey.generate()
+key.write_private_key_file(sys.argv[2])
+try:
+    GuestSsh(server.getsockname()[1], Path(sys.argv[2]), f"{key.get_name()} {key.get_base64()}").connect(timeout=1)
+except PveoiError as err:
+    print("ssh failed:", err)
+ours, theirs = socket.socketpair()
+theirs.sendall(json.dumps({"QMP": {"version": {}, "capabilities": []}}).encode() + b"\n")
+threading.Thread(target=lambda: (theirs.recv(4096), theirs.close())).start()
+try:
+    QEMUMonitorProtocol(ours).connect(negotiate=True)
+except Exception as err:
+    print("qmp failed:", type(err).__name__)
+print(cli._log_file())
+'''
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2], ids=["-q", "default", "-vv"])
+def test_library_noise_goes_to_the_run_log_not_the_terminal(tmp_path: Path, verbose: int) -> None:
+    proc = subprocess.run([sys.executable, "-c", NOISY, str(verbose), str(tmp_path / "id")], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env={**os.environ, "PVEOI_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr
+    assert "ssh failed: no SSH to the guest" in proc.stdout and "qmp failed: ConnectError" in proc.stdout
+    run_log = Path(proc.stdout.strip().splitlines()[-1])
+    assert run_log.parent == tmp_path / "c" / "logs" and run_log.name.startswith("pveoi-")
+    logged = run_log.read_text()
+    assert "Error reading SSH protocol banner" in logged and "Traceback" in logged
+    assert "Negotiation failed: EOFError" in logged
+    if verbose < 2:
+        assert clean_stderr_lines(proc.stderr) == [], proc.stderr
+    else:  # -vv shows them
+        assert "Error reading SSH protocol banner" in proc.stderr and "Negotiation failed" in proc.stderr
+
+
+def test_an_error_names_the_run_log_which_holds_its_traceback(tmp_path: Path) -> None:
+    proc = pveoi("ab", "--runs", "0", env={"PVEOI_CACHE": str(tmp_path)})
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.endswith(".log)") and " (log: " in line, line
+    run_log = Path(line.rsplit(" (log: ", 1)[1][:-1])
+    assert run_log.parent == tmp_path / "logs"
+    assert "--runs must be at least 1" in run_log.read_text() and "Traceback" in run_log.read_text()
+    assert clean_stderr_lines(proc.stderr) == [line.rsplit(" (log: ", 1)[0]]
+
+
+def test_an_unusable_cache_means_no_run_log_and_still_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("")
+    proc = pveoi("ab", "--runs", "0", env={"PVEOI_CACHE": str(blocker)})
+    lines = assert_one_line_error(proc, "--runs must be at least 1")
+    assert "(log: " not in lines

@@ -22,7 +22,7 @@ from e2e.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.errors import ConfigError, PveoiError
 from e2e.kernel import check_kernel_file
 from e2e.model import Result
-from tests.conftest import bzimage_bytes
+from tests.conftest import bzimage_bytes, clean_stderr_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -396,8 +396,7 @@ def pveoi_cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
 
 def assert_disk_full_line(proc: subprocess.CompletedProcess[str], disk: Path) -> None:
     assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
+    line = clean_stderr_lines(proc.stderr)[-1]
     assert line.startswith("pveoi: error: cannot write ") and f"the filesystem at {disk} is full" in line, line
     assert line.endswith(f"; fix: free space on {disk} or write the file somewhere else"), line
 

@@ -33,6 +33,7 @@ from e2e.perf import (
     PERMISSION_FIX,
     REQUIRED,
     SEPARATOR,
+    TRACEFS_MOUNT_FIX,
     Event,
     PerfStat,
     check_required,
@@ -194,14 +195,22 @@ def test_perf_error_permission_names_the_fix_and_perfs_hint() -> None:
     assert err.fix is not None and PERMISSION_FIX in err.fix and "remount,mode=755" in err.fix
 
 
-def test_perf_error_classifies_gone_threads_unknown_events_and_filters() -> None:
+def test_perf_error_classifies_gone_threads_unknown_events_and_filters(tmp_path: Path) -> None:
     gone = perf_error("Problems finding threads of monitor\n\n Usage: perf stat\n", 234, ["perf"],
                       "x")
     assert type(gone) is MeasurementError and "Problems finding threads" in str(gone)
+    # An unknown tracepoint: "load kvm" where tracefs is mounted, "mount tracefs" where it is not
+    # (fake roots: the answer must not depend on this host's tracefs).
+    mounted = tmp_path / "mounted"
+    fake_tracefs(mounted / "sys/kernel/tracing", ["kvm_exit"])
     unknown = perf_error("event syntax error: 'kvm:nope'\n   \\___ unknown tracepoint\n", 129,
-                         ["perf"], "x")
+                         ["perf"], "x", root=mounted)
     assert type(unknown) is CapabilityError and "load kvm" in str(unknown)
     assert "kvm:nope' (unknown tracepoint)" in str(unknown)
+    unmounted = perf_error("event syntax error: 'kvm:nope'\n   \\___ unknown tracepoint\n", 129,
+                           ["perf"], "x", root=tmp_path / "bare")
+    assert type(unmounted) is CapabilityError and str(unmounted).endswith(TRACEFS_MOUNT_FIX)
+    assert "tracefs is not mounted" in str(unmounted)
     bad = perf_error('failed to set filter "x==(" on event kvm:kvm_exit with 2\n', 255, ["perf"],
                      "x")
     assert type(bad) is MeasurementError and "failed to set filter" in str(bad)
@@ -531,3 +540,46 @@ def test_real_perf_dies_with_the_harness(sleeper: subprocess.Popen[bytes]) -> No
     finally:
         os.close(pidfd)
         shutil.rmtree(workdir, ignore_errors=True)  # the killed harness could not
+
+
+# ---------------------------------------------------------------- host facts: one owner
+
+
+def test_host_facts_have_one_owner() -> None:
+    """perf, ab, capability and the doctor take the tracepoint list, the tracefs scan and the CPU
+    vendor from e2e.hostfacts: the same objects, not copies that could drift apart."""
+    from e2e import ab, capability, doctor, hostfacts, perf
+
+    assert ab.COUNTED is hostfacts.COUNTED and ab.cpu_vendor is hostfacts.cpu_vendor
+    assert tuple(hostfacts.COUNTED) == perf.REQUIRED
+    assert perf.list_kvm_tracepoints is hostfacts.list_kvm_tracepoints
+    assert capability.probe_tracefs is hostfacts.probe_tracefs and capability.cpu_flags is hostfacts.cpu_flags
+    assert capability.NEEDED_TRACEPOINTS == hostfacts.TRACEPOINTS
+    assert doctor.TRACEPOINTS is hostfacts.TRACEPOINTS
+    assert tuple(n.removeprefix("kvm:") for n in hostfacts.COUNTED) == hostfacts.TRACEPOINTS
+
+
+def test_cpu_vendor_reads_the_flags_line_only() -> None:
+    from e2e.capability import HostFacts
+    from e2e.hostfacts import cpu_flags, cpu_vendor, vendor_of
+
+    assert cpu_vendor("processor\t: 0\nflags\t\t: fpu vmx ept\n") == "vmx"
+    assert cpu_vendor("model name\t: svm box\nflags\t\t: fpu svm\n") == "svm"
+    assert cpu_vendor("model name\t: svm box\nflags\t\t: fpu hypervisor\n") == "unknown"
+    assert vendor_of(cpu_flags(None)) == "unknown"
+    facts = {f.name: None for f in __import__("dataclasses").fields(HostFacts)}
+    amd = HostFacts(**{**facts, "cpu_svm": True, "cpu_vmx": False})  # type: ignore[arg-type]
+    assert amd.cpu_vendor == "svm"
+
+
+def test_tracefs_probe_and_listing_agree_on_one_tree(tmp_path: Path) -> None:
+    """probe_tracefs (never raises: the doctor) and list_kvm_tracepoints (raises: perf) read the same scan."""
+    from e2e.hostfacts import TRACEPOINTS, list_kvm_tracepoints, probe_tracefs
+
+    fake_tracefs(tmp_path / "sys/kernel/tracing", [*TRACEPOINTS[:-1], "kvm_mmio"])
+    facts = probe_tracefs(tmp_path)
+    assert facts.path == "/sys/kernel/tracing" and facts.mounted and facts.readable
+    assert facts.missing == (TRACEPOINTS[-1],) and facts.count == len(TRACEPOINTS)
+    listed = list_kvm_tracepoints(tmp_path / "sys/kernel/tracing", fallback=None)
+    assert listed == [f"kvm:{n}" for n in facts.names]
+    assert not probe_tracefs(tmp_path / "none").mounted

@@ -364,3 +364,26 @@ def test_building_the_cli_loads_no_numeric_stack() -> None:
             "print(sorted(m for m in ('numpy', 'scipy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_require_measurable_flags_a_runner_that_never_measured(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """r1 never measured (not measurable, then an error that measured nothing); r2 measured once, long ago:
+    only r1 is flagged, and only when asked for."""
+    error_doc = {**make_doc(1, {}), "verdict": "error", "reason": "perf is missing"}
+    r1 = [make_doc(0, {"timer": ([], "not-measurable")}), error_doc]
+    r2 = [make_doc(0, {"timer": ([0.95] * 3, "pass")}, runner="r2"),
+          make_doc(1, {"timer": ([], "not-measurable")}, runner="r2")]
+    root = write_history(tmp_path, [*r1, *r2])
+    history = load_history(root)
+    assert not [f for f in check(history).findings if f.runner == "r1"]  # a note unless asked for
+    never = [f for f in check(history, CheckSettings(require_measurable=True)).findings if f.kind == "never-measured"]
+    assert [(f.runner, f.since) for f in never] == [("r1", "run000-r1")]
+    assert "none of its 2 result(s) measured PV EOI (1 error, 1 not-measurable)" in never[0].message
+    assert "latest run001-r1: error: perf is missing" in never[0].message
+    # The CLI: --check --require-measurable exits 1 naming r1; without it, r1 alone is clean.
+    only_r1 = write_history(tmp_path / "r1", r1)
+    assert cli.main(["report", "--history", str(only_r1), "--check"]) == 0
+    assert cli.main(["report", "--history", str(only_r1), "--check", "--require-measurable"]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION [r1] (all): none of its 2 result(s) measured PV EOI" in out

@@ -1,0 +1,43 @@
+"""QMP errors keep the failed command, its arguments and QEMU's error (a real QEMU, TCG, paused)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from e2e.argv import MachineSpec, base_argv
+from e2e.errors import PveoiError, QmpCommandError
+from e2e.machine import Machine
+
+pytestmark = [pytest.mark.qemu,
+              pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")]
+
+
+class BareMachine(Machine):
+    """A QEMU with no kernel, paused (-S): enough to talk QMP to."""
+
+    def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+        return [*base_argv("qemu-system-x86_64", self.spec.name, "tcg", "max", 1, 64, qmp_fd, console_fd), "-S"]
+
+
+def test_a_refused_qmp_command_names_itself_its_arguments_and_qemus_error(tmp_path: Path) -> None:
+    kernel = tmp_path / "unused-bzImage"
+    kernel.write_bytes(b"")
+    with BareMachine(MachineSpec(kernel=kernel, name="qmp-errors"), r"never") as m:
+        assert m.status() == "prelaunch"
+        with pytest.raises(QmpCommandError) as err:
+            m.qmp("qom-get", path="/machine/no-such-object", property="kvm-pv-eoi")
+        e = err.value
+        assert isinstance(e, PveoiError)
+        assert (e.command, e.arguments) == ("qom-get", {"path": "/machine/no-such-object", "property": "kvm-pv-eoi"})
+        assert e.error_class == "DeviceNotFound" and "/machine/no-such-object" in e.desc
+        text = str(e)
+        assert "\n" not in text
+        assert text.startswith('QMP qom-get {"path": "/machine/no-such-object", "property": "kvm-pv-eoi"} failed: '
+                               f"DeviceNotFound: {e.desc}; fix: check qom-get and its arguments"), text
+        # An unknown command is QEMU's CommandNotFound, named the same way.
+        with pytest.raises(QmpCommandError, match=r"^QMP no-such-command \{\} failed: CommandNotFound: "):
+            m.qmp("no-such-command")
+        assert m.status() == "prelaunch", "the machine is still usable after a refused command"
