@@ -58,7 +58,7 @@ def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
     if raw is None:
         return None, {}
     if isinstance(raw, str):
-        path = (base / Path(raw).expanduser()).absolute()
+        path = (base / Path(raw).expanduser()).resolve()  # one spelling per file: same kernel, same arm
         if flavour == "guest":
             from .kernel import check_kernel_file
 
@@ -70,8 +70,8 @@ def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
             raise ConfigError(f"{where}: {path} not found", fix="build it first (pveoi kernel build --flavour host)")
         return path, {f"{flavour}_kernel": str(path)}
     if isinstance(raw, dict) and set(raw) <= {"source", "patches"} and isinstance(raw.get("source"), str):
-        source = (base / Path(raw["source"]).expanduser()).absolute()
-        patches = (base / Path(raw["patches"]).expanduser()).absolute() if raw.get("patches") else None
+        source = (base / Path(raw["source"]).expanduser()).resolve()
+        patches = (base / Path(raw["patches"]).expanduser()).resolve() if raw.get("patches") else None
         for d in (source, patches):
             if d is not None and not d.is_dir():
                 raise ConfigError(f"{where}: {d} is not a directory", fix="point source/patches at directories")

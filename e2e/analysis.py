@@ -150,7 +150,7 @@ def _difference(workload: Workload, a: Arm, b: Arm, runs: Sequence[RunRecord],
     return Comparison("difference", a.name, b.name, a.differences(b), metrics, verdict, tuple(reasons))
 
 
-def _effect_difference(ea: Comparison, eb: Comparison, runs: Sequence[RunRecord],
+def _effect_difference(ea: Comparison, eb: Comparison, arms: Mapping[str, Arm], runs: Sequence[RunRecord],
                        thresholds: Mapping[str, float]) -> Comparison:
     """How PV EOI's saving moved from pair ``ea`` to pair ``eb``."""
     def vals(arm: str) -> list[float]:
@@ -168,7 +168,7 @@ def _effect_difference(ea: Comparison, eb: Comparison, runs: Sequence[RunRecord]
     if -point > thresholds["max_effect_drop"] and ci[1] < 0:
         reasons.append(f"PV EOI saves {point:+.3f} EOI exits per interrupt less under {label_b} than under "
                        f"{label_a} (95 % CI [{ci[0]:+.3f}, {ci[1]:+.3f}])")
-    differs = tuple(sorted(set(ea.differs_in) | set(eb.differs_in) - {"pv_eoi"}))
+    differs = arms[ea.b].differences(arms[eb.b])  # what the two pairs differ in (their PV EOI arms')
     return Comparison("effect-difference", label_a, label_b, differs, metrics,
                       "regression" if reasons else "ok", tuple(reasons))
 
@@ -236,7 +236,7 @@ def analyze(workload: Workload, arms: Sequence[Arm], runs: Sequence[RunRecord], 
             comp = _difference(workload, a, b, runs, thresholds)
         comparisons.append(comp)
     for ea, eb in itertools.combinations(effects, 2):
-        comparisons.append(_effect_difference(ea, eb, runs, thresholds))
+        comparisons.append(_effect_difference(ea, eb, {a.name: a for a in arms}, runs, thresholds))
     entries, disagree = agreement(arms, runs, thresholds)
     reasons = [f"{c.label}: {r}" if len(comparisons) > 1 else r
                for c in comparisons if c.verdict in ("fail", "regression") for r in c.reasons]

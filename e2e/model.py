@@ -585,5 +585,15 @@ def migrate(doc: Mapping[str, Any], name: str = "result") -> Json:
         out["runner"] = runner
     out.setdefault("arms", {})
     out.setdefault("workloads", {})
+    if version in (1, 2):
+        for w in out["workloads"].values():
+            if not isinstance(w, dict) or "errors" in w:
+                continue
+            reasons = [str(r) for r in w.get("reasons") or ()]
+            if reasons and "runs did not complete" in reasons[0]:
+                # Runs that did not complete were only reasons then (schema 1 even called it "fail"):
+                # they are the workload's errors, so re-analysis can never turn it into a pass.
+                w["errors"] = reasons[1:] or reasons[:1]
+                w["verdict"] = "error"
     out["schema"] = SCHEMA
     return out

@@ -162,6 +162,6 @@ def format_table(result: Result) -> str:
             lines.append(f"  ! {reason}")
         for note in w.notes:
             lines.append(f"  note: {note}")
-    if result.verdict in ("not-measurable", "error") and not result.workloads:
+    if result.verdict == "not-measurable" or (result.verdict == "error" and not result.workloads):
         lines.append(f"reason: {result.reason}")
     return "\n".join(lines)

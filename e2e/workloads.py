@@ -62,7 +62,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "timer", ("pveoi-load", "timer", "3000", "100"), ops=3000, pin_last_cpu=True,
             description="3000 x 100 us clock_nanosleep on the last vCPU: one LAPIC timer interrupt each",
-            needs=("pveoi-load",),
+            needs=("pveoi-load", "taskset"),
         ),
         Workload(
             "ipi", ("pveoi-load", "ipi", "3000"), ops=3000,

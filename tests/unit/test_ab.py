@@ -34,6 +34,7 @@ from e2e.model import Plan, Result, RunRecord, WorkloadResult
 from e2e.results import format_table
 from e2e.stats import headline_counts, per_interrupt, trapped_eoi_per_interrupt
 from e2e.workloads import WORKLOADS
+from tests.conftest import bzimage_bytes
 
 TIMER = WORKLOADS["timer"]
 ON, OFF = DEFAULT_ARMS
@@ -126,11 +127,8 @@ def write_arms(tmp_path: Path, text: str) -> Path:
 
 
 def fake_bzimage(path: Path) -> Path:
-    """A file with an x86 boot header (``HdrS``), as a bzImage has."""
-    data = bytearray(0x4000)
-    data[0:2] = b"\xeb\x3c"
-    data[0x202:0x206] = b"HdrS"
-    path.write_bytes(bytes(data))
+    """A well-formed x86 bzImage (it boots nothing)."""
+    path.write_bytes(bzimage_bytes())
     return path
 
 

@@ -23,6 +23,7 @@ from e2e.errors import ConfigError, Finding, Kind, MeasurementError
 from e2e.guest import STATE_MARK, GuestState
 from e2e.model import DEFAULT_ARMS, Arm, Plan, Result, RunRecord, WorkloadResult
 from e2e.workloads import WORKLOADS
+from tests.conftest import bzimage_bytes
 
 TIMER = WORKLOADS["timer"]
 GOOD = Path("/k/good/bzImage")
@@ -290,10 +291,9 @@ def test_nothing_to_prove_without_the_patch_or_under_tcg() -> None:
 
 
 def fake_bzimage(path: Path) -> Path:
-    data = bytearray(0x4000)
-    data[0x202:0x206] = b"HdrS"
+    """A well-formed x86 bzImage (it boots nothing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(data))
+    path.write_bytes(bzimage_bytes())
     return path
 
 
@@ -388,7 +388,7 @@ def test_a_kernel_that_is_not_a_file_is_a_config_error(tmp_path: Path) -> None:
     for value in ("missing/bzImage", "adir"):
         path = write(tmp_path / "arms.toml", f'[[arm]]\nname = "a"\nkernel = "{value}"\n'
                                              '[[arm]]\nname = "b"\npv_eoi = false\n')
-        with pytest.raises(ConfigError, match=f"arm a: kernel: kernel {tmp_path / value} not found"):
+        with pytest.raises(ConfigError, match=f"arm a: kernel: .*{tmp_path / value}.*(not found|is a directory)"):
             load_arms(path)
 
 
