@@ -138,7 +138,8 @@ def _setup_logging(verbose: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
     for old in root.handlers:  # main() may run more than once in a process (tests, the soak): no leaked files
-        old.close()
+        if isinstance(old, _RunLogHandler):
+            old.close()
     root.handlers[:] = [handler]
     run_log = _open_run_log()
     if run_log is not None:
