@@ -10,6 +10,7 @@ KVM host the very same code runs inside L1 (see :mod:`e2e.vhost`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import platform
@@ -216,28 +217,39 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             paused=True, qemu=setup.qemu, name=name,
         )
         started = time.monotonic()
+        marks = {"start": started}  # where a run's time goes (tests/bench_ab.py --breakdown)
         machine = stack.enter_context(Machine(spec, READY_PATTERN, artifacts=setup.artifacts))
         threads = machine.vcpus()
         readback = machine.pv_eoi_readback()
         kvm = machine.query_kvm()
         check_qmp_arm(arm, readback, kvm["enabled"])
+        marks["qemu_paused"] = time.monotonic()
         machine.resume()
         ready = machine.wait_ready(setup.boot_timeout)
-        boot_s = time.monotonic() - started
+        marks["guest_ready"] = time.monotonic()
+        boot_s = marks["guest_ready"] - started
         ssh = machine.ssh(setup.private_key, setup.host_key_line, timeout=60)
+        marks["ssh_up"] = time.monotonic()
         before = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
         check_guest_arm(arm, before, kvm["enabled"])
+        marks["state_read"] = time.monotonic()
         with host_server(workload.host_server) as port:
             argv = workload.argv(port, vcpus)
             with PerfStat(events, tids=[v.thread_id for v in threads]) as perf:
                 perf.start()
+                marks["perf_attached"] = time.monotonic()
                 perf.enable()
                 result = ssh.run(argv, timeout=workload.timeout)
                 perf.disable()
                 counts = perf.stop()
+        marks["workload_done"] = time.monotonic()
         after = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
         result.check()
         machine.console.check()
+        marks["state_read_after"] = time.monotonic()
+    marks["shut_down"] = time.monotonic()
+    order = list(marks)
+    timings = {f"{a}->{b}": round(marks[b] - marks[a], 3) for a, b in itertools.pairwise(order)}
     raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
     breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
     record = RunRecord(
@@ -247,7 +259,7 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         guest={"interrupts": interrupt_delta(before, after),
                "interrupts_per_cpu": interrupt_delta_per_cpu(before, after),
                "pv_eoi": pveoi_delta(before, after)},
-        workload_output=result.stdout.strip()[-500:],
+        workload_output=result.stdout.strip()[-500:], timings=timings,
     )
     log.info("  %-6s rep %d: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
              arm.name, rep, raw.get("kvm:kvm_exit", 0), raw.get("kvm:kvm_pv_eoi", 0), raw.get("kvm:kvm_eoi", 0),

@@ -253,6 +253,7 @@ class RunRecord:
     :param guest: the guest's own deltas: ``interrupts``, ``interrupts_per_cpu``, ``pv_eoi``
         (skipped/written EOIs, total and ``per_cpu``; None without guest_patches/0001).
     :param attempt: 1 for the first try, 2 for its first retry, ...
+    :param timings: seconds between the run's stages (QEMU paused, guest ready, SSH up, ..., shut down).
     """
 
     rep: int
@@ -267,6 +268,7 @@ class RunRecord:
     workload_output: str = ""
     attempt: int = 1
     vcpus: int | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def interrupts(self) -> int:
@@ -296,7 +298,7 @@ class RunRecord:
                 "boot_seconds": self.boot_seconds, "workload_seconds": self.workload_seconds,
                 "ready_line": self.ready_line, "qmp": copy.deepcopy(dict(self.qmp)), "counts": dict(self.counts),
                 "exit_reasons": dict(self.exit_reasons), "guest": copy.deepcopy(dict(self.guest)),
-                "workload_output": self.workload_output}
+                "workload_output": self.workload_output, "timings": dict(self.timings)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], arm: str | None = None) -> RunRecord:
@@ -310,7 +312,8 @@ class RunRecord:
                    qmp=dict(data.get("qmp") or {}), guest=dict(data.get("guest") or {}),
                    boot_seconds=data.get("boot_seconds"), workload_seconds=data.get("workload_seconds"),
                    ready_line=str(data.get("ready_line") or ""), workload_output=str(data.get("workload_output") or ""),
-                   attempt=int(data.get("attempt") or 1), vcpus=data.get("vcpus"))
+                   attempt=int(data.get("attempt") or 1), vcpus=data.get("vcpus"),
+                   timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()})
 
 
 # ---------------------------------------------------------------- comparisons

@@ -6,6 +6,7 @@ timed assertions. Run:
     python tests/bench_ab.py            # warm: uses the normal cache
     python tests/bench_ab.py --cold     # cold: a fresh temporary cache (builds both kernels + image)
     python tests/bench_ab.py --arms4    # warm: 2 arms then 4 arms (on/off x two -x2apic settings), and the ratio
+    python tests/bench_ab.py --breakdown  # warm: where the time of a timer A/B goes, stage by stage
 
 Prints one JSON line per measurement: phase, seconds, verdict, host.
 Goals: warm <= 5 min through the virtual host on 2 cores; <= 60 s on a hardware KVM host;
@@ -56,13 +57,40 @@ def time_ab(env: dict[str, str], runs: int, arms: str | None = None) -> dict[str
             "host": (doc.get("host") or {}).get("chosen"), "runs_per_arm": runs}
 
 
+def breakdown(env: dict[str, str], runs: int) -> dict[str, object]:
+    """One warm timer A/B, and where its wall time went: the virtual host's boot, each guest's stages
+    (summed over the guests: QEMU start to paused, boot to the ready line, SSH, state reads, perf attach,
+    the workload window, shutdown), and the rest (doctor, Python start-up in L1, planning)."""
+    with tempfile.TemporaryDirectory(prefix="pveoi-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-m", "e2e.cli", "-q", "ab", "--workload", "timer", "--runs", str(runs),
+                        "--json", str(out)], env=env, capture_output=True, text=True, check=False)
+        total = time.monotonic() - start
+        doc = json.loads(out.read_text()) if out.is_file() else {}
+    stages: dict[str, float] = {}
+    for arm in (doc.get("arms") or {}).values():
+        for runs_of in (arm.get("runs") or {}).values():
+            for run in runs_of:
+                for stage, seconds in (run.get("timings") or {}).items():
+                    stages[stage] = stages.get(stage, 0.0) + seconds
+    vhost = sum(((doc.get("host") or {}).get("virtual_host") or {}).get("boots") or [])
+    accounted = vhost + sum(stages.values())
+    return {"seconds": round(total, 1), "verdict": doc.get("verdict"), "virtual_host_boot": round(vhost, 1),
+            "guests": {k: round(v, 1) for k, v in stages.items()}, "other": round(total - accounted, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also measure with an empty cache")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--arms4", action="store_true", help="also time 4 arms and print the ratio to 2 arms")
+    parser.add_argument("--breakdown", action="store_true", help="where the time of a warm timer A/B goes")
     args = parser.parse_args()
     env = dict(os.environ)
+    if args.breakdown:
+        print(json.dumps({"phase": "warm-breakdown", **breakdown(env, args.runs)}), flush=True)
+        return 0
     if args.arms4:
         two = time_ab(env, args.runs)
         four = time_ab(env, args.runs, FOUR_ARMS)
