@@ -30,6 +30,7 @@ from typing import Any
 from .errors import ConfigError, Finding, MeasurementError
 from .hostfacts import COUNTED
 from .model import Agreement, Arm, Comparison, RunRecord, WorkloadResult, overall_verdict
+from .rates import rate_test
 from .stats import MetricSummary, effect_difference, eoi_exits_saved_per_interrupt, summarize
 from .workloads import Workload
 
@@ -67,6 +68,30 @@ def figures(runs: Sequence[RunRecord], ops: int) -> list[tuple[str, str, Callabl
     return out
 
 
+def _events(name: str, ops: int) -> Callable[[RunRecord], tuple[float, float]]:
+    """A figure's raw (events, exposure) of one run: the counts its per-interrupt (or per-op) value divides."""
+    def count(r: RunRecord) -> tuple[float, float]:
+        if name == "kvm_exit_per_op":
+            return float(r.counts["kvm:kvm_exit"]), float(ops)
+        if name == "trapped_eoi":
+            return float(r.counts["kvm:kvm_eoi"] - r.counts["kvm:kvm_pv_eoi"]), float(r.interrupts)
+        if name.startswith("kvm_exit["):
+            return float(r.exit_reasons.get(name[len("kvm_exit["):-1], 0)), float(r.interrupts)
+        return float(r.counts[f"kvm:{name}"]), float(r.interrupts)
+
+    return count
+
+
+def p_rate(name: str, a: Sequence[RunRecord], b: Sequence[RunRecord], ops: int) -> dict[str, Any]:
+    """The rate test of :mod:`e2e.rates` on a figure's raw counts, as fields of its metric summary:
+    ``p_rate``, ``rate_model``, ``dispersion`` (1: the reps agree within counting noise), ``dispersion_df``."""
+    count = _events(name, ops)
+    try:
+        return rate_test([count(r) for r in a], [count(r) for r in b]).to_json()
+    except (MeasurementError, KeyError) as err:
+        return {"p_rate": None, "rate_model": f"none: {err}", "dispersion": None, "dispersion_df": 0}
+
+
 def _pair(a_vals: Sequence[float], b_vals: Sequence[float], name: str, unit: str) -> dict[str, Any]:
     """One figure of a difference comparison: medians, ``b - a`` with its CI, relative change, p."""
     s: MetricSummary = summarize(name, b_vals, a_vals, unit=unit)  # summarize's "off - on" is a - b here
@@ -91,14 +116,15 @@ def _effect(workload: Workload, off: Arm, on: Arm, runs: Sequence[RunRecord],
     differs = off.differences(on)
     metrics: dict[str, Any] = {}
     for name, unit, value in figures(r_on + r_off, workload.ops):
-        metrics[name] = summarize(name, [value(r) for r in r_on], [value(r) for r in r_off], unit=unit).to_json()
+        metrics[name] = {**summarize(name, [value(r) for r in r_on], [value(r) for r in r_off], unit=unit).to_json(),
+                         **p_rate(name, r_off, r_on, workload.ops)}
     reasons: list[str] = []
     try:
         trapped = eoi_exits_saved_per_interrupt([{**r.counts, "interrupts": r.interrupts} for r in r_on],
                                                 [{**r.counts, "interrupts": r.interrupts} for r in r_off])
     except (MeasurementError, Finding) as err:  # inconsistent counts: a broken measurement is never a pass
         return (Comparison("effect", off.name, on.name, differs, metrics, "fail", (str(err),)), metrics, None)
-    metrics["trapped_eoi"] = trapped.to_json()
+    metrics["trapped_eoi"] = {**trapped.to_json(), **p_rate("trapped_eoi", r_off, r_on, workload.ops)}
     headline = {"value": trapped.diff, "ci": list(trapped.diff_ci) if trapped.diff_ci else None, "limit": 1.0}
     pv_on = [r.counts["kvm:kvm_pv_eoi"] for r in r_on]
     pv_off = [r.counts["kvm:kvm_pv_eoi"] for r in r_off]
@@ -131,7 +157,8 @@ def _difference(workload: Workload, a: Arm, b: Arm, runs: Sequence[RunRecord],
     reasons: list[str] = []
     for name, unit, value in extra + figures(r_a + r_b, workload.ops):
         try:
-            metrics[name] = _pair([value(r) for r in r_a], [value(r) for r in r_b], name, unit)
+            metrics[name] = {**_pair([value(r) for r in r_a], [value(r) for r in r_b], name, unit),
+                             **p_rate(name, r_a, r_b, workload.ops)}
         except (MeasurementError, Finding) as err:
             reasons.append(f"{name}: {err}")
     same_side = a.expects_pv_eoi == b.expects_pv_eoi

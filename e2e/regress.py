@@ -2,20 +2,30 @@
 Regression detection over a history (``pveoi report --check``).
 
 Per runner and workload, the latest run is compared with a baseline: the
-previous ``N`` good (``pass``) runs of the same runner. A headline figure
-(:data:`e2e.history.HEADLINES`) regressed when its drop is both
+previous ``N`` good (``pass``) runs of the same runner reached the same way
+(direct or virtual). A headline figure (:data:`e2e.history.HEADLINES`)
+regressed when the latest run's mean over its reps is below the baseline's
+median (over the baseline runs' pooled reps) by more than that figure's
+**detection floor** on this runner, *and* a one-sided Mann-Whitney U test of
+the latest reps against the baseline reps gives ``p < alpha``.
 
-* larger than a relative threshold (default 5 % of the baseline median), and
-* beyond the runs' own spread: a one-sided Mann-Whitney U test of the latest
-  run's per-rep values against the baseline runs' pooled per-rep values
-  gives ``p < alpha`` (default 0.05).
+The detection floor comes from the figure's own run-to-run spread on this
+runner (:func:`detection_floor`): ``k`` robust standard errors of the
+difference, the robust SD of one rep being ``1.4826 * MAD`` of the pooled
+per-rep values of the runner's last ``spread_runs`` good runs, and never less
+than ``floor_rel`` of the baseline median nor ``floor_abs``. Until the runner
+has ``min_spread_reps`` such values (3 runs of 3 reps), its spread is not
+known, and the floor is the conservative relative ``rel`` (5 %). A fixed
+percentage alone would flag noise on a noisy runner and miss a real drop on a
+quiet one; the test alone would flag tiny, irrelevant shifts once the
+baseline is large. README.md ("Reports, history and nightly regression
+checks") gives the rule's false-alarm and detection rates on synthetic nights
+drawn from real per-rep spreads.
 
-A fixed percentage alone would flag noise on a noisy runner and miss a real
-drop on a quiet one; the test alone would flag tiny, irrelevant shifts once
-the baseline is large. Also flagged: a verdict that turned from pass to fail,
-from measurable to not measurable, and a workload that stopped being run;
-on request, a runner whose newest result is too old (``max_age_hours``) and a
-runner that never measured at all (``require_measurable``).
+Also flagged: a verdict that turned from pass to fail, from measurable to not
+measurable, and a workload that stopped being run; on request, a runner whose
+newest result is too old (``max_age_hours``) and a runner that never measured
+at all (``require_measurable``).
 
 Everything here is pure: it reads a loaded :class:`~e2e.history.History`.
 """
@@ -38,14 +48,27 @@ Kind = Literal["drop", "fail", "not-measurable", "missing", "stale", "never-meas
 
 @dataclass(frozen=True)
 class CheckSettings:
-    """:param baseline: good runs in the baseline; :param rel: relative drop threshold; :param alpha: test
-    level; :param max_age_hours: flag a runner whose newest result is older (an A/B that wrote nothing);
+    """:param baseline: good runs in the baseline (its median and the test's pool);
+    :param rel: the relative drop threshold while a runner's spread is not known yet (fewer than
+        ``min_spread_reps`` per-rep values);
+    :param alpha: level of the one-sided test;
+    :param k: robust standard errors a drop must exceed once the spread is known;
+    :param spread_runs: good runs whose pooled per-rep values give the spread (the baseline's and older);
+    :param min_spread_reps: per-rep values needed before the spread is trusted;
+    :param floor_rel: the smallest drop ever flagged, relative to the baseline median;
+    :param floor_abs: the same in the figure's own units (for a figure near zero);
+    :param max_age_hours: flag a runner whose newest result is older (an A/B that wrote nothing);
     :param require_measurable: flag a runner none of whose results measured PV EOI (all not measurable or
-    error), which is otherwise only a note (a CI runner that can never measure must not pass silently)."""
+        error), which is otherwise only a note (a CI runner that can never measure must not pass silently)."""
 
     baseline: int = 5
     rel: float = 0.05
     alpha: float = 0.05
+    k: float = 3.0
+    spread_runs: int = 10
+    min_spread_reps: int = 9
+    floor_rel: float = 0.005
+    floor_abs: float = 0.002
     max_age_hours: float | None = None
     require_measurable: bool = False
     now: float | None = None  # epoch seconds (default: the clock)
@@ -64,10 +87,53 @@ class Finding:
     before: float | None = None
     after: float | None = None
     p_value: float | None = None
+    floor: float | None = None  # the detection floor the drop exceeded (absolute, the figure's units)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("kind", "runner", "workload", "message", "since", "metric",
-                                               "before", "after", "p_value")}
+                                               "before", "after", "p_value", "floor")}
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The detection floor of one headline figure on one runner: the smallest drop of the latest
+    run's mean (below the baseline median) that ``--check`` flags, given the runner's spread.
+
+    :param center: the baseline median.
+    :param threshold: the floor, in the figure's units.
+    :param spread: robust SD of one rep (``1.4826 * MAD``); None while the spread is not known.
+    :param basis: ``spread`` (k standard errors), ``minimum`` (``floor_rel``/``floor_abs`` bind) or
+        ``relative`` (too few values for a spread: ``rel``).
+    :param n_latest: reps of the latest run it applies to; :param n_baseline: baseline reps;
+    :param n_spread: per-rep values behind ``spread``, from ``spread_runs`` runs.
+    """
+
+    center: float
+    threshold: float
+    spread: float | None
+    basis: Literal["spread", "minimum", "relative"]
+    n_latest: int
+    n_baseline: int
+    n_spread: int
+    spread_runs: int
+
+    @property
+    def relative(self) -> float:
+        return self.threshold / abs(self.center) if self.center else math.inf
+
+    def describe(self) -> str:
+        head = f"flags a drop > {self.threshold:.4f} ({self.relative:.2%}) below {self.center:.4f}"
+        if self.basis == "relative":
+            return (f"{head}: the relative --threshold, as the runner's spread is not known yet "
+                    f"({self.n_spread} per-rep value(s))")
+        why = (f"k SE of the difference, spread {self.spread:.4f} per rep (robust SD of {self.n_spread} reps "
+               f"of {self.spread_runs} run(s)), {self.n_latest} rep(s) vs {self.n_baseline}")
+        return f"{head}: {why}" if self.basis == "spread" else f"{head}: the minimum floor ({why} gives less)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"center": self.center, "threshold": self.threshold, "relative": self.relative,
+                "spread": self.spread, "basis": self.basis, "n_latest": self.n_latest,
+                "n_baseline": self.n_baseline, "n_spread": self.n_spread, "spread_runs": self.spread_runs}
 
 
 @dataclass
@@ -79,6 +145,7 @@ class GroupStatus:
     latest: Record | None
     baseline: list[Record] = field(default_factory=list)
     band: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # key: (low, median, high)
+    floors: dict[str, Floor] = field(default_factory=dict)  # key: the figure's detection floor
     notes: list[str] = field(default_factory=list)
 
 
@@ -118,12 +185,116 @@ def min_p(n_latest: int, n_baseline: int) -> float:
     return 1.0 / math.comb(n_latest + n_baseline, n_latest)
 
 
+def robust_sd(values: Sequence[float]) -> float:
+    """A robust standard deviation of one rep: the plain SD of the values within 3.5 ``1.4826 * MAD``
+    of their median (a wild rep is left out, as the MAD would; the rest are used as efficiently as
+    an SD, where the MAD alone would need about 2.7 times as many reps for the same precision)."""
+    med = _median(values)
+    mad = 1.4826 * _median([abs(v - med) for v in values])
+    kept = [v for v in values if abs(v - med) <= 3.5 * mad] if mad > 0 else list(values)
+    return statistics.stdev(kept) if len(kept) >= 2 else mad
+
+
+def detection_floor(baseline: Sequence[float], spread: Sequence[float], n_latest: int,
+                    settings: CheckSettings, spread_runs: int = 0) -> Floor:
+    """The smallest drop of a latest run's mean below ``median(baseline)`` that the check flags.
+
+    With the robust SD ``s`` of one rep (:func:`robust_sd` of ``spread``), the difference between
+    the mean of ``n`` latest reps and the median of ``m`` baseline reps has a standard error of
+    about ``s * sqrt(1/n + pi/(2m))`` (the median's variance is pi/2 times the mean's); the floor
+    is ``k`` of those, ``k`` widened as a Student t quantile with ``len(spread) - 1`` degrees of
+    freedom (an SD from 9 reps may well be low, from 30 less so), and at least
+    ``floor_rel * |median|`` and ``floor_abs``. With fewer than ``min_spread_reps`` values in
+    ``spread`` it is ``rel * |median|``.
+
+    :param baseline: the baseline's pooled per-rep values (non-empty).
+    :param spread: the pooled per-rep values the spread is measured on (the baseline's and older).
+    :param n_latest: reps in the latest run.
+    :param spread_runs: how many runs ``spread`` came from (for the record).
+    """
+    center = _median(baseline)
+    n_latest = max(1, n_latest)
+    if len(spread) < max(2, settings.min_spread_reps):
+        return Floor(center, settings.rel * abs(center), None, "relative", n_latest, len(baseline), len(spread),
+                     spread_runs)
+    from scipy import stats as sps
+
+    sd = robust_sd(spread)
+    k = float(sps.t.ppf(sps.norm.cdf(settings.k), len(spread) - 1))
+    noise = k * sd * math.sqrt(1 / n_latest + math.pi / (2 * len(baseline)))
+    minimum = max(settings.floor_rel * abs(center), settings.floor_abs)
+    return Floor(center, max(noise, minimum), sd, "spread" if noise >= minimum else "minimum", n_latest,
+                 len(baseline), len(spread), spread_runs)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a latest run's reps dropped below a baseline: the evidence either way.
+
+    :param flagged: a regression; :param drop: ``median(baseline) - mean(latest)``;
+    :param p_value: the one-sided Mann-Whitney p; :param how: the evidence (flagged) or why not.
+    """
+
+    flagged: bool
+    before: float
+    after: float
+    p_value: float
+    floor: Floor
+    how: str
+
+    @property
+    def drop(self) -> float:
+        return self.before - self.after
+
+
+def decide(latest: Sequence[float], baseline: Sequence[float], spread: Sequence[float],
+           settings: CheckSettings, spread_runs: int = 0) -> Decision:
+    """The rule of :mod:`e2e.regress` on bare per-rep values (pure; what :func:`check` applies to
+    every headline figure, and what the rate simulations of the unit tests call directly).
+
+    :param latest: the latest run's per-rep values (non-empty).
+    :param baseline: the baseline runs' pooled per-rep values (non-empty).
+    :param spread: the per-rep values the spread is measured on.
+    """
+    floor = detection_floor(baseline, spread, len(latest), settings, spread_runs)
+    after = statistics.fmean(latest)
+    before = floor.center
+    p = one_sided_p(latest, baseline)
+    if not before - after > floor.threshold:
+        return Decision(False, before, after, p, floor, "within the detection floor")
+    if min_p(len(latest), len(baseline)) >= settings.alpha:
+        # Too few values for the test to ever reach alpha (e.g. --runs 1): require instead that
+        # every rep lies below every baseline rep, i.e. beyond the baseline's whole spread.
+        if max(latest) < min(baseline):
+            return Decision(True, before, after, p, floor, f"too few reps for a test; all {len(latest)} below "
+                            f"all {len(baseline)} baseline reps")
+        return Decision(False, before, after, p, floor, f"too few reps ({len(latest)} vs {len(baseline)}) for a "
+                        "test, and not below the whole baseline; not flagged")
+    if p >= settings.alpha:
+        return Decision(False, before, after, p, floor, f"beyond the detection floor {floor.threshold:.4f} but "
+                        f"within the runs' spread (p={p:.3f} >= {settings.alpha}); not flagged")
+    return Decision(True, before, after, p, floor,
+                    f"one-sided Mann-Whitney p={p:.4f}, {len(latest)} reps vs {len(baseline)}")
+
+
+def _values(rec: Record, key: str) -> list[float]:
+    """A record's per-rep values of ``key`` (its headline value alone for a document without reps)."""
+    if rec.samples.get(key):
+        return list(rec.samples[key])
+    value = rec.value.get(key)
+    return [value] if value is not None else []
+
+
+def _pooled(recs: Sequence[Record], key: str) -> list[float]:
+    return [v for r in recs for v in _values(r, key)]
+
+
 def _streak_start(recs: Sequence[Record], key: str, line: float) -> int:
-    """Index of the first run of the contiguous tail whose ``key`` is below ``line``."""
+    """Index of the first run of the contiguous tail whose mean of ``key`` is below ``line``."""
     i = len(recs) - 1
     while i > 0:
-        prev = recs[i - 1].value.get(key)
-        if prev is None or not prev < line:
+        prev = _values(recs[i - 1], key)
+        if not prev or not statistics.fmean(prev) < line:
             break
         i -= 1
     return i
@@ -134,52 +305,48 @@ def _good(recs: Sequence[Record], key: str, mode: str) -> list[Record]:
     return [r for r in recs if r.verdict == "pass" and r.value.get(key) is not None and r.run.mode == mode]
 
 
+def _decide(recs: Sequence[Record], mine: Sequence[float], key: str, mode: str,
+            settings: CheckSettings) -> Decision | None:
+    """:func:`decide` for ``mine`` against the good runs among ``recs`` (None without any)."""
+    good = _good(recs, key, mode)
+    base, spread = good[-settings.baseline:], good[-max(settings.spread_runs, settings.baseline):]
+    if not base:
+        return None
+    return decide(mine, _pooled(base, key), _pooled(spread, key), settings, len(spread))
+
+
 def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSettings) -> Finding | None:
     latest = recs[-1]
     if latest.verdict not in ("pass", "fail"):  # "error"/"not-measurable" figures are not a measurement
         return None
-    after = latest.value.get(key)
-    good = _good(recs[:-1], key, latest.run.mode)
-    base = good[-settings.baseline:]
-    if after is None or not base:
+    mine = _values(latest, key)
+    first = _decide(recs[:-1], mine, key, latest.run.mode, settings) if mine else None
+    if first is None:
         return None
-    base_median = _median([v for r in base for v in r.samples[key]] or [r.value[key] for r in base])  # type: ignore[misc]
-    line = base_median - settings.rel * abs(base_median)
-    if not after < line:
+    group.floors[key] = first.floor
+    if not first.drop > first.floor.threshold:
         return None
     # A sustained drop: date it from its first run, and keep those runs out of the baseline.
-    start = _streak_start(recs, key, line)
-    base = _good(recs[:start], key, latest.run.mode)[-settings.baseline:]
-    if not base:
+    start = _streak_start(recs, key, first.before - first.floor.threshold)
+    decision = _decide(recs[:start], mine, key, latest.run.mode, settings)
+    if decision is None:
         return None
-    pooled = [v for r in base for v in r.samples[key]]
-    before = _median(pooled) if pooled else _median([r.value[key] for r in base])  # type: ignore[misc]
-    if not after < before - settings.rel * abs(before):
-        return None
+    group.floors[key] = decision.floor
     label = HEADLINES[key][0]
-    mine = latest.samples[key]
-    p = one_sided_p(mine, pooled)
-    if min_p(len(mine), len(pooled)) >= settings.alpha:
-        # Too few values for the test to ever reach alpha (e.g. --runs 1): require instead that
-        # every rep lies below every baseline rep, i.e. beyond the baseline's whole spread.
-        if not (mine and pooled and max(mine) < min(pooled)):
-            group.notes.append(f"{label} {before:.3f} -> {after:.3f}: too few reps ({len(mine)} vs {len(pooled)}) "
-                               "for a test, and not below the whole baseline; not flagged")
-            return None
-        how = f"too few reps for a test; all {len(mine)} below all {len(pooled)} baseline reps"
-    elif p >= settings.alpha:
-        group.notes.append(f"{label} {before:.3f} -> {after:.3f} is beyond the {settings.rel:.0%} threshold "
-                           f"but within the runs' spread (p={p:.3f} >= {settings.alpha}); not flagged")
+    if not decision.flagged:
+        if decision.drop > decision.floor.threshold:
+            group.notes.append(f"{label} {decision.before:.3f} -> {decision.after:.3f}: {decision.how}")
         return None
-    else:
-        how = f"one-sided Mann-Whitney p={p:.4f}, {len(mine)} reps vs {len(pooled)}"
     since = recs[start].run.name
+    before, after = decision.before, decision.after
     rel = (after - before) / abs(before) if before else math.nan
+    n_base = len(_good(recs[:start], key, latest.run.mode)[-settings.baseline:])
     return Finding(
         "drop", group.runner, group.workload,
-        f"{label} dropped {before:.3f} -> {after:.3f} ({rel:+.1%}; {how} from {len(base)} good run(s)) "
-        f"since run {since}",
-        since=since, metric=label, before=before, after=after, p_value=p)
+        f"{label} dropped {before:.3f} -> {after:.3f} ({rel:+.1%}; detection floor {decision.floor.threshold:.4f} "
+        f"({decision.floor.relative:.2%}); {decision.how} from {n_base} good run(s)) since run {since}",
+        since=since, metric=label, before=before, after=after, p_value=decision.p_value,
+        floor=decision.floor.threshold)
 
 
 def _verdict_change(group: GroupStatus, recs: list[Record]) -> Finding | None:
@@ -234,6 +401,17 @@ def _never_measured(history: History, runner: str, runs: Sequence[Run], settings
                    f"{latest.verdict}{': ' + why if why else ''}", since=runs[0].name)
 
 
+def _group_floor(recs: Sequence[Record], key: str, settings: CheckSettings) -> Floor | None:
+    """The floor the check applies to the next value of ``key`` after ``recs[:-1]`` (for the reports:
+    also for a latest run that measured nothing, with as many reps as the baseline's runs had)."""
+    good = _good(recs[:-1], key, recs[-1].run.mode)
+    base, spread = good[-settings.baseline:], good[-max(settings.spread_runs, settings.baseline):]
+    if not base:
+        return None
+    n_latest = len(_values(recs[-1], key)) or round(statistics.median(len(_values(r, key)) for r in base))
+    return detection_floor(_pooled(base, key), _pooled(spread, key), n_latest, settings, len(spread))
+
+
 def check(history: History, settings: CheckSettings | None = None) -> CheckResult:
     """Compare every runner's latest runs with their baselines (pure)."""
     settings = settings or CheckSettings()
@@ -269,6 +447,9 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
                 pooled = [v for r in group.baseline for v in r.samples[key]]
                 if pooled:
                     group.band[key] = (min(pooled), _median(pooled), max(pooled))
+                floor = _group_floor(recs, key, settings)
+                if floor is not None:
+                    group.floors[key] = floor  # _drop refines it when the latest run dropped
             if len(recs) == 1:
                 group.notes.append("first run of this workload on this runner: nothing to compare with")
             verdict = _verdict_change(group, recs)
@@ -286,7 +467,15 @@ def format_findings(result: CheckResult) -> str:
     lines = [f"REGRESSION [{f.runner}] {f.workload}: {f.message}" for f in result.findings]
     for g in result.groups:
         lines.extend(f"note [{g.runner}] {g.workload}: {n}" for n in g.notes)
+    lines.extend(format_floors(result))
     n_groups = len(result.groups)
     lines.append(f"check: {len(result.findings)} regression(s) in {n_groups} runner/workload group(s)"
                  if result.findings else f"check: clean ({n_groups} runner/workload group(s))")
     return "\n".join(lines)
+
+
+def format_floors(result: CheckResult) -> list[str]:
+    """One line per runner, workload and headline figure: its detection floor (what ``--check``
+    prints and the Markdown report lists)."""
+    return [f"floor [{g.runner}] {g.workload}: {HEADLINES[key][0]} {floor.describe()}"
+            for g in result.groups for key, floor in g.floors.items()]

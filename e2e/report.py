@@ -29,7 +29,7 @@ from typing import Any
 
 from .cache import atomic_write
 from .history import HEADLINES, History, Record, load_history, records
-from .regress import CheckResult, CheckSettings, GroupStatus, check, format_findings
+from .regress import CheckResult, CheckSettings, GroupStatus, check, format_findings, format_floors
 from .results import fmt_ci as _ci
 from .results import fmt_number as _fmt
 
@@ -290,6 +290,10 @@ def render_markdown(history: History, result: CheckResult) -> str:
     if result.findings:
         lines += ["", "Regressions:"]
         lines += [f"- [{f.runner}] {f.workload}: {f.message}" for f in result.findings]
+    floors = format_floors(result)
+    if floors:
+        lines += ["", "Detection floors (the smallest drop `--check` flags, from each runner's own spread):"]
+        lines += [f"- {line}" for line in floors]
     return "\n".join(lines) + "\n"
 
 

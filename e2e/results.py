@@ -99,6 +99,14 @@ def fmt_number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def fmt_p(p: Any, model: Any = None) -> str:
+    """A p-value for a table: 3 decimals, or scientific below 0.001; ``*`` marks a quasi-Poisson one."""
+    mark = "*" if model == "quasi-poisson" else ""
+    if isinstance(p, float) and 0 < p < 0.001:
+        return f"{p:.0e}{mark}"
+    return fmt_number(p) + (mark if isinstance(p, float) else "")
+
+
 def fmt_ci(ci: Any) -> str:
     """An interval ``[low, high]`` for a table ("" if there is none)."""
     return f"[{fmt_number(ci[0])}, {fmt_number(ci[1])}]" if ci else ""
@@ -128,10 +136,13 @@ def format_table(result: Result) -> str:
                          f"{fmt_ci(head.get('ci'))} (limit 1.0; {w.treatment} vs {w.baseline})")
         if w.metrics:
             lines.append(f"  {'per injected interrupt':<24} {w.baseline or 'off':>9} {w.treatment or 'on':>9} "
-                         f"{'reduction':>10}  interval")
+                         f"{'reduction':>10}  {'interval':<16} {'p':>5} {'p_rate':>8}")
             for key, m in w.metrics.items():
                 lines.append(f"  {key:<24} {fmt_number(m.get('off_median')):>9} {fmt_number(m.get('on_median')):>9} "
-                             f"{fmt_number(m.get('reduction')):>10}  {fmt_ci(m.get('reduction_ci'))}")
+                             f"{fmt_number(m.get('reduction')):>10}  {fmt_ci(m.get('reduction_ci')):<16} "
+                             f"{fmt_number(m.get('p_value')):>5} {fmt_p(m.get('p_rate'), m.get('rate_model')):>8}")
+            lines.append("  (p: permutation over reps, at least 0.1 with 3 reps per arm; p_rate: rate test on the "
+                         "counts, * where reps scatter beyond counting noise)")
         first = True
         for comp in w.comparisons:
             if comp.kind == "effect" and comp.a == w.baseline and comp.b == w.treatment:
@@ -150,7 +161,8 @@ def format_table(result: Result) -> str:
                     continue
                 if "a_median" in m:
                     lines.append(f"    {key:<12} a {fmt_number(m['a_median'])}  b {fmt_number(m['b_median'])}  "
-                                 f"diff {fmt_number(m['diff'])} {fmt_ci(m['diff_ci'])}  p {fmt_number(m['p_value'])}")
+                                 f"diff {fmt_number(m['diff'])} {fmt_ci(m['diff_ci'])}  p {fmt_number(m['p_value'])}"
+                                 f"  p_rate {fmt_p(m.get('p_rate'), m.get('rate_model'))}")
                 else:
                     lines.append(f"    {key:<12} a {fmt_number(m.get('a'))}  b {fmt_number(m.get('b'))}  "
                                  f"diff {fmt_number(m['diff'])} {fmt_ci(m['diff_ci'])}")

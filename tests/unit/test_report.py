@@ -121,13 +121,21 @@ def test_a_sustained_drop_is_dated_from_its_first_run(tmp_path: Path) -> None:
 
 
 def test_a_drop_within_the_runs_spread_is_not_flagged(tmp_path: Path) -> None:
-    # 10.5 % below the baseline median, but the latest reps sit inside the baseline's spread.
-    base = [[0.60, 0.95, 1.30], [0.62, 0.96, 1.28], [0.58, 0.94, 1.32]]
-    docs = [make_doc(i, {"timer": (s, "pass")}) for i, s in enumerate(base)]
-    docs.append(make_doc(3, {"timer": ([0.70, 0.85, 1.00], "pass")}))
-    result = check(load_history(write_history(tmp_path, docs)), CheckSettings(baseline=5))
+    # 13 % below the baseline median, but the latest reps sit inside the baseline's spread.
+    base = [[0.40, 0.75, 0.99], [0.42, 0.76, 0.98], [0.38, 0.74, 0.99]]
+    latest = make_doc(3, {"timer": ([0.50, 0.65, 0.80], "pass")})
+    # Two baseline runs (6 reps): too few for a spread, so the relative threshold applies and the test decides.
+    docs = [*(make_doc(i, {"timer": (s, "pass")}) for i, s in enumerate(base[:2])), latest]
+    result = check(load_history(write_history(tmp_path / "two", docs)), CheckSettings(baseline=5))
     assert not [f for f in result.findings if f.metric == "EOI exits saved per interrupt"]
     assert any("within the runs' spread" in n for g in result.groups for n in g.notes)
+    assert result.groups[0].floors["eoi_saved"].basis == "relative"
+    # Three (9 reps): the spread is known, and its floor is far beyond this drop.
+    docs = [*(make_doc(i, {"timer": (s, "pass")}) for i, s in enumerate(base)), latest]
+    result = check(load_history(write_history(tmp_path / "three", docs)), CheckSettings(baseline=5))
+    assert not [f for f in result.findings if f.metric == "EOI exits saved per interrupt"]
+    floor = result.groups[0].floors["eoi_saved"]
+    assert floor.basis == "spread" and floor.threshold > 0.75 - 0.65
 
 
 def test_a_missing_workload_is_reported(tmp_path: Path) -> None:

@@ -177,17 +177,29 @@ def test_format_table_small_doc() -> None:
     assert "workload timer: PASS  (3000 x 100 us clock_nanosleep)" in lines
     assert "  EOI exits saved per injected interrupt: 0.999 [0.990, 1.000] (limit 1.0; on vs off)" in lines
     header = next(line for line in lines if "per injected interrupt" in line and "reduction" in line)
-    assert header.split() == ["per", "injected", "interrupt", "off", "on", "reduction", "interval"]
+    assert header.split() == ["per", "injected", "interrupt", "off", "on", "reduction", "interval", "p", "p_rate"]
     exit_row = next(line for line in lines if line.strip().startswith("kvm_exit "))
-    assert exit_row.split() == ["kvm_exit", "2.100", "1.100", "0.476", "[0.450,", "0.500]"]
+    assert exit_row.split() == ["kvm_exit", "2.100", "1.100", "0.476", "[0.450,", "0.500]", "-", "-"]
     pv_row = next(line for line in lines if line.strip().startswith("kvm_pv_eoi "))
-    assert pv_row.split() == ["kvm_pv_eoi", "0.000", "0.997", "-"]
+    assert pv_row.split() == ["kvm_pv_eoi", "0.000", "0.997", "-", "-", "-"]
     odd_row = next(line for line in lines if line.strip().startswith("odd "))
-    assert odd_row.split() == ["odd", "-", "3", "-"], "NaN and None print as '-'"
+    assert odd_row.split() == ["odd", "-", "3", "-", "-", "-"], "NaN and None print as '-'"
     assert "  arm on: kvm_pv_eoi=[2990] inj_virq=[3000] guest_skipped=[2992]" in lines
     assert "  arm off: kvm_pv_eoi=[0] inj_virq=[3000] guest_skipped=[None]" in lines
     assert "  note: a note" in lines
     assert not any(line.startswith("reason:") for line in lines)
+
+
+def test_format_table_shows_the_rate_p_next_to_the_permutation_p() -> None:
+    doc = small_doc()
+    m = doc["workloads"]["timer"]["metrics"]["kvm_exit"]
+    m.update({"p_value": 0.1, "p_rate": 3.2e-9, "rate_model": "poisson"})
+    doc["workloads"]["timer"]["metrics"]["kvm_pv_eoi"].update(
+        {"p_value": 0.1, "p_rate": 0.0004, "rate_model": "quasi-poisson"})
+    lines = format_table(Result.from_json(doc)).splitlines()
+    assert next(line for line in lines if line.strip().startswith("kvm_exit ")).split()[-2:] == ["0.100", "3e-09"]
+    assert next(line for line in lines if line.strip().startswith("kvm_pv_eoi ")).split()[-2:] == ["0.100", "4e-04*"]
+    assert any("p_rate: rate test on the counts" in line for line in lines)
 
 
 def test_format_table_failed_workload() -> None:
