@@ -454,10 +454,17 @@ def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Pat
         progress.update(f"source unchanged in {bt.src}", force=True)
         return bt.src
     bt.stamp.unlink(missing_ok=True)
-    progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
-    origin = spec.source.prepare(work, need_copy=False)  # Debian: unpacked into work; a tree: itself
-    written = kbuild.sync_tree(origin, bt.src)
-    log.info("synced %d changed files into %s", len(written), bt.src)
+    if spec.source.kind == "debian" and not bt.src.exists():
+        progress.update(f"unpacking {spec.source.path} into {bt.src}", force=True)
+        shutil.rmtree(bt.out, ignore_errors=True)  # objects of another copy: rebuild them all
+        bt.out.mkdir()
+        shutil.rmtree(bt.root / "linux-source-6.1", ignore_errors=True)  # a killed unpack's
+        spec.source.prepare(bt.root, need_copy=False).rename(bt.src)
+    else:
+        progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
+        origin = spec.source.prepare(work, need_copy=False)  # Debian: unpacked into work; a tree: itself
+        written = kbuild.sync_tree(origin, bt.src)
+        log.info("synced %d changed files into %s", len(written), bt.src)
     if spec.patches:
         progress.update(f"applying {len(spec.patches)} patches", force=True)
         apply_patches(bt.src, spec.patches)
