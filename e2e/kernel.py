@@ -240,20 +240,16 @@ class KernelSource:
                     parts.append(f"{os.path.join(root, name)}:{st.st_size}:{st.st_mtime_ns}")
         return f"tree:{self.path}:{content_hash(parts)}"
 
-    def prepare(self, workdir: Path, need_copy: bool) -> Path:
-        """Return a tree to build from: unpacked (Debian), copied (user tree + patches) or the tree."""
+    def unpacked(self, workdir: Path) -> Path:
+        """The source as a directory: Debian's tarball unpacked into ``workdir``, or the user's tree itself
+        (which is only read; patches go to the private copy of :mod:`e2e.build.kbuild`).
+
+        :raises BuildError: if the tarball cannot be unpacked.
+        """
         if self.kind == "debian":
             _run_checked(["tar", "-xJf", str(self.path), "-C", str(workdir)], "unpack linux-source")
             return workdir / "linux-source-6.1"
-        if not need_copy:
-            return self.path
-        dest = workdir / "src"
-        _run_checked(
-            ["rsync", "-a", "--exclude=.git", "--exclude=*.o", "--exclude=*.cmd",
-             str(self.path) + "/", str(dest) + "/"],
-            "copy the kernel tree",
-        )
-        return dest
+        return self.path
 
 
 def _dpkg_version(package: str) -> str:
@@ -454,10 +450,17 @@ def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Pat
         progress.update(f"source unchanged in {bt.src}", force=True)
         return bt.src
     bt.stamp.unlink(missing_ok=True)
-    progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
-    origin = spec.source.prepare(work, need_copy=False)  # Debian: unpacked into work; a tree: itself
-    written = kbuild.sync_tree(origin, bt.src)
-    log.info("synced %d changed files into %s", len(written), bt.src)
+    if spec.source.kind == "debian" and not bt.src.exists():
+        progress.update(f"unpacking {spec.source.path} into {bt.src}", force=True)
+        shutil.rmtree(bt.out, ignore_errors=True)  # objects of another copy: rebuild them all
+        bt.out.mkdir()
+        shutil.rmtree(bt.root / "linux-source-6.1", ignore_errors=True)  # a killed unpack's
+        spec.source.unpacked(bt.root).rename(bt.src)
+    else:
+        progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
+        origin = spec.source.unpacked(work)
+        written = kbuild.sync_tree(origin, bt.src)
+        log.info("synced %d changed files into %s", len(written), bt.src)
     if spec.patches:
         progress.update(f"applying {len(spec.patches)} patches", force=True)
         apply_patches(bt.src, spec.patches)

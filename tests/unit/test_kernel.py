@@ -10,6 +10,7 @@ the headers of cached real kernels are tested in tests/e2e/test_kernel_build.py
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -407,3 +408,31 @@ def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -
     assert tree_snapshot(tree) == edited and before != edited, "the user's tree was modified by pveoi"
 
 
+def test_debian_source_is_unpacked_into_the_private_copy_once(tmp_path: Path) -> None:
+    from e2e.build import kbuild
+    from e2e.cache import Cache
+    from e2e.kernel import BuildSpec, KernelSource, _source_tree
+    from e2e.progress import Progress
+
+    top = tmp_path / "pkg" / "linux-source-6.1"
+    (top / "src").mkdir(parents=True)
+    (top / "src" / "file.c").write_text(ORIGINAL)
+    (top / "Makefile").write_text("all:\n")
+    tarball = tmp_path / "linux-source-6.1.tar.xz"
+    subprocess.run(["tar", "-cJf", str(tarball), "-C", str(tmp_path / "pkg"), "linux-source-6.1"], check=True)
+    patch = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
+    spec = BuildSpec(KernelSource("debian", tarball), "guest", (patch,))
+    progress = Progress("test")
+    work = tmp_path / "work"
+    work.mkdir()
+    with kbuild.build_tree(Cache(tmp_path / "cache"), "d") as bt:
+        (bt.out / "stale.o").write_text("from another copy")
+        src = _source_tree(spec, "deb-1", bt, work, progress)
+        assert src == bt.src and (src / "src" / "file.c").read_text() == ORIGINAL.replace("line 2\n", "LINE TWO\n")
+        assert not (bt.out / "stale.o").exists(), "objects of another copy must not survive a fresh unpack"
+        assert sorted(p.name for p in bt.root.iterdir()) == ["out", "src", "src.stamp"]  # no unpack left over
+        makefile = (src / "Makefile").stat().st_mtime_ns
+        # A new package version: unpacked beside, synced by content; unchanged files keep their mtimes.
+        assert _source_tree(spec, "deb-2", bt, work, progress) == src
+        assert (src / "Makefile").stat().st_mtime_ns == makefile
+        assert (src / "src" / "file.c").read_text() == ORIGINAL.replace("line 2\n", "LINE TWO\n")
