@@ -27,11 +27,11 @@ from typing import Any
 
 from .analysis import analyze, conclude, load_thresholds
 from .argv import DEFAULT_APPEND, MachineSpec
+from .build.image import READY_PATTERN
 from .errors import ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .hostfacts import COUNTED, cpu_vendor
-from .image import READY_PATTERN
 from .machine import Machine, child_preexec
 from .model import DEFAULT_ARMS, Arm, Plan, Result, RunRecord, WorkloadResult, validate_arms
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
@@ -364,7 +364,7 @@ def run_plan(plan: Plan, progress: Callable[[str], None] | None = None) -> Resul
     :raises ConfigError: a bad plan.
     :raises CapabilityError: the host cannot measure.
     """
-    from .image import load_image
+    from .build.image import load_image
 
     validate_arms(plan.arms)
     if plan.runs < 1:

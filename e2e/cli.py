@@ -242,7 +242,7 @@ def _host_kernel() -> Path:
 
 def _image(args: argparse.Namespace) -> Any:
     """The guest image: --image DIR (a built entry, used read-only), else build or hit the cache."""
-    from . import image
+    from .build import image
 
     entry = getattr(args, "image", None)
     return image.guest_image(Path(args.kernel) if getattr(args, "kernel", None) else None, entry)
@@ -282,7 +282,7 @@ def _add_image(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_image_build(args: argparse.Namespace) -> int:
-    from . import image
+    from .build import image
 
     img = image.build_image(force=args.force)
     if args.json:
@@ -366,7 +366,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     spec = MachineSpec(kernel=kernel_path, initrd=img.initrd, append=f"{DEFAULT_APPEND} {args.append}".strip(),
                        accel=accel, pv_eoi=args.pv_eoi == "on", smp=args.smp, memory_mb=args.memory,
                        paused=True, name="pveoi-boot")
-    from .image import READY_PATTERN
+    from .build.image import READY_PATTERN
 
     arm = Arm("boot", pv_eoi=args.pv_eoi == "on", append=args.append)
     with Machine(spec, READY_PATTERN, artifacts=args.logs) as m:
@@ -557,7 +557,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
         kernel.check_kernel_file(Path(args.kernel).expanduser().absolute())
     if args.image:
-        from . import image
+        from .build import image
 
         image.load_image(args.image)
     for d, what in ((args.host_source, "--host-source"), (args.host_patches, "--host-patches")):

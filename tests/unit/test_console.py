@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from e2e.build.image import READY_PATTERN
 from e2e.console import Console
 from e2e.errors import GuestInitError, GuestPanic, GuestTimeout
-from e2e.image import READY_PATTERN
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ directly or through others, at module level or inside a function."""
 from __future__ import annotations
 
 import ast
-import importlib
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -111,10 +110,3 @@ def test_each_module_imports_alone(module: str) -> None:
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                           timeout=60, cwd=PACKAGE.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_the_old_image_module_still_serves_main() -> None:
-    old = importlib.import_module("e2e.image")
-    new = importlib.import_module("e2e.build.image")
-    for name in ("READY_PATTERN", "GuestImage", "build_image", "load_image"):
-        assert getattr(old, name) is getattr(new, name)
