@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write
-from .history import HEADLINES, History, Record, load_history, records
+from .history import HEADLINES, History, Record, Run, load_history, records
 from .regress import CheckResult, CheckSettings, GroupStatus, check, format_findings
 from .results import fmt_ci as _ci
 from .results import fmt_number as _fmt
@@ -324,6 +324,30 @@ def render_junit(result: CheckResult) -> str:
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
+def latest_runs(result: CheckResult) -> list[Run]:
+    """The runs holding the latest verdicts (each once, in the check's group order)."""
+    out: list[Run] = []
+    for g in result.groups:
+        if g.latest is not None and all(g.latest.run is not r for r in out):
+            out.append(g.latest.run)
+    return out
+
+
+def render_ktap(history: History, result: CheckResult) -> str:
+    """KTAP version 1 of the latest run of each runner (:mod:`e2e.ktap`)."""
+    from . import ktap
+
+    return ktap.render([r.result for r in latest_runs(result)] or [history.runs[-1].result])
+
+
+def render_kcidb(history: History, origin: str) -> str:
+    """A KCIDB v5.3 document of every run of the history (:mod:`e2e.kcidb`; ids are stable, so
+    submitting a grown history again adds only what is new)."""
+    from . import kcidb
+
+    return json.dumps(kcidb.render([r.result for r in history.runs], origin), indent=1, sort_keys=True) + "\n"
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -337,6 +361,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
     p.add_argument("--markdown", type=Path, metavar="PATH", help="write a short Markdown summary")
     p.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML (verdicts and regressions)")
+    p.add_argument("--ktap", type=Path, metavar="PATH",
+                   help="write KTAP version 1: the latest run of each runner, one test per workload")
+    p.add_argument("--kcidb", type=Path, metavar="PATH",
+                   help="write a KCIDB v5.3 document of every run (submit it with kcidb-submit)")
+    p.add_argument("--origin", default="pveoi", metavar="NAME",
+                   help="the KCIDB origin KernelCI gave your lab ([a-z0-9_]+, default pveoi)")
     p.add_argument("--check", action="store_true", help="exit 1 on a regression (2 if the history is unusable)")
     p.add_argument("--baseline", type=int, default=5, metavar="N",
                    help="good runs per runner and workload in the baseline (default 5)")
@@ -356,6 +386,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not 0 <= args.threshold < 1 or not 0 < args.alpha < 1:
         raise ConfigError("--threshold must be in [0, 1) and --alpha in (0, 1)",
                           fix="e.g. --threshold 0.05 --alpha 0.05")
+    if args.kcidb is not None:
+        from .kcidb import check_origin
+
+        check_origin(args.origin)
     history = load_history(args.history)
     if args.check:
         history.require_clean()  # a nightly must not skip a file it cannot read
@@ -365,7 +399,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                                           max_age_hours=args.max_age))
     outputs: list[tuple[Path | None, Callable[[], str]]] = [(args.html, lambda: render_html(history, result)),
                (args.markdown, lambda: render_markdown(history, result)),
-               (args.junit, lambda: render_junit(result))]
+               (args.junit, lambda: render_junit(result)),
+               (args.ktap, lambda: render_ktap(history, result)),
+               (args.kcidb, lambda: render_kcidb(history, args.origin))]
     for path, render in outputs:
         if path is not None:
             target = path.expanduser().absolute()
