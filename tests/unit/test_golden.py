@@ -13,7 +13,9 @@ the same generator calls.
 from __future__ import annotations
 
 import json
+import re
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,87 @@ def test_random_permutation_p_values_match_exactly(golden: dict[str, Any]) -> No
         assert stats.permutation_pvalue(on, off) == case["p_value"], name
         assert stats.permutation_pvalue(on, off, n=99) == case["p_value_n99"], name
         assert stats.permutation_pvalue(on[:6], off[:6], n=5000) == case["p_value_exact_n5000"], name
+
+
+# ---------------------------------------------------------------- the HTML report
+
+
+class _Structure(HTMLParser):
+    """An HTML page as (start tag, attributes) / end tag / text events: what a browser builds,
+    whatever the quoting of attributes, the entity spelling or the blank lines between tags."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.events: list[tuple[Any, ...]] = []
+        self.pre = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.events.append(("start", tag, tuple(sorted(attrs))))
+        self.pre += tag == "pre"
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.events.append(("start", tag, tuple(sorted(attrs))))
+        self.events.append(("end", tag))
+
+    def handle_endtag(self, tag: str) -> None:
+        self.events.append(("end", tag))
+        self.pre -= tag == "pre"
+
+    def handle_data(self, data: str) -> None:
+        text = data if self.pre else " ".join(data.split())
+        if text:
+            if self.events and self.events[-1][0] == "data":  # one text node, however the parser splits it
+                self.events[-1] = ("data", self.events[-1][1] + text)
+            else:
+                self.events.append(("data", text))
+
+    def handle_decl(self, decl: str) -> None:
+        self.events.append(("decl", decl.lower()))
+
+
+def structure(page: str) -> list[tuple[Any, ...]]:
+    parser = _Structure()
+    parser.feed(re.sub(r"\S*?/tests/fixtures/history", "FIXTURES", page))  # where the checkout lives
+    parser.close()
+    return parser.events
+
+
+@pytest.mark.parametrize("schema", [1, 2, 3])
+def test_the_html_report_has_the_structure_it_had(schema: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "svg.hashsalt", "pveoi-golden")
+    old = (GOLDEN / f"report-schema{schema}.html").read_text()
+    new = make_golden.html_golden()[f"schema{schema}"]
+    a, b = structure(old), structure(new)
+    assert len(a) > 100
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        assert x == y, f"event {i}: was {x!r}, now {y!r}"
+    assert len(a) == len(b)
+
+
+def test_history_borne_text_is_escaped(tmp_path: Path) -> None:
+    from e2e.history import load_history
+    from e2e.regress import check
+    from e2e.report import render_html
+
+    evil = "<script>alert('x')</script>"
+    src = next((make_golden.FIXTURES / "schema3").glob("*.json"))
+    doc = json.loads(src.read_text())
+    doc["runner"]["id"] = doc["runner"]["hostname"] = f"lab{evil}"
+    doc["runner"]["doctor"][0]["detail"] = evil
+    doc["host"]["reason"] = f"because {evil}"
+    doc["workloads"]["timer"]["reasons"] = [f"reason {evil}"]
+    doc["workloads"]["timer"]["notes"] = [f"note {evil}"]
+    doc["workloads"]["timer"]["description"] = f'"quoted" {evil}'
+    doc["logs"] = f"/nonexistent/{evil}"
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "run.json").write_text(json.dumps(doc))
+    history = load_history(tmp_path / "h")
+    page = render_html(history, check(history))
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;") >= 7
+    texts = [e[1] for e in structure(page) if e[0] == "data"]
+    assert f"reason {evil}"[:-9] in " ".join(texts) or any(evil in t for t in texts), "shown as text, not code"
+    anchors = [dict(e[2]).get("id") for e in structure(page) if e[0] == "start" and e[1] == "section"]
+    assert anchors and all(a and "<" not in a for a in anchors)
