@@ -146,3 +146,30 @@ def test_history_borne_text_is_escaped(tmp_path: Path) -> None:
     assert f"reason {evil}"[:-9] in " ".join(texts) or any(evil in t for t in texts), "shown as text, not code"
     anchors = [dict(e[2]).get("id") for e in structure(page) if e[0] == "start" and e[1] == "section"]
     assert anchors and all(a and "<" not in a for a in anchors)
+
+
+def test_chromium_draws_the_same_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference page and today's, screenshotted by headless Chromium: the same pixels."""
+    import shutil
+
+    import matplotlib
+
+    if not (shutil.which("chromium") or shutil.which("chromium-headless-shell")):
+        pytest.skip("chromium is missing: run host_config/install-deps.sh (Debian package chromium)")
+    from PIL import Image, ImageChops
+
+    from tests.e2e.test_ab import screenshot
+
+    monkeypatch.setitem(matplotlib.rcParams, "svg.hashsalt", "pveoi-golden")
+    old, new = tmp_path / "old.html", tmp_path / "new.html"
+    where = re.compile(r"\S*?/tests/fixtures/history")  # where the checkout lives is not the page's look
+    old.write_text(where.sub("FIXTURES", (GOLDEN / "report-schema3.html").read_text()))
+    new.write_text(where.sub("FIXTURES", make_golden.html_golden()["schema3"]))
+    shots = []
+    for page in (old, new):
+        png = page.with_suffix(".png")
+        screenshot(page, png, (1280, 3000))
+        with Image.open(png) as img:
+            shots.append(img.convert("RGB"))
+    assert len(shots[0].getcolors(maxcolors=1 << 20) or []) > 50, "the screenshot is (nearly) blank"
+    assert ImageChops.difference(shots[0], shots[1]).getbbox() is None, "the pages look different"
