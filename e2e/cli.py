@@ -474,6 +474,7 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="override a verdict threshold (see e2e/data/thresholds.toml)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the result document here")
     p.add_argument("--history", type=Path, metavar="DIR", help="also add the result to this history dir")
+    p.add_argument("--ktap", metavar="PATH|-", help="also write the verdicts as KTAP version 1 ('-': stdout)")
     p.add_argument("--logs", type=Path, metavar="DIR", help="keep console/QEMU logs here")
     p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest memory")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole A/B")
@@ -655,6 +656,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
     res = measured.with_(runner=runner, kernel=results.kernel_manifest(plan.kernel),
                     image={"path": str(plan.image)}, logs=str(plan.logs))
     results.emit(res, args.json, args.history)
+    results.write_ktap(args.ktap, [res])
     print(results.format_table(res))
     return res.exit_code
 

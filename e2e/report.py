@@ -17,7 +17,6 @@ machines, and check it for regressions (:mod:`e2e.regress`).
 from __future__ import annotations
 
 import argparse
-import html
 import io
 import json
 import logging
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write
-from .history import HEADLINES, History, Record, load_history, records
+from .history import HEADLINES, History, Record, Run, load_history, records
 from .regress import CheckResult, CheckSettings, GroupStatus, check, format_findings, format_floors
 from .results import fmt_ci as _ci
 from .results import fmt_number as _fmt
@@ -147,129 +146,94 @@ def plot_trend(recs: Sequence[Record], group: GroupStatus) -> str:
 
 
 # ---------------------------------------------------------------- HTML
+#
+# The page is e2e/data/report.html.j2, rendered by jinja2 with autoescape: this module
+# only gathers the values (plain text; the template escapes every one of them).
 
-CSS = """
-body{font-family:sans-serif;margin:1.5em;max-width:70em;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
-.pass{color:#2e7d32;font-weight:bold}.fail{color:#c62828;font-weight:bold}.other{color:#757575;font-weight:bold}
-.regression{background:#fdecea;border-left:4px solid #c62828;padding:.4em .8em;margin:.3em 0}
-.note{color:#555}.plots svg{max-width:100%;height:auto}pre{background:#f5f5f5;padding:.5em;overflow:auto}
-section.workload{border-top:2px solid #ddd;margin-top:1.5em}
-"""
+TEMPLATE = "report.html.j2"
 
 
 def _cls(verdict: str) -> str:
     return verdict if verdict in ("pass", "fail") else "other"
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
-
-
-def _settings_html(run_doc: dict[str, Any], w: dict[str, Any]) -> str:
-    e = html.escape
-    arms = [[e(name), e(json.dumps(a.get("settings", {}), sort_keys=True))]
-            for name, a in run_doc.get("arms", {}).items()]
-    parts = [
-        "<h4>Settings</h4>",
-        _table(["setting", "value"], [
-            ["runs per arm", e(str(run_doc.get("runs_per_arm")))],
-            ["host", e(f"{run_doc.get('host', {}).get('chosen')}: {run_doc.get('host', {}).get('reason')}")],
-            ["thresholds", e(json.dumps(w.get("thresholds", {}), sort_keys=True))],
-            ["pveoi", e(str(run_doc.get("pveoi_version")))],
-        ] + [[f"arm {a}", s] for a, s in arms]),
-        "<details><summary>kernel manifest</summary><pre>"
-        + e(json.dumps(run_doc.get("kernel", {}), indent=2, sort_keys=True)) + "</pre></details>",
-        "<details><summary>runner</summary><pre>"
-        + e(json.dumps({k: v for k, v in run_doc.get("runner", {}).items() if k != "doctor"}, indent=2,
-                       sort_keys=True)) + "</pre></details>",
-    ]
-    doctor = run_doc.get("runner", {}).get("doctor") or []
-    if doctor:
-        parts.append("<h4>Doctor findings</h4>" + _table(
-            ["check", "status", "detail", "fix"],
-            [[e(str(f.get("name"))), e(str(f.get("status"))), e(str(f.get("detail"))), e(str(f.get("fix") or ""))]
-             for f in doctor]))
-    logs = run_doc.get("logs")
-    if logs:
-        links = []
-        root = Path(logs)
-        if root.is_dir():
-            links = [f'<a href="{e(p.as_uri())}">{e(str(p.relative_to(root)))}</a>'
-                     for p in sorted(root.rglob("*.log"))[:40]]
-        parts.append(f'<h4>Logs</h4><p><a href="{e(root.as_uri())}">{e(logs)}</a></p>'
-                     + ("<p>" + " · ".join(links) + "</p>" if links else
-                        "<p class=note>(not on this machine)</p>"))
-    return "\n".join(parts)
-
-
-def render_html(history: History, result: CheckResult) -> str:
-    e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>pveoi report</title><style>{CSS}</style>"
-           "</head><body>",
-           "<h1>pveoi: KVM PV EOI report</h1>",
-           f"<p>{len(history.runs)} run(s) from {len(history.runners())} runner(s) in {e(str(history.root))}; "
-           f"latest {e(history.runs[-1].created)}.</p>"]
-    state = "regression" if result.findings else "clean"
-    out.append(f"<h2>Latest verdicts <span class={'fail' if result.findings else 'pass'}>({state})</span></h2>")
-    rows = []
-    for g in result.groups:
-        r = g.latest
-        if r is None:
-            continue
-        rows.append([e(g.runner), f"<a href='#{e(_anchor(g))}'>{e(g.workload)}</a>",
-                     f"<span class={_cls(r.verdict)}>{e(r.verdict.upper())}</span>",
-                     f"{_fmt(r.value['eoi_saved'])} {_ci(r.ci['eoi_saved'])}",
-                     f"{_fmt(r.value['exit_reduction'])} {_ci(r.ci['exit_reduction'])}", e(r.run.name)])
-    out.append(_table(["runner", "workload", "verdict", HEADLINES["eoi_saved"][0] + " [95% CI]",
-                       HEADLINES["exit_reduction"][0] + " [95% CI]", "run"], rows))
-    for f in result.findings:
-        out.append(f"<div class=regression><b>{e(f.runner)} {e(f.workload)}</b>: {e(f.message)}</div>")
-    for p in history.problems:
-        out.append(f"<p class=note>unreadable: {e(p)}</p>")
-    for g in result.groups:
-        out.append(_group_html(history, result, g))
-    out.append("</body></html>")
-    return "\n".join(out)
+def _verdict(verdict: str) -> dict[str, str]:
+    return {"cls": _cls(verdict), "text": verdict.upper()}
 
 
 def _anchor(g: GroupStatus) -> str:
     return "w-" + "".join(c if c.isalnum() else "-" for c in f"{g.runner}-{g.workload}")
 
 
-def _group_html(history: History, result: CheckResult, g: GroupStatus) -> str:
-    e = html.escape
-    recs = records(history, g.runner, g.workload)
-    out = [f"<section class=workload id='{e(_anchor(g))}'><h2>{e(g.workload)} on {e(g.runner)}</h2>"]
+def _logs_view(logs: str | None) -> dict[str, Any] | None:
+    if not logs:
+        return None
+    root = Path(logs)
+    links = ([{"uri": p.as_uri(), "name": str(p.relative_to(root))} for p in sorted(root.rglob("*.log"))[:40]]
+             if root.is_dir() else [])
+    return {"uri": root.as_uri(), "path": logs, "links": links}
+
+
+def _settings_view(run_doc: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:
+    host = run_doc.get("host", {})
+    rows = [["runs per arm", str(run_doc.get("runs_per_arm"))],
+            ["host", f"{host.get('chosen')}: {host.get('reason')}"],
+            ["thresholds", json.dumps(w.get("thresholds", {}), sort_keys=True)],
+            ["pveoi", str(run_doc.get("pveoi_version"))]]
+    rows += [[f"arm {name}", json.dumps(a.get("settings", {}), sort_keys=True)]
+             for name, a in run_doc.get("arms", {}).items()]
+    runner = {k: v for k, v in run_doc.get("runner", {}).items() if k != "doctor"}
+    doctor = [[str(f.get("name")), str(f.get("status")), str(f.get("detail")), str(f.get("fix") or "")]
+              for f in run_doc.get("runner", {}).get("doctor") or []]
+    return {"settings": rows, "kernel": json.dumps(run_doc.get("kernel", {}), indent=2, sort_keys=True),
+            "runner_doc": json.dumps(runner, indent=2, sort_keys=True), "doctor": doctor,
+            "logs": _logs_view(run_doc.get("logs"))}
+
+
+def _group_view(history: History, result: CheckResult, g: GroupStatus) -> dict[str, Any]:
+    from markupsafe import Markup
+
+    view: dict[str, Any] = {"anchor": _anchor(g), "workload": g.workload, "runner": g.runner, "notes": list(g.notes),
+                            "latest": None}
     latest = g.latest
     if latest is None:
-        return "\n".join([out[0], *(f"<p class=note>note: {e(n)}</p>" for n in g.notes), "</section>"])
+        return view
     w = latest.run.doc.get("workloads", {}).get(g.workload) or {
         "description": "this run measured nothing", "metrics": {}, "notes": []}
-    out.append(f"<p>{e(str(w.get('description', '')))}</p>")
-    out.append(f"<p>latest: <span class={_cls(latest.verdict)}>{e(latest.verdict.upper())}</span> "
-               f"({e(latest.run.name)})</p>")
-    out.extend(f"<div class=regression>{e(m)}</div>" for m in _findings_of(result, g))
-    out.extend(f"<p class=note>! {e(r)}</p>" for r in latest.reasons)
-    out.extend(f"<p class=note>note: {e(n)}</p>" for n in [*w.get("notes", []), *g.notes])
-    out.append("<div class=plots>")
-    if w.get("metrics"):
-        out.append(plot_per_interrupt(w))
-        out.append(plot_exit_reasons(w))
-    out.append(plot_trend(recs, g))
-    out.append("</div>")
+    plots = [plot_per_interrupt(w), plot_exit_reasons(w)] if w.get("metrics") else []
+    plots.append(plot_trend(records(history, g.runner, g.workload), g))
     metrics = w.get("metrics", {})
-    if metrics:
-        out.append(_table(["per injected interrupt", f"arm {w.get('baseline')}", f"arm {w.get('treatment')}",
-                           "reduction [95% CI]", "p"],
-                          [[e(k), _fmt(m.get("off_median")), _fmt(m.get("on_median")),
-                            f"{_fmt(m.get('reduction'))} {_ci(m.get('reduction_ci'))}", _fmt(m.get("p_value"))]
-                           for k, m in metrics.items()]))
-    out.append(_settings_html(latest.run.doc, w))
-    out.append("</section>")
-    return "\n".join(out)
+    view.update(
+        latest=_verdict(latest.verdict), run=latest.run.name, description=str(w.get("description", "")),
+        regressions=_findings_of(result, g), reasons=list(latest.reasons), notes=[*w.get("notes", []), *g.notes],
+        plots=[Markup(svg) for svg in plots],  # drawn by matplotlib, which escapes the text it writes
+        metrics={"head": ["per injected interrupt", f"arm {w.get('baseline')}", f"arm {w.get('treatment')}",
+                          "reduction [95% CI]", "p"],
+                 "rows": [[k, _fmt(m.get("off_median")), _fmt(m.get("on_median")),
+                           f"{_fmt(m.get('reduction'))} {_ci(m.get('reduction_ci'))}", _fmt(m.get("p_value"))]
+                          for k, m in metrics.items()]} if metrics else None,
+        **_settings_view(latest.run.doc, w))
+    return view
+
+
+def render_html(history: History, result: CheckResult) -> str:
+    """The self-contained HTML report (``e2e/data/report.html.j2``, autoescaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("e2e", "data"), autoescape=True, trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    rows = [{"runner": g.runner, "anchor": _anchor(g), "workload": g.workload, "verdict": _verdict(r.verdict),
+             "eoi": f"{_fmt(r.value['eoi_saved'])} {_ci(r.ci['eoi_saved'])}",
+             "exit": f"{_fmt(r.value['exit_reduction'])} {_ci(r.ci['exit_reduction'])}", "run": r.run.name}
+            for g in result.groups if (r := g.latest) is not None]
+    return env.get_template(TEMPLATE).render(
+        runs=len(history.runs), runners=len(history.runners()), root=str(history.root),
+        latest=history.runs[-1].created, regressed=bool(result.findings),
+        head=["runner", "workload", "verdict", HEADLINES["eoi_saved"][0] + " [95% CI]",
+              HEADLINES["exit_reduction"][0] + " [95% CI]", "run"],
+        rows=rows, findings=[{"runner": f.runner, "workload": f.workload, "message": f.message}
+                             for f in result.findings],
+        problems=list(history.problems), groups=[_group_view(history, result, g) for g in result.groups])
 
 
 # ---------------------------------------------------------------- Markdown and JUnit
@@ -328,6 +292,30 @@ def render_junit(result: CheckResult) -> str:
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
+def latest_runs(result: CheckResult) -> list[Run]:
+    """The runs holding the latest verdicts (each once, in the check's group order)."""
+    out: list[Run] = []
+    for g in result.groups:
+        if g.latest is not None and all(g.latest.run is not r for r in out):
+            out.append(g.latest.run)
+    return out
+
+
+def render_ktap(history: History, result: CheckResult) -> str:
+    """KTAP version 1 of the latest run of each runner (:mod:`e2e.ktap`)."""
+    from . import ktap
+
+    return ktap.render([r.result for r in latest_runs(result)] or [history.runs[-1].result])
+
+
+def render_kcidb(history: History, origin: str) -> str:
+    """A KCIDB v5.3 document of every run of the history (:mod:`e2e.kcidb`; ids are stable, so
+    submitting a grown history again adds only what is new)."""
+    from . import kcidb
+
+    return json.dumps(kcidb.render([r.result for r in history.runs], origin), indent=1, sort_keys=True) + "\n"
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -341,6 +329,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
     p.add_argument("--markdown", type=Path, metavar="PATH", help="write a short Markdown summary")
     p.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML (verdicts and regressions)")
+    p.add_argument("--ktap", type=Path, metavar="PATH",
+                   help="write KTAP version 1: the latest run of each runner, one test per workload")
+    p.add_argument("--kcidb", type=Path, metavar="PATH",
+                   help="write a KCIDB v5.3 document of every run (submit it with kcidb-submit)")
+    p.add_argument("--origin", default="pveoi", metavar="NAME",
+                   help="the KCIDB origin KernelCI gave your lab ([a-z0-9_]+, default pveoi)")
     p.add_argument("--check", action="store_true", help="exit 1 on a regression (2 if the history is unusable)")
     p.add_argument("--baseline", type=int, default=5, metavar="N",
                    help="good runs per runner and workload in the baseline (default 5)")
@@ -362,6 +356,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not 0 <= args.threshold < 1 or not 0 < args.alpha < 1:
         raise ConfigError("--threshold must be in [0, 1) and --alpha in (0, 1)",
                           fix="e.g. --threshold 0.05 --alpha 0.05")
+    if args.kcidb is not None:
+        from .kcidb import check_origin
+
+        check_origin(args.origin)
     history = load_history(args.history)
     if args.check:
         history.require_clean()  # a nightly must not skip a file it cannot read
@@ -371,7 +369,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                                           max_age_hours=args.max_age, require_measurable=args.require_measurable))
     outputs: list[tuple[Path | None, Callable[[], str]]] = [(args.html, lambda: render_html(history, result)),
                (args.markdown, lambda: render_markdown(history, result)),
-               (args.junit, lambda: render_junit(result))]
+               (args.junit, lambda: render_junit(result)),
+               (args.ktap, lambda: render_ktap(history, result)),
+               (args.kcidb, lambda: render_kcidb(history, args.origin))]
     for path, render in outputs:
         if path is not None:
             target = path.expanduser().absolute()

@@ -11,8 +11,10 @@ import math
 import os
 import platform
 import socket
+import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,29 @@ def emit(result: Result, json_path: Path | None, history: Path | None) -> None:
         atomic_write(history.expanduser().absolute() / history_name(result), text)
     if json_path is not None:
         atomic_write(json_path.expanduser().absolute(), text)
+
+
+def write_ktap(target: str | None, results: Sequence[Result]) -> None:
+    """Write ``results`` as KTAP version 1 (:mod:`e2e.ktap`) to ``target``: a path (atomically),
+    ``-`` for stdout, or None for nowhere.
+
+    :raises ConfigError: the path cannot be written.
+    """
+    if target is None:
+        return
+    from . import ktap
+    from .errors import ConfigError
+
+    text = ktap.render(results)
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(target).expanduser().absolute()
+    try:
+        atomic_write(path, text)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror}", fix="pick a writable path for --ktap") from err
 
 
 def fmt_number(value: Any, digits: int = 3) -> str:

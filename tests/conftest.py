@@ -170,11 +170,10 @@ def no_orphan_qemu(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def guest_kernel() -> Path:
-    """pveoi's patched guest kernel (built on first use, then a cache hit)."""
-    from e2e import kernel
-
-    return kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")
+def guest_kernel(pveoi_kernel: Path) -> Path:
+    """pveoi's patched guest kernel: the pytest plugin's ``pveoi_kernel`` (``--pveoi-kernel``, else
+    built on first use, then a cache hit)."""
+    return pveoi_kernel
 
 
 @pytest.fixture(scope="session")
@@ -186,10 +185,9 @@ def host_kernel() -> Path:
 
 
 @pytest.fixture(scope="session")
-def guest_image(guest_kernel: Path):  # type: ignore[no-untyped-def]
-    from e2e.build import image
-
-    return image.build_image()
+def guest_image(pveoi_image):  # type: ignore[no-untyped-def]
+    """The guest image: the pytest plugin's ``pveoi_image`` (``--pveoi-image``, else pveoi's, cached)."""
+    return pveoi_image
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
