@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .doctor import Decision
     from .build.image import GuestImage
+    from .doctor import Decision
     from .machine import Machine
     from .model import Arm, Result
     from .perf import Event, PerfStat
@@ -359,8 +359,8 @@ class GuestFactory:
 
         from .ab import check_guest_arm, check_qmp_arm
         from .argv import DEFAULT_APPEND, MachineSpec
-        from .guest import STATE_COMMAND, GuestState
         from .build.image import READY_PATTERN
+        from .guest import STATE_COMMAND, GuestState
         from .machine import Machine
         from .model import Arm
 
