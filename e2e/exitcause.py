@@ -69,6 +69,8 @@ CONSOLE_PANIC = re.compile(rf"Kernel panic - not syncing{_LINE}|Oops: {_LINE}|ke
                            rf"|general protection fault{_LINE}|Unable to handle kernel{_LINE}")
 CONSOLE_OOM = re.compile(rf"Out of memory{_LINE}|oom-kill:{_LINE}|invoked oom-killer{_LINE}"
                          rf"|System is deadlocked on memory{_LINE}")
+#: The OOM line that says most (what was killed), quoted when there is one.
+OOM_KILLED = re.compile(rf"Out of memory{_LINE}|oom-kill:{_LINE}")
 CONSOLE_RESET = re.compile(rf"sysrq: Resetting{_LINE}|reboot: Restarting system{_LINE}|Rebooting in \d+ seconds{_LINE}"
                            rf"|reboot: machine restart{_LINE}|Initiating system reboot{_LINE}")
 CONSOLE_POWEROFF = re.compile(rf"reboot: Power down{_LINE}|reboot: System halted{_LINE}|sysrq: Power Off{_LINE}")
@@ -142,8 +144,12 @@ def _quote(line: str, limit: int = 120) -> str:
 
 
 def _first(pattern: re.Pattern[str], text: str) -> tuple[int, str] | None:
+    """Where ``pattern`` first matches in ``text``, and the whole line it matches in."""
     m = pattern.search(text)
-    return (m.start(), m.group(0)) if m else None
+    if m is None:
+        return None
+    start = max(text.rfind("\n", 0, m.start()), text.rfind("\r", 0, m.start())) + 1
+    return m.start(), text[start:m.end()]
 
 
 def _signal_name(number: int) -> str:
@@ -196,7 +202,9 @@ def classify_exit(events: Sequence[Mapping[str, Any]], console: str, qemu_log: s
         return cause(HOST_RESET, detail="QMP system_reset")
     oom, panic = _first(CONSOLE_OOM, console), _first(CONSOLE_PANIC, console)
     if oom and (panic is None or oom[0] <= panic[0] or "memory" in panic[1].lower()):
-        return cause(OOM, f"console: {_quote(oom[1])}", *([f"console: {_quote(panic[1])}"] if panic else []))
+        said_oom = _first(OOM_KILLED, console) or oom
+        return cause(OOM, f"console: {_quote(said_oom[1])}",
+                     *([f"console: {_quote(panic[1])}"] if panic and panic[1] != said_oom[1] else []))
     if panic or panicked or reason == "guest-panic":
         more = [f"console: {_quote(panic[1])}"] if panic else []
         if panicked:
