@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CapabilityError, ConfigError, GuestTimeout, Kind, PveoiError
+from .errors import CapabilityError, ConfigError, PveoiError
 
 log = logging.getLogger("pveoi")
 
@@ -138,7 +138,8 @@ def _setup_logging(verbose: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     root = logging.getLogger()
     for old in root.handlers:  # main() may run more than once in a process (tests, the soak): no leaked files
-        old.close()
+        if isinstance(old, _RunLogHandler):
+            old.close()
     root.handlers[:] = [handler]
     run_log = _open_run_log()
     if run_log is not None:
@@ -234,9 +235,9 @@ def _guest_kernel(args: argparse.Namespace) -> Path:
 
 
 def _host_kernel() -> Path:
-    from . import kernel
+    from .runner import stock_host_kernel
 
-    return kernel.build_kernel(kernel.default_spec("host")).file("bzImage")
+    return stock_host_kernel()
 
 
 def _image(args: argparse.Namespace) -> Any:
@@ -621,6 +622,7 @@ def _plan(args: argparse.Namespace) -> Any:
 def _cmd_ab(args: argparse.Namespace) -> int:
     from . import ab, results
     from .model import Result
+    from .runner import measure
 
     _check_inputs(args)
     host, why, doctor_report = _choose_host(args.host)
@@ -639,8 +641,7 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         raise ConfigError("a host kernel under test can only be booted by the virtual KVM host",
                           fix="add --host virtual (a hardware host cannot swap its kernel without a reboot)")
     try:
-        measured: Result = _run_virtual(plan, why) if host == "virtual" else ab.run_plan(plan).with_(
-            host={"chosen": "direct", "reason": why})
+        measured: Result = measure(plan, host, why, sink=_stdout_sink)
     except ConfigError:
         raise  # a mistake in the input, not a night without a measurement
     except PveoiError as err:
@@ -682,88 +683,72 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return again.exit_code
 
 
-def _run_virtual(plan: Any, why: str) -> Any:
-    """Run ``plan`` through the virtual KVM host: one L1 per workload and host kernel (a lost L1 costs
-    one part, not all; restarted per the retry policy), each running the plan's part unchanged;
-    the parts' raw runs are analyzed together."""
-    import time
-
-    from . import ab
-    from .errors import retryable
-
-    deadline = time.monotonic() + plan.timeout
-    parts, boots, restarts, facts = [], [], [], {}
-    for w in plan.workloads:
-        for hk in plan.host_kernels():
-            part_plan = plan.only(w, hk)
-            tag = w if len(plan.host_kernels()) == 1 else f"{w}-{hk.name if hk else 'stock'}"
-            for attempt in range(plan.retries + 1):
-                try:
-                    part, vh = _in_vhost(part_plan, hk or _host_kernel(), deadline - time.monotonic(),
-                                         plan.logs / f"vhost-{tag}-{attempt + 1}")
-                    break
-                except PveoiError as err:
-                    if not retryable(err) or attempt == plan.retries:
-                        raise
-                    restarts.append(f"{tag}: {err}")
-                    log.warning("the virtual host failed; restarting it for %s: %s", tag, err)
-            parts.append(part)
-            boots.append(round(vh.boot_seconds or 0.0, 2))
-            facts = vh.kvm_facts
-    merged = ab.reanalyze(parts[0], plan, parts[1:])
-    host_kernels = {str(hk or "stock"): results_manifest(hk or _host_kernel()) for hk in plan.host_kernels()}
-    return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
-                              "virtual_host": {"boot_seconds": boots[0], "boots": boots, "kvm": facts,
-                                               "restarts": restarts, "kernels": host_kernels}})
-
-
-def results_manifest(path: Path) -> dict[str, Any]:
-    from .results import kernel_manifest
-
-    return kernel_manifest(path)
-
-
-def _in_vhost(plan: Any, host_kernel: Path, timeout: float, vhost_logs: Path) -> tuple[Any, Any]:
-    """One part of the plan run by the inner runner inside a fresh virtual KVM host: (its result, the host).
-
-    The plan goes in as JSON through the results share; the typed result comes back the same way.
-    The guests' logs go to ``plan.logs``; the virtual host's own (console, output, QEMU) to ``vhost_logs``.
-    """
-    import shutil
-    from dataclasses import replace
-
-    from . import inner, results
-    from .cache import atomic_write
-    from .tmpdirs import tempdir
-    from .vhost import run_in_vhost
-
-    if timeout <= 0:
-        raise GuestTimeout(f"the A/B ran past --timeout {plan.timeout:.0f}s before {', '.join(plan.workloads)}",
-                           fix="raise --timeout")
-    with tempdir("ab") as tmp:
-        inner_plan = replace(plan, logs=tmp / "logs")
-        atomic_write(tmp / "plan.json", json.dumps(inner_plan.to_json(), indent=2))
-        argv = [sys.executable, "-m", "e2e.inner", str(tmp / "plan.json"), str(tmp / "result.json")]
-        try:
-            rc, vh = run_in_vhost(argv, host_kernel, tmp, timeout=timeout, sink=_stdout_sink,
-                                  artifacts=vhost_logs, keep=plan.files())
-        finally:
-            if (tmp / "logs").is_dir():
-                shutil.copytree(tmp / "logs", plan.logs, dirs_exist_ok=True)
-        if not (tmp / "result.json").is_file():
-            raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
-                             fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)
-        res = results.load(tmp / "result.json")
-    inner.raise_inner_error(res)
-    return res, vh
-
-
 def _default_logs() -> Path:
     import time
 
     from .cache import cache_root
 
     return cache_root() / "logs" / time.strftime("ab-%Y%m%d-%H%M%S") / str(os.getpid())
+
+
+# ---------------------------------------------------------------- bisect
+
+
+def _add_bisect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .workloads import WORKLOADS
+
+    p = sub.add_parser(
+        "bisect", help="find the commit that broke PV EOI: git bisect run with the A/B as the predicate",
+        description="Bisect --good..--bad of your kernel tree in a temporary git worktree (your checkout is never "
+                    "touched). Each step builds that revision incrementally and runs the A/B: good if it passes "
+                    "and PV EOI's saving did not drop from the good revision's, bad if it fails or dropped, "
+                    "skipped if it does not build or cannot be measured; infrastructure failures (after retries) "
+                    "abort. Prints the first bad commit; every step's result goes to --history.")
+    p.add_argument("--source", type=Path, required=True, metavar="DIR", help="your kernel git tree")
+    p.add_argument("--good", required=True, metavar="REV")
+    p.add_argument("--bad", required=True, metavar="REV")
+    p.add_argument("--host", action="store_true", help="bisect the host (KVM) kernel (through the virtual host)")
+    p.add_argument("--patches", type=Path, metavar="DIR", help="a quilt patch dir applied on every revision")
+    p.add_argument("--workload", default="timer", choices=sorted(WORKLOADS))
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--history", type=Path, metavar="DIR", help="every step's result (default: under the cache)")
+    p.add_argument("--logs", type=Path, metavar="DIR")
+    p.set_defaults(func=_cmd_bisect)
+
+
+def _cmd_bisect(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import replace
+
+    from . import bisect
+    from .analysis import load_thresholds
+    from .cache import cache_root
+
+    overrides = _parse_thresholds(args.threshold)
+    load_thresholds(args.workload, overrides)
+    if args.runs < 1 or args.retries < 0:
+        raise ConfigError("--runs must be at least 1 and --retries at least 0", fix="pass --runs 3 --retries 1")
+    if args.patches is not None and not args.patches.is_dir():
+        raise ConfigError(f"--patches {args.patches} is not a directory", fix="pass a quilt patch directory")
+    stamp = time.strftime("bisect-%Y%m%d-%H%M%S")
+    spec = bisect.resolve(bisect.BisectSpec(
+        source=args.source.expanduser().resolve(), good=args.good, bad=args.bad, workload=args.workload,
+        runs=args.runs, retries=args.retries, thresholds=overrides, host=args.host,
+        patches=args.patches.expanduser().resolve() if args.patches else None,
+        history=(args.history or cache_root() / "bisect" / stamp).expanduser().absolute(),
+        logs=(args.logs or cache_root() / "logs" / stamp).expanduser().absolute()))
+    host, why, _ = _choose_host("virtual" if args.host else "auto")
+    if host == "not-measurable":
+        raise CapabilityError(f"PV EOI cannot be measured here: {why}", fix="run pveoi doctor")
+    outcome = bisect.run(replace(spec, host_choice=(host, why)))
+    for rev, code, reason in outcome.steps:
+        word = {0: "good", 1: "bad", 125: "skip"}.get(code, "abort")
+        print(f"{rev[:12]} {word}: {reason}")
+    print(f"first bad commit: {outcome.first_bad} {outcome.subject}")
+    print(f"history: {spec.history}")
+    return 0
 
 
 # ---------------------------------------------------------------- doctor
@@ -812,6 +797,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_vhost(sub)
     _add_ab(sub)
     _add_doctor(sub)
+    _add_bisect(sub)
     from .report import add_parser as _add_report
 
     _add_report(sub)

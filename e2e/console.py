@@ -109,6 +109,7 @@ class Console:
         self.panic_line: str | None = None
         self._panic_at: float | None = None
         self.error_line: str | None = None
+        self.error_at: float | None = None  # time.monotonic() when the error line was seen
         self._listeners: list[Callable[[], None]] = []
         self.eof = False
         self._thread = threading.Thread(target=self._pump, name="pveoi-console", daemon=True)
@@ -130,6 +131,7 @@ class Console:
                         self._failed()
                     elif idx == 2 and self.error_line is None:
                         self.error_line = self._child.after.decode(errors="replace").strip()
+                        self.error_at = time.monotonic()
                         log.error("guest console: %s", self.error_line)
                         self._failed()
                     elif idx == 3:

@@ -199,8 +199,13 @@ class GuestInitError(GuestError):
     Fatal at once, like a panic: the guest would come up without what the
     step provides (its network, a mount, dropbear).
 
+    A deterministic setup problem (the kernel lacks a driver the image needs, the
+    image lacks a tool): ``config``, never retried.
+
     :param line: the console line, quoted in the message.
     """
+
+    default_kind = Kind.CONFIG
 
     def __init__(self, message: str, line: str, fix: str | None = None) -> None:
         super().__init__(message, fix)

@@ -69,8 +69,6 @@ LOAD_NAME = "pveoi-load"
 
 READY_PATTERN = r"pveoi-guest-ready uptime=(\S+)\r?\n"
 """The one line the guest prints when dropbear listens (group 1: uptime in s)."""
-ERROR_PATTERN = r"pveoi-guest-error: [^\r\n]*"
-"""A line the guest's init prints when a step failed (use as a fail-on pattern)."""
 PVEOI_PATTERN = r"pveoi-guest-pveoi: ([^\r\n]*)"
 """The guest's PV EOI report: a ``kvm_pv_eoi`` debugfs line or ``unavailable``."""
 

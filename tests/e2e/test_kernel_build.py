@@ -1,14 +1,20 @@
-"""Real kernel builds: the patched guest kernel, its cache and manifest, a dropped option."""
+"""Real kernel builds: the patched guest kernel, its cache and manifest, a dropped option; the real
+guest_patches/ series against Debian's linux-source-6.1; the headers of the cached real kernels."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from e2e import kernel
-from e2e.cache import Cache
+from e2e.cache import Cache, cache_root
 from e2e.errors import BuildError
+from e2e.kernel import apply_patches, load_series
+
+GUEST_PATCHES = kernel.REPO_ROOT / "guest_patches"
 
 
 def test_guest_kernel_is_patched_and_cached(guest_kernel: Path) -> None:
@@ -34,3 +40,54 @@ def test_a_dropped_option_fails_the_build_naming_it(tmp_path: Path) -> None:
         kernel.build_kernel(spec, cache=cache)
     assert err.value.log and Path(err.value.log).is_file()
     assert not list((tmp_path / "cache" / "kernels").glob("*/manifest.json")), "a failed build left an entry"
+
+
+@pytest.fixture(scope="module")
+def linux_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """kvm.c and kernel-parameters.txt from Debian's linux-source-6.1, unpacked once."""
+    tarball = kernel.DEBIAN_SOURCE_TARBALL
+    if not tarball.is_file():
+        pytest.skip(f"{tarball} not found (apt-get install {kernel.DEBIAN_SOURCE_PACKAGE})")
+    dest = tmp_path_factory.mktemp("linux")
+    subprocess.run(
+        ["tar", "-xJf", str(tarball), "-C", str(dest),
+         "linux-source-6.1/arch/x86/kernel/kvm.c",
+         "linux-source-6.1/Documentation/admin-guide/kernel-parameters.txt"],
+        check=True, capture_output=True,
+    )
+    return dest / "linux-source-6.1"
+
+
+@pytest.mark.slow
+def test_real_series_applies_cleanly(linux_files: Path) -> None:
+    kvm_c = linux_files / "arch" / "x86" / "kernel" / "kvm.c"
+    params = linux_files / "Documentation" / "admin-guide" / "kernel-parameters.txt"
+    before = kvm_c.read_text()
+    assert "kvm_pv_eoi_skipped" not in before
+    # apply_patches runs patch with --fuzz=0: success means every hunk matched exactly.
+    apply_patches(linux_files, load_series(GUEST_PATCHES))
+    after = kvm_c.read_text()
+    for needle in ("kvm_pv_eoi_skipped", "kvm_pv_eoi_written", "kvm_pv_eoi_enabled",
+                   '"cpu%d feature=%d enabled=%u skipped=%lu written=%lu\\n"',
+                   'early_param("no-kvm-pv-eoi"', "pv_eoi_supported"):
+        assert needle in after, needle
+    assert "no-kvm-pv-eoi\t[X86,KVM]" in params.read_text()
+    leftovers = [p.name for p in kvm_c.parent.iterdir() if p.suffix in (".orig", ".rej")]
+    assert leftovers == []
+    # A second application is refused (--forward), naming the first patch.
+    with pytest.raises(BuildError, match=r"patch 0001-[^ ]+ does not apply.*Reversed"):
+        apply_patches(linux_files, load_series(GUEST_PATCHES))
+
+
+def test_kernel_release_of_cached_real_kernels(guest_kernel: Path) -> None:
+    """pveoi's own builds (at least the guest kernel, built or a cache hit): the header agrees with the manifest."""
+    images = sorted((cache_root() / "kernels").glob("*/bzImage"))
+    assert guest_kernel in images
+    for image in images:
+        kernel._check_bzimage(image)
+        manifest = json.loads((image.parent / "manifest.json").read_text())
+        release = kernel._kernel_release_from_image(image)
+        assert release != "unknown"
+        if manifest.get("kind") == "build":
+            assert release == manifest["release"]
+

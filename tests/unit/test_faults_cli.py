@@ -114,7 +114,8 @@ def test_argparse_rejects_bad_values_with_usage_and_one_error_line(args: list[st
 
 # What a pveoi process's libraries say when SSH or QMP fail, with pveoi's logging set up at a verbosity:
 # paramiko's "Error reading SSH protocol banner" traceback (a peer that hangs up at once) and
-# qemu.qmp's "Negotiation failed: EOFError" (a QMP peer that greets, then hangs up).
+# qemu.qmp's "Negotiation failed: EOFError" (a QMP peer that greets, then hangs up), and a thread
+# that dies of an exception (Python would print "Exception in thread ..." and its traceback).
 NOISY = r'''
 import json, socket, sys, threading
 from pathlib import Path
@@ -148,6 +149,12 @@ try:
     QEMUMonitorProtocol(ours).connect(negotiate=True)
 except Exception as err:
     print("qmp failed:", type(err).__name__)
+def boom():
+    raise RuntimeError("boom")
+
+thread = threading.Thread(target=boom, name="pveoi-test-thread")
+thread.start()
+thread.join()
 print(cli._log_file())
 '''
 
@@ -163,8 +170,11 @@ def test_library_noise_goes_to_the_run_log_not_the_terminal(tmp_path: Path, verb
     logged = run_log.read_text()
     assert "Error reading SSH protocol banner" in logged and "Traceback" in logged
     assert "Negotiation failed: EOFError" in logged
+    assert "in boom\nRuntimeError: boom" in logged  # the thread's traceback
     if verbose < 2:
-        assert clean_stderr_lines(proc.stderr) == [], proc.stderr
+        # pveoi's own one line for the dead thread, nothing of the libraries
+        assert clean_stderr_lines(proc.stderr) == [
+            "pveoi: unexpected error in thread pveoi-test-thread: RuntimeError: boom"], proc.stderr
     else:  # -vv shows them
         assert "Error reading SSH protocol banner" in proc.stderr and "Negotiation failed" in proc.stderr
 

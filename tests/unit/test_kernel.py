@@ -1,20 +1,19 @@
 """Unit tests for e2e.kernel's pure parts: config fragments, the patch series,
 make's argv, the build cache key, and the bzImage header checks.
 
-The tests marked ``slow`` run the real ``patch`` on a broken patch and apply
-the real ``guest_patches/`` series to kvm.c and kernel-parameters.txt taken
-from Debian's linux-source-6.1 tarball (about 10 s to unpack).
+The tests marked ``slow`` run the real ``patch`` on a broken patch in a temp
+tree. The real ``guest_patches/`` series against Debian's linux-source-6.1 and
+the headers of cached real kernels are tested in tests/e2e/test_kernel_build.py
+(they need the host's source package and the kernel cache).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from e2e import kernel
 from e2e.errors import BuildError, ConfigError
 from e2e.kernel import (
     BuildSpec,
@@ -263,43 +262,6 @@ def test_apply_patches_missing_file_and_reapplied(tmp_path: Path) -> None:
         apply_patches(tree, [good])
 
 
-@pytest.fixture(scope="module")
-def linux_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """kvm.c and kernel-parameters.txt from Debian's linux-source-6.1, unpacked once."""
-    tarball = kernel.DEBIAN_SOURCE_TARBALL
-    if not tarball.is_file():
-        pytest.skip(f"{tarball} not found (apt-get install {kernel.DEBIAN_SOURCE_PACKAGE})")
-    dest = tmp_path_factory.mktemp("linux")
-    subprocess.run(
-        ["tar", "-xJf", str(tarball), "-C", str(dest),
-         "linux-source-6.1/arch/x86/kernel/kvm.c",
-         "linux-source-6.1/Documentation/admin-guide/kernel-parameters.txt"],
-        check=True, capture_output=True,
-    )
-    return dest / "linux-source-6.1"
-
-
-@pytest.mark.slow
-def test_real_series_applies_cleanly(linux_files: Path) -> None:
-    kvm_c = linux_files / "arch" / "x86" / "kernel" / "kvm.c"
-    params = linux_files / "Documentation" / "admin-guide" / "kernel-parameters.txt"
-    before = kvm_c.read_text()
-    assert "kvm_pv_eoi_skipped" not in before
-    # apply_patches runs patch with --fuzz=0: success means every hunk matched exactly.
-    apply_patches(linux_files, load_series(GUEST_PATCHES))
-    after = kvm_c.read_text()
-    for needle in ("kvm_pv_eoi_skipped", "kvm_pv_eoi_written", "kvm_pv_eoi_enabled",
-                   '"cpu%d feature=%d enabled=%u skipped=%lu written=%lu\\n"',
-                   'early_param("no-kvm-pv-eoi"', "pv_eoi_supported"):
-        assert needle in after, needle
-    assert "no-kvm-pv-eoi\t[X86,KVM]" in params.read_text()
-    leftovers = [p.name for p in kvm_c.parent.iterdir() if p.suffix in (".orig", ".rej")]
-    assert leftovers == []
-    # A second application is refused (--forward), naming the first patch.
-    with pytest.raises(BuildError, match=r"patch 0001-[^ ]+ does not apply.*Reversed"):
-        apply_patches(linux_files, load_series(GUEST_PATCHES))
-
-
 # ---------------------------------------------------------------- make argv
 
 
@@ -443,3 +405,5 @@ def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -
         # Without patches, make reads the user's tree itself (O= builds write nothing there).
         assert _source_tree(BuildSpec(spec.source, "guest", ()), "id-2", bt, tmp_path, progress) == tree
     assert tree_snapshot(tree) == edited and before != edited, "the user's tree was modified by pveoi"
+
+

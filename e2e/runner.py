@@ -1,0 +1,115 @@
+"""
+Running a plan where the host says: directly on this KVM host, or through the
+virtual KVM host, one L1 per workload and host kernel, each running its part
+of the very same :class:`e2e.model.Plan` with the inner runner
+(:mod:`e2e.inner`), the parts' raw runs analyzed together.
+
+``pveoi ab`` and ``pveoi bisect`` both run their plans through :func:`measure`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from . import ab, inner, results
+from .cache import atomic_write
+from .errors import GuestTimeout, Kind, PveoiError, retryable
+from .model import Plan, Result
+from .tmpdirs import tempdir
+from .vhost import VirtualKvmHost, run_in_vhost
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[bytes], None]
+
+
+def stock_host_kernel() -> Path:
+    """pveoi's own virtual-host kernel (built on first use, then a cache hit)."""
+    from . import kernel
+
+    return kernel.build_kernel(kernel.default_spec("host")).file("bzImage")
+
+
+def measure(plan: Plan, host: str, why: str, sink: Sink | None = None) -> Result:
+    """Run ``plan`` on ``host`` (``direct`` or ``virtual``, as :mod:`e2e.hostsel` chose, for ``why``).
+
+    :raises PveoiError: config or capability errors, or infrastructure once retries are spent.
+    """
+    if host == "virtual":
+        return run_virtual(plan, why, sink)
+    return ab.run_plan(plan).with_(host={"chosen": "direct", "reason": why})
+
+
+def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
+    """Run ``plan`` through the virtual KVM host: one L1 per workload and host kernel (a lost L1 costs
+    one part, not all; restarted per the one retry policy), each running its part of the plan
+    unchanged; the parts' raw runs are analyzed together."""
+    deadline = time.monotonic() + plan.timeout
+    parts: list[Result] = []
+    boots: list[float] = []
+    restarts: list[str] = []
+    facts: dict[str, str] = {}
+    kernels = plan.host_kernels()
+    for w in plan.workloads:
+        for hk in kernels:
+            part_plan = plan.only(w, hk)
+            tag = w if len(kernels) == 1 else f"{w}-{hk.parent.name if hk else 'stock'}"
+            for attempt in range(plan.retries + 1):
+                try:
+                    part, vh = in_vhost(part_plan, hk or stock_host_kernel(), deadline - time.monotonic(),
+                                        plan.logs / f"vhost-{tag}-{attempt + 1}", sink)
+                    break
+                except PveoiError as err:
+                    if not retryable(err) or attempt == plan.retries:
+                        raise
+                    restarts.append(f"{tag} (attempt {attempt + 1}): {err}")
+                    log.warning("the virtual host failed; restarting it for %s: %s", tag, err)
+            parts.append(part)
+            boots.append(round(vh.boot_seconds or 0.0, 2))
+            facts = vh.kvm_facts
+    merged = ab.reanalyze(parts[0], plan, parts[1:])
+    manifests = {str(hk or "stock"): results.kernel_manifest(hk or stock_host_kernel()) for hk in kernels}
+    return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
+                              "virtual_host": {"boot_seconds": boots[0], "boots": boots, "kvm": facts,
+                                               "restarts": restarts, "kernels": manifests}})
+
+
+def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path,
+             sink: Sink | None = None) -> tuple[Result, VirtualKvmHost]:
+    """One part of a plan, run by the inner runner inside a fresh virtual KVM host: (its result, the host).
+
+    The plan goes in as JSON through the results share; the typed result comes back the same way.
+    The guests' logs go to ``plan.logs``; the virtual host's own (console, output, QEMU) to ``vhost_logs``.
+
+    :raises GuestTimeout: no time left before this part.
+    :raises PveoiError: the inner run's own error, as its kind; or no result (infrastructure).
+    """
+    if timeout <= 0:
+        raise GuestTimeout(f"the A/B ran past --timeout {plan.timeout:.0f}s before {', '.join(plan.workloads)}",
+                           fix="raise --timeout")
+    with tempdir("ab") as tmp:
+        inner_plan = replace(plan, logs=tmp / "logs")
+        atomic_write(tmp / "plan.json", json.dumps(inner_plan.to_json(), indent=2))
+        argv = [sys.executable, "-m", "e2e.inner", str(tmp / "plan.json"), str(tmp / "result.json")]
+        try:
+            rc, vh = run_in_vhost(argv, host_kernel, tmp, timeout=timeout, sink=sink, artifacts=vhost_logs,
+                                  keep=plan.files())
+        finally:
+            if (tmp / "logs").is_dir():
+                shutil.copytree(tmp / "logs", plan.logs, dirs_exist_ok=True)
+        if not (tmp / "result.json").is_file():
+            raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
+                             fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)
+        res = results.load(tmp / "result.json")
+    inner.raise_inner_error(res)
+    return res, vh
+
+
+__all__ = ["in_vhost", "measure", "run_virtual", "stock_host_kernel"]
