@@ -169,3 +169,32 @@ def test_perfs_stderr_of_a_failed_attempt_is_kept_before_its_temp_dir_goes(tmp_p
     with keep_perf_output(FakePerf(None, "3;;kvm:kvm_exit\n", ""), tmp_path, "t-on-1"):  # type: ignore[arg-type]
         pass
     assert (tmp_path / "t-on-1-perf.csv").read_text() == "3;;kvm:kvm_exit\n"
+
+
+def test_a_failed_virtual_hosts_guest_logs_stay_with_it_and_its_retry_overwrites_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each virtual host runs its guests under the same names: a failed one's guests' logs go to its own
+    ``vhost-<tag>-<n>/guests/``, the successful retry's to the run's logs."""
+    from e2e import results, runner
+    from e2e.errors import GuestError
+
+    def fake_vhost(fail: bool) -> Any:
+        def run_in_vhost(argv: list[str], kernel: Path, tmp: Path, **kw: Any) -> tuple[int, object]:
+            (tmp / "logs").mkdir()
+            (tmp / "logs" / "timer-on-0-console.log").write_text(f"failed={fail}\n")
+            if fail:
+                raise GuestError("the virtual host stopped before the command finished")
+            (tmp / "result.json").write_text(results.dumps(Result(verdict="pass")))
+            return 0, object()
+        return run_in_vhost
+
+    plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=1, kernel=tmp_path / "k", image=tmp_path / "i",
+                logs=tmp_path / "logs")
+    monkeypatch.setattr(runner, "run_in_vhost", fake_vhost(True))
+    with pytest.raises(GuestError):
+        runner.in_vhost(plan, tmp_path / "hk", 60, plan.logs / "vhost-timer-1")
+    monkeypatch.setattr(runner, "run_in_vhost", fake_vhost(False))
+    res, _ = runner.in_vhost(plan, tmp_path / "hk", 60, plan.logs / "vhost-timer-2")
+    assert res.verdict == "pass"
+    assert (plan.logs / "vhost-timer-1" / "guests" / "timer-on-0-console.log").read_text() == "failed=True\n"
+    assert (plan.logs / "timer-on-0-console.log").read_text() == "failed=False\n"
