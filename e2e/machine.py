@@ -303,14 +303,16 @@ class Machine:
             self._console.wait_closed(2.0)
             console = self._console.text()
         self.ended = classify_exit(self.events, console[-65536:], self.qemu_log()[-65536:], code)
-        self.log.info("QEMU (pid %d) ended: %s", self._proc.pid, self.ended.describe())
+        self.log.debug("QEMU (pid %d) ended: %s", self._proc.pid, self.ended.describe())
         return self.ended
 
-    def exit_error(self, what: str, grace: float = 0.0) -> QemuExited | None:
+    def exit_error(self, what: str, grace: float = 0.0, when: str = "mid-command") -> QemuExited | None:
         """The error for ``what`` failed because QEMU exited (waiting up to ``grace`` s); None if it runs.
 
         ``SSH connection dropped while running `...`: QEMU (pid 7) exited mid-command: guest reset
         (SHUTDOWN reason guest-reset; console: 'sysrq: Resetting')``.
+
+        :param when: when it exited, as the message says it (``mid-command``, ``during boot``).
         """
         cause = self.exit_cause(grace)
         if cause is None:
@@ -318,7 +320,7 @@ class Machine:
         pid = self._proc.pid if self._proc is not None else "?"
         logs = " and ".join(str(self.logdir / f"{self.spec.name}-{what}.log") for what in ("console", "qemu"))
         return QemuExited(
-            f"{what}: QEMU (pid {pid}) exited mid-command: {cause.describe()}", cause.cls, cause.evidence,
+            f"{what}: QEMU (pid {pid}) exited {when}: {cause.describe()}", cause.cls, cause.evidence,
             cause.exitcode, kind=cause.kind, fix=f"{cause.fix} ({logs})")
 
     def is_running(self) -> bool:
@@ -367,7 +369,7 @@ class Machine:
                     f"QEMU's log: {self.logdir / self.spec.name}-qemu.log") from err
         except QMPError as err:
             if not self.is_running():
-                raise (self.exit_error(f"QMP {command} failed", grace=2.0)
+                raise (self.exit_error(f"QMP {command} failed", grace=2.0, when=f"during {command}")
                        or self._launch_error(f"QEMU exited during QMP {command}")) from err
             if isinstance(err, (ExecInterruptedError, StateError)):
                 raise PveoiError(
@@ -381,7 +383,7 @@ class Machine:
                 fix=f"pveoi stops it; if it recurs, read {self.logdir / self.spec.name}-qemu.log and the host's "
                     "kernel log (a QEMU stuck in KVM)") from err
         except OSError as err:
-            raise (self.exit_error(f"QMP connection lost during {command}", grace=2.0)
+            raise (self.exit_error("QMP connection lost", grace=2.0, when=f"during {command}")
                    or self._launch_error(f"QMP connection lost during {command}")) from err
 
     def vcpus(self) -> list[VCpu]:
@@ -424,7 +426,8 @@ class Machine:
             if not self.is_running():
                 self.exitcode = self._proc.poll() if self._proc else None
                 if type(err) is GuestError:  # the console closed: say how QEMU ended
-                    raise (self.exit_error("the guest's console closed before it was ready", grace=2.0)
+                    raise (self.exit_error("the guest's console closed before it was ready", grace=2.0,
+                                           when="during boot")
                            or err) from err
             raise
 

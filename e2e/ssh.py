@@ -83,17 +83,18 @@ class GuestSsh:
     :param port: the loopback port forwarded to the guest's port 22.
     :param private_key: the client key (the guest accepts only it).
     :param host_key_line: the guest's public host key (``type base64``), pinned.
-    :param explain_drop: called with what failed and a grace period in seconds
-        when the connection drops (or cannot be made); returns the error that
-        says why, e.g. QEMU exited on a guest reset
-        (:meth:`e2e.machine.Machine.exit_error`), or None if QEMU still runs.
+    :param explain_drop: called with what failed, a grace period in seconds and
+        when (``mid-command``, ``before SSH answered``) when the connection drops
+        or cannot be made; returns the error that says why, e.g. QEMU exited on
+        a guest reset (:meth:`e2e.machine.Machine.exit_error`), or None if QEMU
+        still runs.
     :param console_log: the guest's console log, named in errors.
     :param watch: the guest's console: the wait for SSH ends at once when it
         shows a panic or an init error (None: wait out the deadline).
     """
 
     def __init__(self, port: int, private_key: Path, host_key_line: str, host: str = "127.0.0.1",
-                 user: str = "root", explain_drop: Callable[[str, float], GuestError | None] | None = None,
+                 user: str = "root", explain_drop: Callable[[str, float, str], GuestError | None] | None = None,
                  console_log: Path | None = None, watch: GuestWatch | None = None) -> None:
         self.explain_drop = explain_drop
         self.watch = watch
@@ -161,8 +162,8 @@ class GuestSsh:
                     last = f"{type(err).__name__}: {err}"
                     if self.watch is not None:
                         self.watch.check()  # the handshake was cut short because the guest failed
-            gone = self.explain_drop(f"no SSH to the guest on 127.0.0.1:{self.port} ({last})", 0.0) \
-                if self.explain_drop else None
+            gone = self.explain_drop(f"no SSH to the guest on 127.0.0.1:{self.port} ({last})", 0.0,
+                                     "before SSH answered") if self.explain_drop else None
             if gone is not None:  # QEMU exited: waiting longer cannot help
                 raise gone
             if time.monotonic() >= deadline:
@@ -264,7 +265,7 @@ class GuestSsh:
         """The error for a connection that went away: how QEMU ended if that is why
         (:class:`e2e.errors.QemuExited`, naming the class), else an :class:`SshError`."""
         # QEMU's exit closes the forwarded connection a moment before waitpid can tell.
-        gone = self.explain_drop(what, 2.0) if self.explain_drop else None
+        gone = self.explain_drop(what, 2.0, "mid-command") if self.explain_drop else None
         if gone is not None:
             return gone
         return SshError(what, fix=f"check {self._console}; the guest may have crashed or dropbear died")

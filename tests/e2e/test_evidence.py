@@ -97,3 +97,25 @@ def test_an_ab_retry_keeps_both_attempts_logs_side_by_side(guest_kernel: Path, g
     assert "sysrq: Resetting" not in (logs / "evidence-on-0-attempt2-console.log").read_text()
     assert "kvm:kvm_exit" in (logs / "evidence-on-0-attempt2-perf.csv").read_text()
     assert RUNNING not in first.cls
+
+
+def test_an_ssh_connect_ends_at_once_when_qemu_is_gone(guest_kernel: Path, guest_image,  # type: ignore[no-untyped-def]
+                                                        tmp_path: Path) -> None:
+    """QEMU gone before SSH answers: the connect names how it ended at once, not after its deadline.
+    (QMP system_reset here, which -no-reboot turns into QEMU's exit: a host reset, not the guest's.)"""
+    from e2e.exitcause import HOST_RESET
+    from e2e.ssh import GuestSsh
+
+    spec = MachineSpec(kernel=guest_kernel, initrd=guest_image.initrd, accel="tcg", name="gone")
+    with Machine(spec, READY_PATTERN, artifacts=tmp_path) as m:
+        m.wait_ready(180)
+        port = m.ssh_port()
+        m.qmp("system_reset")
+        ssh = GuestSsh(port, guest_image.identity.private_key, guest_image.host_key_line, explain_drop=m.exit_error)
+        start = time.monotonic()
+        with pytest.raises(QemuExited) as err:
+            ssh.connect(timeout=60)
+        assert time.monotonic() - start < 15
+    assert err.value.cause == HOST_RESET
+    assert "exited before SSH answered: host reset (QMP system_reset) (SHUTDOWN reason host-qmp-system-reset, " \
+           "not the guest)" in str(err.value)
