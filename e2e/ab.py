@@ -21,7 +21,7 @@ import subprocess
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,12 @@ from .analysis import analyze, conclude, load_thresholds
 from .argv import DEFAULT_APPEND, MachineSpec
 from .build.image import READY_PATTERN
 from .errors import ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
+from .evidence import AttemptTrace, attempt_name, keep_perf_output
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .hostfacts import COUNTED, cpu_vendor
 from .machine import Machine, child_preexec
-from .model import DEFAULT_ARMS, Arm, Plan, Result, RunRecord, WorkloadResult, validate_arms
+from .model import DEFAULT_ARMS, Arm, Attempt, Plan, Result, RunRecord, WorkloadResult, validate_arms
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
 from .tmpdirs import tempdir
 from .workloads import Workload, get_workloads
@@ -194,15 +195,22 @@ def host_server(argv: Sequence[str]) -> Iterator[int | None]:
 
 
 def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], rep: int,
-             attempt: int = 1) -> RunRecord:
+             attempt: int = 1, trace: AttemptTrace | None = None) -> RunRecord:
     """Boot one fresh guest for ``arm``, run ``workload`` once, count it.
 
+    Its logs (console, QEMU, perf's CSV and stderr) go to ``setup.artifacts`` under the
+    attempt's own name (:func:`e2e.evidence.attempt_name`), so a retry never overwrites them.
+
+    :param trace: filled in as the attempt goes (its machine and logs), for the record of a failure.
     :raises Finding: the guest's side of the arm is not what the host offered (a kernel bug),
         or the guest panicked.
     :raises MeasurementError: QEMU does not honour the arm (capability), or perf lost its threads.
+    :raises QemuExited: QEMU exited mid-command (a guest reset, poweroff, OOM, a signal: infrastructure;
+        a panic: a finding), classified.
     :raises GuestError: boot, SSH or the workload failed (infrastructure).
     """
-    name = f"{workload.name}-{arm.name}-{rep}" + (f"-attempt{attempt}" if attempt > 1 else "")
+    name = attempt_name(workload.name, arm.name, rep, attempt)
+    trace = trace or AttemptTrace(setup.artifacts)
     vcpus = arm.smp or workload.smp
     scratch = None
     with contextlib.ExitStack() as stack:
@@ -218,7 +226,8 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         )
         started = time.monotonic()
         marks = {"start": started}  # where a run's time goes (tests/bench_ab.py --breakdown)
-        machine = stack.enter_context(Machine(spec, READY_PATTERN, artifacts=setup.artifacts))
+        trace.machine = Machine(spec, READY_PATTERN, artifacts=setup.artifacts)
+        machine = stack.enter_context(trace.machine)
         threads = machine.vcpus()
         readback = machine.pv_eoi_readback()
         kvm = machine.query_kvm()
@@ -235,7 +244,8 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         marks["state_read"] = time.monotonic()
         with host_server(workload.host_server) as port:
             argv = workload.argv(port, vcpus)
-            with PerfStat(events, tids=[v.thread_id for v in threads]) as perf:
+            with PerfStat(events, tids=[v.thread_id for v in threads]) as perf, \
+                    keep_perf_output(perf, setup.artifacts, name, trace):
                 perf.start()
                 marks["perf_attached"] = time.monotonic()
                 perf.enable()
@@ -328,29 +338,36 @@ class Outcome:
     findings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)
+    #: Every attempt that gave no run (retried, error or finding): class and logs.
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], rep: int,
                       retries: int, outcome: Outcome) -> None:
     """One (arm, rep): a finding is recorded and not retried; infrastructure is retried on a fresh
-    guest per the one policy (:func:`e2e.errors.retryable`); config and capability errors stop the A/B."""
+    guest per the one policy (:func:`e2e.errors.retryable`); config and capability errors stop the A/B.
+    Every attempt that gave no run is recorded with its class and its logs (:class:`e2e.model.Attempt`)."""
     for attempt in range(1, retries + 2):
+        trace = AttemptTrace(setup.artifacts)
         try:
-            outcome.runs.append(run_once(setup, arm, workload, events, rep, attempt))
+            outcome.runs.append(run_once(setup, arm, workload, events, rep, attempt, trace))
             return
         except PveoiError as err:
             where = f"{arm.name} rep {rep + 1}" + (f" (attempt {attempt})" if attempt > 1 else "")
             if err.kind is Kind.FINDING:
                 outcome.findings.append(f"{where}: {err}")
+                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "finding"))
                 log.error("finding: %s", err)
                 return
             if not retryable(err):
                 raise  # config or capability: the host cannot run the experiment, no verdict at all
             if attempt <= retries:
                 outcome.retried.append(f"{where}: {err}")
+                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "retried"))
                 log.warning("run failed, retrying on a fresh guest: %s", err)
                 continue
             outcome.errors.append(f"{where}: {err}")
+            outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
             log.error("run failed: %s", err)
 
 
@@ -389,8 +406,9 @@ def run_plan(plan: Plan, progress: Callable[[str], None] | None = None) -> Resul
             say(f"[{workload.name} {i}/{len(order)}] arm {arm.name}, rep {rep + 1}: boot + workload")
             _run_with_retries(setup, arm, workload, events, rep, plan.retries, outcome)
         runs[workload.name] = tuple(outcome.runs)
-        results[workload.name] = analyze(workload, plan.arms, outcome.runs, thresholds[workload.name],
-                                         outcome.findings, outcome.errors, outcome.retried)
+        results[workload.name] = replace(analyze(workload, plan.arms, outcome.runs, thresholds[workload.name],
+                                                 outcome.findings, outcome.errors, outcome.retried),
+                                         attempts=tuple(outcome.attempts))
     verdict, reason = conclude(results)
     return Result(verdict=verdict, reason=reason, runs_per_arm=plan.runs, plan=plan,
                   arms={a.name: a for a in plan.arms}, runs=runs, workloads=results, runner=runner_info(vendor),
@@ -412,9 +430,11 @@ def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Resul
             continue
         wruns = tuple(r for p in parts for r in p.runs.get(name, ()))
         runs[name] = wruns
-        results[name] = analyze(get_workloads([name])[0], plan.arms, wruns, load_thresholds(name, plan.thresholds),
-                                [f for g in got for f in g.findings], [e for g in got for e in g.errors],
-                                [r for g in got for r in g.retried])
+        results[name] = replace(
+            analyze(get_workloads([name])[0], plan.arms, wruns, load_thresholds(name, plan.thresholds),
+                    [f for g in got for f in g.findings], [e for g in got for e in g.errors],
+                    [r for g in got for r in g.retried]),
+            attempts=tuple(a for g in got for a in g.attempts))
     verdict, reason = conclude(results)
     return result.with_(verdict=verdict, reason=reason, plan=plan, arms={a.name: a for a in plan.arms},
                         runs=runs, workloads=results, runs_per_arm=plan.runs)

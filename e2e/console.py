@@ -257,6 +257,20 @@ class Console:
                 self._cond.wait(left)
         self.check()
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the console's EOF (QEMU gone, every byte read).
+
+        :returns: whether the console closed.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self.eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
     def _last_line(self) -> str:
         tail = [ln for ln in self.tail(5) if ln.strip()]
         return tail[-1] if tail else ""

@@ -274,3 +274,25 @@ def write_error(path: Path, err: OSError) -> PveoiError:
                           fix=f"free space on {where} or write the file somewhere else")
     return PveoiError(f"cannot write {path} (filesystem {where}): {err.strerror or err}",
                       fix=f"make {path.parent} writable or write the file somewhere else")
+
+
+class QemuExited(GuestError):
+    """QEMU exited while pveoi still used it (mid-command, mid-boot, mid-QMP), classified.
+
+    The class (:mod:`e2e.exitcause`: ``guest reset``, ``triple fault``, ``guest poweroff``,
+    ``panic``, ``OOM``, ``killed by signal``, ...) is named in the message with its evidence, e.g.
+    ``QEMU (pid 7) exited mid-command: guest reset (SHUTDOWN reason guest-reset; console:
+    'sysrq: Resetting')``. A panic is a finding about the guest kernel, every other class
+    infrastructure.
+
+    :param cause: the class.
+    :param evidence: what says so (QMP events, console and QEMU log lines, the exit status).
+    :param exitcode: QEMU's exit status.
+    """
+
+    def __init__(self, message: str, cause: str, evidence: Sequence[str] = (), exitcode: int | None = None,
+                 fix: str | None = None, kind: Kind | None = None) -> None:
+        super().__init__(message, fix, kind)
+        self.cause = cause
+        self.evidence = tuple(evidence)
+        self.exitcode = exitcode

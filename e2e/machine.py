@@ -33,7 +33,8 @@ from qemu.qmp.qmp_client import ExecInterruptedError, ExecuteError
 
 from .argv import MachineSpec, parse_usernet_port, qemu_argv
 from .console import GUEST_ERROR_PATTERN, Console
-from .errors import GuestError, GuestTimeout, LaunchError, PveoiError, QmpCommandError
+from .errors import GuestError, GuestTimeout, LaunchError, PveoiError, QemuExited, QmpCommandError
+from .exitcause import RUNNING, ExitCause, classify_exit
 from .ssh import GuestSsh
 from .tmpdirs import mkdtemp, reap_stale
 
@@ -103,6 +104,11 @@ class Machine:
         self.exitcode: int | None = None
         self.launched_at: float | None = None
         self._extra_theirs: list[socket.socket] = []  # more fds QEMU inherits (subclasses)
+        #: Every QMP event QEMU sent (drained when its end is classified and at shutdown).
+        self.events: list[dict[str, Any]] = []
+        #: How QEMU ended, once known (:meth:`exit_cause`); for a machine left on an error while
+        #: QEMU still ran, class ``qemu running``.
+        self.ended: ExitCause | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,6 +120,8 @@ class Machine:
                  tb: TracebackType | None) -> None:
         try:
             if isinstance(exc, PveoiError):
+                if self.ended is None and self.state is Runstate.RUNNING:
+                    self.ended = self.exit_cause() or ExitCause(RUNNING, ("QEMU still ran",))
                 self._keep_logs_for(exc)
         finally:
             self.shutdown()
@@ -247,6 +255,74 @@ class Machine:
         except (OSError, PveoiError):
             return ""
 
+    def log_paths(self) -> list[Path]:
+        """The logs this machine writes (console, QEMU), where they are kept (``artifacts``)."""
+        if self.artifacts is None:
+            return []
+        return [self.artifacts / f"{self.spec.name}-{what}.log" for what in ("console", "qemu")]
+
+    def _drain_events(self, wait: float = 0.0) -> None:
+        """Move the QMP events QEMU sent into :attr:`events`; wait up to ``wait`` seconds for a SHUTDOWN.
+
+        After QEMU's exit its last events sit in the QMP socket until qemu.qmp's reader runs:
+        pulling runs it.
+        """
+        if self._qmp is None:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                event = self._qmp.pull_event(wait=max(0.0, min(0.1, deadline - time.monotonic())) or False)
+            except (TimeoutError, QMPError, OSError, RuntimeError, EOFError) as err:
+                self.log.debug("QMP events: %s", err)
+                event = None
+            if event is not None:
+                self.log.debug("QMP event: %s", event)
+                self.events.append(event)
+                continue
+            if time.monotonic() >= deadline or any(e.get("event") == "SHUTDOWN" for e in self.events):
+                return
+
+    def exit_cause(self, grace: float = 0.0) -> ExitCause | None:
+        """How QEMU ended, classified (:func:`e2e.exitcause.classify_exit`); None while it runs.
+
+        Waits up to ``grace`` seconds for QEMU to exit, then for its last QMP events and the
+        console's last bytes (QEMU's exit closes both a moment after the guest's last word).
+        """
+        if self.ended is not None and self.ended.cls != RUNNING:
+            return self.ended
+        if self._proc is None:
+            return None
+        try:
+            code = self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            return None
+        self._drain_events(wait=1.0 if code >= 0 else 0.0)
+        console = ""
+        if self._console is not None:
+            self._console.wait_closed(2.0)
+            console = self._console.text()
+        self.ended = classify_exit(self.events, console[-65536:], self.qemu_log()[-65536:], code)
+        self.log.debug("QEMU (pid %d) ended: %s", self._proc.pid, self.ended.describe())
+        return self.ended
+
+    def exit_error(self, what: str, grace: float = 0.0, when: str = "mid-command") -> QemuExited | None:
+        """The error for ``what`` failed because QEMU exited (waiting up to ``grace`` s); None if it runs.
+
+        ``SSH connection dropped while running `...`: QEMU (pid 7) exited mid-command: guest reset
+        (SHUTDOWN reason guest-reset; console: 'sysrq: Resetting')``.
+
+        :param when: when it exited, as the message says it (``mid-command``, ``during boot``).
+        """
+        cause = self.exit_cause(grace)
+        if cause is None:
+            return None
+        pid = self._proc.pid if self._proc is not None else "?"
+        logs = " and ".join(str(self.logdir / f"{self.spec.name}-{what}.log") for what in ("console", "qemu"))
+        return QemuExited(
+            f"{what}: QEMU (pid {pid}) exited {when}: {cause.describe()}", cause.cls, cause.evidence,
+            cause.exitcode, kind=cause.kind, fix=f"{cause.fix} ({logs})")
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -293,7 +369,8 @@ class Machine:
                     f"QEMU's log: {self.logdir / self.spec.name}-qemu.log") from err
         except QMPError as err:
             if not self.is_running():
-                raise self._launch_error(f"QEMU exited during QMP {command}") from err
+                raise (self.exit_error(f"QMP {command} failed", grace=2.0, when=f"during {command}")
+                       or self._launch_error(f"QEMU exited during QMP {command}")) from err
             if isinstance(err, (ExecInterruptedError, StateError)):
                 raise PveoiError(
                     f"the QMP connection to QEMU (pid {self.pid}) closed during {command} while QEMU still runs",
@@ -306,7 +383,8 @@ class Machine:
                 fix=f"pveoi stops it; if it recurs, read {self.logdir / self.spec.name}-qemu.log and the host's "
                     "kernel log (a QEMU stuck in KVM)") from err
         except OSError as err:
-            raise self._launch_error(f"QMP connection lost during {command}") from err
+            raise (self.exit_error("QMP connection lost", grace=2.0, when=f"during {command}")
+                   or self._launch_error(f"QMP connection lost during {command}")) from err
 
     def vcpus(self) -> list[VCpu]:
         """vCPU index, host thread id and QOM path, from ``query-cpus-fast``."""
@@ -344,9 +422,13 @@ class Machine:
         self._require(Runstate.RUNNING, "wait for the guest")
         try:
             return self.console.wait_ready(timeout)
-        except GuestError:
+        except GuestError as err:
             if not self.is_running():
                 self.exitcode = self._proc.poll() if self._proc else None
+                if type(err) is GuestError:  # the console closed: say how QEMU ended
+                    raise (self.exit_error("the guest's console closed before it was ready", grace=2.0,
+                                           when="during boot")
+                           or err) from err
             raise
 
     def ssh(self, private_key: Path, host_key_line: str, timeout: float = 60.0) -> GuestSsh:
@@ -359,7 +441,7 @@ class Machine:
         :raises GuestInitError: the guest's init reported a failed step.
         """
         self._require(Runstate.RUNNING, "connect SSH")
-        conn = GuestSsh(self.ssh_port(), private_key, host_key_line, explain_drop=self.death_note,
+        conn = GuestSsh(self.ssh_port(), private_key, host_key_line, explain_drop=self.exit_error,
                         console_log=self.console.logpath, watch=self.console)
         self._ssh.append(conn)
         return conn.connect(timeout)
@@ -381,6 +463,7 @@ class Machine:
                 self.exitcode = self._stop_process(timeout)
         finally:
             if self._qmp is not None:
+                self._drain_events()
                 try:
                     self._qmp.close()
                 except (QMPError, OSError, RuntimeError, EOFError) as err:

@@ -389,12 +389,51 @@ class Agreement:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One attempt of one (arm, rep) that did not give a run: its evidence, kept.
+
+    :param attempt: 1 for the first try, 2 for its first retry, ...
+    :param kind: the error's kind (``infrastructure``, ``finding``, ...).
+    :param cls: how its QEMU ended (:data:`e2e.exitcause.CLASSES`: ``guest reset``, ``panic``, ...,
+        ``qemu running`` when QEMU still ran, e.g. a deadline; ``""`` when no guest was booted).
+    :param message: the one-line error.
+    :param logs: the attempt's logs (console, QEMU, perf's CSV and stderr), relative to the
+        result's ``logs`` directory, under attempt-numbered names no retry overwrites.
+    :param outcome: ``retried`` (a fresh guest tried again), ``error`` (retries spent) or ``finding``.
+    :param evidence: what named the class (QMP events, console and QEMU log lines, exit status).
+    """
+
+    arm: str
+    rep: int
+    attempt: int
+    kind: str
+    cls: str
+    message: str
+    logs: tuple[str, ...] = ()
+    outcome: str = "retried"
+    evidence: tuple[str, ...] = ()
+
+    def to_json(self) -> Json:
+        return {"arm": self.arm, "rep": self.rep, "attempt": self.attempt, "kind": self.kind, "class": self.cls,
+                "message": self.message, "logs": list(self.logs), "outcome": self.outcome,
+                "evidence": list(self.evidence)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attempt:
+        return cls(arm=str(data["arm"]), rep=int(data["rep"]), attempt=int(data.get("attempt") or 1),
+                   kind=str(data.get("kind") or ""), cls=str(data.get("class") or ""),
+                   message=str(data.get("message") or ""), logs=tuple(map(str, data.get("logs") or ())),
+                   outcome=str(data.get("outcome") or "retried"), evidence=tuple(map(str, data.get("evidence") or ())))
+
+
+@dataclass(frozen=True)
 class WorkloadResult:
     """What one workload's runs concluded.
 
     ``treatment``/``baseline``, ``metrics`` and ``eoi_exits_saved_per_interrupt``
     belong to the first ``effect`` comparison (today's on-vs-off headline);
-    ``comparisons`` holds every pair that differs.
+    ``comparisons`` holds every pair that differs. ``attempts`` are the structured twins of
+    ``retried``, ``errors`` and the findings of runs (each with its class and logs).
     """
 
     workload: str
@@ -412,6 +451,7 @@ class WorkloadResult:
     eoi_exits_saved_per_interrupt: Mapping[str, Any] | None = None
     agreement: tuple[Agreement, ...] = ()
     comparisons: tuple[Comparison, ...] = ()
+    attempts: tuple[Attempt, ...] = ()
 
     @property
     def measurable(self) -> bool:
@@ -426,7 +466,8 @@ class WorkloadResult:
                 "eoi_exits_saved_per_interrupt": (copy.deepcopy(dict(self.eoi_exits_saved_per_interrupt))
                                                   if self.eoi_exits_saved_per_interrupt else None),
                 "agreement": [a.to_json() for a in self.agreement],
-                "comparisons": [c.to_json() for c in self.comparisons]}
+                "comparisons": [c.to_json() for c in self.comparisons],
+                "attempts": [a.to_json() for a in self.attempts]}
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> WorkloadResult:
@@ -441,7 +482,8 @@ class WorkloadResult:
                    treatment=treat, baseline=data.get("baseline"), thresholds=dict(data.get("thresholds") or {}),
                    metrics=dict(data.get("metrics") or {}), eoi_exits_saved_per_interrupt=head,
                    agreement=tuple(Agreement.from_json(a, treat or "") for a in data.get("agreement") or ()),
-                   comparisons=tuple(Comparison.from_json(c) for c in data.get("comparisons") or ()))
+                   comparisons=tuple(Comparison.from_json(c) for c in data.get("comparisons") or ()),
+                   attempts=tuple(Attempt.from_json(a) for a in data.get("attempts") or ()))
 
 
 # ---------------------------------------------------------------- the result

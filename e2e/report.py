@@ -29,6 +29,7 @@ from typing import Any
 from .cache import atomic_write
 from .history import HEADLINES, History, Record, Run, load_history, records
 from .regress import CheckResult, CheckSettings, GroupStatus, check, format_findings, format_floors
+from .results import failed_attempts
 from .results import fmt_ci as _ci
 from .results import fmt_number as _fmt
 
@@ -258,6 +259,10 @@ def render_markdown(history: History, result: CheckResult) -> str:
     if floors:
         lines += ["", "Detection floors (the smallest drop `--check` flags, from each runner's own spread):"]
         lines += [f"- {line}" for line in floors]
+    failed = [f"- [{g.runner}] {g.workload}: {line}" for g in result.groups if g.latest is not None
+              for line in failed_attempts(g.latest.run.result, g.workload, absolute=True)]
+    if failed:
+        lines += ["", "Failed attempts of the latest runs (class, kind, outcome, logs):", *failed]
     return "\n".join(lines) + "\n"
 
 

@@ -147,6 +147,21 @@ def _arm_line(result: Result, workload: str, arm: str) -> str | None:
     return f"  arm {arm}: kvm_pv_eoi={pv} inj_virq={inj} guest_skipped={guest}"
 
 
+def failed_attempts(result: Result, workload: str, absolute: bool = False) -> list[str]:
+    """One line per attempt of ``workload`` that gave no run: which, its class, what became of it and
+    its logs (relative to the result's ``logs`` directory, or ``absolute``)."""
+    w = result.workloads.get(workload)
+    if w is None:
+        return []
+    base = Path(result.logs) if result.logs else None
+    out = []
+    for a in w.attempts:
+        logs = [str(base / name) if absolute and base is not None else name for name in a.logs]
+        out.append(f"{a.arm} rep {a.rep + 1} attempt {a.attempt}: {a.cls or a.kind} ({a.kind}, {a.outcome})"
+                   + (f"; logs: {', '.join(logs)}" if logs else "; no logs kept"))
+    return out
+
+
 def format_table(result: Result) -> str:
     """A readable end-of-run table: per workload, the on/off figures, then every other comparison."""
     lines = [f"verdict: {result.verdict.upper()}"]
@@ -199,6 +214,10 @@ def format_table(result: Result) -> str:
             lines.append(f"  ! {reason}")
         for note in w.notes:
             lines.append(f"  note: {note}")
+        attempts = failed_attempts(result, name)
+        if attempts:
+            lines.append(f"  failed attempts (logs in {result.logs or 'the logs directory'}):")
+            lines.extend(f"    {line}" for line in attempts)
     if result.verdict == "not-measurable" or (result.verdict == "error" and not result.workloads):
         lines.append(f"reason: {result.reason}")
     return "\n".join(lines)

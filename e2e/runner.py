@@ -86,7 +86,8 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path,
     """One part of a plan, run by the inner runner inside a fresh virtual KVM host: (its result, the host).
 
     The plan goes in as JSON through the results share; the typed result comes back the same way.
-    The guests' logs go to ``plan.logs``; the virtual host's own (console, output, QEMU) to ``vhost_logs``.
+    The guests' logs go to ``plan.logs``; the virtual host's own (console, output, QEMU) to ``vhost_logs``,
+    and so do its guests' when the part failed (``vhost_logs/guests/``: a retry cannot overwrite them).
 
     :raises GuestTimeout: no time left before this part.
     :raises PveoiError: the inner run's own error, as its kind; or no result (infrastructure).
@@ -98,17 +99,24 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path,
         inner_plan = replace(plan, logs=tmp / "logs")
         atomic_write(tmp / "plan.json", json.dumps(inner_plan.to_json(), indent=2))
         argv = [sys.executable, "-m", "e2e.inner", str(tmp / "plan.json"), str(tmp / "result.json")]
+        res: Result | None = None
         try:
             rc, vh = run_in_vhost(argv, host_kernel, tmp, timeout=timeout, sink=sink, artifacts=vhost_logs,
                                   keep=plan.files())
+            if not (tmp / "result.json").is_file():
+                raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
+                                 fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)
+            res = results.load(tmp / "result.json")
+            inner.raise_inner_error(res)
+        except BaseException:
+            res = None
+            raise
         finally:
+            # A failed part may be retried in a fresh virtual host whose guests have the same names: its
+            # guests' logs stay with the virtual host's own (vhost_logs/guests/), never overwritten by the retry.
             if (tmp / "logs").is_dir():
-                shutil.copytree(tmp / "logs", plan.logs, dirs_exist_ok=True)
-        if not (tmp / "result.json").is_file():
-            raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
-                             fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)
-        res = results.load(tmp / "result.json")
-    inner.raise_inner_error(res)
+                shutil.copytree(tmp / "logs", plan.logs if res is not None else vhost_logs / "guests",
+                                dirs_exist_ok=True)
     return res, vh
 
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import paramiko
 
-from .errors import SshError
+from .errors import GuestError, SshError
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +83,18 @@ class GuestSsh:
     :param port: the loopback port forwarded to the guest's port 22.
     :param private_key: the client key (the guest accepts only it).
     :param host_key_line: the guest's public host key (``type base64``), pinned.
-    :param explain_drop: called with a grace period in seconds when the
-        connection drops; returns why (e.g. "QEMU was killed by SIGKILL") or
-        None if it does not know.
+    :param explain_drop: called with what failed, a grace period in seconds and
+        when (``mid-command``, ``before SSH answered``) when the connection drops
+        or cannot be made; returns the error that says why, e.g. QEMU exited on
+        a guest reset (:meth:`e2e.machine.Machine.exit_error`), or None if QEMU
+        still runs.
     :param console_log: the guest's console log, named in errors.
     :param watch: the guest's console: the wait for SSH ends at once when it
         shows a panic or an init error (None: wait out the deadline).
     """
 
     def __init__(self, port: int, private_key: Path, host_key_line: str, host: str = "127.0.0.1",
-                 user: str = "root", explain_drop: Callable[[float], str | None] | None = None,
+                 user: str = "root", explain_drop: Callable[[str, float, str], GuestError | None] | None = None,
                  console_log: Path | None = None, watch: GuestWatch | None = None) -> None:
         self.explain_drop = explain_drop
         self.watch = watch
@@ -160,6 +162,10 @@ class GuestSsh:
                     last = f"{type(err).__name__}: {err}"
                     if self.watch is not None:
                         self.watch.check()  # the handshake was cut short because the guest failed
+            gone = self.explain_drop(f"no SSH to the guest on 127.0.0.1:{self.port} ({last})", 0.0,
+                                     "before SSH answered") if self.explain_drop else None
+            if gone is not None:  # QEMU exited: waiting longer cannot help
+                raise gone
             if time.monotonic() >= deadline:
                 raise SshError(f"no SSH to the guest on 127.0.0.1:{self.port} within {timeout:.0f}s ({last})",
                                fix=f"check {self._console} for dropbear errors")
@@ -255,14 +261,13 @@ class GuestSsh:
         return CommandResult(command, status, out.decode(errors="replace"), errbuf.decode(errors="replace"),
                              time.monotonic() - start)
 
-    def _dropped(self, what: str) -> SshError:
-        """The error for a connection that went away: QEMU's death if that is why."""
+    def _dropped(self, what: str) -> GuestError:
+        """The error for a connection that went away: how QEMU ended if that is why
+        (:class:`e2e.errors.QemuExited`, naming the class), else an :class:`SshError`."""
         # QEMU's exit closes the forwarded connection a moment before waitpid can tell.
-        why = self.explain_drop(2.0) if self.explain_drop else None
-        if why:
-            return SshError(f"{what}: {why}",
-                            fix="nothing in pveoi stops QEMU mid-command: see the QEMU log, dmesg (the OOM "
-                                "killer?) and the runner's limits")
+        gone = self.explain_drop(what, 2.0, "mid-command") if self.explain_drop else None
+        if gone is not None:
+            return gone
         return SshError(what, fix=f"check {self._console}; the guest may have crashed or dropbear died")
 
     def put(self, local: Path, remote: str, timeout: float = 60.0) -> None:

@@ -1,0 +1,200 @@
+"""Failed attempts as structured records: what ``_run_with_retries`` records for each (class, kind,
+outcome, logs), how they round-trip through the result document, survive re-analysis, and show in
+the end-of-run table and the Markdown report. No QEMU: ``run_once`` is replaced by one that writes
+an attempt's logs and fails the way a real one does (tests/e2e/test_evidence.py does it for real)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import ab
+from e2e.errors import CapabilityError, Finding, GuestTimeout, Kind, QemuExited
+from e2e.evidence import AttemptTrace, attempt_name, keep_perf_output
+from e2e.exitcause import GUEST_RESET, PANIC
+from e2e.model import DEFAULT_ARMS, Attempt, Plan, Result, RunRecord, WorkloadResult
+from e2e.results import failed_attempts, format_table
+from e2e.workloads import WORKLOADS
+from tests.unit.test_report import make_doc, write_history
+
+ON = DEFAULT_ARMS[0]
+TIMER = WORKLOADS["timer"]
+RESET_EVIDENCE = ("SHUTDOWN reason guest-reset", "console: 'sysrq: Resetting'")
+
+
+def setup_in(tmp_path: Path) -> ab.Setup:
+    return ab.Setup(kernel=tmp_path / "bzImage", initrd=tmp_path / "initrd", private_key=tmp_path / "key",
+                    host_key_line="ssh-ed25519 AAAA", artifacts=tmp_path / "logs")
+
+
+def fake_run_once(failures: list[Exception]) -> Any:
+    """A run_once that writes its attempt's console log, then raises the next of ``failures`` (or succeeds)."""
+
+    def run_once(setup: ab.Setup, arm: ab.Arm, workload: Any, events: Any, rep: int, attempt: int = 1,
+                 trace: AttemptTrace | None = None) -> RunRecord:
+        setup.artifacts.mkdir(parents=True, exist_ok=True)
+        log = setup.artifacts / f"{attempt_name(workload.name, arm.name, rep, attempt)}-console.log"
+        log.write_text(f"attempt {attempt}\n")
+        assert trace is not None
+        trace.extra_logs.append(log)
+        if failures:
+            raise failures.pop(0)
+        return RunRecord(rep=rep, arm=arm.name, counts={}, attempt=attempt)
+
+    return run_once
+
+
+def reset_error() -> QemuExited:
+    return QemuExited("SSH connection dropped while running `x`: QEMU (pid 7) exited mid-command: guest reset "
+                      "(SHUTDOWN reason guest-reset; console: 'sysrq: Resetting')", GUEST_RESET, RESET_EVIDENCE, 0)
+
+
+def test_a_retried_attempt_is_recorded_with_its_class_and_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ab, "run_once", fake_run_once([reset_error()]))
+    outcome = ab.Outcome()
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 2, 1, outcome)
+    assert [r.attempt for r in outcome.runs] == [2]
+    assert outcome.retried == [f"on rep 3: {reset_error()}"]  # the string list stays as it was
+    assert outcome.attempts == [Attempt("on", 2, 1, "infrastructure", GUEST_RESET, str(reset_error()),
+                                        ("timer-on-2-console.log",), "retried", RESET_EVIDENCE)]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["timer-on-2-attempt2-console.log",
+                                                                    "timer-on-2-console.log"]
+
+
+def test_spent_retries_and_findings_are_recorded_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    timeout = GuestTimeout("guest not ready after 180s")
+    monkeypatch.setattr(ab, "run_once", fake_run_once([reset_error(), timeout]))
+    outcome = ab.Outcome()
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 1, outcome)
+    assert not outcome.runs and len(outcome.errors) == 1
+    assert [(a.attempt, a.outcome, a.cls, a.logs) for a in outcome.attempts] == [
+        (1, "retried", GUEST_RESET, ("timer-on-0-console.log",)),
+        (2, "error", "", ("timer-on-0-attempt2-console.log",))]  # no machine in the fake: no class
+    panic = QemuExited("... exited mid-command: panic (...)", PANIC, ("console: 'Kernel panic'",), 0,
+                       kind=Kind.FINDING)
+    monkeypatch.setattr(ab, "run_once", fake_run_once([panic]))
+    outcome = ab.Outcome()
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 1, 3, outcome)
+    assert len(outcome.findings) == 1 and not outcome.retried
+    assert [(a.outcome, a.kind, a.cls) for a in outcome.attempts] == [("finding", "finding", PANIC)]
+
+
+def test_a_capability_error_stops_the_ab_and_records_no_attempt(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ab, "run_once", fake_run_once([CapabilityError("perf denied")]))
+    outcome = ab.Outcome()
+    with pytest.raises(CapabilityError):
+        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 1, outcome)
+    assert not outcome.attempts
+    assert Finding("x").kind is Kind.FINDING
+
+
+ATTEMPT = Attempt("off", 0, 1, "infrastructure", GUEST_RESET, "QEMU exited mid-command: guest reset (...)",
+                  ("timer-off-0-console.log", "timer-off-0-qemu.log", "timer-off-0-perf-stderr.log"), "retried",
+                  RESET_EVIDENCE)
+
+
+def test_attempts_round_trip_next_to_the_string_lists() -> None:
+    w = WorkloadResult("timer", "pass", retried=("off rep 1: QEMU exited",), attempts=(ATTEMPT,))
+    doc = json.loads(json.dumps(w.to_json()))
+    assert doc["retried"] == ["off rep 1: QEMU exited"]
+    assert doc["attempts"] == [{"arm": "off", "rep": 0, "attempt": 1, "kind": "infrastructure",
+                                "class": "guest reset", "message": ATTEMPT.message, "logs": list(ATTEMPT.logs),
+                                "outcome": "retried", "evidence": list(RESET_EVIDENCE)}]
+    assert WorkloadResult.from_json("timer", doc) == w
+    del doc["attempts"]  # a result written before attempts were recorded
+    assert WorkloadResult.from_json("timer", doc).attempts == ()
+
+
+def test_reanalysis_keeps_the_attempts() -> None:
+    part = Result(verdict="error", runs={"timer": ()},
+                  workloads={"timer": WorkloadResult("timer", "error", errors=("off rep 1: reset",),
+                                                     attempts=(ATTEMPT,))})
+    plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=1, kernel=Path("/k/bzImage"),
+                image=Path("/cache/images/x"), logs=Path("/logs"))
+    assert ab.reanalyze(part, plan).workloads["timer"].attempts == (ATTEMPT,)
+
+
+def test_the_table_names_each_failed_attempts_logs() -> None:
+    res = Result(verdict="pass", logs="/logs/ab-1", workloads={"timer": WorkloadResult("timer", "pass",
+                                                                                      attempts=(ATTEMPT,))})
+    table = format_table(res)
+    assert ("  failed attempts (logs in /logs/ab-1):\n    off rep 1 attempt 1: guest reset (infrastructure, "
+            "retried); logs: timer-off-0-console.log, timer-off-0-qemu.log, timer-off-0-perf-stderr.log") in table
+    assert failed_attempts(res, "timer", absolute=True)[0].endswith(
+        "logs: /logs/ab-1/timer-off-0-console.log, /logs/ab-1/timer-off-0-qemu.log, "
+        "/logs/ab-1/timer-off-0-perf-stderr.log")
+    assert "failed attempts" not in format_table(Result(verdict="pass", workloads={"timer": WorkloadResult(
+        "timer", "pass")}))
+
+
+def test_the_markdown_report_lists_the_latest_runs_failed_attempts(tmp_path: Path) -> None:
+    from e2e.history import load_history
+    from e2e.regress import check
+    from e2e.report import render_markdown
+
+    doc = make_doc(0, {"timer": ([0.98] * 3, "pass")})
+    doc["logs"] = "/logs/ab-1"
+    doc["workloads"]["timer"]["attempts"] = [ATTEMPT.to_json()]
+    history = load_history(write_history(tmp_path, [doc]))
+    text = render_markdown(history, check(history))
+    assert ("- [r1] timer: off rep 1 attempt 1: guest reset (infrastructure, retried); logs: "
+            "/logs/ab-1/timer-off-0-console.log, /logs/ab-1/timer-off-0-qemu.log, "
+            "/logs/ab-1/timer-off-0-perf-stderr.log") in text
+
+
+class FakePerf:
+    """What keep_perf_output reads of a PerfStat: its temp dir while it runs, its texts once stopped."""
+
+    def __init__(self, workdir: Path | None, output: str | None = None, stderr: str | None = None) -> None:
+        self.workdir = workdir
+        self.output_text = output
+        self.stderr_text = stderr
+
+
+def test_perfs_stderr_of_a_failed_attempt_is_kept_before_its_temp_dir_goes(tmp_path: Path) -> None:
+    tmp = tmp_path / "perf-tmp"
+    tmp.mkdir()
+    (tmp / "stderr").write_text("Events disabled\nEvents enabled\n")
+    trace = AttemptTrace(tmp_path)
+    with pytest.raises(RuntimeError), keep_perf_output(FakePerf(tmp), tmp_path, "t-on-0", trace):  # type: ignore[arg-type]
+        raise RuntimeError("QEMU exited mid-command")
+    assert (tmp_path / "t-on-0-perf-stderr.log").read_text() == "Events disabled\nEvents enabled\n"
+    assert not (tmp_path / "t-on-0-perf.csv").exists(), "perf had written no CSV yet: none is invented"
+    assert trace.logs() == ("t-on-0-perf-stderr.log",)
+    # A stopped perf: its temp dir is gone, what it read is kept.
+    with keep_perf_output(FakePerf(None, "3;;kvm:kvm_exit\n", ""), tmp_path, "t-on-1"):  # type: ignore[arg-type]
+        pass
+    assert (tmp_path / "t-on-1-perf.csv").read_text() == "3;;kvm:kvm_exit\n"
+
+
+def test_a_failed_virtual_hosts_guest_logs_stay_with_it_and_its_retry_overwrites_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each virtual host runs its guests under the same names: a failed one's guests' logs go to its own
+    ``vhost-<tag>-<n>/guests/``, the successful retry's to the run's logs."""
+    from e2e import results, runner
+    from e2e.errors import GuestError
+
+    def fake_vhost(fail: bool) -> Any:
+        def run_in_vhost(argv: list[str], kernel: Path, tmp: Path, **kw: Any) -> tuple[int, object]:
+            (tmp / "logs").mkdir()
+            (tmp / "logs" / "timer-on-0-console.log").write_text(f"failed={fail}\n")
+            if fail:
+                raise GuestError("the virtual host stopped before the command finished")
+            (tmp / "result.json").write_text(results.dumps(Result(verdict="pass")))
+            return 0, object()
+        return run_in_vhost
+
+    plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=1, kernel=tmp_path / "k", image=tmp_path / "i",
+                logs=tmp_path / "logs")
+    monkeypatch.setattr(runner, "run_in_vhost", fake_vhost(True))
+    with pytest.raises(GuestError):
+        runner.in_vhost(plan, tmp_path / "hk", 60, plan.logs / "vhost-timer-1")
+    monkeypatch.setattr(runner, "run_in_vhost", fake_vhost(False))
+    res, _ = runner.in_vhost(plan, tmp_path / "hk", 60, plan.logs / "vhost-timer-2")
+    assert res.verdict == "pass"
+    assert (plan.logs / "vhost-timer-1" / "guests" / "timer-on-0-console.log").read_text() == "failed=True\n"
+    assert (plan.logs / "timer-on-0-console.log").read_text() == "failed=False\n"
