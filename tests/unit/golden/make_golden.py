@@ -1,7 +1,10 @@
 """Writes the golden outputs of pveoi's hand-written statistics and HTML renderer, as they were
 before scipy.stats and jinja2 replaced them (run once, at commit "golden files"; the tests compare
 today's outputs with these files). Kept for the record: re-running it after the change would
-overwrite the reference with the new code's output, so don't.
+overwrite the reference with the new code's output, so don't. (Two parts were written again since,
+on purpose: ``reanalyzed_fixtures`` after the fix that keeps a schema-2 result whose runs did not
+complete an error on re-analysis, and the HTML pages after the report gained detection floors and
+failed attempts; the statistics' own figures are still the hand-written code's.)
 
     python tests/unit/golden/make_golden.py
 """
