@@ -386,16 +386,23 @@ def run_plan(plan: Plan, progress: Callable[[str], None] | None = None) -> Resul
     validate_arms(plan.arms)
     if plan.runs < 1:
         raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
-    say = progress or (lambda msg: log.info("%s", msg))
     workloads = get_workloads(list(plan.workloads))
-    thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
     vendor = cpu_vendor()
     events = perf_events(vendor, list_kvm_tracepoints())
     img = load_image(plan.image)
     setup = Setup(kernel=plan.kernel, initrd=img.initrd, private_key=img.identity.private_key,
                   host_key_line=img.host_key_line, artifacts=plan.logs, memory_mb=plan.memory_mb,
                   boot_timeout=plan.boot_timeout)
-    plan.logs.mkdir(parents=True, exist_ok=True)
+    return run_workloads(setup, plan, workloads, events, vendor, progress)
+
+
+def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], events: Sequence[Event], vendor: str,
+                  progress: Callable[[str], None] | None = None) -> Result:
+    """The A/B loop of :func:`run_plan` over given workload objects on a given setup (a test's own
+    workload or accelerator): interleaved runs, retries by the one policy, analysis."""
+    say = progress or (lambda msg: log.info("%s", msg))
+    thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
+    setup.artifacts.mkdir(parents=True, exist_ok=True)
     runs: dict[str, tuple[RunRecord, ...]] = {}
     results: dict[str, WorkloadResult] = {}
     for workload in workloads:

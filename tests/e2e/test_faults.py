@@ -28,6 +28,7 @@ from e2e.cache import Cache
 from e2e.errors import CapabilityError, GuestTimeout, PveoiError, SshError
 from e2e.history import load_history
 from e2e.machine import Machine
+from e2e.model import DEFAULT_ARMS, Plan, Result
 from e2e.ssh import GuestSsh
 from e2e.workloads import Workload
 
@@ -128,7 +129,7 @@ def boot_args(guest_kernel: Path, guest_image, *extra: str) -> list[str]:  # typ
 
 def test_kernel_panic_at_boot_cli(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
     run = Run(*boot_args(guest_kernel, guest_image, "--append", "rdinit=/nonexistent", "--", "true"))
-    assert run.finish() == 2
+    assert run.finish() == 1  # a panic of the kernel under test is a finding (exit 1), never a setup error
     line = one_line_error(run.stderr, "guest kernel panicked", "Kernel panic - not syncing")
     check_named_log(line, "read the console log ", ":", "Kernel panic")
     run.assert_clean()
@@ -270,6 +271,14 @@ def tcg_setup(guest_kernel: Path, guest_image, tmp_path: Path) -> ab.Setup:  # t
                     host_key_line=guest_image.host_key_line, artifacts=tmp_path / "logs", accel="tcg", qemu=qemu)
 
 
+def run_workloads(setup: ab.Setup, workload: Workload) -> Result:
+    """The real A/B loop (interleaved arms, retries, analysis) over a test's own workload, 1 rep."""
+    plan = Plan(workloads=(workload.name,), arms=DEFAULT_ARMS, runs=1, kernel=setup.kernel,
+                image=setup.initrd.parent, logs=setup.artifacts)
+    vendor = ab.cpu_vendor()
+    return ab.run_workloads(setup, plan, [workload], ab.perf_events(vendor, ab.list_kvm_tracepoints()), vendor)
+
+
 def short(command: str) -> Workload:
     return Workload("fault", ("sh", "-c", command), ops=1, description="fault injection", timeout=60)
 
@@ -299,7 +308,7 @@ def test_ab_run_with_perf_missing_or_denied_gives_no_verdict(guest_kernel: Path,
     monkeypatch.setenv("PATH", str(bindir))
     before = qemu_pids()
     with pytest.raises(CapabilityError) as err:
-        ab.run_ab(setup, ab.AbConfig([short("true")], runs=1))
+        run_workloads(setup, short("true"))
     text = str(err.value)
     assert "\n" not in text
     assert ("perf not found" in text) if fault == "missing" else ("Access to performance monitoring" in text)
@@ -311,15 +320,15 @@ def test_ab_run_whose_guest_drops_ssh_is_an_error_not_a_verdict(  # type: ignore
         guest_kernel: Path, guest_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kvm_tracepoints_here(monkeypatch)
     before = qemu_pids()
-    doc = ab.run_ab(tcg_setup(guest_kernel, guest_image, tmp_path),
-                    ab.AbConfig([short("sleep 1; kill -9 $(pidof dropbear); sleep 60")], runs=1))
-    assert doc["verdict"] == "error"
-    w = doc["workloads"]["fault"]
-    assert w["verdict"] == "error" and w["reasons"][0] == "2 of 2 runs did not complete, so no verdict"
-    assert all("SSH connection dropped" in r for r in w["reasons"][1:])
+    res = run_workloads(tcg_setup(guest_kernel, guest_image, tmp_path),
+                        short("sleep 1; kill -9 $(pidof dropbear); sleep 60"))
+    assert res.verdict == "error" and res.exit_code == 2
+    w = res.workloads["fault"]
+    assert w.verdict == "error" and w.reasons[0] == "2 of 2 runs did not complete, so no verdict"
+    assert all("SSH connection dropped" in r for r in w.reasons[1:])
     # Each run was retried once on a fresh guest (the fault recurred), and the retry is on record.
-    assert len(w["retried"]) == 2 and all("SSH connection dropped" in r for r in w["retried"])
-    assert doc["arms"]["on"]["runs"]["fault"] == [] and doc["arms"]["off"]["runs"]["fault"] == []
+    assert len(w.retried) == 2 and all("SSH connection dropped" in r for r in w.retried)
+    assert res.runs_of("fault", "on") == [] and res.runs_of("fault", "off") == []
     assert not wait_no_new_qemu(before)
     assert pid_dirs(os.getpid()) == []
 
@@ -477,7 +486,7 @@ def test_virtual_host_sigkilled_mid_ab(guest_kernel: Path, host_kernel: Path, gu
     history, result = tmp_path / "history", tmp_path / "ab.json"
     run = Run("ab", "--host", "virtual", "--runs", "1", "--kernel", str(guest_kernel), "--image",
               str(guest_image.path), "--json", str(result), "--history", str(history), "--logs", str(tmp_path / "logs"),
-              "--timeout", "900")
+              "--timeout", "900", "--retries", "0")  # no restart: the death itself is the outcome
     assert run.proc.stdout is not None
     for line in run.proc.stdout:
         if "boot + workload" in line:
@@ -487,9 +496,13 @@ def test_virtual_host_sigkilled_mid_ab(guest_kernel: Path, host_kernel: Path, gu
     time.sleep(3)
     os.kill(qemu_child(run.proc.pid), signal.SIGKILL)  # the virtual KVM host dies under the measurement
     assert run.finish(timeout=120) == 2
-    one_line_error(run.stderr, "the virtual host stopped before the command finished: QEMU (pid",
-                   "was killed by SIGKILL", "the OOM killer?")
-    assert not result.exists() and (not history.exists() or os.listdir(history) == [])
+    line = one_line_error(run.stderr, "the virtual host stopped before the command finished: QEMU (pid",
+                          "was killed by SIGKILL", "the OOM killer?")
+    # Infrastructure, retries spent: the history records verdict error with that very cause, no figures.
+    doc = json.loads(result.read_text())
+    assert doc["verdict"] == "error" and doc["error"]["kind"] == "infrastructure"
+    assert doc["error"]["message"] in line and doc["workloads"] == {}
+    assert len(os.listdir(history)) == 1
     run.assert_clean()
 
 
