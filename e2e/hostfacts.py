@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,23 @@ def probe_tracefs(root: Path = Path("/")) -> TracefsFacts:
     return scan_tracefs([(Path(root) / rel, "/" + rel) for rel in TRACEFS_DIRS])
 
 
+def mount_tracefs(where: Path = TRACEFS) -> bool:
+    """As root, mount tracefs where a fresh machine has none yet, as root's perf does on its first
+    run (perf mounts it only when it runs, and pveoi looks before that). Idempotent.
+
+    :returns: whether tracefs was mounted by this call.
+    """
+    if os.geteuid() != 0 or not where.is_dir() or (where / "events").is_dir():
+        return False
+    proc = subprocess.run(["mount", "-t", "tracefs", "nodev", str(where)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        log.debug("could not mount tracefs at %s: %s", where, proc.stderr.strip())
+        return False
+    log.info("mounted tracefs at %s (a fresh machine has none until root's perf first runs)", where)
+    return True
+
+
 def list_kvm_tracepoints(tracefs: Path = TRACEFS, *, fallback: Path | None = DEBUGFS_TRACING) -> list[str]:
     """The ``kvm:*`` tracepoints tracefs offers, e.g. ``"kvm:kvm_exit"``.
 
@@ -131,6 +149,8 @@ def list_kvm_tracepoints(tracefs: Path = TRACEFS, *, fallback: Path | None = DEB
     """
     candidates = [tracefs] + ([fallback] if fallback is not None and fallback != tracefs else [])
     facts = scan_tracefs([(c, str(c)) for c in candidates])
+    if not facts.mounted and tracefs == TRACEFS and mount_tracefs(tracefs):
+        facts = scan_tracefs([(c, str(c)) for c in candidates])
     if not facts.mounted:
         raise CapabilityError(
             f"tracefs is not mounted (no events/ in {' or '.join(map(str, candidates))})",
