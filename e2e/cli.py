@@ -231,6 +231,10 @@ def _guest_kernel(args: argparse.Namespace) -> Path:
 
     if getattr(args, "kernel", None):
         return kernel.check_kernel_file(Path(args.kernel).expanduser().absolute())
+    if getattr(args, "source", None):
+        patches = args.patches.expanduser().resolve() if args.patches else None
+        spec = kernel.default_spec("guest", source=args.source.expanduser().resolve(), patches_dir=patches)
+        return kernel.build_kernel(spec).file("bzImage")
     return kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")
 
 
@@ -454,7 +458,12 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS), metavar="NAME",
                    help=f"repeatable; one of {', '.join(WORKLOADS)} (default: timer)")
     p.add_argument("--runs", type=int, default=3, help="reps per arm (default 3)")
-    p.add_argument("--kernel", type=Path, metavar="PATH", help="guest bzImage (default: build pveoi's)")
+    gk = p.add_mutually_exclusive_group()
+    gk.add_argument("--kernel", type=Path, metavar="PATH", help="guest bzImage (default: build pveoi's)")
+    gk.add_argument("--source", type=Path, metavar="DIR",
+                    help="build the guest kernel from your tree (incremental; guest_patches/ unless --patches)")
+    p.add_argument("--patches", type=Path, metavar="DIR", help="with --source: a quilt patch dir instead of "
+                   "guest_patches/")
     p.add_argument("--image", type=Path, metavar="DIR", help="a built guest image entry (default: build pveoi's)")
     p.add_argument("--arms", type=Path, metavar="TOML",
                    help="two or more [[arm]] tables: name, pv_eoi, cpu_flags, smp, append, kernel (a bzImage or "
@@ -561,7 +570,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
         from .build import image
 
         image.load_image(args.image)
-    for d, what in ((args.host_source, "--host-source"), (args.host_patches, "--host-patches")):
+    if args.patches is not None and args.source is None:
+        raise ConfigError("--patches goes with --source", fix="pass --source DIR too, or drop --patches")
+    for d, what in ((args.source, "--source"), (args.patches, "--patches"), (args.host_source, "--host-source"),
+                    (args.host_patches, "--host-patches")):
         if d is not None and not d.expanduser().is_dir():
             raise ConfigError(f"{what} {d} is not a directory", fix=f"pass a directory to {what}")
     if args.host_kernel is not None and not args.host_kernel.expanduser().is_file():
