@@ -41,6 +41,9 @@ from .workloads import Workload, get_workloads
 
 log = logging.getLogger(__name__)
 
+#: The verdict of a workload whose raw runs are left to the caller to analyze.
+UNANALYZED = "unanalyzed"
+
 __all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_vendor", "load_arms",
            "load_thresholds", "reanalyze", "run_once", "run_plan"]
 
@@ -371,7 +374,7 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
             log.error("run failed: %s", err)
 
 
-def run_plan(plan: Plan, progress: Callable[[str], None] | None = None) -> Result:
+def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed: bool = True) -> Result:
     """Run every workload of ``plan`` on this (KVM) host: the typed result.
 
     Runs that fail on infrastructure are retried, then make that workload's verdict
@@ -393,13 +396,19 @@ def run_plan(plan: Plan, progress: Callable[[str], None] | None = None) -> Resul
     setup = Setup(kernel=plan.kernel, initrd=img.initrd, private_key=img.identity.private_key,
                   host_key_line=img.host_key_line, artifacts=plan.logs, memory_mb=plan.memory_mb,
                   boot_timeout=plan.boot_timeout)
-    return run_workloads(setup, plan, workloads, events, vendor, progress)
+    return run_workloads(setup, plan, workloads, events, vendor, progress, analyzed)
 
 
 def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], events: Sequence[Event], vendor: str,
-                  progress: Callable[[str], None] | None = None) -> Result:
+                  progress: Callable[[str], None] | None = None, analyzed: bool = True) -> Result:
     """The A/B loop of :func:`run_plan` over given workload objects on a given setup (a test's own
-    workload or accelerator): interleaved runs, retries by the one policy, analysis."""
+    workload or accelerator): interleaved runs, retries by the one policy, analysis.
+
+    :param analyzed: draw conclusions here; False leaves each workload's verdict ``unanalyzed``
+        with only its runs, findings, errors and retries, for a caller that analyzes the raw runs
+        itself (the virtual host's inner runner: its Python is about 15x slower, and the outer
+        pveoi analyzes all parts together anyway).
+    """
     say = progress or (lambda msg: log.info("%s", msg))
     thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
     setup.artifacts.mkdir(parents=True, exist_ok=True)
@@ -413,10 +422,15 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
             say(f"[{workload.name} {i}/{len(order)}] arm {arm.name}, rep {rep + 1}: boot + workload")
             _run_with_retries(setup, arm, workload, events, rep, plan.retries, outcome)
         runs[workload.name] = tuple(outcome.runs)
-        results[workload.name] = replace(analyze(workload, plan.arms, outcome.runs, thresholds[workload.name],
-                                                 outcome.findings, outcome.errors, outcome.retried),
-                                         attempts=tuple(outcome.attempts))
-    verdict, reason = conclude(results)
+        if analyzed:
+            result = analyze(workload, plan.arms, outcome.runs, thresholds[workload.name], outcome.findings,
+                             outcome.errors, outcome.retried)
+        else:
+            result = WorkloadResult(workload.name, UNANALYZED, workload.description,
+                                    findings=tuple(outcome.findings), errors=tuple(outcome.errors),
+                                    retried=tuple(outcome.retried))
+        results[workload.name] = replace(result, attempts=tuple(outcome.attempts))
+    verdict, reason = conclude(results) if analyzed else (UNANALYZED, "raw runs, to be analyzed by the caller")
     return Result(verdict=verdict, reason=reason, runs_per_arm=plan.runs, plan=plan,
                   arms={a.name: a for a in plan.arms}, runs=runs, workloads=results, runner=runner_info(vendor),
                   events=tuple({"name": e.name, "filter": e.filter, "label": e.label} for e in events))

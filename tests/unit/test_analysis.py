@@ -468,3 +468,23 @@ def test_analyze_rejects_an_unknown_threshold_and_a_result_without_runs(tmp_path
     results.emit(results.not_measurable("no KVM", 3), empty, None)
     assert cli.main(["analyze", str(empty)]) == 2
     assert "holds no runs to analyze" in capsys.readouterr().err
+
+
+def test_unanalyzed_parts_of_the_virtual_host_are_concluded_outside() -> None:
+    """The inner runner writes raw runs with verdict ``unanalyzed`` (no analysis in L1's slow Python);
+    the outer reanalyze draws the verdict from the runs of every part, findings and retries kept."""
+    from e2e.ab import UNANALYZED, reanalyze
+    from e2e.model import DEFAULT_ARMS, Plan, Result
+
+    plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=5, kernel=GOOD, image=Path("/i"), logs=Path("/l"))
+    raw = runs_of({"on": 0.01, "off": 1.0})
+    arms = {a.name: a for a in DEFAULT_ARMS}
+    part = Result(verdict=UNANALYZED, plan=plan, arms=arms, runs={"timer": tuple(raw)},
+                  workloads={"timer": WorkloadResult("timer", UNANALYZED, retried=("on rep 2: SSH dropped",))})
+    out = reanalyze(Result.from_json(part.to_json()), plan)  # as it comes back through the results share
+    w = out.workloads["timer"]
+    assert out.verdict == "pass" and w.verdict == "pass", w.reasons
+    assert (w.eoi_exits_saved_per_interrupt or {})["value"] > 0.9 and w.retried == ("on rep 2: SSH dropped",)
+    finding = Result(verdict=UNANALYZED, plan=plan, arms=arms, runs={"timer": tuple(raw)},
+                     workloads={"timer": WorkloadResult("timer", UNANALYZED, findings=("cpu1 did not enable",))})
+    assert reanalyze(finding, plan).verdict == "fail"
