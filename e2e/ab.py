@@ -29,7 +29,7 @@ from .analysis import analyze, conclude, load_thresholds
 from .argv import DEFAULT_APPEND, MachineSpec
 from .build.image import READY_PATTERN
 from .errors import ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
-from .evidence import AttemptTrace, attempt_name, keep_perf_output
+from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .hostfacts import COUNTED, cpu_vendor
@@ -37,6 +37,7 @@ from .machine import Machine, child_preexec
 from .model import DEFAULT_ARMS, Arm, Attempt, Plan, Result, RunRecord, WorkloadResult, validate_arms
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
 from .tmpdirs import tempdir
+from .trace import GUEST_VIEW_COMMAND, GuestView, PerfRecord, mark_command, parse_script, summarize
 from .workloads import Workload, get_workloads
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ class Setup:
     boot_timeout: float = 180.0
     qemu: str = "qemu-system-x86_64"
     accel: str = "kvm"
+    #: Record kvm:* per event too (exact accounting with guest markers, per-vector attribution).
+    trace: bool = True
 
 
 def perf_events(vendor: str, available: Sequence[str]) -> list[Event]:
@@ -244,18 +247,35 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         marks["ssh_up"] = time.monotonic()
         before = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
         check_guest_arm(arm, before, kvm["enabled"])
+        view = GuestView.parse(ssh.run(GUEST_VIEW_COMMAND, timeout=30).check().stdout) if setup.trace else None
         marks["state_read"] = time.monotonic()
+        script = None
         with host_server(workload.host_server) as port:
             argv = workload.argv(port, vcpus)
-            with PerfStat(events, tids=[v.thread_id for v in threads]) as perf, \
-                    keep_perf_output(perf, setup.artifacts, name, trace):
+            if view is not None and view.marks:
+                argv = mark_command(argv)
+            with contextlib.ExitStack() as perfs:
+                perf = perfs.enter_context(PerfStat(events, tids=[v.thread_id for v in threads]))
+                perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
+                rec = None
+                if view is not None:
+                    rec = perfs.enter_context(PerfRecord(machine.pid))
+                    perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))
+                    rec.start()
                 perf.start()
                 marks["perf_attached"] = time.monotonic()
+                if rec is not None:
+                    rec.enable()
                 perf.enable()
                 result = ssh.run(argv, timeout=workload.timeout)
                 perf.disable()
+                if rec is not None:
+                    rec.disable()
                 counts = perf.stop()
-        marks["workload_done"] = time.monotonic()
+                marks["workload_done"] = time.monotonic()
+                if rec is not None:
+                    script = rec.finish()
+                    marks["trace_read"] = time.monotonic()
         after = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
         result.check()
         machine.console.check()
@@ -274,6 +294,15 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
                "pv_eoi": pveoi_delta(before, after)},
         workload_output=result.stdout.strip()[-500:], timings=timings,
     )
+    if script is not None and view is not None:
+        events_, lost = parse_script(script)
+        summary = summarize(events_, [v.thread_id for v in threads], pv_eoi=arm.expects_pv_eoi,
+                            names=view.names, lost=lost)
+        summary["marks"] = view.marks
+        record = replace(record, trace=summary)
+        if lost:
+            raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
+                                   fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
     log.info("  %-6s rep %d: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
              arm.name, rep, raw.get("kvm:kvm_exit", 0), raw.get("kvm:kvm_pv_eoi", 0), raw.get("kvm:kvm_eoi", 0),
              raw.get("kvm:kvm_inj_virq", 0), result.seconds)

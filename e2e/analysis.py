@@ -202,11 +202,21 @@ def _effect_difference(ea: Comparison, eb: Comparison, arms: Mapping[str, Arm], 
 
 def agreement(arms: Sequence[Arm], runs: Sequence[RunRecord],
               thresholds: Mapping[str, float]) -> tuple[list[Agreement], list[str]]:
-    """Host ``kvm_pv_eoi`` against the guest's skipped-EOI counter for every run of an arm that
-    uses PV EOI (where the guest kernel has the counter): (entries, reasons for the failing ones)."""
+    """Host ``kvm_pv_eoi`` against the guest's skipped-EOI counter: (entries, reasons for the failing ones).
+
+    Where the guest took window markers (guest_patches/0003) the check is exact, per vCPU and
+    run, on every arm: any difference is a finding, named by vCPU and direction. Otherwise the
+    guest's counter is read outside perf's window, and the run's totals must agree within
+    ``agreement_slack`` + ``max_agreement_error`` (arms that use PV EOI only).
+    """
     uses = {a.name for a in arms if a.expects_pv_eoi}
     out, reasons = [], []
     for r in runs:
+        if r.trace.get("marks"):
+            entries, why = exact_agreement(r)
+            out += entries
+            reasons += why
+            continue
         g = r.guest_pv_eoi
         if r.arm not in uses or g is None:
             continue
@@ -217,6 +227,27 @@ def agreement(arms: Sequence[Arm], runs: Sequence[RunRecord],
         if not ok:
             reasons.append(f"host kvm_pv_eoi {host_n} and guest skipped EOIs {guest_n} disagree "
                            f"(arm {r.arm}, rep {r.rep})")
+    return out, reasons
+
+
+def exact_agreement(r: RunRecord) -> tuple[list[Agreement], list[str]]:
+    """One run's per-vCPU exact check between its markers (see :mod:`e2e.trace`)."""
+    out, reasons = [], []
+    where = f"(arm {r.arm}, rep {r.rep})"
+    for v in r.trace.get("vcpus", []):
+        n = v["vcpu"]
+        if not v.get("window"):
+            reasons.append(f"vCPU {n}: the host traced {v.get('markers', 0)} of the guest's 2 window-marker "
+                           f"hypercalls, so its PV EOIs cannot be accounted {where}")
+            continue
+        host_n, guest_n = int(v["host_pv_eoi"]), int(v["guest_skipped"])
+        out.append(Agreement(r.rep, r.arm, host_n, guest_n, host_n == guest_n, vcpu=n))
+        if guest_n > host_n:
+            reasons.append(f"vCPU {n}: {guest_n - host_n} EOIs the guest skipped were completed with no "
+                           f"kvm_pv_eoi on the host (guest skipped {guest_n}, host kvm_pv_eoi {host_n}) {where}")
+        elif host_n > guest_n:
+            reasons.append(f"vCPU {n}: the host completed {host_n - guest_n} PV EOIs the guest never skipped "
+                           f"(host kvm_pv_eoi {host_n}, guest skipped {guest_n}) {where}")
     return out, reasons
 
 

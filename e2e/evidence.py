@@ -13,6 +13,7 @@ that failed, a structured :class:`~e2e.model.Attempt` naming its class
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,32 @@ def keep_perf_output(perf: PerfStat, artifacts: Path, name: str, trace: AttemptT
                 (artifacts / dest).write_text(text)
             except OSError as err:
                 log.warning("could not keep perf's %s as %s: %s", inside, artifacts / dest, err)
+                continue
+            if trace is not None:
+                trace.extra_logs.append(artifacts / dest)
+
+
+@contextlib.contextmanager
+def keep_trace_output(rec: PerfStat, artifacts: Path, name: str, trace: AttemptTrace | None = None) -> Iterator[None]:
+    """Keep a :class:`e2e.trace.PerfRecord`'s ``perf script`` text (gzipped) and stderr as
+    ``{name}-trace.txt.gz`` and ``{name}-trace-stderr.log``, on success and on failure alike."""
+    try:
+        yield
+    finally:
+        stderr = rec.stderr_text
+        if stderr is None and rec.workdir is not None and (rec.workdir / "stderr").is_file():
+            stderr = (rec.workdir / "stderr").read_text(errors="replace")
+        for dest, text in ((f"{name}-trace.txt.gz", rec.output_text), (f"{name}-trace-stderr.log", stderr)):
+            if text is None:
+                continue
+            try:
+                if dest.endswith(".gz"):
+                    with gzip.open(artifacts / dest, "wt") as f:
+                        f.write(text)
+                else:
+                    (artifacts / dest).write_text(text)
+            except OSError as err:
+                log.warning("could not keep the trace's %s: %s", artifacts / dest, err)
                 continue
             if trace is not None:
                 trace.extra_logs.append(artifacts / dest)

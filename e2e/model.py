@@ -269,6 +269,9 @@ class RunRecord:
     attempt: int = 1
     vcpus: int | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    #: The per-event trace's summary (:func:`e2e.trace.summarize`): per vCPU the marker window's
+    #: host and guest accounting, per vector PV and trapped EOIs with reasons. Empty when not traced.
+    trace: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def interrupts(self) -> int:
@@ -298,7 +301,8 @@ class RunRecord:
                 "boot_seconds": self.boot_seconds, "workload_seconds": self.workload_seconds,
                 "ready_line": self.ready_line, "qmp": copy.deepcopy(dict(self.qmp)), "counts": dict(self.counts),
                 "exit_reasons": dict(self.exit_reasons), "guest": copy.deepcopy(dict(self.guest)),
-                "workload_output": self.workload_output, "timings": dict(self.timings)}
+                "workload_output": self.workload_output, "timings": dict(self.timings),
+                "trace": copy.deepcopy(dict(self.trace))}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], arm: str | None = None) -> RunRecord:
@@ -313,7 +317,8 @@ class RunRecord:
                    boot_seconds=data.get("boot_seconds"), workload_seconds=data.get("workload_seconds"),
                    ready_line=str(data.get("ready_line") or ""), workload_output=str(data.get("workload_output") or ""),
                    attempt=int(data.get("attempt") or 1), vcpus=data.get("vcpus"),
-                   timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()})
+                   timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()},
+                   trace=dict(data.get("trace") or {}))
 
 
 # ---------------------------------------------------------------- comparisons

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
 from .hostfacts import COUNTED, probe_tracefs
@@ -510,14 +511,7 @@ class PerfStat:
             # perf re-raises SIGINT at exit; 0: the counted process exited first.
             if returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT):
                 raise perf_error(self.stderr_text, returncode, self.argv, "stop")
-            out = self._tmp / "perf.csv"
-            try:
-                self.output_text = out.read_text(errors="replace")
-            except FileNotFoundError as err:
-                tail = self.stderr_text.strip()[-300:]
-                raise MeasurementError("perf wrote no output file",
-                                       fix=f"see perf's stderr: {tail}") from err
-            counts = parse_perf_csv(self.output_text, self.events)
+            counts = self._collect(self._tmp)
         finally:
             self.state = _State.STOPPED
             self.close()
@@ -570,9 +564,7 @@ class PerfStat:
         # O_RDWR on a FIFO never blocks and never sees EOF/EPIPE, whatever perf does.
         self._ctl = os.open(ctl, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self._ack = os.open(ack, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        self.argv = perf_stat_argv(self.events, pid=self.pid, tids=self.tids,
-                                   control_fifo=(ctl, ack), start_disabled=True, perf=self.perf,
-                                   output=self._tmp / "perf.csv")
+        self.argv = self._argv(ctl, ack, self._tmp)
         log.debug("running %s", shlex.join(self.argv))
         libc = ctypes.CDLL(None, use_errno=True)
         env = dict(os.environ, LC_ALL="C")
@@ -592,6 +584,21 @@ class PerfStat:
         except OSError as err:  # Linux < 5.3: poll perf's liveness in slices instead
             log.debug("pidfd_open failed (%s); polling perf's exit", err)
             self._pidfd = None
+
+    def _argv(self, ctl: Path, ack: Path, workdir: Path) -> list[str]:
+        """perf's command line, with its control FIFOs and private dir (a subclass records instead)."""
+        return perf_stat_argv(self.events, pid=self.pid, tids=self.tids, control_fifo=(ctl, ack),
+                              start_disabled=True, perf=self.perf, output=workdir / "perf.csv")
+
+    def _collect(self, workdir: Path) -> Any:
+        """What perf left in ``workdir`` once it exited: the counts."""
+        out = workdir / "perf.csv"
+        try:
+            self.output_text = out.read_text(errors="replace")
+        except FileNotFoundError as err:
+            tail = (self.stderr_text or "").strip()[-300:]
+            raise MeasurementError("perf wrote no output file", fix=f"see perf's stderr: {tail}") from err
+        return parse_perf_csv(self.output_text, self.events)
 
     def _read_stderr(self) -> str:
         if self._tmp is None:
