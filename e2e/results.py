@@ -147,6 +147,22 @@ def _arm_line(result: Result, workload: str, arm: str) -> str | None:
     return f"  arm {arm}: kvm_pv_eoi={pv} inj_virq={inj} guest_skipped={guest}"
 
 
+def _vector_lines(result: Result, workload: str) -> list[str]:
+    """Per arm, where the EOIs of the marker windows went, by vector (runs traced per event only)."""
+    from .trace import format_vector_rows, vector_rows, window_totals
+
+    lines = []
+    for arm in result.arms:
+        traces = [r.trace for r in result.runs_of(workload, arm) if r.trace.get("vcpus")]
+        if not traces:
+            continue
+        total = window_totals(traces)
+        lines.append(f"  arm {arm}, EOIs by vector over {len(traces)} run(s) (marker windows): "
+                     f"{total.get('host_eoi', 0)} EOIs, {total.get('host_pv_eoi', 0)} by PV EOI")
+        lines.extend(f"    {line}" for line in format_vector_rows(vector_rows(traces)))
+    return lines
+
+
 def failed_attempts(result: Result, workload: str, absolute: bool = False) -> list[str]:
     """One line per attempt of ``workload`` that gave no run: which, its class, what became of it and
     its logs (relative to the result's ``logs`` directory, or ``absolute``)."""
@@ -210,6 +226,7 @@ def format_table(result: Result) -> str:
             line = _arm_line(result, name, arm)
             if line:
                 lines.append(line)
+        lines.extend(_vector_lines(result, name))
         for reason in w.reasons:
             lines.append(f"  ! {reason}")
         for note in w.notes:

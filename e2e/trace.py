@@ -269,6 +269,7 @@ class _Vcpu:
     level: set[int] = field(default_factory=set)
     service: dict[int, set[str]] = field(default_factory=dict)
     pending_eoi: int | None = None
+    pending_flags: set[str] = field(default_factory=set)
     begin: tuple[int, int, int] | None = None  # (cpu, skipped, written) at the begin marker
     end: tuple[int, int, int] | None = None
     in_window: bool = False
@@ -298,11 +299,17 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
             v = vcpus[vcpu_threads[apicid]]  # QEMU's default topology: APIC ID = vCPU index
         return v
 
-    def settle(v: _Vcpu, vector: int, pv: bool) -> None:
-        """An EOI of ``vector`` completed on ``v``: PV or trapped."""
-        flags = v.service.pop(vector, set())
+    def complete(v: _Vcpu, vector: int) -> None:
+        """KVM completed an EOI of ``vector`` (``kvm_eoi``): it leaves the ISR now; whether it was a PV
+        EOI is known at the thread's next event (:func:`settle`)."""
+        v.pending_flags = v.service.pop(vector, set())
         if vector in v.isr:
             v.isr.remove(vector)
+        v.pending_eoi = vector
+
+    def settle(v: _Vcpu, vector: int, pv: bool) -> None:
+        """The EOI of ``vector`` completed on ``v`` was PV or trapped."""
+        flags, v.pending_flags, v.pending_eoi = v.pending_flags, set(), None
         if not v.in_window:
             return
         v.eoi += 1
@@ -327,7 +334,6 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
         v = vcpus.get(ev.tid)
         if v is not None and v.pending_eoi is not None and ev.name != "kvm_pv_eoi":
             settle(v, v.pending_eoi, pv=False)
-            v.pending_eoi = None
         if ev.name == "kvm_apic_accept_irq":
             m = _ACCEPT.search(ev.fields)
             t = target(int(m[1], 16)) if m else None
@@ -367,15 +373,13 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
                 v.apicid = apicid
                 by_apicid[apicid] = v
             if ev.name == "kvm_eoi":
-                v.pending_eoi = vector
+                complete(v, vector)
             elif v.pending_eoi == vector:
                 settle(v, vector, pv=True)
-                v.pending_eoi = None
             else:  # apic_sync_pv_eoi_from_guest() always traces kvm_eoi first
                 anomalies["kvm_pv_eoi without its kvm_eoi"] += 1
                 if v.pending_eoi is not None:
                     settle(v, v.pending_eoi, pv=False)
-                    v.pending_eoi = None
         elif ev.name == "kvm_hypercall":
             m = _HYPERCALL.search(ev.fields)
             if m is None or int(m[1], 16) != MARK_NR:
@@ -408,3 +412,48 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
     return {"events": count, "lost": lost, "vcpus": out_vcpus, "vectors": out_vectors,
             "anomalies": dict(anomalies)}
 
+
+
+# ---------------------------------------------------------------- per-vector table
+
+
+def vector_rows(traces: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per vector (by name, then number), summed over the given runs' traces and vCPUs:
+    ``{name, vector, injected, pv, trapped, reasons}``, the busiest first."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for t in traces:
+        for v in t.get("vectors", []):
+            key = (str(v.get("name", "?")), int(v["vector"]))
+            row = rows.setdefault(key, {"name": key[0], "vector": key[1], "injected": 0, "pv": 0, "trapped": 0,
+                                        "reasons": Counter()})
+            for k in ("injected", "pv", "trapped"):
+                row[k] += int(v.get(k, 0))
+            row["reasons"].update(v.get("reasons", {}))
+    out = sorted(rows.values(), key=lambda r: (-(r["pv"] + r["trapped"]), r["vector"]))
+    for r in out:
+        r["reasons"] = {k: r["reasons"][k] for k in REASONS if r["reasons"][k]}
+    return out
+
+
+def window_totals(traces: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """``host_eoi``, ``host_pv_eoi``, ``guest_skipped`` and ``guest_written`` in the marker windows."""
+    out: Counter[str] = Counter()
+    for t in traces:
+        for v in t.get("vcpus", []):
+            for k in ("host_eoi", "host_pv_eoi", "guest_skipped", "guest_written", "injected"):
+                out[k] += int(v.get(k, 0) or 0)
+    return dict(out)
+
+
+def format_vector_rows(rows: Sequence[Mapping[str, Any]], limit: int = 8) -> list[str]:
+    """The per-vector table's text lines."""
+    lines = [f"{'vector':<22} {'injected':>8} {'PV EOI':>8} {'trapped':>8}  why trapped"]
+    for r in rows[:limit]:
+        why = ", ".join(f"{k} {n}" for k, n in r["reasons"].items())
+        label = f"{r['name']} (0x{r['vector']:x})" if r["vector"] >= 0 else str(r["name"])
+        lines.append(f"{label:<22} {r['injected']:>8} {r['pv']:>8} {r['trapped']:>8}  {why}")
+    if len(rows) > limit:
+        rest = rows[limit:]
+        lines.append(f"{f'({len(rest)} more)':<22} {sum(r['injected'] for r in rest):>8} "
+                     f"{sum(r['pv'] for r in rest):>8} {sum(r['trapped'] for r in rest):>8}")
+    return lines

@@ -180,3 +180,12 @@ def test_perf_record_argv() -> None:
         perf_record_argv([], pid=42, output=Path("o"), control_fifo=(Path("c"), Path("a")))
     with pytest.raises(ConfigError):
         perf_record_argv(["kvm:kvm_eoi"], pid=0, output=Path("o"), control_fifo=(Path("c"), Path("a")))
+
+
+def test_an_interrupt_accepted_after_the_eoi_is_not_its_reason() -> None:
+    """kvm_eoi ends the service at once, though PV-or-trapped is known only at the thread's next event."""
+    s = Script().mark(T0, 1, 0, 0, 0)
+    s.accept(T0, 0, 0xEC).inj(T0, 0xEC).eoi(T0, 0, 0xEC, pv=False).accept(IO, 0, 0x22)
+    s.inj(T0, 0x22).eoi(T0, 0, 0x22, pv=True).mark(T0, 2, 0, 1, 1)
+    vec = {v["vector"]: v for v in run(s)["vectors"]}
+    assert vec[0xEC]["reasons"] == {"not explained by the trace": 1} and vec[0x22]["pv"] == 1
