@@ -257,7 +257,7 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             with contextlib.ExitStack() as perfs:
                 perf = perfs.enter_context(PerfStat(events, tids=[v.thread_id for v in threads]))
                 perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
-                rec = None
+                rec: PerfRecord | None = None
                 if view is not None:
                     rec = perfs.enter_context(PerfRecord(machine.pid))
                     perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))

@@ -151,6 +151,8 @@ def _agreement(w: WorkloadResult) -> Case:
             for a in w.agreement]
     slack, rel = w.thresholds.get("agreement_slack"), w.thresholds.get("max_agreement_error")
     limit = f"within {rel:.0%} + {slack:.0f}" if slack is not None and rel is not None else "agree"
+    if all(a.vcpu is not None for a in w.agreement):
+        limit = "are equal per vCPU between the guest's window markers (exact)"
     return Case("host_guest_agreement", subtests=runs,
                 diagnostics=[f"host kvm_pv_eoi and the guest's skipped EOIs {limit}"])
 

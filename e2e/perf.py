@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from .errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
 from .hostfacts import COUNTED, probe_tracefs
@@ -425,7 +425,7 @@ class PerfStat:
 
     # -- context manager
 
-    def __enter__(self) -> PerfStat:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -511,7 +511,7 @@ class PerfStat:
             # perf re-raises SIGINT at exit; 0: the counted process exited first.
             if returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT):
                 raise perf_error(self.stderr_text, returncode, self.argv, "stop")
-            counts = self._collect(self._tmp)
+            counts: dict[str, int] = self._collect(self._tmp)
         finally:
             self.state = _State.STOPPED
             self.close()

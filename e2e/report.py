@@ -213,8 +213,27 @@ def _group_view(history: History, result: CheckResult, g: GroupStatus) -> dict[s
                  "rows": [[k, _fmt(m.get("off_median")), _fmt(m.get("on_median")),
                            f"{_fmt(m.get('reduction'))} {_ci(m.get('reduction_ci'))}", _fmt(m.get("p_value"))]
                           for k, m in metrics.items()]} if metrics else None,
-        **_settings_view(latest.run.doc, w))
+        vectors=_vectors_view(latest.run.doc, g.workload), **_settings_view(latest.run.doc, w))
     return view
+
+
+def _vectors_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    """Per arm, the EOIs of the marker windows by vector (runs traced per event only)."""
+    from .trace import vector_rows, window_totals
+
+    out = []
+    for arm, a in run_doc.get("arms", {}).items():
+        traces = [r["trace"] for r in (a.get("runs") or {}).get(workload, [])
+                  if isinstance(r, dict) and isinstance(r.get("trace"), dict) and r["trace"].get("vcpus")]
+        if not traces:
+            continue
+        total = window_totals(traces)
+        rows = [[f"{r['name']} (0x{r['vector']:x})" if r["vector"] >= 0 else r["name"], str(r["injected"]),
+                 str(r["pv"]), str(r["trapped"]), ", ".join(f"{k} {n}" for k, n in r["reasons"].items())]
+                for r in vector_rows(traces)]
+        out.append({"arm": arm, "runs": len(traces), "eoi": total.get("host_eoi", 0),
+                    "pv": total.get("host_pv_eoi", 0), "rows": rows})
+    return out
 
 
 def render_html(history: History, result: CheckResult) -> str:

@@ -97,7 +97,7 @@ def perf_record_argv(events: Sequence[str], *, pid: int, output: Path, control_f
             "--no-buildid-cache", "-o", str(output)]
     for name in events:
         argv += ["-e", name]
-    return argv + ["-p", str(pid), "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
+    return [*argv, "-p", str(pid), "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
 
 
 class PerfRecord(PerfStat):
@@ -215,10 +215,10 @@ def irq_vectors(text: str) -> dict[tuple[int, int], int]:
     (``N:   Vector:    33``), current and previous targets."""
     fields: dict[int, dict[str, int]] = defaultdict(dict)
     for line in text.splitlines():
-        irq, _, rest = line.partition(":")
+        head, _, rest = line.partition(":")
         key, _, value = rest.strip().partition(":")
-        if irq.strip().isdigit() and value.strip().isdigit():
-            fields[int(irq)][key.strip()] = int(value)
+        if head.strip().isdigit() and value.strip().isdigit():
+            fields[int(head)][key.strip()] = int(value)
     out: dict[tuple[int, int], int] = {}
     for irq, f in fields.items():
         for v, t in (("Vector", "Target"), ("Previous vector", "Previous target")):

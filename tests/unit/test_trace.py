@@ -9,8 +9,18 @@ import pytest
 from e2e.analysis import agreement, exact_agreement
 from e2e.errors import ConfigError
 from e2e.model import Arm, RunRecord
-from e2e.trace import (MARK_NR, GuestView, irq_names, irq_vectors, lost_in_stderr, mark_command, parse_script,
-                       perf_record_argv, summarize, vector_name)
+from e2e.trace import (
+    MARK_NR,
+    GuestView,
+    irq_names,
+    irq_vectors,
+    lost_in_stderr,
+    mark_command,
+    parse_script,
+    perf_record_argv,
+    summarize,
+    vector_name,
+)
 
 T0, T1 = 100, 101  # vCPU thread ids
 IO = 99  # QEMU's I/O thread
@@ -29,7 +39,8 @@ class Script:
         return self
 
     def accept(self, tid: int, apicid: int, vec: int, level: bool = False) -> Script:
-        return self.ev(tid, "kvm_apic_accept_irq", f"apicid {apicid:x} vec {vec} (Fixed|{'level' if level else 'edge'})")
+        mode = "level" if level else "edge"
+        return self.ev(tid, "kvm_apic_accept_irq", f"apicid {apicid:x} vec {vec} (Fixed|{mode})")
 
     def inj(self, tid: int, vec: int) -> Script:
         return self.ev(tid, "kvm_inj_virq", f"IRQ 0x{vec:x}")
@@ -39,7 +50,8 @@ class Script:
         return self.ev(tid, "kvm_pv_eoi", f"apicid {apicid:x} vector {vec}") if pv else self
 
     def mark(self, tid: int, which: int, cpu: int, skipped: int, written: int, nr: int = MARK_NR) -> Script:
-        return self.ev(tid, "kvm_hypercall", f"nr 0x{nr:x} a0 0x{which:x} a1 0x{cpu:x} a2 0x{skipped:x} a3 0x{written:x}")
+        args = f"a0 0x{which:x} a1 0x{cpu:x} a2 0x{skipped:x} a3 0x{written:x}"
+        return self.ev(tid, "kvm_hypercall", f"nr 0x{nr:x} {args}")
 
     def irq(self, tid: int, apicid: int, vec: int, pv: bool, src: int | None = None) -> Script:
         return self.accept(src or tid, apicid, vec).inj(tid, vec).eoi(tid, apicid, vec, pv)
@@ -174,8 +186,8 @@ def test_mark_command_keeps_argv_literal_and_its_status() -> None:
 def test_perf_record_argv() -> None:
     argv = perf_record_argv(["kvm:kvm_eoi"], pid=42, output=Path("/t/perf.data"),
                             control_fifo=(Path("/t/c"), Path("/t/a")))
-    assert argv[:2] == ["perf", "record"] and ["-p", "42"] == argv[argv.index("-p"):argv.index("-p") + 2]
-    assert "-D" in argv and ["-k", "mono"] == argv[2:4]
+    assert argv[:2] == ["perf", "record"] and argv[argv.index("-p"):argv.index("-p") + 2] == ["-p", "42"]
+    assert "-D" in argv and argv[2:4] == ["-k", "mono"]
     with pytest.raises(ConfigError):
         perf_record_argv([], pid=42, output=Path("o"), control_fifo=(Path("c"), Path("a")))
     with pytest.raises(ConfigError):
