@@ -21,9 +21,13 @@ I/O threads whose MSIs raise ``kvm_apic_accept_irq``), and :func:`summarize` rea
   that vector not an IOAPIC level-triggered one), replayed over the trace: ``level-triggered``
   (its last ``kvm_apic_accept_irq`` said level), ``nested ISR`` (another vector was in
   service while it was), ``IRR pending`` (another interrupt was accepted for the vCPU while
-  it was in service, or was waiting when it was injected), ``PV EOI off`` (the arm does not
-  use it), ``no vector in service`` (an EOI with an empty ISR: vector -1), else
-  ``not explained by the trace``.
+  it was in service, or was waiting when it was injected), ``VM exit before the EOI`` (the
+  vCPU exited while the vector was in service and before the guest's EOI: the exit's
+  ``apic_sync_pv_eoi_from_guest()`` disarms PV EOI and only an entry that processes
+  ``KVM_REQ_EVENT`` arms it again), ``PV EOI off`` (the arm does not use it), ``no vector in
+  service`` (an EOI with an empty ISR: vector -1), else ``not explained by the trace``. An
+  exit whose next event on the thread is ``kvm_eoi`` is the EOI's own (the trapped write, or
+  the exit that completes a PV EOI) and disarms nothing.
 
 The trace's timestamps come from ``CLOCK_MONOTONIC`` (``-k mono``) so events of different
 threads, maybe on different host CPUs, order correctly. A trace that lost events is
@@ -49,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: What is recorded, one sample per event.
 TRACED: tuple[str, ...] = ("kvm:kvm_apic_accept_irq", "kvm:kvm_inj_virq", "kvm:kvm_eoi", "kvm:kvm_pv_eoi",
-                           "kvm:kvm_hypercall")
+                           "kvm:kvm_hypercall", "kvm:kvm_exit")
 
 #: The marker hypercall's number ("pvmk"), guest_patches/0003.
 MARK_NR = 0x70766D6B
@@ -59,7 +63,7 @@ MARK_FILE = "/sys/kernel/debug/kvm_pv_eoi_mark"
 
 #: Why a trapped EOI was not a PV EOI, most specific first.
 REASONS = ("PV EOI off", "no vector in service", "level-triggered", "nested ISR", "IRR pending",
-           "not explained by the trace")
+           "VM exit before the EOI", "not explained by the trace")
 
 #: x86 system vectors (arch/x86/include/asm/irq_vectors.h, stable since 4.x) by the row
 #: /proc/interrupts counts them in.
@@ -269,6 +273,7 @@ class _Vcpu:
     level: set[int] = field(default_factory=set)
     service: dict[int, set[str]] = field(default_factory=dict)
     pending_eoi: int | None = None
+    exited: bool = False  # a kvm_exit whose next event on the thread is not yet known
     pending_flags: set[str] = field(default_factory=set)
     begin: tuple[int, int, int] | None = None  # (cpu, skipped, written) at the begin marker
     end: tuple[int, int, int] | None = None
@@ -326,7 +331,8 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
         elif vector in v.level:
             reason = "level-triggered"
         else:
-            reason = next((r for r in ("nested ISR", "IRR pending") if r in flags), "not explained by the trace")
+            reason = next((r for r in ("nested ISR", "IRR pending", "VM exit before the EOI") if r in flags),
+                          "not explained by the trace")
         c[f"reason:{reason}"] += 1
 
     for ev in events:
@@ -334,6 +340,15 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
         v = vcpus.get(ev.tid)
         if v is not None and v.pending_eoi is not None and ev.name != "kvm_pv_eoi":
             settle(v, v.pending_eoi, pv=False)
+        if v is not None and v.exited and ev.name != "kvm_apic_accept_irq":
+            v.exited = False
+            if ev.name != "kvm_eoi":  # an exit that was not the EOI's own disarmed PV EOI
+                for flags in v.service.values():
+                    flags.add("VM exit before the EOI")
+        if ev.name == "kvm_exit":
+            if v is not None:
+                v.exited = True
+            continue
         if ev.name == "kvm_apic_accept_irq":
             m = _ACCEPT.search(ev.fields)
             t = target(int(m[1], 16)) if m else None
@@ -352,6 +367,8 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
                 continue
             vector = int(m[2], 16)
             v.irr.discard(vector)
+            if vector in v.service:  # "[reinjected]": its delivery was cut by an exit; one ISR bit still
+                continue
             flags = set()
             if v.irr:
                 flags.add("IRR pending")

@@ -201,3 +201,23 @@ def test_an_interrupt_accepted_after_the_eoi_is_not_its_reason() -> None:
     s.inj(T0, 0x22).eoi(T0, 0, 0x22, pv=True).mark(T0, 2, 0, 1, 1)
     vec = {v["vector"]: v for v in run(s)["vectors"]}
     assert vec[0xEC]["reasons"] == {"not explained by the trace": 1} and vec[0x22]["pv"] == 1
+
+
+def test_an_exit_before_the_eoi_disarms_but_the_eoi_exit_itself_does_not() -> None:
+    s = Script().mark(T0, 1, 0, 0, 0)
+    s.accept(T0, 0, 0xEC).inj(T0, 0xEC).ev(T0, "kvm_exit", "reason EXIT_INTR rip 0x1")  # async exit, no EOI yet
+    s.ev(T0, "kvm_exit", "reason EXIT_MSR rip 0x2").eoi(T0, 0, 0xEC, pv=False)  # the EOI write's own exit
+    s.accept(T0, 0, 0xEC).inj(T0, 0xEC).ev(T0, "kvm_exit", "reason EXIT_MSR rip 0x2").eoi(T0, 0, 0xEC, pv=False)
+    s.accept(T0, 0, 0xEC).inj(T0, 0xEC).ev(T0, "kvm_exit", "reason EXIT_HLT rip 0x3").eoi(T0, 0, 0xEC, pv=True)
+    s.mark(T0, 2, 0, 1, 2)
+    vec = run(s)["vectors"][0]
+    assert vec["reasons"] == {"VM exit before the EOI": 1, "not explained by the trace": 1} and vec["pv"] == 1
+
+
+def test_a_reinjected_vector_is_in_service_once() -> None:
+    s = Script().mark(T0, 1, 0, 0, 0)
+    s.accept(T0, 0, 0xEC).inj(T0, 0xEC).ev(T0, "kvm_inj_virq", "IRQ 0xec [reinjected]").eoi(T0, 0, 0xEC, pv=True)
+    s.accept(T0, 0, 0xEC).inj(T0, 0xEC).eoi(T0, 0, 0xEC, pv=False)
+    s.mark(T0, 2, 0, 1, 1)
+    vec = run(s)["vectors"][0]
+    assert vec["reasons"] == {"not explained by the trace": 1} and vec["injected"] == 2

@@ -1,0 +1,162 @@
+"""Soak: many consecutive A/Bs through the virtual KVM host, every infrastructure failure classified,
+and each workload's run-to-run spread of its headline.
+
+Not collected by pytest (no ``test_`` prefix). Run:
+
+    python tests/bench_soak.py                     # 20 net A/Bs and 10 each of timer, ipi, block, 3 reps each
+    python tests/bench_soak.py --net 5 --each 3    # a shorter one
+    python tests/bench_soak.py --summarize DIR     # the summary of a soak's results again
+
+Each A/B is its own ``pveoi ab --workload W --runs 3`` process (a fresh virtual host each),
+round-robin over the workloads so drifts of the machine spread evenly. Its result JSON and
+logs go to ``DIR/W-NN.json`` and ``DIR/logs-W-NN/``. The summary (``DIR/summary.json`` and a
+Markdown table on stdout) gives, per workload: A/Bs, verdicts, the headline (EOI exits saved
+per injected interrupt) median, min, max, relative range and coefficient of variation, the
+trapped EOIs' reasons summed over every run (per-vector attribution), and every failed
+attempt with its class (guest reset, panic, OOM, ... from e2e.exitcause) and logs. A failed
+attempt whose class is empty or ``unknown`` is *unexplained*; the goal is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+WORKLOADS = ("net", "timer", "ipi", "block")
+
+
+def schedule(net: int, each: int) -> list[str]:
+    """Round-robin: net first in every round while any remain, then the others."""
+    out = []
+    for i in range(max(net, each)):
+        out += [w for w in WORKLOADS if i < (net if w == "net" else each)]
+    return out
+
+
+def run_one(workload: str, index: int, out: Path, runs: int) -> dict[str, Any]:
+    result, logs = out / f"{workload}-{index:02d}.json", out / f"logs-{workload}-{index:02d}"
+    argv = [sys.executable, "-m", "e2e.cli", "ab", "--host", "virtual", "--workload", workload, "--runs", str(runs),
+            "--json", str(result), "--logs", str(logs)]
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - started
+    (out / f"{workload}-{index:02d}.stderr").write_text(proc.stderr)
+    return {"workload": workload, "index": index, "exit": proc.returncode, "seconds": round(seconds, 1),
+            "result": result.name if result.is_file() else None,
+            "last_line": (proc.stderr.strip().splitlines() or [""])[-1]}
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    ledger = json.loads((out / "ledger.json").read_text()) if (out / "ledger.json").is_file() else []
+    per: dict[str, dict[str, Any]] = {}
+    for entry in ledger:
+        w = entry["workload"]
+        s = per.setdefault(w, {"ab": 0, "verdicts": Counter(), "headline": [], "failures": [], "reasons": Counter(),
+                               "seconds": []})
+        s["ab"] += 1
+        s["seconds"].append(entry["seconds"])
+        if entry["result"] is None:
+            s["verdicts"]["no result"] += 1
+            s["failures"].append({"ab": entry["index"], "class": "", "message": entry["last_line"], "logs": []})
+            continue
+        doc = json.loads((out / entry["result"]).read_text())
+        wr = doc.get("workloads", {}).get(w, {})
+        s["verdicts"][wr.get("verdict", doc.get("verdict"))] += 1
+        head = (wr.get("eoi_exits_saved_per_interrupt") or {}).get("value")
+        if isinstance(head, float):
+            s["headline"].append(head)
+        for a in wr.get("attempts", []):
+            s["failures"].append({"ab": entry["index"], "arm": a.get("arm"), "rep": a.get("rep"),
+                                  "attempt": a.get("attempt"), "class": a.get("cls", ""), "kind": a.get("kind"),
+                                  "outcome": a.get("outcome"), "message": a.get("message"), "logs": a.get("logs", [])})
+        if doc.get("error"):
+            s["failures"].append({"ab": entry["index"], "class": doc["error"].get("kind", ""),
+                                  "message": doc["error"].get("message"), "logs": []})
+        for arm in doc.get("arms", {}).values():
+            for run in (arm.get("runs") or {}).get(w, []):
+                for v in (run.get("trace") or {}).get("vectors", []):
+                    s["reasons"].update(v.get("reasons", {}))
+    summary = {}
+    for w, s in per.items():
+        h = s["headline"]
+        med = statistics.median(h) if h else None
+        summary[w] = {
+            "ab": s["ab"], "verdicts": dict(s["verdicts"]), "headline_median": med,
+            "headline_min": min(h) if h else None, "headline_max": max(h) if h else None,
+            "relative_range": (max(h) - min(h)) / med if h and med else None,
+            "cv": statistics.stdev(h) / statistics.mean(h) if len(h) > 1 and statistics.mean(h) else None,
+            "trapped_reasons": dict(s["reasons"].most_common()),
+            "failures": s["failures"],
+            "unexplained": [f for f in s["failures"] if f["class"] in ("", "unknown")],
+            "seconds_median": statistics.median(s["seconds"]),
+        }
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    def pct(x: Any) -> str:
+        return f"{100 * x:.2f} %" if isinstance(x, float) else "-"
+
+    def num(x: Any) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else "-"
+
+    lines = ["| workload | A/Bs | verdicts | headline median [min, max] | range | CV | failed attempts "
+             "(class) | unexplained | s per A/B |", "|---|---|---|---|---|---|---|---|---|"]
+    for w in WORKLOADS:
+        s = summary.get(w)
+        if not s:
+            continue
+        classes = Counter(f["class"] or "unclassified" for f in s["failures"])
+        lines.append(f"| {w} | {s['ab']} | {', '.join(f'{k} {n}' for k, n in s['verdicts'].items())} | "
+                     f"{num(s['headline_median'])} [{num(s['headline_min'])}, {num(s['headline_max'])}] | "
+                     f"{pct(s['relative_range'])} | {pct(s['cv'])} | "
+                     f"{', '.join(f'{k} {n}' for k, n in classes.items()) or 'none'} | {len(s['unexplained'])} | "
+                     f"{s['seconds_median']:.0f} |")
+    lines.append("")
+    for w in WORKLOADS:
+        s = summary.get(w)
+        if s and s["trapped_reasons"]:
+            lines.append(f"- {w}: trapped EOIs by reason over every run: "
+                         + ", ".join(f"{k} {n}" for k, n in s["trapped_reasons"].items()))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--net", type=int, default=20)
+    p.add_argument("--each", type=int, default=10, help="A/Bs of timer, ipi and block each")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--out", type=Path, default=REPO / "results" / time.strftime("soak-%Y%m%dT%H%M"))
+    p.add_argument("--summarize", type=Path, metavar="DIR", help="only summarize an earlier soak's DIR")
+    args = p.parse_args()
+    if args.summarize:
+        out = args.summarize
+    else:
+        out = args.out
+        out.mkdir(parents=True, exist_ok=True)
+        ledger: list[dict[str, Any]] = []
+        counts: Counter[str] = Counter()
+        plan = schedule(args.net, args.each)
+        for n, w in enumerate(plan, 1):
+            counts[w] += 1
+            entry = run_one(w, counts[w], out, args.runs)
+            ledger.append(entry)
+            (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
+            print(f"[{n}/{len(plan)}] {w} #{counts[w]}: exit {entry['exit']} in {entry['seconds']:.0f} s; "
+                  f"{entry['last_line'][:150]}", flush=True)
+    summary = summarize(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(markdown(summary))
+    return 0 if not any(s["unexplained"] for s in summary.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
