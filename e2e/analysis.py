@@ -248,6 +248,13 @@ def exact_agreement(r: RunRecord) -> tuple[list[Agreement], list[str]]:
         elif host_n > guest_n:
             reasons.append(f"vCPU {n}: the host completed {host_n - guest_n} PV EOIs the guest never skipped "
                            f"(host kvm_pv_eoi {host_n}, guest skipped {guest_n}) {where}")
+        # The other half of the same window: EOIs the guest wrote against the trapped ones the host completed.
+        trapped, written = v.get("host_trapped"), v.get("guest_written")
+        if isinstance(trapped, int) and isinstance(written, int) and trapped != written:
+            reasons.append(f"vCPU {n}: " + (f"the host completed {trapped - written} trapped EOIs the guest never "
+                                            f"wrote" if trapped > written else
+                                            f"{written - trapped} EOIs the guest wrote were never completed by the "
+                                            f"host") + f" (host trapped {trapped}, guest written {written}) {where}")
     return out, reasons
 
 

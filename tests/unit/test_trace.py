@@ -140,12 +140,14 @@ def test_exact_agreement_names_vcpu_and_direction() -> None:
         {"vcpu": 1, "window": True, "host_pv_eoi": 997, "guest_skipped": 1000},
         {"vcpu": 2, "window": True, "host_pv_eoi": 52, "guest_skipped": 50},
         {"vcpu": 3, "window": False, "markers": 1},
+        {"vcpu": 4, "window": True, "host_pv_eoi": 5, "guest_skipped": 5, "host_trapped": 9, "guest_written": 7},
     ]}
     entries, reasons = exact_agreement(record(trace))
-    assert [(a.vcpu, a.ok) for a in entries] == [(0, True), (1, False), (2, False)]
+    assert [(a.vcpu, a.ok) for a in entries] == [(0, True), (1, False), (2, False), (4, True)]
     assert reasons[0].startswith("vCPU 1: 3 EOIs the guest skipped were completed with no kvm_pv_eoi on the host")
     assert reasons[1].startswith("vCPU 2: the host completed 2 PV EOIs the guest never skipped")
     assert reasons[2].startswith("vCPU 3: the host traced 1 of the guest's 2 window-marker hypercalls")
+    assert reasons[3].startswith("vCPU 4: the host completed 2 trapped EOIs the guest never wrote (host trapped 9")
     assert all("(arm on, rep 2)" in r for r in reasons)
 
 
@@ -221,3 +223,12 @@ def test_a_reinjected_vector_is_in_service_once() -> None:
     s.mark(T0, 2, 0, 1, 1)
     vec = run(s)["vectors"][0]
     assert vec["reasons"] == {"not explained by the trace": 1} and vec["injected"] == 2
+
+
+def test_an_event_printed_twice_counts_once() -> None:
+    s = Script().mark(T0, 1, 0, 0, 0).accept(T0, 0, 0xEC).inj(T0, 0xEC).eoi(T0, 0, 0xEC, pv=True)
+    s.mark(T0, 2, 0, 1, 0)
+    s.lines = [line for line in s.lines for _ in (0, 1) if "kvm_eoi" in line or _ == 0]  # kvm_eoi twice
+    out = run(s)
+    assert out["vcpus"][0]["host_eoi"] == 1 and out["vcpus"][0]["host_trapped"] == 0
+    assert out["anomalies"]["duplicate events dropped"] == 1
