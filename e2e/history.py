@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 HEADLINES = {
     "eoi_saved": ("EOI exits saved per interrupt", "per injected interrupt"),
     "exit_reduction": ("kvm_exit reduction", "fraction of the off arm's kvm_exit per interrupt"),
+    "pv_taken": ("PV EOI taken when armed", "PV EOIs per EOI KVM armed (per-event trace, on arm)"),
 }
 
 
@@ -211,6 +213,19 @@ def _exit_reduction(on: Mapping[str, Any], off: Mapping[str, Any]) -> float:
     return 1.0 - per_interrupt(on, "kvm:kvm_exit") / per_interrupt(off, "kvm:kvm_exit")
 
 
+def _taken(runs: Iterable[Mapping[str, Any]]) -> list[float]:
+    """Per on rep, PV EOIs per armed EOI (:func:`e2e.trace.armed_taken`), where the run was traced."""
+    from .trace import armed_taken
+
+    out = []
+    for r in runs:
+        trace = r.get("trace")
+        value = armed_taken(trace) if isinstance(trace, Mapping) else None
+        if value is not None:
+            out.append(value)
+    return out
+
+
 def _number(value: Any) -> float | None:
     """A headline number from a document: a float, or None; anything else is malformed."""
     if value is None:
@@ -262,7 +277,11 @@ class Record:
         on = {r["rep"]: r for r in arms.get(w.get("treatment", "on"), {}).get("runs", {}).get(workload, [])}
         off = {r["rep"]: r for r in arms.get(w.get("baseline", "off"), {}).get("runs", {}).get(workload, [])}
         pairs = [(on[rep], off[rep]) for rep in sorted(on.keys() & off.keys())]  # reps paired by number
-        samples = {"eoi_saved": _per_rep(_saved, pairs), "exit_reduction": _per_rep(_exit_reduction, pairs)}
+        samples = {"eoi_saved": _per_rep(_saved, pairs), "exit_reduction": _per_rep(_exit_reduction, pairs),
+                   "pv_taken": _taken(on[rep] for rep in sorted(on))}
+        value["pv_taken"] = statistics.median(samples["pv_taken"]) if samples["pv_taken"] else None
+        ci["pv_taken"] = ([min(samples["pv_taken"]), max(samples["pv_taken"])]
+                          if len(samples["pv_taken"]) > 1 else None)
         return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
                    list(w.get("reasons", [])))
 

@@ -120,10 +120,13 @@ def plot_exit_reasons(w: dict[str, Any]) -> str:
 def plot_trend(recs: Sequence[Record], group: GroupStatus) -> str:
     """The headline figures over the history with their intervals and the baseline band."""
 
+    # Figures no run of the history has (pv_taken before per-event tracing) get no panel.
+    shown = {k: v for k, v in HEADLINES.items() if any(r.value.get(k) is not None for r in recs)} or HEADLINES
+
     def draw(fig: Any) -> None:
-        axes = fig.subplots(1, len(HEADLINES))
+        axes = fig.subplots(1, len(shown), squeeze=False)[0]
         xs = list(range(len(recs)))
-        for ax, (key, (label, _unit)) in zip(axes, HEADLINES.items(), strict=True):
+        for ax, (key, (label, _unit)) in zip(axes, shown.items(), strict=True):
             if key in group.band:
                 low, mid, high = group.band[key]
                 ax.axhspan(low, high, color="#dddddd", label=f"baseline ({len(group.baseline)} good runs)")

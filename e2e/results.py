@@ -149,7 +149,7 @@ def _arm_line(result: Result, workload: str, arm: str) -> str | None:
 
 def _vector_lines(result: Result, workload: str) -> list[str]:
     """Per arm, where the EOIs of the marker windows went, by vector (runs traced per event only)."""
-    from .trace import format_vector_rows, vector_rows, window_totals
+    from .trace import armed_taken, format_vector_rows, vector_rows, window_totals
 
     lines = []
     for arm in result.arms:
@@ -157,8 +157,11 @@ def _vector_lines(result: Result, workload: str) -> list[str]:
         if not traces:
             continue
         total = window_totals(traces)
+        taken = [x for x in (armed_taken(t) for t in traces) if x is not None]
         lines.append(f"  arm {arm}, EOIs by vector over {len(traces)} run(s) (marker windows): "
-                     f"{total.get('host_eoi', 0)} EOIs, {total.get('host_pv_eoi', 0)} by PV EOI")
+                     f"{total.get('host_eoi', 0)} EOIs, {total.get('host_pv_eoi', 0)} by PV EOI"
+                     + (f"; PV EOI taken when armed {min(taken):.4f}-{max(taken):.4f}"
+                        if taken and result.arms[arm].expects_pv_eoi else ""))
         lines.extend(f"    {line}" for line in format_vector_rows(vector_rows(traces)))
     return lines
 

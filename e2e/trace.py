@@ -481,3 +481,17 @@ def format_vector_rows(rows: Sequence[Mapping[str, Any]], limit: int = 8) -> lis
         lines.append(f"{f'({len(rest)} more)':<22} {sum(r['injected'] for r in rest):>8} "
                      f"{sum(r['pv'] for r in rest):>8} {sum(r['trapped'] for r in rest):>8}")
     return lines
+
+
+def armed_taken(trace: Mapping[str, Any]) -> float | None:
+    """PV EOIs per EOI that KVM armed, in one run's marker windows: ``pv / (pv + trapped with no
+    reason in the trace)``. A trapped EOI with no disarm in the trace (no IRR pending, nesting,
+    level trigger or exit before the EOI) is one the guest wrote although PV EOI was armed: a
+    clean guest gives 1.0 on every workload, whatever the timing of its interrupts; a guest
+    that writes 1 EOI in 100 natively gives 0.99. None without a traced window."""
+    vcpus = [v for v in trace.get("vcpus", []) if v.get("window")]
+    if not vcpus:
+        return None
+    pv = sum(int(v.get("host_pv_eoi", 0)) for v in vcpus)
+    missed = sum(int(x.get("reasons", {}).get("not explained by the trace", 0)) for x in trace.get("vectors", []))
+    return pv / (pv + missed) if pv + missed else None

@@ -232,3 +232,16 @@ def test_an_event_printed_twice_counts_once() -> None:
     out = run(s)
     assert out["vcpus"][0]["host_eoi"] == 1 and out["vcpus"][0]["host_trapped"] == 0
     assert out["anomalies"]["duplicate events dropped"] == 1
+
+
+def test_pv_eoi_taken_when_armed_counts_only_unexplained_traps() -> None:
+    from e2e.trace import armed_taken
+
+    s = Script().mark(T0, 1, 0, 0, 0)
+    for i in range(99):
+        s.irq(T0, 0, 0xEC, pv=True)
+    s.irq(T0, 0, 0xEC, pv=False)  # armed, yet written: the 1-in-100 fixture's kind
+    s.accept(T0, 0, 0xEC).inj(T0, 0xEC).accept(IO, 0, 0x22).eoi(T0, 0, 0xEC, pv=False)  # IRR pending: not a miss
+    s.inj(T0, 0x22).eoi(T0, 0, 0x22, pv=True).mark(T0, 2, 0, 100, 2)
+    assert armed_taken(run(s)) == pytest.approx(100 / 101)
+    assert armed_taken({"vcpus": []}) is None
