@@ -238,7 +238,7 @@ def test_pv_eoi_taken_when_armed_counts_only_unexplained_traps() -> None:
     from e2e.trace import armed_taken
 
     s = Script().mark(T0, 1, 0, 0, 0)
-    for i in range(99):
+    for _ in range(99):
         s.irq(T0, 0, 0xEC, pv=True)
     s.irq(T0, 0, 0xEC, pv=False)  # armed, yet written: the 1-in-100 fixture's kind
     s.accept(T0, 0, 0xEC).inj(T0, 0xEC).accept(IO, 0, 0x22).eoi(T0, 0, 0xEC, pv=False)  # IRR pending: not a miss
