@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from e2e.trace import armed_taken  # noqa: E402  (the checkout's own, like the pveoi it runs)
+
 WORKLOADS = ("net", "timer", "ipi", "block")
 
 
@@ -44,7 +47,7 @@ def schedule(net: int, each: int) -> list[str]:
 def run_one(workload: str, index: int, out: Path, runs: int) -> dict[str, Any]:
     result, logs = out / f"{workload}-{index:02d}.json", out / f"logs-{workload}-{index:02d}"
     argv = [sys.executable, "-m", "e2e.cli", "ab", "--host", "virtual", "--workload", workload, "--runs", str(runs),
-            "--json", str(result), "--logs", str(logs)]
+            "--json", str(result), "--logs", str(logs), "--history", str(out / "history")]
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - started
@@ -60,7 +63,7 @@ def summarize(out: Path) -> dict[str, Any]:
     for entry in ledger:
         w = entry["workload"]
         s = per.setdefault(w, {"ab": 0, "verdicts": Counter(), "headline": [], "failures": [], "reasons": Counter(),
-                               "seconds": []})
+                               "seconds": [], "taken": []})
         s["ab"] += 1
         s["seconds"].append(entry["seconds"])
         if entry["result"] is None:
@@ -83,7 +86,11 @@ def summarize(out: Path) -> dict[str, Any]:
         for arm in doc.get("arms", {}).values():
             for run in (arm.get("runs") or {}).get(w, []):
                 for v in (run.get("trace") or {}).get("vectors", []):
-                    s["reasons"].update(v.get("reasons", {}))
+                    s["reasons"].update({k: n for k, n in v.get("reasons", {}).items() if k != "PV EOI off"})
+        for run in (doc.get("arms", {}).get(wr.get("treatment") or "on", {}).get("runs") or {}).get(w, []):
+            taken = armed_taken(run.get("trace") or {})
+            if taken is not None:
+                s["taken"].append(taken)
     summary = {}
     for w, s in per.items():
         h = s["headline"]
@@ -94,11 +101,41 @@ def summarize(out: Path) -> dict[str, Any]:
             "relative_range": (max(h) - min(h)) / med if h and med else None,
             "cv": statistics.stdev(h) / statistics.mean(h) if len(h) > 1 and statistics.mean(h) else None,
             "trapped_reasons": dict(s["reasons"].most_common()),
+            "pv_taken_min": min(s["taken"]) if s["taken"] else None,
+            "pv_taken_median": statistics.median(s["taken"]) if s["taken"] else None,
             "failures": s["failures"],
             "unexplained": [f for f in s["failures"] if f["class"] in ("", "unknown")],
             "seconds_median": statistics.median(s["seconds"]),
         }
     return summary
+
+
+def false_alarms(out: Path, baseline: int = 3) -> dict[str, Any]:
+    """Every soak A/B as one night: ``pveoi report --check`` over the history as it stood after
+    each of them (from the ``baseline + 1``-th run of a workload on); all runs are clean, so
+    every REGRESSION line is a false alarm."""
+    import shutil
+    import tempfile
+
+    runs = sorted((out / "history").glob("*.json"))
+    alarms: list[str] = []
+    nights = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        night = Path(tmp)
+        seen: Counter[str] = Counter()
+        for path in runs:
+            shutil.copy(path, night / path.name)
+            workloads = list(json.loads(path.read_text()).get("workloads", {}))
+            seen.update(workloads)
+            if not workloads or seen[workloads[0]] <= baseline:
+                continue
+            nights += 1
+            proc = subprocess.run([sys.executable, "-m", "e2e.cli", "report", "--history", str(night), "--check",
+                                   "--baseline", str(baseline)], cwd=REPO, capture_output=True, text=True,
+                                  check=False)
+            alarms += [f"{path.name}: {ln}" for ln in proc.stdout.splitlines()
+                       if ln.startswith("REGRESSION") and f"] {workloads[0]}:" in ln]
+    return {"nights": nights, "false_alarms": alarms}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -108,8 +145,12 @@ def markdown(summary: dict[str, Any]) -> str:
     def num(x: Any) -> str:
         return f"{x:.3f}" if isinstance(x, float) else "-"
 
-    lines = ["| workload | A/Bs | verdicts | headline median [min, max] | range | CV | failed attempts "
-             "(class) | unexplained | s per A/B |", "|---|---|---|---|---|---|---|---|---|"]
+    def num4(x: Any) -> str:
+        return f"{x:.4f}" if isinstance(x, float) else "-"
+
+    lines = ["| workload | A/Bs | verdicts | headline median [min, max] | range | CV | PV EOI taken when armed, "
+             "median (min rep) | failed attempts (class) | unexplained | s per A/B |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for w in WORKLOADS:
         s = summary.get(w)
         if not s:
@@ -118,13 +159,14 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {w} | {s['ab']} | {', '.join(f'{k} {n}' for k, n in s['verdicts'].items())} | "
                      f"{num(s['headline_median'])} [{num(s['headline_min'])}, {num(s['headline_max'])}] | "
                      f"{pct(s['relative_range'])} | {pct(s['cv'])} | "
+                     f"{num4(s['pv_taken_median'])} ({num4(s['pv_taken_min'])}) | "
                      f"{', '.join(f'{k} {n}' for k, n in classes.items()) or 'none'} | {len(s['unexplained'])} | "
                      f"{s['seconds_median']:.0f} |")
     lines.append("")
     for w in WORKLOADS:
         s = summary.get(w)
         if s and s["trapped_reasons"]:
-            lines.append(f"- {w}: trapped EOIs by reason over every run: "
+            lines.append(f"- {w}: trapped EOIs of the PV EOI arm by reason, over every run: "
                          + ", ".join(f"{k} {n}" for k, n in s["trapped_reasons"].items()))
     return "\n".join(lines)
 
@@ -153,8 +195,13 @@ def main() -> int:
             print(f"[{n}/{len(plan)}] {w} #{counts[w]}: exit {entry['exit']} in {entry['seconds']:.0f} s; "
                   f"{entry['last_line'][:150]}", flush=True)
     summary = summarize(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    checks = false_alarms(out)
+    (out / "summary.json").write_text(json.dumps({**summary, "history_check": checks}, indent=1))
     print(markdown(summary))
+    print(f"\nreport --check after each A/B (baseline 3): {checks['nights']} nights, "
+          f"{len(checks['false_alarms'])} false alarm(s)")
+    for line in checks["false_alarms"]:
+        print(f"  {line}")
     return 0 if not any(s["unexplained"] for s in summary.values()) else 1
 
 
