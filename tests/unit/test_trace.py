@@ -130,8 +130,9 @@ def test_lost_events_are_counted() -> None:
     assert lost_in_stderr("Processed 1234 events and lost 3 chunks!\nCheck IO/CPU overload!") == 3
 
 
-def record(trace: dict, arm: str = "on") -> RunRecord:
-    return RunRecord(rep=2, arm=arm, counts={"kvm:kvm_pv_eoi": 0, "kvm:kvm_inj_virq": 1000}, trace=trace)
+def record(trace: dict, arm: str = "on", enabled: bool = True) -> RunRecord:
+    return RunRecord(rep=2, arm=arm, counts={"kvm:kvm_pv_eoi": 0, "kvm:kvm_inj_virq": 1000}, trace=trace,
+                     guest={"pv_eoi": {"skipped": 0, "written": 0, "enabled": [enabled] * 5}})
 
 
 def test_exact_agreement_names_vcpu_and_direction() -> None:
@@ -245,3 +246,10 @@ def test_pv_eoi_taken_when_armed_counts_only_unexplained_traps() -> None:
     s.inj(T0, 0x22).eoi(T0, 0, 0x22, pv=True).mark(T0, 2, 0, 100, 2)
     assert armed_taken(run(s)) == pytest.approx(100 / 101)
     assert armed_taken({"vcpus": []}) is None
+
+
+def test_written_is_only_held_against_trapped_where_the_hook_counts() -> None:
+    trace = {"marks": True, "vcpus": [{"vcpu": 0, "window": True, "host_pv_eoi": 0, "guest_skipped": 0,
+                                       "host_trapped": 3000, "guest_written": 0}]}
+    assert exact_agreement(record(trace, arm="off", enabled=False))[1] == []
+    assert exact_agreement(record(trace))[1][0].startswith("vCPU 0: the host completed 3000 trapped EOIs")
