@@ -253,3 +253,12 @@ def test_written_is_only_held_against_trapped_where_the_hook_counts() -> None:
                                        "host_trapped": 3000, "guest_written": 0}]}
     assert exact_agreement(record(trace, arm="off", enabled=False))[1] == []
     assert exact_agreement(record(trace))[1][0].startswith("vCPU 0: the host completed 3000 trapped EOIs")
+
+
+def test_untraced_pv_eois_are_named_once() -> None:
+    """A kvm_pv_eoi the host did not trace leaves its kvm_eoi alone: one reason, not two."""
+    trace = {"marks": True, "vcpus": [{"vcpu": 1, "window": True, "host_pv_eoi": 3088, "guest_skipped": 3100,
+                                       "host_trapped": 36, "guest_written": 24}]}
+    (reason,) = exact_agreement(record(trace))[1]
+    assert reason.startswith("vCPU 1: 12 EOIs the guest skipped were completed with no kvm_pv_eoi on the host")
+    assert "traced them as kvm_eoi alone" in reason
