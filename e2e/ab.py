@@ -31,13 +31,13 @@ from .build.image import READY_PATTERN
 from .errors import ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
 from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
 from .exit_reasons import breakdown_reasons
-from .guest import STATE_COMMAND, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
+from .guest import STATE_COMMAND, STATE_MARK, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .hostfacts import COUNTED, cpu_vendor
 from .machine import Machine, child_preexec
 from .model import DEFAULT_ARMS, Arm, Attempt, Plan, Result, RunRecord, WorkloadResult, validate_arms
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
 from .tmpdirs import tempdir
-from .trace import GUEST_VIEW_COMMAND, GuestView, PerfRecord, mark_command, parse_script, summarize
+from .trace import GUEST_VIEW_SCRIPT, GuestView, PerfRecord, mark_command, parse_script, summarize
 from .workloads import Workload, get_workloads
 
 log = logging.getLogger(__name__)
@@ -245,9 +245,14 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         boot_s = marks["guest_ready"] - started
         ssh = machine.ssh(setup.private_key, setup.host_key_line, timeout=60)
         marks["ssh_up"] = time.monotonic()
-        before = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
+        # One round trip: the guest's state, and (when tracing) its markers and vector names.
+        state_cmd = [*STATE_COMMAND[:2], f"{STATE_COMMAND[2]}; {GUEST_VIEW_SCRIPT}"] if setup.trace else STATE_COMMAND
+        text = ssh.run(state_cmd, timeout=30).check().stdout
+        view = None
+        if setup.trace:
+            text, view = GuestView.split(text, text.partition(STATE_MARK)[0])
+        before = GuestState.parse(text)
         check_guest_arm(arm, before, kvm["enabled"])
-        view = GuestView.parse(ssh.run(GUEST_VIEW_COMMAND, timeout=30).check().stdout) if setup.trace else None
         marks["state_read"] = time.monotonic()
         script = None
         with host_server(workload.host_server) as port:
@@ -283,6 +288,15 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     marks["shut_down"] = time.monotonic()
     order = list(marks)
     timings = {f"{a}->{b}": round(marks[b] - marks[a], 3) for a, b in itertools.pairwise(order)}
+    summary: dict[str, Any] = {}
+    if script is not None and view is not None:
+        traced, lost = parse_script(script)
+        if lost:
+            raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
+                                   fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
+        summary = summarize(traced, [v.thread_id for v in threads], pv_eoi=arm.expects_pv_eoi,
+                            names=view.names, lost=lost)
+        summary["marks"] = view.marks
     raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
     breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
     record = RunRecord(
@@ -292,17 +306,8 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         guest={"interrupts": interrupt_delta(before, after),
                "interrupts_per_cpu": interrupt_delta_per_cpu(before, after),
                "pv_eoi": pveoi_delta(before, after)},
-        workload_output=result.stdout.strip()[-500:], timings=timings,
+        workload_output=result.stdout.strip()[-500:], timings=timings, trace=summary,
     )
-    if script is not None and view is not None:
-        events_, lost = parse_script(script)
-        summary = summarize(events_, [v.thread_id for v in threads], pv_eoi=arm.expects_pv_eoi,
-                            names=view.names, lost=lost)
-        summary["marks"] = view.marks
-        record = replace(record, trace=summary)
-        if lost:
-            raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
-                                   fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
     log.info("  %-6s rep %d: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
              arm.name, rep, raw.get("kvm:kvm_exit", 0), raw.get("kvm:kvm_pv_eoi", 0), raw.get("kvm:kvm_eoi", 0),
              raw.get("kvm:kvm_inj_virq", 0), result.seconds)

@@ -244,9 +244,11 @@ def exact_agreement(r: RunRecord) -> tuple[list[Agreement], list[str]]:
             continue
         host_n, guest_n = int(v["host_pv_eoi"]), int(v["guest_skipped"])
         out.append(Agreement(r.rep, r.arm, host_n, guest_n, host_n == guest_n, vcpu=n))
+        # The other half of the same window: trapped EOIs the host completed against the EOIs the guest
+        # wrote; only where the guest's PV EOI hook, which counts the writes, is installed (PV EOI enabled).
         trapped, written = v.get("host_trapped"), v.get("guest_written")
-        folded = (hooked and isinstance(trapped, int) and isinstance(written, int)
-                  and guest_n - host_n == trapped - written > 0)
+        excess = trapped - written if hooked and isinstance(trapped, int) and isinstance(written, int) else 0
+        folded = excess > 0 and excess == guest_n - host_n  # untraced kvm_pv_eoi: their kvm_eoi stand alone
         if guest_n > host_n:
             reasons.append(f"vCPU {n}: {guest_n - host_n} EOIs the guest skipped were completed with no "
                            f"kvm_pv_eoi on the host (guest skipped {guest_n}, host kvm_pv_eoi {host_n}"
@@ -255,13 +257,10 @@ def exact_agreement(r: RunRecord) -> tuple[list[Agreement], list[str]]:
         elif host_n > guest_n:
             reasons.append(f"vCPU {n}: the host completed {host_n - guest_n} PV EOIs the guest never skipped "
                            f"(host kvm_pv_eoi {host_n}, guest skipped {guest_n}) {where}")
-        # The other half of the same window: EOIs the guest wrote against the trapped ones the host completed
-        # (only where the guest's PV EOI hook, which counts the writes, is installed: PV EOI enabled).
-        if hooked and isinstance(trapped, int) and isinstance(written, int) and trapped != written and not folded:
-            reasons.append(f"vCPU {n}: " + (f"the host completed {trapped - written} trapped EOIs the guest never "
-                                            f"wrote" if trapped > written else
-                                            f"{written - trapped} EOIs the guest wrote were never completed by the "
-                                            f"host") + f" (host trapped {trapped}, guest written {written}) {where}")
+        if excess and not folded:
+            what = (f"the host completed {excess} trapped EOIs the guest never wrote" if excess > 0 else
+                    f"{-excess} EOIs the guest wrote were never completed by the host")
+            reasons.append(f"vCPU {n}: {what} (host trapped {trapped}, guest written {written}) {where}")
     return out, reasons
 
 

@@ -222,7 +222,7 @@ def _group_view(history: History, result: CheckResult, g: GroupStatus) -> dict[s
 
 def _vectors_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any]]:
     """Per arm, the EOIs of the marker windows by vector (runs traced per event only)."""
-    from .trace import vector_rows, window_totals
+    from .trace import vector_label, vector_rows, window_totals
 
     out = []
     for arm, a in run_doc.get("arms", {}).items():
@@ -231,7 +231,7 @@ def _vectors_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any]
         if not traces:
             continue
         total = window_totals(traces)
-        rows = [[f"{r['name']} (0x{r['vector']:x})" if r["vector"] >= 0 else r["name"], str(r["injected"]),
+        rows = [[vector_label(r), str(r["injected"]),
                  str(r["pv"]), str(r["trapped"]), ", ".join(f"{k} {n}" for k, n in r["reasons"].items())]
                 for r in vector_rows(traces)]
         out.append({"arm": arm, "runs": len(traces), "eoi": total.get("host_eoi", 0),

@@ -191,12 +191,13 @@ _HYPERCALL = re.compile(r"nr 0x([0-9a-f]+) a0 0x([0-9a-f]+) a1 0x([0-9a-f]+) a2 
 # ---------------------------------------------------------------- the guest's vector names
 
 
-#: Run once in the guest: whether it takes markers, /proc/interrupts, and each IRQ's vector and
-#: target CPU from CONFIG_GENERIC_IRQ_DEBUGFS (``N:   Vector:    33`` lines, by ``grep -H``).
+#: Appended to the guest state command (:data:`e2e.guest.STATE_COMMAND`, which has just printed
+#: /proc/interrupts): whether the guest takes markers, and each IRQ's vector and target CPU from
+#: CONFIG_GENERIC_IRQ_DEBUGFS (``N:   Vector:    33`` lines, by ``grep -H``).
 GUEST_VIEW_MARK = "----pveoi-irqs----"
-GUEST_VIEW_COMMAND = ["sh", "-c", f"test -w {MARK_FILE} && echo pveoi-marks; cat /proc/interrupts; "
-                      f"echo {GUEST_VIEW_MARK}; cd /sys/kernel/debug/irq/irqs 2>/dev/null && "
-                      "grep -H -E '^ *(Vector|Target|Previous vector|Previous target):' * 2>/dev/null; true"]
+GUEST_VIEW_SCRIPT = (f"echo {GUEST_VIEW_MARK}; test -w {MARK_FILE} && echo pveoi-marks; "
+                     "cd /sys/kernel/debug/irq/irqs 2>/dev/null && "
+                     "grep -H -E '^ *(Vector|Target|Previous vector|Previous target):' * 2>/dev/null; true")
 
 
 @dataclass(frozen=True)
@@ -207,11 +208,14 @@ class GuestView:
     names: Mapping[str, str]
 
     @classmethod
-    def parse(cls, text: str) -> GuestView:
-        head, _, irqs = text.partition(GUEST_VIEW_MARK)
-        lines = head.splitlines()
+    def split(cls, text: str, proc_interrupts: str) -> tuple[str, GuestView]:
+        """(what came before :data:`GUEST_VIEW_SCRIPT`'s output, the view), naming IRQs from the
+        guest's ``proc_interrupts`` text."""
+        before, _, view = text.partition(GUEST_VIEW_MARK)
+        lines = view.strip().splitlines()
         marks = bool(lines) and lines[0].strip() == "pveoi-marks"
-        return cls(marks, vector_namer(irqs, "\n".join(lines[1:] if marks else lines)))
+        irqs = "\n".join(lines[1:] if marks else lines)
+        return before, cls(marks, vector_namer(irqs, proc_interrupts))
 
 
 def irq_vectors(text: str) -> dict[tuple[int, int], int]:
@@ -469,13 +473,17 @@ def window_totals(traces: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return dict(out)
 
 
+def vector_label(row: Mapping[str, Any]) -> str:
+    """``LOC (0xec)``; a bare name for vector -1 (an EOI with nothing in service)."""
+    return f"{row['name']} (0x{row['vector']:x})" if row["vector"] >= 0 else str(row["name"])
+
+
 def format_vector_rows(rows: Sequence[Mapping[str, Any]], limit: int = 8) -> list[str]:
     """The per-vector table's text lines."""
     lines = [f"{'vector':<22} {'injected':>8} {'PV EOI':>8} {'trapped':>8}  why trapped"]
     for r in rows[:limit]:
         why = ", ".join(f"{k} {n}" for k, n in r["reasons"].items())
-        label = f"{r['name']} (0x{r['vector']:x})" if r["vector"] >= 0 else str(r["name"])
-        lines.append(f"{label:<22} {r['injected']:>8} {r['pv']:>8} {r['trapped']:>8}  {why}")
+        lines.append(f"{vector_label(r):<22} {r['injected']:>8} {r['pv']:>8} {r['trapped']:>8}  {why}")
     if len(rows) > limit:
         rest = rows[limit:]
         lines.append(f"{f'({len(rest)} more)':<22} {sum(r['injected'] for r in rest):>8} "

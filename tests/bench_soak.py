@@ -52,9 +52,11 @@ def run_one(workload: str, index: int, out: Path, runs: int) -> dict[str, Any]:
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - started
     (out / f"{workload}-{index:02d}.stderr").write_text(proc.stderr)
+    # What to print: the verdict, or the one-line error pveoi ends with when there is no result.
+    said = (json.loads(result.read_text()).get("verdict", "?") if result.is_file()
+            else (proc.stderr.strip().splitlines() or [""])[-1])
     return {"workload": workload, "index": index, "exit": proc.returncode, "seconds": round(seconds, 1),
-            "result": result.name if result.is_file() else None,
-            "last_line": (proc.stderr.strip().splitlines() or [""])[-1]}
+            "result": result.name if result.is_file() else None, "last_line": said}
 
 
 def summarize(out: Path) -> dict[str, Any]:
