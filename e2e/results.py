@@ -48,7 +48,9 @@ def error_result(err: PveoiError, host: str, why: str, runs: int | None) -> Resu
     error (kind, message and fix) kept so a history shows why the night measured nothing."""
     return Result(verdict="error", reason=str(err), runs_per_arm=runs, host={"chosen": host, "reason": why},
                   runner={"hostname": platform.node(), "kernel": platform.release()},
-                  error={"kind": str(err.kind), "type": type(err).__name__, "message": err.message, "fix": err.fix})
+                  error={"kind": str(err.kind), "type": type(err).__name__, "message": err.message, "fix": err.fix,
+                         # how it ended, where the error knows (an exit class, a virtual host stall)
+                         **({"class": cause} if (cause := getattr(err, "cause", "")) else {})})
 
 
 def runner_identity(runner: dict[str, Any], doctor_report: dict[str, Any] | None) -> dict[str, Any]:

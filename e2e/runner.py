@@ -54,7 +54,7 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
     deadline = time.monotonic() + plan.timeout
     parts: list[Result] = []
     boots: list[float] = []
-    restarts: list[str] = []
+    restarts: list[dict[str, object]] = []
     facts: dict[str, str] = {}
     kernels = plan.host_kernels()
     for w in plan.workloads:
@@ -63,13 +63,14 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
             tag = w if len(kernels) == 1 else f"{w}-{hk.parent.name if hk else 'stock'}"
             for attempt in range(plan.retries + 1):
                 try:
+                    vhost_logs = plan.logs / f"vhost-{tag}-{attempt + 1}"
                     part, vh = in_vhost(part_plan, hk or stock_host_kernel(), deadline - time.monotonic(),
-                                        plan.logs / f"vhost-{tag}-{attempt + 1}", sink)
+                                        vhost_logs, sink)
                     break
                 except PveoiError as err:
                     if not retryable(err) or attempt == plan.retries:
                         raise
-                    restarts.append(f"{tag} (attempt {attempt + 1}): {err}")
+                    restarts.append(restart_record(tag, attempt + 1, err, vhost_logs, plan.logs))
                     log.warning("the virtual host failed; restarting it for %s: %s", tag, err)
             parts.append(part)
             boots.append(round(vh.boot_seconds or 0.0, 2))
@@ -79,6 +80,18 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
     return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
                               "virtual_host": {"boot_seconds": boots[0], "boots": boots, "kvm": facts,
                                                "restarts": restarts, "kernels": manifests}})
+
+
+def restart_record(part: str, attempt: int, err: PveoiError, logs: Path, root: Path) -> dict[str, object]:
+    """One failed virtual host that was restarted, as the result keeps it: its part, attempt,
+    kind, class (``virtual host stall``, an exit class such as ``killed by signal``, or ``""``),
+    message, evidence and its logs' directory (relative to the result's logs)."""
+    try:
+        where = str(logs.relative_to(root))
+    except ValueError:
+        where = str(logs)
+    return {"part": part, "attempt": attempt, "kind": str(err.kind), "class": str(getattr(err, "cause", "")),
+            "message": str(err), "evidence": list(getattr(err, "evidence", ())), "logs": where}
 
 
 def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path,
@@ -120,4 +133,4 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path,
     return res, vh
 
 
-__all__ = ["in_vhost", "measure", "run_virtual", "stock_host_kernel"]
+__all__ = ["in_vhost", "measure", "restart_record", "run_virtual", "stock_host_kernel"]

@@ -13,12 +13,20 @@ kernels and images happens outside, at native speed, before L1 boots.
 
 Output: L1's kernel console is ttyS0 (watched for panics), the command's
 stdout+stderr is ttyS1, streamed to the caller as it comes.
+
+Liveness: nested TCG now and then freezes the whole L1 (no console line, no timer,
+for as long as one cares to wait), and then no timeout inside it can fire. L1's init
+rewrites a heartbeat file on the results share every few seconds; when it has not
+changed for ``VhostSpec.stall_timeout`` the caller samples L1's CPUs over QMP (RIP,
+HLT, twice), keeps that and the console as evidence, stops L1 and raises
+:class:`VhostStalled` (infrastructure, so the runner restarts the virtual host).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -44,6 +52,10 @@ READY_PATTERN = r"pveoi-vhost-ready dev=\d svm=\d npt=\S+"
 ERROR_PATTERN = r"pveoi-vhost-error: [^\r\n]*\r?\n"
 """What the virtual host's init (data/vhost-init.sh) prints before it gives up."""
 CTL = ".pveoi-vhost"
+HEARTBEAT = "beat"
+"""The file in ``CTL`` L1's init rewrites every few seconds while the command runs."""
+STALLED = "virtual host stall"
+"""The class of :class:`VhostStalled` (as :attr:`e2e.errors.QemuExited.cause` names an exit's)."""
 ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")
 
 
@@ -63,6 +75,39 @@ class VhostSpec:
     timeout: float = 1800.0
     qemu: str = "qemu-system-x86_64"
     keep: tuple[Path, ...] = field(default=())
+    stall_timeout: float = 150.0
+    """Seconds without a heartbeat from L1's userspace after which L1 counts as stalled
+    (the init script beats every 5 s; a loaded but live L1 was never seen 30 s late)."""
+
+
+class VhostStalled(GuestError):
+    """The virtual host stopped running: no heartbeat for ``stall_timeout`` seconds.
+
+    :param cause: always :data:`STALLED` (the attempt's class in results and the soak).
+    :param evidence: L1's CPUs as sampled over QMP, and the console's last lines.
+    """
+
+    def __init__(self, message: str, evidence: Sequence[str], fix: str) -> None:
+        super().__init__(message, fix, Kind.INFRASTRUCTURE)
+        self.cause = STALLED
+        self.evidence = tuple(evidence)
+
+
+def heartbeat_age(beat_mtime: float | None, since: float, now: float) -> float:
+    """Seconds since L1's last sign of life (pure): its last heartbeat, or ``since`` (L1 ready)
+    when it never beat or beat before that."""
+    return now - max(since, beat_mtime or since)
+
+
+_RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
+_HLT = re.compile(r"\bHLT=(\d)")
+_KERNEL_STALL = re.compile(r"detected stalls?|soft lockup|hard LOCKUP|blocked for more than|self-detected stall")
+
+
+def cpu_state(registers: str) -> str:
+    """``RIP=... HLT=.`` from HMP ``info registers`` text (pure); ``?`` for what is missing."""
+    rip, hlt = _RIP.search(registers), _HLT.search(registers)
+    return f"RIP={rip.group(1).lower() if rip else '?'} HLT={hlt.group(1) if hlt else '?'}"
 
 
 def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, output_fd: int) -> list[str]:
@@ -198,13 +243,7 @@ class VirtualKvmHost(Machine):
             self.boot_seconds = time.monotonic() - started
             self.log.info("virtual host up in %.1fs: /dev/kvm on kvm_amd, npt=%s, nested=%s",
                           self.boot_seconds, self.kvm_facts.get("npt"), self.kvm_facts.get("nested"))
-            assert self._proc is not None
-            left = self.vspec.timeout - (time.monotonic() - started)
-            try:
-                self._proc.wait(timeout=max(1.0, left))
-            except subprocess.TimeoutExpired as err:
-                raise GuestTimeout(f"the command in the virtual host ran past {self.vspec.timeout:.0f}s",
-                                   fix="raise --timeout") from err
+            self._watch(ctl / HEARTBEAT, started + self.vspec.timeout)
         finally:
             self.shutdown()
         try:
@@ -226,6 +265,69 @@ class VirtualKvmHost(Machine):
                 fix="re-run with -vv and read the console log",
             )
         return int(rc_file.read_text().strip() or "1")
+
+    def _watch(self, beat: Path, deadline: float) -> None:
+        """Wait for the command to end, watching L1's heartbeat.
+
+        :raises GuestTimeout: past ``deadline`` (monotonic).
+        :raises VhostStalled: no heartbeat for ``stall_timeout`` seconds.
+        """
+        assert self._proc is not None
+        ready = time.time()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestTimeout(f"the command in the virtual host ran past {self.vspec.timeout:.0f}s",
+                                   fix="raise --timeout")
+            try:
+                self._proc.wait(timeout=min(5.0, max(0.1, left)))
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                mtime: float | None = beat.stat().st_mtime
+            except OSError:
+                mtime = None
+            age = heartbeat_age(mtime, ready, time.time())
+            if age > self.vspec.stall_timeout:
+                raise self._stalled(age)
+
+    def _stalled(self, age: float) -> VhostStalled:
+        """The error for a stalled L1, with its CPUs sampled twice over QMP (kept in
+        ``pveoi-vhost-stall.txt`` beside its console log) and the console's last lines."""
+        samples: list[list[str]] = []
+        dump: list[str] = []
+        for n in range(2):
+            if n:
+                time.sleep(1.0)
+            states = []
+            for cpu in range(self.vspec.cpus):
+                try:
+                    text = str(self.qmp("human-monitor-command", **{"command-line": "info registers",
+                                                                     "cpu-index": cpu}))
+                except PveoiError as err:
+                    text = f"(no answer: {err})"
+                states.append(f"CPU{cpu} {cpu_state(text)}")
+                dump += [f"== sample {n + 1}, CPU {cpu}", text]
+            samples.append(states)
+        still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b]
+        cpus = "; ".join(f"{s}{' (same 1 s later)' if s in still else ''}" for s in samples[-1])
+        tail = [ln for ln in self.console.tail(5) if ln.strip()]
+        # What a stalled kernel says, when it can still say anything (the RCU stall detector, the
+        # soft/hard lockup watchdogs); otherwise the console's last line.
+        said = next((ln for ln in self.console.text().splitlines() if _KERNEL_STALL.search(ln)), None)
+        kept = self.logdir / f"{self.spec.name}-stall.txt"
+        try:
+            kept.write_text("\n".join([f"no heartbeat for {age:.0f} s", *dump, "== console tail", *tail]) + "\n")
+        except OSError as err:
+            self.log.warning("could not keep the stall's evidence in %s: %s", kept, err)
+        evidence = [f"no heartbeat for {age:.0f} s", *samples[-1], *(f"console: {ln}" for ln in tail[-2:])]
+        return VhostStalled(
+            f"the virtual host stalled: no heartbeat from its userspace for {age:.0f} s; its CPUs: {cpus}"
+            + (f"; console: {said or tail[-1]}" if said or tail else "; console: silent"),
+            evidence,
+            fix=f"a property of nested TCG seen now and then; the run restarts the virtual host; if it "
+                f"repeats, read {kept} and the console log beside it")
 
     def _read_kvm_facts(self, path: Path) -> dict[str, str]:
         try:

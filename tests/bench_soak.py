@@ -80,10 +80,15 @@ def summarize(out: Path) -> dict[str, Any]:
             s["headline"].append(head)
         for a in wr.get("attempts", []):
             s["failures"].append({"ab": entry["index"], "arm": a.get("arm"), "rep": a.get("rep"),
-                                  "attempt": a.get("attempt"), "class": a.get("cls", ""), "kind": a.get("kind"),
+                                  "attempt": a.get("attempt"), "class": a.get("class", ""), "kind": a.get("kind"),
                                   "outcome": a.get("outcome"), "message": a.get("message"), "logs": a.get("logs", [])})
+        for r in (doc.get("host") or {}).get("virtual_host", {}).get("restarts", []):
+            if isinstance(r, dict):  # results before 2026-12-04 kept a restart as one string
+                s["failures"].append({"ab": entry["index"], "arm": "virtual host", "attempt": r.get("attempt"),
+                                      "class": r.get("class", ""), "kind": r.get("kind"), "outcome": "restarted",
+                                      "message": r.get("message"), "logs": [r.get("logs")]})
         if doc.get("error"):
-            s["failures"].append({"ab": entry["index"], "class": doc["error"].get("kind", ""),
+            s["failures"].append({"ab": entry["index"], "class": doc["error"].get("class", ""),
                                   "message": doc["error"].get("message"), "logs": []})
         for arm in doc.get("arms", {}).values():
             for run in (arm.get("runs") or {}).get(w, []):
@@ -180,6 +185,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--out", type=Path, default=REPO / "results" / time.strftime("soak-%Y%m%dT%H%M"))
     p.add_argument("--summarize", type=Path, metavar="DIR", help="only summarize an earlier soak's DIR")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the soak in --out where its ledger stops (same plan, next A/Bs)")
     args = p.parse_args()
     if args.summarize:
         out = args.summarize
@@ -187,9 +194,13 @@ def main() -> int:
         out = args.out
         out.mkdir(parents=True, exist_ok=True)
         ledger: list[dict[str, Any]] = []
-        counts: Counter[str] = Counter()
+        if args.resume and (out / "ledger.json").is_file():
+            ledger = json.loads((out / "ledger.json").read_text())
+        counts: Counter[str] = Counter(e["workload"] for e in ledger)
         plan = schedule(args.net, args.each)
         for n, w in enumerate(plan, 1):
+            if n <= len(ledger):
+                continue
             counts[w] += 1
             entry = run_one(w, counts[w], out, args.runs)
             ledger.append(entry)

@@ -62,9 +62,16 @@ avic=$(cat /sys/module/kvm_amd/parameters/avic 2>/dev/null || echo missing)
 echo "dev=$dev svm=$svm npt=$npt nested=$nested avic=$avic" > "$ctl/kvm"
 echo "pveoi-vhost-ready dev=$dev svm=$svm npt=$npt" > /dev/console
 
+# Liveness for the caller: a counter rewritten every 5 s on the results share. Nested TCG
+# now and then freezes this whole machine, and then no timeout in here can fire; the caller
+# sees the counter stop and ends the run (e2e/vhost.py, VirtualKvmHost._watch).
+( i=0; while :; do i=$((i + 1)); echo "$i" > "$ctl/beat"; sleep 5; done ) < /dev/null > /dev/null 2>&1 &
+beat=$!
+
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 /bin/sh "$ctl/cmd.sh" < /dev/null > /dev/ttyS1 2>&1
 echo $? > "$ctl/rc.tmp" && mv "$ctl/rc.tmp" "$ctl/rc"
+kill "$beat" 2>/dev/null
 sync
 echo 1 > /proc/sys/kernel/sysrq
 echo b > /proc/sysrq-trigger

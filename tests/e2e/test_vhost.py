@@ -48,3 +48,39 @@ def test_guest_boots_under_real_kvm_inside_the_vhost(guest_kernel: Path, host_ke
     assert f"kvm-pv-eoi: requested {arm}, QMP reads {arm}" in proc.stdout
     want = "feature=1 enabled=1" if arm == "on" else "feature=0 enabled=0"
     assert f"cpu0 {want}" in proc.stdout
+
+
+def test_a_frozen_vhost_is_reported_as_a_stall_with_its_cpus(host_kernel: Path, tmp_path: Path) -> None:
+    """L1 frozen mid-command (QMP ``stop``: its CPUs no longer run, as in the stalls nested TCG
+    shows now and then) ends the run well before its timeout, as a VhostStalled with L1's CPU
+    state as evidence, kept beside the console log; QEMU is gone afterwards."""
+    import threading
+    import time
+
+    from e2e.vhost import CTL, HEARTBEAT, STALLED, VhostSpec, VhostStalled, VirtualKvmHost
+
+    host = VirtualKvmHost(VhostSpec(host_kernel, timeout=600, stall_timeout=20), tmp_path / "share",
+                          artifacts=tmp_path / "logs")
+    frozen = threading.Event()
+
+    def freeze() -> None:
+        beat = tmp_path / "share" / CTL / HEARTBEAT
+        deadline = time.monotonic() + 300
+        while not beat.is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        host.qmp("stop")
+        frozen.set()
+
+    threading.Thread(target=freeze, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(VhostStalled) as info:
+        host.run(["sleep", "500"])
+    assert frozen.is_set()
+    assert time.monotonic() - started < 200  # the stall, not the 600 s timeout, ended it
+    err = info.value
+    assert err.cause == STALLED and err.kind.value == "infrastructure"
+    assert "no heartbeat from its userspace for" in str(err) and "CPU0 RIP=" in str(err)
+    assert "(same 1 s later)" in str(err)  # stopped CPUs do not move
+    kept = (tmp_path / "logs" / "pveoi-vhost-stall.txt").read_text()
+    assert "== sample 2, CPU 1" in kept and "RIP=" in kept
+    assert host.exitcode is not None and not Path(f"/proc/{host.pid}").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.errors import CapabilityError, ConfigError, MeasurementError, PveoiError
+from e2e.errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
 from e2e.exit_reasons import (
     breakdown_filters,
     breakdown_reasons,
@@ -208,6 +208,23 @@ def test_perf_error_classifies_gone_threads_unknown_events_and_filters(tmp_path:
     assert "exited" in str(ended)
     other = perf_error("something odd\n", -9, ["perf", "stat"], "stop")
     assert "killed by signal 9" in str(other) and "perf stat" in str(other)
+
+
+def test_perf_records_usual_warnings_are_no_verdict() -> None:
+    """A perf record that exits 255 during attach with only its usual warnings (seen once in a
+    soak, in the virtual host) is a retryable infrastructure failure, not "no permission"."""
+    usual = ("Couldn't record kernel reference relocation symbol\n"
+             "Symbol resolution may be skewed if relocation was used (e.g. kexec).\n"
+             "Check /proc/kallsyms permission or run as root.\n"
+             "perf_event__synthesize_bpf_events: failed to synthesize bpf images: No such file or directory\n"
+             "Couldn't synthesize bpf events.\n")
+    err = perf_error(usual, 255, ["perf", "record", "-p", "7"], "attach")
+    assert type(err) is MeasurementError and err.kind is Kind.INFRASTRUCTURE
+    assert str(err).startswith("perf record failed during attach (exit code 255): perf printed no error")
+    # The same warnings beside a real permission error still give the capability verdict.
+    denied = perf_error(usual + "Error:\nAccess to performance monitoring and observability operations is "
+                                "limited.\n", 255, ["perf", "record"], "attach")
+    assert isinstance(denied, CapabilityError) and "Access to performance monitoring" in str(denied)
 
 
 # ---------------------------------------------------------------- tracefs

@@ -1,0 +1,39 @@
+"""The virtual host's liveness watch: heartbeat age, the CPU state a stall reports, and how a
+restarted virtual host is recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from e2e.errors import GuestTimeout, Kind, QemuExited
+from e2e.runner import restart_record
+from e2e.vhost import STALLED, VhostStalled, cpu_state, heartbeat_age
+
+REGISTERS = """RAX=0000000000000000 RBX=ffffffff82613940 RCX=0000000000000001 RDX=0000000000000000
+RSI=0000000000000087 RDI=000000000012d0ac RBP=ffffffff82603e78 RSP=ffffffff82603e58
+RIP=FFFFFFFF81C8B6BE RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1
+"""
+
+
+def test_heartbeat_age_counts_from_ready_until_the_first_beat() -> None:
+    assert heartbeat_age(None, since=100.0, now=250.0) == 150.0
+    assert heartbeat_age(90.0, since=100.0, now=250.0) == 150.0  # a beat from before L1 was ready
+    assert heartbeat_age(240.0, since=100.0, now=250.0) == 10.0
+
+
+def test_cpu_state_reads_rip_and_hlt_from_info_registers() -> None:
+    assert cpu_state(REGISTERS) == "RIP=ffffffff81c8b6be HLT=1"
+    assert cpu_state("(no answer: QMP timed out)") == "RIP=? HLT=?"
+
+
+def test_a_restart_is_recorded_with_its_class_evidence_and_logs(tmp_path: Path) -> None:
+    stalled = VhostStalled("the virtual host stalled: no heartbeat for 151 s", ["CPU0 RIP=ffffffff81c8b6be HLT=0"],
+                           fix="x")
+    assert stalled.kind is Kind.INFRASTRUCTURE
+    rec = restart_record("net", 1, stalled, tmp_path / "vhost-net-1", tmp_path)
+    assert rec == {"part": "net", "attempt": 1, "kind": "infrastructure", "class": STALLED,
+                   "message": "the virtual host stalled: no heartbeat for 151 s; fix: x",
+                   "evidence": ["CPU0 RIP=ffffffff81c8b6be HLT=0"], "logs": "vhost-net-1"}
+    exited = QemuExited("QEMU exited mid-command: killed by signal (SIGKILL)", "killed by signal", ["exit -9"])
+    assert restart_record("ipi", 2, exited, Path("/elsewhere"), tmp_path)["class"] == "killed by signal"
+    assert restart_record("ipi", 2, GuestTimeout("late"), Path("/elsewhere"), tmp_path)["logs"] == "/elsewhere"
