@@ -93,6 +93,22 @@ class VhostStalled(GuestError):
         self.evidence = tuple(evidence)
 
 
+def stall_reason(beat_age: float, kernel_said: float | None, last_output: float, now: float,
+                 limit: float) -> str | None:
+    """Why L1 counts as stalled, or None (pure; times in one clock).
+
+    Two signs: its userspace stopped beating for ``limit`` s (the whole machine froze); or its
+    kernel reported a stall (RCU stall, lockup) at ``kernel_said`` and the command has printed
+    nothing in the ``limit`` s since (L1 was seen to limp on like that, its command stuck for good).
+    An L1 that reports a stall and then carries on is left alone.
+    """
+    if beat_age > limit:
+        return f"no heartbeat from its userspace for {beat_age:.0f} s"
+    if kernel_said is not None and last_output < kernel_said and now - kernel_said > limit:
+        return f"its kernel reported a stall {now - kernel_said:.0f} s ago and the command printed nothing since"
+    return None
+
+
 def heartbeat_age(beat_mtime: float | None, since: float, now: float) -> float:
     """Seconds since L1's last sign of life (pure): its last heartbeat, or ``since`` (L1 ready)
     when it never beat or beat before that."""
@@ -172,12 +188,15 @@ class _Pump:
         self._sock = sock
         self._log: IO[bytes] = open(logpath, "wb")
         self._sink = sink
+        self.last = time.monotonic()
+        """When output last came (monotonic)."""
         self._thread = threading.Thread(target=self._run, name="pveoi-vhost-out", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             while data := self._sock.recv(65536):
+                self.last = time.monotonic()
                 data = data.replace(b"\r\n", b"\n")
                 self._log.write(data)
                 self._log.flush()
@@ -270,10 +289,11 @@ class VirtualKvmHost(Machine):
         """Wait for the command to end, watching L1's heartbeat.
 
         :raises GuestTimeout: past ``deadline`` (monotonic).
-        :raises VhostStalled: no heartbeat for ``stall_timeout`` seconds.
+        :raises VhostStalled: L1 stalled (:func:`stall_reason`, ``stall_timeout``).
         """
         assert self._proc is not None
         ready = time.time()
+        kernel_said: float | None = None
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -288,11 +308,15 @@ class VirtualKvmHost(Machine):
                 mtime: float | None = beat.stat().st_mtime
             except OSError:
                 mtime = None
-            age = heartbeat_age(mtime, ready, time.time())
-            if age > self.vspec.stall_timeout:
-                raise self._stalled(age)
+            if kernel_said is None and _KERNEL_STALL.search(self.console.text()):
+                kernel_said = time.monotonic()
+            last_output = self._pump.last if self._pump is not None else time.monotonic()
+            why = stall_reason(heartbeat_age(mtime, ready, time.time()), kernel_said, last_output, time.monotonic(),
+                               self.vspec.stall_timeout)
+            if why is not None:
+                raise self._stalled(why)
 
-    def _stalled(self, age: float) -> VhostStalled:
+    def _stalled(self, why: str) -> VhostStalled:
         """The error for a stalled L1, with its CPUs sampled twice over QMP (kept in
         ``pveoi-vhost-stall.txt`` beside its console log) and the console's last lines."""
         samples: list[list[str]] = []
@@ -318,12 +342,12 @@ class VirtualKvmHost(Machine):
         said = next((ln for ln in self.console.text().splitlines() if _KERNEL_STALL.search(ln)), None)
         kept = self.logdir / f"{self.spec.name}-stall.txt"
         try:
-            kept.write_text("\n".join([f"no heartbeat for {age:.0f} s", *dump, "== console tail", *tail]) + "\n")
+            kept.write_text("\n".join([why, *dump, "== console tail", *tail]) + "\n")
         except OSError as err:
             self.log.warning("could not keep the stall's evidence in %s: %s", kept, err)
-        evidence = [f"no heartbeat for {age:.0f} s", *samples[-1], *(f"console: {ln}" for ln in tail[-2:])]
+        evidence = [why, *samples[-1], *(f"console: {ln}" for ln in tail[-2:])]
         return VhostStalled(
-            f"the virtual host stalled: no heartbeat from its userspace for {age:.0f} s; its CPUs: {cpus}"
+            f"the virtual host stalled: {why}; its CPUs: {cpus}"
             + (f"; console: {said or tail[-1]}" if said or tail else "; console: silent"),
             evidence,
             fix=f"a property of nested TCG seen now and then; the run restarts the virtual host; if it "
