@@ -216,8 +216,36 @@ def _group_view(history: History, result: CheckResult, g: GroupStatus) -> dict[s
                  "rows": [[k, _fmt(m.get("off_median")), _fmt(m.get("on_median")),
                            f"{_fmt(m.get('reduction'))} {_ci(m.get('reduction_ci'))}", _fmt(m.get("p_value"))]
                           for k, m in metrics.items()]} if metrics else None,
-        vectors=_vectors_view(latest.run.doc, g.workload), **_settings_view(latest.run.doc, w))
+        vectors=_vectors_view(latest.run.doc, g.workload), failures=_failures_view(latest.run.doc, g.workload),
+        **_settings_view(latest.run.doc, w))
     return view
+
+
+def _failures_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    """Every attempt of ``workload`` that gave no run, and every virtual host restarted for it: what,
+    its class (how it ended), kind, outcome, message, evidence and links to its logs (those that
+    exist here)."""
+    base = Path(run_doc["logs"]) if run_doc.get("logs") else None
+
+    def links(names: list[str]) -> list[dict[str, str]]:
+        out = []
+        for name in names:
+            path = Path(name) if base is None else base / name
+            out.append({"name": name, "uri": path.as_uri() if path.is_absolute() and path.exists() else ""})
+        return out
+
+    rows = [{"what": f"arm {a.get('arm')} rep {int(a.get('rep', 0)) + 1} attempt {a.get('attempt')}",
+             "cls": a.get("class") or "-", "kind": a.get("kind", ""), "outcome": a.get("outcome", ""),
+             "message": a.get("message", ""), "evidence": "; ".join(a.get("evidence") or []),
+             "logs": links(list(a.get("logs") or []))}
+            for a in (run_doc.get("workloads", {}).get(workload) or {}).get("attempts", [])]
+    for r in (run_doc.get("host") or {}).get("virtual_host", {}).get("restarts", []):
+        if isinstance(r, dict) and str(r.get("part", "")).split("-")[0] == workload:
+            rows.append({"what": f"virtual host for {r.get('part')}, attempt {r.get('attempt')}",
+                         "cls": r.get("class") or "-", "kind": r.get("kind", ""), "outcome": "restarted",
+                         "message": r.get("message", ""), "evidence": "; ".join(r.get("evidence") or []),
+                         "logs": links([r["logs"]] if r.get("logs") else [])})
+    return rows
 
 
 def _vectors_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any]]:

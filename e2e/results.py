@@ -188,6 +188,10 @@ def format_table(result: Result) -> str:
     lines = [f"verdict: {result.verdict.upper()}"]
     if result.host:
         lines.append(f"host: {result.host.get('chosen')} ({result.host.get('reason')})")
+        for r in result.host.get("virtual_host", {}).get("restarts", []):
+            if isinstance(r, dict):  # (a string in results before 2026-12-04)
+                lines.append(f"  virtual host restarted for {r.get('part')} (attempt {r.get('attempt')}): "
+                             f"{r.get('class') or r.get('kind')}; logs: {r.get('logs')}")
     for name, w in result.workloads.items():
         lines.append("")
         lines.append(f"workload {name}: {w.verdict.upper()}  ({w.description})")

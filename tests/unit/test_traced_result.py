@@ -47,3 +47,36 @@ def test_the_html_report_and_the_history_carry_it(tmp_path: Path) -> None:
     html = render_html(history, check(history))
     assert "EOIs by vector, arm on (2 runs" in html and "virtio0-input.0 (0x22)" in html
     assert "PV EOI taken when armed" in html
+
+
+def test_the_html_report_lists_failed_attempts_and_restarts_with_links(tmp_path: Path) -> None:
+    """A maintainer sees every attempt that gave no run and every restarted virtual host: class,
+    outcome, evidence and links to the logs that exist (the retry's never overwrote them)."""
+    import json
+
+    doc = json.loads(FIXTURE.read_text())
+    logs = tmp_path / "logs"
+    (logs / "vhost-net-1").mkdir(parents=True)
+    (logs / "net-off-2-console.log").write_text("sysrq: Resetting\n")
+    doc["logs"] = str(logs)
+    doc["workloads"]["net"]["attempts"] = [{
+        "arm": "off", "rep": 1, "attempt": 1, "kind": "infrastructure", "class": "triple fault",
+        "message": "QEMU (pid 134) exited mid-command: triple fault", "outcome": "retried",
+        "evidence": ["SHUTDOWN reason guest-reset"], "logs": ["net-off-2-console.log", "net-off-2-qemu.log"]}]
+    doc["host"]["virtual_host"]["restarts"] = [{
+        "part": "net", "attempt": 1, "kind": "infrastructure", "class": "virtual host stall",
+        "message": "the virtual host stalled: no heartbeat from its userspace for 151 s", "evidence": [],
+        "logs": "vhost-net-1"}]
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "run.json").write_text(json.dumps(doc))
+    history = load_history(tmp_path / "h")
+    html = render_html(history, check(history))
+    assert "Failed attempts (kept, never overwritten by their retries)" in html
+    assert "arm off rep 2 attempt 1</td><td>triple fault</td>" in html
+    assert f'<a href="{(logs / "net-off-2-console.log").as_uri()}">net-off-2-console.log</a>' in html
+    assert " · net-off-2-qemu.log</td>" in html  # gone here: named, not linked
+    assert "virtual host for net, attempt 1</td><td>virtual host stall</td>" in html
+    assert f'<a href="{(logs / "vhost-net-1").as_uri()}">vhost-net-1</a>' in html
+    text = format_table(load(tmp_path / "h" / "run.json"))
+    assert "virtual host restarted for net (attempt 1): virtual host stall; logs: vhost-net-1" in text
+    assert "off rep 2 attempt 1: triple fault (infrastructure, retried); logs: net-off-2-console.log" in text
