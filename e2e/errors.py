@@ -64,6 +64,11 @@ class PveoiError(Exception):
 
     #: The kind of every instance of this class, unless one is passed.
     default_kind = Kind.CONFIG
+    #: How the machine ended, where the error knows (an exit class of :mod:`e2e.exitcause`, a
+    #: virtual host stall); "" when it does not. Kept in results as ``class``.
+    cause: str = ""
+    #: What named the cause (QMP events, console lines, CPU samples).
+    evidence: tuple[str, ...] = ()
 
     def __init__(self, message: str, fix: str | None = None, kind: Kind | None = None) -> None:
         super().__init__(message)

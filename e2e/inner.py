@@ -45,7 +45,9 @@ def raise_inner_error(result: Result) -> None:
     err = result.error
     if err:
         kind = Kind(err["kind"]) if err.get("kind") in Kind.__members__.values() else Kind.INFRASTRUCTURE
-        raise PveoiError(f"in the virtual KVM host: {err.get('message')}", fix=err.get("fix"), kind=kind)
+        error = PveoiError(f"in the virtual KVM host: {err.get('message')}", fix=err.get("fix"), kind=kind)
+        error.cause = str(err.get("class") or "")  # how the inner run's machine ended, if it knew
+        raise error
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,8 +90,8 @@ def restart_record(part: str, attempt: int, err: PveoiError, logs: Path, root: P
         where = str(logs.relative_to(root))
     except ValueError:
         where = str(logs)
-    return {"part": part, "attempt": attempt, "kind": str(err.kind), "class": str(getattr(err, "cause", "")),
-            "message": str(err), "evidence": list(getattr(err, "evidence", ())), "logs": where}
+    return {"part": part, "attempt": attempt, "kind": str(err.kind), "class": err.cause, "message": str(err),
+            "evidence": list(err.evidence), "logs": where}
 
 
 def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path,

@@ -49,3 +49,21 @@ def test_a_restart_is_recorded_with_its_class_evidence_and_logs(tmp_path: Path) 
     exited = QemuExited("QEMU exited mid-command: killed by signal (SIGKILL)", "killed by signal", ["exit -9"])
     assert restart_record("ipi", 2, exited, Path("/elsewhere"), tmp_path)["class"] == "killed by signal"
     assert restart_record("ipi", 2, GuestTimeout("late"), Path("/elsewhere"), tmp_path)["logs"] == "/elsewhere"
+
+
+def test_an_inner_runs_exit_class_survives_the_way_out_of_the_virtual_host() -> None:
+    """A guest the inner runner lost for good (retries spent) ends the inner run; its class
+    rides in the inner result's error and comes back on the error raised outside."""
+    import pytest
+
+    from e2e.inner import raise_inner_error
+    from e2e.results import error_result
+
+    lost = QemuExited("QEMU (pid 134) exited mid-command: triple fault", "triple fault",
+                      ["SHUTDOWN reason guest-reset"])
+    res = error_result(lost, "direct", "inside", 3)
+    assert res.error is not None and res.error["class"] == "triple fault"
+    with pytest.raises(Exception) as info:
+        raise_inner_error(res)
+    assert getattr(info.value, "cause", None) == "triple fault" and "in the virtual KVM host" in str(info.value)
+    assert "class" not in error_result(GuestTimeout("late"), "direct", "x", 3).error  # type: ignore[operator]
