@@ -65,7 +65,7 @@ def summarize(out: Path) -> dict[str, Any]:
     for entry in ledger:
         w = entry["workload"]
         s = per.setdefault(w, {"ab": 0, "verdicts": Counter(), "headline": [], "failures": [], "reasons": Counter(),
-                               "seconds": [], "taken": []})
+                               "seconds": [], "taken": [], "speed": [], "head_speed": []})
         s["ab"] += 1
         s["seconds"].append(entry["seconds"])
         if entry["result"] is None:
@@ -94,10 +94,21 @@ def summarize(out: Path) -> dict[str, Any]:
             for run in (arm.get("runs") or {}).get(w, []):
                 for v in (run.get("trace") or {}).get("vectors", []):
                     s["reasons"].update({k: n for k, n in v.get("reasons", {}).items() if k != "PV EOI off"})
-        for run in (doc.get("arms", {}).get(wr.get("treatment") or "on", {}).get("runs") or {}).get(w, []):
+        treated = (doc.get("arms", {}).get(wr.get("treatment") or "on", {}).get("runs") or {}).get(w, [])
+        for run in treated:
             taken = armed_taken(run.get("trace") or {})
             if taken is not None:
                 s["taken"].append(taken)
+            # The timing model of the spread: how much of the PV arm's EOIs trapped, against how
+            # long its workload took in nested TCG (per run).
+            vectors = (run.get("trace") or {}).get("vectors", [])
+            injected = sum(v.get("injected", 0) for v in vectors)
+            if injected and run.get("workload_seconds"):
+                trapped = sum(v.get("trapped", 0) for v in vectors)
+                s["speed"].append((float(run["workload_seconds"]), trapped / injected))
+        seconds = [float(r["workload_seconds"]) for r in treated if r.get("workload_seconds")]
+        if isinstance(head, float) and seconds:
+            s["head_speed"].append((statistics.median(seconds), head))
     summary = {}
     for w, s in per.items():
         h = s["headline"]
@@ -113,8 +124,30 @@ def summarize(out: Path) -> dict[str, Any]:
             "failures": s["failures"],
             "unexplained": [f for f in s["failures"] if f["class"] in ("", "unknown")],
             "seconds_median": statistics.median(s["seconds"]),
+            "timing": timing(s["speed"], s["head_speed"]),
         }
     return summary
+
+
+def timing(runs: list[tuple[float, float]], abs_: list[tuple[float, float]]) -> dict[str, Any]:
+    """How far the spread follows nested TCG's speed: Spearman's rho of the PV arm's trapped
+    fraction against its workload's seconds (per run), and of the headline against the PV arm's
+    median workload seconds (per A/B), with their p-values; None where there are too few."""
+    from scipy.stats import spearmanr  # the suite's own dependency (e2e/stats.py)
+
+    def rho(pairs: list[tuple[float, float]]) -> dict[str, float] | None:
+        if len(pairs) < 4 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
+            return None
+        res = spearmanr([x for x, _ in pairs], [y for _, y in pairs])
+        return {"rho": round(float(res.statistic), 3), "p": float(res.pvalue), "n": len(pairs)}
+
+    fast = sorted(runs)[: max(1, len(runs) // 4)]
+    slow = sorted(runs)[-max(1, len(runs) // 4):]
+    return {"trapped_vs_seconds": rho(runs), "headline_vs_seconds": rho(abs_),
+            "trapped_fastest_quarter": statistics.median(t for _, t in fast) if runs else None,
+            "trapped_slowest_quarter": statistics.median(t for _, t in slow) if runs else None,
+            "seconds_fastest_quarter": statistics.median(x for x, _ in fast) if runs else None,
+            "seconds_slowest_quarter": statistics.median(x for x, _ in slow) if runs else None}
 
 
 def false_alarms(out: Path, baseline: int = 3) -> dict[str, Any]:
@@ -169,6 +202,20 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{num4(s['pv_taken_median'])} ({num4(s['pv_taken_min'])}) | "
                      f"{', '.join(f'{k} {n}' for k, n in classes.items()) or 'none'} | {len(s['unexplained'])} | "
                      f"{s['seconds_median']:.0f} |")
+    lines.append("")
+    lines += ["| workload | trapped/injected vs workload seconds, per PV run (rho, p, n) | headline vs "
+              "seconds, per A/B | trapped/injected: fastest quarter (s) / slowest quarter (s) |", "|---|---|---|---|"]
+    for w in WORKLOADS:
+        t = (summary.get(w) or {}).get("timing")
+        if not t:
+            continue
+
+        def r(x: Any) -> str:
+            return f"{x['rho']:+.2f}, p={x['p']:.2g}, n={x['n']}" if x else "-"
+
+        lines.append(f"| {w} | {r(t['trapped_vs_seconds'])} | {r(t['headline_vs_seconds'])} | "
+                     f"{num(t['trapped_fastest_quarter'])} ({num(t['seconds_fastest_quarter'])}) / "
+                     f"{num(t['trapped_slowest_quarter'])} ({num(t['seconds_slowest_quarter'])}) |")
     lines.append("")
     for w in WORKLOADS:
         s = summary.get(w)
