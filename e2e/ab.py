@@ -33,9 +33,10 @@ from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_o
 from .exit_reasons import breakdown_reasons
 from .guest import STATE_COMMAND, STATE_MARK, GuestState, interrupt_delta, interrupt_delta_per_cpu, pveoi_delta
 from .hostfacts import COUNTED, cpu_vendor
-from .machine import Machine, child_preexec
+from .machine import Machine
 from .model import DEFAULT_ARMS, Arm, Attempt, Plan, Result, RunRecord, WorkloadResult, validate_arms
 from .perf import Event, PerfStat, check_required, list_kvm_tracepoints
+from .spawn import popen
 from .tmpdirs import tempdir
 from .trace import GUEST_VIEW_SCRIPT, GuestView, PerfRecord, mark_command, parse_script, summarize
 from .workloads import Workload, get_workloads
@@ -171,8 +172,7 @@ def host_server(argv: Sequence[str]) -> Iterator[int | None]:
         port = s.getsockname()[1]
     cmd = [a.replace("{port}", str(port)) for a in argv]
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                preexec_fn=child_preexec())
+        proc = popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as err:
         raise ConfigError(f"cannot start {cmd[0]}: {err.strerror}", fix=f"apt-get install {cmd[0]}") from err
     try:

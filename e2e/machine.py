@@ -10,17 +10,14 @@ so it dies with the harness even if the harness is SIGKILLed.
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import logging
-import os
 import select
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,29 +32,11 @@ from .argv import MachineSpec, parse_usernet_port, qemu_argv
 from .console import GUEST_ERROR_PATTERN, Console
 from .errors import GuestError, GuestTimeout, LaunchError, PveoiError, QemuExited, QmpCommandError
 from .exitcause import RUNNING, ExitCause, classify_exit
+from .spawn import popen
 from .ssh import GuestSsh
 from .tmpdirs import mkdtemp, reap_stale
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the harness (its parent thread) dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def child_preexec() -> Callable[[], None]:
-    """preexec_fn for every long-lived child: own process group, dies with us."""
-
-    def preexec() -> None:
-        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches pveoi, which shuts QEMU down in order
-        die_with_parent()
-
-    return preexec
-
 
 class Runstate(enum.Enum):
     NEW = "new"
@@ -200,9 +179,9 @@ class Machine:
         self.log.debug("launching: %s", " ".join(self.argv))
         qemu_log = open(self.logdir / f"{self.spec.name}-qemu.log", "wb")
         try:
-            self._proc = subprocess.Popen(
+            self._proc = popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
-                pass_fds=(qmp_theirs.fileno(), con_theirs.fileno(), *extra_fds), preexec_fn=child_preexec(),
+                pass_fds=(qmp_theirs.fileno(), con_theirs.fileno(), *extra_fds),
             )
         except OSError as err:
             qmp_ours.close()

@@ -29,7 +29,6 @@ Both are errors here, never zero.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
 import errno
 import logging
@@ -41,7 +40,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +49,7 @@ from typing import Any, Self
 from .errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
 from .hostfacts import COUNTED, probe_tracefs
 from .hostfacts import list_kvm_tracepoints as list_kvm_tracepoints  # re-exported: where perf users look
+from .spawn import popen
 from .tmpdirs import mkdtemp
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,6 @@ TRACEFS_MOUNT_FIX = ("mount -t tracefs nodev /sys/kernel/tracing as root (root's
 
 NOT_COUNTED = "<not counted>"
 NOT_SUPPORTED = "<not supported>"
-
-#: ``prctl(PR_SET_PDEATHSIG, ...)``.
-PR_SET_PDEATHSIG = 1
 
 
 # ---------------------------------------------------------------- tracefs
@@ -365,18 +362,6 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-def _die_with_parent(libc: ctypes.CDLL, parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL the child when the thread that forked it dies."""
-
-    def preexec() -> None:
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            os._exit(126)
-        if os.getppid() != parent:  # the parent died before prctl: die now
-            os._exit(126)
-
-    return preexec
-
-
 class PerfStat:
     """One ``perf stat`` counting ``events`` on a pid or on thread ids for a window.
 
@@ -581,14 +566,11 @@ class PerfStat:
         self._ack = os.open(ack, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.argv = self._argv(ctl, ack, self._tmp)
         log.debug("running %s", shlex.join(self.argv))
-        libc = ctypes.CDLL(None, use_errno=True)
         env = dict(os.environ, LC_ALL="C")
         with open(self._tmp / "stderr", "wb") as err_file:
             try:
-                self._proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=err_file, stderr=err_file, env=env,
-                    close_fds=True, process_group=0, preexec_fn=_die_with_parent(libc, os.getpid()),
-                )
+                self._proc = popen(self.argv, stdin=subprocess.DEVNULL, stdout=err_file, stderr=err_file, env=env,
+                                   close_fds=True)
             except FileNotFoundError as err:
                 raise CapabilityError(f"perf not found: {self.perf}", fix=INSTALL_FIX) from err
             except PermissionError as err:

@@ -13,6 +13,7 @@ import logging
 import shlex
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -220,9 +221,23 @@ class GuestSsh:
                 raise SshError(f"the guest did not open an SSH channel for `{command}` within {open_timeout:.0f}s",
                                fix=f"the guest is hung or overloaded; check {self._console}") from err
             raise self._dropped(f"SSH failed while opening a channel for `{command}`: {err}") from err
+        # paramiko waits for the answer to an exec request with no deadline (Channel._wait_for_event):
+        # a guest that never answers would hold pveoi for ever. Closing the channel wakes that wait.
+        unanswered = threading.Timer(open_timeout, chan.close)
+        unanswered.daemon = True
         try:
             chan.settimeout(0.2)
-            chan.exec_command(command)
+            unanswered.start()
+            try:
+                chan.exec_command(command)
+            except paramiko.SSHException as err:
+                if unanswered.finished.is_set() and transport.is_active():
+                    raise SshError(f"the guest did not answer the request to run `{command}` within "
+                                   f"{open_timeout:.0f}s", fix=f"the guest is hung or overloaded; check "
+                                                              f"{self._console}") from err
+                raise
+            finally:
+                unanswered.cancel()
             if stdin is not None:
                 chan.sendall(stdin)
             chan.shutdown_write()

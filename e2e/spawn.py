@@ -1,0 +1,77 @@
+"""
+Starting the long-lived children pveoi owns (QEMU, perf, workload servers) so that they
+die with it, with no Python code run between fork and exec.
+
+Every such child sits in its own process group (a terminal's Ctrl-C reaches pveoi, which
+stops them in order) and gets ``PR_SET_PDEATHSIG(SIGKILL)`` (if pveoi dies, they die). The
+process group is Popen's own ``process_group=0`` (done in C). The death signal is set by
+util-linux's ``setpriv --pdeathsig KILL``, which then execs the command in place (same pid).
+
+Why not ``preexec_fn``: it runs Python in the forked child of a multi-threaded process (paramiko's
+transport, the console readers, qemu.qmp), which Python's documentation calls unsafe: a lock
+another thread held at fork time is never released in the child, which then never execs, and
+Popen waits for it for ever. The inner runner in the virtual host hung exactly there, idle,
+with no timeout able to fire, in 3 of some 25 A/Bs (each time at the next child after the
+first guest). Without setpriv (not util-linux), the preexec_fn path remains.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+def resolve(program: str) -> str:
+    """``program``'s path, as exec would find it.
+
+    :raises FileNotFoundError: not found (as Popen would raise it).
+    :raises PermissionError: found but not executable.
+    """
+    if "/" in program:
+        if not os.path.exists(program):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if not os.access(program, os.X_OK) or os.path.isdir(program):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+        return program
+    found = shutil.which(program)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return found
+
+
+def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
+    """The fallback without setpriv: preexec_fn setting the death signal (see the module's note)."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, in the parent: no dlopen in the child
+
+    def preexec() -> None:
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:  # the parent died before prctl: die now
+            os._exit(126)
+
+    return preexec
+
+
+def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(argv, **kwargs)`` for a child that must die with pveoi: its own process
+    group, SIGKILL when the thread that started it dies; its pid is the command's own.
+
+    :raises FileNotFoundError, PermissionError: ``argv[0]`` cannot be run (as Popen raises them).
+    """
+    exe = resolve(argv[0])
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return subprocess.Popen([exe, *argv[1:]], process_group=0, preexec_fn=_pdeathsig_preexec(os.getpid()),
+                                **kwargs)
+    return subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", exe, *argv[1:]], process_group=0, **kwargs)
+
+
+__all__ = ["popen", "resolve"]
