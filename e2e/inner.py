@@ -13,6 +13,7 @@ again as the same kind.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import sys
@@ -22,17 +23,29 @@ from pathlib import Path
 from .errors import Kind, PveoiError
 from .model import Plan, Result
 
+STACKS = "inner-stacks.txt"
+"""Every thread's stack, written every :data:`STACKS_EVERY` s while the inner run lasts."""
+STACKS_EVERY = 600.0
+"""Longer than any healthy part of a plan takes in the virtual host (6 guests: 3-7 min)."""
+
 
 def run(plan_path: Path, result_path: Path) -> int:
     """Run the plan at ``plan_path``; write the result to ``result_path``; return the exit status."""
     from . import ab, results
 
     plan = Plan.from_json(json.loads(plan_path.read_text()))
-    try:
-        result = ab.run_plan(plan, analyzed=False)  # the outer pveoi analyzes every part's raw runs
-    except PveoiError as err:
-        results.emit(results.error_result(err, "direct", "inside the virtual KVM host", plan.runs), result_path, None)
-        return err.exit_code
+    # Evidence should this process ever hang where no timeout can fire: every thread's stack, every
+    # STACKS_EVERY seconds, beside the result (the outer pveoi keeps it with the virtual host's logs).
+    with open(result_path.parent / STACKS, "w") as stacks:
+        faulthandler.dump_traceback_later(STACKS_EVERY, repeat=True, file=stacks)
+        try:
+            result = ab.run_plan(plan, analyzed=False)  # the outer pveoi analyzes every part's raw runs
+        except PveoiError as err:
+            results.emit(results.error_result(err, "direct", "inside the virtual KVM host", plan.runs), result_path,
+                         None)
+            return err.exit_code
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     results.emit(result, result_path, None)
     return 0
 

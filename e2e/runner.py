@@ -130,6 +130,10 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path,
             if (tmp / "logs").is_dir():
                 shutil.copytree(tmp / "logs", plan.logs if res is not None else vhost_logs / "guests",
                                 dirs_exist_ok=True)
+            stacks = tmp / inner.STACKS
+            if stacks.is_file() and stacks.stat().st_size:  # the inner run lasted past inner.STACKS_EVERY
+                vhost_logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(stacks, vhost_logs / inner.STACKS)
     return res, vh
 
 

@@ -44,10 +44,11 @@ def schedule(net: int, each: int) -> list[str]:
     return out
 
 
-def run_one(workload: str, index: int, out: Path, runs: int) -> dict[str, Any]:
+def run_one(workload: str, index: int, out: Path, runs: int, timeout: float) -> dict[str, Any]:
     result, logs = out / f"{workload}-{index:02d}.json", out / f"logs-{workload}-{index:02d}"
     argv = [sys.executable, "-m", "e2e.cli", "ab", "--host", "virtual", "--workload", workload, "--runs", str(runs),
-            "--json", str(result), "--logs", str(logs), "--history", str(out / "history")]
+            "--json", str(result), "--logs", str(logs), "--history", str(out / "history"),
+            "--timeout", str(timeout)]
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - started
@@ -230,6 +231,8 @@ def main() -> int:
     p.add_argument("--net", type=int, default=20)
     p.add_argument("--each", type=int, default=10, help="A/Bs of timer, ipi and block each")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=1500.0,
+                   help="each A/B's --timeout (a healthy one takes 3-7 min here; a hang costs no more than this)")
     p.add_argument("--out", type=Path, default=REPO / "results" / time.strftime("soak-%Y%m%dT%H%M"))
     p.add_argument("--summarize", type=Path, metavar="DIR", help="only summarize an earlier soak's DIR")
     p.add_argument("--resume", action="store_true",
@@ -249,7 +252,7 @@ def main() -> int:
             if n <= len(ledger):
                 continue
             counts[w] += 1
-            entry = run_one(w, counts[w], out, args.runs)
+            entry = run_one(w, counts[w], out, args.runs, args.timeout)
             ledger.append(entry)
             (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
             print(f"[{n}/{len(plan)}] {w} #{counts[w]}: exit {entry['exit']} in {entry['seconds']:.0f} s; "

@@ -3,6 +3,7 @@ restarted virtual host is recorded."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from e2e.errors import GuestTimeout, Kind, QemuExited
@@ -67,3 +68,25 @@ def test_an_inner_runs_exit_class_survives_the_way_out_of_the_virtual_host() -> 
         raise_inner_error(res)
     assert getattr(info.value, "cause", None) == "triple fault" and "in the virtual KVM host" in str(info.value)
     assert "class" not in error_result(GuestTimeout("late"), "direct", "x", 3).error  # type: ignore[operator]
+
+
+def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Should the inner run hang where no timeout fires, its threads' stacks are on the share."""
+    import json
+
+    from e2e import ab, inner
+    from e2e.model import Plan
+
+    monkeypatch.setattr(inner, "STACKS_EVERY", 0.2)
+
+    def slow(plan: Plan, analyzed: bool = True) -> None:
+        time.sleep(0.7)
+        raise GuestTimeout("stuck")
+
+    monkeypatch.setattr(ab, "run_plan", slow)
+    plan = Plan(workloads=("timer",), arms=(), runs=1, kernel=tmp_path / "bzImage", image=tmp_path / "img",
+                logs=tmp_path / "logs")
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_json()))
+    assert inner.run(tmp_path / "plan.json", tmp_path / "result.json") == 2
+    stacks = (tmp_path / inner.STACKS).read_text()
+    assert "Thread 0x" in stacks and "in slow" in stacks
