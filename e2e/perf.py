@@ -308,7 +308,7 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
 
     status = f"exit code {returncode}" if returncode is None or returncode >= 0 else (
         f"killed by signal {-returncode}")
-    tool = " ".join(argv[:2]) if len(argv) > 1 and argv[1] in ("stat", "record", "script") else "perf stat"
+    tool = f"perf {argv[1]}" if len(argv) > 1 and argv[1] in ("stat", "record", "script") else "perf stat"
     head = f"{tool} failed during {when} ({status})"
     hint = next((ln.split(":", 1)[1].strip() for ln in lines if ln.lower().startswith("hint:")),
                 None)
@@ -341,7 +341,7 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
         return MeasurementError(
             f"{head}: perf ended by itself: the counted process or threads exited",
             fix="keep the counted process alive until stop()", kind=Kind.INFRASTRUCTURE)
-    if not lines:
+    if not lines and stderr.strip():
         # perf record has been seen to exit 255 during attach with nothing but its usual warnings,
         # once in some 120 traced runs (block, whose QEMU's I/O worker threads come and go):
         # nothing to fix here, so a fresh attempt, not a capability verdict.

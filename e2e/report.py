@@ -240,7 +240,8 @@ def _failures_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any
              "logs": links(list(a.get("logs") or []))}
             for a in (run_doc.get("workloads", {}).get(workload) or {}).get("attempts", [])]
     for r in (run_doc.get("host") or {}).get("virtual_host", {}).get("restarts", []):
-        if isinstance(r, dict) and str(r.get("part", "")).split("-")[0] == workload:
+        part = str(r.get("part", "")) if isinstance(r, dict) else ""
+        if part == workload or part.startswith(f"{workload}-"):  # "net", or "net-<host kernel>"
             rows.append({"what": f"virtual host for {r.get('part')}, attempt {r.get('attempt')}",
                          "cls": r.get("class") or "-", "kind": r.get("kind", ""), "outcome": "restarted",
                          "message": r.get("message", ""), "evidence": "; ".join(r.get("evidence") or []),

@@ -6,6 +6,8 @@ Every such child sits in its own process group (a terminal's Ctrl-C reaches pveo
 stops them in order) and gets ``PR_SET_PDEATHSIG(SIGKILL)`` (if pveoi dies, they die). The
 process group is Popen's own ``process_group=0`` (done in C). The death signal is set by
 util-linux's ``setpriv --pdeathsig KILL``, which then execs the command in place (same pid).
+(One gap it shares with any exec-time setting: a parent that dies between fork and setpriv's
+prctl leaves the child running.)
 
 Why not ``preexec_fn``: it runs Python in the forked child of a multi-threaded process (paramiko's
 transport, the console readers, qemu.qmp), which Python's documentation calls unsafe: a lock
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -47,6 +50,21 @@ def resolve(program: str) -> str:
     return found
 
 
+@functools.cache
+def pdeathsig_setpriv() -> str | None:
+    """setpriv's path if it has ``--pdeathsig`` (util-linux 2.33 and later; busybox's has not),
+    probed once; None otherwise."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    try:
+        ok = subprocess.run([setpriv, "--pdeathsig", "KILL", "--", "true"], stdin=subprocess.DEVNULL,
+                            capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return setpriv if ok else None
+
+
 def _pdeathsig_preexec(parent: int) -> Callable[[], None]:
     """The fallback without setpriv: preexec_fn setting the death signal (see the module's note)."""
     libc = ctypes.CDLL(None, use_errno=True)  # loaded here, in the parent: no dlopen in the child
@@ -67,7 +85,7 @@ def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
     :raises FileNotFoundError, PermissionError: ``argv[0]`` cannot be run (as Popen raises them).
     """
     exe = resolve(argv[0])
-    setpriv = shutil.which("setpriv")
+    setpriv = pdeathsig_setpriv()
     if setpriv is None:
         return subprocess.Popen([exe, *argv[1:]], process_group=0, preexec_fn=_pdeathsig_preexec(os.getpid()),
                                 **kwargs)

@@ -223,21 +223,32 @@ class GuestSsh:
             raise self._dropped(f"SSH failed while opening a channel for `{command}`: {err}") from err
         # paramiko waits for the answer to an exec request with no deadline (Channel._wait_for_event):
         # a guest that never answers would hold pveoi for ever. Closing the channel wakes that wait.
-        unanswered = threading.Timer(open_timeout, chan.close)
+        # The lock makes "answered" and "gave up" exclusive: a late timer never closes a live channel.
+        answer_lock, answer = threading.Lock(), {"answered": False, "gave_up": False}
+
+        def give_up() -> None:
+            with answer_lock:
+                if not answer["answered"]:
+                    answer["gave_up"] = True
+                    chan.close()
+
+        unanswered = threading.Timer(max(0.1, deadline - time.monotonic()), give_up)
         unanswered.daemon = True
         try:
             chan.settimeout(0.2)
             unanswered.start()
             try:
                 chan.exec_command(command)
-            except paramiko.SSHException as err:
-                if unanswered.finished.is_set() and transport.is_active():
-                    raise SshError(f"the guest did not answer the request to run `{command}` within "
-                                   f"{open_timeout:.0f}s", fix=f"the guest is hung or overloaded; check "
-                                                              f"{self._console}") from err
-                raise
+            except paramiko.SSHException:
+                if not answer["gave_up"]:
+                    raise
             finally:
+                with answer_lock:
+                    answer["answered"] = True
                 unanswered.cancel()
+            if answer["gave_up"]:
+                raise SshError(f"the guest did not answer the request to run `{command}` within {timeout:.0f}s",
+                               fix=f"the guest is hung or overloaded; check {self._console}")
             if stdin is not None:
                 chan.sendall(stdin)
             chan.shutdown_write()

@@ -95,29 +95,26 @@ class VhostStalled(GuestError):
 
 def stall_reason(beat_age: float, kernel_said: float | None, last_output: float, now: float,
                  limit: float) -> str | None:
-    """Why L1 counts as stalled, or None (pure; times in one clock).
+    """Why L1 counts as stalled, or None (pure; times in one monotonic clock).
 
     Two signs: its userspace stopped beating for ``limit`` s (the whole machine froze); or its
-    kernel reported a stall (RCU stall, lockup) at ``kernel_said`` and the command has printed
-    nothing in the ``limit`` s since (L1 was seen to limp on like that, its command stuck for good).
-    An L1 that reports a stall and then carries on is left alone.
+    kernel reported a stall (RCU stall, lockup) at ``kernel_said``, its latest such report, and
+    the command has printed nothing in the ``2 * limit`` s since (L1 was seen to limp on like
+    that, its command stuck for good). An L1 whose command prints again after the report is
+    left alone; a later report starts the count again.
     """
     if beat_age > limit:
         return f"no heartbeat from its userspace for {beat_age:.0f} s"
-    if kernel_said is not None and last_output < kernel_said and now - kernel_said > limit:
+    if kernel_said is not None and last_output < kernel_said and now - kernel_said > 2 * limit:
         return f"its kernel reported a stall {now - kernel_said:.0f} s ago and the command printed nothing since"
     return None
 
 
-def heartbeat_age(beat_mtime: float | None, since: float, now: float) -> float:
-    """Seconds since L1's last sign of life (pure): its last heartbeat, or ``since`` (L1 ready)
-    when it never beat or beat before that."""
-    return now - max(since, beat_mtime or since)
-
-
 _RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
 _HLT = re.compile(r"\bHLT=(\d)")
-_KERNEL_STALL = re.compile(r"detected stalls?|soft lockup|hard LOCKUP|blocked for more than|self-detected stall")
+_KERNEL_STALL = re.compile(r"detected stalls?|self-detected stall|soft lockup|hard LOCKUP")
+"""The RCU stall detector's and the lockup watchdogs' words (not the hung-task warning, which a
+slow but live 9p read can raise)."""
 
 
 def cpu_state(registers: str) -> str:
@@ -292,8 +289,11 @@ class VirtualKvmHost(Machine):
         :raises VhostStalled: L1 stalled (:func:`stall_reason`, ``stall_timeout``).
         """
         assert self._proc is not None
-        ready = time.time()
-        kernel_said: float | None = None
+        # Heartbeats and stall reports are judged by when pveoi saw them change (monotonic), never
+        # by comparing the file's mtime with this machine's wall clock.
+        last_beat, beat_seen = time.monotonic(), b""
+        console_from = len(self.console.text())  # reports during boot are not about the command
+        reports, kernel_said = 0, None
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -304,15 +304,18 @@ class VirtualKvmHost(Machine):
                 return
             except subprocess.TimeoutExpired:
                 pass
+            now = time.monotonic()
             try:
-                mtime: float | None = beat.stat().st_mtime
+                beat_now = beat.read_bytes()
             except OSError:
-                mtime = None
-            if kernel_said is None and _KERNEL_STALL.search(self.console.text()):
-                kernel_said = time.monotonic()
-            last_output = self._pump.last if self._pump is not None else time.monotonic()
-            why = stall_reason(heartbeat_age(mtime, ready, time.time()), kernel_said, last_output, time.monotonic(),
-                               self.vspec.stall_timeout)
+                beat_now = beat_seen
+            if beat_now != beat_seen:
+                last_beat, beat_seen = now, beat_now
+            seen = len(_KERNEL_STALL.findall(self.console.text()[console_from:]))
+            if seen > reports:
+                reports, kernel_said = seen, now
+            last_output = self._pump.last if self._pump is not None else now
+            why = stall_reason(now - last_beat, kernel_said, last_output, now, self.vspec.stall_timeout)
             if why is not None:
                 raise self._stalled(why)
 
@@ -321,25 +324,28 @@ class VirtualKvmHost(Machine):
         ``pveoi-vhost-stall.txt`` beside its console log) and the console's last lines."""
         samples: list[list[str]] = []
         dump: list[str] = []
+        answering = True  # a QEMU that does not answer costs qmp_timeout once, not per CPU and sample
         for n in range(2):
             if n:
                 time.sleep(1.0)
             states = []
             for cpu in range(self.vspec.cpus):
-                try:
-                    text = str(self.qmp("human-monitor-command", **{"command-line": "info registers",
-                                                                     "cpu-index": cpu}))
-                except PveoiError as err:
-                    text = f"(no answer: {err})"
+                text = "(not asked: QEMU did not answer before)"
+                if answering:
+                    try:
+                        text = str(self.qmp("human-monitor-command", **{"command-line": "info registers",
+                                                                         "cpu-index": cpu}))
+                    except PveoiError as err:
+                        text, answering = f"(no answer: {err})", False
                 states.append(f"CPU{cpu} {cpu_state(text)}")
                 dump += [f"== sample {n + 1}, CPU {cpu}", text]
             samples.append(states)
-        still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b]
+        still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b and "?" not in a]
         cpus = "; ".join(f"{s}{' (same 1 s later)' if s in still else ''}" for s in samples[-1])
         tail = [ln for ln in self.console.tail(5) if ln.strip()]
         # What a stalled kernel says, when it can still say anything (the RCU stall detector, the
         # soft/hard lockup watchdogs); otherwise the console's last line.
-        said = next((ln for ln in self.console.text().splitlines() if _KERNEL_STALL.search(ln)), None)
+        said = next((ln for ln in reversed(self.console.text().splitlines()) if _KERNEL_STALL.search(ln)), None)
         kept = self.logdir / f"{self.spec.name}-stall.txt"
         try:
             kept.write_text("\n".join([why, *dump, "== console tail", *tail]) + "\n")

@@ -16,10 +16,10 @@ from e2e.spawn import popen, resolve
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
-import shutil, sys, time
+import sys, time
+import e2e.spawn
 if sys.argv[1] == "fallback":
-    real = shutil.which
-    shutil.which = lambda name, *a, **k: None if name == "setpriv" else real(name, *a, **k)
+    e2e.spawn.pdeathsig_setpriv = lambda: None
 from e2e.spawn import popen
 p = popen(["sleep", "120"])
 deadline = time.monotonic() + 10
