@@ -69,6 +69,9 @@ class PveoiError(Exception):
     cause: str = ""
     #: What named the cause (QMP events, console lines, CPU samples).
     evidence: tuple[str, ...] = ()
+    #: The failures retried before this one gave up (virtual hosts restarted: part, attempt, class,
+    #: message, logs), so a result that ends in this error still shows them.
+    retried: tuple[dict[str, object], ...] = ()
 
     def __init__(self, message: str, fix: str | None = None, kind: Kind | None = None) -> None:
         super().__init__(message)

@@ -50,7 +50,9 @@ def error_result(err: PveoiError, host: str, why: str, runs: int | None) -> Resu
                   runner={"hostname": platform.node(), "kernel": platform.release()},
                   error={"kind": str(err.kind), "type": type(err).__name__, "message": err.message, "fix": err.fix,
                          # how it ended, where the error knows (an exit class, a virtual host stall)
-                         **({"class": err.cause} if err.cause else {})})
+                         **({"class": err.cause} if err.cause else {}),
+                         **({"evidence": list(err.evidence)} if err.evidence else {}),
+                         **({"retried": list(err.retried)} if err.retried else {})})
 
 
 def runner_identity(runner: dict[str, Any], doctor_report: dict[str, Any] | None) -> dict[str, Any]:

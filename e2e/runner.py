@@ -69,6 +69,7 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
                     break
                 except PveoiError as err:
                     if not retryable(err) or attempt == plan.retries:
+                        err.retried = (*restarts, *err.retried)  # the evidence of those before it, kept
                         raise
                     restarts.append(restart_record(tag, attempt + 1, err, vhost_logs, plan.logs))
                     log.warning("the virtual host failed; restarting it for %s: %s", tag, err)

@@ -43,6 +43,7 @@ from .argv import MachineSpec, base_argv, quote_optarg
 from .cache import cache_root
 from .console import stop_reader
 from .errors import CapabilityError, ConfigError, GuestError, GuestPanic, GuestTimeout, Kind, PveoiError
+from .exitcause import KILLED, RUNNING
 from .machine import Machine
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,15 @@ class VhostStalled(GuestError):
         super().__init__(message, fix, Kind.INFRASTRUCTURE)
         self.cause = STALLED
         self.evidence = tuple(evidence)
+
+
+def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str) -> GuestError:
+    """An infrastructure error about the virtual host itself, its class prefixed ``virtual host``
+    (``virtual host panic``, ``virtual host triple fault``, ...) so it never reads as the guest's."""
+    err = GuestError(message, fix, Kind.INFRASTRUCTURE)
+    err.cause = f"virtual host {cls}" if cls else ""
+    err.evidence = tuple(evidence)
+    return err
 
 
 def stall_reason(beat_age: float, kernel_said: float | None, last_output: float, now: float,
@@ -265,21 +275,20 @@ class VirtualKvmHost(Machine):
         try:
             self.console.check()
         except GuestPanic as err:  # the virtual host's own kernel: infrastructure, not the kernel under test
-            raise GuestError(f"the virtual host's kernel panicked: {err}",
-                             fix="re-run; if it repeats, read the virtual host's console log",
-                             kind=Kind.INFRASTRUCTURE) from err
+            raise vhost_error(f"the virtual host's kernel panicked: {err}", "panic", tuple(err.lines[:6]),
+                              "the virtual host's own kernel, not the one under test (nested TCG faults now and "
+                              "then); the run restarts the virtual host; if it repeats, read its console log") from err
         rc_file = ctl / "rc"
         if not rc_file.is_file():
-            death = self.death_note()
-            if death and self.exitcode is not None and self.exitcode < 0:
-                raise GuestError(f"the virtual host stopped before the command finished: {death}",
-                                 fix="nothing in pveoi kills it mid-command: check dmesg (the OOM killer?) "
-                                     "and the runner's limits")
-            raise GuestError(
-                "the virtual host stopped before the command finished; console tail: "
-                + " | ".join(self.console.tail(3)),
-                fix="re-run with -vv and read the console log",
-            )
+            cause = self.exit_cause()
+            if cause is not None and cause.cls not in ("", RUNNING):
+                how = self.death_note() if cause.cls == KILLED else None  # "QEMU (pid 7) was killed by SIGKILL"
+                raise vhost_error(f"the virtual host stopped before the command finished: {how or cause.describe()}",
+                                  cause.cls, cause.evidence,
+                                  f"{cause.fix} (the virtual host's console and QEMU logs)")
+            raise vhost_error("the virtual host stopped before the command finished; console tail: "
+                              + " | ".join(self.console.tail(3)), "", (),
+                              "re-run with -vv and read the console log")
         return int(rc_file.read_text().strip() or "1")
 
     def _watch(self, beat: Path, deadline: float) -> None:

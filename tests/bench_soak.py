@@ -83,7 +83,8 @@ def summarize(out: Path) -> dict[str, Any]:
             s["failures"].append({"ab": entry["index"], "arm": a.get("arm"), "rep": a.get("rep"),
                                   "attempt": a.get("attempt"), "class": a.get("class", ""), "kind": a.get("kind"),
                                   "outcome": a.get("outcome"), "message": a.get("message"), "logs": a.get("logs", [])})
-        for r in (doc.get("host") or {}).get("virtual_host", {}).get("restarts", []):
+        for r in [*(doc.get("host") or {}).get("virtual_host", {}).get("restarts", []),
+                  *(doc.get("error") or {}).get("retried", [])]:
             if isinstance(r, dict):  # results before 2026-12-04 kept a restart as one string
                 s["failures"].append({"ab": entry["index"], "arm": "virtual host", "attempt": r.get("attempt"),
                                       "class": r.get("class", ""), "kind": r.get("kind"), "outcome": "restarted",

@@ -84,3 +84,21 @@ def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch
     assert inner.run(tmp_path / "plan.json", tmp_path / "result.json") == 2
     stacks = (tmp_path / inner.STACKS).read_text()
     assert "Thread 0x" in stacks and "in slow" in stacks
+
+
+def test_the_virtual_hosts_own_end_is_named_as_its_own_and_earlier_restarts_stay_with_the_error(
+        tmp_path: Path) -> None:
+    from e2e.results import error_result
+    from e2e.vhost import vhost_error
+
+    crashed = vhost_error("the virtual host stopped before the command finished: triple fault", "triple fault",
+                          ["SHUTDOWN reason guest-reset"], "x")
+    assert crashed.cause == "virtual host triple fault" and crashed.kind is Kind.INFRASTRUCTURE
+    assert vhost_error("no words", "", (), "x").cause == ""
+    panic = vhost_error("the virtual host's kernel panicked: BUG: TASK stack guard page was hit", "panic",
+                        ["BUG: TASK stack guard page was hit"], "x")
+    panic.retried = (restart_record("block", 1, crashed, tmp_path / "vhost-block-1", tmp_path),)
+    doc = error_result(panic, "virtual", "x", 3).error
+    assert doc is not None and doc["class"] == "virtual host panic"
+    assert doc["evidence"] == ["BUG: TASK stack guard page was hit"]
+    assert [(r["class"], r["logs"]) for r in doc["retried"]] == [("virtual host triple fault", "vhost-block-1")]
