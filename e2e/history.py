@@ -213,6 +213,24 @@ def _exit_reduction(on: Mapping[str, Any], off: Mapping[str, Any]) -> float:
     return 1.0 - per_interrupt(on, "kvm:kvm_exit") / per_interrupt(off, "kvm:kvm_exit")
 
 
+TIMING_REASONS = ("IRR pending", "VM exit before the EOI")
+"""Why KVM legitimately did not arm PV EOI for an interrupt, decided by when things happened
+(another interrupt pending, an exit while the vector was in service): how often depends on how
+fast the runner ran, not on PV EOI."""
+
+
+def _timing(runs: Iterable[Mapping[str, Any]]) -> float | None:
+    """Over the traced runs: EOIs trapped for a timing reason (:data:`TIMING_REASONS`) per injected
+    interrupt, in the marker windows; None without a trace."""
+    trapped = injected = 0
+    for r in runs:
+        trace = r.get("trace")
+        for v in (trace.get("vectors") or []) if isinstance(trace, Mapping) else []:
+            injected += int(v.get("injected", 0))
+            trapped += sum(int(v.get("reasons", {}).get(k, 0)) for k in TIMING_REASONS)
+    return trapped / injected if injected else None
+
+
 def _taken(runs: Iterable[Mapping[str, Any]]) -> list[float]:
     """Per on rep, PV EOIs per armed EOI (:func:`e2e.trace.armed_taken`), where the run was traced."""
     from .trace import armed_taken
@@ -261,6 +279,8 @@ class Record:
     ci: dict[str, list[float] | None]
     samples: dict[str, list[float]]
     reasons: list[str]
+    timing: float | None = None
+    """The PV arm's EOIs trapped for timing reasons per injected interrupt (:func:`_timing`)."""
 
     @property
     def measurable(self) -> bool:
@@ -283,7 +303,7 @@ class Record:
         ci["pv_taken"] = ([min(samples["pv_taken"]), max(samples["pv_taken"])]
                           if len(samples["pv_taken"]) > 1 else None)
         return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
-                   list(w.get("reasons", [])))
+                   list(w.get("reasons", [])), _timing(on.values()))
 
 
 def records(history: History, runner: str, workload: str) -> list[Record]:
