@@ -402,12 +402,16 @@ class Machine:
         try:
             return self.console.wait_ready(timeout)
         except GuestError as err:
-            if not self.is_running():
+            if type(err) is GuestError:  # the console closed: QEMU is exiting; wait for it and say how it ended
+                # (QEMU closes its chardevs a moment before it can be reaped: without the grace the
+                # attempt's class read "qemu running", as 3 of 27 soak A/Bs showed)
+                gone = self.exit_error("the guest's console closed before it was ready", grace=10.0,
+                                       when="during boot")
+                if gone is not None:
+                    self.exitcode = self._proc.poll() if self._proc else None
+                    raise gone from err
+            elif not self.is_running():
                 self.exitcode = self._proc.poll() if self._proc else None
-                if type(err) is GuestError:  # the console closed: say how QEMU ended
-                    raise (self.exit_error("the guest's console closed before it was ready", grace=2.0,
-                                           when="during boot")
-                           or err) from err
             raise
 
     def ssh(self, private_key: Path, host_key_line: str, timeout: float = 60.0) -> GuestSsh:

@@ -81,6 +81,21 @@ def test_guest_that_never_gets_ready_fails_at_the_deadline(guest_kernel: Path, g
     assert 8 <= time.monotonic() - start < 30
 
 
+def test_a_qemu_that_exits_during_boot_is_classified_not_left_running(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
+    """The console closes a moment before QEMU can be reaped: the error waits for the exit and names
+    its class (here a reset the guest asked for before its first console line: QEMU runs
+    -no-reboot), never "qemu running"."""
+    from e2e.errors import QemuExited
+
+    # The kernel's reboot=t,f and an immediate triple fault are hard to provoke; a reset over QMP
+    # before the console says anything ends QEMU the same way (-no-reboot) and closes the console.
+    with pytest.raises(QemuExited) as info, Machine(spec(guest_kernel, guest_image), READY_PATTERN) as m:
+        m.qmp("system_reset")
+        m.wait_ready(60)
+    assert info.value.cause in ("guest reset", "host reset", "triple fault"), info.value
+    assert "console closed before it was ready" in str(info.value) and "exited during boot" in str(info.value)
+
+
 def _pveoi(*args: str) -> list[str]:
     return [sys.executable, "-m", "e2e.cli", *args]
 
