@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -120,6 +121,30 @@ class PerfRecord(PerfStat):
     def finish(self) -> str:
         """End perf record and return ``perf script``'s text (see :meth:`PerfStat.stop`)."""
         return cast(str, self.stop())
+
+    def salvage(self) -> str | None:
+        """After a failed run: end perf record (SIGINT) and return what ``perf script`` can read of
+        the events it recorded, up to the failure (a guest's last exits before a triple fault are
+        the evidence a KVM maintainer needs), or None. Never raises: the run's own error matters more.
+        """
+        proc, workdir = self._proc, self._tmp
+        if proc is None or workdir is None:
+            return None
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(self.stop_timeout)
+            data = workdir / "perf.data"
+            if not data.is_file():
+                return None
+            argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F",
+                    "tid,time,event,trace"]
+            out = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=300,
+                                 env=dict(os.environ, LC_ALL="C"), check=False)
+            return out.stdout or None
+        except (OSError, subprocess.SubprocessError) as err:
+            log.debug("could not salvage the trace of a failed run: %s", err)
+            return None
 
     def _argv(self, ctl: Path, ack: Path, workdir: Path) -> list[str]:
         assert self.pid is not None

@@ -239,3 +239,26 @@ def test_real_perf_dies_with_the_harness(sleeper: subprocess.Popen[bytes]) -> No
         os.close(pidfd)
         shutil.rmtree(workdir, ignore_errors=True)  # the killed harness could not
 
+
+
+@real_perf
+@pytest.mark.timeout(60)
+def test_a_failed_runs_trace_is_salvaged_up_to_the_failure(switcher: Switcher, tmp_path: Path) -> None:
+    """A run that fails mid-window (here: its code raises; in the soak, a guest that triple-faulted)
+    still leaves the events recorded up to then beside its logs, as perf script text."""
+    import gzip
+
+    from e2e.evidence import AttemptTrace, keep_trace_output
+    from e2e.trace import PerfRecord
+
+    kept = AttemptTrace(tmp_path)
+    with pytest.raises(RuntimeError), PerfRecord(switcher.pid, events=["sched:sched_switch"]) as rec, \
+            keep_trace_output(rec, tmp_path, "failed", kept):
+        rec.start()
+        rec.enable()
+        switcher.switch(40)
+        raise RuntimeError("the guest went away mid-workload")
+    text = gzip.open(tmp_path / "failed-trace.txt.gz", "rt").read()
+    assert text.count("sched:sched_switch") >= 40
+    assert tmp_path / "failed-trace.txt.gz" in kept.extra_logs
+    assert rec.workdir is None  # and perf's own temp dir is gone
