@@ -14,7 +14,7 @@ Markdown table on stdout) gives, per workload: A/Bs, verdicts, the headline (EOI
 per injected interrupt) median, min, max, relative range and coefficient of variation, the
 trapped EOIs' reasons summed over every run (per-vector attribution), and every failed
 attempt with its class (guest reset, panic, OOM, ... from e2e.exitcause) and logs. A failed
-attempt whose class is empty or ``unknown`` is *unexplained*; the goal is none.
+attempt whose class is empty, ``unknown`` or ``qemu running`` is *unexplained*; the goal is none.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def summarize(out: Path) -> dict[str, Any]:
             "pv_taken_min": min(s["taken"]) if s["taken"] else None,
             "pv_taken_median": statistics.median(s["taken"]) if s["taken"] else None,
             "failures": s["failures"],
-            "unexplained": [f for f in s["failures"] if f["class"] in ("", "unknown")],
+            # "qemu running" names no cause (QEMU had not ended when the attempt was judged)
+            "unexplained": [f for f in s["failures"] if f["class"] in ("", "unknown", "qemu running")],
             "seconds_median": statistics.median(s["seconds"]),
             "timing": timing(s["speed"], s["head_speed"]),
         }
@@ -218,6 +219,12 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {w} | {r(t['trapped_vs_seconds'])} | {r(t['headline_vs_seconds'])} | "
                      f"{num(t['trapped_fastest_quarter'])} ({num(t['seconds_fastest_quarter'])}) / "
                      f"{num(t['trapped_slowest_quarter'])} ({num(t['seconds_slowest_quarter'])}) |")
+    lines.append("")
+    for w in WORKLOADS:
+        for f in (summary.get(w) or {}).get("failures", []):
+            where = f"{f.get('arm')} rep {int(f['rep']) + 1}" if isinstance(f.get("rep"), int) else f.get("arm") or ""
+            lines.append(f"- {w} #{f['ab']} {where} attempt {f.get('attempt') or '-'}: "
+                         f"{f['class'] or 'UNEXPLAINED'} ({f.get('outcome') or 'error'}): {str(f['message'])[:160]}")
     lines.append("")
     for w in WORKLOADS:
         s = summary.get(w)
