@@ -10,6 +10,7 @@ KVM host the very same code runs inside L1 (see :mod:`e2e.vhost`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -161,6 +162,22 @@ def perf_events(vendor: str, available: Sequence[str]) -> list[Event]:
     return events
 
 
+IO_WORKERS = 4
+"""QEMU's I/O worker threads for the block workload (queue depth 1 needs one; a few spare)."""
+
+
+@functools.cache
+def qemu_pins_io_workers(qemu: str = "qemu-system-x86_64") -> bool:
+    """Does this QEMU let the I/O thread pool be pinned (``main-loop`` ``thread-pool-min``, 7.1+)?
+    Without it the block workload runs as before (workers come and go; perf's attach may race them)."""
+    try:
+        out = subprocess.run([qemu, "-object", "main-loop,help"], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "thread-pool-min" in out.stdout + out.stderr
+
+
 @contextlib.contextmanager
 def host_server(argv: Sequence[str]) -> Iterator[int | None]:
     """Run a workload's host-side server on a free loopback port; yield the port."""
@@ -228,6 +245,7 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             kernel=arm.kernel or setup.kernel, initrd=setup.initrd,
             append=f"{DEFAULT_APPEND} {arm.append}".strip(), accel=setup.accel, pv_eoi=arm.pv_eoi,
             cpu_flags=arm.cpu_flags, smp=vcpus, memory_mb=setup.memory_mb, scratch_disk=scratch,
+            io_workers=IO_WORKERS if scratch is not None and qemu_pins_io_workers() else None,
             paused=True, qemu=setup.qemu, name=name,
         )
         started = time.monotonic()

@@ -38,6 +38,9 @@ class MachineSpec:
     :param pv_eoi: set ``kvm-pv-eoi`` on or off; None leaves QEMU's default.
     :param cpu_flags: more ``-cpu`` properties, e.g. ``("x2apic=on",)``.
     :param scratch_disk: a raw image attached as virtio-blk (``/dev/vda``).
+    :param io_workers: pin QEMU's I/O thread pool to this many workers (``thread-pool-min`` =
+        ``-max``, QEMU 7.1+): workers that are never reaped, so the set of QEMU's threads does not
+        change under ``perf record -p`` (a worker exiting during perf's attach made it fail).
     :param ssh_forward: forward a free loopback port to the guest's port 22.
     :param paused: start with ``-S`` (vCPUs exist but do not run until ``cont``).
     """
@@ -52,6 +55,7 @@ class MachineSpec:
     smp: int = 1
     memory_mb: int = 256
     scratch_disk: Path | None = None
+    io_workers: int | None = None
     ssh_forward: bool = True
     paused: bool = False
     qemu: str = "qemu-system-x86_64"
@@ -126,6 +130,9 @@ def qemu_argv(spec: MachineSpec, qmp_fd: int, console_fd: int) -> list[str]:
     if spec.ssh_forward:
         argv += ["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
                  "-device", "virtio-net-pci,netdev=net0"]
+    if spec.io_workers is not None:
+        argv += ["-object", f"main-loop,id=main-loop,thread-pool-min={spec.io_workers},"
+                            f"thread-pool-max={spec.io_workers}"]
     if spec.scratch_disk is not None:
         argv += ["-drive", f"file={quote_optarg(str(spec.scratch_disk))},if=none,id=scratch,format=raw,"
                            "cache=writeback,aio=threads",

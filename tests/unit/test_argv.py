@@ -161,6 +161,9 @@ def test_qemu_argv_optional_parts() -> None:
     assert "-S" in argv
     assert argv[-2:] == ["-trace", "kvm_*"]
     assert value_after(argv, "-name") == "a,,b,debug-threads=on"
+    assert "-object" not in argv  # the I/O thread pool is pinned only when asked
+    pinned = qemu_argv(spec(scratch_disk=Path("/d/disk.img"), io_workers=4), 3, 4)
+    assert value_after(pinned, "-object") == "main-loop,id=main-loop,thread-pool-min=4,thread-pool-max=4"
 
 
 def test_qemu_argv_is_pure() -> None:
