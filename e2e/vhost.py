@@ -348,6 +348,13 @@ class VirtualKvmHost(Machine):
                         text, answering = f"(no answer: {err})", False
                 states.append(f"CPU{cpu} {cpu_state(text)}")
                 dump += [f"== sample {n + 1}, CPU {cpu}", text]
+                if answering and n == 1:  # the local APIC (its timer: armed? pending?), for the dump only
+                    try:
+                        dump += [f"== local APIC, CPU {cpu}",
+                                 str(self.qmp("human-monitor-command", **{"command-line": "info lapic",
+                                                                          "cpu-index": cpu}))]
+                    except PveoiError as err:
+                        dump += [f"== local APIC, CPU {cpu}: no answer: {err}"]
             samples.append(states)
         still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b and "?" not in a]
         cpus = "; ".join(f"{s}{' (same 1 s later)' if s in still else ''}" for s in samples[-1])
@@ -361,6 +368,10 @@ class VirtualKvmHost(Machine):
         except OSError as err:
             self.log.warning("could not keep the stall's evidence in %s: %s", kept, err)
         evidence = [why, *samples[-1], *(f"console: {ln}" for ln in tail[-2:])]
+        if all("HLT=1" in st and st in still for st in samples[-1]):
+            # Every CPU idle in HLT the whole time, while its userspace had work to do (the heartbeat):
+            # the interrupt that should wake it (its timer) never came.
+            why += "; every CPU halted throughout, waiting for an interrupt that never came"
         return VhostStalled(
             f"the virtual host stalled: {why}; its CPUs: {cpus}"
             + (f"; console: {said or tail[-1]}" if said or tail else "; console: silent"),

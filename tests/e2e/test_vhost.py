@@ -82,5 +82,5 @@ def test_a_frozen_vhost_is_reported_as_a_stall_with_its_cpus(host_kernel: Path, 
     assert "no heartbeat from its userspace for" in str(err) and "CPU0 RIP=" in str(err)
     assert "(same 1 s later)" in str(err)  # stopped CPUs do not move
     kept = (tmp_path / "logs" / "pveoi-vhost-stall.txt").read_text()
-    assert "== sample 2, CPU 1" in kept and "RIP=" in kept
+    assert "== sample 2, CPU 1" in kept and "RIP=" in kept and "== local APIC, CPU 0" in kept
     assert host.exitcode is not None and not Path(f"/proc/{host.pid}").exists()
