@@ -92,4 +92,34 @@ def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
     return subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", exe, *argv[1:]], process_group=0, **kwargs)
 
 
-__all__ = ["popen", "resolve"]
+def run(argv: Sequence[str], grace: float = 60.0, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run(argv, **kwargs)`` (output captured) for a child that must never outlive its
+    caller: started with :func:`popen` (dies if the caller dies), and ended in order, SIGTERM then,
+    after ``grace`` seconds, SIGKILL, when the caller is interrupted (KeyboardInterrupt, or the
+    SystemExit :func:`exit_on_sigterm` raises). pveoi stops everything it started on SIGTERM,
+    so a soak or benchmark stopped mid-A/B leaves no QEMU behind.
+    """
+    proc = popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit(143) in the main thread, so ``finally`` blocks and :func:`run`
+    end the caller's children in order (Python's default SIGTERM ends the process at once)."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+__all__ = ["exit_on_sigterm", "popen", "resolve", "run"]

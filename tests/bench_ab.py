@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from e2e import spawn
 
 FOUR_ARMS = """
 [[arm]]
@@ -48,9 +50,8 @@ def time_ab(env: dict[str, str], runs: int, arms: str | None = None) -> dict[str
             (Path(tmp) / "arms.toml").write_text(arms)
             extra = ["--arms", str(Path(tmp) / "arms.toml")]
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "e2e.cli", "-q", "ab", "--workload", "timer", "--runs",
-                               str(runs), "--json", str(out), *extra], env=env, capture_output=True, text=True,
-                              check=False)
+        proc = spawn.run([sys.executable, "-m", "e2e.cli", "-q", "ab", "--workload", "timer", "--runs",
+                          str(runs), "--json", str(out), *extra], env=env, text=True)
         seconds = time.monotonic() - start
         doc = json.loads(out.read_text()) if out.is_file() else {}
     return {"seconds": round(seconds, 1), "exit": proc.returncode, "verdict": doc.get("verdict"),
@@ -64,8 +65,8 @@ def breakdown(env: dict[str, str], runs: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="pveoi-bench-") as tmp:
         out = Path(tmp) / "result.json"
         start = time.monotonic()
-        subprocess.run([sys.executable, "-m", "e2e.cli", "-q", "ab", "--workload", "timer", "--runs", str(runs),
-                        "--json", str(out)], env=env, capture_output=True, text=True, check=False)
+        spawn.run([sys.executable, "-m", "e2e.cli", "-q", "ab", "--workload", "timer", "--runs", str(runs),
+                   "--json", str(out)], env=env, text=True)
         total = time.monotonic() - start
         doc = json.loads(out.read_text()) if out.is_file() else {}
     stages: dict[str, float] = {}
@@ -81,6 +82,7 @@ def breakdown(env: dict[str, str], runs: int) -> dict[str, object]:
 
 
 def main() -> int:
+    spawn.exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also measure with an empty cache")
     parser.add_argument("--runs", type=int, default=3)

@@ -31,7 +31,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from e2e.trace import armed_taken  # noqa: E402  (the checkout's own, like the pveoi it runs)
+from e2e import spawn  # noqa: E402  (the checkout's own, like the pveoi it runs)
+from e2e.trace import armed_taken  # noqa: E402
 
 WORKLOADS = ("net", "timer", "ipi", "block")
 
@@ -50,7 +51,7 @@ def run_one(workload: str, index: int, out: Path, runs: int, timeout: float) -> 
             "--json", str(result), "--logs", str(logs), "--history", str(out / "history"),
             "--timeout", str(timeout)]
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    proc = spawn.run(argv, cwd=REPO, text=True)  # stopped in order with the soak: no A/B outlives it
     seconds = time.monotonic() - started
     (out / f"{workload}-{index:02d}.stderr").write_text(proc.stderr)
     # What to print: the verdict, or the one-line error pveoi ends with when there is no result.
@@ -235,6 +236,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    spawn.exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", type=int, default=20)
     p.add_argument("--each", type=int, default=10, help="A/Bs of timer, ipi and block each")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import time
@@ -74,6 +75,18 @@ def interruptible() -> None:
     so a Ctrl-C sent by the test would never reach them.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def ended_within(pidfd: int, pid: int, timeout: float = 10.0) -> bool:
+    """Did process ``pid`` (held by ``pidfd``, which this closes) end within ``timeout``? If it did
+    not, it is SIGKILLed here, so no test leaves it behind."""
+    try:
+        ended = bool(select.select([pidfd], [], [], timeout)[0])
+        if not ended:
+            os.kill(pid, signal.SIGKILL)
+        return ended
+    finally:
+        os.close(pidfd)
 
 
 def qemu_pids() -> set[int]:

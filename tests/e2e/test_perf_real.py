@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,8 @@ import pytest
 from e2e.errors import CapabilityError, MeasurementError, PveoiError
 from e2e.exit_reasons import SVM_EXIT_REASONS, VMX_EXIT_REASONS
 from e2e.perf import PERMISSION_FIX, Event, PerfStat, list_kvm_tracepoints
+
+from ..conftest import ended_within
 
 REPO = Path(__file__).resolve().parents[2]
 LINUX = Path("/work/src/linux-source-6.1")
@@ -231,12 +232,8 @@ def test_real_perf_dies_with_the_harness(sleeper: subprocess.Popen[bytes]) -> No
         proc.wait()
     try:
         # perf's target (sleep) is alive, so only PR_SET_PDEATHSIG can end it.
-        readable, _, _ = select.select([pidfd], [], [], 10.0)
-        if not readable:
-            os.kill(perf_pid, signal.SIGKILL)
-        assert readable, f"perf {perf_pid} survived its harness"
+        assert ended_within(pidfd, perf_pid), f"perf {perf_pid} survived its harness"
     finally:
-        os.close(pidfd)
         shutil.rmtree(workdir, ignore_errors=True)  # the killed harness could not
 
 
