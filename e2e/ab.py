@@ -245,7 +245,7 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             kernel=arm.kernel or setup.kernel, initrd=setup.initrd,
             append=f"{DEFAULT_APPEND} {arm.append}".strip(), accel=setup.accel, pv_eoi=arm.pv_eoi,
             cpu_flags=arm.cpu_flags, smp=vcpus, memory_mb=setup.memory_mb, scratch_disk=scratch,
-            io_workers=IO_WORKERS if scratch is not None and qemu_pins_io_workers() else None,
+            io_workers=IO_WORKERS if scratch is not None and qemu_pins_io_workers(setup.qemu) else None,
             paused=True, qemu=setup.qemu, name=name,
         )
         started = time.monotonic()

@@ -24,6 +24,7 @@ from .exitcause import QEMU_ERROR
 from .machine import Machine
 from .model import Attempt
 from .perf import PerfStat
+from .trace import PerfRecord
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +99,14 @@ def keep_perf_output(perf: PerfStat, artifacts: Path, name: str, trace: AttemptT
 
 
 @contextlib.contextmanager
-def keep_trace_output(rec: PerfStat, artifacts: Path, name: str, trace: AttemptTrace | None = None) -> Iterator[None]:
+def keep_trace_output(rec: PerfRecord, artifacts: Path, name: str, trace: AttemptTrace | None = None) -> Iterator[None]:
     """Keep a :class:`e2e.trace.PerfRecord`'s ``perf script`` text (gzipped) and stderr as
     ``{name}-trace.txt.gz`` and ``{name}-trace-stderr.log``, on success and on failure alike
     (a failed run's events up to the failure, salvaged from perf's data before it is removed)."""
     try:
         yield
     finally:
-        if rec.output_text is None and hasattr(rec, "salvage"):
-            rec.output_text = rec.salvage()
+        rec.salvage()
         stderr = rec.stderr_text
         if stderr is None and rec.workdir is not None and (rec.workdir / "stderr").is_file():
             stderr = (rec.workdir / "stderr").read_text(errors="replace")

@@ -342,8 +342,8 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
             f"{head}: perf ended by itself: the counted process or threads exited",
             fix="keep the counted process alive until stop()", kind=Kind.INFRASTRUCTURE)
     if not lines and stderr.strip():
-        # perf record has been seen to exit 255 during attach with nothing but its usual warnings,
-        # once in some 120 traced runs (block, whose QEMU's I/O worker threads come and go):
+        # perf record has been seen to exit 255 during attach with nothing but its usual warnings
+        # (twice in some 250 traced runs, both block, before its QEMU's I/O workers were pinned):
         # nothing to fix here, so a fresh attempt, not a capability verdict.
         return MeasurementError(f"{head}: perf printed no error (only its usual warnings)",
                                 fix="nothing to change here: the run is retried; if it repeats, run it by hand: "

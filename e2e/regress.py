@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .history import HEADLINES, History, Record, Run, records
+from .history import HEADLINES, TIMING_REASONS, History, Record, Run, records
 
 Kind = Literal["drop", "fail", "not-measurable", "missing", "stale", "never-measured"]
 
@@ -473,7 +473,7 @@ def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drop
     if latest.timing is None or not base or latest.timing <= _median(base):
         return drop
     note = (f"; the trace: PV EOI taken when armed held at {latest.value['pv_taken']:.4f}, while EOIs trapped "
-            f"for timing reasons (IRR pending, VM exit before the EOI) rose from {_median(base):.2%} to "
+            f"for timing reasons ({', '.join(TIMING_REASONS)}) rose from {_median(base):.2%} to "
             f"{latest.timing:.2%} of injected interrupts: PV EOI works as armed; a slower or busier runner "
             "explains this unless it persists")
     return replace(drop, message=drop.message + note)

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,18 +234,19 @@ def _failures_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any
             out.append({"name": name, "uri": path.as_uri() if path.is_absolute() and path.exists() else ""})
         return out
 
-    rows = [{"what": f"arm {a.get('arm')} rep {int(a.get('rep', 0)) + 1} attempt {a.get('attempt')}",
-             "cls": a.get("class") or "-", "kind": a.get("kind", ""), "outcome": a.get("outcome", ""),
-             "message": a.get("message", ""), "evidence": "; ".join(a.get("evidence") or []),
-             "logs": links(list(a.get("logs") or []))}
+    def row(what: str, rec: Mapping[str, Any], outcome: str, logs: list[str]) -> dict[str, Any]:
+        return {"what": what, "cls": rec.get("class") or "-", "kind": rec.get("kind", ""), "outcome": outcome,
+                "message": rec.get("message", ""), "evidence": "; ".join(rec.get("evidence") or []),
+                "logs": links(logs)}
+
+    rows = [row(f"arm {a.get('arm')} rep {int(a.get('rep', 0)) + 1} attempt {a.get('attempt')}", a,
+                a.get("outcome", ""), list(a.get("logs") or []))
             for a in (run_doc.get("workloads", {}).get(workload) or {}).get("attempts", [])]
     for r in (run_doc.get("host") or {}).get("virtual_host", {}).get("restarts", []):
         part = str(r.get("part", "")) if isinstance(r, dict) else ""
         if part == workload or part.startswith(f"{workload}-"):  # "net", or "net-<host kernel>"
-            rows.append({"what": f"virtual host for {r.get('part')}, attempt {r.get('attempt')}",
-                         "cls": r.get("class") or "-", "kind": r.get("kind", ""), "outcome": "restarted",
-                         "message": r.get("message", ""), "evidence": "; ".join(r.get("evidence") or []),
-                         "logs": links([r["logs"]] if r.get("logs") else [])})
+            rows.append(row(f"virtual host for {part}, attempt {r.get('attempt')}", r, "restarted",
+                            [r["logs"]] if r.get("logs") else []))
     return rows
 
 

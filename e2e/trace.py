@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import ConfigError, Kind, MeasurementError
+from .errors import ConfigError, Kind, MeasurementError, PveoiError
 from .perf import Event, PerfStat, perf_error
 
 log = logging.getLogger(__name__)
@@ -123,28 +122,16 @@ class PerfRecord(PerfStat):
         return cast(str, self.stop())
 
     def salvage(self) -> str | None:
-        """After a failed run: end perf record (SIGINT) and return what ``perf script`` can read of
-        the events it recorded, up to the failure (a guest's last exits before a triple fault are
-        the evidence a KVM maintainer needs), or None. Never raises: the run's own error matters more.
-        """
-        proc, workdir = self._proc, self._tmp
-        if proc is None or workdir is None:
-            return None
-        try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(self.stop_timeout)
-            data = workdir / "perf.data"
-            if not data.is_file():
-                return None
-            argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F",
-                    "tid,time,event,trace"]
-            out = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=300,
-                                 env=dict(os.environ, LC_ALL="C"), check=False)
-            return out.stdout or None
-        except (OSError, subprocess.SubprocessError) as err:
-            log.debug("could not salvage the trace of a failed run: %s", err)
-            return None
+        """After a failed run: :meth:`finish` what perf recorded up to the failure (a guest's last
+        exits before a triple fault are the evidence a KVM maintainer needs) and return its text, or
+        None. Never raises: the run's own error matters more. (``_collect`` keeps the text even when
+        it then reports lost events.)"""
+        if self.output_text is None:
+            try:
+                self.finish()
+            except (PveoiError, OSError, subprocess.SubprocessError) as err:
+                log.debug("could not salvage the trace of a failed run: %s", err)
+        return self.output_text
 
     def _argv(self, ctl: Path, ack: Path, workdir: Path) -> list[str]:
         assert self.pid is not None

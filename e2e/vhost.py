@@ -56,7 +56,7 @@ CTL = ".pveoi-vhost"
 HEARTBEAT = "beat"
 """The file in ``CTL`` L1's init rewrites every few seconds while the command runs."""
 STALLED = "virtual host stall"
-"""The class of :class:`VhostStalled` (as :attr:`e2e.errors.QemuExited.cause` names an exit's)."""
+"""The class of a :class:`VhostStalled` (as :attr:`e2e.errors.QemuExited.cause` names an exit's)."""
 ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")
 
 
@@ -82,22 +82,16 @@ class VhostSpec:
 
 
 class VhostStalled(GuestError):
-    """The virtual host stopped running: no heartbeat for ``stall_timeout`` seconds.
-
-    :param cause: always :data:`STALLED` (the attempt's class in results and the soak).
-    :param evidence: L1's CPUs as sampled over QMP, and the console's last lines.
-    """
-
-    def __init__(self, message: str, evidence: Sequence[str], fix: str) -> None:
-        super().__init__(message, fix, Kind.INFRASTRUCTURE)
-        self.cause = STALLED
-        self.evidence = tuple(evidence)
+    """The virtual host stopped running (:func:`stall_reason`); its class is :data:`STALLED`, its
+    evidence L1's CPUs as sampled over QMP and the console's last lines (:func:`vhost_error`)."""
 
 
-def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str) -> GuestError:
+def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str,
+                kind: type[GuestError] = GuestError) -> GuestError:
     """An infrastructure error about the virtual host itself, its class prefixed ``virtual host``
-    (``virtual host panic``, ``virtual host triple fault``, ...) so it never reads as the guest's."""
-    err = GuestError(message, fix, Kind.INFRASTRUCTURE)
+    (``virtual host panic``, ``virtual host triple fault``, ``virtual host stall``, ...) so it never
+    reads as the guest's."""
+    err = kind(message, fix, Kind.INFRASTRUCTURE)
     err.cause = f"virtual host {cls}" if cls else ""
     err.evidence = tuple(evidence)
     return err
@@ -328,36 +322,40 @@ class VirtualKvmHost(Machine):
             if why is not None:
                 raise self._stalled(why)
 
-    def _stalled(self, why: str) -> VhostStalled:
-        """The error for a stalled L1, with its CPUs sampled twice over QMP (kept in
-        ``pveoi-vhost-stall.txt`` beside its console log) and the console's last lines."""
-        samples: list[list[str]] = []
+    def _stalled(self, why: str) -> GuestError:
+        """The error for a stalled L1, with its CPUs sampled twice over QMP (kept, with each CPU's
+        local APIC, in ``pveoi-vhost-stall.txt`` beside its console log) and the console's last lines."""
         dump: list[str] = []
         answering = True  # a QEMU that does not answer costs qmp_timeout once, not per CPU and sample
-        for n in range(2):
-            if n:
+
+        def hmp(command: str, cpu: int) -> str:
+            nonlocal answering
+            if not answering:
+                return "(not asked: QEMU did not answer before)"
+            try:
+                return str(self.qmp("human-monitor-command", **{"command-line": command, "cpu-index": cpu}))
+            except PveoiError as err:
+                answering = False
+                return f"(no answer: {err})"
+
+        samples: list[list[str]] = []
+        for n in (1, 2):
+            if n == 2:
                 time.sleep(1.0)
             states = []
             for cpu in range(self.vspec.cpus):
-                text = "(not asked: QEMU did not answer before)"
-                if answering:
-                    try:
-                        text = str(self.qmp("human-monitor-command", **{"command-line": "info registers",
-                                                                         "cpu-index": cpu}))
-                    except PveoiError as err:
-                        text, answering = f"(no answer: {err})", False
+                text = hmp("info registers", cpu)
                 states.append(f"CPU{cpu} {cpu_state(text)}")
-                dump += [f"== sample {n + 1}, CPU {cpu}", text]
-                if answering and n == 1:  # the local APIC (its timer: armed? pending?), for the dump only
-                    try:
-                        dump += [f"== local APIC, CPU {cpu}",
-                                 str(self.qmp("human-monitor-command", **{"command-line": "info lapic",
-                                                                          "cpu-index": cpu}))]
-                    except PveoiError as err:
-                        dump += [f"== local APIC, CPU {cpu}: no answer: {err}"]
+                dump += [f"== sample {n}, CPU {cpu}", text]
             samples.append(states)
+        for cpu in range(self.vspec.cpus):  # the local APIC (its timer: armed? pending?), for the dump only
+            dump += [f"== local APIC, CPU {cpu}", hmp("info lapic", cpu)]
         still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b and "?" not in a]
-        cpus = "; ".join(f"{s}{' (same 1 s later)' if s in still else ''}" for s in samples[-1])
+        if all("HLT=1" in st and st in still for st in samples[1]):
+            # Every CPU idle in HLT the whole time, while its userspace had work to do (the heartbeat):
+            # the interrupt that should wake it (its timer) never came.
+            why += "; every CPU halted throughout, waiting for an interrupt that never came"
+        cpus = "; ".join(f"{st}{' (same 1 s later)' if st in still else ''}" for st in samples[1])
         tail = [ln for ln in self.console.tail(5) if ln.strip()]
         # What a stalled kernel says, when it can still say anything (the RCU stall detector, the
         # soft/hard lockup watchdogs); otherwise the console's last line.
@@ -367,17 +365,12 @@ class VirtualKvmHost(Machine):
             kept.write_text("\n".join([why, *dump, "== console tail", *tail]) + "\n")
         except OSError as err:
             self.log.warning("could not keep the stall's evidence in %s: %s", kept, err)
-        evidence = [why, *samples[-1], *(f"console: {ln}" for ln in tail[-2:])]
-        if all("HLT=1" in st and st in still for st in samples[-1]):
-            # Every CPU idle in HLT the whole time, while its userspace had work to do (the heartbeat):
-            # the interrupt that should wake it (its timer) never came.
-            why += "; every CPU halted throughout, waiting for an interrupt that never came"
-        return VhostStalled(
+        return vhost_error(
             f"the virtual host stalled: {why}; its CPUs: {cpus}"
             + (f"; console: {said or tail[-1]}" if said or tail else "; console: silent"),
-            evidence,
-            fix=f"a property of nested TCG seen now and then; the run restarts the virtual host; if it "
-                f"repeats, read {kept} and the console log beside it")
+            "stall", [why, *samples[1], *(f"console: {ln}" for ln in tail[-2:])],
+            f"a property of nested TCG seen now and then; the run restarts the virtual host; if it "
+            f"repeats, read {kept} and the console log beside it", VhostStalled)
 
     def _read_kvm_facts(self, path: Path) -> dict[str, str]:
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from e2e.errors import GuestTimeout, Kind, QemuExited
 from e2e.runner import restart_record
-from e2e.vhost import STALLED, VhostStalled, cpu_state, stall_reason
+from e2e.vhost import STALLED, VhostStalled, cpu_state, stall_reason, vhost_error
 
 REGISTERS = """RAX=0000000000000000 RBX=ffffffff82613940 RCX=0000000000000001 RDX=0000000000000000
 RSI=0000000000000087 RDI=000000000012d0ac RBP=ffffffff82603e78 RSP=ffffffff82603e58
@@ -34,9 +34,9 @@ def test_cpu_state_reads_rip_and_hlt_from_info_registers() -> None:
 
 
 def test_a_restart_is_recorded_with_its_class_evidence_and_logs(tmp_path: Path) -> None:
-    stalled = VhostStalled("the virtual host stalled: no heartbeat for 151 s", ["CPU0 RIP=ffffffff81c8b6be HLT=0"],
-                           fix="x")
-    assert stalled.kind is Kind.INFRASTRUCTURE
+    stalled = vhost_error("the virtual host stalled: no heartbeat for 151 s", "stall",
+                          ["CPU0 RIP=ffffffff81c8b6be HLT=0"], "x", VhostStalled)
+    assert isinstance(stalled, VhostStalled) and stalled.kind is Kind.INFRASTRUCTURE
     rec = restart_record("net", 1, stalled, tmp_path / "vhost-net-1", tmp_path)
     assert rec == {"part": "net", "attempt": 1, "kind": "infrastructure", "class": STALLED,
                    "message": "the virtual host stalled: no heartbeat for 151 s; fix: x",
@@ -89,7 +89,6 @@ def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch
 def test_the_virtual_hosts_own_end_is_named_as_its_own_and_earlier_restarts_stay_with_the_error(
         tmp_path: Path) -> None:
     from e2e.results import error_result
-    from e2e.vhost import vhost_error
 
     crashed = vhost_error("the virtual host stopped before the command finished: triple fault", "triple fault",
                           ["SHUTDOWN reason guest-reset"], "x")
