@@ -25,13 +25,14 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError, Finding, MeasurementError
 from .hostfacts import COUNTED
-from .model import Agreement, Arm, Comparison, RunRecord, WorkloadResult, overall_verdict
+from .model import OWN, Agreement, Arm, Comparison, RunRecord, WorkloadResult, overall_verdict
 from .rates import rate_test
 from .stats import MetricSummary, effect_difference, eoi_exits_saved_per_interrupt, summarize
+from .trace import source_counts, source_trapped
 from .workloads import Workload
 
 THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds.toml"
@@ -53,8 +54,10 @@ def load_thresholds(workload: str, overrides: Mapping[str, float] | None = None,
     return out
 
 
-def figures(runs: Sequence[RunRecord], ops: int) -> list[tuple[str, str, Callable[[RunRecord], float]]]:
+def figures(runs: Sequence[RunRecord], workload: Workload) -> list[tuple[str, str, Callable[[RunRecord], float]]]:
     """Every per-interrupt figure the runs can give: (name, unit, per-run value)."""
+    ops = workload.ops
+
     def rate(key: str) -> Callable[[RunRecord], float]:
         return lambda r: r.per_interrupt(key)
 
@@ -65,14 +68,23 @@ def figures(runs: Sequence[RunRecord], ops: int) -> list[tuple[str, str, Callabl
     out.append(("kvm_exit_per_op", f"per operation ({ops} ops)", per_op))
     for reason in sorted({k for r in runs for k in r.exit_reasons}):
         out.append((f"kvm_exit[{reason}]", "per interrupt", rate(f"kvm_exit[{reason}]")))
+    # Only where every run was traced and took some of them: a figure some runs lack compares nothing.
+    if workload.sources and runs and all(source_counts(r.trace, workload.sources) for r in runs):
+        out.append((OWN, f"per interrupt of {', '.join(workload.sources)}",
+                    lambda r: cast(float, source_trapped(r.trace, workload.sources))))
     return out
 
 
-def _events(name: str, ops: int) -> Callable[[RunRecord], tuple[float, float]]:
+def _events(name: str, workload: Workload) -> Callable[[RunRecord], tuple[float, float]]:
     """A figure's raw (events, exposure) of one run: the counts its per-interrupt (or per-op) value divides."""
+    ops = workload.ops
+
     def count(r: RunRecord) -> tuple[float, float]:
         if name == "kvm_exit_per_op":
             return float(r.counts["kvm:kvm_exit"]), float(ops)
+        if name == OWN:
+            trapped, injected = source_counts(r.trace, workload.sources) or (0, 0)
+            return float(trapped), float(injected)
         if name == "trapped_eoi":
             return float(r.counts["kvm:kvm_eoi"] - r.counts["kvm:kvm_pv_eoi"]), float(r.interrupts)
         if name.startswith("kvm_exit["):
@@ -82,10 +94,10 @@ def _events(name: str, ops: int) -> Callable[[RunRecord], tuple[float, float]]:
     return count
 
 
-def p_rate(name: str, a: Sequence[RunRecord], b: Sequence[RunRecord], ops: int) -> dict[str, Any]:
+def p_rate(name: str, a: Sequence[RunRecord], b: Sequence[RunRecord], workload: Workload) -> dict[str, Any]:
     """The rate test of :mod:`e2e.rates` on a figure's raw counts, as fields of its metric summary:
     ``p_rate``, ``rate_model``, ``dispersion`` (1: the reps agree within counting noise), ``dispersion_df``."""
-    count = _events(name, ops)
+    count = _events(name, workload)
     try:
         return rate_test([count(r) for r in a], [count(r) for r in b]).to_json()
     except (MeasurementError, KeyError) as err:
@@ -115,16 +127,18 @@ def _effect(workload: Workload, off: Arm, on: Arm, runs: Sequence[RunRecord],
     r_off = [r for r in runs if r.arm == off.name]
     differs = off.differences(on)
     metrics: dict[str, Any] = {}
-    for name, unit, value in figures(r_on + r_off, workload.ops):
+    for name, unit, value in figures(r_on + r_off, workload):
         metrics[name] = {**summarize(name, [value(r) for r in r_on], [value(r) for r in r_off], unit=unit).to_json(),
-                         **p_rate(name, r_off, r_on, workload.ops)}
+                         **p_rate(name, r_off, r_on, workload)}
+    if OWN in metrics:  # the result says which interrupts were the workload's own
+        metrics[OWN]["sources"] = list(workload.sources)
     reasons: list[str] = []
     try:
         trapped = eoi_exits_saved_per_interrupt([{**r.counts, "interrupts": r.interrupts} for r in r_on],
                                                 [{**r.counts, "interrupts": r.interrupts} for r in r_off])
     except (MeasurementError, Finding) as err:  # inconsistent counts: a broken measurement is never a pass
         return (Comparison("effect", off.name, on.name, differs, metrics, "fail", (str(err),)), metrics, None)
-    metrics["trapped_eoi"] = {**trapped.to_json(), **p_rate("trapped_eoi", r_off, r_on, workload.ops)}
+    metrics["trapped_eoi"] = {**trapped.to_json(), **p_rate("trapped_eoi", r_off, r_on, workload)}
     headline = {"value": trapped.diff, "ci": list(trapped.diff_ci) if trapped.diff_ci else None, "limit": 1.0}
     pv_on = [r.counts["kvm:kvm_pv_eoi"] for r in r_on]
     pv_off = [r.counts["kvm:kvm_pv_eoi"] for r in r_off]
@@ -155,12 +169,14 @@ def _difference(workload: Workload, a: Arm, b: Arm, runs: Sequence[RunRecord],
     metrics: dict[str, Any] = {}
     extra: list[tuple[str, str, Callable[[RunRecord], float]]] = [("trapped_eoi", "per interrupt", _trapped)]
     reasons: list[str] = []
-    for name, unit, value in extra + figures(r_a + r_b, workload.ops):
+    for name, unit, value in extra + figures(r_a + r_b, workload):
         try:
             metrics[name] = {**_pair([value(r) for r in r_a], [value(r) for r in r_b], name, unit),
-                             **p_rate(name, r_a, r_b, workload.ops)}
+                             **p_rate(name, r_a, r_b, workload)}
         except (MeasurementError, Finding) as err:
             reasons.append(f"{name}: {err}")
+    if OWN in metrics:
+        metrics[OWN]["sources"] = list(workload.sources)
     same_side = a.expects_pv_eoi == b.expects_pv_eoi
     if same_side:
         t, e = metrics.get("trapped_eoi"), metrics.get("kvm_exit")

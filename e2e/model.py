@@ -36,6 +36,11 @@ READABLE = (1, 2, 3)
 
 Json = dict[str, Any]
 
+#: The metric of a workload's own interrupts: trapped EOIs per injected interrupt of its
+#: :attr:`~e2e.workloads.Workload.sources` (per-event traced runs only); the entry also
+#: records ``sources``, and its ``diff`` is "EOI exits saved per workload interrupt".
+OWN = "trapped_eoi_own"
+
 #: Verdicts of a workload and of a whole A/B, worst first.
 VERDICTS = ("fail", "error", "pass", "not-measurable")
 

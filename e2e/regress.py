@@ -463,19 +463,25 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
 def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drops: Sequence[Finding]) -> Finding:
     """A headline drop, with what the per-event trace says of it: when PV EOI taken when armed did
     not drop while more EOIs trapped for timing reasons (:data:`e2e.history.TIMING_REASONS`) than in
-    the baseline, the message says so. It stays a regression (a KVM change that adds exits while a
+    the baseline, the message says so, and whether the workload's own interrupts (EOI exits saved
+    per workload interrupt) held. It stays a regression (a KVM change that adds exits while a
     vector is in service looks the same); the maintainer reads which it is."""
-    pv_label = HEADLINES["pv_taken"][0]
+    pv_label, own_label = HEADLINES["pv_taken"][0], HEADLINES["own_saved"][0]
     latest = recs[-1]
-    if drop.metric == pv_label or any(d.metric == pv_label for d in drops) or latest.value.get("pv_taken") is None:
+    if (drop.metric in (pv_label, own_label) or any(d.metric == pv_label for d in drops)
+            or latest.value.get("pv_taken") is None):
         return drop
     base = [r.timing for r in group.baseline if r.timing is not None]
     if latest.timing is None or not base or latest.timing <= _median(base):
         return drop
     note = (f"; the trace: PV EOI taken when armed held at {latest.value['pv_taken']:.4f}, while EOIs trapped "
             f"for timing reasons ({', '.join(TIMING_REASONS)}) rose from {_median(base):.2%} to "
-            f"{latest.timing:.2%} of injected interrupts: PV EOI works as armed; a slower or busier runner "
-            "explains this unless it persists")
+            f"{latest.timing:.2%} of injected interrupts")
+    own = [v for r in group.baseline if (v := r.value.get("own_saved")) is not None]
+    if latest.value.get("own_saved") is not None and own and not any(d.metric == own_label for d in drops):
+        note += (f", and the workload's own interrupts did not drop ({own_label} {_median(own):.3f} -> "
+                 f"{latest.value['own_saved']:.3f})")
+    note += ": PV EOI works as armed; a slower or busier runner explains this unless it persists"
     return replace(drop, message=drop.message + note)
 
 

@@ -36,6 +36,7 @@ never judged: :class:`~e2e.errors.MeasurementError` (infrastructure).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -515,3 +516,22 @@ def armed_taken(trace: Mapping[str, Any]) -> float | None:
     pv = sum(int(v.get("host_pv_eoi", 0)) for v in vcpus)
     missed = sum(int(x.get("reasons", {}).get("not explained by the trace", 0)) for x in trace.get("vectors", []))
     return pv / (pv + missed) if pv + missed else None
+
+
+def source_counts(trace: Mapping[str, Any], sources: Sequence[str]) -> tuple[int, int] | None:
+    """``(trapped, injected)`` over one run's vectors whose guest name matches one of ``sources``
+    (shell patterns, e.g. ``virtio*-input.*``: a workload's own interrupts, see
+    :attr:`e2e.workloads.Workload.sources`), in the marker windows; None when the run injected
+    none of them (or was not traced)."""
+    trapped = injected = 0
+    for v in trace.get("vectors", []):
+        if any(fnmatch.fnmatchcase(str(v.get("name", "")), p) for p in sources):
+            trapped += int(v.get("trapped", 0))
+            injected += int(v.get("injected", 0))
+    return (trapped, injected) if injected else None
+
+
+def source_trapped(trace: Mapping[str, Any], sources: Sequence[str]) -> float | None:
+    """Trapped EOIs per injected interrupt of the workload's own ``sources`` (:func:`source_counts`)."""
+    counts = source_counts(trace, sources)
+    return counts[0] / counts[1] if counts else None

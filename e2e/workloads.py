@@ -36,6 +36,11 @@ class Workload:
     :param host_server: a host-side server to run during the workload, argv
         with ``{port}`` (e.g. iperf3 -s).
     :param needs: guest binaries it uses (all are in pveoi's image).
+    :param sources: the workload's own interrupts, as shell patterns of the guest's names for
+        them (``/proc/interrupts``, as the per-event trace names vectors): the ones its fixed
+        amount of work raises. Beside them a run takes interrupts whose number follows the
+        seconds it lasts (the guest's tick, call-function IPIs); the figure "EOI exits saved
+        per workload interrupt" counts only these.
     """
 
     name: str
@@ -48,6 +53,7 @@ class Workload:
     host_server: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
     timeout: float = 600.0
+    sources: tuple[str, ...] = ()
 
     def argv(self, port: int | None = None, vcpus: int | None = None) -> list[str]:
         """The guest command, with the server port filled in and pinned to the last of ``vcpus``."""
@@ -62,13 +68,13 @@ WORKLOADS: dict[str, Workload] = {
         Workload(
             "timer", ("pveoi-load", "timer", "3000", "100"), ops=3000, pin_last_cpu=True,
             description="3000 x 100 us clock_nanosleep on the last vCPU: one LAPIC timer interrupt each",
-            needs=("pveoi-load", "taskset"),
+            needs=("pveoi-load", "taskset"), sources=("LOC",),
         ),
         Workload(
             "ipi", ("pveoi-load", "ipi", "3000"), ops=3000,
             description="3000 futex ping-pong round trips between threads pinned to CPU 0 and 1 "
                         "(cross-CPU wakeup IPIs, mostly CAL)",
-            needs=("pveoi-load",),
+            needs=("pveoi-load",), sources=("CAL", "RES"),
         ),
         Workload(
             "block",
@@ -76,13 +82,13 @@ WORKLOADS: dict[str, Workload] = {
             ops=2048, scratch_mb=16,
             description="2048 x 4 KiB O_DIRECT reads at queue depth 1 on virtio-blk (MSI-X completions). "
                         "fio needs SysV shm, which the tiny guest kernel lacks (CONFIG_SYSVIPC)",
-            needs=("dd",),
+            needs=("dd",), sources=("virtio*-req.*",),
         ),
         Workload(
             "net", ("iperf3", "-c", "10.0.2.2", "-p", "{port}", "-n", "8M", "-l", "16K"), ops=512,
             description="8 MiB TCP to an iperf3 server on the host over virtio-net/slirp (MSI-X)",
             host_server=("iperf3", "-s", "--forceflush", "-B", "127.0.0.1", "-p", "{port}"),
-            needs=("iperf3",),
+            needs=("iperf3",), sources=("virtio*-input.*", "virtio*-output.*"),
         ),
     )
 }

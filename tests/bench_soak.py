@@ -32,7 +32,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from e2e import spawn  # noqa: E402  (the checkout's own, like the pveoi it runs)
+from e2e.history import HEADLINES, Run  # noqa: E402
+from e2e.model import Result  # noqa: E402
 from e2e.trace import armed_taken  # noqa: E402
+from e2e.workloads import WORKLOADS as DECLARED  # noqa: E402
 
 WORKLOADS = ("net", "timer", "ipi", "block")
 
@@ -67,7 +70,7 @@ def summarize(out: Path) -> dict[str, Any]:
     for entry in ledger:
         w = entry["workload"]
         s = per.setdefault(w, {"ab": 0, "verdicts": Counter(), "headline": [], "failures": [], "reasons": Counter(),
-                               "seconds": [], "taken": [], "speed": [], "head_speed": []})
+                               "seconds": [], "taken": [], "speed": [], "head_speed": [], "own": []})
         s["ab"] += 1
         s["seconds"].append(entry["seconds"])
         if entry["result"] is None:
@@ -80,6 +83,10 @@ def summarize(out: Path) -> dict[str, Any]:
         head = (wr.get("eoi_exits_saved_per_interrupt") or {}).get("value")
         if isinstance(head, float):
             s["headline"].append(head)
+        # The same A/B's figure over the workload's own interrupts only, as the history reads it.
+        record = Run(out / entry["result"], Result.from_json(doc, entry["result"])).record(w)
+        if record is not None and record.value.get("own_saved") is not None:
+            s["own"].append(record.value["own_saved"])
         for a in wr.get("attempts", []):
             s["failures"].append({"ab": entry["index"], "arm": a.get("arm"), "rep": a.get("rep"),
                                   "attempt": a.get("attempt"), "class": a.get("class", ""), "kind": a.get("kind"),
@@ -121,6 +128,9 @@ def summarize(out: Path) -> dict[str, Any]:
             "headline_min": min(h) if h else None, "headline_max": max(h) if h else None,
             "relative_range": (max(h) - min(h)) / med if h and med else None,
             "cv": statistics.stdev(h) / statistics.mean(h) if len(h) > 1 and statistics.mean(h) else None,
+            "own_median": statistics.median(s["own"]) if s["own"] else None,
+            "own_min": min(s["own"]) if s["own"] else None, "own_max": max(s["own"]) if s["own"] else None,
+            "own_cv": statistics.stdev(s["own"]) / statistics.mean(s["own"]) if len(s["own"]) > 1 else None,
             "trapped_reasons": dict(s["reasons"].most_common()),
             "pv_taken_min": min(s["taken"]) if s["taken"] else None,
             "pv_taken_median": statistics.median(s["taken"]) if s["taken"] else None,
@@ -206,6 +216,13 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{num4(s['pv_taken_median'])} ({num4(s['pv_taken_min'])}) | "
                      f"{', '.join(f'{k} {n}' for k, n in classes.items()) or 'none'} | {len(s['unexplained'])} | "
                      f"{s['seconds_median']:.0f} |")
+    lines.append("")
+    lines += [f"| workload | sources | {HEADLINES['own_saved'][0]}, median [min, max] | CV |", "|---|---|---|---|"]
+    for w in WORKLOADS:
+        s = summary.get(w)
+        if s and s["own_median"] is not None:
+            lines.append(f"| {w} | {', '.join(DECLARED[w].sources)} | {num(s['own_median'])} "
+                         f"[{num(s['own_min'])}, {num(s['own_max'])}] | {pct(s['own_cv'])} |")
     lines.append("")
     lines += ["| workload | trapped/injected vs workload seconds, per PV run (rho, p, n) | headline vs "
               "seconds, per A/B | trapped/injected: fastest quarter (s) / slowest quarter (s) |", "|---|---|---|---|"]
