@@ -277,13 +277,14 @@ def render_html(history: History, result: CheckResult) -> str:
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     rows = [{"runner": g.runner, "anchor": _anchor(g), "workload": g.workload, "verdict": _verdict(r.verdict),
              "eoi": f"{_fmt(r.value['eoi_saved'])} {_ci(r.ci['eoi_saved'])}",
+             "own": f"{_fmt(r.value['own_saved'])} {_ci(r.ci['own_saved'])}",
              "exit": f"{_fmt(r.value['exit_reduction'])} {_ci(r.ci['exit_reduction'])}", "run": r.run.name}
             for g in result.groups if (r := g.latest) is not None]
     return env.get_template(TEMPLATE).render(
         runs=len(history.runs), runners=len(history.runners()), root=str(history.root),
         latest=history.runs[-1].created, regressed=bool(result.findings),
         head=["runner", "workload", "verdict", HEADLINES["eoi_saved"][0] + " [95% CI]",
-              HEADLINES["exit_reduction"][0] + " [95% CI]", "run"],
+              HEADLINES["own_saved"][0] + " [95% CI]", HEADLINES["exit_reduction"][0] + " [95% CI]", "run"],
         rows=rows, findings=[{"runner": f.runner, "workload": f.workload, "message": f.message}
                              for f in result.findings],
         problems=list(history.problems), groups=[_group_view(history, result, g) for g in result.groups])
@@ -296,14 +297,16 @@ def render_markdown(history: History, result: CheckResult) -> str:
     state = f"{len(result.findings)} regression(s)" if result.findings else "no regression"
     lines = [f"### pveoi PV EOI report: {state}", "",
              f"{len(history.runs)} run(s), {len(history.runners())} runner(s); latest {history.runs[-1].created}.",
-             "", "| runner | workload | verdict | EOI exits saved/interrupt [95% CI] | kvm_exit reduction [95% CI] |",
-             "|---|---|---|---|---|"]
+             "", "| runner | workload | verdict | EOI exits saved/interrupt [95% CI] | "
+             "saved/workload interrupt [95% CI] | kvm_exit reduction [95% CI] |",
+             "|---|---|---|---|---|---|"]
     for g in result.groups:
         r = g.latest
         if r is None:
             continue
         lines.append(f"| {g.runner} | {g.workload} | **{r.verdict.upper()}** | {_fmt(r.value['eoi_saved'])} "
-                     f"{_ci(r.ci['eoi_saved'])} | {_fmt(r.value['exit_reduction'])} {_ci(r.ci['exit_reduction'])} |")
+                     f"{_ci(r.ci['eoi_saved'])} | {_fmt(r.value['own_saved'])} {_ci(r.ci['own_saved'])} | "
+                     f"{_fmt(r.value['exit_reduction'])} {_ci(r.ci['exit_reduction'])} |")
     if result.findings:
         lines += ["", "Regressions:"]
         lines += [f"- [{f.runner}] {f.workload}: {f.message}" for f in result.findings]

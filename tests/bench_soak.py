@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from e2e import spawn  # noqa: E402  (the checkout's own, like the pveoi it runs)
 from e2e.history import HEADLINES, Run  # noqa: E402
 from e2e.model import Result  # noqa: E402
-from e2e.trace import armed_taken  # noqa: E402
+from e2e.trace import armed_taken, source_counts  # noqa: E402
 from e2e.workloads import WORKLOADS as DECLARED  # noqa: E402
 
 WORKLOADS = ("net", "timer", "ipi", "block")
@@ -70,7 +70,8 @@ def summarize(out: Path) -> dict[str, Any]:
     for entry in ledger:
         w = entry["workload"]
         s = per.setdefault(w, {"ab": 0, "verdicts": Counter(), "headline": [], "failures": [], "reasons": Counter(),
-                               "seconds": [], "taken": [], "speed": [], "head_speed": [], "own": []})
+                               "seconds": [], "taken": [], "speed": [], "head_speed": [], "own": [],
+                               "mix": []})
         s["ab"] += 1
         s["seconds"].append(entry["seconds"])
         if entry["result"] is None:
@@ -116,6 +117,15 @@ def summarize(out: Path) -> dict[str, Any]:
             if injected and run.get("workload_seconds"):
                 trapped = sum(v.get("trapped", 0) for v in vectors)
                 s["speed"].append((float(run["workload_seconds"]), trapped / injected))
+        # What the PV arm's injected interrupts were: the workload's own share, and how often its
+        # own and the others (tick, IPIs) trapped, over the A/B's runs.
+        own_ti = [source_counts(r.get("trace") or {}, DECLARED[w].sources) for r in treated]
+        all_ti = [(sum(v.get("trapped", 0) for v in (r.get("trace") or {}).get("vectors", [])),
+                   sum(v.get("injected", 0) for v in (r.get("trace") or {}).get("vectors", []))) for r in treated]
+        if treated and all(own_ti) and all(i for _, i in all_ti):
+            ot, oi = (sum(x[k] for x in own_ti if x) for k in (0, 1))
+            at, ai = (sum(x[k] for x in all_ti) for k in (0, 1))
+            s["mix"].append({"share": oi / ai, "own": ot / oi, "other": (at - ot) / (ai - oi) if ai > oi else None})
         seconds = [float(r["workload_seconds"]) for r in treated if r.get("workload_seconds")]
         if isinstance(head, float) and seconds:
             s["head_speed"].append((statistics.median(seconds), head))
@@ -131,6 +141,7 @@ def summarize(out: Path) -> dict[str, Any]:
             "own_median": statistics.median(s["own"]) if s["own"] else None,
             "own_min": min(s["own"]) if s["own"] else None, "own_max": max(s["own"]) if s["own"] else None,
             "own_cv": statistics.stdev(s["own"]) / statistics.mean(s["own"]) if len(s["own"]) > 1 else None,
+            "mix": {k: _span([m[k] for m in s["mix"] if m[k] is not None]) for k in ("share", "own", "other")},
             "trapped_reasons": dict(s["reasons"].most_common()),
             "pv_taken_min": min(s["taken"]) if s["taken"] else None,
             "pv_taken_median": statistics.median(s["taken"]) if s["taken"] else None,
@@ -141,6 +152,11 @@ def summarize(out: Path) -> dict[str, Any]:
             "timing": timing(s["speed"], s["head_speed"]),
         }
     return summary
+
+
+def _span(values: list[float]) -> list[float] | None:
+    """``[median, min, max]`` of the values (None for none)."""
+    return [statistics.median(values), min(values), max(values)] if values else None
 
 
 def timing(runs: list[tuple[float, float]], abs_: list[tuple[float, float]]) -> dict[str, Any]:
@@ -217,12 +233,20 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{', '.join(f'{k} {n}' for k, n in classes.items()) or 'none'} | {len(s['unexplained'])} | "
                      f"{s['seconds_median']:.0f} |")
     lines.append("")
-    lines += [f"| workload | sources | {HEADLINES['own_saved'][0]}, median [min, max] | CV |", "|---|---|---|---|"]
+    lines += [f"| workload | own interrupts | {HEADLINES['own_saved'][0]}, median [min, max] | CV | "
+              "PV arm, per A/B: own share of injected | own trapped | others trapped |",
+              "|---|---|---|---|---|---|---|"]
+
+    def span(x: list[float] | None) -> str:
+        return f"{pct(x[0])} [{pct(x[1])}, {pct(x[2])}]" if x else "-"
+
     for w in WORKLOADS:
         s = summary.get(w)
         if s and s["own_median"] is not None:
+            mix = s["mix"]
             lines.append(f"| {w} | {', '.join(DECLARED[w].sources)} | {num(s['own_median'])} "
-                         f"[{num(s['own_min'])}, {num(s['own_max'])}] | {pct(s['own_cv'])} |")
+                         f"[{num(s['own_min'])}, {num(s['own_max'])}] | {pct(s['own_cv'])} | "
+                         f"{span(mix['share'])} | {span(mix['own'])} | {span(mix['other'])} |")
     lines.append("")
     lines += ["| workload | trapped/injected vs workload seconds, per PV run (rho, p, n) | headline vs "
               "seconds, per A/B | trapped/injected: fastest quarter (s) / slowest quarter (s) |", "|---|---|---|---|"]
