@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LaunchError, PveoiError, QemuExited
-from .exitcause import QEMU_ERROR
+from .errors import GuestTimeout, LaunchError, MeasurementError, PveoiError, QemuExited, QmpCommandError, SshError
+from .exitcause import DEADLINE, PERF_FAILED, QEMU_ERROR, QMP_FAILED, RUNNING, SSH_FAILED
 from .machine import Machine
 from .model import Attempt
 from .perf import PerfStat
@@ -64,10 +64,22 @@ class AttemptTrace:
             cls, evidence = err.cause, err.evidence
         elif ended is not None:
             cls, evidence = ended.cls, ended.evidence
+            if cls == RUNNING:
+                cls = while_running(err)
         else:
             cls, evidence = (QEMU_ERROR if isinstance(err, LaunchError) else ""), ()
         return Attempt(arm=arm, rep=rep, attempt=attempt, kind=str(err.kind), cls=cls, message=str(err),
                        logs=self.logs(), outcome=outcome, evidence=tuple(evidence))
+
+
+def while_running(err: PveoiError) -> str:
+    """The class of an attempt that failed while its QEMU still ran: what failed, by the error's
+    type (``perf failure`` for perf, ...), else ``qemu running``."""
+    for types, cls in ((GuestTimeout, DEADLINE), (SshError, SSH_FAILED), (QmpCommandError, QMP_FAILED),
+                       (MeasurementError, PERF_FAILED)):
+        if isinstance(err, types):
+            return cls
+    return RUNNING
 
 
 @contextlib.contextmanager

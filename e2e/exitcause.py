@@ -32,8 +32,10 @@ event at all, only the exit status.
 
 Classes, most specific evidence first: ``killed by signal``, ``host quit``,
 ``host reset``, ``OOM``, ``panic``, ``guest poweroff``, ``triple fault``,
-``guest reset``, ``qemu error``, ``unknown``; and ``qemu running`` for an
-attempt that failed while its QEMU still ran (a deadline, SSH, perf).
+``guest reset``, ``qemu error``, ``unknown``. An attempt that failed while its
+QEMU still ran is classed by what failed: ``guest deadline`` (not ready, or a
+command past its deadline), ``ssh failure``, ``qmp failure``, ``perf failure``;
+else ``qemu running``.
 """
 
 from __future__ import annotations
@@ -57,10 +59,16 @@ HOST_RESET = "host reset"
 QEMU_ERROR = "qemu error"
 UNKNOWN = "unknown"
 RUNNING = "qemu running"
+DEADLINE = "guest deadline"
+SSH_FAILED = "ssh failure"
+QMP_FAILED = "qmp failure"
+PERF_FAILED = "perf failure"
+#: Failures of an attempt whose QEMU still ran, by what failed (:func:`e2e.evidence.while_running`).
+WHILE_RUNNING = (DEADLINE, SSH_FAILED, QMP_FAILED, PERF_FAILED)
 
 #: Every class, for validation and documentation.
 CLASSES = (KILLED, HOST_QUIT, HOST_RESET, OOM, PANIC, POWEROFF, TRIPLE_FAULT, GUEST_RESET, QEMU_ERROR, UNKNOWN,
-           RUNNING)
+           RUNNING, *WHILE_RUNNING)
 
 _LINE = r"[^\r\n]*"
 #: The kernel's own words for each way it ends (printed even under ``quiet``: pr_emerg/pr_err, or sysrq's

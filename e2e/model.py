@@ -405,7 +405,8 @@ class Attempt:
     :param attempt: 1 for the first try, 2 for its first retry, ...
     :param kind: the error's kind (``infrastructure``, ``finding``, ...).
     :param cls: how its QEMU ended (:data:`e2e.exitcause.CLASSES`: ``guest reset``, ``panic``, ...,
-        ``qemu running`` when QEMU still ran, e.g. a deadline; ``""`` when no guest was booted).
+        and when QEMU still ran, what failed: ``guest deadline``, ``ssh failure``, ``qmp failure``,
+        ``perf failure``, else ``qemu running``; ``""`` when no guest was booted).
     :param message: the one-line error.
     :param logs: the attempt's logs (console, QEMU, perf's CSV and stderr), relative to the
         result's ``logs`` directory, under attempt-numbered names no retry overwrites.

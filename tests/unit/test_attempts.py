@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 
 from e2e import ab
-from e2e.errors import CapabilityError, Finding, GuestTimeout, Kind, QemuExited
+from e2e.errors import (
+    CapabilityError,
+    Finding,
+    GuestTimeout,
+    Kind,
+    MeasurementError,
+    PveoiError,
+    QemuExited,
+    QmpCommandError,
+    SshError,
+)
 from e2e.evidence import AttemptTrace, attempt_name, keep_perf_output
 from e2e.exitcause import GUEST_RESET, PANIC
 from e2e.model import DEFAULT_ARMS, Attempt, Plan, Result, RunRecord, WorkloadResult
@@ -198,3 +208,25 @@ def test_a_failed_virtual_hosts_guest_logs_stay_with_it_and_its_retry_overwrites
     assert res.verdict == "pass"
     assert (plan.logs / "vhost-timer-1" / "guests" / "timer-on-0-console.log").read_text() == "failed=True\n"
     assert (plan.logs / "timer-on-0-console.log").read_text() == "failed=False\n"
+
+
+@pytest.mark.parametrize(("err", "cls"), [
+    (MeasurementError("perf record failed during attach (exit code 255)", kind=Kind.INFRASTRUCTURE), "perf failure"),
+    (GuestTimeout("guest not ready after 180s"), "guest deadline"),
+    (SshError("no SSH to the guest"), "ssh failure"),
+    (QmpCommandError("query-status", {}, "GenericError", "timed out"), "qmp failure"),
+    (PveoiError("something else"), "qemu running"),
+])
+def test_an_attempt_that_failed_while_qemu_ran_is_classed_by_what_failed(tmp_path: Path, err: PveoiError,
+                                                                         cls: str) -> None:
+    """The soak saw a perf attach failure recorded as class "qemu running", which names no cause."""
+    from types import SimpleNamespace
+
+    from e2e.exitcause import RUNNING, TRIPLE_FAULT, ExitCause
+
+    machine = SimpleNamespace(ended=ExitCause(RUNNING, ("QEMU still ran",)), log_paths=lambda: [])
+    got = AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried")  # type: ignore[arg-type]
+    assert (got.cls, got.evidence) == (cls, ("QEMU still ran",))
+    # QEMU's own end comes first: an SSH error from a guest that triple-faulted is the triple fault.
+    machine.ended = ExitCause(TRIPLE_FAULT, ("SHUTDOWN reason guest-reset",))
+    assert AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried").cls == TRIPLE_FAULT  # type: ignore[arg-type]
