@@ -72,6 +72,9 @@ class PveoiError(Exception):
     #: The failures retried before this one gave up (virtual hosts restarted: part, attempt, class,
     #: message, logs), so a result that ends in this error still shows them.
     retried: tuple[dict[str, object], ...] = ()
+    #: What failed, for an attempt that failed while its QEMU still ran (the attempt's class then,
+    #: :func:`e2e.evidence.while_running`): "" says nothing more than that QEMU ran.
+    failed: str = ""
 
     def __init__(self, message: str, fix: str | None = None, kind: Kind | None = None) -> None:
         super().__init__(message)
@@ -174,6 +177,8 @@ class QmpCommandError(PveoiError):
             shown = shown[:197] + "..."
         super().__init__(f"QMP {command} {shown} failed: {error_class}: {desc}", fix)
 
+    failed = "qmp failure"
+
 
 class GuestError(PveoiError):
     """The guest (or the virtual host) could not be booted, reached or kept: infrastructure."""
@@ -227,15 +232,50 @@ class GuestInitError(GuestError):
 class GuestTimeout(GuestError):
     """A deadline passed while waiting for the guest."""
 
+    failed = "guest deadline"
+
+
+class QmpTimeout(GuestTimeout):
+    """QEMU did not answer a QMP command in time: it is hung."""
+
+    failed = "qmp failure"
+
+
+class QmpLost(GuestError):
+    """The QMP connection closed, or QMP failed, while QEMU still ran."""
+
+    failed = "qmp failure"
+
 
 class SshError(GuestError):
     """SSH to the guest failed."""
+
+    failed = "ssh failure"
+
+
+class CommandTimeout(SshError):
+    """A guest command ran past its deadline."""
+
+    failed = "guest deadline"
+
+
+class CommandFailed(SshError):
+    """A guest command exited non-zero."""
+
+    failed = "command failed"
 
 
 class MeasurementError(PveoiError):
     """perf cannot count here (capability), or lost what it counted (``kind=infrastructure``)."""
 
     default_kind = Kind.CAPABILITY
+    failed = "measurement failure"
+
+
+class PerfError(MeasurementError):
+    """perf itself failed: to start, attach, stop, or to write what it counted."""
+
+    failed = "perf failure"
 
 
 class Finding(PveoiError):

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import GuestTimeout, LaunchError, MeasurementError, PveoiError, QemuExited, QmpCommandError, SshError
-from .exitcause import DEADLINE, PERF_FAILED, QEMU_ERROR, QMP_FAILED, RUNNING, SSH_FAILED
+from .errors import LaunchError, PveoiError, QemuExited
+from .exitcause import QEMU_ERROR, RUNNING
 from .machine import Machine
 from .model import Attempt
 from .perf import PerfStat
@@ -64,8 +64,8 @@ class AttemptTrace:
             cls, evidence = err.cause, err.evidence
         elif ended is not None:
             cls, evidence = ended.cls, ended.evidence
-            if cls == RUNNING:
-                cls = while_running(err)
+            if cls == RUNNING:  # what failed, and what the error kept of it (a boot deadline's vCPUs)
+                cls, evidence = while_running(err), (*ended.evidence, *err.evidence)
         else:
             cls, evidence = (QEMU_ERROR if isinstance(err, LaunchError) else ""), ()
         return Attempt(arm=arm, rep=rep, attempt=attempt, kind=str(err.kind), cls=cls, message=str(err),
@@ -73,13 +73,10 @@ class AttemptTrace:
 
 
 def while_running(err: PveoiError) -> str:
-    """The class of an attempt that failed while its QEMU still ran: what failed, by the error's
-    type (``perf failure`` for perf, ...), else ``qemu running``."""
-    for types, cls in ((GuestTimeout, DEADLINE), (SshError, SSH_FAILED), (QmpCommandError, QMP_FAILED),
-                       (MeasurementError, PERF_FAILED)):
-        if isinstance(err, types):
-            return cls
-    return RUNNING
+    """The class of an attempt that failed while its QEMU still ran: what failed
+    (:attr:`~e2e.errors.PveoiError.failed`: ``perf failure``, ``guest deadline``, ...), else
+    ``qemu running``."""
+    return err.failed or RUNNING
 
 
 @contextlib.contextmanager

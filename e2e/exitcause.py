@@ -33,9 +33,10 @@ event at all, only the exit status.
 Classes, most specific evidence first: ``killed by signal``, ``host quit``,
 ``host reset``, ``OOM``, ``panic``, ``guest poweroff``, ``triple fault``,
 ``guest reset``, ``qemu error``, ``unknown``. An attempt that failed while its
-QEMU still ran is classed by what failed: ``guest deadline`` (not ready, or a
-command past its deadline), ``ssh failure``, ``qmp failure``, ``perf failure``;
-else ``qemu running``.
+QEMU still ran is classed by what failed (its error's ``failed``): ``guest
+deadline`` (not ready in time, or a command past its deadline), ``command
+failed`` (exited non-zero), ``ssh failure``, ``qmp failure`` (hung, closed),
+``perf failure``, ``measurement failure``; else ``qemu running``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Kind
+from .errors import (
+    CommandFailed,
+    CommandTimeout,
+    GuestTimeout,
+    Kind,
+    MeasurementError,
+    PerfError,
+    QmpCommandError,
+    QmpLost,
+    QmpTimeout,
+    SshError,
+)
 
 GUEST_RESET = "guest reset"
 TRIPLE_FAULT = "triple fault"
@@ -59,12 +71,10 @@ HOST_RESET = "host reset"
 QEMU_ERROR = "qemu error"
 UNKNOWN = "unknown"
 RUNNING = "qemu running"
-DEADLINE = "guest deadline"
-SSH_FAILED = "ssh failure"
-QMP_FAILED = "qmp failure"
-PERF_FAILED = "perf failure"
-#: Failures of an attempt whose QEMU still ran, by what failed (:func:`e2e.evidence.while_running`).
-WHILE_RUNNING = (DEADLINE, SSH_FAILED, QMP_FAILED, PERF_FAILED)
+#: Failures of an attempt whose QEMU still ran, by what failed (the errors' ``failed``).
+WHILE_RUNNING = tuple(dict.fromkeys(cls.failed for cls in (
+    GuestTimeout, QmpTimeout, QmpLost, QmpCommandError, SshError, CommandTimeout, CommandFailed, MeasurementError,
+    PerfError)))
 
 #: Every class, for validation and documentation.
 CLASSES = (KILLED, HOST_QUIT, HOST_RESET, OOM, PANIC, POWEROFF, TRIPLE_FAULT, GUEST_RESET, QEMU_ERROR, UNKNOWN,

@@ -296,7 +296,9 @@ class Record:
     ``samples[key]`` are per-rep values of headline ``key`` (reps paired by
     index across the arms): ``eoi_saved`` is the off rep's trapped EOIs per
     interrupt minus the on rep's; ``exit_reduction`` is
-    ``1 - exits_on / exits_off`` per interrupt.
+    ``1 - exits_on / exits_off`` per interrupt; ``pv_taken`` is the on rep's PV
+    EOIs per armed EOI; ``own_saved`` is ``eoi_saved`` over the workload's own
+    interrupts (:attr:`e2e.workloads.Workload.sources`), traced runs only.
     """
 
     run: Run
@@ -340,6 +342,8 @@ class Record:
             ok = fr_on and fr_off and len(fr_on) == len(on) and len(fr_off) == len(off)
             value["own_saved"] = statistics.median(fr_off) - statistics.median(fr_on) if ok else None
             ci["own_saved"] = None
+        if value["own_saved"] is None:  # as the analysis: a figure some runs lack judges nothing
+            samples["own_saved"] = []
         return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
                    list(w.get("reasons", [])), _timing(on.values()))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import select
 import shutil
 import signal
@@ -30,7 +31,7 @@ from qemu.qmp.qmp_client import ExecInterruptedError, ExecuteError
 
 from .argv import MachineSpec, parse_usernet_port, qemu_argv
 from .console import GUEST_ERROR_PATTERN, Console
-from .errors import GuestError, GuestTimeout, LaunchError, PveoiError, QemuExited, QmpCommandError
+from .errors import GuestError, GuestTimeout, LaunchError, PveoiError, QemuExited, QmpCommandError, QmpLost, QmpTimeout
 from .exitcause import RUNNING, ExitCause, classify_exit
 from .spawn import popen
 from .ssh import GuestSsh
@@ -49,6 +50,34 @@ class VCpu:
     index: int
     thread_id: int
     qom_path: str
+
+
+_RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
+_HLT = re.compile(r"\bHLT=(\d)")
+
+
+def cpu_state(registers: str) -> str:
+    """``RIP=... HLT=.`` from HMP ``info registers`` text (pure); ``?`` for what is missing."""
+    rip, hlt = _RIP.search(registers), _HLT.search(registers)
+    return f"RIP={rip.group(1).lower() if rip else '?'} HLT={hlt.group(1) if hlt else '?'}"
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """:meth:`Machine.sample_cpus`: each vCPU's ``CPUn RIP=... HLT=.`` at the second sample, those
+    the same 1 s apart, and the full HMP answers."""
+
+    states: list[str]
+    still: list[str]
+    dump: list[str]
+
+    @property
+    def all_halted(self) -> bool:
+        """Every vCPU in HLT throughout the second."""
+        return bool(self.states) and all("HLT=1" in st and st in self.still for st in self.states)
+
+    def described(self) -> list[str]:
+        return [f"{st}{' (same 1 s later)' if st in self.still else ''}" for st in self.states]
 
 
 class Machine:
@@ -238,7 +267,8 @@ class Machine:
         """The logs this machine writes (console, QEMU), where they are kept (``artifacts``)."""
         if self.artifacts is None:
             return []
-        return [self.artifacts / f"{self.spec.name}-{what}.log" for what in ("console", "qemu")]
+        return [*(self.artifacts / f"{self.spec.name}-{what}.log" for what in ("console", "qemu")),
+                self.artifacts / f"{self.spec.name}-not-ready.txt"]  # when the boot deadline passed
 
     def _drain_events(self, wait: float = 0.0) -> None:
         """Move the QMP events QEMU sent into :attr:`events`; wait up to ``wait`` seconds for a SHUTDOWN.
@@ -351,13 +381,13 @@ class Machine:
                 raise (self.exit_error(f"QMP {command} failed", grace=2.0, when=f"during {command}")
                        or self._launch_error(f"QEMU exited during QMP {command}")) from err
             if isinstance(err, (ExecInterruptedError, StateError)):
-                raise PveoiError(
+                raise QmpLost(
                     f"the QMP connection to QEMU (pid {self.pid}) closed during {command} while QEMU still runs",
                     fix=f"pveoi stops this QEMU; run again, and if it recurs read {self.logdir / self.spec.name}"
                         "-qemu.log") from err
-            raise PveoiError(f"QMP {command} failed: {err}", fix="see the QEMU log") from err
+            raise QmpLost(f"QMP {command} failed: {err}", fix="see the QEMU log") from err
         except TimeoutError as err:  # (an OSError: caught first)
-            raise GuestTimeout(
+            raise QmpTimeout(
                 f"QEMU (pid {self.pid}) did not answer QMP {command} within {self.qmp_timeout:.0f} s: it is hung",
                 fix=f"pveoi stops it; if it recurs, read {self.logdir / self.spec.name}-qemu.log and the host's "
                     "kernel log (a QEMU stuck in KVM)") from err
@@ -396,11 +426,66 @@ class Machine:
             raise PveoiError("machine has no console", fix="call launch() first")
         return self._console
 
+    def sample_cpus(self, cpus: int, lapic: bool = False) -> CpuSample:
+        """Where each of ``cpus`` vCPUs is, asked twice 1 s apart over QMP (HMP ``info registers``,
+        and each local APIC once with ``lapic``): evidence for a machine that stopped making
+        progress. A QEMU that does not answer costs :attr:`qmp_timeout` once, not per question."""
+        dump: list[str] = []
+        answering = True
+
+        def hmp(command: str, cpu: int) -> str:
+            nonlocal answering
+            if not answering:
+                return "(not asked: QEMU did not answer before)"
+            try:
+                return str(self.qmp("human-monitor-command", **{"command-line": command, "cpu-index": cpu}))
+            except PveoiError as err:
+                answering = False
+                return f"(no answer: {err})"
+
+        samples: list[list[str]] = []
+        for n in (1, 2):
+            if n == 2:
+                time.sleep(1.0)
+            states = []
+            for cpu in range(cpus):
+                text = hmp("info registers", cpu)
+                states.append(f"CPU{cpu} {cpu_state(text)}")
+                dump += [f"== sample {n}, CPU {cpu}", text]
+            samples.append(states)
+        for cpu in range(cpus if lapic else 0):  # the local APIC (its timer: armed? pending?), for the dump only
+            dump += [f"== local APIC, CPU {cpu}", hmp("info lapic", cpu)]
+        still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b and "?" not in a]
+        return CpuSample(samples[1], still, dump)
+
     def wait_ready(self, timeout: float = 120.0) -> str:
-        """Wait for the guest's ready line on the console (see :meth:`Console.wait_ready`)."""
+        """Wait for the guest's ready line on the console (see :meth:`Console.wait_ready`).
+
+        At the deadline, with QEMU still running, its vCPUs are sampled (:meth:`sample_cpus`) into
+        the error's evidence and ``<name>-not-ready.txt`` beside the console log: a guest that
+        printed nothing at all leaves where it was."""
         self._require(Runstate.RUNNING, "wait for the guest")
         try:
             return self.console.wait_ready(timeout)
+        except GuestTimeout as err:
+            if not self.is_running():
+                self.exitcode = self._proc.poll() if self._proc else None
+                raise
+            try:
+                status = str(self.qmp("query-status").get("status"))
+            except PveoiError as qerr:  # a QEMU that does not answer is not asked again
+                status, sample = f"(no answer: {qerr})", CpuSample([], [], [])
+            else:
+                sample = self.sample_cpus(self.spec.smp)
+            kept = self.logdir / f"{self.spec.name}-not-ready.txt"
+            try:
+                kept.write_text("\n".join([str(err), f"run state: {status}", *sample.dump]) + "\n")
+            except OSError as werr:
+                log.warning("could not keep the evidence of the boot deadline in %s: %s", kept, werr)
+            err.evidence = (f"run state {status}", *sample.described())
+            err.message += f"; run state {status}" + (f"; its vCPUs: {'; '.join(sample.described())}"
+                                                      if sample.states else "")
+            raise
         except GuestError as err:
             if type(err) is GuestError:  # the console closed: QEMU is exiting; wait for it and say how it ended
                 # (QEMU closes its chardevs a moment before it can be reaped: without the grace the

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from .errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
+from .errors import CapabilityError, ConfigError, Kind, MeasurementError, PerfError, PveoiError
 from .hostfacts import COUNTED, probe_tracefs
 from .hostfacts import list_kvm_tracepoints as list_kvm_tracepoints  # re-exported: where perf users look
 from .spawn import popen
@@ -224,7 +224,7 @@ def parse_perf_csv(text: str, events: Sequence[Event], sep: str = SEPARATOR) -> 
             continue
         rows.append(fields)
     if len(rows) != len(events):
-        raise MeasurementError(
+        raise PerfError(
             f"perf printed {len(rows)} counter rows for {len(events)} events "
             f"({', '.join(e.key for e in events)})",
             fix="see perf's stderr; run the perf command by hand",
@@ -233,18 +233,18 @@ def parse_perf_csv(text: str, events: Sequence[Event], sep: str = SEPARATOR) -> 
     for index, (fields, event) in enumerate(zip(rows, events, strict=True)):
         value, printed = fields[0], fields[2]
         if printed != event.name:
-            raise MeasurementError(
+            raise PerfError(
                 f"perf row {index + 1} is {printed!r}, expected {event.name!r} ({event.key})",
                 fix="perf reordered or renamed events; count them in separate runs",
             )
         if value == NOT_COUNTED:
-            raise MeasurementError(
+            raise PerfError(
                 f"perf did not count {event.key} ({NOT_COUNTED}): the counted threads never ran "
                 "while it was enabled",
                 fix="check the pid/tids are the vCPU threads and that the window contains work",
             )
         if value == NOT_SUPPORTED:
-            raise MeasurementError(
+            raise PerfError(
                 f"{event.key} is {NOT_SUPPORTED} by this kernel",
                 fix=f"check `perf list '{event.name}'` and the filter {event.filter!r}",
             )
@@ -274,7 +274,7 @@ def _to_count(value: str, event: Event) -> int:
         pass
     number = float(value)
     if not math.isfinite(number) or number < 0:
-        raise MeasurementError(f"perf printed {value!r} for {event.key}", fix="run perf by hand")
+        raise PerfError(f"perf printed {value!r} for {event.key}", fix="run perf by hand")
     return round(number)
 
 
@@ -319,7 +319,7 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
         return CapabilityError(f"{head}: {line}", fix=fix)
     if "problems finding threads" in lower or "no such process" in lower:
         line = first("problems finding threads", "no such process")
-        return MeasurementError(f"{head}: {line}",
+        return PerfError(f"{head}: {line}",
                                 fix="the pid/tids to count do not exist (any more); pass live ones",
                                 kind=Kind.INFRASTRUCTURE)
     if "unknown tracepoint" in lower or "event syntax error" in lower:
@@ -334,21 +334,21 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
             f"{head}: {line}",
             fix="load kvm (modprobe kvm_intel or kvm_amd); check `perf list 'kvm:*'`")
     if "failed to set filter" in lower:
-        return MeasurementError(
+        return PerfError(
             f"{head}: {first('failed to set filter')}",
             fix="check the filter against events/<system>/<name>/format in tracefs")
     if returncode == 0:
-        return MeasurementError(
+        return PerfError(
             f"{head}: perf ended by itself: the counted process or threads exited",
             fix="keep the counted process alive until stop()", kind=Kind.INFRASTRUCTURE)
     if not lines and stderr.strip():
         # perf record has been seen to exit 255 during attach with nothing but its usual warnings
         # (twice in some 250 traced runs, both block, before its QEMU's I/O workers were pinned):
         # nothing to fix here, so a fresh attempt, not a capability verdict.
-        return MeasurementError(f"{head}: perf printed no error (only its usual warnings)",
+        return PerfError(f"{head}: perf printed no error (only its usual warnings)",
                                 fix="nothing to change here: the run is retried; if it repeats, run it by hand: "
                                     + shlex.join(argv), kind=Kind.INFRASTRUCTURE)
-    return MeasurementError(f"{head}: {first('error', 'fail')}",
+    return PerfError(f"{head}: {first('error', 'fail')}",
                             fix=f"run it by hand to see why: {shlex.join(argv)}")
 
 
@@ -505,7 +505,7 @@ class PerfStat:
             try:
                 returncode = proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired as err:
-                raise MeasurementError(f"perf did not exit within {self.stop_timeout:g}s of SIGINT",
+                raise PerfError(f"perf did not exit within {self.stop_timeout:g}s of SIGINT",
                                        fix="see perf's stderr; the host may be overloaded") from err
             self.stderr_text = self._read_stderr()
             # perf re-raises SIGINT at exit; 0: the counted process exited first.
@@ -594,7 +594,7 @@ class PerfStat:
             self.output_text = out.read_text(errors="replace")
         except FileNotFoundError as err:
             tail = (self.stderr_text or "").strip()[-300:]
-            raise MeasurementError("perf wrote no output file", fix=f"see perf's stderr: {tail}") from err
+            raise PerfError("perf wrote no output file", fix=f"see perf's stderr: {tail}") from err
         return parse_perf_csv(self.output_text, self.events)
 
     def _read_stderr(self) -> str:
@@ -611,7 +611,7 @@ class PerfStat:
         try:
             os.write(self._ctl, f"{command}\n".encode())
         except OSError as err:
-            raise MeasurementError(
+            raise PerfError(
                 f"cannot write {command!r} to perf's control FIFO: {err.strerror}",
                 fix="see perf's stderr") from err
         deadline = time.monotonic() + timeout
@@ -625,7 +625,7 @@ class PerfStat:
             left = deadline - time.monotonic()
             if left <= 0:
                 tail = self._read_stderr().strip()[-300:]
-                raise MeasurementError(
+                raise PerfError(
                     f"perf did not acknowledge {command!r} within {timeout:g}s",
                     fix=f"is the host overloaded? perf's stderr: {tail!r}",
                 )

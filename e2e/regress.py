@@ -477,10 +477,15 @@ def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drop
     note = (f"; the trace: PV EOI taken when armed held at {latest.value['pv_taken']:.4f}, while EOIs trapped "
             f"for timing reasons ({', '.join(TIMING_REASONS)}) rose from {_median(base):.2%} to "
             f"{latest.timing:.2%} of injected interrupts")
-    own = [v for r in group.baseline if (v := r.value.get("own_saved")) is not None]
-    if latest.value.get("own_saved") is not None and own and not any(d.metric == own_label for d in drops):
-        note += (f", and the workload's own interrupts did not drop ({own_label} {_median(own):.3f} -> "
-                 f"{latest.value['own_saved']:.3f})")
+    # The own figure as the drop rule sees it: baseline median of pooled reps, the latest reps' mean,
+    # and "held" only within its floor (not merely "not flagged").
+    own_base, own_now = _pooled(group.baseline, "own_saved"), _values(latest, "own_saved")
+    floor = group.floors.get("own_saved")
+    if own_base and own_now and floor is not None and not any(d.metric == own_label for d in drops):
+        before, after = _median(own_base), statistics.fmean(own_now)
+        if before - after <= floor.threshold:
+            note += (f", and the workload's own interrupts held ({own_label} {before:.3f} -> {after:.3f}, "
+                     f"within its floor {floor.threshold:.4f})")
     note += ": PV EOI works as armed; a slower or busier runner explains this unless it persists"
     return replace(drop, message=drop.message + note)
 

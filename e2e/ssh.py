@@ -23,7 +23,7 @@ from typing import Protocol
 
 import paramiko
 
-from .errors import GuestError, SshError
+from .errors import CommandFailed, CommandTimeout, GuestError, SshError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ class CommandResult:
     seconds: float
 
     def check(self) -> CommandResult:
-        """Raise :class:`SshError` unless the command exited 0."""
+        """Raise :class:`~e2e.errors.CommandFailed` (an SshError) unless the command exited 0."""
         if self.exit_status != 0:
             tail = (self.stderr or self.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise SshError(f"guest command `{self.argv}` exited {self.exit_status}: {tail[0]}")
+            raise CommandFailed(f"guest command `{self.argv}` exited {self.exit_status}: {tail[0]}")
         return self
 
 
@@ -275,8 +275,8 @@ class GuestSsh:
                     raise self._dropped(f"SSH connection dropped while running `{command}`")
                 if time.monotonic() > deadline:
                     chan.close()
-                    raise SshError(f"guest command `{command}` timed out after {timeout:.0f}s",
-                                   fix="raise the workload timeout or check the guest")
+                    raise CommandTimeout(f"guest command `{command}` timed out after {timeout:.0f}s",
+                                         fix="raise the workload timeout or check the guest")
                 chan.status_event.wait(0.05)
             status = chan.recv_exit_status()
             chan.close()

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import ConfigError, Kind, MeasurementError, PveoiError
+from .errors import ConfigError, Kind, PerfError, PveoiError
 from .perf import Event, PerfStat, perf_error
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class PerfRecord(PerfStat):
     def _collect(self, workdir: Path) -> Any:
         data = workdir / "perf.data"
         if not data.is_file():
-            raise MeasurementError("perf record wrote no perf.data",
+            raise PerfError("perf record wrote no perf.data",
                                    fix=f"see perf's stderr: {(self.stderr_text or '').strip()[-300:]}")
         lost = lost_in_stderr(self.stderr_text or "")
         argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F", "tid,time,event,trace"]
@@ -152,7 +152,7 @@ class PerfRecord(PerfStat):
             raise perf_error(proc.stderr, proc.returncode, argv, "script")
         self.output_text = proc.stdout
         if lost:
-            raise MeasurementError(f"perf record lost {lost} chunk(s) of events; the trace cannot be judged",
+            raise PerfError(f"perf record lost {lost} chunk(s) of events; the trace cannot be judged",
                                    fix="the host is overloaded, or raise perf's buffer (trace.perf_record_argv)",
                                    kind=Kind.INFRASTRUCTURE)
         return proc.stdout

@@ -114,17 +114,9 @@ def stall_reason(beat_age: float, kernel_said: float | None, last_output: float,
     return None
 
 
-_RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
-_HLT = re.compile(r"\bHLT=(\d)")
 _KERNEL_STALL = re.compile(r"detected stalls?|self-detected stall|soft lockup|hard LOCKUP")
 """The RCU stall detector's and the lockup watchdogs' words (not the hung-task warning, which a
 slow but live 9p read can raise)."""
-
-
-def cpu_state(registers: str) -> str:
-    """``RIP=... HLT=.`` from HMP ``info registers`` text (pure); ``?`` for what is missing."""
-    rip, hlt = _RIP.search(registers), _HLT.search(registers)
-    return f"RIP={rip.group(1).lower() if rip else '?'} HLT={hlt.group(1) if hlt else '?'}"
 
 
 def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, output_fd: int) -> list[str]:
@@ -325,50 +317,25 @@ class VirtualKvmHost(Machine):
     def _stalled(self, why: str) -> GuestError:
         """The error for a stalled L1, with its CPUs sampled twice over QMP (kept, with each CPU's
         local APIC, in ``pveoi-vhost-stall.txt`` beside its console log) and the console's last lines."""
-        dump: list[str] = []
-        answering = True  # a QEMU that does not answer costs qmp_timeout once, not per CPU and sample
-
-        def hmp(command: str, cpu: int) -> str:
-            nonlocal answering
-            if not answering:
-                return "(not asked: QEMU did not answer before)"
-            try:
-                return str(self.qmp("human-monitor-command", **{"command-line": command, "cpu-index": cpu}))
-            except PveoiError as err:
-                answering = False
-                return f"(no answer: {err})"
-
-        samples: list[list[str]] = []
-        for n in (1, 2):
-            if n == 2:
-                time.sleep(1.0)
-            states = []
-            for cpu in range(self.vspec.cpus):
-                text = hmp("info registers", cpu)
-                states.append(f"CPU{cpu} {cpu_state(text)}")
-                dump += [f"== sample {n}, CPU {cpu}", text]
-            samples.append(states)
-        for cpu in range(self.vspec.cpus):  # the local APIC (its timer: armed? pending?), for the dump only
-            dump += [f"== local APIC, CPU {cpu}", hmp("info lapic", cpu)]
-        still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b and "?" not in a]
-        if all("HLT=1" in st and st in still for st in samples[1]):
+        sample = self.sample_cpus(self.vspec.cpus, lapic=True)
+        if sample.all_halted:
             # Every CPU idle in HLT the whole time, while its userspace had work to do (the heartbeat):
             # the interrupt that should wake it (its timer) never came.
             why += "; every CPU halted throughout, waiting for an interrupt that never came"
-        cpus = "; ".join(f"{st}{' (same 1 s later)' if st in still else ''}" for st in samples[1])
+        cpus = "; ".join(sample.described())
         tail = [ln for ln in self.console.tail(5) if ln.strip()]
         # What a stalled kernel says, when it can still say anything (the RCU stall detector, the
         # soft/hard lockup watchdogs); otherwise the console's last line.
         said = next((ln for ln in reversed(self.console.text().splitlines()) if _KERNEL_STALL.search(ln)), None)
         kept = self.logdir / f"{self.spec.name}-stall.txt"
         try:
-            kept.write_text("\n".join([why, *dump, "== console tail", *tail]) + "\n")
+            kept.write_text("\n".join([why, *sample.dump, "== console tail", *tail]) + "\n")
         except OSError as err:
             self.log.warning("could not keep the stall's evidence in %s: %s", kept, err)
         return vhost_error(
             f"the virtual host stalled: {why}; its CPUs: {cpus}"
             + (f"; console: {said or tail[-1]}" if said or tail else "; console: silent"),
-            "stall", [why, *samples[1], *(f"console: {ln}" for ln in tail[-2:])],
+            "stall", [why, *sample.states, *(f"console: {ln}" for ln in tail[-2:])],
             f"a property of nested TCG seen now and then; the run restarts the virtual host; if it "
             f"repeats, read {kept} and the console log beside it", VhostStalled)
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from e2e import spawn  # noqa: E402  (the checkout's own, like the pveoi it runs)
 from e2e.history import HEADLINES, Run  # noqa: E402
-from e2e.model import Result  # noqa: E402
+from e2e.model import Result, SchemaError  # noqa: E402
 from e2e.trace import armed_taken, source_counts  # noqa: E402
 from e2e.workloads import WORKLOADS as DECLARED  # noqa: E402
 
@@ -85,7 +85,12 @@ def summarize(out: Path) -> dict[str, Any]:
         if isinstance(head, float):
             s["headline"].append(head)
         # The same A/B's figure over the workload's own interrupts only, as the history reads it.
-        record = Run(out / entry["result"], Result.from_json(doc, entry["result"])).record(w)
+        try:
+            record = Run(out / entry["result"], Result.from_json(doc, entry["result"])).record(w)
+        except SchemaError as err:  # a result pveoi cannot read back
+            print(f"{entry['result']}: not readable as a result ({err}); its own-interrupt figure is left out",
+                  file=sys.stderr)
+            record = None
         if record is not None and record.value.get("own_saved") is not None:
             s["own"].append(record.value["own_saved"])
         for a in wr.get("attempts", []):
@@ -120,11 +125,10 @@ def summarize(out: Path) -> dict[str, Any]:
         # What the PV arm's injected interrupts were: the workload's own share, and how often its
         # own and the others (tick, IPIs) trapped, over the A/B's runs.
         own_ti = [source_counts(r.get("trace") or {}, DECLARED[w].sources) for r in treated]
-        all_ti = [(sum(v.get("trapped", 0) for v in (r.get("trace") or {}).get("vectors", [])),
-                   sum(v.get("injected", 0) for v in (r.get("trace") or {}).get("vectors", []))) for r in treated]
-        if treated and all(own_ti) and all(i for _, i in all_ti):
+        all_ti = [source_counts(r.get("trace") or {}, ("*",)) for r in treated]
+        if treated and all(own_ti) and all(all_ti):
             ot, oi = (sum(x[k] for x in own_ti if x) for k in (0, 1))
-            at, ai = (sum(x[k] for x in all_ti) for k in (0, 1))
+            at, ai = (sum(x[k] for x in all_ti if x) for k in (0, 1))
             s["mix"].append({"share": oi / ai, "own": ot / oi, "other": (at - ot) / (ai - oi) if ai > oi else None})
         seconds = [float(r["workload_seconds"]) for r in treated if r.get("workload_seconds")]
         if isinstance(head, float) and seconds:
@@ -140,7 +144,8 @@ def summarize(out: Path) -> dict[str, Any]:
             "cv": statistics.stdev(h) / statistics.mean(h) if len(h) > 1 and statistics.mean(h) else None,
             "own_median": statistics.median(s["own"]) if s["own"] else None,
             "own_min": min(s["own"]) if s["own"] else None, "own_max": max(s["own"]) if s["own"] else None,
-            "own_cv": statistics.stdev(s["own"]) / statistics.mean(s["own"]) if len(s["own"]) > 1 else None,
+            "own_cv": (statistics.stdev(s["own"]) / statistics.mean(s["own"])
+                       if len(s["own"]) > 1 and statistics.mean(s["own"]) else None),
             "mix": {k: _span([m[k] for m in s["mix"] if m[k] is not None]) for k in ("share", "own", "other")},
             "trapped_reasons": dict(s["reasons"].most_common()),
             "pv_taken_min": min(s["taken"]) if s["taken"] else None,

@@ -81,6 +81,26 @@ def test_guest_that_never_gets_ready_fails_at_the_deadline(guest_kernel: Path, g
     assert 8 <= time.monotonic() - start < 30
 
 
+def test_a_boot_deadline_keeps_where_the_guest_was(guest_kernel: Path, guest_image, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A guest that printed nothing before the deadline (the soak's timer #8: empty console, no
+    cause) leaves its run state and its vCPUs' RIP/HLT: in the error and in <name>-not-ready.txt.
+    Here QEMU is stopped over QMP before the kernel's first line, so the run state says why."""
+    with pytest.raises(GuestTimeout) as info, Machine(spec(guest_kernel, guest_image, name="stuck"), READY_PATTERN,
+                                                      artifacts=tmp_path) as m:
+        m.qmp("stop")
+        m.wait_ready(5)
+    said = str(info.value)
+    assert "not ready after 5s" in said and "run state paused" in said, said
+    assert "its vCPUs: CPU0 RIP=" in said and "(same 1 s later)" in said, said
+    assert info.value.evidence[0] == "run state paused" and info.value.evidence[1].startswith("CPU0 RIP=")
+    kept = (tmp_path / "stuck-not-ready.txt").read_text()
+    assert "run state: paused" in kept and "== sample 2, CPU 0" in kept and "RIP=" in kept
+    # Kept with the attempt's logs (an attempt record links what exists).
+    from e2e.evidence import AttemptTrace
+
+    assert "stuck-not-ready.txt" in AttemptTrace(tmp_path, m).logs()
+
+
 def test_a_qemu_that_exits_during_boot_is_classified_not_left_running(guest_kernel: Path, guest_image) -> None:  # type: ignore[no-untyped-def]
     """The console closes a moment before QEMU can be reaped: the error waits for the exit and names
     its class (here a reset the guest asked for before its first console line: QEMU runs

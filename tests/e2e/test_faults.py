@@ -25,7 +25,7 @@ from e2e import ab, hostid
 from e2e.argv import MachineSpec
 from e2e.build.image import READY_PATTERN
 from e2e.cache import Cache
-from e2e.errors import CapabilityError, GuestTimeout, PveoiError, SshError
+from e2e.errors import CapabilityError, GuestTimeout, Kind, PveoiError, SshError
 from e2e.history import load_history
 from e2e.machine import Machine
 from e2e.model import DEFAULT_ARMS, Plan, Result
@@ -223,6 +223,7 @@ def test_qmp_socket_closed(guest_kernel: Path, guest_image) -> None:  # type: ig
         text = str(err.value)
         assert "\n" not in text and "the QMP connection to QEMU" in text and "closed during query-status" in text
         assert "; fix: pveoi stops this QEMU" in text
+        assert err.value.kind is Kind.INFRASTRUCTURE and err.value.failed == "qmp failure"  # retried, classed
         assert m.is_running(), "QEMU itself is fine; only QMP is gone"
     assert m.exitcode is not None, "shutdown without QMP must still stop QEMU"
     assert not workdir.exists()

@@ -14,13 +14,18 @@ import pytest
 from e2e import ab
 from e2e.errors import (
     CapabilityError,
+    CommandFailed,
+    CommandTimeout,
     Finding,
     GuestTimeout,
     Kind,
     MeasurementError,
+    PerfError,
     PveoiError,
     QemuExited,
     QmpCommandError,
+    QmpLost,
+    QmpTimeout,
     SshError,
 )
 from e2e.evidence import AttemptTrace, attempt_name, keep_perf_output
@@ -211,10 +216,15 @@ def test_a_failed_virtual_hosts_guest_logs_stay_with_it_and_its_retry_overwrites
 
 
 @pytest.mark.parametrize(("err", "cls"), [
-    (MeasurementError("perf record failed during attach (exit code 255)", kind=Kind.INFRASTRUCTURE), "perf failure"),
+    (PerfError("perf record failed during attach (exit code 255)", kind=Kind.INFRASTRUCTURE), "perf failure"),
+    (MeasurementError("arm on asked for kvm-pv-eoi=on but QMP reads [False]"), "measurement failure"),
     (GuestTimeout("guest not ready after 180s"), "guest deadline"),
+    (CommandTimeout("guest command `iperf3` timed out after 600s"), "guest deadline"),
+    (CommandFailed("guest command `dd` exited 1: no space"), "command failed"),
     (SshError("no SSH to the guest"), "ssh failure"),
     (QmpCommandError("query-status", {}, "GenericError", "timed out"), "qmp failure"),
+    (QmpTimeout("QEMU did not answer QMP query-status"), "qmp failure"),
+    (QmpLost("the QMP connection to QEMU closed during query-status"), "qmp failure"),
     (PveoiError("something else"), "qemu running"),
 ])
 def test_an_attempt_that_failed_while_qemu_ran_is_classed_by_what_failed(tmp_path: Path, err: PveoiError,
@@ -222,11 +232,16 @@ def test_an_attempt_that_failed_while_qemu_ran_is_classed_by_what_failed(tmp_pat
     """The soak saw a perf attach failure recorded as class "qemu running", which names no cause."""
     from types import SimpleNamespace
 
-    from e2e.exitcause import RUNNING, TRIPLE_FAULT, ExitCause
+    from e2e.exitcause import CLASSES, RUNNING, TRIPLE_FAULT, ExitCause
 
+    assert cls in CLASSES
     machine = SimpleNamespace(ended=ExitCause(RUNNING, ("QEMU still ran",)), log_paths=lambda: [])
     got = AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried")  # type: ignore[arg-type]
     assert (got.cls, got.evidence) == (cls, ("QEMU still ran",))
+    # What the error kept (a boot deadline's vCPUs) reaches the attempt's evidence.
+    err.evidence = ("run state running", "CPU0 RIP=ffffffff81479993 HLT=1 (same 1 s later)")
+    got = AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried")  # type: ignore[arg-type]
+    assert got.evidence == ("QEMU still ran", *err.evidence)
     # QEMU's own end comes first: an SSH error from a guest that triple-faulted is the triple fault.
     machine.ended = ExitCause(TRIPLE_FAULT, ("SHUTDOWN reason guest-reset",))
     assert AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried").cls == TRIPLE_FAULT  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.errors import CapabilityError, ConfigError, Kind, MeasurementError, PveoiError
+from e2e.errors import CapabilityError, ConfigError, Kind, MeasurementError, PerfError, PveoiError
 from e2e.exit_reasons import (
     breakdown_filters,
     breakdown_reasons,
@@ -188,7 +188,7 @@ def test_perf_error_permission_names_the_fix_and_perfs_hint() -> None:
 def test_perf_error_classifies_gone_threads_unknown_events_and_filters(tmp_path: Path) -> None:
     gone = perf_error("Problems finding threads of monitor\n\n Usage: perf stat\n", 234, ["perf"],
                       "x")
-    assert type(gone) is MeasurementError and "Problems finding threads" in str(gone)
+    assert type(gone) is PerfError and "Problems finding threads" in str(gone)
     # An unknown tracepoint: "load kvm" where tracefs is mounted, "mount tracefs" where it is not
     # (fake roots: the answer must not depend on this host's tracefs).
     mounted = tmp_path / "mounted"
@@ -203,7 +203,7 @@ def test_perf_error_classifies_gone_threads_unknown_events_and_filters(tmp_path:
     assert "tracefs is not mounted" in str(unmounted)
     bad = perf_error('failed to set filter "x==(" on event kvm:kvm_exit with 2\n', 255, ["perf"],
                      "x")
-    assert type(bad) is MeasurementError and "failed to set filter" in str(bad)
+    assert type(bad) is PerfError and "failed to set filter" in str(bad)
     ended = perf_error("Events disabled\n", 0, ["perf"], "enable")
     assert "exited" in str(ended)
     other = perf_error("something odd\n", -9, ["perf", "stat"], "stop")
@@ -219,7 +219,7 @@ def test_perf_records_usual_warnings_are_no_verdict() -> None:
              "perf_event__synthesize_bpf_events: failed to synthesize bpf images: No such file or directory\n"
              "Couldn't synthesize bpf events.\n")
     err = perf_error(usual, 255, ["perf", "record", "-p", "7"], "attach")
-    assert type(err) is MeasurementError and err.kind is Kind.INFRASTRUCTURE
+    assert type(err) is PerfError and err.kind is Kind.INFRASTRUCTURE and err.failed == "perf failure"
     assert str(err).startswith("perf record failed during attach (exit code 255): perf printed no error")
     # The same warnings beside a real permission error still give the capability verdict.
     denied = perf_error(usual + "Error:\nAccess to performance monitoring and observability operations is "

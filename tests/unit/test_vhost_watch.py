@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from e2e.errors import GuestTimeout, Kind, QemuExited
+from e2e.machine import cpu_state
 from e2e.runner import restart_record
-from e2e.vhost import STALLED, VhostStalled, cpu_state, stall_reason, vhost_error
+from e2e.vhost import STALLED, VhostStalled, stall_reason, vhost_error
 
 REGISTERS = """RAX=0000000000000000 RBX=ffffffff82613940 RCX=0000000000000001 RDX=0000000000000000
 RSI=0000000000000087 RDI=000000000012d0ac RBP=ffffffff82603e78 RSP=ffffffff82603e58
