@@ -52,12 +52,13 @@ class VCpu:
     qom_path: str
 
 
-_RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
+_RIP = re.compile(r"\b[RE]IP=([0-9a-fA-F]+)")  # EIP= while the vCPU is not yet in long mode (firmware, boot)
 _HLT = re.compile(r"\bHLT=(\d)")
 
 
 def cpu_state(registers: str) -> str:
-    """``RIP=... HLT=.`` from HMP ``info registers`` text (pure); ``?`` for what is missing."""
+    """``RIP=... HLT=.`` from HMP ``info registers`` text (pure; a 32-bit vCPU's EIP is given as its
+    RIP); ``?`` for what is missing."""
     rip, hlt = _RIP.search(registers), _HLT.search(registers)
     return f"RIP={rip.group(1).lower() if rip else '?'} HLT={hlt.group(1) if hlt else '?'}"
 

@@ -32,6 +32,10 @@ def test_a_stall_is_a_silent_userspace_or_a_kernel_stall_report_with_no_output_a
 def test_cpu_state_reads_rip_and_hlt_from_info_registers() -> None:
     assert cpu_state(REGISTERS) == "RIP=ffffffff81c8b6be HLT=1"
     assert cpu_state("(no answer: QMP timed out)") == "RIP=? HLT=?"
+    # A vCPU not yet in long mode (firmware, early boot) shows EIP: a guest stuck there says where.
+    early = "EAX=00000000 EBX=00000000 ECX=00000000 EDX=00060fb1\nESI=00000000 EDI=00000000 EBP=00000000 " \
+            "ESP=00000000\nEIP=0000fff0 EFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\n"
+    assert cpu_state(early) == "RIP=0000fff0 HLT=0"
 
 
 def test_a_restart_is_recorded_with_its_class_evidence_and_logs(tmp_path: Path) -> None:
