@@ -75,6 +75,12 @@ def figures(runs: Sequence[RunRecord], workload: Workload) -> list[tuple[str, st
     return out
 
 
+def _record_sources(metrics: dict[str, Any], workload: Workload) -> None:
+    """The result says which interrupts were the workload's own (the history reads them back)."""
+    if OWN in metrics:
+        metrics[OWN]["sources"] = list(workload.sources)
+
+
 def _events(name: str, workload: Workload) -> Callable[[RunRecord], tuple[float, float]]:
     """A figure's raw (events, exposure) of one run: the counts its per-interrupt (or per-op) value divides."""
     ops = workload.ops
@@ -130,8 +136,7 @@ def _effect(workload: Workload, off: Arm, on: Arm, runs: Sequence[RunRecord],
     for name, unit, value in figures(r_on + r_off, workload):
         metrics[name] = {**summarize(name, [value(r) for r in r_on], [value(r) for r in r_off], unit=unit).to_json(),
                          **p_rate(name, r_off, r_on, workload)}
-    if OWN in metrics:  # the result says which interrupts were the workload's own
-        metrics[OWN]["sources"] = list(workload.sources)
+    _record_sources(metrics, workload)
     reasons: list[str] = []
     try:
         trapped = eoi_exits_saved_per_interrupt([{**r.counts, "interrupts": r.interrupts} for r in r_on],
@@ -175,8 +180,7 @@ def _difference(workload: Workload, a: Arm, b: Arm, runs: Sequence[RunRecord],
                              **p_rate(name, r_a, r_b, workload)}
         except (MeasurementError, Finding) as err:
             reasons.append(f"{name}: {err}")
-    if OWN in metrics:
-        metrics[OWN]["sources"] = list(workload.sources)
+    _record_sources(metrics, workload)
     same_side = a.expects_pv_eoi == b.expects_pv_eoi
     if same_side:
         t, e = metrics.get("trapped_eoi"), metrics.get("kvm_exit")

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import ktap
 from .errors import ConfigError
-from .model import OWN, Arm, Result, WorkloadResult
+from .model import Arm, Result, WorkloadResult
 
 ORIGIN_RE = re.compile(r"[a-z0-9_]+")
 VERSION = {"major": 5, "minor": 3}
@@ -228,8 +228,8 @@ def _workload(doc: _Doc, result: Result, run_id: str, w: WorkloadResult, builds:
         doc.test(run_id, build, [*base, "eoi_saved"], "DONE", env, number=number, start=start,
                  misc={"ci95": head.get("ci"), "limit": head.get("limit"), "treatment": w.treatment,
                        "baseline": w.baseline})
-    own = w.metrics.get(OWN)
-    if isinstance(own, Mapping) and _number(own.get("diff")):
+    own = w.own_saved
+    if own and _number(own.get("diff")):
         doc.test(run_id, build, [*base, "eoi_saved_own"], "DONE", env, number=_number(own["diff"], "exits/interrupt"),
                  start=start, misc={"ci95": own.get("diff_ci"), "sources": own.get("sources"),
                                     "treatment": w.treatment, "baseline": w.baseline})

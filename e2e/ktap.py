@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import OWN, Comparison, Result, WorkloadResult
+from .model import Comparison, Result, WorkloadResult
 
 VERSION_LINE = "KTAP version 1"
 INDENT = "  "
@@ -209,8 +209,8 @@ def workload_case(result: Result, w: WorkloadResult, name: str | None = None) ->
         head = w.eoi_exits_saved_per_interrupt
         diagnostics.append(f"EOI exits saved per injected interrupt {_num(head.get('value'))}{_ci(head.get('ci'))} "
                            f"({w.treatment} vs {w.baseline})")
-    own = w.metrics.get(OWN)
-    if isinstance(own, Mapping) and own.get("diff") is not None:
+    own = w.own_saved
+    if own:
         diagnostics.append(f"EOI exits saved per workload interrupt {_num(own.get('diff'))}{_ci(own.get('diff_ci'))} "
                            f"({', '.join(own.get('sources') or [])})")
     exit_m = w.metrics.get("kvm_exit")

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -468,25 +469,6 @@ class Machine:
         self._require(Runstate.RUNNING, "wait for the guest")
         try:
             return self.console.wait_ready(timeout)
-        except GuestTimeout as err:
-            if not self.is_running():
-                self.exitcode = self._proc.poll() if self._proc else None
-                raise
-            try:
-                status = str(self.qmp("query-status").get("status"))
-            except PveoiError as qerr:  # a QEMU that does not answer is not asked again
-                status, sample = f"(no answer: {qerr})", CpuSample([], [], [])
-            else:
-                sample = self.sample_cpus(self.spec.smp)
-            kept = self.logdir / f"{self.spec.name}-not-ready.txt"
-            try:
-                kept.write_text("\n".join([str(err), f"run state: {status}", *sample.dump]) + "\n")
-            except OSError as werr:
-                log.warning("could not keep the evidence of the boot deadline in %s: %s", kept, werr)
-            err.evidence = (f"run state {status}", *sample.described())
-            err.message += f"; run state {status}" + (f"; its vCPUs: {'; '.join(sample.described())}"
-                                                      if sample.states else "")
-            raise
         except GuestError as err:
             if type(err) is GuestError:  # the console closed: QEMU is exiting; wait for it and say how it ended
                 # (QEMU closes its chardevs a moment before it can be reaped: without the grace the
@@ -498,7 +480,33 @@ class Machine:
                     raise gone from err
             elif not self.is_running():
                 self.exitcode = self._proc.poll() if self._proc else None
+            elif isinstance(err, GuestTimeout):
+                self._note_not_ready(err)
             raise
+
+    def _note_not_ready(self, err: GuestTimeout) -> None:
+        """Add where a guest that missed its boot deadline was (QEMU's run state, its vCPUs) to
+        ``err``'s message and evidence, and keep the full answers in ``<name>-not-ready.txt``."""
+        try:
+            status = str(self.qmp("query-status").get("status"))
+        except PveoiError as qerr:  # a QEMU that does not answer is not asked again
+            status, sample = f"(no answer: {qerr})", CpuSample([], [], [])
+        else:
+            sample = self.sample_cpus(self.spec.smp)
+        self.keep_evidence("not-ready", [str(err), f"run state: {status}", *sample.dump])
+        err.evidence = (f"run state {status}", *sample.described())
+        err.message += f"; run state {status}" + (f"; its vCPUs: {'; '.join(sample.described())}"
+                                                  if sample.states else "")
+
+    def keep_evidence(self, what: str, lines: Sequence[str]) -> Path:
+        """Write ``lines`` to ``<name>-<what>.txt`` beside the console log (a failure to write is
+        logged, never raised over the error being explained)."""
+        kept = self.logdir / f"{self.spec.name}-{what}.txt"
+        try:
+            kept.write_text("\n".join(lines) + "\n")
+        except OSError as err:
+            log.warning("could not keep %s in %s: %s", what, kept, err)
+        return kept
 
     def ssh(self, private_key: Path, host_key_line: str, timeout: float = 60.0) -> GuestSsh:
         """Connect over SSH (call after :meth:`wait_ready`); closed at shutdown.

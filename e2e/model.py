@@ -465,6 +465,13 @@ class WorkloadResult:
     attempts: tuple[Attempt, ...] = ()
 
     @property
+    def own_saved(self) -> Mapping[str, Any] | None:
+        """The :data:`OWN` metric (EOI exits saved per workload interrupt is its ``diff``), where the
+        runs were traced; None otherwise."""
+        own = self.metrics.get(OWN)
+        return own if isinstance(own, Mapping) and own.get("diff") is not None else None
+
+    @property
     def measurable(self) -> bool:
         return self.verdict in ("pass", "fail")
 

@@ -320,8 +320,8 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
     if "problems finding threads" in lower or "no such process" in lower:
         line = first("problems finding threads", "no such process")
         return PerfError(f"{head}: {line}",
-                                fix="the pid/tids to count do not exist (any more); pass live ones",
-                                kind=Kind.INFRASTRUCTURE)
+                         fix="the pid/tids to count do not exist (any more); pass live ones",
+                         kind=Kind.INFRASTRUCTURE)
     if "unknown tracepoint" in lower or "event syntax error" in lower:
         line = first("event syntax error", "unknown tracepoint")
         why = next((ln.lstrip("\\_ ") for ln in lines if ln.startswith("\\___")), None)
@@ -346,10 +346,10 @@ def perf_error(stderr: str, returncode: int | None, argv: Sequence[str], when: s
         # (twice in some 250 traced runs, both block, before its QEMU's I/O workers were pinned):
         # nothing to fix here, so a fresh attempt, not a capability verdict.
         return PerfError(f"{head}: perf printed no error (only its usual warnings)",
-                                fix="nothing to change here: the run is retried; if it repeats, run it by hand: "
-                                    + shlex.join(argv), kind=Kind.INFRASTRUCTURE)
+                         fix="nothing to change here: the run is retried; if it repeats, run it by hand: "
+                             + shlex.join(argv), kind=Kind.INFRASTRUCTURE)
     return PerfError(f"{head}: {first('error', 'fail')}",
-                            fix=f"run it by hand to see why: {shlex.join(argv)}")
+                     fix=f"run it by hand to see why: {shlex.join(argv)}")
 
 
 # ---------------------------------------------------------------- PerfStat
@@ -506,7 +506,7 @@ class PerfStat:
                 returncode = proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired as err:
                 raise PerfError(f"perf did not exit within {self.stop_timeout:g}s of SIGINT",
-                                       fix="see perf's stderr; the host may be overloaded") from err
+                                fix="see perf's stderr; the host may be overloaded") from err
             self.stderr_text = self._read_stderr()
             # perf re-raises SIGINT at exit; 0: the counted process exited first.
             if returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT):

@@ -14,14 +14,14 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write
 from .errors import PveoiError
 from .history import runner_id
-from .model import OWN, Result
+from .model import Result
 
 
 def kernel_manifest(bzimage: Path) -> dict[str, Any]:
@@ -201,8 +201,8 @@ def format_table(result: Result) -> str:
         if head:
             lines.append(f"  EOI exits saved per injected interrupt: {fmt_number(head.get('value'))} "
                          f"{fmt_ci(head.get('ci'))} (limit 1.0; {w.treatment} vs {w.baseline})")
-        own = w.metrics.get(OWN)
-        if isinstance(own, Mapping) and own.get("diff") is not None:
+        own = w.own_saved
+        if own:
             lines.append(f"  EOI exits saved per workload interrupt: {fmt_number(own.get('diff'))} "
                          f"{fmt_ci(own.get('diff_ci'))} (its own: {', '.join(own.get('sources') or [])}; "
                          "the headline also counts the tick and IPIs, whose number follows the seconds)")

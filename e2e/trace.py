@@ -143,7 +143,7 @@ class PerfRecord(PerfStat):
         data = workdir / "perf.data"
         if not data.is_file():
             raise PerfError("perf record wrote no perf.data",
-                                   fix=f"see perf's stderr: {(self.stderr_text or '').strip()[-300:]}")
+                            fix=f"see perf's stderr: {(self.stderr_text or '').strip()[-300:]}")
         lost = lost_in_stderr(self.stderr_text or "")
         argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F", "tid,time,event,trace"]
         proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=600,
@@ -153,8 +153,8 @@ class PerfRecord(PerfStat):
         self.output_text = proc.stdout
         if lost:
             raise PerfError(f"perf record lost {lost} chunk(s) of events; the trace cannot be judged",
-                                   fix="the host is overloaded, or raise perf's buffer (trace.perf_record_argv)",
-                                   kind=Kind.INFRASTRUCTURE)
+                            fix="the host is overloaded, or raise perf's buffer (trace.perf_record_argv)",
+                            kind=Kind.INFRASTRUCTURE)
         return proc.stdout
 
 

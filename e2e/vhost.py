@@ -327,11 +327,7 @@ class VirtualKvmHost(Machine):
         # What a stalled kernel says, when it can still say anything (the RCU stall detector, the
         # soft/hard lockup watchdogs); otherwise the console's last line.
         said = next((ln for ln in reversed(self.console.text().splitlines()) if _KERNEL_STALL.search(ln)), None)
-        kept = self.logdir / f"{self.spec.name}-stall.txt"
-        try:
-            kept.write_text("\n".join([why, *sample.dump, "== console tail", *tail]) + "\n")
-        except OSError as err:
-            self.log.warning("could not keep the stall's evidence in %s: %s", kept, err)
+        kept = self.keep_evidence("stall", [why, *sample.dump, "== console tail", *tail])
         return vhost_error(
             f"the virtual host stalled: {why}; its CPUs: {cpus}"
             + (f"; console: {said or tail[-1]}" if said or tail else "; console: silent"),
