@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,15 @@ ARM_KEYS = {"name", "pv_eoi", "cpu_flags", "append", "kernel", "smp", "host_kern
 
 #: Builds a kernel from ``(source, patches, flavour)`` and returns its bzImage (the CLI passes
 #: pveoi's cached build; a test may pass anything that returns a path).
-KernelBuilder = Callable[[Path, Path | None, str], Path]
+#: Builds an arm's kernel: (source tree or None for Debian's, patches dir or None, flavour, base or None).
+KernelBuilder = Callable[[Path | None, Path | None, str, str | None], Path]
 
 
 def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
                 build: KernelBuilder | None) -> tuple[Path | None, dict[str, str]]:
-    """An arm's ``kernel``/``host_kernel`` value: a bzImage path, or ``{source = DIR, patches = DIR}``."""
+    """An arm's ``kernel``/``host_kernel`` value: a bzImage path, or a table of ``source`` (a tree),
+    ``patches`` (a series dir) and ``base`` (a kernel base: Debian's source of it, or with ``source``
+    the series to apply), at least one of ``source`` and ``base``."""
     if raw is None:
         return None, {}
     if isinstance(raw, str):
@@ -77,21 +80,31 @@ def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
         elif not path.is_file():
             raise ConfigError(f"{where}: {path} not found", fix="build it first (pveoi kernel build --flavour host)")
         return path, {f"{flavour}_kernel": str(path)}
-    if isinstance(raw, dict) and set(raw) <= {"source", "patches"} and isinstance(raw.get("source"), str):
-        source = (base / Path(raw["source"]).expanduser()).resolve()
+    if (isinstance(raw, dict) and raw and set(raw) <= {"source", "patches", "base"}
+            and all(isinstance(v, str) for v in raw.values()) and ("source" in raw or "base" in raw)):
+        source = (base / Path(raw["source"]).expanduser()).resolve() if raw.get("source") else None
         patches = (base / Path(raw["patches"]).expanduser()).resolve() if raw.get("patches") else None
         for d in (source, patches):
             if d is not None and not d.is_dir():
                 raise ConfigError(f"{where}: {d} is not a directory", fix="point source/patches at directories")
+        kbase = raw.get("base")
+        if kbase is not None:
+            from .kernel import base_named
+
+            try:
+                base_named(kbase)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err.message}", fix=err.fix) from err
         if build is None:
             raise ConfigError(f"{where}: a kernel built from source is not available here",
                               fix="pass a bzImage path")
-        origin = {f"{flavour}_source": str(source)}
-        if patches is not None:
-            origin[f"{flavour}_patches"] = str(patches)
-        return build(source, patches, flavour), origin
-    raise ConfigError(f"{where}: expected a bzImage path or {{source = DIR, patches = DIR}}, got {raw!r}",
-                      fix='write e.g. kernel = "/path/bzImage" or kernel = { source = "~/linux" }')
+        origin = {f"{flavour}_{k}": str(v) for k, v in (("source", source), ("patches", patches), ("base", kbase))
+                  if v is not None}
+        return build(source, patches, flavour, kbase), origin
+    raise ConfigError(f"{where}: expected a bzImage path or {{source = DIR, patches = DIR, base = BASE}}, "
+                      f"got {raw!r}",
+                      fix='write e.g. kernel = "/path/bzImage", kernel = { source = "~/linux" } or '
+                          'kernel = { base = "6.12" }')
 
 
 def load_arms(path: Path, build: KernelBuilder | None = None) -> tuple[Arm, ...]:
@@ -426,7 +439,13 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
             log.error("run failed: %s", err)
 
 
-def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed: bool = True) -> Result:
+#: Called after each guest of a workload with the guests done so far (positions of the plan's
+#: order, counting those of an earlier part) and that workload's raw result so far.
+Checkpoint = Callable[[int, Result], None]
+
+
+def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed: bool = True,
+             checkpoint: Checkpoint | None = None) -> Result:
     """Run every workload of ``plan`` on this (KVM) host: the typed result.
 
     Runs that fail on infrastructure are retried, then make that workload's verdict
@@ -448,11 +467,12 @@ def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed
     setup = Setup(kernel=plan.kernel, initrd=img.initrd, private_key=img.identity.private_key,
                   host_key_line=img.host_key_line, artifacts=plan.logs, memory_mb=plan.memory_mb,
                   boot_timeout=plan.boot_timeout)
-    return run_workloads(setup, plan, workloads, events, vendor, progress, analyzed)
+    return run_workloads(setup, plan, workloads, events, vendor, progress, analyzed, checkpoint)
 
 
 def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], events: Sequence[Event], vendor: str,
-                  progress: Callable[[str], None] | None = None, analyzed: bool = True) -> Result:
+                  progress: Callable[[str], None] | None = None, analyzed: bool = True,
+                  checkpoint: Checkpoint | None = None) -> Result:
     """The A/B loop of :func:`run_plan` over given workload objects on a given setup (a test's own
     workload or accelerator): interleaved runs, retries by the one policy, analysis.
 
@@ -460,31 +480,58 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
         with only its runs, findings, errors and retries, for a caller that analyzes the raw runs
         itself (the virtual host's inner runner: its Python is about 15x slower, and the outer
         pveoi analyzes all parts together anyway).
+    :param checkpoint: told after each guest what is measured so far (the inner runner keeps it, so a
+        virtual host that dies costs the guest it was running, not the part).
     """
     say = progress or (lambda msg: log.info("%s", msg))
     thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
     setup.artifacts.mkdir(parents=True, exist_ok=True)
     runs: dict[str, tuple[RunRecord, ...]] = {}
     results: dict[str, WorkloadResult] = {}
+    runner = runner_info(vendor)
     for workload in workloads:
         order = plan.order()
         say(f"workload {workload.name}: {workload.description}; {len(order)} guests")
         outcome = Outcome()
+        if plan.start:
+            say(f"workload {workload.name}: resuming after the {plan.start} guests measured before")
         for i, (rep, arm) in enumerate(order, 1):
+            if i <= plan.start:
+                continue
             say(f"[{workload.name} {i}/{len(order)}] arm {arm.name}, rep {rep + 1}: boot + workload")
             _run_with_retries(setup, arm, workload, events, rep, plan.retries, outcome)
+            if checkpoint is not None:
+                checkpoint(i, _raw_result(plan, runner, events, {workload.name: _unanalyzed(workload, outcome)},
+                                          {workload.name: tuple(outcome.runs)}))
         runs[workload.name] = tuple(outcome.runs)
         if analyzed:
-            result = analyze(workload, plan.arms, outcome.runs, thresholds[workload.name], outcome.findings,
-                             outcome.errors, outcome.retried)
+            result = replace(analyze(workload, plan.arms, outcome.runs, thresholds[workload.name],
+                                     outcome.findings, outcome.errors, outcome.retried),
+                             attempts=tuple(outcome.attempts))
         else:
-            result = WorkloadResult(workload.name, UNANALYZED, workload.description,
-                                    findings=tuple(outcome.findings), errors=tuple(outcome.errors),
-                                    retried=tuple(outcome.retried))
-        results[workload.name] = replace(result, attempts=tuple(outcome.attempts))
-    verdict, reason = conclude(results) if analyzed else (UNANALYZED, "raw runs, to be analyzed by the caller")
+            result = _unanalyzed(workload, outcome)
+        results[workload.name] = result
+    if not analyzed:
+        return _raw_result(plan, runner, events, results, runs)
+    verdict, reason = conclude(results)
     return Result(verdict=verdict, reason=reason, runs_per_arm=plan.runs, plan=plan,
-                  arms={a.name: a for a in plan.arms}, runs=runs, workloads=results, runner=runner_info(vendor),
+                  arms={a.name: a for a in plan.arms}, runs=runs, workloads=results, runner=runner,
+                  events=tuple({"name": e.name, "filter": e.filter, "label": e.label} for e in events))
+
+
+def _unanalyzed(workload: Workload, outcome: Outcome) -> WorkloadResult:
+    """A workload's runs as measured, its verdict left to the caller."""
+    return WorkloadResult(workload.name, UNANALYZED, workload.description, findings=tuple(outcome.findings),
+                          errors=tuple(outcome.errors), retried=tuple(outcome.retried),
+                          attempts=tuple(outcome.attempts))
+
+
+def _raw_result(plan: Plan, runner: Mapping[str, Any], events: Sequence[Event],
+                results: Mapping[str, WorkloadResult], runs: Mapping[str, tuple[RunRecord, ...]]) -> Result:
+    """The result of raw runs, for a caller that analyzes them itself."""
+    return Result(verdict=UNANALYZED, reason="raw runs, to be analyzed by the caller", runs_per_arm=plan.runs,
+                  plan=plan, arms={a.name: a for a in plan.arms}, runs=dict(runs), workloads=dict(results),
+                  runner=dict(runner),
                   events=tuple({"name": e.name, "filter": e.filter, "label": e.label} for e in events))
 
 

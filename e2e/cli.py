@@ -161,14 +161,17 @@ def _setup_logging(verbose: int) -> None:
 def _add_kernel(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("kernel", help="build or fetch a guest/host kernel (cached by content hash)")
     ks = p.add_subparsers(dest="kernel_cmd", required=True)
-    b = ks.add_parser("build", help="build a bzImage out of tree (Debian linux-source-6.1 or your tree)",
+    b = ks.add_parser("build", help="build a bzImage out of tree (Debian's linux-source-<base> or your tree)",
                       description="Build tinyconfig + kvm_guest.config + pveoi's fragments (+ --config), "
-                                  "with guest_patches/ applied to a private copy. Cached by content hash.")
+                                  "with the base's guest_patches/<base>/ applied to a private copy. Cached by "
+                                  "content hash.")
     src = b.add_mutually_exclusive_group()
-    src.add_argument("--source", type=Path, metavar="DIR", help="your kernel tree (never modified)")
-    src.add_argument("--debian", action="store_true", help="Debian's linux-source-6.1 (the default)")
-    b.add_argument("--patches", type=Path, metavar="DIR", help="a quilt-style patch dir (default: guest_patches/ "
-                   "for the guest flavour, none for host)")
+    src.add_argument("--source", type=Path, metavar="DIR", help="your kernel tree (never modified); its version "
+                     "picks the series (the newest base not above it) unless --base says")
+    src.add_argument("--debian", action="store_true", help="Debian's linux-source-<base> (the default)")
+    b.add_argument("--base", metavar="BASE", help=f"kernel base: {_bases_help()}")
+    b.add_argument("--patches", type=Path, metavar="DIR", help="a quilt-style patch dir instead of the base's "
+                   "series (default: guest_patches/<base>/ for the guest flavour, none for host)")
     b.add_argument("--no-patches", action="store_true", help="build without any patches")
     b.add_argument("--config", type=Path, action="append", default=[], metavar="FRAGMENT",
                    help="extra Kconfig fragment, applied last (repeatable)")
@@ -202,7 +205,7 @@ def _cmd_kernel_build(args: argparse.Namespace) -> int:
 
     spec = kernel.default_spec(
         flavour=args.flavour, source=args.source, patches_dir=args.patches, fragments=args.config,
-        jobs=args.jobs, with_patches=False if args.no_patches else None,
+        jobs=args.jobs, with_patches=False if args.no_patches else None, base=args.base,
     )
     entry = kernel.build_kernel(spec, force=args.force)
     _print_entry(entry.path, kernel.load_manifest(entry), args.json)
@@ -225,23 +228,31 @@ def _cmd_kernel_fetch(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- shared helpers
 
 
+def _bases_help() -> str:
+    from .kernel import BASES, DEFAULT_BASE
+
+    return f"{', '.join(BASES)} (default {DEFAULT_BASE}; Debian's linux-source-<base>)"
+
+
 def _guest_kernel(args: argparse.Namespace) -> Path:
-    """The guest bzImage: --kernel PATH, else the default guest build (a cache hit when built)."""
+    """The guest bzImage: --kernel PATH, else the default guest build of --base (a cache hit when built)."""
     from . import kernel
 
     if getattr(args, "kernel", None):
         return kernel.check_kernel_file(Path(args.kernel).expanduser().absolute())
+    base = getattr(args, "base", None)
     if getattr(args, "source", None):
         patches = args.patches.expanduser().resolve() if args.patches else None
-        spec = kernel.default_spec("guest", source=args.source.expanduser().resolve(), patches_dir=patches)
+        spec = kernel.default_spec("guest", source=args.source.expanduser().resolve(), patches_dir=patches,
+                                   base=base, with_patches=False if getattr(args, "no_patches", False) else None)
         return kernel.build_kernel(spec).file("bzImage")
-    return kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")
+    return kernel.build_kernel(kernel.default_spec("guest", base=base)).file("bzImage")
 
 
-def _host_kernel() -> Path:
+def _host_kernel(args: argparse.Namespace | None = None) -> Path:
     from .runner import stock_host_kernel
 
-    return stock_host_kernel()
+    return stock_host_kernel(getattr(args, "host_base", None))
 
 
 def _image(args: argparse.Namespace) -> Any:
@@ -463,7 +474,13 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gk.add_argument("--source", type=Path, metavar="DIR",
                     help="build the guest kernel from your tree (incremental; guest_patches/ unless --patches)")
     p.add_argument("--patches", type=Path, metavar="DIR", help="with --source: a quilt patch dir instead of "
-                   "guest_patches/")
+                   "the base's guest_patches/<base>/")
+    p.add_argument("--no-patches", action="store_true", help="with --source: build without pveoi's patches "
+                   "(no skipped/written counters or markers: the loose host-only agreement)")
+    p.add_argument("--base", metavar="BASE", help=f"the guest kernel's base: {_bases_help()}; with --source, "
+                   "the series to apply instead of the one the tree's version picks")
+    p.add_argument("--host-base", metavar="BASE", help="the virtual host's own kernel base (pveoi's host "
+                   "flavour built from Debian's linux-source-<base>; default 6.1)")
     p.add_argument("--image", type=Path, metavar="DIR", help="a built guest image entry (default: build pveoi's)")
     p.add_argument("--arms", type=Path, metavar="TOML",
                    help="two or more [[arm]] tables: name, pv_eoi, cpu_flags, smp, append, kernel (a bzImage or "
@@ -517,12 +534,22 @@ def _parse_thresholds(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _build_from_source(source: Path, patches: Path | None, flavour: str) -> Path:
-    """A kernel built by pveoi from a user's tree (a cache hit when built before)."""
+def _build_from_source(source: Path | None, patches: Path | None, flavour: str, base: str | None) -> Path:
+    """A kernel built by pveoi from a user's tree or Debian's source of ``base`` (a cache hit when built
+    before)."""
     from . import kernel
 
-    spec = kernel.default_spec(flavour, source=source, patches_dir=patches)
+    spec = kernel.default_spec(flavour, source=source, patches_dir=patches, base=base)
     return kernel.build_kernel(spec).file("bzImage")
+
+
+def _check_arm_kernel(source: Path | None, patches: Path | None, flavour: str, base: str | None) -> Path:
+    """What an arms file's kernel table would build, checked without building it (a stand-in path that
+    tells arms apart the way the built kernels would)."""
+    from . import kernel
+
+    kernel.default_spec(flavour, source=source, patches_dir=patches, base=base)  # base, version, source package
+    return Path(f"<{flavour} kernel of {source or 'debian'} {patches or ''} {base or ''}>")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -572,6 +599,10 @@ def _check_inputs(args: argparse.Namespace) -> None:
         image.load_image(args.image)
     if args.patches is not None and args.source is None:
         raise ConfigError("--patches goes with --source", fix="pass --source DIR too, or drop --patches")
+    if args.no_patches and (args.source is None or args.patches is not None):
+        raise ConfigError("--no-patches goes with --source (and not with --patches)",
+                          fix="pass --source DIR --no-patches")
+    _check_bases(args)
     for d, what in ((args.source, "--source"), (args.patches, "--patches"), (args.host_source, "--host-source"),
                     (args.host_patches, "--host-patches")):
         if d is not None and not d.expanduser().is_dir():
@@ -585,8 +616,36 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.arms and (args.host_kernel or args.host_source or args.host_patches):
         raise ConfigError("--host-kernel/--host-source/--host-patches make the arms themselves; with --arms, "
                           "set host_kernel in the arms file", fix="use one or the other")
-    validate_arms(ab.load_arms(args.arms, build=lambda source, _patches, _flavour: source)
-                  if args.arms else DEFAULT_ARMS)
+    validate_arms(ab.load_arms(args.arms, build=_check_arm_kernel) if args.arms else DEFAULT_ARMS)
+
+
+def _check_bases(args: argparse.Namespace) -> None:
+    """--base/--host-base name bases pveoi has, whose Debian source is installed where it will be built;
+    a --source tree's version has a series (or --patches/--no-patches say otherwise).
+
+    :raises ConfigError: one line naming the fix, before anything is built or booted.
+    """
+    from . import kernel
+
+    if args.base is not None and args.kernel is not None:
+        raise ConfigError("--base picks the kernel pveoi builds; --kernel brings your own",
+                          fix="drop one of --base and --kernel")
+    if args.host_base is not None and (args.host_kernel or args.host_source):
+        raise ConfigError("--host-base picks the virtual host's own kernel; --host-kernel/--host-source add a "
+                          "host kernel under test", fix="drop --host-base, or the host kernel under test")
+    if args.host_base is not None and args.host == "direct":
+        raise ConfigError("--host-base picks the virtual host's kernel; --host direct runs on this machine's",
+                          fix="add --host virtual or drop --host-base")
+    if args.source is not None:
+        tree = kernel.KernelSource.tree(args.source)
+        if args.base is not None:
+            kernel.base_named(args.base)
+        elif args.patches is None and not args.no_patches:
+            kernel.base_for_version(kernel.tree_version(tree.path))
+    elif args.kernel is None:
+        kernel.KernelSource.debian(args.base)
+    if args.host_base is not None:
+        kernel.KernelSource.debian(args.host_base)
 
 
 def _host_kernel_arms(args: argparse.Namespace, arms: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -623,6 +682,13 @@ def _plan(args: argparse.Namespace) -> Any:
     if args.smp is not None:
         arms = tuple(a if a.smp is not None else replace(a, smp=args.smp) for a in arms)
     arms = _host_kernel_arms(args, arms)
+    if args.host_base is not None:
+        from .runner import stock_host_kernel
+
+        host = stock_host_kernel(args.host_base)
+        arms = tuple(a if a.host_kernel else replace(a, host_kernel=host,
+                                                     origin={**a.origin, "host_base": args.host_base})
+                     for a in arms)
     validate_arms(arms)
     kernel_path = _guest_kernel(args)
     img = _image(args)

@@ -9,6 +9,10 @@ outer pveoi analyzes every part's runs together, in native Python), else the
 error's. An error that stops the whole run is written as a result with verdict
 ``error`` and the error's kind, message and fix, which the outer pveoi raises
 again as the same kind.
+
+After each guest the runs so far are written beside the result (:data:`PARTIAL`),
+so that when the virtual host dies the outer pveoi keeps them and resumes the
+part in a fresh one after them (:func:`load_partial`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import Kind, PveoiError
 from .model import Plan, Result
 
+if TYPE_CHECKING:
+    from .ab import Checkpoint
+
+PARTIAL = "partial.json"
+"""The runs measured so far: ``{"done": guests of the plan's order done, "result": raw result}``."""
 STACKS = "inner-stacks.txt"
 """Every thread's stack, written every :data:`STACKS_EVERY` s while the inner run lasts."""
 STACKS_EVERY = 600.0
@@ -39,7 +49,8 @@ def run(plan_path: Path, result_path: Path) -> int:
     with open(result_path.parent / STACKS, "w") as stacks:
         faulthandler.dump_traceback_later(STACKS_EVERY, repeat=True, file=stacks)
         try:
-            result = ab.run_plan(plan, analyzed=False)  # the outer pveoi analyzes every part's raw runs
+            # The outer pveoi analyzes every part's raw runs.
+            result = ab.run_plan(plan, analyzed=False, checkpoint=_checkpoint(result_path.parent / PARTIAL))
         except PveoiError as err:
             results.emit(results.error_result(err, "direct", "inside the virtual KVM host", plan.runs), result_path,
                          None)
@@ -48,6 +59,26 @@ def run(plan_path: Path, result_path: Path) -> int:
             faulthandler.cancel_dump_traceback_later()
     results.emit(result, result_path, None)
     return 0
+
+
+def _checkpoint(path: Path) -> Checkpoint:
+    from .cache import atomic_write
+
+    def write(done: int, result: Result) -> None:
+        atomic_write(path, json.dumps({"done": done, "result": result.to_json()}))
+
+    return write
+
+
+def load_partial(path: Path) -> tuple[int, Result] | None:
+    """What a part that did not finish had measured: (guests of its order done, its raw result), or
+    None when it measured nothing or left nothing readable."""
+    try:
+        data = json.loads(path.read_text())
+        done, result = int(data["done"]), Result.from_json(data["result"], str(path))
+    except (OSError, ValueError, KeyError, TypeError, PveoiError):
+        return None
+    return (done, result) if done > 0 else None
 
 
 def raise_inner_error(result: Result) -> None:

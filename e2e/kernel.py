@@ -1,7 +1,12 @@
 """
-Guest and host kernels: build from source (Debian's linux-source-6.1 or the
-user's tree) plus ``guest_patches/``, or fetch prebuilt (Debian's package, a
-path, a URL with sha256). Results are cached by content hash with a manifest.
+Guest and host kernels: build from source (Debian's linux-source-<base> or the
+user's tree) plus the base's series in ``guest_patches/<base>/``, or fetch
+prebuilt (Debian's package, a path, a URL with sha256). Results are cached by
+content hash with a manifest.
+
+A *base* is a kernel line pveoi ships a guest series for (:data:`BASES`: 6.1
+and 6.12). Debian's source of a base is ``/usr/src/linux-source-<base>.tar.xz``;
+a user's tree gets the series of the newest base not above its version.
 
 Builds are always out of tree (``O=``) and never touch the user's tree: a
 series of patches is applied to a private copy, so a patch that fails to apply
@@ -46,8 +51,6 @@ from .tmpdirs import tempdir
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEBIAN_SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
-DEBIAN_SOURCE_PACKAGE = "linux-source-6.1"
 FLAVOURS = ("guest", "host")
 KERNEL_KIND = "kernels"
 SCHEMA = 1
@@ -125,6 +128,95 @@ def flavour_fragments(flavour: str) -> list[Path]:
     return frags
 
 
+# ---------------------------------------------------------------- bases
+
+
+@dataclass(frozen=True)
+class Base:
+    """A kernel line pveoi ships a guest series for, with Debian's source package of it.
+
+    :param name: ``"6.1"``, ``"6.12"``: what ``--base`` and ``kernel = { base = ... }`` take.
+    :param apt: how to install its source (the suite it comes from).
+    """
+
+    name: str
+    apt: str
+
+    @property
+    def version(self) -> tuple[int, int]:
+        major, minor = self.name.split(".")
+        return int(major), int(minor)
+
+    @property
+    def package(self) -> str:
+        return f"linux-source-{self.name}"
+
+    @property
+    def tarball(self) -> Path:
+        return Path("/usr/src") / f"{self.package}.tar.xz"
+
+    @property
+    def series_dir(self) -> Path:
+        """pveoi's guest series for this base."""
+        return REPO_ROOT / "guest_patches" / self.name
+
+
+#: The bases, oldest first. 6.1: Debian 12's own kernel line, the base every soak so far ran on;
+#: 6.12: the current LTS (bookworm-backports), whose APIC callbacks changed (apic_update_callback).
+BASES: dict[str, Base] = {
+    "6.1": Base("6.1", "apt-get install linux-source-6.1"),
+    "6.12": Base("6.12", "apt-get install -t bookworm-backports linux-source-6.12"),
+}
+#: The base of the quick start (why: README, "Kernel bases").
+DEFAULT_BASE = "6.1"
+
+_VERSION_LINE = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL)\s*=\s*(\d*)\s*$", re.M)
+
+
+def base_named(name: str | None) -> Base:
+    """The base called ``name`` (None: :data:`DEFAULT_BASE`).
+
+    :raises ConfigError: for a base pveoi has no series for, naming the ones it has.
+    """
+    name = DEFAULT_BASE if name is None else str(name).strip()
+    if name not in BASES:
+        raise ConfigError(f"unknown kernel base {name!r}: pveoi has series for {', '.join(BASES)}",
+                          fix=f"pass --base {' or --base '.join(BASES)}, or your own series with --patches DIR")
+    return BASES[name]
+
+
+def tree_version(tree: Path) -> str:
+    """``VERSION.PATCHLEVEL.SUBLEVEL`` of a source tree, from its top Makefile (what ``make
+    kernelversion`` prints, less EXTRAVERSION; reading three lines costs no make start-up).
+
+    :raises ConfigError: if the Makefile has no version.
+    """
+    try:
+        head = (tree / "Makefile").read_text(errors="replace")[:4096]
+    except OSError as err:
+        raise ConfigError(f"cannot read {tree / 'Makefile'}: {err.strerror}", fix="pass a Linux source tree") from err
+    fields = {k: v for k, v in _VERSION_LINE.findall(head)}
+    if not fields.get("VERSION") or not fields.get("PATCHLEVEL"):
+        raise ConfigError(f"{tree / 'Makefile'} names no kernel version", fix="pass a Linux source tree")
+    return f"{fields['VERSION']}.{fields['PATCHLEVEL']}.{fields.get('SUBLEVEL') or 0}"
+
+
+def base_for_version(version: str) -> Base:
+    """The newest base not above ``version`` (``"6.13.2"`` -> 6.12).
+
+    :raises ConfigError: for a kernel older than every base.
+    """
+    try:
+        have = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError as err:
+        raise ConfigError(f"cannot read kernel version {version!r}", fix="pass a Linux source tree") from err
+    fitting = [b for b in BASES.values() if b.version <= have]
+    if not fitting:
+        raise ConfigError(f"Linux {version} is older than every base pveoi has a series for ({', '.join(BASES)})",
+                          fix="pass your own series with --patches DIR, or --no-patches (loose agreement)")
+    return max(fitting, key=lambda b: b.version)
+
+
 # ---------------------------------------------------------------- patches
 
 
@@ -169,9 +261,11 @@ def load_series(directory: Path) -> list[Patch]:
     return patches
 
 
-def apply_patches(tree: Path, patches: Sequence[Patch]) -> None:
+def apply_patches(tree: Path, patches: Sequence[Patch], what: str | None = None) -> None:
     """Apply ``patches`` in order to ``tree`` (a private copy).
 
+    :param what: the series when it is pveoi's own (e.g. "pveoi's 6.12 series"): then the
+        error names it and the ways out, not a rebase of pveoi's patch.
     :raises BuildError: naming the first patch that fails and its failing hunk.
     """
     for patch in patches:
@@ -186,6 +280,10 @@ def apply_patches(tree: Path, patches: Sequence[Patch]) -> None:
                       or "Reversed" in ln]
             current = next((ln for ln in reversed(out) if ln.startswith("patching file")), "")
             detail = "; ".join(([current] if current else []) + failed[:3]) or (out[-1] if out else "no output")
+            if what is not None:
+                raise BuildError(f"{what} does not apply to this tree: {patch.name}: {detail}",
+                                 fix="pass your own series with --patches DIR (or kernel = { source, patches }), "
+                                     "or --no-patches to build without pveoi's patches (loose agreement)")
             raise BuildError(
                 f"patch {patch.name} does not apply: {detail}",
                 fix=f"rebase {patch.path} onto this kernel tree or drop it from the series",
@@ -201,15 +299,20 @@ class KernelSource:
 
     kind: str  # "debian" or "tree"
     path: Path
+    #: Debian's source: the base it is of (a tree's base comes from its version).
+    base: str | None = None
 
     @classmethod
-    def debian(cls) -> KernelSource:
-        if not DEBIAN_SOURCE_TARBALL.is_file():
-            raise ConfigError(
-                f"{DEBIAN_SOURCE_TARBALL} not found",
-                fix=f"apt-get install {DEBIAN_SOURCE_PACKAGE} (host_config/install-deps.sh), or pass --source DIR",
-            )
-        return cls("debian", DEBIAN_SOURCE_TARBALL)
+    def debian(cls, base: str | None = None) -> KernelSource:
+        """Debian's ``linux-source-<base>`` (default :data:`DEFAULT_BASE`).
+
+        :raises ConfigError: unknown base, or its package is not installed.
+        """
+        b = base_named(base)
+        if not b.tarball.is_file():
+            raise ConfigError(f"{b.tarball} not found",
+                              fix=f"{b.apt} (host_config/install-deps.sh installs both), or pass --source DIR")
+        return cls("debian", b.tarball, b.name)
 
     @classmethod
     def tree(cls, path: Path) -> KernelSource:
@@ -222,8 +325,9 @@ class KernelSource:
         """A string that changes whenever the source's content does."""
         if self.kind == "debian":
             st = self.path.stat()
-            version = _dpkg_version(DEBIAN_SOURCE_PACKAGE)
-            return f"debian:{DEBIAN_SOURCE_PACKAGE}={version}:{st.st_size}:{int(st.st_mtime)}"
+            package = base_named(self.base).package
+            version = _dpkg_version(package)
+            return f"debian:{package}={version}:{st.st_size}:{int(st.st_mtime)}"
         git = shutil.which("git")
         if git and (self.path / ".git").exists():
             head = _run_out([git, "-C", str(self.path), "rev-parse", "HEAD"]).strip()
@@ -248,7 +352,7 @@ class KernelSource:
         """
         if self.kind == "debian":
             _run_checked(["tar", "-xJf", str(self.path), "-C", str(workdir)], "unpack linux-source")
-            return workdir / "linux-source-6.1"
+            return workdir / base_named(self.base).package
         return self.path
 
 
@@ -282,6 +386,10 @@ class BuildSpec:
     patches: tuple[Patch, ...] = ()
     fragments: tuple[Path, ...] = ()
     jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
+    #: The kernel base (recorded in the manifest; the source and patches already make the key).
+    base: str | None = None
+    #: "pveoi's <base> series" when ``patches`` is pveoi's own, for the error of a series that does not apply.
+    series: str | None = None
 
     def requested_options(self) -> dict[str, str]:
         frags = []
@@ -418,6 +526,7 @@ def _build_into(
                          "make bzImage", comp.env)
             release = _run_out(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"]
                                ).strip().splitlines()[-1]
+            version = tree_version(tree)
         shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
         shutil.copy(builddir / ".config", staged / "config")
         after = kbuild.ccache_stats(comp)
@@ -426,6 +535,8 @@ def _build_into(
         "kind": "build",
         "hash": key,
         "flavour": spec.flavour,
+        "base": spec.base,
+        "version": version,
         "release": release,
         "source": {"kind": spec.source.kind, "path": str(spec.source.path), "identity": identity},
         "patches": [{"name": p.name, "sha256": sha256_file(p.path)} for p in spec.patches],
@@ -454,7 +565,7 @@ def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Pat
         progress.update(f"unpacking {spec.source.path} into {bt.src}", force=True)
         shutil.rmtree(bt.out, ignore_errors=True)  # objects of another copy: rebuild them all
         bt.out.mkdir()
-        shutil.rmtree(bt.root / "linux-source-6.1", ignore_errors=True)  # a killed unpack's
+        shutil.rmtree(bt.root / base_named(spec.source.base).package, ignore_errors=True)  # a killed unpack's
         spec.source.unpacked(bt.root).rename(bt.src)
     else:
         progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
@@ -463,25 +574,35 @@ def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Pat
         log.info("synced %d changed files into %s", len(written), bt.src)
     if spec.patches:
         progress.update(f"applying {len(spec.patches)} patches", force=True)
-        apply_patches(bt.src, spec.patches)
+        apply_patches(bt.src, spec.patches, spec.series)
     bt.stamp.write_text(stamp)
     return bt.src
 
 
 def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
                  fragments: Sequence[Path] = (), jobs: int | None = None,
-                 with_patches: bool | None = None) -> BuildSpec:
+                 with_patches: bool | None = None, base: str | None = None) -> BuildSpec:
     """The spec pveoi uses unless told otherwise.
 
-    Guest kernels get ``guest_patches/`` by default; host kernels get none.
+    :param base: Debian's source of this base (default :data:`DEFAULT_BASE`); with ``source``, the
+        series to use instead of the one the tree's version picks.
+    Guest kernels get the base's series (``guest_patches/<base>/``) by default; host kernels get none.
+
+    :raises ConfigError: unknown base, a tree older than every base, a missing source package.
     """
-    src = KernelSource.tree(source) if source else KernelSource.debian()
+    if source:
+        src = KernelSource.tree(source)
+        b = base_named(base) if base is not None else base_for_version(tree_version(src.path))
+    else:
+        src = KernelSource.debian(base)
+        b = base_named(base)
     if with_patches is None:
         with_patches = flavour == "guest" or patches_dir is not None
     patches: tuple[Patch, ...] = ()
     if with_patches:
-        patches = tuple(load_series(patches_dir or REPO_ROOT / "guest_patches"))
-    return BuildSpec(src, flavour, patches, tuple(fragments), jobs or os.cpu_count() or 2)
+        patches = tuple(load_series(patches_dir or b.series_dir))
+    series = f"pveoi's {b.name} series" if with_patches and patches_dir is None else None
+    return BuildSpec(src, flavour, patches, tuple(fragments), jobs or os.cpu_count() or 2, b.name, series)
 
 
 # ---------------------------------------------------------------- fetch

@@ -176,6 +176,8 @@ class Plan:
     :param memory_mb: guest memory.
     :param boot_timeout: seconds from QEMU start to the guest's ready line.
     :param timeout: seconds for the whole A/B.
+    :param start: guests of :meth:`order` another part already measured: this plan runs the rest
+        (a virtual host that died mid-part is replaced by one that resumes after them).
     """
 
     workloads: tuple[str, ...]
@@ -189,6 +191,7 @@ class Plan:
     memory_mb: int = 256
     boot_timeout: float = 180.0
     timeout: float = 3600.0
+    start: int = 0
 
     def order(self) -> list[tuple[int, Arm]]:
         """Interleaved (rep, arm) order, balanced: rep 0 runs the arms in order, rep 1 reversed,
@@ -229,7 +232,8 @@ class Plan:
         return {"workloads": list(self.workloads), "arms": [a.to_json() for a in self.arms], "runs": self.runs,
                 "kernel": str(self.kernel), "image": str(self.image), "logs": str(self.logs),
                 "thresholds": dict(self.thresholds), "retries": self.retries, "memory_mb": self.memory_mb,
-                "boot_timeout": self.boot_timeout, "timeout": self.timeout}
+                "boot_timeout": self.boot_timeout, "timeout": self.timeout,
+                **({"start": self.start} if self.start else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Plan:
@@ -239,7 +243,8 @@ class Plan:
                        runs=int(data["runs"]), kernel=Path(data["kernel"]), image=Path(data["image"]),
                        logs=Path(data["logs"]), thresholds={k: float(v) for k, v in data["thresholds"].items()},
                        retries=int(data["retries"]), memory_mb=int(data["memory_mb"]),
-                       boot_timeout=float(data["boot_timeout"]), timeout=float(data["timeout"]))
+                       boot_timeout=float(data["boot_timeout"]), timeout=float(data["timeout"]),
+                       start=int(data.get("start", 0)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed plan ({type(err).__name__}: {err})",
                               fix="write plans with e2e.model.Plan.to_json") from err

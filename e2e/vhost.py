@@ -42,8 +42,8 @@ from typing import IO
 from .argv import MachineSpec, base_argv, quote_optarg
 from .cache import cache_root
 from .console import stop_reader
-from .errors import CapabilityError, ConfigError, GuestError, GuestPanic, GuestTimeout, Kind, PveoiError
-from .exitcause import KILLED, RUNNING
+from .errors import CapabilityError, ConfigError, Finding, GuestError, GuestPanic, GuestTimeout, Kind, PveoiError
+from .exitcause import HOST_QUIT, HOST_RESET, KILLED, QEMU_ERROR, RUNNING, ExitCause
 from .machine import Machine
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ class VhostSpec:
     stall_timeout: float = 150.0
     """Seconds without a heartbeat from L1's userspace after which L1 counts as stalled
     (the init script beats every 5 s; a loaded but live L1 was never seen 30 s late)."""
+    kernel_under_test: bool = False
+    """``kernel`` is a host kernel under test: its panic is a finding, and a crash names it too;
+    otherwise a crash is the virtual host's own (nested TCG), infrastructure."""
 
 
 class VhostStalled(GuestError):
@@ -260,22 +263,37 @@ class VirtualKvmHost(Machine):
             self.shutdown()
         try:
             self.console.check()
-        except GuestPanic as err:  # the virtual host's own kernel: infrastructure, not the kernel under test
+        except GuestPanic as err:
+            if self.vspec.kernel_under_test:  # the KVM host kernel under test panicked: a finding
+                raise Finding(f"the host kernel under test panicked in the virtual host: {err}",
+                              fix="read the virtual host's console log for the backtrace") from err
+            # the virtual host's own kernel: infrastructure, not the kernel under test
             raise vhost_error(f"the virtual host's kernel panicked: {err}", "panic", tuple(err.lines[:6]),
                               "the virtual host's own kernel, not the one under test (nested TCG faults now and "
-                              "then); the run restarts the virtual host; if it repeats, read its console log") from err
+                              "then); the part resumes in a fresh virtual host after the guests already measured; "
+                              "if it repeats, read its console log") from err
         rc_file = ctl / "rc"
         if not rc_file.is_file():
             cause = self.exit_cause()
             if cause is not None and cause.cls not in ("", RUNNING):
                 how = self.death_note() if cause.cls == KILLED else None  # "QEMU (pid 7) was killed by SIGKILL"
                 raise vhost_error(f"the virtual host stopped before the command finished: {how or cause.describe()}",
-                                  cause.cls, cause.evidence,
-                                  f"{cause.fix} (the virtual host's console and QEMU logs)")
+                                  cause.cls, cause.evidence, self._crash_fix(cause))
             raise vhost_error("the virtual host stopped before the command finished; console tail: "
                               + " | ".join(self.console.tail(3)), "", (),
                               "re-run with -vv and read the console log")
         return int(rc_file.read_text().strip() or "1")
+
+    def _crash_fix(self, cause: ExitCause) -> str:
+        """What to do about an L1 that stopped: whose failure it is and what happens next."""
+        if cause.cls in (KILLED, HOST_QUIT, HOST_RESET, QEMU_ERROR):  # causes outside L1: as for any QEMU
+            return f"{cause.fix} (the virtual host's console and QEMU logs)"
+        if self.vspec.kernel_under_test:
+            return ("the host kernel under test, or nested TCG under it, stopped the virtual host: read its "
+                    "console and QEMU logs; the same run on pveoi's own host kernel (--host-base) tells them apart")
+        return ("the virtual host's own failure (its kernel under nested TCG), not the kernel under test: the part "
+                "resumes in a fresh virtual host after the guests already measured; if it repeats, read its console "
+                "and QEMU logs")
 
     def _watch(self, beat: Path, deadline: float) -> None:
         """Wait for the command to end, watching L1's heartbeat.
@@ -360,7 +378,7 @@ class VirtualKvmHost(Machine):
 def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int = 2, memory_mb: int = 2048,
                  timeout: float = 1800.0, sink: Callable[[bytes], None] | None = None,
                  artifacts: Path | None = None, env: Mapping[str, str] | None = None,
-                 keep: Sequence[Path] = ()) -> tuple[int, VirtualKvmHost]:
+                 keep: Sequence[Path] = (), under_test: bool = False) -> tuple[int, VirtualKvmHost]:
     """Boot a virtual host, run ``argv`` in it, tear it down.
 
     :param results: the writable dir shared into L1 (the caller owns and removes it).
@@ -369,5 +387,6 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     :returns: the command's exit status and the (shut down) host object.
     """
     keep = [p if p.is_dir() else p.parent for p in keep]
-    host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep)), results, sink, artifacts)
+    host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test),
+                          results, sink, artifacts)
     return host.run(argv, env=env), host

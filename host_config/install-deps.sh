@@ -6,7 +6,8 @@
 #
 # What each is for:
 #   qemu-system-x86 qemu-utils   the guests and the virtual KVM host
-#   linux-source-6.1             the default guest/host kernel source
+#   linux-source-6.1             kernel base 6.1 (guest/host source)
+#   linux-source-6.12            kernel base 6.12 (Debian 12 carries it in bookworm-security)
 #   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils rsync patch
 #                                kernel builds, patch series, initramfs
 #   ccache                       incremental kernel builds (CCACHE_DIR under pveoi's cache)
@@ -18,23 +19,32 @@
 #   chromium                     headless screenshots of the HTML report (its test)
 set -eu
 
-PACKAGES="qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc libelf-dev
+PACKAGES="qemu-system-x86 qemu-utils linux-source-6.1 linux-source-6.12 build-essential flex bison bc libelf-dev
 libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin fio iperf3 rt-tests linux-perf kmod
 lz4 zstd ccache python3-venv chromium"
+# From bookworm-backports (apt-get -t bookworm-backports; the suite is added when needed, and
+# only the packages named here come from it).
+BACKPORTS=""
+
+installed() {
+	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
 
 missing=""
 for p in $PACKAGES; do
-	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-		missing="$missing $p"
-	fi
+	installed "$p" || missing="$missing $p"
+done
+missing_bpo=""
+for p in $BACKPORTS; do
+	installed "$p" || missing_bpo="$missing_bpo $p"
 done
 
-if [ -z "$missing" ]; then
+if [ -z "$missing$missing_bpo" ]; then
 	echo "install-deps: all packages present"
 	exit 0
 fi
 if [ "${1:-}" = "--check" ]; then
-	echo "install-deps: missing:$missing"
+	echo "install-deps: missing:$missing$missing_bpo"
 	exit 1
 fi
 
@@ -47,8 +57,24 @@ if [ "$(id -u)" != 0 ]; then
 		exit 1
 	fi
 fi
-echo "install-deps: installing:$missing"
 export DEBIAN_FRONTEND=noninteractive
+if [ -n "$missing_bpo" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+	# The same Debian mirror as the main suite (deb822 or one-line sources).
+	uri=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+	[ -n "$uri" ] || uri=$(sed -n 's/^deb[[:space:]]\{1,\}\([^[:space:]]*\)[[:space:]]\{1,\}bookworm[[:space:]].*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
+	[ -n "$uri" ] || uri="http://deb.debian.org/debian"
+	echo "install-deps: adding bookworm-backports ($uri)"
+	printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+		"$uri" | $SUDO tee /etc/apt/sources.list.d/pveoi-backports.sources >/dev/null
+fi
 $SUDO apt-get update -qq
-# shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $missing
+if [ -n "$missing" ]; then
+	echo "install-deps: installing:$missing"
+	# shellcheck disable=SC2086
+	$SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+if [ -n "$missing_bpo" ]; then
+	echo "install-deps: installing from bookworm-backports:$missing_bpo"
+	# shellcheck disable=SC2086
+	$SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $missing_bpo
+fi

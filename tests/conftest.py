@@ -206,27 +206,36 @@ def guest_image(pveoi_image):  # type: ignore[no-untyped-def]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def fixture_patch_dir(fixture: str, tmp: Path) -> Path:
-    """guest_patches/ in series order, then every ``*.patch`` of ``tests/fixtures/<fixture>/``, as
-    one quilt dir of symlinks (the cache key hashes names and contents: every build is one key)."""
-    from e2e.kernel import load_series
+def fixture_patches(fixture: str, base: str = "6.1") -> list[Path]:
+    """A guest fixture's planted patches for ``base``: for 6.1 (where the fixtures began) the
+    ``*.patch`` of ``tests/fixtures/<fixture>/``, for another base those of its ``<base>/``."""
+    where = FIXTURES / fixture if base == "6.1" else FIXTURES / fixture / base
+    found = sorted(where.glob("*.patch"))
+    assert found, f"no {base} patches in {where}"
+    return found
 
-    repo = FIXTURES.parent.parent
-    d = tmp / f"{fixture}-patches"
+
+def fixture_patch_dir(fixture: str, tmp: Path, base: str = "6.1") -> Path:
+    """The base's guest series in order, then the fixture's patches for that base, as one quilt
+    dir of symlinks (the cache key hashes names and contents: every build is one key)."""
+    from e2e.kernel import base_named, load_series
+
+    d = tmp / f"{fixture}-{base}-patches"
     d.mkdir()
     names = []
-    for path in [p.path for p in load_series(repo / "guest_patches")] + sorted((FIXTURES / fixture).glob("*.patch")):
+    for path in [p.path for p in load_series(base_named(base).series_dir)] + fixture_patches(fixture, base):
         (d / path.name).symlink_to(path)
         names.append(path.name)
     (d / "series").write_text("\n".join(names) + "\n")
     return d
 
 
-def fixture_kernel(fixture: str, tmp: Path) -> Path:
-    """A guest kernel with a planted bug from ``tests/fixtures/<fixture>/`` (a cache hit once built)."""
+def fixture_kernel(fixture: str, tmp: Path, base: str = "6.1") -> Path:
+    """A guest kernel of ``base`` with a planted bug from ``tests/fixtures/<fixture>/`` (a cache hit
+    once built)."""
     from e2e import kernel
 
-    spec = kernel.default_spec("guest", patches_dir=fixture_patch_dir(fixture, tmp))
+    spec = kernel.default_spec("guest", patches_dir=fixture_patch_dir(fixture, tmp, base), base=base)
     return kernel.build_kernel(spec).file("bzImage")
 
 

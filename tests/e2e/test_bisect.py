@@ -37,7 +37,7 @@ def kernel_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     tree = root / "linux-source-6.1"
     sh(tree, "git", "init", "-q")
     (tree / ".gitignore").unlink(missing_ok=True)  # Debian's tree ignores /*: track everything
-    for patch in sorted((REPO / "guest_patches").glob("0*.patch")):
+    for patch in sorted((REPO / "guest_patches" / "6.1").glob("0*.patch")):
         sh(tree, "patch", "-p1", "-s", "-i", str(patch))
     revs = [commit(tree, "base: Debian 6.1 with pveoi's guest patches")]
     (tree / "Documentation" / "pveoi-note.txt").write_text("a harmless change\n")

@@ -1,5 +1,6 @@
-"""Real kernel builds: the patched guest kernel, its cache and manifest, a dropped option; the real
-guest_patches/ series against Debian's linux-source-6.1; the headers of the cached real kernels."""
+"""Real kernel builds: the patched guest kernel, its cache and manifest, a dropped option; every
+base's guest_patches/<base>/ series against that base's Debian linux-source; the headers of the
+cached real kernels."""
 
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ from e2e.cache import Cache, cache_root
 from e2e.errors import BuildError
 from e2e.kernel import apply_patches, load_series
 
-GUEST_PATCHES = kernel.REPO_ROOT / "guest_patches"
-
 
 def test_guest_kernel_is_patched_and_cached(guest_kernel: Path) -> None:
     entry = kernel.build_kernel(kernel.default_spec("guest"))  # a cache hit now
     assert entry.file("bzImage") == guest_kernel
     manifest = kernel.load_manifest(entry)
-    series = kernel.load_series(kernel.REPO_ROOT / "guest_patches")
+    series = kernel.load_series(kernel.base_named(None).series_dir)
     assert [p["name"] for p in manifest["patches"]] == [p.name for p in series]
-    assert manifest["flavour"] == "guest" and manifest["release"].startswith("6.1")
+    assert manifest["flavour"] == "guest" and manifest["release"].startswith(f"{kernel.DEFAULT_BASE}.")
+    assert manifest["base"] == kernel.DEFAULT_BASE and manifest["version"].startswith(f"{kernel.DEFAULT_BASE}.")
     config = kernel.read_config(entry.file("config"))
     for opt in ("CONFIG_KVM_GUEST", "CONFIG_X86_X2APIC", "CONFIG_SMP", "CONFIG_DEBUG_FS"):
         assert config.get(opt) == "y", opt
@@ -43,41 +43,54 @@ def test_a_dropped_option_fails_the_build_naming_it(tmp_path: Path) -> None:
     assert not list((tmp_path / "cache" / "kernels").glob("*/manifest.json")), "a failed build left an entry"
 
 
-@pytest.fixture(scope="module")
-def linux_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """kvm.c and kernel-parameters.txt from Debian's linux-source-6.1, unpacked once."""
-    tarball = kernel.DEBIAN_SOURCE_TARBALL
-    if not tarball.is_file():
-        pytest.skip(f"{tarball} not found (apt-get install {kernel.DEBIAN_SOURCE_PACKAGE})")
-    dest = tmp_path_factory.mktemp("linux")
+@pytest.fixture(scope="module", params=sorted(kernel.BASES))
+def linux_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A base, and kvm.c and kernel-parameters.txt from its Debian linux-source, unpacked once.
+    A missing source package fails: host_config/install-deps.sh installs every base's."""
+    base = kernel.base_named(request.param)
+    if not base.tarball.is_file():
+        pytest.fail(f"{base.tarball} not found: {base.apt} (host_config/install-deps.sh)")
+    dest = tmp_path_factory.mktemp(f"linux-{base.name}")
     subprocess.run(
-        ["tar", "-xJf", str(tarball), "-C", str(dest),
-         "linux-source-6.1/arch/x86/kernel/kvm.c",
-         "linux-source-6.1/Documentation/admin-guide/kernel-parameters.txt"],
+        ["tar", "-xJf", str(base.tarball), "-C", str(dest),
+         f"{base.package}/arch/x86/kernel/kvm.c",
+         f"{base.package}/Documentation/admin-guide/kernel-parameters.txt"],
         check=True, capture_output=True,
     )
-    return dest / "linux-source-6.1"
+    return base.name, dest / base.package
 
 
-@pytest.mark.slow
-def test_real_series_applies_cleanly(linux_files: Path) -> None:
-    kvm_c = linux_files / "arch" / "x86" / "kernel" / "kvm.c"
-    params = linux_files / "Documentation" / "admin-guide" / "kernel-parameters.txt"
+def test_every_series_applies_to_its_bases_debian_source(linux_files: tuple[str, Path]) -> None:
+    """Each shipped series, in order, with fuzz 0, on the source of the base it is for (the two files
+    it touches: seconds, so the default run checks it)."""
+    name, tree = linux_files
+    series = load_series(kernel.base_named(name).series_dir)
+    kvm_c = tree / "arch" / "x86" / "kernel" / "kvm.c"
+    params = tree / "Documentation" / "admin-guide" / "kernel-parameters.txt"
     before = kvm_c.read_text()
     assert "kvm_pv_eoi_skipped" not in before
     # apply_patches runs patch with --fuzz=0: success means every hunk matched exactly.
-    apply_patches(linux_files, load_series(GUEST_PATCHES))
+    apply_patches(tree, series, f"pveoi's {name} series")
     after = kvm_c.read_text()
     for needle in ("kvm_pv_eoi_skipped", "kvm_pv_eoi_written", "kvm_pv_eoi_enabled",
                    '"cpu%d feature=%d enabled=%u skipped=%lu written=%lu\\n"',
-                   'early_param("no-kvm-pv-eoi"', "pv_eoi_supported"):
+                   'early_param("no-kvm-pv-eoi"', "pv_eoi_supported", "KVM_HC_PV_EOI_MARK",
+                   'debugfs_create_file("kvm_pv_eoi_mark"'):
         assert needle in after, needle
-    assert "no-kvm-pv-eoi\t[X86,KVM]" in params.read_text()
+    assert "\tno-kvm-pv-eoi\t[X86,KVM" in params.read_text()
     leftovers = [p.name for p in kvm_c.parent.iterdir() if p.suffix in (".orig", ".rej")]
     assert leftovers == []
     # A second application is refused (--forward), naming the first patch.
-    with pytest.raises(BuildError, match=r"patch 0001-[^ ]+ does not apply.*Reversed"):
-        apply_patches(linux_files, load_series(GUEST_PATCHES))
+    with pytest.raises(BuildError, match=r"0001-[^ ]+: .*Reversed"):
+        apply_patches(tree, series, f"pveoi's {name} series")
+    # The other base's series does not apply here, and says whose it is and the ways out.
+    for other in sorted(set(kernel.BASES) - {name}):
+        fresh = tree.parent / f"fresh-{other}"
+        (fresh / "arch" / "x86" / "kernel").mkdir(parents=True)
+        (fresh / "arch" / "x86" / "kernel" / "kvm.c").write_text(before)
+        with pytest.raises(BuildError, match=f"pveoi's {other} series does not apply to this tree") as err:
+            apply_patches(fresh, load_series(kernel.base_named(other).series_dir), f"pveoi's {other} series")
+        assert "--patches" in (err.value.fix or "")
 
 
 def test_kernel_release_of_cached_real_kernels(guest_kernel: Path) -> None:

@@ -1,6 +1,6 @@
 """A deliberately broken PV EOI guest kernel must be caught end to end.
 
-The guest kernel is built with guest_patches/* plus the fixture
+The guest kernel is built with guest_patches/6.1/* plus the fixture
 tests/fixtures/broken-pv-eoi/0003-broken-pv-eoi.patch, which makes every other
 EOI per CPU skip the PV EOI bit and write the APIC instead (about half the
 saving lost). Two clean A/Bs with the default kernel and one with the broken
@@ -34,15 +34,15 @@ def pveoi(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, check=False)
 
 
-def broken_patch_dir(tmp_path: Path, fixture: Path = FIXTURE) -> Path:
-    """guest_patches/ in series order, then the fixture, as one quilt dir (symlinks:
+def broken_patch_dir(tmp_path: Path, fixture: Path = FIXTURE, base: str = "6.1") -> Path:
+    """The base's guest series in order, then the fixture, as one quilt dir (symlinks:
     the cache key hashes names and contents, so every build of it is the same key)."""
-    from e2e.kernel import load_series
+    from e2e.kernel import base_named, load_series
 
-    d = tmp_path / f"{fixture.parent.name}-patches"
+    d = tmp_path / f"{fixture.parent.name}-{base}-patches"
     d.mkdir()
     names = []
-    for patch in [*load_series(REPO / "guest_patches"), fixture]:
+    for patch in [*load_series(base_named(base).series_dir), fixture]:
         path = patch if isinstance(patch, Path) else patch.path
         (d / path.name).symlink_to(path)
         names.append(path.name)
@@ -50,11 +50,13 @@ def broken_patch_dir(tmp_path: Path, fixture: Path = FIXTURE) -> Path:
     return d
 
 
-def build_broken_kernel(tmp_path: Path, fixture: Path = FIXTURE) -> Path:
-    proc = pveoi("kernel", "build", "--patches", str(broken_patch_dir(tmp_path, fixture)), "--json", timeout=3600)
+def build_broken_kernel(tmp_path: Path, fixture: Path = FIXTURE, base: str = "6.1") -> Path:
+    proc = pveoi("kernel", "build", "--base", base, "--patches", str(broken_patch_dir(tmp_path, fixture, base)),
+                 "--json", timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads(proc.stdout)
     assert [p["name"] for p in manifest["patches"]][-1] == fixture.name
+    assert manifest["base"] == base and manifest["version"].startswith(f"{base}.")
     bzimage = Path(manifest["path"]) / "bzImage"
     assert bzimage.is_file()
     return bzimage
@@ -132,18 +134,20 @@ def test_broken_pv_eoi_kernel_is_flagged(tmp_path: Path) -> None:
             assert needle in text, f"{path} does not mention the regression ({needle!r} missing)"
 
 
-ONE_IN_100 = REPO / "tests" / "fixtures" / "pv-eoi-1-in-100" / "0004-pv-eoi-1-in-100.patch"
+ONE_IN_100 = {"6.1": REPO / "tests" / "fixtures" / "pv-eoi-1-in-100" / "0004-pv-eoi-1-in-100.patch",
+              "6.12": REPO / "tests" / "fixtures" / "pv-eoi-1-in-100" / "6.12" / "0004-pv-eoi-1-in-100.patch"}
 
 
-def test_one_in_100_is_flagged_against_clean_history(tmp_path: Path) -> None:
+@pytest.mark.parametrize("base", sorted(ONE_IN_100))
+def test_one_in_100_is_flagged_against_clean_history(tmp_path: Path, base: str) -> None:
     """A guest writing 1 EOI in 100 natively passes its own A/B (0.98 > 0.90), but
-    ``report --check`` flags it against three clean runs of the same runner: the
-    noise-aware floor, not the fixed threshold, catches a 1 % drop."""
-    kernel = build_broken_kernel(tmp_path, ONE_IN_100)
+    ``report --check`` flags it against three clean runs of the same runner and base: the
+    noise-aware floor, not the fixed threshold, catches a 1 % drop, on every base."""
+    kernel = build_broken_kernel(tmp_path, ONE_IN_100[base], base)
     history = tmp_path / "history"
     clean = []
     for i in range(3):
-        rc, doc = run_ab(history, tmp_path / f"clean{i}.json")
+        rc, doc = run_ab(history, tmp_path / f"clean{i}.json", "--base", base)
         assert rc == 0, doc["workloads"]["timer"]["reasons"]
         clean.append(doc["workloads"]["timer"]["eoi_exits_saved_per_interrupt"]["value"])
     proc = pveoi("report", "--history", str(history), "--check", "--baseline", "3")

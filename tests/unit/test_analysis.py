@@ -348,7 +348,7 @@ def test_a_kernel_from_source_is_built_by_the_callback(tmp_path: Path) -> None:
     (tmp_path / "patches").mkdir()
     calls: list[tuple[Path, Path | None, str]] = []
 
-    def build(source: Path, patches: Path | None, flavour: str) -> Path:
+    def build(source: Path | None, patches: Path | None, flavour: str, base: str | None) -> Path:
         calls.append((source, patches, flavour))
         return fake_bzimage(tmp_path / "cache" / str(len(calls)) / "bzImage")
 

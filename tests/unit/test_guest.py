@@ -112,10 +112,15 @@ def test_parse_pveoi_debugfs_tolerates_whitespace() -> None:
 
 
 def test_debugfs_format_matches_the_guest_patch() -> None:
-    """The seq_printf format in guest_patches/0001 renders lines the parser reads."""
-    patch = REPO / "guest_patches" / "0001-x86-kvm-count-pv-eoi-skipped-and-written-eois.patch"
-    fmt = re.search(r'seq_printf\(m, "([^"]*)\\n"', patch.read_text())
-    assert fmt is not None, "the patch's seq_printf format was not found"
+    """The seq_printf format in every base's guest_patches/<base>/0001 renders lines the parser reads."""
+    fmts = set()
+    for patch in sorted(REPO.glob("guest_patches/*/0001-x86-kvm-count-pv-eoi-skipped-and-written-eois.patch")):
+        found = re.search(r'seq_printf\(m, "([^"]*)\\n"', patch.read_text())
+        assert found is not None, f"{patch}: the seq_printf format was not found"
+        fmts.add(found.group(1))
+    assert len(fmts) == 1, f"the bases' series print different lines: {fmts}"
+    fmt = re.search("(.*)", fmts.pop())
+    assert fmt is not None
     # Python's % takes C's %d, %u and %lu (the length modifier is ignored).
     text = fmt.group(1) % (0, 1, 0, 7, 8) + "\n" + fmt.group(1) % (1, 1, 1, 9, 2**64 - 1) + "\n"
     assert parse_pveoi_debugfs(text) == {0: PvEoiCpu(0, True, False, 7, 8),

@@ -17,10 +17,15 @@ import pytest
 
 from e2e.errors import BuildError, ConfigError
 from e2e.kernel import (
+    BASES,
+    DEFAULT_BASE,
     BuildSpec,
     KernelSource,
     Patch,
     apply_patches,
+    base_for_version,
+    base_named,
+    default_spec,
     load_series,
     make_argv,
     merge_fragments,
@@ -28,10 +33,10 @@ from e2e.kernel import (
     parse_config_fragment,
     parse_series,
     render_fragment,
+    tree_version,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-GUEST_PATCHES = REPO / "guest_patches"
 
 # ---------------------------------------------------------------- config fragments
 
@@ -140,15 +145,104 @@ def test_parse_series_rejects_other_options(opt: str) -> None:
         parse_series(f"0001.patch {opt}\n")
 
 
-def test_load_series_real_guest_patches() -> None:
-    patches = load_series(GUEST_PATCHES)
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_load_series_real_guest_patches(base: str) -> None:
+    series_dir = REPO / "guest_patches" / base
+    assert BASES[base].series_dir == series_dir
+    patches = load_series(series_dir)
     names = [p.name for p in patches]
-    assert names == parse_series((GUEST_PATCHES / "series").read_text())
+    assert names == parse_series((series_dir / "series").read_text())
     assert names == sorted(names), "the series is applied in its numbered order"
-    assert len(names) >= 2
+    assert len(names) == 3, "counters, no-kvm-pv-eoi, window markers"
     for p in patches:
-        assert p.path == GUEST_PATCHES / p.name
+        assert p.path == series_dir / p.name
         assert p.path.is_file()
+
+
+def test_every_series_dir_is_a_base() -> None:
+    """A guest_patches/<dir> is a base pveoi knows (else nothing would ever pick it)."""
+    dirs = sorted(d.name for d in (REPO / "guest_patches").iterdir() if d.is_dir())
+    assert dirs == sorted(BASES)
+    assert DEFAULT_BASE in BASES
+
+
+@pytest.mark.parametrize(("version", "base"), [
+    ("6.1.0", "6.1"), ("6.1.192", "6.1"), ("6.6.60", "6.1"), ("6.11.11", "6.1"), ("6.12.0", "6.12"),
+    ("6.12.95", "6.12"), ("6.18.1", "6.12"), ("7.0.0", "6.12"),
+])
+def test_base_for_version_is_the_newest_not_above(version: str, base: str) -> None:
+    assert base_for_version(version).name == base
+
+
+def test_a_tree_older_than_every_base_is_refused_naming_the_way_out() -> None:
+    with pytest.raises(ConfigError, match=r"Linux 5\.15\.0 is older than every base") as err:
+        base_for_version("5.15.0")
+    assert "--patches" in (err.value.fix or "") and "--no-patches" in (err.value.fix or "")
+
+
+@pytest.mark.parametrize("name", ["6.6", "6", "latest", "", "6.12 "])
+def test_base_named(name: str) -> None:
+    if name.strip() in BASES:
+        assert base_named(name).name == name.strip()
+        return
+    with pytest.raises(ConfigError, match="unknown kernel base") as err:
+        base_named(name)
+    assert "--base 6.1" in (err.value.fix or "")
+
+
+def test_base_named_default() -> None:
+    assert base_named(None).name == DEFAULT_BASE
+    b = base_named("6.12")
+    assert (b.package, b.tarball, b.version) == ("linux-source-6.12", Path("/usr/src/linux-source-6.12.tar.xz"),
+                                                  (6, 12))
+
+
+@pytest.mark.parametrize(("makefile", "version"), [
+    ("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 95\nEXTRAVERSION =\n", "6.12.95"),
+    ("# SPDX\nVERSION = 7\nPATCHLEVEL = 0\nSUBLEVEL = 0\nEXTRAVERSION = -rc3\n", "7.0.0"),
+    ("VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL =\n", "6.1.0"),
+])
+def test_tree_version(tmp_path: Path, makefile: str, version: str) -> None:
+    (tmp_path / "Makefile").write_text(makefile)
+    assert tree_version(tmp_path) == version
+
+
+def test_tree_version_without_one(tmp_path: Path) -> None:
+    (tmp_path / "Makefile").write_text("all:\n\ttrue\n")
+    with pytest.raises(ConfigError, match="names no kernel version"):
+        tree_version(tmp_path)
+
+
+def test_default_spec_picks_the_trees_series(tmp_path: Path) -> None:
+    """--source picks the series of the newest base not above the tree; --base overrides; pveoi's own
+    series is named so a failure to apply says whose it is."""
+    tree = make_source(tmp_path)
+    (tree / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 14\nSUBLEVEL = 2\n")
+    spec = default_spec("guest", source=tree)
+    assert spec.base == "6.12" and spec.series == "pveoi's 6.12 series"
+    assert [p.path.parent for p in spec.patches] == [BASES["6.12"].series_dir] * 3
+    spec = default_spec("guest", source=tree, base="6.1")
+    assert spec.base == "6.1" and spec.patches[0].path.parent == BASES["6.1"].series_dir
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "series").write_text("")
+    assert default_spec("guest", source=tree, patches_dir=own).series is None
+    assert default_spec("guest", source=tree, with_patches=False).patches == ()
+    assert default_spec("host", source=tree).patches == ()
+    (tree / "Makefile").write_text("VERSION = 5\nPATCHLEVEL = 10\nSUBLEVEL = 0\n")
+    with pytest.raises(ConfigError, match="older than every base"):
+        default_spec("guest", source=tree)
+
+
+def test_pveois_own_series_that_does_not_apply_names_the_ways_out(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "src").mkdir(parents=True)
+    (tree / "src" / "file.c").write_text("int a;\n")
+    patch = tmp_path / "0001-x.patch"
+    patch.write_text("--- a/src/file.c\n+++ b/src/file.c\n@@ -1 +1 @@\n-int b;\n+int c;\n")
+    with pytest.raises(BuildError, match=r"pveoi's 6\.12 series does not apply to this tree: 0001-x\.patch") as err:
+        apply_patches(tree, [Patch("0001-x.patch", patch)], "pveoi's 6.12 series")
+    assert "--patches DIR" in (err.value.fix or "") and "--no-patches" in (err.value.fix or "")
 
 
 def test_load_series_missing_series(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(inner, "STACKS_EVERY", 0.2)
 
-    def slow(plan: Plan, analyzed: bool = True) -> None:
+    def slow(plan: Plan, analyzed: bool = True, checkpoint: object = None) -> None:
         time.sleep(0.7)
         raise GuestTimeout("stuck")
 
