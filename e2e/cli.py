@@ -288,7 +288,7 @@ def _choose_host(requested: str) -> tuple[str, str, dict[str, Any] | None]:
 
 
 def _add_image(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("image", help="build the guest initramfs (busybox, dropbear, fio, iperf3, pveoi-load)")
+    p = sub.add_parser("image", help="build the guest initramfs (busybox, dropbear, iperf3, pveoi-load)")
     s = p.add_subparsers(dest="image_cmd", required=True)
     b = s.add_parser("build", help="build (or find in the cache) the guest image")
     b.add_argument("--force", action="store_true", help="rebuild even on a cache hit")

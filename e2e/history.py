@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ class Run:
 
     path: Path
     result: Result
+    #: The group this run is compared within (:func:`load_history`): its runner id, or where that
+    #: runner measured more than one stack, the id and the stack.
+    label: str | None = None
 
     @property
     def doc(self) -> dict[str, Any]:
@@ -74,9 +78,31 @@ class Run:
 
     @property
     def runner(self) -> str:
-        """The runner (machine) this run is compared within."""
+        """The group this run is compared within: its runner, and its stack where the runner has several."""
+        return self.label or self.runner_id
+
+    @property
+    def runner_id(self) -> str:
+        """The runner (machine) that made this run."""
         runner = self.doc.get("runner", {})
         return str(runner.get("id") or runner.get("hostname") or "unknown")
+
+    @property
+    def stack(self) -> tuple[str | None, str | None, str | None]:
+        """What a baseline must share besides the runner and mode: (guest kernel base, host kernel base,
+        QEMU version); None where the result does not say (a run that stopped before its kernels)."""
+        doc = self.doc
+        guest = _base_of(doc.get("kernel") or {})
+        vhost = (doc.get("host") or {}).get("virtual_host") or {}
+        kernels = [m for m in (vhost.get("kernels") or {}).values() if isinstance(m, Mapping)]
+        if kernels:
+            host = _base_of(kernels[0])
+        elif (doc.get("host") or {}).get("chosen") == "direct":
+            host = _base_of({"release": (doc.get("runner") or {}).get("kernel", "")})
+        else:
+            host = None
+        m = _QEMU_VERSION.search(str((doc.get("runner") or {}).get("qemu", "")))
+        return guest, host, m.group(1) if m else None
 
     @property
     def mode(self) -> str:
@@ -144,6 +170,42 @@ def result_files(root: Path) -> list[Path]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
+_QEMU_VERSION = re.compile(r"version (\d+\.\d+(?:\.\d+)?)")
+_RELEASE = re.compile(r"^(\d+)\.(\d+)")
+
+
+def _base_of(manifest: Mapping[str, Any]) -> str | None:
+    """A kernel's base as its manifest records it, else ``major.minor`` of its release."""
+    if manifest.get("base"):
+        return str(manifest["base"])
+    m = _RELEASE.match(str(manifest.get("release") or ""))
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def stack_label(stack: tuple[str | None, str | None, str | None]) -> str:
+    guest, host, qemu = stack
+    return f"guest {guest or '?'}, host {host or '?'}, QEMU {qemu or '?'}"
+
+
+def label_groups(runs: list[Run]) -> None:
+    """Give each run (oldest first) its group: a runner's runs on one stack are compared with each
+    other only (guest base, host base, QEMU version: like with like). A run that does not say part
+    of its stack (it stopped early) takes that part from its runner's run before it. Where a runner
+    measured one stack only, the group is the runner id, as it always was."""
+    last: dict[str, tuple[str | None, str | None, str | None]] = {}
+    stacks: dict[int, tuple[str | None, str | None, str | None]] = {}
+    for i, run in enumerate(runs):
+        got, before = run.stack, last.get(run.runner_id, (None, None, None))
+        stack = (got[0] or before[0], got[1] or before[1], got[2] or before[2])
+        stacks[i] = last[run.runner_id] = stack
+    per_runner: dict[str, set[tuple[str | None, str | None, str | None]]] = {}
+    for i, run in enumerate(runs):
+        per_runner.setdefault(run.runner_id, set()).add(stacks[i])
+    for i, run in enumerate(runs):
+        run.label = (f"{run.runner_id} ({stack_label(stacks[i])})" if len(per_runner[run.runner_id]) > 1
+                     else run.runner_id)
+
+
 def load_history(root: Path) -> History:
     """Load every result below ``root``, oldest first.
 
@@ -181,6 +243,7 @@ def load_history(root: Path) -> History:
     for p in problems:
         log.warning("history: %s", p)
     runs.sort(key=lambda r: (r.created, r.name))
+    label_groups(runs)
     return History(root, runs, problems)
 
 

@@ -417,15 +417,17 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
     settings = settings or CheckSettings()
     findings: list[Finding] = []
     groups: list[GroupStatus] = []
+    newest = {r.runner_id: r for r in history.runs}  # each machine's newest run, whatever its stack
     for runner in history.runners():
         runs = history.of_runner(runner)
         latest_run = runs[-1]
-        stale = _stale(runner, latest_run, settings)
-        if stale:
-            findings.append(stale)
-        never = _never_measured(history, runner, runs, settings)
-        if never:
-            findings.append(never)
+        if latest_run is newest[latest_run.runner_id]:  # a stack the runner left behind is not stale
+            stale = _stale(runner, latest_run, settings)
+            if stale:
+                findings.append(stale)
+            never = _never_measured(history, runner, runs, settings)
+            if never:
+                findings.append(never)
         seen = sorted({w for r in runs for w in r.workloads()})
         if not seen:
             groups.append(GroupStatus(runner, "(none)", None,

@@ -23,6 +23,7 @@ import logging
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,49 @@ def _vectors_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any]
     return out
 
 
+@dataclass(frozen=True)
+class Matrix:
+    """One runner's latest verdicts of one workload on one QEMU, guest base by host base (the nightly's
+    kernel matrix): ``cells[(guest, host)]`` is (verdict, headline value, its group's anchor)."""
+
+    runner: str
+    workload: str
+    qemu: str
+    guests: tuple[str, ...]
+    hosts: tuple[str, ...]
+    cells: Mapping[tuple[str, str], tuple[str, str, str]]
+
+    def cell(self, guest: str, host: str) -> tuple[str, str, str] | None:
+        return self.cells.get((guest, host))
+
+
+def matrices(result: CheckResult) -> list[Matrix]:
+    """The kernel matrices of the check's groups: for each runner, QEMU version and workload that were
+    measured on more than one (guest base, host base) pair."""
+    found: dict[tuple[str, str, str], dict[tuple[str, str], tuple[str, str, str]]] = {}
+    for g in result.groups:
+        r = g.latest
+        if r is None:
+            continue
+        guest, host, qemu = r.run.stack
+        if guest is None or host is None:
+            continue
+        found.setdefault((r.run.runner_id, g.workload, qemu or "?"), {})[(guest, host)] = (
+            r.verdict, _fmt(r.value["eoi_saved"]), _anchor(g))
+    out = []
+    for (runner, workload, qemu), cells in sorted(found.items()):
+        if len(cells) < 2:
+            continue
+        guests = tuple(sorted({k[0] for k in cells}, key=_version_key))
+        hosts = tuple(sorted({k[1] for k in cells}, key=_version_key))
+        out.append(Matrix(runner, workload, qemu, guests, hosts, cells))
+    return out
+
+
+def _version_key(base: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in base.split("."))
+
+
 def render_html(history: History, result: CheckResult) -> str:
     """The self-contained HTML report (``e2e/data/report.html.j2``, autoescaped)."""
     import jinja2
@@ -287,6 +331,11 @@ def render_html(history: History, result: CheckResult) -> str:
               HEADLINES["own_saved"][0] + " [95% CI]", HEADLINES["exit_reduction"][0] + " [95% CI]", "run"],
         rows=rows, findings=[{"runner": f.runner, "workload": f.workload, "message": f.message}
                              for f in result.findings],
+        matrices=[{"title": f"{m.workload} on {m.runner}, QEMU {m.qemu}", "hosts": list(m.hosts),
+                   "rows": [{"guest": guest, "cells": [
+                       None if (c := m.cell(guest, host)) is None
+                       else {"verdict": _verdict(c[0]), "value": c[1], "anchor": c[2]} for host in m.hosts]}
+                       for guest in m.guests]} for m in matrices(result)],
         problems=list(history.problems), groups=[_group_view(history, result, g) for g in result.groups])
 
 
@@ -307,6 +356,13 @@ def render_markdown(history: History, result: CheckResult) -> str:
         lines.append(f"| {g.runner} | {g.workload} | **{r.verdict.upper()}** | {_fmt(r.value['eoi_saved'])} "
                      f"{_ci(r.ci['eoi_saved'])} | {_fmt(r.value['own_saved'])} {_ci(r.ci['own_saved'])} | "
                      f"{_fmt(r.value['exit_reduction'])} {_ci(r.ci['exit_reduction'])} |")
+    for m in matrices(result):
+        lines += ["", f"Kernel matrix: {m.workload} on {m.runner}, QEMU {m.qemu} (latest verdict, "
+                      f"EOI exits saved/interrupt; rows: guest kernel base, columns: host kernel base)", "",
+                  "| guest \\ host | " + " | ".join(m.hosts) + " |", "|---|" + "---|" * len(m.hosts)]
+        for guest in m.guests:
+            cells = [(f"**{c[0].upper()}** {c[1]}" if (c := m.cell(guest, host)) else "-") for host in m.hosts]
+            lines.append(f"| {guest} | " + " | ".join(cells) + " |")
     if result.findings:
         lines += ["", "Regressions:"]
         lines += [f"- [{f.runner}] {f.workload}: {f.message}" for f in result.findings]

@@ -97,8 +97,8 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
     merged = ab.reanalyze(parts[0], plan, parts[1:])
     manifests = {str(hk or "stock"): results.kernel_manifest(hk or stock_host_kernel()) for hk in kernels}
     return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
-                              "virtual_host": {"boot_seconds": boots[0] if boots else None, "boots": boots, "kvm": facts,
-                                               "restarts": restarts, "kernels": manifests}})
+                              "virtual_host": {"boot_seconds": boots[0] if boots else None, "boots": boots,
+                                               "kvm": facts, "restarts": restarts, "kernels": manifests}})
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:

@@ -80,8 +80,7 @@ WORKLOADS: dict[str, Workload] = {
             "block",
             ("dd", "if=/dev/vda", "of=/dev/null", "bs=4k", "count=2048", "iflag=direct"),
             ops=2048, scratch_mb=16,
-            description="2048 x 4 KiB O_DIRECT reads at queue depth 1 on virtio-blk (MSI-X completions). "
-                        "fio needs SysV shm, which the tiny guest kernel lacks (CONFIG_SYSVIPC)",
+            description="2048 x 4 KiB O_DIRECT reads at queue depth 1 on virtio-blk (MSI-X completions)",
             needs=("dd",), sources=("virtio*-req.*",),
         ),
         Workload(

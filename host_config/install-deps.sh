@@ -11,8 +11,8 @@
 #   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils rsync patch
 #                                kernel builds, patch series, initramfs
 #   ccache                       incremental kernel builds (CCACHE_DIR under pveoi's cache)
-#   busybox-static dropbear-bin fio iperf3 rt-tests
-#                                the guest image: shell, SSH server, workloads
+#   busybox-static dropbear-bin iperf3
+#                                the guest image: shell, SSH server, the net workload's client
 #   linux-perf                   counting kvm:* tracepoints on the host
 #   kmod lz4 zstd                module tools for fetched Debian kernels; expanding a
 #                                bzImage to see which drivers are built in
@@ -20,7 +20,7 @@
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils linux-source-6.1 linux-source-6.12 build-essential flex bison bc libelf-dev
-libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin fio iperf3 rt-tests linux-perf kmod
+libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin iperf3 linux-perf kmod
 lz4 zstd ccache python3-venv chromium"
 # From bookworm-backports (apt-get -t bookworm-backports; the suite is added when needed, and
 # only the packages named here come from it).

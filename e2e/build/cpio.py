@@ -123,12 +123,14 @@ def parse_newc(data: bytes) -> list[CpioEntry]:
 
 
 def read_initrd(path: Path) -> list[CpioEntry]:
-    """The members of a gzip-compressed newc initramfs.
+    """The members of a newc initramfs, plain or gzip-compressed.
 
     :raises ValueError: if it is not one.
     """
-    with gzip.open(path, "rb") as f:
-        return parse_newc(f.read())
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return parse_newc(data)
 
 
 class ImageTree:
@@ -180,16 +182,18 @@ class ImageTree:
 
 
 
-def write_initrd(entries: Iterable[CpioEntry], path: Path, level: int = 6) -> int:
-    """Write ``entries`` as a gzip-compressed newc archive (an initramfs) to ``path``.
+def write_initrd(entries: Iterable[CpioEntry], path: Path, level: int | None = 6) -> int:
+    """Write ``entries`` as a newc archive (an initramfs) to ``path``, gzip-compressed or plain.
 
     The gzip header carries no name and a zero mtime, so the file is as
     reproducible as its members.
 
-    :param level: gzip compression level.
+    :param level: gzip compression level; None writes the archive uncompressed.
     :returns: the archive's uncompressed size in bytes.
     :raises ValueError: on an absolute or empty member name.
     """
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level,
-                                                mtime=ARCHIVE_MTIME) as gz:
-        return write_newc(entries, gz)
+    with open(path, "wb") as raw:
+        if level is None:
+            return write_newc(entries, raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=ARCHIVE_MTIME) as gz:
+            return write_newc(entries, gz)

@@ -113,3 +113,10 @@ def test_write_initrd_is_gzip_newc_and_reproducible(tmp_path: Path) -> None:
     assert a.read_bytes() == b.read_bytes()  # no name, no mtime in the gzip header
     assert len(gzip.decompress(a.read_bytes())) == size
     assert read_initrd(a) == sample_entries()
+
+
+def test_write_initrd_uncompressed_reads_back(tmp_path: Path) -> None:
+    plain = tmp_path / "a.cpio"
+    size = write_initrd(sample_entries(), plain, level=None)
+    assert plain.stat().st_size == size and plain.read_bytes()[:6] == b"070701"
+    assert read_initrd(plain) == sample_entries()
