@@ -111,6 +111,15 @@ def remove_dead_temps(directory: Path) -> list[Path]:
     return removed
 
 
+def touch(path: Path) -> None:
+    """Mark a cache entry used now (its lock file's mtime: :mod:`e2e.cachegc` prunes the least
+    recently used first); nothing happens where the cache is read-only."""
+    try:
+        path.touch()
+    except OSError:
+        pass
+
+
 def glob_escape(text: str) -> str:
     """``text`` with glob metacharacters made literal."""
     return re.sub(r"([*?\[])", r"[\1]", text)
@@ -241,6 +250,7 @@ class Cache:
             if discard:
                 shutil.rmtree(path, ignore_errors=True)
             return None
+        touch(self.root / kind / f".{key}.lock")
         return CacheEntry(kind, key, path, manifest)
 
     @contextlib.contextmanager
@@ -250,11 +260,40 @@ class Cache:
         with open(lock_path, "a+") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             self._held.add((kind, key))
+            touch(lock_path)
             try:
                 yield
             finally:
                 self._held.discard((kind, key))
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def hold(self, paths: Iterable[Path]) -> Iterator[None]:
+        """Hold a shared lock on every cache entry ``paths`` lie in, for as long as the block runs: a
+        prune (:mod:`e2e.cachegc`) never removes them meanwhile. Paths outside the cache are ignored;
+        a lock that cannot be taken (a read-only cache) is skipped."""
+        with contextlib.ExitStack() as stack:
+            for kind, key in sorted({k for p in paths if (k := self.entry_of(p)) is not None}):
+                lock_path = self.root / kind / f".{key}.lock"
+                try:
+                    f = stack.enter_context(open(lock_path, "a+"))
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+                except OSError as err:
+                    log.debug("cannot hold %s: %s", lock_path, err)
+                    continue
+                touch(lock_path)
+            yield
+
+    def entry_of(self, path: Path) -> tuple[str, str] | None:
+        """The (kind, key) of the cache entry ``path`` lies in, or None."""
+        try:
+            rel = path.expanduser().absolute().relative_to(self.root)
+        except ValueError:
+            return None
+        parts = rel.parts
+        if len(parts) >= 2 and not parts[1].startswith("."):
+            return parts[0], parts[1]
+        return None
 
     def _reap_dead_staging(self, kind: str, key: str) -> list[Path]:
         """Remove the staging dirs of ``kind/key`` left by builds killed on this host (see the

@@ -167,7 +167,7 @@ BASES: dict[str, Base] = {
     "6.1": Base("6.1", "apt-get install linux-source-6.1"),
     "6.12": Base("6.12", "apt-get install -t bookworm-backports linux-source-6.12"),
 }
-#: The base of the quick start (why: README, "Kernel bases").
+#: The base of the quick start (why: README.md, "Kernel bases and QEMU").
 DEFAULT_BASE = "6.1"
 
 _VERSION_LINE = re.compile(r"^(VERSION|PATCHLEVEL|SUBLEVEL)\s*=\s*(\d*)\s*$", re.M)
@@ -493,7 +493,8 @@ def _build_into(
 ) -> Built:
     fragment = render_fragment(requested)
     comp = kbuild.compiler(cache.root)
-    with kbuild.build_tree(cache, kbuild.tree_key(spec.source.kind, spec.source.path, spec.flavour, fragment)) as bt:
+    with kbuild.build_tree(cache, kbuild.tree_key(spec.source.kind, spec.source.path, spec.flavour, fragment),
+                           spec.source.path) as bt:
         reused = bt.reused()
         tree = _source_tree(spec, identity, bt, work, progress)
         builddir = bt.out

@@ -18,7 +18,7 @@ has ``min_spread_reps`` such values (3 runs of 3 reps), its spread is not
 known, and the floor is the conservative relative ``rel`` (5 %). A fixed
 percentage alone would flag noise on a noisy runner and miss a real drop on a
 quiet one; the test alone would flag tiny, irrelevant shifts once the
-baseline is large. README.md ("Reports, history and nightly regression
+baseline is large. docs/nightly.md ("Reports, history and nightly regression
 checks") gives the rule's false-alarm and detection rates on synthetic nights
 drawn from real per-rep spreads.
 

@@ -3,7 +3,7 @@ The virtual KVM host: a TCG QEMU (``-cpu max`` exposes SVM) running pveoi's
 ``host``-flavour kernel with KVM built in, inside which real ``kvm_amd`` runs
 the measured guests.
 
-Design (see README, "The virtual KVM host"): the whole harness runs inside.
+Design (see docs/virtual-host.md): the whole harness runs inside.
 The host's root filesystem is the L1 root (virtio-9p, read-only, ``cache=loose``),
 so the caller's Python, virtualenv, checkout, kernels and images are all there
 at the same paths; one writable share (the results dir) carries results back.

@@ -95,14 +95,19 @@ class BuildTree:
 
 
 @contextlib.contextmanager
-def build_tree(cache: Cache, key: str) -> Iterator[BuildTree]:
+def build_tree(cache: Cache, key: str, origin: Path | None = None) -> Iterator[BuildTree]:
     """Hold the persistent tree ``key`` (locked: one build at a time), ready to build in.
+
+    :param origin: the source it builds, recorded in the tree (``origin``) so that a prune knows the
+        tree is an orphan once that source is gone (a finished bisect's worktree).
 
     :raises ConfigError: if the cache directory cannot be created.
     """
     with cache.lock(TREE_KIND, key):
         tree = BuildTree(cache.root / TREE_KIND / key)
         tree.root.mkdir(parents=True, exist_ok=True)
+        if origin is not None:
+            atomic_write(tree.root / "origin", f"{origin}\n")
         if tree.state.is_file() and tree.state.read_text().strip() == "building":
             log.warning("the last build in %s was killed while make ran; starting from an empty %s",
                         tree.root, tree.out)
