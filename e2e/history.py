@@ -296,6 +296,22 @@ def _timing(runs: Iterable[Mapping[str, Any]]) -> float | None:
     return trapped / injected if injected else None
 
 
+def _no_vector(runs: Iterable[Mapping[str, Any]]) -> list[float] | None:
+    """Per traced rep: EOIs the host saw with no vector in service, per injected interrupt, in the
+    marker windows (a guest that writes the EOI register after a PV EOI too); None if none was traced."""
+    out = []
+    for r in runs:
+        trace = r.get("trace")
+        vectors = (trace.get("vectors") or []) if isinstance(trace, Mapping) else None
+        if vectors is None:
+            continue
+        injected = sum(int(v.get("injected", 0)) for v in vectors)
+        stray = sum(int(v.get("reasons", {}).get("no vector in service", 0)) for v in vectors)
+        if injected:
+            out.append(stray / injected)
+    return out or None
+
+
 def _taken(runs: Iterable[Mapping[str, Any]]) -> list[float]:
     """Per on rep, PV EOIs per armed EOI (:func:`e2e.trace.armed_taken`), where the run was traced."""
     from .trace import armed_taken
@@ -373,6 +389,9 @@ class Record:
     reasons: list[str]
     timing: float | None = None
     """The PV arm's EOIs trapped for timing reasons per injected interrupt (:func:`_timing`)."""
+    no_vector: list[float] | None = None
+    """Per traced on rep: EOIs with no vector in service per injected interrupt (:func:`_no_vector`;
+    0 on a clean guest: an EOI written after a PV EOI, a double EOI); None without a trace."""
 
     @property
     def measurable(self) -> bool:
@@ -408,7 +427,7 @@ class Record:
         if value["own_saved"] is None:  # as the analysis: a figure some runs lack judges nothing
             samples["own_saved"] = []
         return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
-                   list(w.get("reasons", [])), _timing(on.values()))
+                   list(w.get("reasons", [])), _timing(on.values()), _no_vector(on[rep] for rep in sorted(on)))
 
 
 def records(history: History, runner: str, workload: str) -> list[Record]:

@@ -43,7 +43,17 @@ from typing import Any, Literal
 
 from .history import HEADLINES, TIMING_REASONS, History, Record, Run, records
 
-Kind = Literal["drop", "fail", "not-measurable", "missing", "stale", "never-measured"]
+Kind = Literal["drop", "rise", "fail", "not-measurable", "missing", "stale", "never-measured"]
+#: What a finding means for the night: a regression exits 1; a warning is shown first and exits 0.
+Severity = Literal["regression", "warning"]
+#: The figures that measure PV EOI itself (the workload's own interrupts, PV EOI taken when armed): a
+#: drop of one of them is a regression on its first night. The headline and the kvm_exit reduction also
+#: move with how busy the runner was (the tick's share, IRR pending): a drop of those alone, on one night,
+#: while the own figures held, is a warning; on a second night in a row it is a regression.
+OWN_FIGURES = ("own_saved", "pv_taken")
+#: EOIs with no vector in service per injected interrupt (a double EOI) above the baseline's highest by
+#: more than this is a regression (a clean guest has none; one double EOI in 100 is 0.01).
+NO_VECTOR_TOLERANCE = 0.002
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class CheckSettings:
     max_age_hours: float | None = None
     require_measurable: bool = False
     now: float | None = None  # epoch seconds (default: the clock)
+    strict: bool = False  # every finding a regression (the rule before warnings existed)
 
 
 @dataclass(frozen=True)
@@ -88,10 +99,11 @@ class Finding:
     after: float | None = None
     p_value: float | None = None
     floor: float | None = None  # the detection floor the drop exceeded (absolute, the figure's units)
+    severity: Severity = "regression"
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("kind", "runner", "workload", "message", "since", "metric",
-                                               "before", "after", "p_value", "floor")}
+                                               "before", "after", "p_value", "floor", "severity")}
 
 
 @dataclass(frozen=True)
@@ -156,7 +168,15 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.findings else 0
+        return 1 if self.regressions else 0
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "regression"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -458,8 +478,48 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
             if verdict:
                 findings.append(verdict)
             drops = [d for d in (_drop(group, recs, key, settings) for key in HEADLINES) if d is not None]
-            findings.extend(_with_timing(d, recs, group, drops) for d in drops)
+            drops = [_with_timing(d, recs, group, drops) for d in drops]
+            findings.extend(drops if settings.strict else _grade(drops, recs))
+            rise = _no_vector_rise(group, recs)
+            if rise is not None:
+                findings.append(rise)
+    findings.sort(key=lambda f: f.severity != "warning")  # warnings first: what the reader sees first
     return CheckResult(findings, groups)
+
+
+def _grade(drops: list[Finding], recs: Sequence[Record]) -> list[Finding]:
+    """Drops of the headline figures alone, on the latest night alone, while the figures that measure PV
+    EOI itself were measured and held: warnings (a loaded night moves the headline); everything else
+    stays a regression."""
+    own = {HEADLINES[k][0] for k in OWN_FIGURES}
+    latest = recs[-1]
+    if not drops or any(d.metric in own for d in drops):
+        return drops
+    if any(latest.value.get(k) is None for k in OWN_FIGURES):  # no trace: nothing says PV EOI held
+        return drops
+    if any(d.since != latest.run.name for d in drops):  # down on an earlier night too: it stays down
+        return drops
+    note = (f"; a warning: only the headline moved, on one night, while {HEADLINES['own_saved'][0]} and "
+            f"{HEADLINES['pv_taken'][0]} held; a second night like it is a regression")
+    return [replace(d, severity="warning", message=d.message + note) for d in drops]
+
+
+def _no_vector_rise(group: GroupStatus, recs: Sequence[Record]) -> Finding | None:
+    """EOIs with no vector in service per injected interrupt above the baseline's highest (or above 0
+    without one) by more than :data:`NO_VECTOR_TOLERANCE`: the guest wrote EOIs it had no interrupt for."""
+    latest = recs[-1]
+    if latest.no_vector is None or latest.verdict not in ("pass", "fail"):
+        return None
+    now = statistics.fmean(latest.no_vector)
+    base = [v for r in group.baseline if r.no_vector for v in r.no_vector]
+    ceiling = max(base, default=0.0)
+    if now <= ceiling + NO_VECTOR_TOLERANCE:
+        return None
+    label = "EOIs with no vector in service per interrupt"
+    return Finding("rise", group.runner, group.workload,
+                   f"{label} rose {ceiling:.4f} -> {now:.4f} (more than {NO_VECTOR_TOLERANCE} above the baseline's "
+                   f"highest): the guest wrote EOIs with no interrupt in service (a second EOI after a PV EOI?) "
+                   f"since run {latest.run.name}", since=latest.run.name, metric=label, before=ceiling, after=now)
 
 
 def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drops: Sequence[Finding]) -> Finding:
@@ -493,14 +553,17 @@ def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drop
 
 
 def format_findings(result: CheckResult) -> str:
-    """What ``--check`` prints: each regression on one line, then a summary line."""
-    lines = [f"REGRESSION [{f.runner}] {f.workload}: {f.message}" for f in result.findings]
+    """What ``--check`` prints: each warning, then each regression, on one line; then a summary line."""
+    lines = [f"{'WARNING' if f.severity == 'warning' else 'REGRESSION'} [{f.runner}] {f.workload}: {f.message}"
+             for f in result.findings]
     for g in result.groups:
         lines.extend(f"note [{g.runner}] {g.workload}: {n}" for n in g.notes)
     lines.extend(format_floors(result))
     n_groups = len(result.groups)
-    lines.append(f"check: {len(result.findings)} regression(s) in {n_groups} runner/workload group(s)"
-                 if result.findings else f"check: clean ({n_groups} runner/workload group(s))")
+    n_reg, n_warn = len(result.regressions), len(result.warnings)
+    warned = f", {n_warn} warning(s) (exit 0)" if n_warn else ""
+    lines.append(f"check: {n_reg} regression(s){warned} in {n_groups} runner/workload group(s)" if n_reg
+                 else f"check: clean{warned} ({n_groups} runner/workload group(s))")
     return "\n".join(lines)
 
 

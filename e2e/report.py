@@ -40,8 +40,9 @@ PER_INTERRUPT = ["kvm_exit", "kvm_msr", "kvm_apic", "kvm_eoi", "trapped_eoi", "k
 COLOURS = {"off": "#c0504d", "on": "#4f81bd", "pass": "#2e7d32", "fail": "#c62828", "other": "#9e9e9e"}
 
 
-def _findings_of(result: CheckResult, group: GroupStatus) -> list[str]:
-    return [f.message for f in result.findings if (f.runner, f.workload) == (group.runner, group.workload)]
+def _findings_of(result: CheckResult, group: GroupStatus, severity: str = "regression") -> list[str]:
+    return [f.message for f in result.findings
+            if (f.runner, f.workload) == (group.runner, group.workload) and f.severity == severity]
 
 
 # ---------------------------------------------------------------- plots
@@ -326,11 +327,11 @@ def render_html(history: History, result: CheckResult) -> str:
             for g in result.groups if (r := g.latest) is not None]
     return env.get_template(TEMPLATE).render(
         runs=len(history.runs), runners=len(history.runners()), root=str(history.root),
-        latest=history.runs[-1].created, regressed=bool(result.findings),
+        latest=history.runs[-1].created, regressed=bool(result.regressions), warned=bool(result.warnings),
         head=["runner", "workload", "verdict", HEADLINES["eoi_saved"][0] + " [95% CI]",
               HEADLINES["own_saved"][0] + " [95% CI]", HEADLINES["exit_reduction"][0] + " [95% CI]", "run"],
-        rows=rows, findings=[{"runner": f.runner, "workload": f.workload, "message": f.message}
-                             for f in result.findings],
+        rows=rows, findings=[{"runner": f.runner, "workload": f.workload, "message": f.message,
+                              "severity": f.severity} for f in result.findings],
         matrices=[{"title": f"{m.workload} on {m.runner}, QEMU {m.qemu}", "hosts": list(m.hosts),
                    "rows": [{"guest": guest, "cells": [
                        None if (c := m.cell(guest, host)) is None
@@ -343,12 +344,16 @@ def render_html(history: History, result: CheckResult) -> str:
 
 
 def render_markdown(history: History, result: CheckResult) -> str:
-    state = f"{len(result.findings)} regression(s)" if result.findings else "no regression"
+    state = f"{len(result.regressions)} regression(s)" if result.regressions else "no regression"
+    if result.warnings:
+        state += f", {len(result.warnings)} warning(s)"
     lines = [f"### pveoi PV EOI report: {state}", "",
              f"{len(history.runs)} run(s), {len(history.runners())} runner(s); latest {history.runs[-1].created}.",
              "", "| runner | workload | verdict | EOI exits saved/interrupt [95% CI] | "
              "saved/workload interrupt [95% CI] | kvm_exit reduction [95% CI] |",
              "|---|---|---|---|---|---|"]
+    if result.warnings:  # shown first: what a reader of the night should see before the table
+        lines[1:1] = ["", "Warnings (exit 0):", *(f"- [{f.runner}] {f.workload}: {f.message}" for f in result.warnings)]
     for g in result.groups:
         r = g.latest
         if r is None:
@@ -363,9 +368,9 @@ def render_markdown(history: History, result: CheckResult) -> str:
         for guest in m.guests:
             cells = [(f"**{c[0].upper()}** {c[1]}" if (c := m.cell(guest, host)) else "-") for host in m.hosts]
             lines.append(f"| {guest} | " + " | ".join(cells) + " |")
-    if result.findings:
+    if result.regressions:
         lines += ["", "Regressions:"]
-        lines += [f"- [{f.runner}] {f.workload}: {f.message}" for f in result.findings]
+        lines += [f"- [{f.runner}] {f.workload}: {f.message}" for f in result.regressions]
     floors = format_floors(result)
     if floors:
         lines += ["", "Detection floors (the smallest drop `--check` flags, from each runner's own spread):"]
@@ -421,7 +426,12 @@ def render_ktap(history: History, result: CheckResult) -> str:
     """KTAP version 1 of the latest run of each runner (:mod:`e2e.ktap`)."""
     from . import ktap
 
-    return ktap.render([r.result for r in latest_runs(result)] or [history.runs[-1].result])
+    text = ktap.render([r.result for r in latest_runs(result)] or [history.runs[-1].result])
+    if not result.warnings:
+        return text
+    head, plan, rest = text.split("\n", 2)  # "KTAP version 1", "1..N": the warnings as diagnostics after them
+    notes = [f"# WARNING [{f.runner}] {f.workload}: {f.message}" for f in result.warnings]
+    return "\n".join([head, plan, *notes, rest])
 
 
 def render_kcidb(history: History, origin: str) -> str:
@@ -461,6 +471,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="also flag a runner whose newest result is older than this (an A/B that recorded nothing)")
     p.add_argument("--require-measurable", action="store_true",
                    help="also flag a runner none of whose results measured PV EOI (all not measurable or error)")
+    p.add_argument("--strict", action="store_true",
+                   help="every finding exits 1, a one-night drop of the headline alone too (default: that is a "
+                        "warning while the figures of PV EOI itself held)")
     p.set_defaults(func=cmd_report)
 
 
@@ -482,7 +495,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.max_age is not None and args.max_age <= 0:
         raise ConfigError("--max-age must be positive", fix="e.g. --max-age 20 for a nightly job")
     result = check(history, CheckSettings(baseline=args.baseline, rel=args.threshold, alpha=args.alpha,
-                                          max_age_hours=args.max_age, require_measurable=args.require_measurable))
+                                          max_age_hours=args.max_age, require_measurable=args.require_measurable,
+                                          strict=args.strict))
     outputs: list[tuple[Path | None, Callable[[], str]]] = [(args.html, lambda: render_html(history, result)),
                (args.markdown, lambda: render_markdown(history, result)),
                (args.junit, lambda: render_junit(result)),

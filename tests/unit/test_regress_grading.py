@@ -1,0 +1,84 @@
+"""What exits 1: a figure that measures PV EOI itself (the workload's own interrupts, PV EOI taken when
+armed, EOIs with no vector in service) regresses, or the headline drops and stays down a second night;
+a one-night headline-only drop while those held is a warning, exit 0 (``--strict``: exit 1). Synthetic
+traced histories; no QEMU."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from e2e.history import load_history
+from e2e.regress import CheckSettings, check, format_findings
+from e2e.report import render_ktap, render_markdown
+from tests.unit.test_report import INJ, make_doc, noisy, write_history
+
+
+def traced(doc: dict[str, Any], own_on: float = 0.01, own_off: float = 1.0, missed: int = 0,
+           no_vector: float = 0.0) -> dict[str, Any]:
+    """Per-event traces on every run: the workload's own vector (LOC) trapped ``own_on``/``own_off`` per
+    interrupt, ``missed`` EOIs written although armed, ``no_vector`` EOIs with no vector in service per
+    interrupt."""
+    for arm, runs_of in doc["arms"].items():
+        for runs in runs_of["runs"].values():
+            for r in runs:
+                on = arm == "on"
+                pv = r["counts"]["kvm:kvm_pv_eoi"]
+                r["trace"] = {
+                    "vcpus": [{"window": True, "host_pv_eoi": pv}],
+                    "vectors": [{"name": "LOC", "vector": 236, "injected": INJ, "pv": pv if on else 0,
+                                 "trapped": round((own_on if on else own_off) * INJ),
+                                 "reasons": {**({"not explained by the trace": missed} if on and missed else {}),
+                                             **({"no vector in service": round(no_vector * INJ)}
+                                                if on and no_vector else {})}}]}
+    return doc
+
+
+def nights(rng: random.Random, means: list[float], **kw: Any) -> list[dict[str, Any]]:
+    return [traced(make_doc(i, {"timer": (noisy(rng, m, 0.003), "pass")}), **kw.get(str(i), {}))
+            for i, m in enumerate(means)]
+
+
+def test_a_one_night_headline_drop_while_pv_eoi_held_is_a_warning(tmp_path: Path) -> None:
+    docs = nights(random.Random(1), [0.95] * 6 + [0.90])
+    history = load_history(write_history(tmp_path, docs))
+    result = check(history)
+    assert result.findings and {f.severity for f in result.findings} == {"warning"}
+    assert result.exit_code == 0
+    text = format_findings(result)
+    assert text.splitlines()[0].startswith("WARNING [r1] timer: EOI exits saved per interrupt dropped")
+    assert "warning(s) (exit 0)" in text.splitlines()[-1]
+    assert render_markdown(history, result).splitlines()[2] == "Warnings (exit 0):"
+    assert "# WARNING [r1] timer" in render_ktap(history, result)
+    strict = check(history, CheckSettings(strict=True))
+    assert strict.exit_code == 1 and {f.severity for f in strict.findings} == {"regression"}
+
+
+def test_the_same_drop_on_a_second_night_is_a_regression(tmp_path: Path) -> None:
+    docs = nights(random.Random(2), [0.95] * 6 + [0.90, 0.90])
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert result.exit_code == 1
+    assert all(f.severity == "regression" for f in result.findings if f.kind == "drop")
+
+
+def test_a_drop_of_pv_eoi_taken_when_armed_is_a_regression_on_its_first_night(tmp_path: Path) -> None:
+    """The 1-in-100 guest: 1 % of armed EOIs written natively; the headline moves by 1 % only."""
+    docs = nights(random.Random(3), [0.95] * 6 + [0.94], **{"6": {"missed": 10}})
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert result.exit_code == 1
+    taken = [f for f in result.findings if f.metric == "PV EOI taken when armed"]
+    assert taken and taken[0].severity == "regression"
+
+
+def test_a_double_eoi_is_a_regression_though_every_other_figure_held(tmp_path: Path) -> None:
+    """A guest that also writes the EOI register after 1 PV EOI in 100: 'no vector in service' rises
+    from 0 to 0.01 while the headline, the own figure and PV EOI taken when armed hold."""
+    docs = nights(random.Random(4), [0.95] * 7, **{"6": {"no_vector": 0.01}})
+    result = check(load_history(write_history(tmp_path, docs)))
+    assert result.exit_code == 1
+    (rise,) = [f for f in result.findings if f.kind == "rise"]
+    assert rise.severity == "regression" and rise.after == 0.01 and rise.before == 0.0
+    assert "no vector in service" in rise.message
+    clean = nights(random.Random(4), [0.95] * 7)
+    assert check(load_history(write_history(tmp_path / "clean", clean))).findings == []
