@@ -795,6 +795,9 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         raise ConfigError("a host kernel under test can only be booted by the virtual KVM host",
                           fix="add --host virtual (a hardware host cannot swap its kernel without a reboot)")
     plan = _plan(args)
+    from . import conditions
+
+    started = conditions.snapshot()
     if host == "direct" and any(a.host_kernel for a in plan.arms):
         raise ConfigError("a host kernel under test can only be booted by the virtual KVM host",
                           fix="add --host virtual (a hardware host cannot swap its kernel without a reboot)")
@@ -807,12 +810,14 @@ def _cmd_ab(args: argparse.Namespace) -> int:
         raise  # a mistake in the input, not a night without a measurement
     except PveoiError as err:
         if args.json or args.history:  # the history shows this run measured nothing, and why
+            runner = {**runner, "conditions": conditions.summarize(started, conditions.snapshot())}
             failed = results.error_result(err, host, why, args.runs).with_(runner=runner, plan=plan)
             try:
                 results.emit(failed, args.json, args.history)
             except (OSError, PveoiError) as write_err:  # e.g. the disk is full: the first error is the news
                 log.warning("could not record the error in the results: %s", write_err)
         raise
+    runner = {**runner, "conditions": conditions.summarize(started, conditions.snapshot())}
     res = measured.with_(runner=runner, kernel=results.kernel_manifest(plan.kernel),
                     image={"path": str(plan.image)}, logs=str(plan.logs))
     results.emit(res, args.json, args.history)

@@ -41,9 +41,10 @@ STACKS_EVERY = 600.0
 
 def run(plan_path: Path, result_path: Path) -> int:
     """Run the plan at ``plan_path``; write the result to ``result_path``; return the exit status."""
-    from . import ab, results
+    from . import ab, conditions, results
 
     plan = Plan.from_json(json.loads(plan_path.read_text()))
+    started = conditions.snapshot()
     # Evidence should this process ever hang where no timeout can fire: every thread's stack, every
     # STACKS_EVERY seconds, beside the result (the outer pveoi keeps it with the virtual host's logs).
     with open(result_path.parent / STACKS, "w") as stacks:
@@ -57,6 +58,8 @@ def run(plan_path: Path, result_path: Path) -> int:
             return err.exit_code
         finally:
             faulthandler.cancel_dump_traceback_later()
+    # The virtual host's own conditions (its load, other QEMUs in it) beside the runner's.
+    result = result.with_(runner={**result.runner, "conditions": conditions.summarize(started, conditions.snapshot())})
     results.emit(result, result_path, None)
     return 0
 

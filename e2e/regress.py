@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from .conditions import unusual
 from .history import HEADLINES, TIMING_REASONS, History, Record, Run, records
 
 Kind = Literal["drop", "rise", "fail", "not-measurable", "missing", "stale", "never-measured"]
@@ -465,6 +466,10 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
                 continue
             group.baseline = [r for r in recs[:-1] if r.verdict == "pass" and r.run.mode == recs[-1].run.mode
                               ][-settings.baseline:]
+            loaded = unusual(recs[-1].run.doc.get("runner", {}).get("conditions"),
+                             [r.run.doc.get("runner", {}).get("conditions") or {} for r in recs[:-1]])
+            if loaded:
+                group.notes.append(f"the latest night ran far from this runner's usual conditions: {'; '.join(loaded)}")
             for key in HEADLINES:
                 pooled = [v for r in group.baseline for v in r.samples[key]]
                 if pooled:
