@@ -53,7 +53,7 @@ __all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_v
 
 # ---------------------------------------------------------------- arms
 
-ARM_KEYS = {"name", "pv_eoi", "cpu_flags", "append", "kernel", "smp", "host_kernel"}
+ARM_KEYS = {"name", "pv_eoi", "cpu_flags", "append", "kernel", "smp", "host_kernel", "replica_of"}
 
 #: Builds a kernel from ``(source, patches, flavour)`` and returns its bzImage (the CLI passes
 #: pveoi's cached build; a test may pass anything that returns a path).
@@ -140,8 +140,11 @@ def load_arms(path: Path, build: KernelBuilder | None = None) -> tuple[Arm, ...]
             raise ConfigError(f"{where}: append must be a string", fix='write e.g. append = "no-kvm-pv-eoi"')
         kernel, origin = _arm_kernel(raw.get("kernel"), f"{where}: kernel", base, "guest", build)
         host, host_origin = _arm_kernel(raw.get("host_kernel"), f"{where}: host_kernel", base, "host", build)
+        replica = raw.get("replica_of")
+        if replica is not None and not isinstance(replica, str):
+            raise ConfigError(f"{where}: replica_of must be an arm's name", fix='write e.g. replica_of = "on"')
         arms.append(Arm(raw["name"], raw.get("pv_eoi", True), tuple(flags), raw.get("append", ""), kernel,
-                        smp, host, {**origin, **host_origin}))
+                        smp, host, {**origin, **host_origin}, replica))
     validate_arms(arms)
     return tuple(arms)
 

@@ -194,7 +194,10 @@ def _difference(workload: Workload, a: Arm, b: Arm, runs: Sequence[RunRecord],
                            f"({e['b_median']:.3f} vs {e['a_median']:.3f}, 95 % CI of the difference "
                            f"[{e['diff_ci'][0]:+.3f}, {e['diff_ci'][1]:+.3f}])")
     verdict = ("regression" if reasons else "ok") if same_side else "info"
-    return Comparison("difference", a.name, b.name, a.differences(b), metrics, verdict, tuple(reasons))
+    # Two arms that are one experiment on purpose (replica_of): an A/A, the noise check; the same rules
+    # apply, so a difference it flags is a false alarm of this runner at this level.
+    kind = "aa" if not a.differences(b) else "difference"
+    return Comparison(kind, a.name, b.name, a.differences(b), metrics, verdict, tuple(reasons))
 
 
 def _effect_difference(ea: Comparison, eb: Comparison, arms: Mapping[str, Arm], runs: Sequence[RunRecord],

@@ -564,6 +564,8 @@ def _add_ab(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--arms", type=Path, metavar="TOML",
                    help="two or more [[arm]] tables: name, pv_eoi, cpu_flags, smp, append, kernel (a bzImage or "
                         "{source = DIR, patches = DIR}), host_kernel; default: on vs off")
+    p.add_argument("--aa", action="store_true", help="an A/A noise check instead of on vs off: the on arm twice "
+                   "(b a replica of a); a difference it flags is a false alarm of this runner")
     p.add_argument("--smp", type=int, metavar="N", help="vCPUs of every default arm (default: the workload's, 2)")
     hk = p.add_mutually_exclusive_group()
     hk.add_argument("--host-kernel", type=Path, metavar="PATH",
@@ -655,7 +657,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     :raises ConfigError: naming the input and the fix.
     """
     from . import ab, analysis
-    from .model import DEFAULT_ARMS, validate_arms
+    from .model import validate_arms
     from .workloads import get_workloads
 
     overrides = _parse_thresholds(args.threshold)
@@ -695,7 +697,15 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.arms and (args.host_kernel or args.host_source or args.host_patches):
         raise ConfigError("--host-kernel/--host-source/--host-patches make the arms themselves; with --arms, "
                           "set host_kernel in the arms file", fix="use one or the other")
-    validate_arms(ab.load_arms(args.arms, build=_check_arm_kernel) if args.arms else DEFAULT_ARMS)
+    if args.aa and args.arms:
+        raise ConfigError("--aa makes the arms itself", fix="drop --arms, or write replica_of in the arms file")
+    validate_arms(ab.load_arms(args.arms, build=_check_arm_kernel) if args.arms else _default_arms(args))
+
+
+def _default_arms(args: argparse.Namespace) -> tuple[Any, ...]:
+    from .model import AA_ARMS, DEFAULT_ARMS
+
+    return AA_ARMS if getattr(args, "aa", False) else DEFAULT_ARMS
 
 
 def _check_bases(args: argparse.Namespace) -> None:
@@ -752,12 +762,12 @@ def _plan(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
     from . import ab
-    from .model import DEFAULT_ARMS, Plan, validate_arms
+    from .model import Plan, validate_arms
     from .workloads import get_workloads
 
     workloads = get_workloads(args.workload or ["timer"])
     overrides = _parse_thresholds(args.threshold)
-    arms = ab.load_arms(args.arms, build=_build_from_source) if args.arms else DEFAULT_ARMS
+    arms = ab.load_arms(args.arms, build=_build_from_source) if args.arms else _default_arms(args)
     if args.smp is not None:
         arms = tuple(a if a.smp is not None else replace(a, smp=args.smp) for a in arms)
     arms = _host_kernel_arms(args, arms)

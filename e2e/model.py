@@ -93,6 +93,8 @@ class Arm:
     :param smp: vCPUs (None: the workload's default).
     :param host_kernel: the virtual host's kernel for this arm (None: pveoi's).
     :param origin: where the kernels came from (source dir, patches), for the record.
+    :param replica_of: the arm this one repeats on purpose (an A/A noise check: the two are the same
+        experiment, measured twice); without it two identical arms are a mistake.
     """
 
     name: str
@@ -103,6 +105,7 @@ class Arm:
     smp: int | None = None
     host_kernel: Path | None = None
     origin: Mapping[str, str] = field(default_factory=dict)
+    replica_of: str | None = None
 
     @property
     def expects_pv_eoi(self) -> bool:
@@ -127,7 +130,8 @@ class Arm:
         return {"name": self.name, "kvm_pv_eoi": self.pv_eoi, "cpu_flags": list(self.cpu_flags),
                 "append": self.append, "kernel": str(self.kernel) if self.kernel else None,
                 "smp": self.smp, "host_kernel": str(self.host_kernel) if self.host_kernel else None,
-                "origin": dict(self.origin), "expects_pv_eoi": self.expects_pv_eoi}
+                "origin": dict(self.origin), "expects_pv_eoi": self.expects_pv_eoi,
+                **({"replica_of": self.replica_of} if self.replica_of else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Arm:
@@ -135,10 +139,13 @@ class Arm:
         return cls(name=str(data["name"]), pv_eoi=data.get("kvm_pv_eoi", data.get("pv_eoi", True)),
                    cpu_flags=tuple(data.get("cpu_flags") or ()), append=str(data.get("append") or ""),
                    kernel=Path(kernel) if kernel else None, smp=data.get("smp"),
-                   host_kernel=Path(host) if host else None, origin=dict(data.get("origin") or {}))
+                   host_kernel=Path(host) if host else None, origin=dict(data.get("origin") or {}),
+                   replica_of=data.get("replica_of") or None)
 
 
 DEFAULT_ARMS = (Arm("on", pv_eoi=True), Arm("off", pv_eoi=False))
+#: ``pveoi ab --aa``: the on arm twice, the second a replica of the first (the A/A noise check).
+AA_ARMS = (Arm("a", pv_eoi=True), Arm("b", pv_eoi=True, replica_of="a"))
 
 
 def validate_arms(arms: Sequence[Arm]) -> None:
@@ -149,10 +156,16 @@ def validate_arms(arms: Sequence[Arm]) -> None:
     names = [a.name for a in arms]
     if len(set(names)) != len(names) or not all(names):
         raise ConfigError(f"arm names must be unique and non-empty: {names}", fix="give every [[arm]] its own name")
+    for a in arms:
+        if a.replica_of is not None and a.replica_of not in names:
+            raise ConfigError(f"arm {a.name} is a replica of {a.replica_of!r}, which is no arm",
+                              fix=f"name one of {', '.join(names)}")
     for a, b in itertools.combinations(arms, 2):
-        if not a.differences(b):
+        if not a.differences(b) and a.name != b.replica_of and b.name != a.replica_of:
             raise ConfigError(f"arms {a.name} and {b.name} are the same experiment",
-                              fix="make the arms differ in kernel, pv_eoi, cpu_flags, smp, append or host_kernel")
+                              fix="make the arms differ in kernel, pv_eoi, cpu_flags, smp, append or host_kernel, "
+                                  f"or, for an A/A noise check on purpose, write replica_of = \"{a.name}\" in arm "
+                                  f"{b.name} (pveoi ab --aa)")
     for a in arms:
         if a.smp is not None and not 1 <= a.smp <= 64:
             raise ConfigError(f"arm {a.name}: smp {a.smp} is not in 1..64", fix="write e.g. smp = 2")

@@ -222,8 +222,12 @@ def format_table(result: Result) -> str:
             if first:
                 lines.append("  comparisons (b - a; 95 % CI of the difference; permutation p):")
                 first = False
-            lines.append(f"  {comp.kind} {comp.b} vs {comp.a} (differ in {', '.join(comp.differs_in) or '-'}): "
-                         f"{comp.verdict.upper()}")
+            if comp.kind == "aa":
+                lines.append(f"  A/A {comp.b} vs {comp.a} (one experiment measured twice, a noise check: a "
+                             f"difference flagged here is a false alarm): {comp.verdict.upper()}")
+            else:
+                lines.append(f"  {comp.kind} {comp.b} vs {comp.a} (differ in {', '.join(comp.differs_in) or '-'}): "
+                             f"{comp.verdict.upper()}")
             if comp.kind == "effect" and comp.headline:
                 lines.append(f"    EOI exits saved per interrupt {fmt_number(comp.headline.get('value'))} "
                              f"{fmt_ci(comp.headline.get('ci'))}")

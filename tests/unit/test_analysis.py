@@ -488,3 +488,27 @@ def test_unanalyzed_parts_of_the_virtual_host_are_concluded_outside() -> None:
     finding = Result(verdict=UNANALYZED, plan=plan, arms=arms, runs={"timer": tuple(raw)},
                      workloads={"timer": WorkloadResult("timer", UNANALYZED, findings=("cpu1 did not enable",))})
     assert reanalyze(finding, plan).verdict == "fail"
+
+
+# ---------------------------------------------------------------- A/A: the noise check, on purpose
+
+
+def test_an_aa_experiment_is_allowed_on_purpose_and_an_accidental_duplicate_is_not(
+        thresholds: dict[str, float], tmp_path: Path) -> None:
+    from e2e.errors import ConfigError
+    from e2e.model import Arm, validate_arms
+
+    with pytest.raises(ConfigError, match="are the same experiment") as err:
+        validate_arms([Arm("a"), Arm("b")])
+    assert 'replica_of = "a"' in (err.value.fix or "")
+    with pytest.raises(ConfigError, match="which is no arm"):
+        validate_arms([Arm("a"), Arm("b", replica_of="c")])
+    arms = (Arm("a"), Arm("b", replica_of="a"))
+    validate_arms(arms)
+    assert Arm.from_json(arms[1].to_json()) == arms[1] and "replica_of" not in arms[0].to_json()
+    w = analyze(WORKLOADS["timer"], arms, runs_of({"a": 0.01, "b": 0.01}), thresholds)
+    (aa,) = comparisons(w, "aa")
+    assert aa.verdict == "ok" and aa.differs_in == ()
+    path = tmp_path / "aa.toml"
+    path.write_text('[[arm]]\nname = "a"\n[[arm]]\nname = "b"\nreplica_of = "a"\n')
+    assert load_arms(path) == arms
