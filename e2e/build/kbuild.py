@@ -188,8 +188,12 @@ def compiler(cache_root: Path) -> Compiler:
         log.warning("ccache not found: kernel builds recompile everything they rebuild "
                     "(apt-get install ccache, host_config/install-deps.sh)")
         return Compiler(None, {})
+    # CCACHE_BASEDIR: every build tree is <kbuild>/<key>/{src,out} and make runs in out/, so with paths
+    # rewritten relative to it, one object compiled for one tree (the guest flavour, another config,
+    # another base's copy) is a hit for every other tree whose preprocessed source is the same.
     return Compiler("ccache gcc", {"CCACHE_DIR": str(cache_root / CCACHE_NAME),
-                                   "CCACHE_MAXSIZE": CCACHE_MAXSIZE})
+                                   "CCACHE_MAXSIZE": CCACHE_MAXSIZE,
+                                   "CCACHE_BASEDIR": str(cache_root / TREE_KIND), "CCACHE_NOHASHDIR": "1"})
 
 
 def ccache_stats(comp: Compiler) -> dict[str, int]:
