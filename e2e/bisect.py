@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import command
 from .errors import ConfigError, Kind, PveoiError
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,8 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
 
     :raises ConfigError: git failed (naming its message).
     """
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise ConfigError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip().splitlines()[-1:] or '?'}",
-                          fix="pass a git repository and revisions it has")
-    return proc.stdout.strip()
+    return command.run(["git", "-C", str(repo), *args], what=f"git {' '.join(args)} in {repo}",
+                       fix="pass a git repository and revisions it has", check=check).stdout.strip()
 
 
 def resolve(spec: BisectSpec) -> BisectSpec:

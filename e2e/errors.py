@@ -6,6 +6,7 @@ line that names the cause and, where there is one, the fix::
 
     PveoiError
      +-- ConfigError         bad configuration, CLI value or path
+     |    +-- CommandError   a host command failed (carries argv, exit status, output tail)
      +-- CapabilityError     the host lacks something (KVM, perf, a tool)
      |    +-- NotMeasurable  the host cannot measure PV EOI (a verdict, not a failure)
      +-- BuildError          kernel or image build failed (carries the log path)
@@ -119,6 +120,22 @@ class BuildError(PveoiError):
     def __str__(self) -> str:
         text = super().__str__()
         return f"{text} (full log: {self.log})" if self.log else text
+
+
+class CommandError(ConfigError):
+    """A host command (git, tar, make's queries, gcc, dpkg) failed or ran past its deadline
+    (:func:`e2e.command.run`): a config error, exit 2, never retried.
+
+    :param argv: the command; :param returncode: its exit status (None: it did not exit);
+    :param tail: the last lines it printed (stderr, else stdout).
+    """
+
+    def __init__(self, message: str, fix: str | None, argv: Sequence[str], returncode: int | None = None,
+                 tail: Sequence[str] = ()) -> None:
+        super().__init__(message, fix)
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.tail = tuple(tail)
 
 
 class LaunchError(PveoiError):

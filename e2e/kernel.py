@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import command
 from .build import kbuild
 from .bzimage import read_setup_header
 from .cache import (
@@ -44,7 +45,7 @@ from .cache import (
     sha256_file,
     sha256_tree,
 )
-from .errors import BuildError, ConfigError
+from .errors import BuildError, CommandError, ConfigError
 from .progress import Progress
 from .tmpdirs import tempdir
 
@@ -330,9 +331,11 @@ class KernelSource:
             return f"debian:{package}={version}:{st.st_size}:{int(st.st_mtime)}"
         git = shutil.which("git")
         if git and (self.path / ".git").exists():
-            head = _run_out([git, "-C", str(self.path), "rev-parse", "HEAD"]).strip()
-            diff = _run_out([git, "-C", str(self.path), "diff", "HEAD"])
-            untracked = _run_out([git, "-C", str(self.path), "status", "--porcelain", "--untracked-files=normal"])
+            fix = f"repair the git tree {self.path}, or pass a tree without .git"
+            head = command.run([git, "-C", str(self.path), "rev-parse", "HEAD"], fix=fix).stdout.strip()
+            diff = command.run([git, "-C", str(self.path), "diff", "HEAD"], fix=fix).stdout
+            untracked = command.run([git, "-C", str(self.path), "status", "--porcelain", "--untracked-files=normal"],
+                                    fix=fix).stdout
             return f"git:{head}:{content_hash([diff, untracked])}"
         # No git: hash names, sizes and mtimes of the sources (stat only, ~0.5 s).
         parts = []
@@ -351,27 +354,17 @@ class KernelSource:
         :raises BuildError: if the tarball cannot be unpacked.
         """
         if self.kind == "debian":
-            _run_checked(["tar", "-xJf", str(self.path), "-C", str(workdir)], "unpack linux-source")
+            command.run(["tar", "-xJf", str(self.path), "-C", str(workdir)], what="unpacking linux-source",
+                        fix="check the disk has room, or reinstall the linux-source package")
             return workdir / base_named(self.base).package
         return self.path
 
 
 def _dpkg_version(package: str) -> str:
     try:
-        return _run_out(["dpkg-query", "-W", "-f=${Version}", package]).strip() or "unknown"
-    except (OSError, subprocess.CalledProcessError):
+        return command.run(["dpkg-query", "-W", "-f=${Version}", package], timeout=60).stdout.strip() or "unknown"
+    except CommandError:
         return "unknown"
-
-
-def _run_out(argv: Sequence[str]) -> str:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=True).stdout
-
-
-def _run_checked(argv: Sequence[str], what: str, cwd: Path | None = None) -> None:
-    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise BuildError(f"{what} failed: {tail[0]}", fix=f"check that `{argv[0]}` works")
 
 
 # ---------------------------------------------------------------- build
@@ -506,11 +499,8 @@ def _build_into(
             merged = staged / "fragment.config"
             merged.write_text(fragment)
             frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
-            _run_checked(
-                [str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
-                 str(builddir / ".config"), *map(str, frags)],
-                "merge_config.sh", cwd=tree,
-            )
+            command.run([str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
+                         str(builddir / ".config"), *map(str, frags)], what="merge_config.sh", cwd=tree)
             _make_logged(make_argv(tree, builddir, ["olddefconfig"], cc=comp.cc), logfile, progress, "olddefconfig",
                          comp.env)
             configured = read_config(builddir / ".config")
@@ -525,8 +515,8 @@ def _build_into(
                             force=True)
             _make_logged(make_argv(tree, builddir, ["bzImage"], spec.jobs, comp.cc), logfile, progress,
                          "make bzImage", comp.env)
-            release = _run_out(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"]
-                               ).strip().splitlines()[-1]
+            release = command.run(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"],
+                                  what="make kernelrelease").stdout.strip().splitlines()[-1]
             version = tree_version(tree)
         shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
         shutil.copy(builddir / ".config", staged / "config")
@@ -683,7 +673,7 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
 
         def build(staged: Path) -> Built:
             root = Path(tmp) / "root"
-            _run_checked(["dpkg-deb", "-x", str(deb), str(root)], "dpkg-deb -x")
+            command.run(["dpkg-deb", "-x", str(deb), str(root)], what="dpkg-deb -x")
             vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
             if not vmlinuz:
                 raise ConfigError(f"{package} holds no /boot/vmlinuz-*", fix="pick a linux-image-* package")
@@ -692,8 +682,8 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
             files = ["bzImage"]
             mods = root / "lib" / "modules" / release
             if mods.is_dir():
-                _run_checked(["tar", "-cf", str(staged / "modules.tar"), "-C", str(root / "lib" / "modules"), release],
-                             "pack modules")
+                command.run(["tar", "-cf", str(staged / "modules.tar"), "-C", str(root / "lib" / "modules"),
+                             release], what="packing the modules")
                 files.append("modules.tar")
             config = root / "boot" / f"config-{release}"
             if config.is_file():

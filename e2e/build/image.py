@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import command
 from ..bzimage import read_setup_header
 from ..cache import (
     MANIFEST,
@@ -155,11 +156,7 @@ class GuestImage:
 
 
 def _run(argv: Sequence[str], what: str, fix: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:] or ["no output"]
-        raise BuildError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail)}", fix=fix)
-    return proc.stdout
+    return command.run(argv, what=what, fix=fix, cwd=cwd).stdout
 
 
 def compile_load_helper(source: Path, out: Path) -> str:
