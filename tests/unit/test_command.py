@@ -26,6 +26,6 @@ def test_a_failure_carries_the_command_its_status_and_its_output_tail() -> None:
 def test_a_missing_program_and_a_deadline_are_the_same_error() -> None:
     with pytest.raises(CommandError, match="pveoi-no-such-program not found"):
         run(["pveoi-no-such-program"])
-    with pytest.raises(CommandError, match="ran past its 0.2 s deadline") as err:
+    with pytest.raises(CommandError, match=r"ran past its 0\.2 s deadline") as err:
         run(["sleep", "5"], timeout=0.2)
     assert err.value.returncode is None
