@@ -6,6 +6,12 @@ Not collected by pytest (no ``test_`` prefix). Run:
     python tests/bench_soak.py                     # 20 net A/Bs and 10 each of timer, ipi, block, 3 reps each
     python tests/bench_soak.py --net 5 --each 3    # a shorter one
     python tests/bench_soak.py --summarize DIR     # the summary of a soak's results again
+    python tests/bench_soak.py --qemu 7.2=/usr/bin --qemu 10.0=/opt/qemu10-bin   # QEMUs side by side
+
+With ``--qemu NAME=DIR`` (repeatable) every A/B of the plan runs once with each QEMU (DIR first on
+PATH: its ``qemu-system-x86_64`` is both the virtual host's TCG and the guest launcher), in an order
+that alternates round by round so drift lands on all alike; each QEMU's results, ledger and summary
+go to ``--out/NAME/`` (``--summarize --out/NAME`` again later).
 
 Each A/B is its own ``pveoi ab --workload W --runs 3`` process (a fresh virtual host each),
 round-robin over the workloads so drifts of the machine spread evenly. Its result JSON and
@@ -48,13 +54,14 @@ def schedule(net: int, each: int) -> list[str]:
     return out
 
 
-def run_one(workload: str, index: int, out: Path, runs: int, timeout: float) -> dict[str, Any]:
+def run_one(workload: str, index: int, out: Path, runs: int, timeout: float,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
     result, logs = out / f"{workload}-{index:02d}.json", out / f"logs-{workload}-{index:02d}"
     argv = [sys.executable, "-m", "e2e.cli", "ab", "--host", "virtual", "--workload", workload, "--runs", str(runs),
             "--json", str(result), "--logs", str(logs), "--history", str(out / "history"),
             "--timeout", str(timeout)]
     started = time.monotonic()
-    proc = spawn.run(argv, cwd=REPO, text=True)  # stopped in order with the soak: no A/B outlives it
+    proc = spawn.run(argv, cwd=REPO, text=True, env=env)  # stopped in order with the soak: no A/B outlives it
     seconds = time.monotonic() - started
     (out / f"{workload}-{index:02d}.stderr").write_text(proc.stderr)
     # What to print: the verdict, or the one-line error pveoi ends with when there is no result.
@@ -293,7 +300,11 @@ def main() -> int:
     p.add_argument("--summarize", type=Path, metavar="DIR", help="only summarize an earlier soak's DIR")
     p.add_argument("--resume", action="store_true",
                    help="continue the soak in --out where its ledger stops (same plan, next A/Bs)")
+    p.add_argument("--qemu", action="append", default=[], metavar="NAME=DIR",
+                   help="run every A/B with each of these QEMUs (DIR first on PATH), results in --out/NAME")
     args = p.parse_args()
+    if args.qemu and not args.summarize:
+        return side_by_side(args)
     if args.summarize:
         out = args.summarize
     else:
@@ -322,6 +333,41 @@ def main() -> int:
     for line in checks["false_alarms"]:
         print(f"  {line}")
     return 0 if not any(s["unexplained"] for s in summary.values()) else 1
+
+
+def side_by_side(args: argparse.Namespace) -> int:
+    """Every A/B of the plan once per QEMU, alternating which goes first, each QEMU's results apart."""
+    import os
+
+    variants = []
+    for item in args.qemu:
+        name, sep, where = item.partition("=")
+        if not sep or not (Path(where) / "qemu-system-x86_64").exists():
+            raise SystemExit(f"--qemu {item}: expected NAME=DIR with DIR/qemu-system-x86_64")
+        variants.append((name, Path(where), {**os.environ, "PATH": f"{where}:{os.environ.get('PATH', '')}"}))
+    ledgers: dict[str, list[dict[str, Any]]] = {}
+    for name, _, _ in variants:
+        (args.out / name).mkdir(parents=True, exist_ok=True)
+        path = args.out / name / "ledger.json"
+        ledgers[name] = json.loads(path.read_text()) if args.resume and path.is_file() else []
+    plan = schedule(args.net, args.each)
+    for n, w in enumerate(plan, 1):
+        for name, _, env in (variants if n % 2 else list(reversed(variants))):
+            ledger = ledgers[name]
+            if n <= len(ledger):
+                continue
+            index = sum(1 for e in ledger if e["workload"] == w) + 1
+            entry = {**run_one(w, index, args.out / name, args.runs, args.timeout, env), "qemu": name}
+            ledger.append(entry)
+            (args.out / name / "ledger.json").write_text(json.dumps(ledger, indent=1))
+            print(f"[{n}/{len(plan)}] QEMU {name} {w} #{index}: exit {entry['exit']} in {entry['seconds']:.0f} s; "
+                  f"{entry['last_line'][:150]}", flush=True)
+    for name, _, _ in variants:
+        summary = summarize(args.out / name)
+        (args.out / name / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"\n## QEMU {name}\n")
+        print(markdown(summary))
+    return 0
 
 
 if __name__ == "__main__":
