@@ -112,10 +112,10 @@ def remove_dead_temps(directory: Path) -> list[Path]:
 
 
 def touch(path: Path) -> None:
-    """Mark a cache entry used now (its lock file's mtime: :mod:`e2e.cachegc` prunes the least
-    recently used first); nothing happens where the cache is read-only."""
+    """Mark a cache entry used now (its lock file's mtime, where it has one: :mod:`e2e.cachegc` prunes
+    the least recently used first); nothing happens where the cache is read-only."""
     try:
-        path.touch()
+        os.utime(path)
     except OSError:
         pass
 
