@@ -143,3 +143,20 @@ def test_spent_restarts_raise_with_the_earlier_ones_and_a_finding_is_never_resta
     with pytest.raises(Finding) as found:
         runner.run_virtual(plan, "test")
     assert len(virtual) == 1 and found.value.kind is Kind.FINDING
+
+
+def test_an_l1_crash_is_named_as_the_virtual_hosts_own_unless_its_kernel_is_under_test(tmp_path: Path) -> None:
+    from e2e.exitcause import KILLED, TRIPLE_FAULT, ExitCause
+    from e2e.vhost import VhostSpec, VirtualKvmHost
+
+    def fix(under_test: bool, cls: str) -> str:
+        host = VirtualKvmHost(VhostSpec(tmp_path / "bzImage", kernel_under_test=under_test), tmp_path, None,
+                              tmp_path / "logs")
+        return host._crash_fix(ExitCause(cls, ("SHUTDOWN reason guest-reset",)))
+
+    own = fix(False, TRIPLE_FAULT)
+    assert "the virtual host's own failure" in own and "not the kernel under test" in own
+    assert "resumes in a fresh virtual host after the guests already measured" in own
+    assert "guest kernel or the KVM under test" not in own
+    assert "host kernel under test, or nested TCG under it" in fix(True, TRIPLE_FAULT)
+    assert "virtual host's own" not in fix(False, KILLED)  # a signal from outside is named as such
