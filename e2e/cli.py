@@ -257,11 +257,17 @@ def _host_kernel(args: argparse.Namespace | None = None) -> Path:
 
 
 def _image(args: argparse.Namespace) -> Any:
-    """The guest image: --image DIR (a built entry, used read-only), else build or hit the cache."""
+    """The guest image: --image DIR (a built entry, used read-only), else build or hit the cache; for an
+    A/B, only the tools its workloads run."""
     from .build import image
 
     entry = getattr(args, "image", None)
-    return image.guest_image(Path(args.kernel) if getattr(args, "kernel", None) else None, entry)
+    tools = image.TOOLS
+    if getattr(args, "command", None) == "ab":
+        from .workloads import get_workloads
+
+        tools = image.tools_for(n for w in get_workloads(args.workload or ["timer"]) for n in w.needs)
+    return image.guest_image(Path(args.kernel) if getattr(args, "kernel", None) else None, entry, tools)
 
 
 def _stdout_sink(data: bytes) -> None:

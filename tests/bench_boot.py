@@ -57,15 +57,16 @@ def parse_dmesg(text: str) -> dict[str, float]:
     return out
 
 
-def boot_once(kernel: Path, image: Path, logs: Path, index: int) -> dict[str, Any]:
+def boot_once(kernel: Path, image: Path, logs: Path, index: int, append: str = "") -> dict[str, Any]:
     """One boot the A/B's way, inside this (KVM) host; its stages in seconds."""
     from e2e.argv import DEFAULT_APPEND, MachineSpec
     from e2e.build.image import READY_PATTERN, load_image
     from e2e.machine import Machine
 
     img = load_image(image)
-    spec = MachineSpec(kernel=kernel, initrd=img.initrd, append=DEFAULT_APPEND, accel="kvm", pv_eoi=True, smp=2,
-                       memory_mb=256, paused=True, name=f"boot-{index}")
+    # printk.time=1: dmesg's timestamps (tinyconfig has no CONFIG_PRINTK_TIME); nothing else differs from an A/B.
+    spec = MachineSpec(kernel=kernel, initrd=img.initrd, append=f"{DEFAULT_APPEND} printk.time=1 {append}".strip(), accel="kvm",
+                       pv_eoi=True, smp=2, memory_mb=256, paused=True, name=f"boot-{index}")
     started = time.monotonic()
     with Machine(spec, READY_PATTERN, artifacts=logs) as machine:
         machine.pv_eoi_readback()
@@ -76,6 +77,7 @@ def boot_once(kernel: Path, image: Path, logs: Path, index: int) -> dict[str, An
         ssh = machine.ssh(img.identity.private_key, img.host_key_line, timeout=60)
         up = time.monotonic()
         dmesg = ssh.run(["dmesg"], timeout=60).check().stdout
+    (logs / f"boot-{index}-dmesg.txt").write_text(dmesg)
     uptime = float(re.search(r"uptime=(\S+)", ready_line).group(1))  # type: ignore[union-attr]
     marks = parse_dmesg(dmesg)
     stages = {"qemu_start": paused - started, "to_ready": ready - paused,
@@ -91,7 +93,7 @@ def inner(args: argparse.Namespace) -> int:
     """Inside the virtual host: boot ``--boots`` times, one JSON line each, then the medians."""
     rows = []
     for i in range(args.boots):
-        row = boot_once(args.kernel, args.image, args.logs, i)
+        row = boot_once(args.kernel, args.image, args.logs, i, args.append)
         rows.append(row)
         print(json.dumps({"boot": i + 1, **row}), flush=True)
     summary = {k: round(statistics.median(r[k] for r in rows if r[k] is not None), 3)
@@ -106,7 +108,9 @@ def main() -> int:
     p.add_argument("--base", help="the guest kernel's base (default pveoi's default)")
     p.add_argument("--kernel", type=Path, help="a guest bzImage (default: pveoi's build of --base)")
     p.add_argument("--image", type=Path, help="a guest image entry (default: pveoi's)")
-    p.add_argument("--logs", type=Path, default=Path("/tmp/pveoi-bench-boot"))
+    p.add_argument("--logs", type=Path, default=Path("/tmp/pveoi-bench-boot"),
+                   help="where each boot's console, QEMU log and dmesg are kept (shared into the virtual host)")
+    p.add_argument("--append", default="", help="extra guest kernel parameters (e.g. initcall_debug)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.inner:
@@ -123,9 +127,10 @@ def main() -> int:
     started = time.monotonic()
     logs = args.logs.absolute()
     logs.mkdir(parents=True, exist_ok=True)
-    proc = spawn.run([sys.executable, "-m", "e2e.cli", "-q", "vhost", "--timeout", "1800", "--", sys.executable,
+    proc = spawn.run([sys.executable, "-m", "e2e.cli", "-q", "vhost", "--timeout", "1800", "--results", str(logs), "--", sys.executable,
                       str(Path(__file__).resolve()), "--inner", "--boots", str(args.boots), "--kernel", str(bz),
-                      "--image", str(img), "--logs", str(logs)], cwd=REPO, env=dict(os.environ), text=True)
+                      "--image", str(img), "--logs", str(logs), "--append", args.append], cwd=REPO,
+                     env=dict(os.environ), text=True)
     sys.stdout.write(proc.stdout)
     print(json.dumps({"phase": "total", "seconds": round(time.monotonic() - started, 1), "exit": proc.returncode}),
           flush=True)

@@ -91,6 +91,16 @@ TOOLS: tuple[Tool, ...] = (
     Tool("iperf3", "/usr/bin/iperf3", "iperf3", "usr/bin/iperf3"),
 )
 COMPILER = Tool("gcc", "/usr/bin/gcc", "gcc libc6-dev", None)
+#: Tools only some workloads run (:attr:`e2e.workloads.Workload.needs`): an image for workloads that do
+#: not need them leaves them out (iperf3 brings libcrypto, 4.7 of the image's 13 MB, and every byte is
+#: copied into the emulated guest at every boot).
+OPTIONAL_TOOLS = frozenset({"iperf3"})
+
+
+def tools_for(needs: Iterable[str]) -> tuple[Tool, ...]:
+    """:data:`TOOLS` less the optional ones nothing in ``needs`` names."""
+    wanted = set(needs)
+    return tuple(t for t in TOOLS if t.name not in OPTIONAL_TOOLS or t.name in wanted)
 
 
 # ---------------------------------------------------------------- inputs and key
@@ -355,7 +365,8 @@ def _build_into(inputs: ImageInputs, key: str, staged: Path, work: Path, progres
     return Built((INITRD_NAME, LOAD_NAME), manifest)
 
 
-def image_for_kernel(bzimage: Path | None, cache: Cache | None = None) -> GuestImage:
+def image_for_kernel(bzimage: Path | None, cache: Cache | None = None,
+                     tools: Sequence[Tool] = TOOLS) -> GuestImage:
     """The image to boot ``bzimage`` with (what ``--kernel`` gives the CLI).
 
     None or a kernel with the drivers built in (pveoi's own) gets the
@@ -369,11 +380,11 @@ def image_for_kernel(bzimage: Path | None, cache: Cache | None = None) -> GuestI
         damaged, or it lacks virtio drivers; one line naming the fix.
     """
     if bzimage is None:
-        return build_image(cache=cache)
+        return build_image(cache=cache, tools=tools)
     read_setup_header(bzimage)  # what check_kernel_file does, without hashing the entry twice
     entry = entry_of(bzimage)
     if entry is not None and kernel_modules(entry) is not None:
-        return build_image(entry, cache)
+        return build_image(entry, cache, tools=tools)
     check = missing_builtin_drivers(bzimage, entry.file("config") if entry is not None else None)
     if check.missing:
         raise ConfigError(
@@ -381,7 +392,7 @@ def image_for_kernel(bzimage: Path | None, cache: Cache | None = None) -> GuestI
             "it has no modules in the cache",
             fix="build it with them =y, or for Debian's kernel use the bzImage `pveoi kernel fetch --debian` "
                 "prints (it brings its modules), or omit --kernel")
-    return build_image(entry, cache)
+    return build_image(entry, cache, tools=tools)
 
 
 def load_image(path: Path) -> GuestImage:
@@ -414,7 +425,7 @@ def load_image(path: Path) -> GuestImage:
     return _guest_image(entry, ssh_identity(Cache(root=path.parent.parent)))
 
 
-def guest_image(kernel: Path | None, image: Path | None = None) -> GuestImage:
+def guest_image(kernel: Path | None, image: Path | None = None, tools: Sequence[Tool] = TOOLS) -> GuestImage:
     """The image the CLI boots ``--kernel`` with: ``--image DIR`` as is, else :func:`image_for_kernel`.
 
     A given image must carry the modules of a fetched kernel that needs them
@@ -424,7 +435,7 @@ def guest_image(kernel: Path | None, image: Path | None = None) -> GuestImage:
         image without the kernel's modules.
     """
     if image is None:
-        return image_for_kernel(kernel)
+        return image_for_kernel(kernel, tools=tools)
     img = load_image(image)
     release = _modules_release(kernel) if kernel is not None else None
     mods = img.manifest.get("kernel_modules") or {}

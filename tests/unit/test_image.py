@@ -347,3 +347,13 @@ def test_load_image_refuses_what_is_not_an_image_entry(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=pattern) as err:
             image.load_image(path)
         assert "; fix: " in str(err.value)
+
+
+def test_an_image_for_workloads_that_run_no_iperf3_leaves_it_out() -> None:
+    from e2e.workloads import WORKLOADS
+
+    def names(workloads: list[str]) -> set[str]:
+        return {t.name for t in image.tools_for(n for w in workloads for n in WORKLOADS[w].needs)}
+
+    assert names(["timer"]) == names(["timer", "ipi", "block"]) == {"busybox", "dropbear", "dropbearkey"}
+    assert "iperf3" in names(["timer", "net"]) and names(["net"]) == {t.name for t in image.TOOLS}
