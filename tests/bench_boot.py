@@ -65,8 +65,8 @@ def boot_once(kernel: Path, image: Path, logs: Path, index: int, append: str = "
 
     img = load_image(image)
     # printk.time=1: dmesg's timestamps (tinyconfig has no CONFIG_PRINTK_TIME); nothing else differs from an A/B.
-    spec = MachineSpec(kernel=kernel, initrd=img.initrd, append=f"{DEFAULT_APPEND} printk.time=1 {append}".strip(), accel="kvm",
-                       pv_eoi=True, smp=2, memory_mb=256, paused=True, name=f"boot-{index}")
+    spec = MachineSpec(kernel=kernel, initrd=img.initrd, append=f"{DEFAULT_APPEND} printk.time=1 {append}".strip(),
+                       accel="kvm", pv_eoi=True, smp=2, memory_mb=256, paused=True, name=f"boot-{index}")
     started = time.monotonic()
     with Machine(spec, READY_PATTERN, artifacts=logs) as machine:
         machine.pv_eoi_readback()
@@ -127,10 +127,10 @@ def main() -> int:
     started = time.monotonic()
     logs = args.logs.absolute()
     logs.mkdir(parents=True, exist_ok=True)
-    proc = spawn.run([sys.executable, "-m", "e2e.cli", "-q", "vhost", "--timeout", "1800", "--results", str(logs), "--", sys.executable,
-                      str(Path(__file__).resolve()), "--inner", "--boots", str(args.boots), "--kernel", str(bz),
-                      "--image", str(img), "--logs", str(logs), "--append", args.append], cwd=REPO,
-                     env=dict(os.environ), text=True)
+    inner_argv = [sys.executable, str(Path(__file__).resolve()), "--inner", "--boots", str(args.boots), "--kernel",
+                  str(bz), "--image", str(img), "--logs", str(logs), "--append", args.append]
+    proc = spawn.run([sys.executable, "-m", "e2e.cli", "-q", "vhost", "--timeout", "1800", "--results", str(logs),
+                      "--", *inner_argv], cwd=REPO, env=dict(os.environ), text=True)
     sys.stdout.write(proc.stdout)
     print(json.dumps({"phase": "total", "seconds": round(time.monotonic() - started, 1), "exit": proc.returncode}),
           flush=True)
