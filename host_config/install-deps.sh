@@ -22,10 +22,6 @@ set -eu
 PACKAGES="qemu-system-x86 qemu-utils linux-source-6.1 linux-source-6.12 build-essential flex bison bc libelf-dev
 libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin iperf3 linux-perf kmod
 lz4 zstd ccache python3-venv chromium"
-# From bookworm-backports (apt-get -t bookworm-backports; the suite is added when needed, and
-# only the packages named here come from it).
-BACKPORTS=""
-
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
 }
@@ -34,17 +30,13 @@ missing=""
 for p in $PACKAGES; do
 	installed "$p" || missing="$missing $p"
 done
-missing_bpo=""
-for p in $BACKPORTS; do
-	installed "$p" || missing_bpo="$missing_bpo $p"
-done
 
-if [ -z "$missing$missing_bpo" ]; then
+if [ -z "$missing" ]; then
 	echo "install-deps: all packages present"
 	exit 0
 fi
 if [ "${1:-}" = "--check" ]; then
-	echo "install-deps: missing:$missing$missing_bpo"
+	echo "install-deps: missing:$missing"
 	exit 1
 fi
 
@@ -58,23 +50,7 @@ if [ "$(id -u)" != 0 ]; then
 	fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-if [ -n "$missing_bpo" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-	# The same Debian mirror as the main suite (deb822 or one-line sources).
-	uri=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
-	[ -n "$uri" ] || uri=$(sed -n 's/^deb[[:space:]]\{1,\}\([^[:space:]]*\)[[:space:]]\{1,\}bookworm[[:space:]].*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
-	[ -n "$uri" ] || uri="http://deb.debian.org/debian"
-	echo "install-deps: adding bookworm-backports ($uri)"
-	printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-		"$uri" | $SUDO tee /etc/apt/sources.list.d/pveoi-backports.sources >/dev/null
-fi
 $SUDO apt-get update -qq
-if [ -n "$missing" ]; then
-	echo "install-deps: installing:$missing"
-	# shellcheck disable=SC2086
-	$SUDO apt-get install -y -qq --no-install-recommends $missing
-fi
-if [ -n "$missing_bpo" ]; then
-	echo "install-deps: installing from bookworm-backports:$missing_bpo"
-	# shellcheck disable=SC2086
-	$SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports $missing_bpo
-fi
+echo "install-deps: installing:$missing"
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing
