@@ -65,7 +65,7 @@ class PveoiError(Exception):
 
     #: The kind of every instance of this class, unless one is passed.
     default_kind = Kind.CONFIG
-    #: How the machine ended, where the error knows (an exit class of :mod:`e2e.exitcause`, a
+    #: How the machine ended, where the error knows (an exit class of :mod:`e2e.vm.exitcause`, a
     #: virtual host stall); "" when it does not. Kept in results as ``class``.
     cause: str = ""
     #: What named the cause (QMP events, console lines, CPU samples).
@@ -74,7 +74,7 @@ class PveoiError(Exception):
     #: message, logs), so a result that ends in this error still shows them.
     retried: tuple[dict[str, object], ...] = ()
     #: What failed, for an attempt that failed while its QEMU still ran (the attempt's class then,
-    #: :func:`e2e.evidence.while_running`): "" says nothing more than that QEMU ran.
+    #: :func:`e2e.run.evidence.while_running`): "" says nothing more than that QEMU ran.
     failed: str = ""
 
     def __init__(self, message: str, fix: str | None = None, kind: Kind | None = None) -> None:
@@ -95,6 +95,10 @@ class PveoiError(Exception):
 
 class ConfigError(PveoiError):
     """A configuration file, CLI value or path is wrong."""
+
+
+class SchemaError(PveoiError):
+    """A document is not a pveoi result this version can read."""
 
 
 class CapabilityError(PveoiError):
@@ -124,7 +128,7 @@ class BuildError(PveoiError):
 
 class CommandError(ConfigError):
     """A host command (git, tar, make's queries, gcc, dpkg) failed or ran past its deadline
-    (:func:`e2e.command.run`): a config error, exit 2, never retried.
+    (:func:`e2e.util.command.run`): a config error, exit 2, never retried.
 
     :param argv: the command; :param returncode: its exit status (None: it did not exit);
     :param tail: the last lines it printed (stderr, else stdout).
@@ -344,7 +348,7 @@ def write_error(path: Path, err: OSError) -> PveoiError:
 class QemuExited(GuestError):
     """QEMU exited while pveoi still used it (mid-command, mid-boot, mid-QMP), classified.
 
-    The class (:mod:`e2e.exitcause`: ``guest reset``, ``triple fault``, ``guest poweroff``,
+    The class (:mod:`e2e.vm.exitcause`: ``guest reset``, ``triple fault``, ``guest poweroff``,
     ``panic``, ``OOM``, ``killed by signal``, ...) is named in the message with its evidence, e.g.
     ``QEMU (pid 7) exited mid-command: guest reset (SHUTDOWN reason guest-reset; console:
     'sysrq: Resetting')``. A panic is a finding about the guest kernel, every other class

@@ -24,7 +24,7 @@ Fixtures: ``pveoi_guest`` (one booted guest, settings from the
 ``pveoi_guest`` marker, then the ``--pveoi-*`` options), ``pveoi_boot`` (a
 factory: ``pveoi_boot(arm=..., smp=..., kernel=...)``, any number of guests),
 ``pveoi_ab`` (``pveoi_ab(arms=..., workloads=..., runs=...)`` runs
-:func:`e2e.ab.run_plan` and returns the typed :class:`e2e.model.Result`),
+:func:`e2e.run.ab.run_plan` and returns the typed :class:`e2e.model.result.Result`),
 ``pveoi_kernel``, ``pveoi_image``, ``pveoi_kvm`` (the doctor's decision).
 
 Every guest is shut down at the end of its test, whatever happened; when the
@@ -56,11 +56,12 @@ import pytest
 
 if TYPE_CHECKING:
     from .build.image import GuestImage
-    from .doctor import Decision
-    from .machine import Machine
-    from .model import Arm, Result
-    from .perf import Event, PerfStat
-    from .ssh import CommandResult, GuestSsh
+    from .host.doctor import Decision
+    from .measure.perf import Event, PerfStat
+    from .model.plan import Arm
+    from .model.result import Result
+    from .vm.machine import Machine
+    from .vm.ssh import CommandResult, GuestSsh
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def pveoi_options(pytestconfig: pytest.Config) -> Options:
 def pveoi_kvm() -> Decision:
     """The doctor's decision for this host (no probe boot): ``host`` is ``direct`` when this
     process can run KVM guests itself."""
-    from .doctor import decision_from_report, run_doctor
+    from .host.doctor import decision_from_report, run_doctor
 
     return decision_from_report(run_doctor())
 
@@ -173,7 +174,7 @@ def kvm_skip_reason(decision: Decision) -> str | None:
 @pytest.fixture(scope="session")
 def pveoi_kernel(pveoi_options: Options) -> Path:
     """The guest kernel: ``--pveoi-kernel``, else pveoi's own (built on first use, then cached)."""
-    from . import kernel
+    from .build import kernel
 
     if pveoi_options.kernel is not None:
         kernel.check_kernel_file(pveoi_options.kernel)
@@ -207,7 +208,7 @@ class KvmCounter:
         self._perf: PerfStat | None = None
 
     def __enter__(self) -> KvmCounter:
-        from .perf import PerfStat
+        from .measure.perf import PerfStat
 
         perf = PerfStat(self.events, tids=self.tids)
         perf.__enter__()
@@ -265,7 +266,7 @@ class Guest:
 
     @property
     def console(self) -> Any:
-        """The serial console (:class:`e2e.console.Console`: ``expect``, ``logpath``)."""
+        """The serial console (:class:`e2e.vm.console.Console`: ``expect``, ``logpath``)."""
         return self.machine.console
 
     def qmp(self, command: str, **arguments: Any) -> Any:
@@ -279,14 +280,14 @@ class Guest:
 
     def interrupts(self) -> dict[str, list[int]]:
         """The guest's ``/proc/interrupts``: per-CPU counts by name (``LOC``, ``CAL``, ``TLB``, ...)."""
-        from .guest import parse_proc_interrupts
+        from .measure.guest_counters import parse_proc_interrupts
 
         return parse_proc_interrupts(self.run(["cat", "/proc/interrupts"], timeout=30).stdout)
 
     def state(self) -> Any:
-        """The guest's view (:class:`e2e.guest.GuestState`: interrupts and, with guest_patches/0001,
+        """The guest's view (:class:`e2e.measure.guest_counters.GuestState`: interrupts and, with guest_patches/0001,
         the PV EOI feature, enable bit and skipped/written EOIs per CPU)."""
-        from .guest import STATE_COMMAND, GuestState
+        from .measure.guest_counters import STATE_COMMAND, GuestState
 
         return GuestState.parse(self.run(STATE_COMMAND, timeout=30).stdout)
 
@@ -305,9 +306,8 @@ class Guest:
 
 
 def _default_events() -> Sequence[Event]:
-    from .ab import perf_events
-    from .hostfacts import cpu_vendor
-    from .perf import list_kvm_tracepoints
+    from .host.hostfacts import cpu_vendor, list_kvm_tracepoints
+    from .run.ab import perf_events
 
     return perf_events(cpu_vendor(), list_kvm_tracepoints())
 
@@ -351,18 +351,18 @@ class GuestFactory:
                  accel: str | None = None, name: str | None = None) -> Guest:
         """Boot a guest and return it once SSH is up.
 
-        :param arm: an :class:`e2e.model.Arm` (its ``pv_eoi``, ``cpu_flags``, ``append``, ``kernel``,
+        :param arm: an :class:`e2e.model.plan.Arm` (its ``pv_eoi``, ``cpu_flags``, ``append``, ``kernel``,
             ``smp``); or the keyword arguments, which default to the ``--pveoi-*`` options.
         :raises Finding: under KVM, QEMU's or the guest's view of PV EOI is not the arm's.
         """
         import time
 
-        from .ab import check_guest_arm, check_qmp_arm
-        from .argv import DEFAULT_APPEND, MachineSpec
         from .build.image import READY_PATTERN
-        from .guest import STATE_COMMAND, GuestState
-        from .machine import Machine
-        from .model import Arm
+        from .measure.guest_counters import STATE_COMMAND, GuestState
+        from .model.plan import Arm
+        from .run.ab import check_guest_arm, check_qmp_arm
+        from .vm.argv import DEFAULT_APPEND, MachineSpec
+        from .vm.machine import Machine
 
         if arm is None:
             arm = Arm(name or f"guest{len(self.machines)}",
@@ -456,11 +456,11 @@ def pveoi_guest(request: pytest.FixtureRequest) -> Guest:
 
 @pytest.fixture
 def pveoi_ab(request: pytest.FixtureRequest, pveoi_options: Options) -> Callable[..., Result]:
-    """Run an A/B in this process and return its typed result (:func:`e2e.ab.run_plan`):
+    """Run an A/B in this process and return its typed result (:func:`e2e.run.ab.run_plan`):
     ``pveoi_ab(workloads=("timer",), runs=3, arms=DEFAULT_ARMS, thresholds={...})``. Needs KVM
     usable directly (skips otherwise); the guests' logs go to the test's dir."""
-    from .ab import run_plan
-    from .model import DEFAULT_ARMS, Plan
+    from .model.plan import DEFAULT_ARMS, Plan
+    from .run.ab import run_plan
 
     def run(workloads: Sequence[str] = ("timer",), runs: int = 3, arms: Sequence[Arm] = DEFAULT_ARMS,
             thresholds: Mapping[str, float] | None = None, retries: int = 1) -> Result:

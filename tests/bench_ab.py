@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from e2e import spawn
+from e2e.util import spawn
 
 FOUR_ARMS = """
 [[arm]]

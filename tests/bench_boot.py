@@ -7,7 +7,7 @@ Run:
     python tests/bench_boot.py --boots 8 --base 6.12
     python tests/bench_boot.py --kernel BZIMAGE --image DIR
 
-Each boot goes the A/B's way (:class:`e2e.machine.Machine`: QEMU started paused, resumed, the
+Each boot goes the A/B's way (:class:`e2e.vm.machine.Machine`: QEMU started paused, resumed, the
 ready line awaited, SSH), then reads the guest's ``dmesg`` over SSH. Stages per boot:
 
 - ``qemu_start``: QEMU start to paused with QMP up;
@@ -59,9 +59,9 @@ def parse_dmesg(text: str) -> dict[str, float]:
 
 def boot_once(kernel: Path, image: Path, logs: Path, index: int, append: str = "") -> dict[str, Any]:
     """One boot the A/B's way, inside this (KVM) host; its stages in seconds."""
-    from e2e.argv import DEFAULT_APPEND, MachineSpec
     from e2e.build.image import READY_PATTERN, load_image
-    from e2e.machine import Machine
+    from e2e.vm.argv import DEFAULT_APPEND, MachineSpec
+    from e2e.vm.machine import Machine
 
     img = load_image(image)
     # printk.time=1: dmesg's timestamps (tinyconfig has no CONFIG_PRINTK_TIME); nothing else differs from an A/B.
@@ -115,8 +115,8 @@ def main() -> int:
     args = p.parse_args()
     if args.inner:
         return inner(args)
-    from e2e import kernel, spawn
-    from e2e.build import image
+    from e2e.build import image, kernel
+    from e2e.util import spawn
 
     spawn.exit_on_sigterm()
     bz = args.kernel or kernel.build_kernel(kernel.default_spec("guest", base=args.base)).file("bzImage")

@@ -19,7 +19,7 @@ logs go to ``DIR/W-NN.json`` and ``DIR/logs-W-NN/``. The summary (``DIR/summary.
 Markdown table on stdout) gives, per workload: A/Bs, verdicts, the headline (EOI exits saved
 per injected interrupt) median, min, max, relative range and coefficient of variation, the
 trapped EOIs' reasons summed over every run (per-vector attribution), and every failed
-attempt with its class (guest reset, panic, OOM, ... from e2e.exitcause) and logs. A failed
+attempt with its class (guest reset, panic, OOM, ... from e2e.vm.exitcause) and logs. A failed
 attempt whose class is empty, ``unknown`` or ``qemu running`` is *unexplained*; the goal is none.
 """
 
@@ -37,11 +37,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from e2e import spawn  # noqa: E402  (the checkout's own, like the pveoi it runs)
-from e2e.history import HEADLINES, Run  # noqa: E402
-from e2e.model import Result, SchemaError  # noqa: E402
-from e2e.trace import armed_taken, source_counts  # noqa: E402
-from e2e.workloads import WORKLOADS as DECLARED  # noqa: E402
+from e2e.analysis.history import HEADLINES, Run  # noqa: E402
+from e2e.errors import SchemaError  # noqa: E402
+from e2e.measure.trace import armed_taken, source_counts  # noqa: E402
+from e2e.model.result import Result  # noqa: E402
+from e2e.model.workloads import WORKLOADS as DECLARED  # noqa: E402
+from e2e.util import spawn  # noqa: E402  (the checkout's own, like the pveoi it runs)
 
 WORKLOADS = ("net", "timer", "ipi", "block")
 
@@ -175,7 +176,7 @@ def timing(runs: list[tuple[float, float]], abs_: list[tuple[float, float]]) -> 
     """How far the spread follows nested TCG's speed: Spearman's rho of the PV arm's trapped
     fraction against its workload's seconds (per run), and of the headline against the PV arm's
     median workload seconds (per A/B), with their p-values; None where there are too few."""
-    from scipy.stats import spearmanr  # the suite's own dependency (e2e/stats.py)
+    from scipy.stats import spearmanr  # the suite's own dependency (e2e/analysis/stats.py)
 
     def rho(pairs: list[tuple[float, float]]) -> dict[str, float] | None:
         if len(pairs) < 4 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:

@@ -120,16 +120,16 @@ def nothing_left_at_session_end() -> Iterator[None]:
     """After the whole session: no qemu-system process and no pveoi temp dir of this session remains.
 
     Both are recognised by the session tag: QEMUs by their environment, temp
-    dirs by the owner file pveoi writes into each (``e2e.tmpdirs``). Dirs of a
+    dirs by the owner file pveoi writes into each (``e2e.util.tmpdirs``). Dirs of a
     pveoi a test SIGKILLed on purpose are first reaped as the next pveoi start
     would (only dead owners'); the tests' own process is checked after every
     test (``no_own_temp_dirs``). Whatever is left is removed, then reported as
     an error of the last test.
     """
-    from e2e.tmpdirs import reap_stale, session_dirs
+    from e2e.util.tmpdirs import reap_stale, session_dirs
 
     yield
-    from e2e.cache import cache_root
+    from e2e.build.cache import cache_root
 
     # Guests that fail on purpose in this process keep their logs for the error to name; not in the cache.
     for kept in (cache_root() / "logs" / "failed").glob(f"*-pveoi-vm-{os.getpid()}-*"):
@@ -152,7 +152,7 @@ def nothing_left_at_session_end() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def no_own_temp_dirs() -> Iterator[None]:
     """No test may leave a pveoi temp dir made by the test process itself (Machine, PerfStat, ...)."""
-    from e2e.tmpdirs import session_dirs
+    from e2e.util.tmpdirs import session_dirs
 
     def own() -> set[Path]:
         return {p for p in session_dirs(SESSION_TAG.split("=", 1)[1]) if f"-{os.getpid()}-" in p.name}
@@ -192,7 +192,7 @@ def guest_kernel(pveoi_kernel: Path) -> Path:
 @pytest.fixture(scope="session")
 def host_kernel() -> Path:
     """The virtual KVM host's kernel."""
-    from e2e import kernel
+    from e2e.build import kernel
 
     return kernel.build_kernel(kernel.default_spec("host")).file("bzImage")
 
@@ -218,7 +218,7 @@ def fixture_patches(fixture: str, base: str = "6.1") -> list[Path]:
 def fixture_patch_dir(fixture: str, tmp: Path, base: str = "6.1") -> Path:
     """The base's guest series in order, then the fixture's patches for that base, as one quilt
     dir of symlinks (the cache key hashes names and contents: every build is one key)."""
-    from e2e.kernel import base_named, load_series
+    from e2e.build.kernel import base_named, load_series
 
     d = tmp / f"{fixture}-{base}-patches"
     d.mkdir()
@@ -233,7 +233,7 @@ def fixture_patch_dir(fixture: str, tmp: Path, base: str = "6.1") -> Path:
 def fixture_kernel(fixture: str, tmp: Path, base: str = "6.1") -> Path:
     """A guest kernel of ``base`` with a planted bug from ``tests/fixtures/<fixture>/`` (a cache hit
     once built)."""
-    from e2e import kernel
+    from e2e.build import kernel
 
     spec = kernel.default_spec("guest", patches_dir=fixture_patch_dir(fixture, tmp, base), base=base)
     return kernel.build_kernel(spec).file("bzImage")

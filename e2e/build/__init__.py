@@ -12,6 +12,11 @@ Building what a guest boots, one module per job:
 * :mod:`.kbuild`: the persistent build trees and ccache that make kernel
   rebuilds incremental.
 
-Kernels are built by :mod:`e2e.kernel`; a bzImage's header and contents are
-read by :mod:`e2e.bzimage`.
+* :mod:`.kernel`: building a guest or host kernel from a base's source and
+  pveoi's patch series;
+* :mod:`.bzimage`: a bzImage's header and contents;
+* :mod:`.cache`: the content-addressed cache everything above lives in, and
+  :mod:`.cachegc`: its size cap and pruning.
+
+May import: :mod:`e2e.errors`, :mod:`e2e.util`, :mod:`e2e.model`.
 """

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import sha256_file
 from ..errors import BuildError, ConfigError
+from .cache import sha256_file
 
 
 @dataclass(frozen=True)

@@ -34,23 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import command
-from ..bzimage import read_setup_header
-from ..cache import (
-    MANIFEST,
-    Built,
-    Cache,
-    CacheEntry,
-    content_hash,
-    corrupt_entry_error,
-    entry_problem,
-)
 from ..errors import BuildError, ConfigError
-from ..kernel import entry_of
-from ..progress import Progress
-from ..tmpdirs import tempdir
+from ..util import command
+from ..util.progress import Progress
+from ..util.tmpdirs import tempdir
+from .bzimage import read_setup_header
+from .cache import MANIFEST, Built, Cache, CacheEntry, content_hash, corrupt_entry_error, entry_problem
 from .cpio import ImageTree, write_initrd
 from .elf import HostFile, Tool, collect_host_files, find_tool
+from .kernel import entry_of
 from .modules import (
     WANTED_MODULES,
     KernelModules,
@@ -91,7 +83,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("iperf3", "/usr/bin/iperf3", "iperf3", "usr/bin/iperf3"),
 )
 COMPILER = Tool("gcc", "/usr/bin/gcc", "gcc libc6-dev", None)
-#: Tools only some workloads run (:attr:`e2e.workloads.Workload.needs`): an image for workloads that do
+#: Tools only some workloads run (:attr:`e2e.model.workloads.Workload.needs`): an image for workloads that do
 #: not need them leaves them out (iperf3 brings libcrypto, 4.7 of the image's 13 MB, and every byte is
 #: copied into the emulated guest at every boot).
 OPTIONAL_TOOLS = frozenset({"iperf3"})

@@ -2,7 +2,7 @@
 Incremental kernel builds: a persistent out-of-tree build directory and a
 private source copy per (source, flavour, config), plus ccache.
 
-The content-hash cache (:mod:`e2e.cache`) stays the source of truth: a build
+The content-hash cache (:mod:`e2e.build.cache`) stays the source of truth: a build
 whose inputs differ gets a new entry. What is reused between such builds is
 only work: the ``O=`` directory of the last build of the same source path,
 flavour and config (so make recompiles only what changed) and ccache's
@@ -43,8 +43,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import Cache, atomic_write, content_hash
 from ..errors import BuildError, ConfigError
+from .cache import Cache, atomic_write, content_hash
 
 log = logging.getLogger(__name__)
 

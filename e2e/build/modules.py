@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bzimage import config_values, embedded_config, vmlinux
-from ..cache import CacheEntry, sha256_file
 from ..errors import BuildError, ConfigError
-from ..tmpdirs import tempdir
+from ..util.tmpdirs import tempdir
+from .bzimage import config_values, embedded_config, vmlinux
+from .cache import CacheEntry, sha256_file
 from .cpio import ImageTree
 from .elf import Tool, find_tool
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import paramiko
 
-from ..cache import Cache, atomic_write
+from .cache import Cache, atomic_write
 
 log = logging.getLogger(__name__)
 

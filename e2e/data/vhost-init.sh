@@ -64,7 +64,7 @@ echo "pveoi-vhost-ready dev=$dev svm=$svm npt=$npt" > /dev/console
 
 # Liveness for the caller: a counter rewritten every 5 s on the results share. Nested TCG
 # now and then freezes this whole machine, and then no timeout in here can fire; the caller
-# sees the counter stop and ends the run (e2e/vhost.py, VirtualKvmHost._watch).
+# sees the counter stop and ends the run (e2e/vm/vhost.py, VirtualKvmHost._watch).
 ( i=0; while :; do i=$((i + 1)); echo "$i" > "$ctl/beat"; sleep 5; done ) < /dev/null > /dev/null 2>&1 &
 beat=$!
 

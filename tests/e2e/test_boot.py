@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.argv import DEFAULT_APPEND, MachineSpec
 from e2e.build.image import READY_PATTERN
 from e2e.errors import GuestInitError, GuestPanic, GuestTimeout
-from e2e.guest import STATE_COMMAND, GuestState
-from e2e.machine import Machine
-from e2e.ssh import GuestSsh
+from e2e.measure.guest_counters import STATE_COMMAND, GuestState
+from e2e.vm.argv import DEFAULT_APPEND, MachineSpec
+from e2e.vm.machine import Machine
+from e2e.vm.ssh import GuestSsh
 
 from ..conftest import interruptible, qemu_pids, wait_no_new_qemu
 
@@ -96,7 +96,7 @@ def test_a_boot_deadline_keeps_where_the_guest_was(guest_kernel: Path, guest_ima
     kept = (tmp_path / "stuck-not-ready.txt").read_text()
     assert "run state: paused" in kept and "== sample 2, CPU 0" in kept and ("EIP=" in kept or "RIP=" in kept)
     # Kept with the attempt's logs (an attempt record links what exists).
-    from e2e.evidence import AttemptTrace
+    from e2e.run.evidence import AttemptTrace
 
     assert "stuck-not-ready.txt" in AttemptTrace(tmp_path, m).logs()
 
@@ -153,7 +153,7 @@ def test_killing_the_harness_mid_command_leaves_no_qemu(guest_kernel: Path, gues
 
 
 def _fetched_debian_kernel() -> Path | None:
-    from e2e.cache import cache_root
+    from e2e.build.cache import cache_root
 
     for manifest in sorted((cache_root() / "kernels").glob("deb-*/manifest.json")):
         if (manifest.parent / "modules.tar").is_file():

@@ -21,16 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from e2e import ab, hostid
-from e2e.argv import MachineSpec
+from e2e.analysis.history import load_history
+from e2e.build.cache import Cache
 from e2e.build.image import READY_PATTERN
-from e2e.cache import Cache
 from e2e.errors import CapabilityError, GuestTimeout, Kind, PveoiError, SshError
-from e2e.history import load_history
-from e2e.machine import Machine
-from e2e.model import DEFAULT_ARMS, Plan, Result
-from e2e.ssh import GuestSsh
-from e2e.workloads import Workload
+from e2e.model.plan import DEFAULT_ARMS, Plan
+from e2e.model.result import Result
+from e2e.model.workloads import Workload
+from e2e.run import ab
+from e2e.util import hostid
+from e2e.vm.argv import MachineSpec
+from e2e.vm.machine import Machine
+from e2e.vm.ssh import GuestSsh
 
 from ..conftest import clean_stderr_lines, interruptible, not_measurable, qemu_pids, wait_no_new_qemu
 

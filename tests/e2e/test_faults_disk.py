@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e import results, tmpdirs
-from e2e.cache import Cache, atomic_write
+from e2e.build.cache import Cache, atomic_write
 from e2e.errors import PveoiError
-from e2e.model import Result
+from e2e.model.result import Result
+from e2e.report import results
+from e2e.util import tmpdirs
 
 from ..conftest import bzimage_bytes, clean_stderr_lines
 

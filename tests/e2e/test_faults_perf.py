@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e.capability import probe_tracefs
 from e2e.errors import CapabilityError, MeasurementError
-from e2e.perf import (
+from e2e.host.capability import probe_tracefs
+from e2e.measure.perf import (
     INSTALL_FIX,
     PERMISSION_FIX,
     TRACEFS_MOUNT_FIX,

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from e2e import doctor
-from e2e.capability import probe_host
-from e2e.doctor import decide
+from e2e.host import doctor
+from e2e.host.capability import probe_host
+from e2e.host.doctor import decide
 
 
 def test_probe_this_host_runs() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e import kernel
-from e2e.bzimage import read_setup_header
-from e2e.cache import Cache, cache_root
+from e2e.build import kernel
+from e2e.build.bzimage import read_setup_header
+from e2e.build.cache import Cache, cache_root
+from e2e.build.kernel import apply_patches, load_series
 from e2e.errors import BuildError
-from e2e.kernel import apply_patches, load_series
 
 
 def test_guest_kernel_is_patched_and_cached(guest_kernel: Path) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from e2e.errors import CapabilityError, MeasurementError, PveoiError
-from e2e.exit_reasons import SVM_EXIT_REASONS, VMX_EXIT_REASONS
-from e2e.perf import PERMISSION_FIX, Event, PerfStat, list_kvm_tracepoints
+from e2e.measure.exit_reasons import SVM_EXIT_REASONS, VMX_EXIT_REASONS
+from e2e.measure.perf import PERMISSION_FIX, Event, PerfStat, list_kvm_tracepoints
 
 from ..conftest import ended_within
 
@@ -36,7 +36,7 @@ def uapi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     host_config/install-deps.sh), unpacked once."""
     import subprocess
 
-    from e2e.kernel import base_named
+    from e2e.build.kernel import base_named
 
     base = base_named(None)
     if not base.tarball.is_file():
@@ -230,7 +230,7 @@ def test_real_perf_is_killed_when_the_context_is_left_by_an_exception(
 def test_real_perf_dies_with_the_harness(sleeper: subprocess.Popen[bytes]) -> None:
     harness = textwrap.dedent(f"""
         import sys
-        from e2e.perf import PERMISSION_FIX, Event, PerfStat
+        from e2e.measure.perf import PERMISSION_FIX, Event, PerfStat
         perf = PerfStat([Event("kvm:kvm_exit")], pid={sleeper.pid})
         perf.start()
         print(perf.process_id, perf.workdir, flush=True)
@@ -261,8 +261,8 @@ def test_a_failed_runs_trace_is_salvaged_up_to_the_failure(switcher: Switcher, t
     still leaves the events recorded up to then beside its logs, as perf script text."""
     import gzip
 
-    from e2e.evidence import AttemptTrace, keep_trace_output
-    from e2e.trace import PerfRecord
+    from e2e.measure.trace import PerfRecord
+    from e2e.run.evidence import AttemptTrace, keep_trace_output
 
     kept = AttemptTrace(tmp_path)
     with pytest.raises(RuntimeError), PerfRecord(switcher.pid, events=["sched:sched_switch"]) as rec, \

@@ -15,7 +15,7 @@ def real_cache(monkeypatch: pytest.MonkeyPatch, guest_kernel: Path) -> Path:
     """pveoi's cache as this session sees it (its guest kernel built or a hit), kept for the inner
     session (pytester points HOME at its temp dir, which would make the inner session build a kernel
     into an empty cache)."""
-    from e2e.cache import cache_root
+    from e2e.build.cache import cache_root
 
     root = cache_root()
     monkeypatch.setenv("PVEOI_CACHE", str(root))

@@ -28,16 +28,16 @@ from pathlib import Path
 
 import pytest
 
-from e2e import tmpdirs
-from e2e.argv import MachineSpec, qemu_argv
+from e2e.build.cache import Cache
 from e2e.build.image import READY_PATTERN
 from e2e.build.sshkey import ssh_identity
-from e2e.cache import Cache
 from e2e.errors import ConfigError
-from e2e.guest import STATE_COMMAND
-from e2e.machine import Machine
-from e2e.vhost import VhostSpec, run_in_vhost, vhost_argv
-from e2e.workloads import WORKLOADS
+from e2e.measure.guest_counters import STATE_COMMAND
+from e2e.model.workloads import WORKLOADS
+from e2e.util import tmpdirs
+from e2e.vm.argv import MachineSpec, qemu_argv
+from e2e.vm.machine import Machine
+from e2e.vm.vhost import VhostSpec, run_in_vhost, vhost_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def test_guest_host_key_is_only_in_a_private_image_entry(guest_image) -> None:  
 
 
 def test_pveoi_temp_dirs_are_0700_even_with_umask_0(tmp_path: Path) -> None:
-    """Machine work dirs, perf's control FIFOs, image and A/B scratch all come from e2e.tmpdirs."""
+    """Machine work dirs, perf's control FIFOs, image and A/B scratch all come from e2e.util.tmpdirs."""
     old = os.umask(0)
     try:
         made = tmpdirs.mkdtemp("security", tmp_path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from e2e import cli
-from e2e.cache import cache_root
+from e2e.build.cache import cache_root
 
 from ..conftest import not_measurable, qemu_pids
 

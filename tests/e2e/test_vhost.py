@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.vhost import run_in_vhost
+from e2e.vm.vhost import run_in_vhost
 
 pytestmark = pytest.mark.kvm
 
@@ -57,7 +57,7 @@ def test_a_frozen_vhost_is_reported_as_a_stall_with_its_cpus(host_kernel: Path, 
     import threading
     import time
 
-    from e2e.vhost import CTL, HEARTBEAT, STALLED, VhostSpec, VhostStalled, VirtualKvmHost
+    from e2e.vm.vhost import CTL, HEARTBEAT, STALLED, VhostSpec, VhostStalled, VirtualKvmHost
 
     host = VirtualKvmHost(VhostSpec(host_kernel, timeout=600, stall_timeout=20), tmp_path / "share",
                           artifacts=tmp_path / "logs")

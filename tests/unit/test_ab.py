@@ -1,5 +1,5 @@
-"""Unit tests for e2e.ab's pure parts (arms, the CPU vendor, reanalyze), the
-plan's run order, thresholds, and ``e2e.analysis.analyze()`` on synthetic run
+"""Unit tests for e2e.run.ab's pure parts (arms, the CPU vendor, reanalyze), the
+plan's run order, thresholds, and ``e2e.analysis.compare.analyze()`` on synthetic run
 records shaped like ``run_once``'s.
 
 The synthetic runs model a 1-vCPU timer workload: each injected interrupt
@@ -19,21 +19,16 @@ from typing import Any
 
 import pytest
 
-from e2e import ab, analysis
-from e2e.ab import (
-    COUNTED,
-    DEFAULT_ARMS,
-    Arm,
-    cpu_vendor,
-    load_arms,
-    validate_arms,
-)
-from e2e.analysis import THRESHOLDS, load_thresholds
+from e2e.analysis import compare as analysis
+from e2e.analysis.compare import THRESHOLDS, load_thresholds
+from e2e.analysis.stats import headline_counts, per_interrupt, trapped_eoi_per_interrupt
 from e2e.errors import ConfigError, MeasurementError
-from e2e.model import Plan, Result, RunRecord, WorkloadResult
-from e2e.results import format_table
-from e2e.stats import headline_counts, per_interrupt, trapped_eoi_per_interrupt
-from e2e.workloads import WORKLOADS
+from e2e.model.plan import Plan
+from e2e.model.result import Result, RunRecord, WorkloadResult
+from e2e.model.workloads import WORKLOADS
+from e2e.report.results import format_table
+from e2e.run import ab
+from e2e.run.ab import COUNTED, DEFAULT_ARMS, Arm, cpu_vendor, load_arms, validate_arms
 from tests.conftest import bzimage_bytes
 
 TIMER = WORKLOADS["timer"]
@@ -353,7 +348,7 @@ def thresholds() -> dict[str, float]:
 
 def analyze(workload: Any, arms: Sequence[Arm], runs: Sequence[dict[str, Any]],
             thresholds: dict[str, float]) -> dict[str, Any]:
-    """:func:`e2e.analysis.analyze` of the synthetic runs, as the document it writes."""
+    """:func:`e2e.analysis.compare.analyze` of the synthetic runs, as the document it writes."""
     out = analysis.analyze(workload, arms, [RunRecord.from_json(r) for r in runs], thresholds)
     assert isinstance(out, WorkloadResult)
     return out.to_json()

@@ -1,5 +1,5 @@
-"""Unit tests for e2e.analysis (every pair of arms compared), the per-vCPU arm proof
-(e2e.ab.check_guest_arm), arms files (e2e.ab.load_arms) and `pveoi analyze`.
+"""Unit tests for e2e.analysis.compare (every pair of arms compared), the per-vCPU arm proof
+(e2e.run.ab.check_guest_arm), arms files (e2e.run.ab.load_arms) and `pveoi analyze`.
 
 The synthetic runs model a 2-vCPU timer run: each injected interrupt ends with one
 EOI (``kvm:kvm_eoi`` fires for every EOI, PV or trapped); without PV EOI every EOI
@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 
-from e2e import cli, results
-from e2e.ab import check_guest_arm, load_arms
-from e2e.analysis import analyze, conclude, load_thresholds
+from e2e import cli
+from e2e.analysis.compare import analyze, conclude, load_thresholds
 from e2e.errors import ConfigError, Finding, Kind, MeasurementError
-from e2e.guest import STATE_MARK, GuestState
-from e2e.model import DEFAULT_ARMS, Arm, Plan, Result, RunRecord, WorkloadResult
-from e2e.workloads import WORKLOADS
+from e2e.measure.guest_counters import STATE_MARK, GuestState
+from e2e.model.plan import DEFAULT_ARMS, Arm, Plan
+from e2e.model.result import Result, RunRecord, WorkloadResult
+from e2e.model.workloads import WORKLOADS
+from e2e.report import results
+from e2e.run.ab import check_guest_arm, load_arms
 from tests.conftest import bzimage_bytes
 
 TIMER = WORKLOADS["timer"]
@@ -473,8 +475,9 @@ def test_analyze_rejects_an_unknown_threshold_and_a_result_without_runs(tmp_path
 def test_unanalyzed_parts_of_the_virtual_host_are_concluded_outside() -> None:
     """The inner runner writes raw runs with verdict ``unanalyzed`` (no analysis in L1's slow Python);
     the outer reanalyze draws the verdict from the runs of every part, findings and retries kept."""
-    from e2e.ab import UNANALYZED, reanalyze
-    from e2e.model import DEFAULT_ARMS, Plan, Result
+    from e2e.model.plan import DEFAULT_ARMS, Plan
+    from e2e.model.result import Result
+    from e2e.run.ab import UNANALYZED, reanalyze
 
     plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=5, kernel=GOOD, image=Path("/i"), logs=Path("/l"))
     raw = runs_of({"on": 0.01, "off": 1.0})
@@ -496,7 +499,7 @@ def test_unanalyzed_parts_of_the_virtual_host_are_concluded_outside() -> None:
 def test_an_aa_experiment_is_allowed_on_purpose_and_an_accidental_duplicate_is_not(
         thresholds: dict[str, float], tmp_path: Path) -> None:
     from e2e.errors import ConfigError
-    from e2e.model import Arm, validate_arms
+    from e2e.model.plan import Arm, validate_arms
 
     with pytest.raises(ConfigError, match="are the same experiment") as err:
         validate_arms([Arm("a"), Arm("b")])

@@ -1,4 +1,4 @@
-"""Unit tests for e2e.argv: QEMU command lines from MachineSpec, and ``info usernet`` parsing."""
+"""Unit tests for e2e.vm.argv: QEMU command lines from MachineSpec, and ``info usernet`` parsing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e.argv import (
+from e2e.errors import ConfigError
+from e2e.vm.argv import (
     DEFAULT_APPEND,
     MachineSpec,
     cpu_arg,
@@ -15,7 +16,6 @@ from e2e.argv import (
     qemu_argv,
     quote_optarg,
 )
-from e2e.errors import ConfigError
 
 KERNEL = Path("/k/bzImage")
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from e2e import ab
 from e2e.errors import (
     CapabilityError,
     CommandFailed,
@@ -28,11 +27,13 @@ from e2e.errors import (
     QmpTimeout,
     SshError,
 )
-from e2e.evidence import AttemptTrace, attempt_name, keep_perf_output
-from e2e.exitcause import GUEST_RESET, PANIC
-from e2e.model import DEFAULT_ARMS, Attempt, Plan, Result, RunRecord, WorkloadResult
-from e2e.results import failed_attempts, format_table
-from e2e.workloads import WORKLOADS
+from e2e.model.plan import DEFAULT_ARMS, Plan
+from e2e.model.result import Attempt, Result, RunRecord, WorkloadResult
+from e2e.model.workloads import WORKLOADS
+from e2e.report.results import failed_attempts, format_table
+from e2e.run import ab
+from e2e.run.evidence import AttemptTrace, attempt_name, keep_perf_output
+from e2e.vm.exitcause import GUEST_RESET, PANIC
 from tests.unit.test_report import make_doc, write_history
 
 ON = DEFAULT_ARMS[0]
@@ -147,9 +148,9 @@ def test_the_table_names_each_failed_attempts_logs() -> None:
 
 
 def test_the_markdown_report_lists_the_latest_runs_failed_attempts(tmp_path: Path) -> None:
-    from e2e.history import load_history
-    from e2e.regress import check
-    from e2e.report import render_markdown
+    from e2e.analysis.history import load_history
+    from e2e.analysis.regress import check
+    from e2e.report.render import render_markdown
 
     doc = make_doc(0, {"timer": ([0.98] * 3, "pass")})
     doc["logs"] = "/logs/ab-1"
@@ -190,8 +191,9 @@ def test_a_failed_virtual_hosts_guest_logs_stay_with_it_and_its_retry_overwrites
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each virtual host runs its guests under the same names: a failed one's guests' logs go to its own
     ``vhost-<tag>-<n>/guests/``, the successful retry's to the run's logs."""
-    from e2e import results, runner
     from e2e.errors import GuestError
+    from e2e.report import results
+    from e2e.run import runner
 
     def fake_vhost(fail: bool) -> Any:
         def run_in_vhost(argv: list[str], kernel: Path, tmp: Path, **kw: Any) -> tuple[int, object]:
@@ -232,7 +234,7 @@ def test_an_attempt_that_failed_while_qemu_ran_is_classed_by_what_failed(tmp_pat
     """The soak saw a perf attach failure recorded as class "qemu running", which names no cause."""
     from types import SimpleNamespace
 
-    from e2e.exitcause import CLASSES, RUNNING, TRIPLE_FAULT, ExitCause
+    from e2e.vm.exitcause import CLASSES, RUNNING, TRIPLE_FAULT, ExitCause
 
     assert cls in CLASSES
     machine = SimpleNamespace(ended=ExitCause(RUNNING, ("QEMU still ran",)), log_paths=lambda: [])

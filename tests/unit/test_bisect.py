@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e.bisect import ABORT, BAD, GOOD, SKIP, BisectSpec, judge, resolve
 from e2e.errors import ConfigError
-from e2e.model import Result, WorkloadResult
+from e2e.model.result import Result, WorkloadResult
+from e2e.run.bisect import ABORT, BAD, GOOD, SKIP, BisectSpec, judge, resolve
 
 
 def result(verdict: str, saved: float | None = None, ci: tuple[float, float] | None = None) -> Result:

@@ -1,4 +1,4 @@
-"""The bzImage check (--kernel), the kernel inside it, and what is built in (e2e.bzimage,
+"""The bzImage check (--kernel), the kernel inside it, and what is built in (e2e.build.bzimage,
 e2e.build.modules.missing_builtin_drivers). Real kernels from the cache where there are
 some (pveoi's guest build: virtio built in; Debian's cloud kernel: virtio as modules)."""
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from e2e.build.bzimage import embedded_config, parse_setup_header, read_setup_header, vmlinux
+from e2e.build.cache import cache_root
+from e2e.build.kernel import check_kernel_file, fetch_path
 from e2e.build.modules import missing_builtin_drivers
-from e2e.bzimage import embedded_config, parse_setup_header, read_setup_header, vmlinux
-from e2e.cache import cache_root
 from e2e.errors import ConfigError
-from e2e.kernel import check_kernel_file, fetch_path
 from tests.conftest import bzimage_bytes
 
 
@@ -126,7 +126,7 @@ def test_header_faults_are_named(tmp_path: Path, offset: int, value: bytes, patt
 
 
 def test_fetch_path_refuses_a_non_kernel(tmp_path: Path) -> None:
-    from e2e.cache import Cache
+    from e2e.build.cache import Cache
 
     with pytest.raises(ConfigError, match="no boot-sector signature"):
         fetch_path(Path("/etc/passwd"), Cache(tmp_path))

@@ -1,4 +1,4 @@
-"""Unit tests for e2e.cache: root selection, hashing, atomic writes, and the
+"""Unit tests for e2e.build.cache: root selection, hashing, atomic writes, and the
 content-addressed entries (publish, lookup, corruption detection, locking)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.cache import (
+from e2e.build.cache import (
     MANIFEST,
     Built,
     Cache,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e.cache import Cache
-from e2e.cachegc import auto_cap, du, history_keys, items, parse_size, prune
+from e2e.build.cache import Cache
+from e2e.build.cachegc import auto_cap, du, history_keys, items, parse_size, prune
 from e2e.errors import ConfigError
 
 DAY = 86400.0

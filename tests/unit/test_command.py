@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from e2e.command import run
 from e2e.errors import CommandError, ConfigError
+from e2e.util.command import run
 
 
 def test_output_is_returned() -> None:

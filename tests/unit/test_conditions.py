@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from e2e.conditions import snapshot, summarize, unusual
+from e2e.host.conditions import snapshot, summarize, unusual
 
 
 def fake_proc(root: Path, stat: str, load: str, procs: dict[int, tuple[str, int]]) -> Path:

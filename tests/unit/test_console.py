@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from e2e.build.image import READY_PATTERN
-from e2e.console import Console
 from e2e.errors import GuestInitError, GuestPanic, GuestTimeout
+from e2e.vm.console import Console
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Unit tests for e2e.capability (probes) and e2e.doctor (findings and decision).
+"""Unit tests for e2e.host.capability (probes) and e2e.host.doctor (findings and decision).
 
 Fixture trees under fixtures/doctor/<case>/ stand in for ``/``; perf and QEMU
 are faked through the injectable command runner. The doctor on this machine,
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from e2e import capability, doctor
-from e2e.capability import CommandOutput, HostFacts, probe_host
-from e2e.doctor import Decision, ProbeBoot, decide
 from e2e.errors import GuestTimeout, NotMeasurable
+from e2e.host import capability, doctor
+from e2e.host.capability import CommandOutput, HostFacts, probe_host
+from e2e.host.doctor import Decision, ProbeBoot, decide
 
 FIXTURES = Path(__file__).parent / "fixtures" / "doctor"
 

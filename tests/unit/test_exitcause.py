@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from e2e import exitcause
 from e2e.errors import Kind
-from e2e.exitcause import ExitCause, classify_exit
+from e2e.vm import exitcause
+from e2e.vm.exitcause import ExitCause, classify_exit
 
 
 def shutdown(reason: str, guest: bool = True) -> list[dict[str, Any]]:

@@ -135,7 +135,7 @@ import paramiko
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from e2e import cli
 from e2e.errors import PveoiError
-from e2e.ssh import GuestSsh
+from e2e.vm.ssh import GuestSsh
 
 cli._setup_logging(int(sys.argv[1]))
 server = socket.socket()

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e import hostid, tmpdirs
+from e2e.build.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.build.image import IMAGE_KIND, load_image
-from e2e.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
+from e2e.build.kernel import check_kernel_file
 from e2e.errors import ConfigError, PveoiError
-from e2e.kernel import check_kernel_file
+from e2e.util import hostid, tmpdirs
 from tests.conftest import bzimage_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def one_line(err: BaseException) -> str:
 STUCK_WRITER = """
 import os, sys, time
 from pathlib import Path
-from e2e.cache import atomic_write
+from e2e.build.cache import atomic_write
 os.fsync = lambda fd: (print("writing", flush=True), time.sleep(600))  # hold the write open: the kill lands mid-write
 atomic_write(Path(sys.argv[1]), "x" * 100000)
 """
@@ -103,7 +103,7 @@ def test_without_a_pid_namespace_only_old_dead_temps_are_removed(tmp_path: Path,
 STUCK_BUILD = """
 import sys, time
 from pathlib import Path
-from e2e.cache import Cache
+from e2e.build.cache import Cache
 cache = Cache(Path(sys.argv[1]))
 with cache.lock("kernels", "k"), cache.staging("kernels", "k") as staged:
     (staged / "bzImage").write_bytes(b"half")
@@ -201,7 +201,7 @@ def test_corrupt_kernel_entry_named_by_the_user_is_an_error(tmp_path: Path) -> N
 # ---------------------------------------------------------------- temp dirs of a killed pveoi
 
 
-HOLDER = ("import sys, time; from e2e.tmpdirs import mkdtemp; print(mkdtemp(sys.argv[1]), flush=True); "
+HOLDER = ("import sys, time; from e2e.util.tmpdirs import mkdtemp; print(mkdtemp(sys.argv[1]), flush=True); "
           "time.sleep(600)")
 
 
@@ -300,8 +300,8 @@ def test_mkdtemp_owner_file_write_failure_leaves_nothing(tmp_path: Path, monkeyp
 WRITER = """
 import sys
 from pathlib import Path
-from e2e import results
-from e2e.model import Result
+from e2e.report import results
+from e2e.model.result import Result
 for i in range(25):
     doc = Result(verdict="pass", created="2026-11-26T00:00:00Z", host={"writer": sys.argv[2], "i": i})
     results.emit(doc, None, Path(sys.argv[1]))

@@ -26,7 +26,7 @@ sys.path.insert(0, str(GOLDEN))
 
 import make_golden  # noqa: E402
 
-from e2e import stats  # noqa: E402
+from e2e.analysis import stats  # noqa: E402
 
 
 def compare(old: Any, new: Any, path: str = "") -> None:
@@ -124,9 +124,9 @@ def test_the_html_report_has_the_structure_it_had(schema: int, monkeypatch: pyte
 
 
 def test_history_borne_text_is_escaped(tmp_path: Path) -> None:
-    from e2e.history import load_history
-    from e2e.regress import check
-    from e2e.report import render_html
+    from e2e.analysis.history import load_history
+    from e2e.analysis.regress import check
+    from e2e.report.render import render_html
 
     evil = "<script>alert('x')</script>"
     src = next((make_golden.FIXTURES / "schema3").glob("*.json"))

@@ -1,4 +1,4 @@
-"""Unit tests for e2e.guest: parsers of the guest's /proc/interrupts and of the
+"""Unit tests for e2e.measure.guest_counters: parsers of the guest's /proc/interrupts and of the
 guest patch's /sys/kernel/debug/kvm_pv_eoi, and the deltas between two reads."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.guest import (
+from e2e.measure.guest_counters import (
     PVEOI_DEBUGFS,
     STATE_COMMAND,
     STATE_MARK,
@@ -213,7 +213,7 @@ def test_pveoi_delta_without_patch() -> None:
 
 
 def test_interrupt_delta_per_cpu_keeps_each_cpu() -> None:
-    from e2e.guest import interrupt_delta_per_cpu
+    from e2e.measure.guest_counters import interrupt_delta_per_cpu
 
     before = GuestState({"LOC": [10, 20], "RES": [1, 2]}, None)
     after = GuestState({"LOC": [15, 40], "RES": [1, 7]}, None)

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from e2e import cli, results
-from e2e.history import load_history
-from e2e.model import SCHEMA, Result
-from e2e.regress import check
-from e2e.report import render_html, render_junit, render_markdown
+from e2e import cli
+from e2e.analysis.history import load_history
+from e2e.analysis.regress import check
+from e2e.model.result import SCHEMA, Result
+from e2e.report import results
+from e2e.report.render import render_html, render_junit, render_markdown
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "history"
 SCHEMAS = (1, 2, 3)

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from e2e.build import image
+from e2e.build.cache import Built, Cache, cache_root
 from e2e.build.cpio import read_initrd
 from e2e.build.elf import HostFile
 from e2e.build.image import GuestImage, ImageInputs
+from e2e.build.kernel import entry_of
 from e2e.build.modules import KernelModules
-from e2e.cache import Built, Cache, cache_root
 from e2e.errors import ConfigError
-from e2e.kernel import entry_of
 from tests.conftest import bzimage_bytes
 
 HAVE_CPIO = shutil.which("cpio") is not None
@@ -197,7 +197,7 @@ def _free_port() -> int:
 @pytest.mark.skipif(os.geteuid() != 0 or not HAVE_CPIO, reason="needs root (chroot) and cpio")
 def test_image_userland_works_in_a_chroot(built: tuple[Cache, GuestImage], tmp_path: Path) -> None:
     """The copied binaries find all their libraries, and dropbear accepts the key."""
-    from e2e.ssh import GuestSsh
+    from e2e.vm.ssh import GuestSsh
 
     cache, _ = built
     img = image.build_image(cache=cache)  # a hit
@@ -350,7 +350,7 @@ def test_load_image_refuses_what_is_not_an_image_entry(tmp_path: Path) -> None:
 
 
 def test_an_image_for_workloads_that_run_no_iperf3_leaves_it_out() -> None:
-    from e2e.workloads import WORKLOADS
+    from e2e.model.workloads import WORKLOADS
 
     def names(workloads: list[str]) -> set[str]:
         return {t.name for t in image.tools_for(n for w in workloads for n in WORKLOADS[w].needs)}

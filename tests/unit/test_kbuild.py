@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from e2e.build import kbuild
+from e2e.build.cache import Cache
 from e2e.build.kbuild import BuildTree, build_tree, making, rsync_argv, sync_tree, tree_key, written_files
-from e2e.cache import Cache
+from e2e.build.kernel import make_argv
 from e2e.errors import BuildError
-from e2e.kernel import make_argv
 
 HAVE_RSYNC = shutil.which("rsync") is not None
 HAVE_CCACHE = shutil.which("ccache") is not None

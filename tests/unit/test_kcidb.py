@@ -1,4 +1,4 @@
-"""KCIDB v5.3 documents (e2e/kcidb.py), validated by KernelCI's own schema (PyPI kcidb-io)."""
+"""KCIDB v5.3 documents (e2e/report/kcidb.py), validated by KernelCI's own schema (PyPI kcidb-io)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from kcidb_io.schema import V5_3
 
-from e2e import cli, kcidb, results
+from e2e import cli
 from e2e.errors import ConfigError
-from e2e.model import Arm, Comparison, Result, WorkloadResult
+from e2e.model.plan import Arm
+from e2e.model.result import Comparison, Result, WorkloadResult
+from e2e.report import kcidb, results
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "history"
 ALL = sorted(FIXTURES.glob("schema*/*.json"))

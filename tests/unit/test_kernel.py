@@ -1,4 +1,4 @@
-"""Unit tests for e2e.kernel's pure parts: config fragments, the patch series,
+"""Unit tests for e2e.build.kernel's pure parts: config fragments, the patch series,
 make's argv, the build cache key, and the bzImage header checks.
 
 The tests marked ``slow`` run the real ``patch`` on a broken patch in a temp
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.errors import BuildError, ConfigError
-from e2e.kernel import (
+from e2e.build.kernel import (
     BASES,
     DEFAULT_BASE,
     BuildSpec,
@@ -35,6 +34,7 @@ from e2e.kernel import (
     render_fragment,
     tree_version,
 )
+from e2e.errors import BuildError, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -471,9 +471,9 @@ def tree_snapshot(tree: Path) -> dict[str, tuple[bytes, int]]:
 
 def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -> None:
     from e2e.build import kbuild
-    from e2e.cache import Cache
-    from e2e.kernel import BuildSpec, KernelSource, _source_tree
-    from e2e.progress import Progress
+    from e2e.build.cache import Cache
+    from e2e.build.kernel import BuildSpec, KernelSource, _source_tree
+    from e2e.util.progress import Progress
 
     tree = user_tree(tmp_path)
     (tree / "other.c").write_text("int other;\n")
@@ -504,9 +504,9 @@ def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -
 
 def test_debian_source_is_unpacked_into_the_private_copy_once(tmp_path: Path) -> None:
     from e2e.build import kbuild
-    from e2e.cache import Cache
-    from e2e.kernel import BuildSpec, KernelSource, _source_tree
-    from e2e.progress import Progress
+    from e2e.build.cache import Cache
+    from e2e.build.kernel import BuildSpec, KernelSource, _source_tree
+    from e2e.util.progress import Progress
 
     top = tmp_path / "pkg" / "linux-source-6.1"
     (top / "src").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""KTAP version 1 output (e2e/ktap.py), read back by a strict parser of the format as
+"""KTAP version 1 output (e2e/report/ktap.py), read back by a strict parser of the format as
 Documentation/dev-tools/ktap.rst defines it."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e import cli, ktap, results
-from e2e.model import Agreement, Comparison, Result, WorkloadResult
+from e2e import cli
+from e2e.model.result import Agreement, Comparison, Result, WorkloadResult
+from e2e.report import ktap, results
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "history"
 ALL = sorted(FIXTURES.glob("schema*/*.json"))

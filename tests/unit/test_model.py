@@ -1,4 +1,4 @@
-"""Unit tests for e2e.model (arms, the plan and its run order, runs and results as JSON)
+"""Unit tests for e2e.model.plan (arms, the plan and its run order, runs and results as JSON)
 and e2e.errors (every error's kind decides retry and exit code)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from e2e import errors
-from e2e.analysis import analyze, conclude, load_thresholds
+from e2e.analysis.compare import analyze, conclude, load_thresholds
 from e2e.errors import (
     BuildError,
     CapabilityError,
@@ -25,24 +25,22 @@ from e2e.errors import (
     LaunchError,
     MeasurementError,
     NotMeasurable,
+    SchemaError,
     SshError,
     retryable,
 )
-from e2e.model import (
-    DEFAULT_ARMS,
+from e2e.model.plan import DEFAULT_ARMS, Arm, Plan
+from e2e.model.result import (
     SCHEMA,
     Agreement,
-    Arm,
     Comparison,
-    Plan,
     Result,
     RunRecord,
-    SchemaError,
     WorkloadResult,
     migrate,
     overall_verdict,
 )
-from e2e.workloads import WORKLOADS
+from e2e.model.workloads import WORKLOADS
 
 TIMER = WORKLOADS["timer"]
 

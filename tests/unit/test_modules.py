@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e.build import modules as mods
+from e2e.build.cache import Cache, CacheEntry, sha256_file
 from e2e.build.cpio import ImageTree
 from e2e.build.elf import Tool
 from e2e.build.modules import (
@@ -28,7 +29,6 @@ from e2e.build.modules import (
     module_load_order,
     module_name,
 )
-from e2e.cache import Cache, CacheEntry, sha256_file
 from e2e.errors import BuildError, ConfigError
 
 HAVE_GCC = shutil.which("gcc") is not None

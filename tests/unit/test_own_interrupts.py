@@ -1,5 +1,5 @@
 """EOI exits saved per workload interrupt: the headline over the workload's own interrupts only
-(:attr:`e2e.workloads.Workload.sources`), from a real traced net A/B through the virtual KVM host
+(:attr:`e2e.model.workloads.Workload.sources`), from a real traced net A/B through the virtual KVM host
 (tests/fixtures/traced/net-ab.json, 2 reps per arm)."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from e2e import ab, kcidb, ktap
-from e2e.history import load_history, records
-from e2e.model import OWN, Result
-from e2e.results import format_table, load
-from e2e.trace import source_counts, source_trapped
-from e2e.workloads import WORKLOADS
+from e2e.analysis.history import load_history, records
+from e2e.measure.trace import source_counts, source_trapped
+from e2e.model.result import OWN, Result
+from e2e.model.workloads import WORKLOADS
+from e2e.report import kcidb, ktap
+from e2e.report.results import format_table, load
+from e2e.run import ab
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "traced" / "net-ab.json"
 NET = WORKLOADS["net"].sources
@@ -104,8 +105,8 @@ def test_the_history_reads_it_from_the_metric_and_from_results_that_predate_it(t
 
 
 def test_the_html_report_shows_it_for_a_result_that_predates_it(tmp_path: Path) -> None:
-    from e2e.regress import check
-    from e2e.report import render_html
+    from e2e.analysis.regress import check
+    from e2e.report.render import render_html
 
     shutil.copy(FIXTURE, tmp_path / "run.json")
     history = load_history(tmp_path)

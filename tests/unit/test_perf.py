@@ -1,4 +1,4 @@
-"""Tests for e2e.perf and e2e.exit_reasons.
+"""Tests for e2e.measure.perf and e2e.measure.exit_reasons.
 
 The pure parts (argv, CSV, error classification, tracefs discovery on a fake
 tree, exit-reason tables) run everywhere, whatever the host. The real perf
@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 
 from e2e.errors import CapabilityError, ConfigError, Kind, MeasurementError, PerfError, PveoiError
-from e2e.exit_reasons import (
-    breakdown_filters,
-    breakdown_reasons,
-    reason_name,
-)
-from e2e.perf import (
+from e2e.host.hostfacts import list_kvm_tracepoints
+from e2e.measure.exit_reasons import breakdown_filters, breakdown_reasons, reason_name
+from e2e.measure.perf import (
     PERMISSION_FIX,
     REQUIRED,
     SEPARATOR,
@@ -28,7 +25,6 @@ from e2e.perf import (
     Event,
     PerfStat,
     check_required,
-    list_kvm_tracepoints,
     parse_perf_csv,
     perf_error,
     perf_stat_argv,
@@ -342,8 +338,10 @@ def test_missing_perf_binary_is_a_capability_error(tmp_path: Path) -> None:
 
 def test_host_facts_have_one_owner() -> None:
     """perf, ab, capability and the doctor take the tracepoint list, the tracefs scan and the CPU
-    vendor from e2e.hostfacts: the same objects, not copies that could drift apart."""
-    from e2e import ab, capability, doctor, hostfacts, perf
+    vendor from e2e.host.hostfacts: the same objects, not copies that could drift apart."""
+    from e2e.host import capability, doctor, hostfacts
+    from e2e.measure import perf
+    from e2e.run import ab
 
     assert ab.COUNTED is hostfacts.COUNTED and ab.cpu_vendor is hostfacts.cpu_vendor
     assert tuple(hostfacts.COUNTED) == perf.REQUIRED
@@ -355,8 +353,8 @@ def test_host_facts_have_one_owner() -> None:
 
 
 def test_cpu_vendor_reads_the_flags_line_only() -> None:
-    from e2e.capability import HostFacts
-    from e2e.hostfacts import cpu_flags, cpu_vendor, vendor_of
+    from e2e.host.capability import HostFacts
+    from e2e.host.hostfacts import cpu_flags, cpu_vendor, vendor_of
 
     assert cpu_vendor("processor\t: 0\nflags\t\t: fpu vmx ept\n") == "vmx"
     assert cpu_vendor("model name\t: svm box\nflags\t\t: fpu svm\n") == "svm"
@@ -369,7 +367,7 @@ def test_cpu_vendor_reads_the_flags_line_only() -> None:
 
 def test_tracefs_probe_and_listing_agree_on_one_tree(tmp_path: Path) -> None:
     """probe_tracefs (never raises: the doctor) and list_kvm_tracepoints (raises: perf) read the same scan."""
-    from e2e.hostfacts import TRACEPOINTS, list_kvm_tracepoints, probe_tracefs
+    from e2e.host.hostfacts import TRACEPOINTS, list_kvm_tracepoints, probe_tracefs
 
     fake_tracefs(tmp_path / "sys/kernel/tracing", [*TRACEPOINTS[:-1], "kvm_mmio"])
     facts = probe_tracefs(tmp_path)

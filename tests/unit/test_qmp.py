@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e.argv import MachineSpec, base_argv
 from e2e.errors import PveoiError, QmpCommandError
-from e2e.machine import Machine
+from e2e.vm.argv import MachineSpec, base_argv
+from e2e.vm.machine import Machine
 
 pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")]

@@ -1,15 +1,16 @@
-"""The rate test on raw counts (e2e.rates) and its place in every metric summary (e2e.analysis)."""
+"""The rate test on raw counts (e2e.analysis.rates) and its place in every metric summary (e2e.analysis.compare)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from e2e.analysis import analyze, load_thresholds
+from e2e.analysis.compare import analyze, load_thresholds
+from e2e.analysis.rates import rate_test
 from e2e.errors import MeasurementError
-from e2e.model import DEFAULT_ARMS, RunRecord
-from e2e.rates import rate_test
-from e2e.workloads import get_workloads
+from e2e.model.plan import DEFAULT_ARMS
+from e2e.model.result import RunRecord
+from e2e.model.workloads import get_workloads
 
 COUNTING = 1 / np.sqrt(3000)  # relative counting noise of ~3000 events
 

@@ -9,9 +9,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from e2e.history import load_history
-from e2e.regress import CheckSettings, check, format_findings
-from e2e.report import render_ktap, render_markdown
+from e2e.analysis.history import load_history
+from e2e.analysis.regress import CheckSettings, check, format_findings
+from e2e.report.render import render_ktap, render_markdown
 from tests.unit.test_report import INJ, make_doc, noisy, write_history
 
 

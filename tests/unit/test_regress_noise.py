@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from e2e.history import History, Run
-from e2e.model import Result
-from e2e.regress import CheckSettings, check, decide, detection_floor, format_findings
+from e2e.analysis.history import History, Run
+from e2e.analysis.regress import CheckSettings, check, decide, detection_floor, format_findings
+from e2e.model.result import Result
 
 SAVED = "EOI exits saved per interrupt"
 
@@ -147,7 +147,7 @@ def test_a_headline_drop_says_when_the_trace_puts_it_on_timing_not_on_pv_eoi() -
     timing reasons: still a regression, but its message says what the trace shows."""
     from types import SimpleNamespace
 
-    from e2e.regress import Finding, GroupStatus, _with_timing
+    from e2e.analysis.regress import Finding, GroupStatus, _with_timing
 
     def rec(timing: float, taken: float | None = 1.0) -> SimpleNamespace:
         return SimpleNamespace(timing=timing, value={"pv_taken": taken}, samples={})
@@ -171,7 +171,7 @@ def test_a_headline_drop_says_whether_the_workloads_own_interrupts_held() -> Non
     fell beyond its floor, flagged or not."""
     from types import SimpleNamespace
 
-    from e2e.regress import Finding, Floor, GroupStatus, _with_timing
+    from e2e.analysis.regress import Finding, Floor, GroupStatus, _with_timing
 
     def rec(timing: float, *own: float) -> SimpleNamespace:
         return SimpleNamespace(timing=timing, value={"pv_taken": 1.0, "own_saved": own[0] if own else None},

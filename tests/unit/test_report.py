@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from e2e import cli, results
+from e2e import cli
+from e2e.analysis.history import HistoryError, load_history, migrate
+from e2e.analysis.regress import CheckSettings, check, format_findings, one_sided_p
 from e2e.errors import CapabilityError
-from e2e.history import HistoryError, load_history, migrate
-from e2e.regress import CheckSettings, check, format_findings, one_sided_p
-from e2e.report import render_html, render_junit, render_markdown
+from e2e.report import results
+from e2e.report.render import render_html, render_junit, render_markdown
 
 INJ = 1000
 

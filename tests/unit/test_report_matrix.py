@@ -7,9 +7,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from e2e.history import load_history
-from e2e.regress import check
-from e2e.report import matrices, render_html, render_markdown
+from e2e.analysis.history import load_history
+from e2e.analysis.regress import check
+from e2e.report.render import matrices, render_html, render_markdown
 from tests.unit.test_report import make_doc, noisy, write_history
 
 QEMU = {"7.2": "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)",

@@ -1,4 +1,4 @@
-"""Unit tests for e2e.results: atomic emission of result documents, history
+"""Unit tests for e2e.report.results: atomic emission of result documents, history
 file names, and the end-of-run table."""
 
 from __future__ import annotations
@@ -11,14 +11,8 @@ from typing import Any
 
 import pytest
 
-from e2e.model import SCHEMA, Result, WorkloadResult
-from e2e.results import (
-    emit,
-    format_table,
-    history_name,
-    kernel_manifest,
-    not_measurable,
-)
+from e2e.model.result import SCHEMA, Result, WorkloadResult
+from e2e.report.results import emit, format_table, history_name, kernel_manifest, not_measurable
 
 
 def small_doc() -> dict[str, Any]:

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from e2e.spawn import pdeathsig_setpriv, popen, resolve
+from e2e.util.spawn import pdeathsig_setpriv, popen, resolve
 from tests.conftest import ended_within
 
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys, time
-import e2e.spawn
+import e2e.util.spawn
 if sys.argv[1] == "fallback":
-    e2e.spawn.pdeathsig_setpriv = lambda: None
-from e2e.spawn import popen
+    e2e.util.spawn.pdeathsig_setpriv = lambda: None
+from e2e.util.spawn import popen
 p = popen(["sleep", "120"])
 deadline = time.monotonic() + 10
 while open(f"/proc/{p.pid}/comm").read().strip() != "sleep" and time.monotonic() < deadline:
@@ -63,7 +63,7 @@ def test_what_cannot_be_run_fails_as_popen_would(tmp_path: Path) -> None:
 
 OWNER = """
 import sys, time
-from e2e import spawn
+from e2e.util import spawn
 spawn.exit_on_sigterm()
 child = sys.argv[1]
 print("ready", flush=True)

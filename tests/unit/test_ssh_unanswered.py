@@ -12,7 +12,7 @@ import paramiko
 import pytest
 
 from e2e.errors import SshError
-from e2e.ssh import GuestSsh
+from e2e.vm.ssh import GuestSsh
 
 
 class Mute(paramiko.ServerInterface):

@@ -10,8 +10,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from e2e.build.cache import Cache
 from e2e.build.sshkey import ssh_identity
-from e2e.cache import Cache
 
 
 def test_ssh_identity_permissions_and_reuse(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for e2e.stats on synthetic data (pure, fast, deterministic)."""
+"""Unit tests for e2e.analysis.stats on synthetic data (pure, fast, deterministic)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from e2e.errors import ConfigError, Finding, MeasurementError
-from e2e.stats import (
+from e2e.analysis.stats import (
     MetricSummary,
     bootstrap_ci,
     diff_ci,
@@ -19,6 +18,7 @@ from e2e.stats import (
     summarize,
     trapped_eoi_per_interrupt,
 )
+from e2e.errors import ConfigError, Finding, MeasurementError
 
 # Shaped like the 2026-11-25 virtual-host measurement (platform.md): per injected
 # interrupt, trapped EOIs are ~0.005 with PV EOI and ~1.0 without.

@@ -1,4 +1,4 @@
-"""e2e.trace: perf script parsing, the marker window's exact accounting, per-vector attribution."""
+"""e2e.measure.trace: perf script parsing, the marker window's exact accounting, per-vector attribution."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from e2e.analysis import agreement, exact_agreement
+from e2e.analysis.compare import agreement, exact_agreement
 from e2e.errors import ConfigError
-from e2e.guest import STATE_MARK
-from e2e.model import Arm, RunRecord
-from e2e.trace import (
+from e2e.measure.guest_counters import STATE_MARK
+from e2e.measure.trace import (
     MARK_NR,
     GuestView,
     irq_names,
@@ -22,6 +21,8 @@ from e2e.trace import (
     summarize,
     vector_name,
 )
+from e2e.model.plan import Arm
+from e2e.model.result import RunRecord
 
 T0, T1 = 100, 101  # vCPU thread ids
 IO = 99  # QEMU's I/O thread
@@ -240,7 +241,7 @@ def test_an_event_printed_twice_counts_once() -> None:
 
 
 def test_pv_eoi_taken_when_armed_counts_only_unexplained_traps() -> None:
-    from e2e.trace import armed_taken
+    from e2e.measure.trace import armed_taken
 
     s = Script().mark(T0, 1, 0, 0, 0)
     for _ in range(99):

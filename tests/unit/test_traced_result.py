@@ -7,11 +7,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from e2e.analysis import agreement
-from e2e.history import load_history, records
-from e2e.regress import check
-from e2e.report import render_html
-from e2e.results import format_table, load
+from e2e.analysis.compare import agreement
+from e2e.analysis.history import load_history, records
+from e2e.analysis.regress import check
+from e2e.report.render import render_html
+from e2e.report.results import format_table, load
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "traced" / "net-ab.json"
 

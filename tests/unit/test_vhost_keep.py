@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.vhost import paths_to_keep
+from e2e.vm.vhost import paths_to_keep
 
 
 def test_a_cwd_or_extra_under_tmp_is_kept_but_never_tmp_itself(monkeypatch: pytest.MonkeyPatch,

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from e2e import ab, inner, runner
 from e2e.errors import Finding, GuestError, Kind
-from e2e.model import DEFAULT_ARMS, Plan, Result
-from e2e.workloads import WORKLOADS
+from e2e.model.plan import DEFAULT_ARMS, Plan
+from e2e.model.result import Result
+from e2e.model.workloads import WORKLOADS
+from e2e.run import ab, inner, runner
 from tests.unit.test_attempts import fake_run_once, setup_in
 
 
@@ -94,7 +95,7 @@ def virtual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Plan]:
 
 
 def crash(what: str = "triple fault") -> GuestError:
-    from e2e.vhost import vhost_error
+    from e2e.vm.vhost import vhost_error
 
     return vhost_error(f"the virtual host stopped before the command finished: {what}", what, (), "x")
 
@@ -146,8 +147,8 @@ def test_spent_restarts_raise_with_the_earlier_ones_and_a_finding_is_never_resta
 
 
 def test_an_l1_crash_is_named_as_the_virtual_hosts_own_unless_its_kernel_is_under_test(tmp_path: Path) -> None:
-    from e2e.exitcause import KILLED, TRIPLE_FAULT, ExitCause
-    from e2e.vhost import VhostSpec, VirtualKvmHost
+    from e2e.vm.exitcause import KILLED, TRIPLE_FAULT, ExitCause
+    from e2e.vm.vhost import VhostSpec, VirtualKvmHost
 
     def fix(under_test: bool, cls: str) -> str:
         host = VirtualKvmHost(VhostSpec(tmp_path / "bzImage", kernel_under_test=under_test), tmp_path, None,

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from e2e.errors import GuestTimeout, Kind, QemuExited
-from e2e.machine import cpu_state
-from e2e.runner import restart_record
-from e2e.vhost import STALLED, VhostStalled, stall_reason, vhost_error
+from e2e.run.runner import restart_record
+from e2e.vm.machine import cpu_state
+from e2e.vm.vhost import STALLED, VhostStalled, stall_reason, vhost_error
 
 REGISTERS = """RAX=0000000000000000 RBX=ffffffff82613940 RCX=0000000000000001 RDX=0000000000000000
 RSI=0000000000000087 RDI=000000000012d0ac RBP=ffffffff82603e78 RSP=ffffffff82603e58
@@ -56,8 +56,8 @@ def test_an_inner_runs_exit_class_survives_the_way_out_of_the_virtual_host() -> 
     rides in the inner result's error and comes back on the error raised outside."""
     import pytest
 
-    from e2e.inner import raise_inner_error
-    from e2e.results import error_result
+    from e2e.report.results import error_result
+    from e2e.run.inner import raise_inner_error
 
     lost = QemuExited("QEMU (pid 134) exited mid-command: triple fault", "triple fault",
                       ["SHUTDOWN reason guest-reset"])
@@ -73,8 +73,8 @@ def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch
     """Should the inner run hang where no timeout fires, its threads' stacks are on the share."""
     import json
 
-    from e2e import ab, inner
-    from e2e.model import Plan
+    from e2e.model.plan import Plan
+    from e2e.run import ab, inner
 
     monkeypatch.setattr(inner, "STACKS_EVERY", 0.2)
 
@@ -93,7 +93,7 @@ def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch
 
 def test_the_virtual_hosts_own_end_is_named_as_its_own_and_earlier_restarts_stay_with_the_error(
         tmp_path: Path) -> None:
-    from e2e.results import error_result
+    from e2e.report.results import error_result
 
     crashed = vhost_error("the virtual host stopped before the command finished: triple fault", "triple fault",
                           ["SHUTDOWN reason guest-reset"], "x")

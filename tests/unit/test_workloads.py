@@ -1,11 +1,11 @@
-"""Unit tests for e2e.workloads: lookup by name and the guest argv."""
+"""Unit tests for e2e.model.workloads: lookup by name and the guest argv."""
 
 from __future__ import annotations
 
 import pytest
 
 from e2e.errors import ConfigError
-from e2e.workloads import WORKLOADS, Workload, get_workloads
+from e2e.model.workloads import WORKLOADS, Workload, get_workloads
 
 
 def test_get_workloads_in_the_order_asked() -> None:

@@ -22,13 +22,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
-from e2e import stats  # noqa: E402
-from e2e.ab import reanalyze  # noqa: E402
-from e2e.history import load_history  # noqa: E402
-from e2e.model import DEFAULT_ARMS, Plan  # noqa: E402
-from e2e.regress import CheckSettings, check  # noqa: E402
-from e2e.report import render_html  # noqa: E402
-from e2e.results import load  # noqa: E402
+from e2e.analysis import stats  # noqa: E402
+from e2e.analysis.history import load_history  # noqa: E402
+from e2e.analysis.regress import CheckSettings, check  # noqa: E402
+from e2e.model.plan import DEFAULT_ARMS, Plan  # noqa: E402
+from e2e.report.render import render_html  # noqa: E402
+from e2e.report.results import load  # noqa: E402
+from e2e.run.ab import reanalyze  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "history"
 

@@ -1,0 +1,592 @@
+"""
+The A/B measurement: boot a fresh guest per arm and rep (interleaved), count
+``kvm:*`` tracepoints with perf on that QEMU's vCPU threads for exactly the
+workload window, read the guest's side, and decide a verdict.
+
+This module is the "direct" path: it runs on a KVM host. Through the virtual
+KVM host the very same code runs inside L1 (see :mod:`e2e.vm.vhost`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import platform
+import select
+import shlex
+import socket
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..analysis.compare import analyze, conclude, load_thresholds
+from ..build.image import READY_PATTERN
+from ..errors import ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
+from ..host.hostfacts import COUNTED, cpu_vendor, list_kvm_tracepoints
+from ..measure.exit_reasons import breakdown_reasons
+from ..measure.guest_counters import (
+    STATE_COMMAND,
+    STATE_MARK,
+    GuestState,
+    interrupt_delta,
+    interrupt_delta_per_cpu,
+    pveoi_delta,
+)
+from ..measure.perf import Event, PerfStat, check_required
+from ..measure.trace import GUEST_VIEW_SCRIPT, GuestView, PerfRecord, mark_command, parse_script, summarize
+from ..model.plan import DEFAULT_ARMS, Arm, Plan, validate_arms
+from ..model.result import Attempt, Result, RunRecord, WorkloadResult
+from ..model.workloads import Workload, get_workloads
+from ..util.spawn import popen
+from ..util.tmpdirs import tempdir
+from ..vm.argv import DEFAULT_APPEND, MachineSpec
+from ..vm.machine import Machine
+from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
+
+log = logging.getLogger(__name__)
+
+#: The verdict of a workload whose raw runs are left to the caller to analyze.
+UNANALYZED = "unanalyzed"
+
+__all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_vendor", "load_arms",
+           "load_thresholds", "reanalyze", "run_once", "run_plan"]
+
+
+# ---------------------------------------------------------------- arms
+
+ARM_KEYS = {"name", "pv_eoi", "cpu_flags", "append", "kernel", "smp", "host_kernel", "replica_of"}
+
+#: Builds a kernel from ``(source, patches, flavour)`` and returns its bzImage (the CLI passes
+#: pveoi's cached build; a test may pass anything that returns a path).
+#: Builds an arm's kernel: (source tree or None for Debian's, patches dir or None, flavour, base or None).
+KernelBuilder = Callable[[Path | None, Path | None, str, str | None], Path]
+
+
+def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
+                build: KernelBuilder | None) -> tuple[Path | None, dict[str, str]]:
+    """An arm's ``kernel``/``host_kernel`` value: a bzImage path, or a table of ``source`` (a tree),
+    ``patches`` (a series dir) and ``base`` (a kernel base: Debian's source of it, or with ``source``
+    the series to apply), at least one of ``source`` and ``base``."""
+    if raw is None:
+        return None, {}
+    if isinstance(raw, str):
+        path = (base / Path(raw).expanduser()).resolve()  # one spelling per file: same kernel, same arm
+        if flavour == "guest":
+            from ..build.kernel import check_kernel_file
+
+            try:
+                check_kernel_file(path)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err.message}", fix=err.fix) from err
+        elif not path.is_file():
+            raise ConfigError(f"{where}: {path} not found", fix="build it first (pveoi kernel build --flavour host)")
+        return path, {f"{flavour}_kernel": str(path)}
+    if (isinstance(raw, dict) and raw and set(raw) <= {"source", "patches", "base"}
+            and all(isinstance(v, str) for v in raw.values()) and ("source" in raw or "base" in raw)):
+        source = (base / Path(raw["source"]).expanduser()).resolve() if raw.get("source") else None
+        patches = (base / Path(raw["patches"]).expanduser()).resolve() if raw.get("patches") else None
+        for d in (source, patches):
+            if d is not None and not d.is_dir():
+                raise ConfigError(f"{where}: {d} is not a directory", fix="point source/patches at directories")
+        kbase = raw.get("base")
+        if kbase is not None:
+            from ..build.kernel import base_named
+
+            try:
+                base_named(kbase)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err.message}", fix=err.fix) from err
+        if build is None:
+            raise ConfigError(f"{where}: a kernel built from source is not available here",
+                              fix="pass a bzImage path")
+        origin = {f"{flavour}_{k}": str(v) for k, v in (("source", source), ("patches", patches), ("base", kbase))
+                  if v is not None}
+        return build(source, patches, flavour, kbase), origin
+    raise ConfigError(f"{where}: expected a bzImage path or {{source = DIR, patches = DIR, base = BASE}}, "
+                      f"got {raw!r}",
+                      fix='write e.g. kernel = "/path/bzImage", kernel = { source = "~/linux" } or '
+                          'kernel = { base = "6.12" }')
+
+
+def load_arms(path: Path, build: KernelBuilder | None = None) -> tuple[Arm, ...]:
+    """Arms from a TOML file: two or more ``[[arm]]`` tables with ``name`` and any of ``pv_eoi``,
+    ``cpu_flags``, ``smp``, ``append``, ``kernel``, ``host_kernel`` (paths relative to the file).
+
+    :param build: builds ``{source, patches}`` kernels (before anything boots).
+    :raises ConfigError: on a bad file, key or value (before any boot).
+    """
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"cannot read arms file {path}: {err}", fix="write [[arm]] tables in TOML") from err
+    raws = data.get("arm", [])
+    if not isinstance(raws, list) or set(data) - {"arm"}:
+        raise ConfigError(f"{path}: expected only [[arm]] tables, got {sorted(data)}", fix="write [[arm]] tables")
+    base = path.expanduser().absolute().parent
+    arms = []
+    for i, raw in enumerate(raws):
+        unknown = set(raw) - ARM_KEYS
+        if unknown or not isinstance(raw.get("name"), str):
+            raise ConfigError(f"{path}: arm #{i + 1} has unknown keys {sorted(unknown)} or no name",
+                              fix=f"use {', '.join(sorted(ARM_KEYS))}")
+        where = f"{path}: arm {raw['name']}"
+        flags, smp = raw.get("cpu_flags", []), raw.get("smp")
+        if not isinstance(raw.get("pv_eoi", True), bool) or not (
+                isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            raise ConfigError(f"{where}: pv_eoi must be true or false and cpu_flags a list of strings",
+                              fix='write e.g. pv_eoi = false, cpu_flags = ["-x2apic"]')
+        if smp is not None and (not isinstance(smp, int) or isinstance(smp, bool)):
+            raise ConfigError(f"{where}: smp must be an integer", fix="write e.g. smp = 4")
+        if not isinstance(raw.get("append", ""), str):
+            raise ConfigError(f"{where}: append must be a string", fix='write e.g. append = "no-kvm-pv-eoi"')
+        kernel, origin = _arm_kernel(raw.get("kernel"), f"{where}: kernel", base, "guest", build)
+        host, host_origin = _arm_kernel(raw.get("host_kernel"), f"{where}: host_kernel", base, "host", build)
+        replica = raw.get("replica_of")
+        if replica is not None and not isinstance(replica, str):
+            raise ConfigError(f"{where}: replica_of must be an arm's name", fix='write e.g. replica_of = "on"')
+        arms.append(Arm(raw["name"], raw.get("pv_eoi", True), tuple(flags), raw.get("append", ""), kernel,
+                        smp, host, {**origin, **host_origin}, replica))
+    validate_arms(arms)
+    return tuple(arms)
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run of an A/B shares."""
+
+    kernel: Path
+    initrd: Path
+    private_key: Path
+    host_key_line: str
+    artifacts: Path
+    memory_mb: int = 256
+    boot_timeout: float = 180.0
+    qemu: str = "qemu-system-x86_64"
+    accel: str = "kvm"
+    #: Record kvm:* per event too (exact accounting with guest markers, per-vector attribution).
+    trace: bool = True
+
+
+def perf_events(vendor: str, available: Sequence[str]) -> list[Event]:
+    """The counted tracepoints plus kvm_exit broken down by the vendor's exit reasons."""
+    check_required(available)
+    events = [Event(name) for name in COUNTED]
+    for reason, code in breakdown_reasons(vendor).items():
+        events.append(Event("kvm:kvm_exit", f"exit_reason == {code}", f"kvm_exit[{reason}]"))
+    return events
+
+
+IO_WORKERS = 4
+"""QEMU's I/O worker threads for the block workload (queue depth 1 needs one; a few spare)."""
+
+
+@functools.cache
+def qemu_pins_io_workers(qemu: str = "qemu-system-x86_64") -> bool:
+    """Does this QEMU let the I/O thread pool be pinned (``main-loop`` ``thread-pool-min``, 7.1+)?
+    Without it the block workload runs as before (workers come and go; perf's attach may race them)."""
+    try:
+        out = subprocess.run([qemu, "-object", "main-loop,help"], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "thread-pool-min" in out.stdout + out.stderr
+
+
+@contextlib.contextmanager
+def host_server(argv: Sequence[str]) -> Iterator[int | None]:
+    """Run a workload's host-side server on a free loopback port; yield the port."""
+    if not argv:
+        yield None
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [a.replace("{port}", str(port)) for a in argv]
+    try:
+        proc = popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as err:
+        raise ConfigError(f"cannot start {cmd[0]}: {err.strerror}", fix=f"apt-get install {cmd[0]}") from err
+    try:
+        # Wait for the server's own "listening" line; a probe connection would be
+        # served as a test (and a one-off server would then exit).
+        assert proc.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b"listening" not in seen.lower():
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, left))
+            chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+            if not chunk:
+                raise PveoiError(f"{cmd[0]} did not start listening: {seen.decode(errors='replace').strip()!r}",
+                                 fix=f"run {shlex.join(cmd)} by hand to see why")
+            seen += chunk
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], rep: int,
+             attempt: int = 1, trace: AttemptTrace | None = None) -> RunRecord:
+    """Boot one fresh guest for ``arm``, run ``workload`` once, count it.
+
+    Its logs (console, QEMU, perf's CSV and stderr) go to ``setup.artifacts`` under the
+    attempt's own name (:func:`e2e.run.evidence.attempt_name`), so a retry never overwrites them.
+
+    :param trace: filled in as the attempt goes (its machine and logs), for the record of a failure.
+    :raises Finding: the guest's side of the arm is not what the host offered (a kernel bug),
+        or the guest panicked.
+    :raises MeasurementError: QEMU does not honour the arm (capability), or perf lost its threads.
+    :raises QemuExited: QEMU exited mid-command (a guest reset, poweroff, OOM, a signal: infrastructure;
+        a panic: a finding), classified.
+    :raises GuestError: boot, SSH or the workload failed (infrastructure).
+    """
+    name = attempt_name(workload.name, arm.name, rep, attempt)
+    trace = trace or AttemptTrace(setup.artifacts)
+    vcpus = arm.smp or workload.smp
+    scratch = None
+    with contextlib.ExitStack() as stack:
+        if workload.scratch_mb:
+            scratch = stack.enter_context(tempdir("disk")) / "scratch.img"
+            with open(scratch, "wb") as f:
+                f.truncate(workload.scratch_mb << 20)
+        spec = MachineSpec(
+            kernel=arm.kernel or setup.kernel, initrd=setup.initrd,
+            append=f"{DEFAULT_APPEND} {arm.append}".strip(), accel=setup.accel, pv_eoi=arm.pv_eoi,
+            cpu_flags=arm.cpu_flags, smp=vcpus, memory_mb=setup.memory_mb, scratch_disk=scratch,
+            io_workers=IO_WORKERS if scratch is not None and qemu_pins_io_workers(setup.qemu) else None,
+            paused=True, qemu=setup.qemu, name=name,
+        )
+        started = time.monotonic()
+        marks = {"start": started}  # where a run's time goes (tests/bench_ab.py --breakdown)
+        trace.machine = Machine(spec, READY_PATTERN, artifacts=setup.artifacts)
+        machine = stack.enter_context(trace.machine)
+        threads = machine.vcpus()
+        readback = machine.pv_eoi_readback()
+        kvm = machine.query_kvm()
+        check_qmp_arm(arm, readback, kvm["enabled"])
+        marks["qemu_paused"] = time.monotonic()
+        machine.resume()
+        ready = machine.wait_ready(setup.boot_timeout)
+        marks["guest_ready"] = time.monotonic()
+        boot_s = marks["guest_ready"] - started
+        ssh = machine.ssh(setup.private_key, setup.host_key_line, timeout=60)
+        marks["ssh_up"] = time.monotonic()
+        # One round trip: the guest's state, and (when tracing) its markers and vector names.
+        state_cmd = [*STATE_COMMAND[:2], f"{STATE_COMMAND[2]}; {GUEST_VIEW_SCRIPT}"] if setup.trace else STATE_COMMAND
+        text = ssh.run(state_cmd, timeout=30).check().stdout
+        view = None
+        if setup.trace:
+            text, view = GuestView.split(text, text.partition(STATE_MARK)[0])
+        before = GuestState.parse(text)
+        check_guest_arm(arm, before, kvm["enabled"])
+        marks["state_read"] = time.monotonic()
+        script = None
+        with host_server(workload.host_server) as port:
+            argv = workload.argv(port, vcpus)
+            if view is not None and view.marks:
+                argv = mark_command(argv)
+            with contextlib.ExitStack() as perfs:
+                perf = perfs.enter_context(PerfStat(events, tids=[v.thread_id for v in threads]))
+                perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
+                rec: PerfRecord | None = None
+                if view is not None:
+                    rec = perfs.enter_context(PerfRecord(machine.pid))
+                    perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))
+                    rec.start()
+                perf.start()
+                marks["perf_attached"] = time.monotonic()
+                if rec is not None:
+                    rec.enable()
+                perf.enable()
+                result = ssh.run(argv, timeout=workload.timeout)
+                perf.disable()
+                if rec is not None:
+                    rec.disable()
+                counts = perf.stop()
+                marks["workload_done"] = time.monotonic()
+                if rec is not None:
+                    script = rec.finish()
+                    marks["trace_read"] = time.monotonic()
+        after = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
+        result.check()
+        machine.console.check()
+        marks["state_read_after"] = time.monotonic()
+    marks["shut_down"] = time.monotonic()
+    order = list(marks)
+    timings = {f"{a}->{b}": round(marks[b] - marks[a], 3) for a, b in itertools.pairwise(order)}
+    summary: dict[str, Any] = {}
+    if script is not None and view is not None:
+        traced, lost = parse_script(script)
+        if lost:
+            raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
+                                   fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
+        summary = summarize(traced, [v.thread_id for v in threads], pv_eoi=arm.expects_pv_eoi,
+                            names=view.names, lost=lost)
+        summary["marks"] = view.marks
+    raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
+    breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
+    record = RunRecord(
+        rep=rep, arm=arm.name, attempt=attempt, vcpus=vcpus, counts=raw, exit_reasons=breakdown,
+        boot_seconds=round(boot_s, 2), workload_seconds=round(result.seconds, 3), ready_line=ready,
+        qmp={"kvm": kvm, "kvm_pv_eoi": list(readback), "vcpu_threads": [v.thread_id for v in threads]},
+        guest={"interrupts": interrupt_delta(before, after),
+               "interrupts_per_cpu": interrupt_delta_per_cpu(before, after),
+               "pv_eoi": pveoi_delta(before, after)},
+        workload_output=result.stdout.strip()[-500:], timings=timings, trace=summary,
+    )
+    log.info("  %-6s rep %d: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
+             arm.name, rep, raw.get("kvm:kvm_exit", 0), raw.get("kvm:kvm_pv_eoi", 0), raw.get("kvm:kvm_eoi", 0),
+             raw.get("kvm:kvm_inj_virq", 0), result.seconds)
+    return record
+
+
+def check_qmp_arm(arm: Arm, readback: Sequence[bool], kvm_enabled: bool) -> None:
+    """Under KVM, QEMU's per-vCPU ``kvm-pv-eoi`` (``qom-get``) must be what the arm asked for.
+
+    (Under TCG QEMU filters every KVM paravirtual feature, so there is nothing to prove.)
+
+    :raises MeasurementError: on a mismatch (this QEMU/KVM cannot run the experiment: capability).
+    """
+    if kvm_enabled and arm.pv_eoi is not None and any(r != arm.pv_eoi for r in readback):
+        raise MeasurementError(
+            f"arm {arm.name} asked for kvm-pv-eoi={'on' if arm.pv_eoi else 'off'} but QMP reads {list(readback)}",
+            fix="this QEMU/KVM does not honour kvm-pv-eoi; check `pveoi doctor`",
+        )
+
+
+def check_guest_arm(arm: Arm, state: GuestState, kvm_enabled: bool) -> None:
+    """The guest's own view, on every vCPU, must agree with the arm (where the guest patch reports it).
+
+    :raises MeasurementError: a vCPU's CPUID disagrees with what QEMU was told (QEMU/KVM: capability).
+    :raises Finding: the host offered PV EOI (and the command line did not refuse it) but a
+        vCPU's kernel did not enable it, or enabled it though refused: a bug of the kernel under test.
+    """
+    if state.pveoi is None or not kvm_enabled:
+        return
+    cpus = sorted(state.pveoi.values(), key=lambda c: c.cpu)
+    if arm.pv_eoi is not None:
+        wrong = [f"cpu{c.cpu}" for c in cpus if c.feature != arm.pv_eoi]
+        if wrong:
+            raise MeasurementError(
+                f"arm {arm.name}: QEMU was told kvm-pv-eoi={'on' if arm.pv_eoi else 'off'} but the guest's CPUID "
+                f"says otherwise on {', '.join(wrong)}", fix="check QEMU's -cpu handling and `pveoi doctor`")
+    offered = [c for c in cpus if c.feature]
+    if arm.expects_pv_eoi:
+        off = [c.cpu for c in offered if not c.enabled]
+        if off:
+            raise Finding(
+                f"arm {arm.name}: {', '.join(f'cpu{n}' for n in off)} did not enable PV EOI "
+                f"(MSR_KVM_PV_EOI_EN) although its CPUID offers KVM_FEATURE_PV_EOI "
+                f"(enabled on {', '.join(f'cpu{c.cpu}' for c in offered if c.enabled) or 'no CPU'})",
+                fix="the guest kernel must enable PV EOI on every CPU (arch/x86/kernel/kvm.c, kvm_guest_cpu_init)",
+                vcpu=off[0])
+    else:
+        on = [c.cpu for c in cpus if c.enabled]
+        if on:
+            raise Finding(
+                f"arm {arm.name}: {', '.join(f'cpu{n}' for n in on)} enabled PV EOI although "
+                + ("the kernel command line refuses it (no-kvm-pv-eoi)" if arm.pv_eoi is not False
+                   else "its CPUID does not offer it"),
+                fix="check the guest kernel's PV EOI setup (arch/x86/kernel/kvm.c)", vcpu=on[0])
+
+
+# ---------------------------------------------------------------- the A/B
+
+
+@dataclass
+class Outcome:
+    """What one workload's runs gave, before analysis."""
+
+    runs: list[RunRecord] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    #: Every attempt that gave no run (retried, error or finding): class and logs.
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], rep: int,
+                      retries: int, outcome: Outcome) -> None:
+    """One (arm, rep): a finding is recorded and not retried; infrastructure is retried on a fresh
+    guest per the one policy (:func:`e2e.errors.retryable`); config and capability errors stop the A/B.
+    Every attempt that gave no run is recorded with its class and its logs (:class:`e2e.model.result.Attempt`)."""
+    for attempt in range(1, retries + 2):
+        trace = AttemptTrace(setup.artifacts)
+        try:
+            outcome.runs.append(run_once(setup, arm, workload, events, rep, attempt, trace))
+            return
+        except PveoiError as err:
+            where = f"{arm.name} rep {rep + 1}" + (f" (attempt {attempt})" if attempt > 1 else "")
+            if err.kind is Kind.FINDING:
+                outcome.findings.append(f"{where}: {err}")
+                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "finding"))
+                log.error("finding: %s", err)
+                return
+            if not retryable(err):
+                raise  # config or capability: the host cannot run the experiment, no verdict at all
+            if attempt <= retries:
+                outcome.retried.append(f"{where}: {err}")
+                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "retried"))
+                log.warning("run failed, retrying on a fresh guest: %s", err)
+                continue
+            outcome.errors.append(f"{where}: {err}")
+            outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
+            log.error("run failed: %s", err)
+
+
+#: Called after each guest of a workload with the guests done so far (positions of the plan's
+#: order, counting those of an earlier part) and that workload's raw result so far.
+Checkpoint = Callable[[int, Result], None]
+
+
+def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed: bool = True,
+             checkpoint: Checkpoint | None = None) -> Result:
+    """Run every workload of ``plan`` on this (KVM) host: the typed result.
+
+    Runs that fail on infrastructure are retried, then make that workload's verdict
+    ``error``; a finding makes it ``fail``; a host that cannot count (perf missing or
+    denied, tracepoints missing) raises: there is no verdict at all.
+
+    :raises ConfigError: a bad plan.
+    :raises CapabilityError: the host cannot measure.
+    """
+    from ..build.image import load_image
+
+    validate_arms(plan.arms)
+    if plan.runs < 1:
+        raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
+    workloads = get_workloads(list(plan.workloads))
+    vendor = cpu_vendor()
+    events = perf_events(vendor, list_kvm_tracepoints())
+    img = load_image(plan.image)
+    setup = Setup(kernel=plan.kernel, initrd=img.initrd, private_key=img.identity.private_key,
+                  host_key_line=img.host_key_line, artifacts=plan.logs, memory_mb=plan.memory_mb,
+                  boot_timeout=plan.boot_timeout)
+    return run_workloads(setup, plan, workloads, events, vendor, progress, analyzed, checkpoint)
+
+
+def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], events: Sequence[Event], vendor: str,
+                  progress: Callable[[str], None] | None = None, analyzed: bool = True,
+                  checkpoint: Checkpoint | None = None) -> Result:
+    """The A/B loop of :func:`run_plan` over given workload objects on a given setup (a test's own
+    workload or accelerator): interleaved runs, retries by the one policy, analysis.
+
+    :param analyzed: draw conclusions here; False leaves each workload's verdict ``unanalyzed``
+        with only its runs, findings, errors and retries, for a caller that analyzes the raw runs
+        itself (the virtual host's inner runner: its Python is about 15x slower, and the outer
+        pveoi analyzes all parts together anyway).
+    :param checkpoint: told after each guest what is measured so far (the inner runner keeps it, so a
+        virtual host that dies costs the guest it was running, not the part).
+    """
+    say = progress or (lambda msg: log.info("%s", msg))
+    thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
+    setup.artifacts.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, tuple[RunRecord, ...]] = {}
+    results: dict[str, WorkloadResult] = {}
+    runner = runner_info(vendor)
+    for workload in workloads:
+        order = plan.order()
+        say(f"workload {workload.name}: {workload.description}; {len(order)} guests")
+        outcome = Outcome()
+        if plan.start:
+            say(f"workload {workload.name}: resuming after the {plan.start} guests measured before")
+        for i, (rep, arm) in enumerate(order, 1):
+            if i <= plan.start:
+                continue
+            say(f"[{workload.name} {i}/{len(order)}] arm {arm.name}, rep {rep + 1}: boot + workload")
+            _run_with_retries(setup, arm, workload, events, rep, plan.retries, outcome)
+            if checkpoint is not None:
+                checkpoint(i, _raw_result(plan, runner, events, {workload.name: _unanalyzed(workload, outcome)},
+                                          {workload.name: tuple(outcome.runs)}))
+        runs[workload.name] = tuple(outcome.runs)
+        if analyzed:
+            result = replace(analyze(workload, plan.arms, outcome.runs, thresholds[workload.name],
+                                     outcome.findings, outcome.errors, outcome.retried),
+                             attempts=tuple(outcome.attempts))
+        else:
+            result = _unanalyzed(workload, outcome)
+        results[workload.name] = result
+    if not analyzed:
+        return _raw_result(plan, runner, events, results, runs)
+    verdict, reason = conclude(results)
+    return Result(verdict=verdict, reason=reason, runs_per_arm=plan.runs, plan=plan,
+                  arms={a.name: a for a in plan.arms}, runs=runs, workloads=results, runner=runner,
+                  events=tuple({"name": e.name, "filter": e.filter, "label": e.label} for e in events))
+
+
+def _unanalyzed(workload: Workload, outcome: Outcome) -> WorkloadResult:
+    """A workload's runs as measured, its verdict left to the caller."""
+    return WorkloadResult(workload.name, UNANALYZED, workload.description, findings=tuple(outcome.findings),
+                          errors=tuple(outcome.errors), retried=tuple(outcome.retried),
+                          attempts=tuple(outcome.attempts))
+
+
+def _raw_result(plan: Plan, runner: Mapping[str, Any], events: Sequence[Event],
+                results: Mapping[str, WorkloadResult], runs: Mapping[str, tuple[RunRecord, ...]]) -> Result:
+    """The result of raw runs, for a caller that analyzes them itself."""
+    return Result(verdict=UNANALYZED, reason="raw runs, to be analyzed by the caller", runs_per_arm=plan.runs,
+                  plan=plan, arms={a.name: a for a in plan.arms}, runs=dict(runs), workloads=dict(results),
+                  runner=dict(runner),
+                  events=tuple({"name": e.name, "filter": e.filter, "label": e.label} for e in events))
+
+
+def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Result:
+    """The conclusions of ``result`` (and of ``extra`` results of the same plan, e.g. one per virtual
+    host) drawn anew from their raw runs under ``plan``'s thresholds (pure; nothing boots).
+
+    Findings, incomplete runs and retries the runs recorded are kept.
+    """
+    parts = (result, *extra)
+    results: dict[str, WorkloadResult] = {}
+    runs: dict[str, tuple[RunRecord, ...]] = {}
+    for name in plan.workloads:
+        got = [p.workloads[name] for p in parts if name in p.workloads]
+        if not got:
+            continue
+        wruns = tuple(r for p in parts for r in p.runs.get(name, ()))
+        runs[name] = wruns
+        results[name] = replace(
+            analyze(get_workloads([name])[0], plan.arms, wruns, load_thresholds(name, plan.thresholds),
+                    [f for g in got for f in g.findings], [e for g in got for e in g.errors],
+                    [r for g in got for r in g.retried]),
+            attempts=tuple(a for g in got for a in g.attempts))
+    verdict, reason = conclude(results)
+    return result.with_(verdict=verdict, reason=reason, plan=plan, arms={a.name: a for a in plan.arms},
+                        runs=runs, workloads=results, runs_per_arm=plan.runs)
+
+
+def runner_info(vendor: str) -> dict[str, Any]:
+    def qemu_version() -> str:
+        try:
+            out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
+                                 timeout=30, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        return out.splitlines()[0] if out else "unknown"
+
+    def cpu_model() -> str:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+        return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                    "unknown")
+
+    return {"hostname": platform.node(), "kernel": platform.release(), "cpu_vendor": vendor, "cpu_model": cpu_model(),
+            "cpus": os.cpu_count(), "qemu": qemu_version(), "python": platform.python_version()}

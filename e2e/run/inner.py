@@ -1,0 +1,115 @@
+"""
+The inner runner: runs a :class:`e2e.model.plan.Plan` on this KVM host and writes its
+typed result. The virtual KVM host runs it as ``python -m e2e.run.inner PLAN RESULT``
+on the plan the outer pveoi wrote into the results share: the same plan object
+in both places, no command line rebuilt for L1.
+
+Exit status: 0 once the raw runs are written (their verdict ``unanalyzed``: the
+outer pveoi analyzes every part's runs together, in native Python), else the
+error's. An error that stops the whole run is written as a result with verdict
+``error`` and the error's kind, message and fix, which the outer pveoi raises
+again as the same kind.
+
+After each guest the runs so far are written beside the result (:data:`PARTIAL`),
+so that when the virtual host dies the outer pveoi keeps them and resumes the
+part in a fresh one after them (:func:`load_partial`).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import Kind, PveoiError
+from ..model.plan import Plan
+from ..model.result import Result
+
+if TYPE_CHECKING:
+    from .ab import Checkpoint
+
+PARTIAL = "partial.json"
+"""The runs measured so far: ``{"done": guests of the plan's order done, "result": raw result}``."""
+STACKS = "inner-stacks.txt"
+"""Every thread's stack, written every :data:`STACKS_EVERY` s while the inner run lasts."""
+STACKS_EVERY = 600.0
+"""Longer than any healthy part of a plan takes in the virtual host (6 guests: 3-7 min)."""
+
+
+def run(plan_path: Path, result_path: Path) -> int:
+    """Run the plan at ``plan_path``; write the result to ``result_path``; return the exit status."""
+    from ..host import conditions
+    from ..report import results
+    from . import ab
+
+    plan = Plan.from_json(json.loads(plan_path.read_text()))
+    started = conditions.snapshot()
+    # Evidence should this process ever hang where no timeout can fire: every thread's stack, every
+    # STACKS_EVERY seconds, beside the result (the outer pveoi keeps it with the virtual host's logs).
+    with open(result_path.parent / STACKS, "w") as stacks:
+        faulthandler.dump_traceback_later(STACKS_EVERY, repeat=True, file=stacks)
+        try:
+            # The outer pveoi analyzes every part's raw runs.
+            result = ab.run_plan(plan, analyzed=False, checkpoint=_checkpoint(result_path.parent / PARTIAL))
+        except PveoiError as err:
+            results.emit(results.error_result(err, "direct", "inside the virtual KVM host", plan.runs), result_path,
+                         None)
+            return err.exit_code
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    # The virtual host's own conditions (its load, other QEMUs in it) beside the runner's.
+    result = result.with_(runner={**result.runner, "conditions": conditions.summarize(started, conditions.snapshot())})
+    results.emit(result, result_path, None)
+    return 0
+
+
+def _checkpoint(path: Path) -> Checkpoint:
+    from ..build.cache import atomic_write
+
+    def write(done: int, result: Result) -> None:
+        atomic_write(path, json.dumps({"done": done, "result": result.to_json()}))
+
+    return write
+
+
+def load_partial(path: Path) -> tuple[int, Result] | None:
+    """What a part that did not finish had measured: (guests of its order done, its raw result), or
+    None when it measured nothing or left nothing readable."""
+    try:
+        data = json.loads(path.read_text())
+        done, result = int(data["done"]), Result.from_json(data["result"], str(path))
+    except (OSError, ValueError, KeyError, TypeError, PveoiError):
+        return None
+    return (done, result) if done > 0 else None
+
+
+def raise_inner_error(result: Result) -> None:
+    """The error an inner run stopped on, raised here as its own kind (one line, same fix).
+
+    :raises PveoiError: when ``result`` records one.
+    """
+    err = result.error
+    if err:
+        kind = Kind(err["kind"]) if err.get("kind") in Kind.__members__.values() else Kind.INFRASTRUCTURE
+        error = PveoiError(f"in the virtual KVM host: {err.get('message')}", fix=err.get("fix"), kind=kind)
+        error.cause = str(err.get("class") or "")  # how the inner run's machine ended, if it knew
+        raise error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m e2e.run.inner PLAN.json RESULT.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="pveoi: %(message)s", stream=sys.stderr)
+    for noisy in ("paramiko", "qemu.qmp", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    return run(Path(args[0]), Path(args[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
