@@ -5,20 +5,35 @@ Every error pveoi raises derives from :class:`PveoiError` and renders as one
 line that names the cause and, where there is one, the fix::
 
     PveoiError
-     +-- ConfigError         bad configuration, CLI value or path
-     |    +-- CommandError   a host command failed (carries argv, exit status, output tail)
-     +-- CapabilityError     the host lacks something (KVM, perf, a tool)
-     |    +-- NotMeasurable  the host cannot measure PV EOI (a verdict, not a failure)
-     +-- BuildError          kernel or image build failed (carries the log path)
-     +-- LaunchError         QEMU did not start (carries argv, exit code, log tail)
-     +-- QmpCommandError     QEMU refused a QMP command (carries command, arguments, error class)
-     +-- GuestError          the guest misbehaved
-     |    +-- GuestPanic     kernel panic/oops seen on the console
-     |    +-- GuestInitError the guest's init reported a failed step (pveoi-guest-error:)
-     |    +-- GuestTimeout   a deadline passed while waiting for the guest
-     |    +-- SshError       SSH to the guest failed
-     +-- MeasurementError    perf cannot count (or, with kind=infrastructure, lost its threads)
-     +-- Finding             the kernel under test misbehaves (a verdict: fail, exit 1)
+     +-- ConfigError            bad configuration, CLI value or path
+     |    +-- CommandError      a host command failed (carries argv, exit status, output tail)
+     +-- SchemaError            a document is not a pveoi result this version can read
+     +-- CapabilityError        the host lacks something (KVM, perf, a tool)
+     |    +-- NotMeasurable     the host cannot measure PV EOI (a verdict, not a failure)
+     +-- BuildError             kernel or image build failed (carries the log path)
+     +-- LaunchError            QEMU did not start (carries argv, exit code, log tail)
+     +-- QmpCommandError        QEMU refused a QMP command (carries command, arguments, error class)
+     +-- GuestError             the guest (or the virtual host) could not be booted, reached or kept
+     |    +-- GuestPanic        kernel panic/oops seen on the console
+     |    +-- GuestInitError    the guest's init reported a failed step (pveoi-guest-error:)
+     |    +-- GuestTimeout      a deadline passed while waiting for the guest
+     |    |    +-- QmpTimeout   QEMU did not answer a QMP command in time
+     |    +-- QmpLost           the QMP connection closed, or QMP failed, while QEMU still ran
+     |    +-- SshError          SSH to the guest failed
+     |    |    +-- CommandTimeout  a guest command ran past its deadline
+     |    |    +-- CommandFailed   a guest command exited non-zero
+     |    +-- QemuExited        QEMU exited while pveoi still used it (carries its class and evidence)
+     |    +-- VhostStalled      the virtual KVM host stopped running (carries its vCPUs as evidence)
+     +-- MeasurementError       perf cannot count (or, with kind=infrastructure, lost its threads)
+     |    +-- PerfError         perf itself failed to start, attach, stop or write what it counted
+     +-- Finding                the kernel under test misbehaves (a verdict: fail, exit 1)
+
+Every exception class of pveoi is defined here, and this tree lists them all
+(``tests/unit/test_errors.py`` holds both rules). An error is complete when
+raised: how a machine ended (``cause``), what says so (``evidence``) and the
+failures retried before it (``retried``) are arguments of its constructor; one
+that learns more on its way up is raised again as a new error,
+``raise err.with_(...) from err``, and a note for people goes in ``add_note``.
 
 Every error carries a :class:`Kind`, and the kind alone decides what happens
 next (:func:`retryable`, :attr:`PveoiError.exit_code`):
@@ -40,7 +55,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 class Kind(enum.StrEnum):
@@ -61,11 +76,15 @@ class PveoiError(Exception):
 
     :param message: what went wrong, one line.
     :param fix: what the user should do about it, if known.
+    :param kind: what it means for the run (default: the class's :attr:`default_kind`).
+    :param cause: how the machine ended, where the error knows (:attr:`cause`).
+    :param evidence: what named the cause (:attr:`evidence`).
+    :param retried: the failures retried before this one gave up (:attr:`retried`).
     """
 
     #: The kind of every instance of this class, unless one is passed.
     default_kind = Kind.CONFIG
-    #: How the machine ended, where the error knows (an exit class of :mod:`e2e.vm.exitcause`, a
+    #: How the machine ended, where the error knows (an exit class of :mod:`e2e.vm.ending`, a
     #: virtual host stall); "" when it does not. Kept in results as ``class``.
     cause: str = ""
     #: What named the cause (QMP events, console lines, CPU samples).
@@ -77,11 +96,29 @@ class PveoiError(Exception):
     #: :func:`e2e.run.evidence.while_running`): "" says nothing more than that QEMU ran.
     failed: str = ""
 
-    def __init__(self, message: str, fix: str | None = None, kind: Kind | None = None) -> None:
+    def __init__(self, message: str, fix: str | None = None, kind: Kind | None = None, *, cause: str = "",
+                 evidence: Sequence[str] = (), retried: Sequence[dict[str, object]] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
         self.kind = kind or self.default_kind
+        self.cause = cause
+        self.evidence = tuple(evidence)
+        self.retried = tuple(retried)
+
+    def with_(self, *, message: str | None = None, evidence: Sequence[str] | None = None,
+              retried: Sequence[dict[str, object]] | None = None) -> Self:
+        """This error with more (a message that says more, its evidence, the failures retried before it):
+        a new error of its type, everything else the same, to raise as ``raise err.with_(...) from err``.
+        An error is complete when raised and never changed after; a note for people goes in ``add_note``."""
+        changes = {"message": message, "evidence": None if evidence is None else tuple(evidence),
+                   "retried": None if retried is None else tuple(retried)}
+        state = {**self.__dict__, **{k: v for k, v in changes.items() if v is not None}}
+        if "__notes__" in state:  # its own list: a note added to one is not the other's
+            state["__notes__"] = list(state["__notes__"])
+        new = type(self).__new__(type(self), state["message"])
+        new.__dict__.update(state)
+        return new
 
     @property
     def exit_code(self) -> int:
@@ -286,6 +323,32 @@ class CommandFailed(SshError):
     failed = "command failed"
 
 
+class QemuExited(GuestError):
+    """QEMU exited while pveoi still used it (mid-command, mid-boot, mid-QMP), classified.
+
+    The class (:mod:`e2e.vm.ending`: ``guest reset``, ``triple fault``, ``guest poweroff``,
+    ``panic``, ``OOM``, ``killed by signal``, ...) is named in the message with its evidence, e.g.
+    ``QEMU (pid 7) exited mid-command: guest reset (SHUTDOWN reason guest-reset; console:
+    'sysrq: Resetting')``. A panic is a finding about the guest kernel, every other class
+    infrastructure.
+
+    :param cause: the class.
+    :param evidence: what says so (QMP events, console and QEMU log lines, the exit status).
+    :param exitcode: QEMU's exit status.
+    """
+
+    def __init__(self, message: str, cause: str, evidence: Sequence[str] = (), exitcode: int | None = None,
+                 fix: str | None = None, kind: Kind | None = None) -> None:
+        super().__init__(message, fix, kind, cause=cause, evidence=evidence)
+        self.exitcode = exitcode
+
+
+class VhostStalled(GuestError):
+    """The virtual KVM host stopped running (:func:`e2e.vm.vhost.stall_reason`): infrastructure, so the
+    runner restarts it. Its class is :data:`e2e.vm.vhost.STALLED`, its evidence L1's CPUs as sampled over
+    QMP and the console's last lines (:func:`e2e.vm.vhost.vhost_error`)."""
+
+
 class MeasurementError(PveoiError):
     """perf cannot count here (capability), or lost what it counted (``kind=infrastructure``)."""
 
@@ -343,25 +406,3 @@ def write_error(path: Path, err: OSError) -> PveoiError:
                           fix=f"free space on {where} or write the file somewhere else")
     return PveoiError(f"cannot write {path} (filesystem {where}): {err.strerror or err}",
                       fix=f"make {path.parent} writable or write the file somewhere else")
-
-
-class QemuExited(GuestError):
-    """QEMU exited while pveoi still used it (mid-command, mid-boot, mid-QMP), classified.
-
-    The class (:mod:`e2e.vm.exitcause`: ``guest reset``, ``triple fault``, ``guest poweroff``,
-    ``panic``, ``OOM``, ``killed by signal``, ...) is named in the message with its evidence, e.g.
-    ``QEMU (pid 7) exited mid-command: guest reset (SHUTDOWN reason guest-reset; console:
-    'sysrq: Resetting')``. A panic is a finding about the guest kernel, every other class
-    infrastructure.
-
-    :param cause: the class.
-    :param evidence: what says so (QMP events, console and QEMU log lines, the exit status).
-    :param exitcode: QEMU's exit status.
-    """
-
-    def __init__(self, message: str, cause: str, evidence: Sequence[str] = (), exitcode: int | None = None,
-                 fix: str | None = None, kind: Kind | None = None) -> None:
-        super().__init__(message, fix, kind)
-        self.cause = cause
-        self.evidence = tuple(evidence)
-        self.exitcode = exitcode

@@ -56,8 +56,9 @@ import pytest
 
 if TYPE_CHECKING:
     from .build.image import GuestImage
-    from .host.doctor import Decision
-    from .measure.perf import Event, PerfStat
+    from .host.decision import Decision
+    from .measure.perf import PerfStat
+    from .measure.perf_events import Event
     from .model.plan import Arm
     from .model.result import Result
     from .vm.machine import Machine
@@ -175,9 +176,10 @@ def kvm_skip_reason(decision: Decision) -> str | None:
 def pveoi_kernel(pveoi_options: Options) -> Path:
     """The guest kernel: ``--pveoi-kernel``, else pveoi's own (built on first use, then cached)."""
     from .build import kernel
+    from .build.kentry import check_kernel_file
 
     if pveoi_options.kernel is not None:
-        kernel.check_kernel_file(pveoi_options.kernel)
+        check_kernel_file(pveoi_options.kernel)
         return pveoi_options.kernel
     return kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")
 
@@ -358,10 +360,8 @@ class GuestFactory:
         import time
 
         from .build.image import READY_PATTERN
-        from .measure.guest_counters import STATE_COMMAND, GuestState
         from .model.plan import Arm
-        from .run.ab import check_guest_arm, check_qmp_arm
-        from .vm.argv import DEFAULT_APPEND, MachineSpec
+        from .run.boot import boot, machine_spec
         from .vm.machine import Machine
 
         if arm is None:
@@ -369,23 +369,14 @@ class GuestFactory:
                       pv_eoi=self.options.pv_eoi if pv_eoi == "option" else pv_eoi,  # type: ignore[arg-type]
                       cpu_flags=tuple(cpu_flags), append=append, kernel=kernel, smp=smp)
         chosen = self.accel(accel)
-        spec = MachineSpec(kernel=arm.kernel or self.kernel, initrd=self.image.initrd,
-                           append=f"{DEFAULT_APPEND} {arm.append}".strip(), accel=chosen, pv_eoi=arm.pv_eoi,
-                           cpu_flags=arm.cpu_flags, smp=arm.smp or self.options.smp,
-                           memory_mb=self.options.memory_mb, paused=True,
-                           name=name or f"pveoi-{arm.name}-{len(self.machines)}")
+        spec = machine_spec(arm, kernel=self.kernel, initrd=self.image.initrd, accel=chosen, smp=self.options.smp,
+                            memory_mb=self.options.memory_mb, name=name or f"pveoi-{arm.name}-{len(self.machines)}")
         started = time.monotonic()
         machine = Machine(spec, READY_PATTERN)
         self.machines.append(machine)
-        self._stack.callback(machine.shutdown)
-        machine.launch()
-        tids = tuple(v.thread_id for v in machine.vcpus())
-        kvm = machine.query_kvm()["enabled"]
-        check_qmp_arm(arm, machine.pv_eoi_readback(), kvm)
-        machine.resume()
-        machine.wait_ready(self.options.boot_timeout)
-        ssh = machine.ssh(self.image.identity.private_key, self.image.host_key_line)
-        check_guest_arm(arm, GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout), kvm)
+        proven = boot(self._stack, machine, arm, private_key=self.image.identity.private_key,
+                      host_key_line=self.image.host_key_line, boot_timeout=self.options.boot_timeout)
+        ssh, tids = proven.ssh, tuple(proven.thread_ids)
         guest = Guest(machine, ssh, arm, chosen, tids, round(time.monotonic() - started, 2), _default_events)
         self.guests.append(guest)
         return guest

@@ -19,7 +19,7 @@ logs go to ``DIR/W-NN.json`` and ``DIR/logs-W-NN/``. The summary (``DIR/summary.
 Markdown table on stdout) gives, per workload: A/Bs, verdicts, the headline (EOI exits saved
 per injected interrupt) median, min, max, relative range and coefficient of variation, the
 trapped EOIs' reasons summed over every run (per-vector attribution), and every failed
-attempt with its class (guest reset, panic, OOM, ... from e2e.vm.exitcause) and logs. A failed
+attempt with its class (guest reset, panic, OOM, ... from e2e.vm.ending) and logs. A failed
 attempt whose class is empty, ``unknown`` or ``qemu running`` is *unexplained*; the goal is none.
 """
 
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from e2e.analysis.history import HEADLINES, Run  # noqa: E402
 from e2e.errors import SchemaError  # noqa: E402
-from e2e.measure.trace import armed_taken, source_counts  # noqa: E402
+from e2e.measure.trace_figures import armed_taken, source_counts  # noqa: E402
 from e2e.model.result import Result  # noqa: E402
 from e2e.model.workloads import WORKLOADS as DECLARED  # noqa: E402
 from e2e.util import spawn  # noqa: E402  (the checkout's own, like the pveoi it runs)

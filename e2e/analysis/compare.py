@@ -29,14 +29,15 @@ from typing import Any, cast
 
 from ..errors import ConfigError, Finding, MeasurementError
 from ..host.hostfacts import COUNTED
-from ..measure.trace import source_counts, source_trapped
+from ..measure.trace_figures import source_counts, source_trapped
 from ..model.plan import Arm
 from ..model.result import OWN, Agreement, Comparison, RunRecord, WorkloadResult, overall_verdict
 from ..model.workloads import Workload
+from ..util.paths import DATA
 from .rates import rate_test
 from .stats import MetricSummary, effect_difference, eoi_exits_saved_per_interrupt, summarize
 
-THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds.toml"
+THRESHOLDS = DATA / "thresholds.toml"
 
 
 def load_thresholds(workload: str, overrides: Mapping[str, float] | None = None,

@@ -313,8 +313,8 @@ def _no_vector(runs: Iterable[Mapping[str, Any]]) -> list[float] | None:
 
 
 def _taken(runs: Iterable[Mapping[str, Any]]) -> list[float]:
-    """Per on rep, PV EOIs per armed EOI (:func:`e2e.measure.trace.armed_taken`), where the run was traced."""
-    from ..measure.trace import armed_taken
+    """Per on rep, PV EOIs per armed EOI (:func:`e2e.measure.trace_figures.armed_taken`), where the run was traced."""
+    from ..measure.trace_figures import armed_taken
 
     out = []
     for r in runs:
@@ -338,7 +338,7 @@ def _sources(workload: str, w: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _own_trapped(run: Mapping[str, Any], sources: tuple[str, ...]) -> float | None:
-    from ..measure.trace import source_trapped
+    from ..measure.trace_figures import source_trapped
 
     trace = run.get("trace")
     return source_trapped(trace, sources) if isinstance(trace, Mapping) and sources else None

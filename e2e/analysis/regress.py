@@ -7,20 +7,8 @@ previous ``N`` good (``pass``) runs of the same runner reached the same way
 regressed when the latest run's mean over its reps is below the baseline's
 median (over the baseline runs' pooled reps) by more than that figure's
 **detection floor** on this runner, *and* a one-sided Mann-Whitney U test of
-the latest reps against the baseline reps gives ``p < alpha``.
-
-The detection floor comes from the figure's own run-to-run spread on this
-runner (:func:`detection_floor`): ``k`` robust standard errors of the
-difference, the robust SD of one rep being ``1.4826 * MAD`` of the pooled
-per-rep values of the runner's last ``spread_runs`` good runs, and never less
-than ``floor_rel`` of the baseline median nor ``floor_abs``. Until the runner
-has ``min_spread_reps`` such values (3 runs of 3 reps), its spread is not
-known, and the floor is the conservative relative ``rel`` (5 %). A fixed
-percentage alone would flag noise on a noisy runner and miss a real drop on a
-quiet one; the test alone would flag tiny, irrelevant shifts once the
-baseline is large. docs/nightly.md ("Reports, history and nightly regression
-checks") gives the rule's false-alarm and detection rates on synthetic nights
-drawn from real per-rep spreads.
+the latest reps against the baseline reps gives ``p < alpha``: the rule of
+:mod:`e2e.analysis.droprule`.
 
 Also flagged: a verdict that turned from pass to fail, from measurable to not
 measurable, and a workload that stopped being run; on request, a runner whose
@@ -42,10 +30,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..host.conditions import unusual
+from .droprule import CheckSettings, Decision, Floor, decide, detection_floor, median_of
 from .history import HEADLINES, TIMING_REASONS, History, Record, Run, records
 
 Kind = Literal["drop", "rise", "fail", "not-measurable", "missing", "stale", "never-measured"]
-#: What a finding means for the night: a regression exits 1; a warning is shown first and exits 0.
+#: What a flag means for the night: a regression exits 1; a warning is shown first and exits 0.
 Severity = Literal["regression", "warning"]
 #: The figures that measure PV EOI itself (the workload's own interrupts, PV EOI taken when armed): a
 #: drop of one of them is a regression on its first night. The headline and the kvm_exit reduction also
@@ -58,37 +47,8 @@ NO_VECTOR_TOLERANCE = 0.002
 
 
 @dataclass(frozen=True)
-class CheckSettings:
-    """:param baseline: good runs in the baseline (its median and the test's pool);
-    :param rel: the relative drop threshold while a runner's spread is not known yet (fewer than
-        ``min_spread_reps`` per-rep values);
-    :param alpha: level of the one-sided test;
-    :param k: robust standard errors a drop must exceed once the spread is known;
-    :param spread_runs: good runs whose pooled per-rep values give the spread (the baseline's and older);
-    :param min_spread_reps: per-rep values needed before the spread is trusted;
-    :param floor_rel: the smallest drop ever flagged, relative to the baseline median;
-    :param floor_abs: the same in the figure's own units (for a figure near zero);
-    :param max_age_hours: flag a runner whose newest result is older (an A/B that wrote nothing);
-    :param require_measurable: flag a runner none of whose results measured PV EOI (all not measurable or
-        error), which is otherwise only a note (a CI runner that can never measure must not pass silently)."""
-
-    baseline: int = 5
-    rel: float = 0.05
-    alpha: float = 0.05
-    k: float = 3.0
-    spread_runs: int = 10
-    min_spread_reps: int = 9
-    floor_rel: float = 0.005
-    floor_abs: float = 0.002
-    max_age_hours: float | None = None
-    require_measurable: bool = False
-    now: float | None = None  # epoch seconds (default: the clock)
-    strict: bool = False  # every finding a regression (the rule before warnings existed)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One regression: what, where, by how much, since which run."""
+class Flag:
+    """One flag of the check (a regression or a warning): what, where, by how much, since which run."""
 
     kind: Kind
     runner: str
@@ -107,48 +67,6 @@ class Finding:
                                                "before", "after", "p_value", "floor", "severity")}
 
 
-@dataclass(frozen=True)
-class Floor:
-    """The detection floor of one headline figure on one runner: the smallest drop of the latest
-    run's mean (below the baseline median) that ``--check`` flags, given the runner's spread.
-
-    :param center: the baseline median.
-    :param threshold: the floor, in the figure's units.
-    :param spread: robust SD of one rep (``1.4826 * MAD``); None while the spread is not known.
-    :param basis: ``spread`` (k standard errors), ``minimum`` (``floor_rel``/``floor_abs`` bind) or
-        ``relative`` (too few values for a spread: ``rel``).
-    :param n_latest: reps of the latest run it applies to; :param n_baseline: baseline reps;
-    :param n_spread: per-rep values behind ``spread``, from ``spread_runs`` runs.
-    """
-
-    center: float
-    threshold: float
-    spread: float | None
-    basis: Literal["spread", "minimum", "relative"]
-    n_latest: int
-    n_baseline: int
-    n_spread: int
-    spread_runs: int
-
-    @property
-    def relative(self) -> float:
-        return self.threshold / abs(self.center) if self.center else math.inf
-
-    def describe(self) -> str:
-        head = f"flags a drop > {self.threshold:.4f} ({self.relative:.2%}) below {self.center:.4f}"
-        if self.basis == "relative":
-            return (f"{head}: the relative --threshold, as the runner's spread is not known yet "
-                    f"({self.n_spread} per-rep value(s))")
-        why = (f"k SE of the difference, spread {self.spread:.4f} per rep (robust SD of {self.n_spread} reps "
-               f"of {self.spread_runs} run(s)), {self.n_latest} rep(s) vs {self.n_baseline}")
-        return f"{head}: {why}" if self.basis == "spread" else f"{head}: the minimum floor ({why} gives less)"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"center": self.center, "threshold": self.threshold, "relative": self.relative,
-                "spread": self.spread, "basis": self.basis, "n_latest": self.n_latest,
-                "n_baseline": self.n_baseline, "n_spread": self.n_spread, "spread_runs": self.spread_runs}
-
-
 @dataclass
 class GroupStatus:
     """The check's view of one runner and workload (also what the reports show)."""
@@ -164,7 +82,7 @@ class GroupStatus:
 
 @dataclass
 class CheckResult:
-    findings: list[Finding]
+    flags: list[Flag]
     groups: list[GroupStatus]
 
     @property
@@ -172,130 +90,12 @@ class CheckResult:
         return 1 if self.regressions else 0
 
     @property
-    def regressions(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "regression"]
+    def regressions(self) -> list[Flag]:
+        return [f for f in self.flags if f.severity == "regression"]
 
     @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-
-def _median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else math.nan
-
-
-def one_sided_p(latest: Sequence[float], baseline: Sequence[float]) -> float:
-    """p-value that ``latest`` is stochastically smaller than ``baseline`` (Mann-Whitney U).
-
-    Exact when there are no ties; 1.0 when either side is empty.
-    """
-    if not latest or not baseline:
-        return 1.0
-    from scipy import stats as sps
-
-    tied = len(set(latest) | set(baseline)) < len(latest) + len(baseline)
-    res = sps.mannwhitneyu(list(latest), list(baseline), alternative="less",
-                           method="asymptotic" if tied else "exact")
-    return float(res.pvalue)
-
-
-def min_p(n_latest: int, n_baseline: int) -> float:
-    """The smallest p-value the exact one-sided test can give for these sample sizes."""
-    if not n_latest or not n_baseline:
-        return 1.0
-    return 1.0 / math.comb(n_latest + n_baseline, n_latest)
-
-
-def robust_sd(values: Sequence[float]) -> float:
-    """A robust standard deviation of one rep: the plain SD of the values within 3.5 ``1.4826 * MAD``
-    of their median (a wild rep is left out, as the MAD would; the rest are used as efficiently as
-    an SD, where the MAD alone would need about 2.7 times as many reps for the same precision)."""
-    med = _median(values)
-    mad = 1.4826 * _median([abs(v - med) for v in values])
-    kept = [v for v in values if abs(v - med) <= 3.5 * mad] if mad > 0 else list(values)
-    return statistics.stdev(kept) if len(kept) >= 2 else mad
-
-
-def detection_floor(baseline: Sequence[float], spread: Sequence[float], n_latest: int,
-                    settings: CheckSettings, spread_runs: int = 0) -> Floor:
-    """The smallest drop of a latest run's mean below ``median(baseline)`` that the check flags.
-
-    With the robust SD ``s`` of one rep (:func:`robust_sd` of ``spread``), the difference between
-    the mean of ``n`` latest reps and the median of ``m`` baseline reps has a standard error of
-    about ``s * sqrt(1/n + pi/(2m))`` (the median's variance is pi/2 times the mean's); the floor
-    is ``k`` of those, ``k`` widened as a Student t quantile with ``len(spread) - 1`` degrees of
-    freedom (an SD from 9 reps may well be low, from 30 less so), and at least
-    ``floor_rel * |median|`` and ``floor_abs``. With fewer than ``min_spread_reps`` values in
-    ``spread`` it is ``rel * |median|``.
-
-    :param baseline: the baseline's pooled per-rep values (non-empty).
-    :param spread: the pooled per-rep values the spread is measured on (the baseline's and older).
-    :param n_latest: reps in the latest run.
-    :param spread_runs: how many runs ``spread`` came from (for the record).
-    """
-    center = _median(baseline)
-    n_latest = max(1, n_latest)
-    if len(spread) < max(2, settings.min_spread_reps):
-        return Floor(center, settings.rel * abs(center), None, "relative", n_latest, len(baseline), len(spread),
-                     spread_runs)
-    from scipy import stats as sps
-
-    sd = robust_sd(spread)
-    k = float(sps.t.ppf(sps.norm.cdf(settings.k), len(spread) - 1))
-    noise = k * sd * math.sqrt(1 / n_latest + math.pi / (2 * len(baseline)))
-    minimum = max(settings.floor_rel * abs(center), settings.floor_abs)
-    return Floor(center, max(noise, minimum), sd, "spread" if noise >= minimum else "minimum", n_latest,
-                 len(baseline), len(spread), spread_runs)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether a latest run's reps dropped below a baseline: the evidence either way.
-
-    :param flagged: a regression; :param drop: ``median(baseline) - mean(latest)``;
-    :param p_value: the one-sided Mann-Whitney p; :param how: the evidence (flagged) or why not.
-    """
-
-    flagged: bool
-    before: float
-    after: float
-    p_value: float
-    floor: Floor
-    how: str
-
-    @property
-    def drop(self) -> float:
-        return self.before - self.after
-
-
-def decide(latest: Sequence[float], baseline: Sequence[float], spread: Sequence[float],
-           settings: CheckSettings, spread_runs: int = 0) -> Decision:
-    """The rule of :mod:`e2e.analysis.regress` on bare per-rep values (pure; what :func:`check` applies to
-    every headline figure, and what the rate simulations of the unit tests call directly).
-
-    :param latest: the latest run's per-rep values (non-empty).
-    :param baseline: the baseline runs' pooled per-rep values (non-empty).
-    :param spread: the per-rep values the spread is measured on.
-    """
-    floor = detection_floor(baseline, spread, len(latest), settings, spread_runs)
-    after = statistics.fmean(latest)
-    before = floor.center
-    p = one_sided_p(latest, baseline)
-    if not before - after > floor.threshold:
-        return Decision(False, before, after, p, floor, "within the detection floor")
-    if min_p(len(latest), len(baseline)) >= settings.alpha:
-        # Too few values for the test to ever reach alpha (e.g. --runs 1): require instead that
-        # every rep lies below every baseline rep, i.e. beyond the baseline's whole spread.
-        if max(latest) < min(baseline):
-            return Decision(True, before, after, p, floor, f"too few reps for a test; all {len(latest)} below "
-                            f"all {len(baseline)} baseline reps")
-        return Decision(False, before, after, p, floor, f"too few reps ({len(latest)} vs {len(baseline)}) for a "
-                        "test, and not below the whole baseline; not flagged")
-    if p >= settings.alpha:
-        return Decision(False, before, after, p, floor, f"beyond the detection floor {floor.threshold:.4f} but "
-                        f"within the runs' spread (p={p:.3f} >= {settings.alpha}); not flagged")
-    return Decision(True, before, after, p, floor,
-                    f"one-sided Mann-Whitney p={p:.4f}, {len(latest)} reps vs {len(baseline)}")
+    def warnings(self) -> list[Flag]:
+        return [f for f in self.flags if f.severity == "warning"]
 
 
 def _values(rec: Record, key: str) -> list[float]:
@@ -336,7 +136,7 @@ def _decide(recs: Sequence[Record], mine: Sequence[float], key: str, mode: str,
     return decide(mine, _pooled(base, key), _pooled(spread, key), settings, len(spread))
 
 
-def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSettings) -> Finding | None:
+def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSettings) -> Flag | None:
     latest = recs[-1]
     if latest.verdict not in ("pass", "fail"):  # "error"/"not-measurable" figures are not a measurement
         return None
@@ -362,7 +162,7 @@ def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSetti
     before, after = decision.before, decision.after
     rel = (after - before) / abs(before) if before else math.nan
     n_base = len(_good(recs[:start], key, latest.run.mode)[-settings.baseline:])
-    return Finding(
+    return Flag(
         "drop", group.runner, group.workload,
         f"{label} dropped {before:.3f} -> {after:.3f} ({rel:+.1%}; detection floor {decision.floor.threshold:.4f} "
         f"({decision.floor.relative:.2%}); {decision.how} from {n_base} good run(s)) since run {since}",
@@ -370,7 +170,7 @@ def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSetti
         floor=decision.floor.threshold)
 
 
-def _verdict_change(group: GroupStatus, recs: list[Record]) -> Finding | None:
+def _verdict_change(group: GroupStatus, recs: list[Record]) -> Flag | None:
     latest = recs[-1]
     if latest.verdict == "pass":
         return None
@@ -382,32 +182,32 @@ def _verdict_change(group: GroupStatus, recs: list[Record]) -> Finding | None:
     why = "; ".join(latest.reasons[:2])
     if bad == "fail":
         was = "turned from pass to fail" if i > 0 and recs[i - 1].verdict == "pass" else "fails"
-        return Finding("fail", group.runner, group.workload, f"verdict {was} since run {since}: {why}", since=since)
+        return Flag("fail", group.runner, group.workload, f"verdict {was} since run {since}: {why}", since=since)
     if any(r.measurable for r in recs[:i]):
-        return Finding("not-measurable", group.runner, group.workload,
+        return Flag("not-measurable", group.runner, group.workload,
                        f"verdict turned from measurable to {latest.verdict} since run {since}: {why}", since=since)
     group.notes.append(f"never measurable on this runner ({latest.verdict}): {why}")
     return None
 
 
-def _stale(runner: str, latest: Run, settings: CheckSettings) -> Finding | None:
+def _stale(runner: str, latest: Run, settings: CheckSettings) -> Flag | None:
     if settings.max_age_hours is None:
         return None
     try:
         created = calendar.timegm(time.strptime(latest.created, "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:
-        return Finding("stale", runner, "(all)", f"newest result {latest.name} has no readable time "
+        return Flag("stale", runner, "(all)", f"newest result {latest.name} has no readable time "
                        f"({latest.created!r})", since=latest.name)
     age = ((settings.now if settings.now is not None else time.time()) - created) / 3600
     if age <= settings.max_age_hours:
         return None
-    return Finding("stale", runner, "(all)",
+    return Flag("stale", runner, "(all)",
                    f"newest result is {age:.1f} h old (run {latest.name}), more than --max-age "
                    f"{settings.max_age_hours:g} h: the last A/B on this runner recorded nothing", since=latest.name)
 
 
-def _never_measured(history: History, runner: str, runs: Sequence[Run], settings: CheckSettings) -> Finding | None:
-    """With ``require_measurable``: a finding if no result of ``runner`` ever measured PV EOI."""
+def _never_measured(history: History, runner: str, runs: Sequence[Run], settings: CheckSettings) -> Flag | None:
+    """With ``require_measurable``: a flag if no result of ``runner`` ever measured PV EOI."""
     if not settings.require_measurable:
         return None
     workloads = sorted({w for run in runs for w in run.workloads()})
@@ -417,7 +217,7 @@ def _never_measured(history: History, runner: str, runs: Sequence[Run], settings
     latest = runs[-1]
     why = str(latest.doc.get("reason") or "") or "; ".join(
         reason for w in workloads for rec in records(history, runner, w)[-1:] for reason in rec.reasons[:1])
-    return Finding("never-measured", runner, "(all)",
+    return Flag("never-measured", runner, "(all)",
                    f"none of its {len(runs)} result(s) measured PV EOI ({tally}); latest {latest.name}: "
                    f"{latest.verdict}{': ' + why if why else ''}", since=runs[0].name)
 
@@ -436,7 +236,7 @@ def _group_floor(recs: Sequence[Record], key: str, settings: CheckSettings) -> F
 def check(history: History, settings: CheckSettings | None = None) -> CheckResult:
     """Compare every runner's latest runs with their baselines (pure)."""
     settings = settings or CheckSettings()
-    findings: list[Finding] = []
+    flags: list[Flag] = []
     groups: list[GroupStatus] = []
     newest = {r.runner_id: r for r in history.runs}  # each machine's newest run, whatever its stack
     for runner in history.runners():
@@ -445,10 +245,10 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
         if latest_run is newest[latest_run.runner_id]:  # a stack the runner left behind is not stale
             stale = _stale(runner, latest_run, settings)
             if stale:
-                findings.append(stale)
+                flags.append(stale)
             never = _never_measured(history, runner, runs, settings)
             if never:
-                findings.append(never)
+                flags.append(never)
         seen = sorted({w for r in runs for w in r.workloads()})
         if not seen:
             groups.append(GroupStatus(runner, "(none)", None,
@@ -459,7 +259,7 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
             group = GroupStatus(runner, workload, recs[-1] if recs else None)
             groups.append(group)
             if recs[-1].run is not latest_run:
-                findings.append(Finding(
+                flags.append(Flag(
                     "missing", runner, workload,
                     f"workload missing from the latest run {latest_run.name} (last run in {recs[-1].run.name})",
                     since=latest_run.name))
@@ -473,7 +273,7 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
             for key in HEADLINES:
                 pooled = [v for r in group.baseline for v in r.samples[key]]
                 if pooled:
-                    group.band[key] = (min(pooled), _median(pooled), max(pooled))
+                    group.band[key] = (min(pooled), median_of(pooled), max(pooled))
                 floor = _group_floor(recs, key, settings)
                 if floor is not None:
                     group.floors[key] = floor  # _drop refines it when the latest run dropped
@@ -481,18 +281,18 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
                 group.notes.append("first run of this workload on this runner: nothing to compare with")
             verdict = _verdict_change(group, recs)
             if verdict:
-                findings.append(verdict)
+                flags.append(verdict)
             drops = [d for d in (_drop(group, recs, key, settings) for key in HEADLINES) if d is not None]
             drops = [_with_timing(d, recs, group, drops) for d in drops]
-            findings.extend(drops if settings.strict else _grade(drops, recs))
+            flags.extend(drops if settings.strict else _grade(drops, recs))
             rise = _no_vector_rise(group, recs)
             if rise is not None:
-                findings.append(rise)
-    findings.sort(key=lambda f: f.severity != "warning")  # warnings first: what the reader sees first
-    return CheckResult(findings, groups)
+                flags.append(rise)
+    flags.sort(key=lambda f: f.severity != "warning")  # warnings first: what the reader sees first
+    return CheckResult(flags, groups)
 
 
-def _grade(drops: list[Finding], recs: Sequence[Record]) -> list[Finding]:
+def _grade(drops: list[Flag], recs: Sequence[Record]) -> list[Flag]:
     """Drops of the headline figures alone, on the latest night alone, while the figures that measure PV
     EOI itself were measured and held: warnings (a loaded night moves the headline); everything else
     stays a regression."""
@@ -509,7 +309,7 @@ def _grade(drops: list[Finding], recs: Sequence[Record]) -> list[Finding]:
     return [replace(d, severity="warning", message=d.message + note) for d in drops]
 
 
-def _no_vector_rise(group: GroupStatus, recs: Sequence[Record]) -> Finding | None:
+def _no_vector_rise(group: GroupStatus, recs: Sequence[Record]) -> Flag | None:
     """EOIs with no vector in service per injected interrupt above the baseline's highest (or above 0
     without one) by more than :data:`NO_VECTOR_TOLERANCE`: the guest wrote EOIs it had no interrupt for."""
     latest = recs[-1]
@@ -521,13 +321,13 @@ def _no_vector_rise(group: GroupStatus, recs: Sequence[Record]) -> Finding | Non
     if now <= ceiling + NO_VECTOR_TOLERANCE:
         return None
     label = "EOIs with no vector in service per interrupt"
-    return Finding("rise", group.runner, group.workload,
+    return Flag("rise", group.runner, group.workload,
                    f"{label} rose {ceiling:.4f} -> {now:.4f} (more than {NO_VECTOR_TOLERANCE} above the baseline's "
                    f"highest): the guest wrote EOIs with no interrupt in service (a second EOI after a PV EOI?) "
                    f"since run {latest.run.name}", since=latest.run.name, metric=label, before=ceiling, after=now)
 
 
-def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drops: Sequence[Finding]) -> Finding:
+def _with_timing(drop: Flag, recs: Sequence[Record], group: GroupStatus, drops: Sequence[Flag]) -> Flag:
     """A headline drop, with what the per-event trace says of it: when PV EOI taken when armed did
     not drop while more EOIs trapped for timing reasons (:data:`e2e.analysis.history.TIMING_REASONS`) than in
     the baseline, the message says so, and whether the workload's own interrupts (EOI exits saved
@@ -539,17 +339,17 @@ def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drop
             or latest.value.get("pv_taken") is None):
         return drop
     base = [r.timing for r in group.baseline if r.timing is not None]
-    if latest.timing is None or not base or latest.timing <= _median(base):
+    if latest.timing is None or not base or latest.timing <= median_of(base):
         return drop
     note = (f"; the trace: PV EOI taken when armed held at {latest.value['pv_taken']:.4f}, while EOIs trapped "
-            f"for timing reasons ({', '.join(TIMING_REASONS)}) rose from {_median(base):.2%} to "
+            f"for timing reasons ({', '.join(TIMING_REASONS)}) rose from {median_of(base):.2%} to "
             f"{latest.timing:.2%} of injected interrupts")
     # The own figure as the drop rule sees it: baseline median of pooled reps, the latest reps' mean,
     # and "held" only within its floor (not merely "not flagged").
     own_base, own_now = _pooled(group.baseline, "own_saved"), _values(latest, "own_saved")
     floor = group.floors.get("own_saved")
     if own_base and own_now and floor is not None and not any(d.metric == own_label for d in drops):
-        before, after = _median(own_base), statistics.fmean(own_now)
+        before, after = median_of(own_base), statistics.fmean(own_now)
         if before - after <= floor.threshold:
             note += (f", and the workload's own interrupts held ({own_label} {before:.3f} -> {after:.3f}, "
                      f"within its floor {floor.threshold:.4f})")
@@ -557,10 +357,10 @@ def _with_timing(drop: Finding, recs: Sequence[Record], group: GroupStatus, drop
     return replace(drop, message=drop.message + note)
 
 
-def format_findings(result: CheckResult) -> str:
+def format_flags(result: CheckResult) -> str:
     """What ``--check`` prints: each warning, then each regression, on one line; then a summary line."""
     lines = [f"{'WARNING' if f.severity == 'warning' else 'REGRESSION'} [{f.runner}] {f.workload}: {f.message}"
-             for f in result.findings]
+             for f in result.flags]
     for g in result.groups:
         lines.extend(f"note [{g.runner}] {g.workload}: {n}" for n in g.notes)
     lines.extend(format_floors(result))

@@ -12,8 +12,16 @@ Building what a guest boots, one module per job:
 * :mod:`.kbuild`: the persistent build trees and ccache that make kernel
   rebuilds incremental.
 
+* :mod:`.kconfig`: Kconfig fragments: parse, merge, render, the options a
+  build dropped, each flavour's fragments;
+* :mod:`.bases`: the kernel bases pveoi ships a guest series for, and applying
+  a patch series to a tree;
 * :mod:`.kernel`: building a guest or host kernel from a base's source and
   pveoi's patch series;
+* :mod:`.prebuilt`: kernels pveoi does not build (a path, a URL, Debian's
+  package) put into the cache;
+* :mod:`.kentry`: a kernel's cache entry: finding and checking the entry a
+  kernel file lies in, its manifest;
 * :mod:`.bzimage`: a bzImage's header and contents;
 * :mod:`.cache`: the content-addressed cache everything above lives in, and
   :mod:`.cachegc`: its size cap and pruning.

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import shutil
 import struct
-import subprocess
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..util import command
 
 SECTOR = 512
 BOOT_FLAG = 0xAA55
@@ -175,9 +175,9 @@ def vmlinux(path: Path) -> bytes:
     if tool is None:
         raise ConfigError(f"{fmt.argv[0]} not found (the kernel {path} is {fmt.name}-compressed)",
                           fix=f"apt-get install {fmt.package}")
-    proc = subprocess.run([tool, *fmt.argv[1:]], input=payload, capture_output=True, check=False)
+    proc = command.run_bytes([tool, *fmt.argv[1:]], input=payload, check=False)
     if not proc.stdout.startswith(b"\x7fELF"):
-        detail = proc.stderr.decode(errors="replace").strip()[-200:] or f"exit {proc.returncode}"
+        detail = proc.stderr.strip()[-200:] or f"exit {proc.returncode}"
         raise ConfigError(f"cannot expand the {fmt.name}-compressed kernel in {path}: {detail}",
                           fix="copy or download it again")
     return proc.stdout

@@ -11,12 +11,12 @@ import re
 import shutil
 import stat
 import struct
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError, ConfigError
+from ..util import command
 from .cache import sha256_file
 
 
@@ -97,7 +97,7 @@ def shared_libraries(binary: Path) -> list[str]:
     if interp is None:
         return []
     ldd = shutil.which("ldd") or LDD.path
-    proc = subprocess.run([ldd, str(binary)], capture_output=True, text=True, check=False)
+    proc = command.run([ldd, str(binary)], check=False)
     if proc.returncode != 0:
         raise BuildError(f"ldd {binary} failed: {(proc.stderr or proc.stdout).strip()[-200:]}",
                          fix=f"check that {binary} runs on this machine")

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import stat
-import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +35,14 @@ from typing import Any
 
 from ..errors import BuildError, ConfigError
 from ..util import command
+from ..util.paths import REPO_ROOT
 from ..util.progress import Progress
 from ..util.tmpdirs import tempdir
 from .bzimage import read_setup_header
 from .cache import MANIFEST, Built, Cache, CacheEntry, content_hash, corrupt_entry_error, entry_problem
 from .cpio import ImageTree, write_initrd
 from .elf import HostFile, Tool, collect_host_files, find_tool
-from .kernel import entry_of
+from .kentry import entry_of
 from .modules import (
     WANTED_MODULES,
     KernelModules,
@@ -54,7 +54,6 @@ from .sshkey import SshIdentity, ssh_identity
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 GUEST_DIR = REPO_ROOT / "images" / "guest"
 INIT_SCRIPT = GUEST_DIR / "init"
 LOAD_SOURCE = GUEST_DIR / "pveoi-load.c"
@@ -204,8 +203,7 @@ def busybox_applets(busybox: Path) -> list[str]:
 def package_versions(packages: Iterable[str]) -> dict[str, str]:
     """``dpkg-query`` versions of installed packages (missing ones are left out)."""
     names = sorted(set(packages))
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Package}\t${Version}\n", *names],
-                          capture_output=True, text=True, check=False)
+    proc = command.run(["dpkg-query", "-W", "-f=${Package}\t${Version}\n", *names], check=False)
     versions = {}
     for line in proc.stdout.splitlines():
         pkg, _, version = line.partition("\t")

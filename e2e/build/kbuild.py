@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError, ConfigError
+from ..util import command
 from .cache import Cache, atomic_write, content_hash
 
 log = logging.getLogger(__name__)
@@ -53,6 +52,8 @@ CCACHE_NAME = "ccache"
 CCACHE_MAXSIZE = "5G"
 SYNC_EXCLUDES = (".git", "*.o", "*.cmd")
 """Left out of the private copy: history and the objects of a build made in the user's tree."""
+SYNC_TIMEOUT = 3600.0
+"""Seconds rsync may take to copy a kernel tree (a first copy of a full tree on a slow disk: minutes)."""
 
 
 def tree_key(source_kind: str, source_path: Path, flavour: str, config: str) -> str:
@@ -160,7 +161,7 @@ def sync_tree(source: Path, dest: Path, excludes: Sequence[str] = SYNC_EXCLUDES)
     if shutil.which("rsync") is None:
         raise ConfigError("rsync not found", fix="apt-get install rsync (host_config/install-deps.sh)")
     dest.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(rsync_argv(source, dest, excludes), capture_output=True, text=True, check=False)
+    proc = command.run(rsync_argv(source, dest, excludes), timeout=SYNC_TIMEOUT, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise BuildError(f"rsync {source} -> {dest} failed: {tail[0]}", fix=f"check that {source} is readable")
@@ -200,8 +201,7 @@ def ccache_stats(comp: Compiler) -> dict[str, int]:
     """ccache's hit and miss counters (``ccache --print-stats``), {} without ccache."""
     if not comp.uses_ccache:
         return {}
-    proc = subprocess.run(["ccache", "--print-stats"], capture_output=True, text=True, check=False,
-                          env=dict(os.environ, **comp.env))
+    proc = command.run(["ccache", "--print-stats"], env=comp.env, check=False)
     stats = {}
     for line in proc.stdout.splitlines():
         name, _, value = line.partition("\t")

@@ -13,13 +13,13 @@ archive's ``modules.builtin`` tells a built-in driver from a missing one.
 from __future__ import annotations
 
 import logging
-import subprocess
 import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError, ConfigError
+from ..util import command
 from ..util.tmpdirs import tempdir
 from .bzimage import config_values, embedded_config, vmlinux
 from .cache import CacheEntry, sha256_file
@@ -118,8 +118,7 @@ def modinfo_depends(module: Path) -> tuple[str, ...]:
     :raises BuildError: if ``modinfo`` cannot read the module.
     """
     modinfo = find_tool(MODINFO)
-    proc = subprocess.run([str(modinfo), "-F", "depends", str(module)], capture_output=True, text=True,
-                          check=False)
+    proc = command.run([str(modinfo), "-F", "depends", str(module)], check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise BuildError(f"modinfo {module.name} failed: {detail[0]}", fix=_REFETCH)
@@ -160,9 +159,9 @@ def decompressed(path: Path) -> tuple[str, bytes]:
     tool = _DECOMPRESS.get(path.suffix) if path.name.endswith(MODULE_SUFFIXES[:-1]) else None
     if tool is None:
         return path.name, path.read_bytes()
-    proc = subprocess.run([str(find_tool(tool)), "-dc", str(path)], capture_output=True, check=False)
+    proc = command.run_bytes([str(find_tool(tool)), "-dc", str(path)], check=False)
     if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip()[-200:] or f"exit {proc.returncode}"
+        detail = proc.stderr.strip()[-200:] or f"exit {proc.returncode}"
         raise BuildError(f"{tool.name} -dc {path.name} failed: {detail}", fix=_REFETCH)
     return path.name[: -len(path.suffix)], proc.stdout
 

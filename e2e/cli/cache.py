@@ -8,16 +8,43 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, PveoiError
+from .common import SubParsers
 
 log = logging.getLogger("e2e.cli")
 
 
+@dataclass(frozen=True)
+class CacheDuOptions:
+    """``pveoi cache du``'s options."""
+
+    json: bool
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> CacheDuOptions:
+        return cls(json=ns.json)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+@dataclass(frozen=True)
+class CachePruneOptions:
+    """``pveoi cache prune``'s options; ``history`` the histories whose kernels and images stay."""
+
+    max_size: str | None
+    keep_days: float | None
+    history: tuple[Path, ...]
+    include_history: bool
+    dry_run: bool
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> CachePruneOptions:
+        return cls(max_size=ns.max_size, keep_days=ns.keep_days, history=tuple(ns.history),
+                   include_history=ns.include_history, dry_run=ns.dry_run)
+
+
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser("cache", help="what the cache holds (du) and reclaiming it (prune); capped automatically",
                        description="pveoi's cache ($PVEOI_CACHE, default ~/.cache/pveoi) by kind, and pruning it. "
                                    "After every A/B and kernel build the cache is capped at $PVEOI_CACHE_MAX "
@@ -43,12 +70,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _cmd_cache_du(args: argparse.Namespace) -> int:
+    return du(CacheDuOptions.from_args(args))
+
+
+def du(opts: CacheDuOptions) -> int:
+    """Print the cache's size by kind."""
     from ..build.cache import cache_root
-    from ..build.cachegc import KINDS, du, human
+    from ..build.cachegc import KINDS, human
+    from ..build.cachegc import du as sizes_of
 
     root = cache_root()
-    sizes = du(root)
-    if args.json:
+    sizes = sizes_of(root)
+    if opts.json:
         print(json.dumps({"root": str(root), "kinds": {k: {"entries": n, "bytes": b} for k, (n, b) in sizes.items()},
                           "bytes": sum(b for _, b in sizes.values())}, indent=2))
         return 0
@@ -66,17 +99,23 @@ def _histories(given: Sequence[Path]) -> list[Path]:
 
 
 def _cmd_cache_prune(args: argparse.Namespace) -> int:
-    from ..build.cache import cache_root
-    from ..build.cachegc import parse_size, prune
+    return prune(CachePruneOptions.from_args(args))
 
-    if args.max_size is None and args.keep_days is None:
+
+def prune(opts: CachePruneOptions) -> int:
+    """Prune the cache (or say what would go); print what went."""
+    from ..build.cache import cache_root
+    from ..build.cachegc import parse_size
+    from ..build.cachegc import prune as prune_cache
+
+    if opts.max_size is None and opts.keep_days is None:
         raise ConfigError("prune needs --max-size or --keep-days", fix="e.g. pveoi cache prune --max-size 10G")
-    if args.keep_days is not None and args.keep_days < 0:
+    if opts.keep_days is not None and opts.keep_days < 0:
         raise ConfigError("--keep-days must be 0 or more", fix="pass e.g. --keep-days 14")
-    limit = parse_size(args.max_size) if args.max_size is not None else None
-    report = prune(cache_root(), max_size=limit, keep_days=args.keep_days, histories=_histories(args.history),
-                   include_history=args.include_history, dry_run=args.dry_run)
-    for line in report.lines(args.dry_run):
+    limit = parse_size(opts.max_size) if opts.max_size is not None else None
+    report = prune_cache(cache_root(), max_size=limit, keep_days=opts.keep_days, histories=_histories(opts.history),
+                         include_history=opts.include_history, dry_run=opts.dry_run)
+    for line in report.lines(opts.dry_run):
         print(line)
     return 0
 

@@ -3,9 +3,10 @@ Host capability probes: what this machine's KVM, perf and QEMU can do.
 
 Everything here reads files under a *root* directory (``/`` by default) so the
 unit tests can point the probes at a fixture tree, and runs commands through
-an injectable :data:`RunCommand`. Nothing is probed at import time, nothing is
-changed on the host, and a missing file or binary is a fact to report, never
-an exception.
+an injectable :data:`~e2e.host.tools.RunCommand` (:mod:`e2e.host.tools` asks perf
+and QEMU; :mod:`e2e.host.access` says who may open ``/dev/kvm`` and the cache).
+Nothing is probed at import time, nothing is changed on the host, and a missing
+file or binary is a fact to report, never an exception.
 
 What is probed (see :class:`HostFacts`):
 
@@ -32,18 +33,16 @@ instruction emulator.
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
-import re
 import stat
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .access import probe_cache, probe_kvm_dev_owner, user_name
 from .hostfacts import TRACEFS_DIRS, TRACEPOINTS, TracefsFacts, cpu_flags, probe_tracefs, vendor_of
+from .tools import PERF_BINARY, QEMU_BINARY, RunCommand, probe_tools, run_command
 
 log = logging.getLogger(__name__)
 
@@ -59,56 +58,6 @@ NEEDED_TRACEPOINTS: tuple[str, ...] = TRACEPOINTS
 #: Capability bits (include/uapi/linux/capability.h) that let perf count kernel events.
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
-
-DEFAULT_TIMEOUT = 30.0
-QEMU_BINARY = "qemu-system-x86_64"
-PERF_BINARY = "perf"
-
-
-@dataclass(frozen=True)
-class CommandOutput:
-    """What one probe command produced.
-
-    :param ok: the command ran and exited 0.
-    :param output: its stdout and stderr, concatenated.
-    :param error: why it did not succeed (missing binary, timeout, exit code), or None.
-    """
-
-    ok: bool
-    output: str
-    error: str | None = None
-
-
-#: Runs one command (an argument list) and reports what happened; never raises
-#: for a missing binary, a timeout or a non-zero exit.
-RunCommand = Callable[[Sequence[str]], CommandOutput]
-
-
-def run_command(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> CommandOutput:
-    """Run a probe command without a shell, in the C locale, with a deadline.
-
-    :param argv: the command and its arguments.
-    :param timeout: seconds before the command is killed.
-    :returns: the outcome; a missing binary, a timeout or a non-zero exit
-        status becomes ``ok=False`` with an ``error`` sentence.
-    """
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              env=env, stdin=subprocess.DEVNULL, check=False, errors="replace")
-    except FileNotFoundError:
-        return CommandOutput(False, "", f"{argv[0]} not found")
-    except PermissionError as err:
-        return CommandOutput(False, "", f"{argv[0]} is not executable: {err}")
-    except subprocess.TimeoutExpired:
-        return CommandOutput(False, "", f"{argv[0]} did not finish within {timeout:.0f}s")
-    except OSError as err:
-        return CommandOutput(False, "", f"{argv[0]} could not run: {err}")
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        tail = output.strip().splitlines()[-1:] or [""]
-        return CommandOutput(False, output, f"{argv[0]} exited with {proc.returncode}: {tail[0]}")
-    return CommandOutput(True, output)
 
 
 @dataclass(frozen=True)
@@ -300,98 +249,6 @@ def _kvm_dev(root: Path) -> tuple[bool, bool]:
     return exists, exists and os.access(path, os.R_OK | os.W_OK)
 
 
-def user_name(uid: int) -> str:
-    """The name of *uid* in the user database, or ``uid N``."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def group_name(gid: int) -> str:
-    """The name of *gid* in the group database, or its number."""
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-@dataclass(frozen=True)
-class KvmDevOwner:
-    """Who may open ``/dev/kvm``, and whether we are among them.
-
-    :param group: the owning group's name.
-    :param mode: the permission bits, e.g. ``0660``.
-    :param member: the user is in that group in the user database.
-    :param active: this process has that group now.
-    """
-
-    group: str | None
-    mode: str | None
-    member: bool | None
-    active: bool | None
-
-
-def probe_kvm_dev_owner(root: Path, uid: int) -> KvmDevOwner:
-    """The group and mode of ``/dev/kvm`` under *root*, and our membership.
-
-    :param root: the probed root.
-    :param uid: the user whose membership is checked.
-    :returns: the facts (all None when ``/dev/kvm`` is absent).
-    """
-    try:
-        st = (root / "dev/kvm").stat()
-    except OSError:
-        return KvmDevOwner(None, None, None, None)
-    name = group_name(st.st_gid)
-    try:
-        pw = pwd.getpwuid(uid)
-        members = grp.getgrgid(st.st_gid).gr_mem
-        member = pw.pw_gid == st.st_gid or pw.pw_name in members
-    except KeyError:
-        member = None
-    active = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
-    return KvmDevOwner(name, f"{stat.S_IMODE(st.st_mode):04o}", member, active)
-
-
-@dataclass(frozen=True)
-class CacheFacts:
-    """Can we use the pveoi cache?
-
-    :param path: the cache directory.
-    :param writable: it (or, if missing, its nearest existing parent) is writable and searchable.
-    :param key_readable: its SSH client key is readable (None: there is none yet).
-    """
-
-    path: str
-    writable: bool
-    key_readable: bool | None
-
-
-def probe_cache(path: Path, key: str = "ssh/id_ecdsa") -> CacheFacts:
-    """Whether we may write the cache at *path* and read its SSH client key.
-
-    :param path: the cache root (``$PVEOI_CACHE``, default ``~/.cache/pveoi``).
-    :param key: the client key's path inside it.
-    :returns: the facts.
-    """
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
-    key_path = path / key
-    try:
-        present = key_path.exists() or key_path.is_symlink()
-    except OSError:
-        present = False
-    if not present:
-        # An unsearchable ssh/ directory hides the key; that is unreadable too.
-        ssh_dir = key_path.parent
-        unsearchable = ssh_dir.is_dir() and not os.access(ssh_dir, os.X_OK)
-        return CacheFacts(str(path), writable, False if unsearchable else None)
-    return CacheFacts(str(path), writable, os.access(key_path, os.R_OK))
-
-
 def _paranoid(root: Path) -> int | None:
     text = _read(root / "proc/sys/kernel/perf_event_paranoid")
     try:
@@ -412,96 +269,6 @@ def _cap_perfmon(root: Path) -> bool | None:
     return None
 
 
-# ---------------------------------------------------------------- command probes
-
-
-_VERSION = re.compile(r"version\s+(\S+)")
-
-
-def parse_version(output: str) -> str | None:
-    """The first ``version X`` token of a ``--version`` output.
-
-    :param output: the command's output.
-    :returns: ``X``, or None.
-    """
-    match = _VERSION.search(output)
-    return match.group(1) if match else None
-
-
-def qemu_knows_property(cpu_help: str, prop: str = "kvm-pv-eoi") -> bool:
-    """Whether ``-cpu help`` lists *prop* among its recognized CPUID flags.
-
-    :param cpu_help: the output of ``qemu-system-x86_64 -cpu help``.
-    :param prop: the property to look for.
-    :returns: True when listed.
-    """
-    _, sep, flags = cpu_help.partition("Recognized CPUID flags:")
-    return prop in (flags if sep else cpu_help).split()
-
-
-def qemu_has_accel(accel_help: str, accel: str = "tcg") -> bool:
-    """Whether ``-accel help`` lists *accel*.
-
-    :param accel_help: the output of ``qemu-system-x86_64 -accel help``.
-    :param accel: the accelerator to look for.
-    :returns: True when listed.
-    """
-    return accel in accel_help.split()
-
-
-@dataclass(frozen=True)
-class ToolFacts:
-    """What perf and QEMU said about themselves.
-
-    :param perf_version: perf's version, or None.
-    :param perf_error: why perf's version could not be read.
-    :param qemu_version: QEMU's version, or None.
-    :param qemu_error: why QEMU's version could not be read.
-    :param qemu_has_tcg: ``-accel help`` lists tcg (None: could not ask).
-    :param qemu_knows_pv_eoi: ``-cpu help`` lists kvm-pv-eoi (None: could not ask).
-    """
-
-    perf_version: str | None
-    perf_error: str | None
-    qemu_version: str | None
-    qemu_error: str | None
-    qemu_has_tcg: bool | None
-    qemu_knows_pv_eoi: bool | None
-
-
-def _version(run: RunCommand, binary: str) -> tuple[str | None, str | None]:
-    out = run([binary, "--version"])
-    if not out.ok:
-        return None, out.error or f"{binary} --version failed"
-    version = parse_version(out.output)
-    if version is None:
-        return None, f"cannot parse {binary} --version: {out.output.strip()[:80]!r}"
-    return version, None
-
-
-def probe_tools(run: RunCommand = run_command, *, perf: str = PERF_BINARY,
-                qemu: str = QEMU_BINARY) -> ToolFacts:
-    """Ask perf and QEMU for their versions and what QEMU supports.
-
-    :param run: how to run a command (inject a fake in tests).
-    :param perf: the perf binary.
-    :param qemu: the QEMU system emulator binary.
-    :returns: the tool facts; missing tools are None with an error sentence.
-    """
-    perf_version, perf_error = _version(run, perf)
-    qemu_version, qemu_error = _version(run, qemu)
-    has_tcg: bool | None = None
-    knows: bool | None = None
-    if qemu_version is not None:
-        accel = run([qemu, "-accel", "help"])
-        has_tcg = qemu_has_accel(accel.output) if accel.ok else None
-        cpus = run([qemu, "-cpu", "help"])
-        knows = qemu_knows_property(cpus.output) if cpus.ok else None
-        if not cpus.ok:
-            log.warning("%s -cpu help failed: %s", qemu, cpus.error)
-    return ToolFacts(perf_version, perf_error, qemu_version, qemu_error, has_tcg, knows)
-
-
 # ---------------------------------------------------------------- everything
 
 
@@ -511,7 +278,7 @@ def probe_host(root: Path = Path("/"), *, run: RunCommand | None = None,
     """Probe this host (or a fixture tree) without booting anything.
 
     :param root: the directory to read ``/proc``, ``/sys`` and ``/dev`` from.
-    :param run: how to run ``perf``/``qemu`` (default: :func:`run_command`).
+    :param run: how to run ``perf``/``qemu`` (default: :func:`e2e.host.tools.run_command`).
     :param euid: the effective uid to assume (default: ours).
     :param perf: the perf binary.
     :param qemu: the QEMU system emulator binary.
@@ -582,26 +349,12 @@ __all__ = [
     "NEEDED_TRACEPOINTS",
     "TRACEFS_DIRS",
     "VENDOR_MODULES",
-    "CacheFacts",
-    "CommandOutput",
     "HostFacts",
-    "KvmDevOwner",
-    "RunCommand",
-    "ToolFacts",
     "TracefsFacts",
     "backend_of",
     "cpu_flags",
-    "group_name",
     "kvm_modules",
     "parse_bool_param",
-    "parse_version",
-    "probe_cache",
     "probe_host",
-    "probe_kvm_dev_owner",
-    "probe_tools",
     "probe_tracefs",
-    "qemu_has_accel",
-    "qemu_knows_property",
-    "run_command",
-    "user_name",
 ]

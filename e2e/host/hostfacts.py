@@ -3,7 +3,7 @@ The host facts every part of pveoi agrees on: which ``kvm:*`` tracepoints are
 counted, where tracefs is and what it offers, and the CPU's virtualisation vendor.
 
 One source of truth, a leaf module: it imports nothing of pveoi but
-:mod:`e2e.errors`, runs no command and probes nothing at import time, so
+:mod:`e2e.errors` and :mod:`e2e.util.command`, runs no command and probes nothing at import time, so
 :mod:`e2e.measure.perf`, :mod:`e2e.run.ab`, :mod:`e2e.host.capability` and :mod:`e2e.host.doctor` all
 take these facts from here without pulling in each other.
 
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CapabilityError
+from ..util import command
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def mount_tracefs(where: Path = TRACEFS) -> bool:
     """
     if os.geteuid() != 0 or not where.is_dir() or (where / "events").is_dir():
         return False
-    proc = subprocess.run(["mount", "-t", "tracefs", "nodev", str(where)], capture_output=True, text=True,
-                          check=False)
+    proc = command.run(["mount", "-t", "tracefs", "nodev", str(where)], timeout=60, check=False)
     if proc.returncode != 0:
         log.debug("could not mount tracefs at %s: %s", where, proc.stderr.strip())
         return False

@@ -1,12 +1,10 @@
 """
 Per-event tracing of one run: exact host/guest accounting and per-vector attribution.
 
-``perf stat`` (:mod:`e2e.measure.perf`) counts; this module records. :class:`PerfRecord` runs one
-``perf record`` of :data:`TRACED` on the QEMU process (every thread: vCPUs, and the
-I/O threads whose MSIs raise ``kvm_apic_accept_irq``), and :func:`summarize` reads
-``perf script``'s text back into, per vCPU:
+:func:`parse_script` reads the ``perf script`` text of a recording
+(:class:`e2e.measure.record.PerfRecord`) and :func:`summarize` turns it into, per vCPU:
 
-* **the marker window** (guest_patches/0003): the guest passes its per-CPU skipped and
+* **the marker window** (:mod:`e2e.measure.markers`): the guest passes its per-CPU skipped and
   written EOI counters to the host in a marker hypercall (nr :data:`MARK_NR`, which KVM
   does not implement and ``kvm:kvm_hypercall`` records) with interrupts off, at the
   start (``a0`` = :data:`MARK_BEGIN`) and end (:data:`MARK_END`) of the workload. On that
@@ -36,137 +34,18 @@ never judged: :class:`~e2e.errors.MeasurementError` (infrastructure).
 
 from __future__ import annotations
 
-import fnmatch
-import logging
-import os
 import re
-import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from ..errors import ConfigError, Kind, PerfError, PveoiError
-from .perf import Event, PerfStat, perf_error
-
-log = logging.getLogger(__name__)
-
-#: What is recorded, one sample per event.
-TRACED: tuple[str, ...] = ("kvm:kvm_apic_accept_irq", "kvm:kvm_inj_virq", "kvm:kvm_eoi", "kvm:kvm_pv_eoi",
-                           "kvm:kvm_hypercall", "kvm:kvm_exit")
-
-#: The marker hypercall's number ("pvmk"), guest_patches/0003.
-MARK_NR = 0x70766D6B
-MARK_BEGIN, MARK_END = 1, 2
-#: Where the guest takes its markers.
-MARK_FILE = "/sys/kernel/debug/kvm_pv_eoi_mark"
+from .markers import MARK_BEGIN, MARK_END, MARK_NR
+from .vectors import vector_name
 
 #: Why a trapped EOI was not a PV EOI, most specific first.
 REASONS = ("PV EOI off", "no vector in service", "level-triggered", "nested ISR", "IRR pending",
            "VM exit before the EOI", "not explained by the trace")
-
-#: x86 system vectors (arch/x86/include/asm/irq_vectors.h, stable since 4.x) by the row
-#: /proc/interrupts counts them in.
-SYSTEM_VECTORS: Mapping[int, str] = {
-    0xFF: "SPU", 0xFE: "ERR", 0xFD: "RES", 0xFC: "CAL", 0xFB: "CAL", 0xFA: "TRM", 0xF9: "THR",
-    0xF8: "reboot", 0xF7: "PLT", 0xF6: "IWI", 0xF4: "DFR", 0xF3: "HYP", 0xF2: "PIN", 0xF1: "PIW",
-    0xF0: "NPI", 0xEF: "managed-shutdown", 0xEC: "LOC", 0x20: "irq-move-cleanup",
-}
-
-
-def mark_command(argv: Sequence[str]) -> list[str]:
-    """``argv`` between a begin and an end marker, in the guest (its exit status kept)."""
-    script = (f'echo {MARK_BEGIN} > {MARK_FILE} || exit 125; "$@"; rc=$?; '
-              f'echo {MARK_END} > {MARK_FILE} || exit 125; exit $rc')
-    return ["sh", "-c", script, "pveoi-mark", *argv]
-
-
-# ---------------------------------------------------------------- perf record
-
-
-def perf_record_argv(events: Sequence[str], *, pid: int, output: Path, control_fifo: tuple[Path, Path],
-                     perf: str = "perf", mmap_pages: int = 1024) -> list[str]:
-    """``perf record`` of ``events`` on every thread of ``pid``, started disabled (pure).
-
-    :raises ConfigError: no events, a bad pid, or a FIFO path with a comma.
-    """
-    if not events:
-        raise ConfigError("no events to record", fix="pass at least one tracepoint")
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        raise ConfigError(f"bad pid {pid!r}", fix="pass QEMU's pid")
-    ctl, ack = control_fifo
-    if "," in str(ctl) or "," in str(ack):
-        raise ConfigError(f"control FIFO paths may not contain ',' ({ctl}, {ack})", fix="use another directory")
-    argv = [perf, "record", "-k", "mono", "-c", "1", "-m", str(mmap_pages), "--no-buildid",
-            "--no-buildid-cache", "-o", str(output)]
-    for name in events:
-        argv += ["-e", name]
-    return [*argv, "-p", str(pid), "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
-
-
-class PerfRecord(PerfStat):
-    """One ``perf record`` of :data:`TRACED` on a QEMU process, over an enabled window.
-
-    The same life cycle as :class:`~e2e.measure.perf.PerfStat` (``start``, ``enable``,
-    ``disable``, ``stop``); ``stop()`` returns ``perf script``'s text.
-    """
-
-    def __init__(self, pid: int, events: Sequence[str] = TRACED, perf: str = "perf", **kw: Any) -> None:
-        super().__init__([Event(e) for e in events], pid=pid, perf=perf, **kw)
-        self.record_events = tuple(events)
-        perf_record_argv(self.record_events, pid=pid, output=Path("out"), control_fifo=(Path("c"), Path("a")),
-                         perf=perf)
-
-    def finish(self) -> str:
-        """End perf record and return ``perf script``'s text (see :meth:`PerfStat.stop`)."""
-        return cast(str, self.stop())
-
-    def salvage(self) -> str | None:
-        """After a failed run: :meth:`finish` what perf recorded up to the failure (a guest's last
-        exits before a triple fault are the evidence a KVM maintainer needs) and return its text, or
-        None. Never raises: the run's own error matters more. (``_collect`` keeps the text even when
-        it then reports lost events.)"""
-        if self.output_text is None:
-            try:
-                self.finish()
-            except (PveoiError, OSError, subprocess.SubprocessError) as err:
-                log.debug("could not salvage the trace of a failed run: %s", err)
-        return self.output_text
-
-    def _argv(self, ctl: Path, ack: Path, workdir: Path) -> list[str]:
-        assert self.pid is not None
-        return perf_record_argv(self.record_events, pid=self.pid, output=workdir / "perf.data",
-                                control_fifo=(ctl, ack), perf=self.perf)
-
-    def _collect(self, workdir: Path) -> Any:
-        data = workdir / "perf.data"
-        if not data.is_file():
-            raise PerfError("perf record wrote no perf.data",
-                            fix=f"see perf's stderr: {(self.stderr_text or '').strip()[-300:]}")
-        lost = lost_in_stderr(self.stderr_text or "")
-        argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F", "tid,time,event,trace"]
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=600,
-                              env=dict(os.environ, LC_ALL="C"))
-        if proc.returncode != 0:
-            raise perf_error(proc.stderr, proc.returncode, argv, "script")
-        self.output_text = proc.stdout
-        if lost:
-            raise PerfError(f"perf record lost {lost} chunk(s) of events; the trace cannot be judged",
-                            fix="the host is overloaded, or raise perf's buffer (trace.perf_record_argv)",
-                            kind=Kind.INFRASTRUCTURE)
-        return proc.stdout
-
-
-_LOST_STDERR = re.compile(r"lost (\d+) chunks", re.I)
-
-
-def lost_in_stderr(text: str) -> int:
-    """Chunks perf record says it lost (``Processed N events and lost M chunks!``)."""
-    return sum(int(m) for m in _LOST_STDERR.findall(text))
-
-
-# ---------------------------------------------------------------- perf script
 
 
 @dataclass(frozen=True)
@@ -199,85 +78,6 @@ _APICID_VECTOR = re.compile(r"apicid (\w+) vector (-?\d+)")
 _ACCEPT = re.compile(r"apicid (\w+) vec (\d+) \(([^|)]*)\|(\w+)\)")
 _INJ = re.compile(r"^(IRQ|Soft/INTn) 0x([0-9a-fA-F]+)")
 _HYPERCALL = re.compile(r"nr 0x([0-9a-f]+) a0 0x([0-9a-f]+) a1 0x([0-9a-f]+) a2 0x([0-9a-f]+) a3 0x([0-9a-f]+)")
-
-
-# ---------------------------------------------------------------- the guest's vector names
-
-
-#: Appended to the guest state command (:data:`e2e.measure.guest_counters.STATE_COMMAND`, which has just printed
-#: /proc/interrupts): whether the guest takes markers, and each IRQ's vector and target CPU from
-#: CONFIG_GENERIC_IRQ_DEBUGFS (``N:   Vector:    33`` lines, by ``grep -H``).
-GUEST_VIEW_MARK = "----pveoi-irqs----"
-GUEST_VIEW_SCRIPT = (f"echo {GUEST_VIEW_MARK}; test -w {MARK_FILE} && echo pveoi-marks; "
-                     "cd /sys/kernel/debug/irq/irqs 2>/dev/null && "
-                     "grep -H -E '^ *(Vector|Target|Previous vector|Previous target):' * 2>/dev/null; true")
-
-
-@dataclass(frozen=True)
-class GuestView:
-    """The guest's view of its interrupts, read before the workload."""
-
-    marks: bool
-    names: Mapping[str, str]
-
-    @classmethod
-    def split(cls, text: str, proc_interrupts: str) -> tuple[str, GuestView]:
-        """(what came before :data:`GUEST_VIEW_SCRIPT`'s output, the view), naming IRQs from the
-        guest's ``proc_interrupts`` text."""
-        before, _, view = text.partition(GUEST_VIEW_MARK)
-        lines = view.strip().splitlines()
-        marks = bool(lines) and lines[0].strip() == "pveoi-marks"
-        irqs = "\n".join(lines[1:] if marks else lines)
-        return before, cls(marks, vector_namer(irqs, proc_interrupts))
-
-
-def irq_vectors(text: str) -> dict[tuple[int, int], int]:
-    """``(cpu, vector) -> irq`` from ``grep -H`` of the guest's ``/sys/kernel/debug/irq/irqs/*``
-    (``N:   Vector:    33``), current and previous targets."""
-    fields: dict[int, dict[str, int]] = defaultdict(dict)
-    for line in text.splitlines():
-        head, _, rest = line.partition(":")
-        key, _, value = rest.strip().partition(":")
-        if head.strip().isdigit() and value.strip().isdigit():
-            fields[int(head)][key.strip()] = int(value)
-    out: dict[tuple[int, int], int] = {}
-    for irq, f in fields.items():
-        for v, t in (("Vector", "Target"), ("Previous vector", "Previous target")):
-            if v in f and t in f:
-                out[(f[t], f[v])] = irq
-    return out
-
-
-def irq_names(proc_interrupts: str) -> dict[int, str]:
-    """``irq -> name`` (its action, e.g. ``virtio1-input.0``) from /proc/interrupts' numbered rows."""
-    lines = [ln for ln in proc_interrupts.splitlines() if ln.strip()]
-    if not lines:
-        return {}
-    ncpu = len(lines[0].split())
-    out = {}
-    for line in lines[1:]:
-        head, _, rest = line.partition(":")
-        if not head.strip().isdigit():
-            continue
-        words = rest.split()[ncpu:]
-        if words:
-            out[int(head)] = words[-1]
-    return out
-
-
-def vector_namer(irq_debugfs: str, proc_interrupts: str) -> dict[str, str]:
-    """``"cpu:vector" -> name`` from the guest's own view (JSON-able keys)."""
-    names = irq_names(proc_interrupts)
-    return {f"{cpu}:{vector}": names.get(irq, f"irq{irq}") for (cpu, vector), irq in irq_vectors(irq_debugfs).items()}
-
-
-def vector_name(vector: int, cpu: int, names: Mapping[str, str]) -> str:
-    if vector in SYSTEM_VECTORS:
-        return SYSTEM_VECTORS[vector]
-    return names.get(f"{cpu}:{vector}", "?" if vector >= 0 else "none")
-
-
-# ---------------------------------------------------------------- the summary
 
 
 @dataclass
@@ -452,86 +252,3 @@ def summarize(events: Iterable[TraceEvent], vcpu_threads: Sequence[int], *, pv_e
                                 "reasons": {r: reasons[r] for r in REASONS if r in reasons}})
     return {"events": count, "lost": lost, "vcpus": out_vcpus, "vectors": out_vectors,
             "anomalies": dict(anomalies)}
-
-
-
-# ---------------------------------------------------------------- per-vector table
-
-
-def vector_rows(traces: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per vector (by name, then number), summed over the given runs' traces and vCPUs:
-    ``{name, vector, injected, pv, trapped, reasons}``, the busiest first."""
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for t in traces:
-        for v in t.get("vectors", []):
-            key = (str(v.get("name", "?")), int(v["vector"]))
-            row = rows.setdefault(key, {"name": key[0], "vector": key[1], "injected": 0, "pv": 0, "trapped": 0,
-                                        "reasons": Counter()})
-            for k in ("injected", "pv", "trapped"):
-                row[k] += int(v.get(k, 0))
-            row["reasons"].update(v.get("reasons", {}))
-    out = sorted(rows.values(), key=lambda r: (-(r["pv"] + r["trapped"]), r["vector"]))
-    for r in out:
-        r["reasons"] = {k: r["reasons"][k] for k in REASONS if r["reasons"][k]}
-    return out
-
-
-def window_totals(traces: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """``host_eoi``, ``host_pv_eoi``, ``guest_skipped`` and ``guest_written`` in the marker windows."""
-    out: Counter[str] = Counter()
-    for t in traces:
-        for v in t.get("vcpus", []):
-            for k in ("host_eoi", "host_pv_eoi", "guest_skipped", "guest_written", "injected"):
-                out[k] += int(v.get(k, 0) or 0)
-    return dict(out)
-
-
-def vector_label(row: Mapping[str, Any]) -> str:
-    """``LOC (0xec)``; a bare name for vector -1 (an EOI with nothing in service)."""
-    return f"{row['name']} (0x{row['vector']:x})" if row["vector"] >= 0 else str(row["name"])
-
-
-def format_vector_rows(rows: Sequence[Mapping[str, Any]], limit: int = 8) -> list[str]:
-    """The per-vector table's text lines."""
-    lines = [f"{'vector':<22} {'injected':>8} {'PV EOI':>8} {'trapped':>8}  why trapped"]
-    for r in rows[:limit]:
-        why = ", ".join(f"{k} {n}" for k, n in r["reasons"].items())
-        lines.append(f"{vector_label(r):<22} {r['injected']:>8} {r['pv']:>8} {r['trapped']:>8}  {why}")
-    if len(rows) > limit:
-        rest = rows[limit:]
-        lines.append(f"{f'({len(rest)} more)':<22} {sum(r['injected'] for r in rest):>8} "
-                     f"{sum(r['pv'] for r in rest):>8} {sum(r['trapped'] for r in rest):>8}")
-    return lines
-
-
-def armed_taken(trace: Mapping[str, Any]) -> float | None:
-    """PV EOIs per EOI that KVM armed, in one run's marker windows: ``pv / (pv + trapped with no
-    reason in the trace)``. A trapped EOI with no disarm in the trace (no IRR pending, nesting,
-    level trigger or exit before the EOI) is one the guest wrote although PV EOI was armed: a
-    clean guest gives 1.0 on every workload, whatever the timing of its interrupts; a guest
-    that writes 1 EOI in 100 natively gives 0.99. None without a traced window."""
-    vcpus = [v for v in trace.get("vcpus", []) if v.get("window")]
-    if not vcpus:
-        return None
-    pv = sum(int(v.get("host_pv_eoi", 0)) for v in vcpus)
-    missed = sum(int(x.get("reasons", {}).get("not explained by the trace", 0)) for x in trace.get("vectors", []))
-    return pv / (pv + missed) if pv + missed else None
-
-
-def source_counts(trace: Mapping[str, Any], sources: Sequence[str]) -> tuple[int, int] | None:
-    """``(trapped, injected)`` over one run's vectors whose guest name matches one of ``sources``
-    (shell patterns, e.g. ``virtio*-input.*``: a workload's own interrupts, see
-    :attr:`e2e.model.workloads.Workload.sources`), in the marker windows; None when the run injected
-    none of them (or was not traced)."""
-    trapped = injected = 0
-    for v in trace.get("vectors", []):
-        if any(fnmatch.fnmatchcase(str(v.get("name", "")), p) for p in sources):
-            trapped += int(v.get("trapped", 0))
-            injected += int(v.get("injected", 0))
-    return (trapped, injected) if injected else None
-
-
-def source_trapped(trace: Mapping[str, Any], sources: Sequence[str]) -> float | None:
-    """Trapped EOIs per injected interrupt of the workload's own ``sources`` (:func:`source_counts`)."""
-    counts = source_counts(trace, sources)
-    return counts[0] / counts[1] if counts else None

@@ -236,3 +236,48 @@ class Plan:
 
 
 # ---------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """What ``pveoi boot`` is asked to do: boot one guest of ``arm`` and run ``command`` in it.
+
+    The same object runs here or, under the virtual KVM host, is shipped as JSON to the inner
+    runner (``python -m e2e.run.inner boot PLAN``): no command line is rebuilt for L1.
+
+    :param image: the guest image's cache entry (a directory).
+    :param command: what to run in the guest; empty: an interactive shell (never in the virtual host).
+    """
+
+    arm: Arm
+    kernel: Path
+    image: Path
+    accel: str = "kvm"
+    smp: int = 1
+    memory_mb: int = 256
+    boot_timeout: float = 120.0
+    timeout: float = 600.0
+    command: tuple[str, ...] = ()
+    logs: Path | None = None
+
+    def files(self) -> list[Path]:
+        """Every file or directory the plan names (what the virtual host must see)."""
+        return [p for p in (self.kernel, self.image, self.arm.kernel) if p is not None]
+
+    def to_json(self) -> Json:
+        return {"boot": 1, "arm": self.arm.to_json(), "kernel": str(self.kernel), "image": str(self.image),
+                "accel": self.accel, "smp": self.smp, "memory_mb": self.memory_mb,
+                "boot_timeout": self.boot_timeout, "timeout": self.timeout, "command": list(self.command),
+                "logs": str(self.logs) if self.logs else None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BootPlan:
+        try:
+            return cls(arm=Arm.from_json(data["arm"]), kernel=Path(data["kernel"]), image=Path(data["image"]),
+                       accel=str(data["accel"]), smp=int(data["smp"]), memory_mb=int(data["memory_mb"]),
+                       boot_timeout=float(data["boot_timeout"]), timeout=float(data["timeout"]),
+                       command=tuple(str(c) for c in data["command"]),
+                       logs=Path(data["logs"]) if data.get("logs") else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ConfigError(f"malformed boot plan ({type(err).__name__}: {err})",
+                              fix="write boot plans with e2e.model.plan.BootPlan.to_json") from err

@@ -196,7 +196,7 @@ class Attempt:
 
     :param attempt: 1 for the first try, 2 for its first retry, ...
     :param kind: the error's kind (``infrastructure``, ``finding``, ...).
-    :param cls: how its QEMU ended (:data:`e2e.vm.exitcause.CLASSES`: ``guest reset``, ``panic``, ...,
+    :param cls: how its QEMU ended (:data:`e2e.vm.ending.CLASSES`: ``guest reset``, ``panic``, ...,
         and when QEMU still ran, what failed: ``guest deadline``, ``ssh failure``, ``qmp failure``,
         ``perf failure``, else ``qemu running``; ``""`` when no guest was booted).
     :param message: the one-line error.

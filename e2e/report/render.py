@@ -1,6 +1,7 @@
 """
-``pveoi report``: render a history (:mod:`e2e.analysis.history`) for people and
-machines, and check it for regressions (:mod:`e2e.analysis.regress`).
+Rendering a history (:mod:`e2e.analysis.history`) and its regression check
+(:mod:`e2e.analysis.regress`) for people and machines; ``pveoi report`` is
+:mod:`e2e.cli.report`.
 
 * HTML: one self-contained file (plots are inline SVG; no script, no network):
   the latest verdict per runner and workload up top with the regressions;
@@ -16,7 +17,6 @@ machines, and check it for regressions (:mod:`e2e.analysis.regress`).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analysis.history import HEADLINES, History, Record, Run, load_history, records
-from ..analysis.regress import CheckResult, CheckSettings, GroupStatus, check, format_findings, format_floors
-from ..build.cache import atomic_write
+from ..analysis.history import HEADLINES, History, Record, Run, records
+from ..analysis.regress import CheckResult, GroupStatus, format_floors
 from .results import failed_attempts
 from .results import fmt_ci as _ci
 from .results import fmt_number as _fmt
@@ -40,8 +39,8 @@ PER_INTERRUPT = ["kvm_exit", "kvm_msr", "kvm_apic", "kvm_eoi", "trapped_eoi", "k
 COLOURS = {"off": "#c0504d", "on": "#4f81bd", "pass": "#2e7d32", "fail": "#c62828", "other": "#9e9e9e"}
 
 
-def _findings_of(result: CheckResult, group: GroupStatus, severity: str = "regression") -> list[str]:
-    return [f.message for f in result.findings
+def _flags_of(result: CheckResult, group: GroupStatus, severity: str = "regression") -> list[str]:
+    return [f.message for f in result.flags
             if (f.runner, f.workload) == (group.runner, group.workload) and f.severity == severity]
 
 
@@ -211,7 +210,7 @@ def _group_view(history: History, result: CheckResult, g: GroupStatus) -> dict[s
     metrics = w.get("metrics", {})
     view.update(
         latest=_verdict(latest.verdict), run=latest.run.name, description=str(w.get("description", "")),
-        regressions=_findings_of(result, g), reasons=list(latest.reasons), notes=[*w.get("notes", []), *g.notes],
+        regressions=_flags_of(result, g), reasons=list(latest.reasons), notes=[*w.get("notes", []), *g.notes],
         plots=[Markup(svg) for svg in plots],  # drawn by matplotlib, which escapes the text it writes
         metrics={"head": ["per injected interrupt", f"arm {w.get('baseline')}", f"arm {w.get('treatment')}",
                           "reduction [95% CI]", "p"],
@@ -254,7 +253,7 @@ def _failures_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any
 
 def _vectors_view(run_doc: dict[str, Any], workload: str) -> list[dict[str, Any]]:
     """Per arm, the EOIs of the marker windows by vector (runs traced per event only)."""
-    from ..measure.trace import vector_label, vector_rows, window_totals
+    from ..measure.trace_figures import vector_label, vector_rows, window_totals
 
     out = []
     for arm, a in run_doc.get("arms", {}).items():
@@ -330,8 +329,8 @@ def render_html(history: History, result: CheckResult) -> str:
         latest=history.runs[-1].created, regressed=bool(result.regressions), warned=bool(result.warnings),
         head=["runner", "workload", "verdict", HEADLINES["eoi_saved"][0] + " [95% CI]",
               HEADLINES["own_saved"][0] + " [95% CI]", HEADLINES["exit_reduction"][0] + " [95% CI]", "run"],
-        rows=rows, findings=[{"runner": f.runner, "workload": f.workload, "message": f.message,
-                              "severity": f.severity} for f in result.findings],
+        rows=rows, flags=[{"runner": f.runner, "workload": f.workload, "message": f.message,
+                           "severity": f.severity} for f in result.flags],
         matrices=[{"title": f"{m.workload} on {m.runner}, QEMU {m.qemu}", "hosts": list(m.hosts),
                    "rows": [{"guest": guest, "cells": [
                        None if (c := m.cell(guest, host)) is None
@@ -403,7 +402,7 @@ def render_junit(result: CheckResult) -> str:
                 ET.SubElement(case, "skipped", message=f"{latest.verdict}: " + "; ".join(latest.reasons))
             case = ET.SubElement(suite, "testcase", classname=f"pveoi.{runner}", name=f"{g.workload}.regression")
             tests += 1
-            found = _findings_of(result, g)
+            found = _flags_of(result, g)
             if found:
                 failures += 1
                 ET.SubElement(case, "failure", message="; ".join(found))
@@ -440,80 +439,3 @@ def render_kcidb(history: History, origin: str) -> str:
     from . import kcidb
 
     return json.dumps(kcidb.render([r.result for r in history.runs], origin), indent=1, sort_keys=True) + "\n"
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "report", help="render a history as HTML/Markdown/JUnit and check it for regressions",
-        description="Read a history directory of `pveoi ab --history` results (from one or many runners), "
-                    "render it, and with --check compare each runner's latest run per workload with its "
-                    "previous good runs. --check exits 0 clean, 1 regression, 2 unusable history.")
-    p.add_argument("--history", type=Path, required=True, metavar="DIR", help="the history directory")
-    p.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
-    p.add_argument("--markdown", type=Path, metavar="PATH", help="write a short Markdown summary")
-    p.add_argument("--junit", type=Path, metavar="PATH", help="write JUnit XML (verdicts and regressions)")
-    p.add_argument("--ktap", type=Path, metavar="PATH",
-                   help="write KTAP version 1: the latest run of each runner, one test per workload")
-    p.add_argument("--kcidb", type=Path, metavar="PATH",
-                   help="write a KCIDB v5.3 document of every run (submit it with kcidb-submit)")
-    p.add_argument("--origin", default="pveoi", metavar="NAME",
-                   help="the KCIDB origin KernelCI gave your lab ([a-z0-9_]+, default pveoi)")
-    p.add_argument("--check", action="store_true", help="exit 1 on a regression (2 if the history is unusable)")
-    p.add_argument("--baseline", type=int, default=5, metavar="N",
-                   help="good runs per runner and workload in the baseline (default 5)")
-    p.add_argument("--threshold", type=float, default=0.05, metavar="FRACTION",
-                   help="relative drop a regression must exceed (default 0.05)")
-    p.add_argument("--alpha", type=float, default=0.05, help="level of the one-sided test (default 0.05)")
-    p.add_argument("--max-age", type=float, metavar="HOURS",
-                   help="also flag a runner whose newest result is older than this (an A/B that recorded nothing)")
-    p.add_argument("--require-measurable", action="store_true",
-                   help="also flag a runner none of whose results measured PV EOI (all not measurable or error)")
-    p.add_argument("--strict", action="store_true",
-                   help="every finding exits 1, a one-night drop of the headline alone too (default: that is a "
-                        "warning while the figures of PV EOI itself held)")
-    p.set_defaults(func=cmd_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-
-    if args.baseline < 1:
-        raise ConfigError("--baseline must be at least 1", fix="pass --baseline 5")
-    if not 0 <= args.threshold < 1 or not 0 < args.alpha < 1:
-        raise ConfigError("--threshold must be in [0, 1) and --alpha in (0, 1)",
-                          fix="e.g. --threshold 0.05 --alpha 0.05")
-    if args.kcidb is not None:
-        from .kcidb import check_origin
-
-        check_origin(args.origin)
-    history = load_history(args.history)
-    if args.check:
-        history.require_clean()  # a nightly must not skip a file it cannot read
-    if args.max_age is not None and args.max_age <= 0:
-        raise ConfigError("--max-age must be positive", fix="e.g. --max-age 20 for a nightly job")
-    result = check(history, CheckSettings(baseline=args.baseline, rel=args.threshold, alpha=args.alpha,
-                                          max_age_hours=args.max_age, require_measurable=args.require_measurable,
-                                          strict=args.strict))
-    outputs: list[tuple[Path | None, Callable[[], str]]] = [(args.html, lambda: render_html(history, result)),
-               (args.markdown, lambda: render_markdown(history, result)),
-               (args.junit, lambda: render_junit(result)),
-               (args.ktap, lambda: render_ktap(history, result)),
-               (args.kcidb, lambda: render_kcidb(history, args.origin))]
-    for path, render in outputs:
-        if path is not None:
-            target = path.expanduser().absolute()
-            try:
-                atomic_write(target, render())
-            except OSError as err:
-                raise ConfigError(f"cannot write {target}: {err.strerror}",
-                                  fix="pick a writable path with free space") from err
-            print(f"wrote {target}")
-    if args.check:
-        print(format_findings(result))
-        return result.exit_code
-    if all(path is None for path, _ in outputs):
-        print(render_markdown(history, result), end="")
-    return 0

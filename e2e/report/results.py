@@ -153,7 +153,7 @@ def _arm_line(result: Result, workload: str, arm: str) -> str | None:
 
 def _vector_lines(result: Result, workload: str) -> list[str]:
     """Per arm, where the EOIs of the marker windows went, by vector (runs traced per event only)."""
-    from ..measure.trace import armed_taken, format_vector_rows, vector_rows, window_totals
+    from ..measure.trace_figures import armed_taken, format_vector_rows, vector_rows, window_totals
 
     lines = []
     for arm in result.arms:

@@ -20,7 +20,6 @@ import shlex
 import socket
 import subprocess
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +27,8 @@ from typing import Any
 
 from ..analysis.compare import analyze, conclude, load_thresholds
 from ..build.image import READY_PATTERN
-from ..errors import ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
+from ..errors import CommandError, ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
 from ..host.hostfacts import COUNTED, cpu_vendor, list_kvm_tracepoints
-from ..measure.exit_reasons import breakdown_reasons
 from ..measure.guest_counters import (
     STATE_COMMAND,
     STATE_MARK,
@@ -39,15 +37,21 @@ from ..measure.guest_counters import (
     interrupt_delta_per_cpu,
     pveoi_delta,
 )
-from ..measure.perf import Event, PerfStat, check_required
-from ..measure.trace import GUEST_VIEW_SCRIPT, GuestView, PerfRecord, mark_command, parse_script, summarize
+from ..measure.markers import mark_command
+from ..measure.perf import PerfStat
+from ..measure.perf_events import Event, check_required
+from ..measure.record import PerfRecord
+from ..measure.trace import parse_script, summarize
+from ..measure.vectors import GUEST_VIEW_SCRIPT, GuestView
+from ..measure.vmexits import breakdown_reasons
 from ..model.plan import DEFAULT_ARMS, Arm, Plan, validate_arms
 from ..model.result import Attempt, Result, RunRecord, WorkloadResult
 from ..model.workloads import Workload, get_workloads
+from ..util import command
 from ..util.spawn import popen
 from ..util.tmpdirs import tempdir
-from ..vm.argv import DEFAULT_APPEND, MachineSpec
 from ..vm.machine import Machine
+from .boot import boot, machine_spec
 from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
 
 log = logging.getLogger(__name__)
@@ -55,106 +59,8 @@ log = logging.getLogger(__name__)
 #: The verdict of a workload whose raw runs are left to the caller to analyze.
 UNANALYZED = "unanalyzed"
 
-__all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_vendor", "load_arms",
+__all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_vendor",
            "load_thresholds", "reanalyze", "run_once", "run_plan"]
-
-
-# ---------------------------------------------------------------- arms
-
-ARM_KEYS = {"name", "pv_eoi", "cpu_flags", "append", "kernel", "smp", "host_kernel", "replica_of"}
-
-#: Builds a kernel from ``(source, patches, flavour)`` and returns its bzImage (the CLI passes
-#: pveoi's cached build; a test may pass anything that returns a path).
-#: Builds an arm's kernel: (source tree or None for Debian's, patches dir or None, flavour, base or None).
-KernelBuilder = Callable[[Path | None, Path | None, str, str | None], Path]
-
-
-def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
-                build: KernelBuilder | None) -> tuple[Path | None, dict[str, str]]:
-    """An arm's ``kernel``/``host_kernel`` value: a bzImage path, or a table of ``source`` (a tree),
-    ``patches`` (a series dir) and ``base`` (a kernel base: Debian's source of it, or with ``source``
-    the series to apply), at least one of ``source`` and ``base``."""
-    if raw is None:
-        return None, {}
-    if isinstance(raw, str):
-        path = (base / Path(raw).expanduser()).resolve()  # one spelling per file: same kernel, same arm
-        if flavour == "guest":
-            from ..build.kernel import check_kernel_file
-
-            try:
-                check_kernel_file(path)
-            except ConfigError as err:
-                raise ConfigError(f"{where}: {err.message}", fix=err.fix) from err
-        elif not path.is_file():
-            raise ConfigError(f"{where}: {path} not found", fix="build it first (pveoi kernel build --flavour host)")
-        return path, {f"{flavour}_kernel": str(path)}
-    if (isinstance(raw, dict) and raw and set(raw) <= {"source", "patches", "base"}
-            and all(isinstance(v, str) for v in raw.values()) and ("source" in raw or "base" in raw)):
-        source = (base / Path(raw["source"]).expanduser()).resolve() if raw.get("source") else None
-        patches = (base / Path(raw["patches"]).expanduser()).resolve() if raw.get("patches") else None
-        for d in (source, patches):
-            if d is not None and not d.is_dir():
-                raise ConfigError(f"{where}: {d} is not a directory", fix="point source/patches at directories")
-        kbase = raw.get("base")
-        if kbase is not None:
-            from ..build.kernel import base_named
-
-            try:
-                base_named(kbase)
-            except ConfigError as err:
-                raise ConfigError(f"{where}: {err.message}", fix=err.fix) from err
-        if build is None:
-            raise ConfigError(f"{where}: a kernel built from source is not available here",
-                              fix="pass a bzImage path")
-        origin = {f"{flavour}_{k}": str(v) for k, v in (("source", source), ("patches", patches), ("base", kbase))
-                  if v is not None}
-        return build(source, patches, flavour, kbase), origin
-    raise ConfigError(f"{where}: expected a bzImage path or {{source = DIR, patches = DIR, base = BASE}}, "
-                      f"got {raw!r}",
-                      fix='write e.g. kernel = "/path/bzImage", kernel = { source = "~/linux" } or '
-                          'kernel = { base = "6.12" }')
-
-
-def load_arms(path: Path, build: KernelBuilder | None = None) -> tuple[Arm, ...]:
-    """Arms from a TOML file: two or more ``[[arm]]`` tables with ``name`` and any of ``pv_eoi``,
-    ``cpu_flags``, ``smp``, ``append``, ``kernel``, ``host_kernel`` (paths relative to the file).
-
-    :param build: builds ``{source, patches}`` kernels (before anything boots).
-    :raises ConfigError: on a bad file, key or value (before any boot).
-    """
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"cannot read arms file {path}: {err}", fix="write [[arm]] tables in TOML") from err
-    raws = data.get("arm", [])
-    if not isinstance(raws, list) or set(data) - {"arm"}:
-        raise ConfigError(f"{path}: expected only [[arm]] tables, got {sorted(data)}", fix="write [[arm]] tables")
-    base = path.expanduser().absolute().parent
-    arms = []
-    for i, raw in enumerate(raws):
-        unknown = set(raw) - ARM_KEYS
-        if unknown or not isinstance(raw.get("name"), str):
-            raise ConfigError(f"{path}: arm #{i + 1} has unknown keys {sorted(unknown)} or no name",
-                              fix=f"use {', '.join(sorted(ARM_KEYS))}")
-        where = f"{path}: arm {raw['name']}"
-        flags, smp = raw.get("cpu_flags", []), raw.get("smp")
-        if not isinstance(raw.get("pv_eoi", True), bool) or not (
-                isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
-            raise ConfigError(f"{where}: pv_eoi must be true or false and cpu_flags a list of strings",
-                              fix='write e.g. pv_eoi = false, cpu_flags = ["-x2apic"]')
-        if smp is not None and (not isinstance(smp, int) or isinstance(smp, bool)):
-            raise ConfigError(f"{where}: smp must be an integer", fix="write e.g. smp = 4")
-        if not isinstance(raw.get("append", ""), str):
-            raise ConfigError(f"{where}: append must be a string", fix='write e.g. append = "no-kvm-pv-eoi"')
-        kernel, origin = _arm_kernel(raw.get("kernel"), f"{where}: kernel", base, "guest", build)
-        host, host_origin = _arm_kernel(raw.get("host_kernel"), f"{where}: host_kernel", base, "host", build)
-        replica = raw.get("replica_of")
-        if replica is not None and not isinstance(replica, str):
-            raise ConfigError(f"{where}: replica_of must be an arm's name", fix='write e.g. replica_of = "on"')
-        arms.append(Arm(raw["name"], raw.get("pv_eoi", True), tuple(flags), raw.get("append", ""), kernel,
-                        smp, host, {**origin, **host_origin}, replica))
-    validate_arms(arms)
-    return tuple(arms)
 
 
 # ---------------------------------------------------------------- one run
@@ -195,9 +101,8 @@ def qemu_pins_io_workers(qemu: str = "qemu-system-x86_64") -> bool:
     """Does this QEMU let the I/O thread pool be pinned (``main-loop`` ``thread-pool-min``, 7.1+)?
     Without it the block workload runs as before (workers come and go; perf's attach may race them)."""
     try:
-        out = subprocess.run([qemu, "-object", "main-loop,help"], capture_output=True, text=True, timeout=30,
-                             check=False)
-    except (OSError, subprocess.SubprocessError):
+        out = command.run([qemu, "-object", "main-loop,help"], timeout=30, check=False)
+    except CommandError:
         return False
     return "thread-pool-min" in out.stdout + out.stderr
 
@@ -265,37 +170,22 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             scratch = stack.enter_context(tempdir("disk")) / "scratch.img"
             with open(scratch, "wb") as f:
                 f.truncate(workload.scratch_mb << 20)
-        spec = MachineSpec(
-            kernel=arm.kernel or setup.kernel, initrd=setup.initrd,
-            append=f"{DEFAULT_APPEND} {arm.append}".strip(), accel=setup.accel, pv_eoi=arm.pv_eoi,
-            cpu_flags=arm.cpu_flags, smp=vcpus, memory_mb=setup.memory_mb, scratch_disk=scratch,
+        spec = machine_spec(
+            arm, kernel=setup.kernel, initrd=setup.initrd, accel=setup.accel, smp=vcpus,
+            memory_mb=setup.memory_mb, scratch_disk=scratch,
             io_workers=IO_WORKERS if scratch is not None and qemu_pins_io_workers(setup.qemu) else None,
-            paused=True, qemu=setup.qemu, name=name,
+            qemu=setup.qemu, name=name,
         )
-        started = time.monotonic()
-        marks = {"start": started}  # where a run's time goes (tests/bench_ab.py --breakdown)
+        marks = {"start": time.monotonic()}  # where a run's time goes (tests/bench_ab.py --breakdown)
         trace.machine = Machine(spec, READY_PATTERN, artifacts=setup.artifacts)
-        machine = stack.enter_context(trace.machine)
-        threads = machine.vcpus()
-        readback = machine.pv_eoi_readback()
-        kvm = machine.query_kvm()
-        check_qmp_arm(arm, readback, kvm["enabled"])
-        marks["qemu_paused"] = time.monotonic()
-        machine.resume()
-        ready = machine.wait_ready(setup.boot_timeout)
-        marks["guest_ready"] = time.monotonic()
-        boot_s = marks["guest_ready"] - started
-        ssh = machine.ssh(setup.private_key, setup.host_key_line, timeout=60)
-        marks["ssh_up"] = time.monotonic()
         # One round trip: the guest's state, and (when tracing) its markers and vector names.
-        state_cmd = [*STATE_COMMAND[:2], f"{STATE_COMMAND[2]}; {GUEST_VIEW_SCRIPT}"] if setup.trace else STATE_COMMAND
-        text = ssh.run(state_cmd, timeout=30).check().stdout
+        guest = boot(stack, trace.machine, arm, private_key=setup.private_key, host_key_line=setup.host_key_line,
+                     boot_timeout=setup.boot_timeout, extra=GUEST_VIEW_SCRIPT if setup.trace else "", marks=marks)
+        machine, ssh, threads, before = guest.machine, guest.ssh, guest.threads, guest.state
+        boot_s = marks["guest_ready"] - marks["start"]
         view = None
         if setup.trace:
-            text, view = GuestView.split(text, text.partition(STATE_MARK)[0])
-        before = GuestState.parse(text)
-        check_guest_arm(arm, before, kvm["enabled"])
-        marks["state_read"] = time.monotonic()
+            _, view = GuestView.split(guest.state_output, guest.state_output.partition(STATE_MARK)[0])
         script = None
         with host_server(workload.host_server) as port:
             argv = workload.argv(port, vcpus)
@@ -343,8 +233,8 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
     record = RunRecord(
         rep=rep, arm=arm.name, attempt=attempt, vcpus=vcpus, counts=raw, exit_reasons=breakdown,
-        boot_seconds=round(boot_s, 2), workload_seconds=round(result.seconds, 3), ready_line=ready,
-        qmp={"kvm": kvm, "kvm_pv_eoi": list(readback), "vcpu_threads": [v.thread_id for v in threads]},
+        boot_seconds=round(boot_s, 2), workload_seconds=round(result.seconds, 3), ready_line=guest.ready,
+        qmp={"kvm": guest.kvm, "kvm_pv_eoi": list(guest.readback), "vcpu_threads": guest.thread_ids},
         guest={"interrupts": interrupt_delta(before, after),
                "interrupts_per_cpu": interrupt_delta_per_cpu(before, after),
                "pv_eoi": pveoi_delta(before, after)},
@@ -354,56 +244,6 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
              arm.name, rep, raw.get("kvm:kvm_exit", 0), raw.get("kvm:kvm_pv_eoi", 0), raw.get("kvm:kvm_eoi", 0),
              raw.get("kvm:kvm_inj_virq", 0), result.seconds)
     return record
-
-
-def check_qmp_arm(arm: Arm, readback: Sequence[bool], kvm_enabled: bool) -> None:
-    """Under KVM, QEMU's per-vCPU ``kvm-pv-eoi`` (``qom-get``) must be what the arm asked for.
-
-    (Under TCG QEMU filters every KVM paravirtual feature, so there is nothing to prove.)
-
-    :raises MeasurementError: on a mismatch (this QEMU/KVM cannot run the experiment: capability).
-    """
-    if kvm_enabled and arm.pv_eoi is not None and any(r != arm.pv_eoi for r in readback):
-        raise MeasurementError(
-            f"arm {arm.name} asked for kvm-pv-eoi={'on' if arm.pv_eoi else 'off'} but QMP reads {list(readback)}",
-            fix="this QEMU/KVM does not honour kvm-pv-eoi; check `pveoi doctor`",
-        )
-
-
-def check_guest_arm(arm: Arm, state: GuestState, kvm_enabled: bool) -> None:
-    """The guest's own view, on every vCPU, must agree with the arm (where the guest patch reports it).
-
-    :raises MeasurementError: a vCPU's CPUID disagrees with what QEMU was told (QEMU/KVM: capability).
-    :raises Finding: the host offered PV EOI (and the command line did not refuse it) but a
-        vCPU's kernel did not enable it, or enabled it though refused: a bug of the kernel under test.
-    """
-    if state.pveoi is None or not kvm_enabled:
-        return
-    cpus = sorted(state.pveoi.values(), key=lambda c: c.cpu)
-    if arm.pv_eoi is not None:
-        wrong = [f"cpu{c.cpu}" for c in cpus if c.feature != arm.pv_eoi]
-        if wrong:
-            raise MeasurementError(
-                f"arm {arm.name}: QEMU was told kvm-pv-eoi={'on' if arm.pv_eoi else 'off'} but the guest's CPUID "
-                f"says otherwise on {', '.join(wrong)}", fix="check QEMU's -cpu handling and `pveoi doctor`")
-    offered = [c for c in cpus if c.feature]
-    if arm.expects_pv_eoi:
-        off = [c.cpu for c in offered if not c.enabled]
-        if off:
-            raise Finding(
-                f"arm {arm.name}: {', '.join(f'cpu{n}' for n in off)} did not enable PV EOI "
-                f"(MSR_KVM_PV_EOI_EN) although its CPUID offers KVM_FEATURE_PV_EOI "
-                f"(enabled on {', '.join(f'cpu{c.cpu}' for c in offered if c.enabled) or 'no CPU'})",
-                fix="the guest kernel must enable PV EOI on every CPU (arch/x86/kernel/kvm.c, kvm_guest_cpu_init)",
-                vcpu=off[0])
-    else:
-        on = [c.cpu for c in cpus if c.enabled]
-        if on:
-            raise Finding(
-                f"arm {arm.name}: {', '.join(f'cpu{n}' for n in on)} enabled PV EOI although "
-                + ("the kernel command line refuses it (no-kvm-pv-eoi)" if arm.pv_eoi is not False
-                   else "its CPUID does not offer it"),
-                fix="check the guest kernel's PV EOI setup (arch/x86/kernel/kvm.c)", vcpu=on[0])
 
 
 # ---------------------------------------------------------------- the A/B
@@ -574,9 +414,8 @@ def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Resul
 def runner_info(vendor: str) -> dict[str, Any]:
     def qemu_version() -> str:
         try:
-            out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
-                                 timeout=30, check=False).stdout
-        except (OSError, subprocess.TimeoutExpired):
+            out = command.run(["qemu-system-x86_64", "--version"], timeout=30, check=False).stdout
+        except CommandError:
             return "unknown"
         return out.splitlines()[0] if out else "unknown"
 

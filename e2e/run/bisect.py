@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +32,8 @@ from typing import Any
 
 from ..errors import ConfigError, Kind, PveoiError
 from ..util import command
+from ..util.logs import setup_logging
+from ..util.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ def resolve(spec: BisectSpec) -> BisectSpec:
         raise ConfigError(f"{spec.source} is not a git repository", fix="pass --source a kernel git tree")
     good = git(spec.source, "rev-parse", "--verify", f"{spec.good}^{{commit}}")
     bad = git(spec.source, "rev-parse", "--verify", f"{spec.bad}^{{commit}}")
-    if subprocess.run(["git", "-C", str(spec.source), "merge-base", "--is-ancestor", good, bad],
-                      check=False).returncode != 0:
+    if command.run(["git", "-C", str(spec.source), "merge-base", "--is-ancestor", good, bad],
+                   what=f"git merge-base --is-ancestor in {spec.source}", check=False).returncode != 0:
         raise ConfigError(f"--good {spec.good} is not an ancestor of --bad {spec.bad}",
                           fix="pass the older, good revision as --good")
     return replace(spec, good=good, bad=bad)
@@ -210,10 +211,10 @@ def run(spec: BisectSpec) -> BisectOutcome:
             state = tmp / "spec.json"
             state.write_text(json.dumps(spec.to_json()))
             git(tree, "bisect", "start", spec.bad, spec.good)
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-                str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))}
-            proc = subprocess.run(["git", "-C", str(tree), "bisect", "run", sys.executable, "-m", "e2e.run.bisect",
-                                   "step", str(state)], capture_output=True, text=True, check=False, env=env)
+            env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
+            # no deadline of its own: every step is an A/B with its own
+            proc = command.run(["git", "-C", str(tree), "bisect", "run", sys.executable, "-m", "e2e.run.bisect",
+                                "step", str(state)], what="git bisect run", env=env, timeout=None, check=False)
             text = proc.stdout + proc.stderr
             first = None
             m = re.search(r"^([0-9a-f]{40}) is the first bad commit", text, re.M)
@@ -238,9 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 2 or args[0] != "step":
         print("usage: python -m e2e.run.bisect step SPEC.json", file=sys.stderr)
         return ABORT
-    logging.basicConfig(level=logging.INFO, format="pveoi bisect: %(message)s", stream=sys.stderr)
-    for noisy in ("paramiko", "qemu.qmp", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    setup_logging(1, prefix="pveoi bisect")  # pveoi's own records on stderr, one line each; no log file of its own
     spec = BisectSpec.from_json(json.loads(Path(args[1]).read_text()))
     tree = Path.cwd()
     try:

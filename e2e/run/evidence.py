@@ -3,7 +3,7 @@ What each attempt of a run leaves behind, kept: its logs under attempt-numbered
 names (``{workload}-{arm}-{rep}`` for the first attempt, ``...-attempt{N}``
 from the second; console, QEMU, perf's CSV and stderr), and, for an attempt
 that failed, a structured :class:`~e2e.model.result.Attempt` naming its class
-(:mod:`e2e.vm.exitcause`) and those logs.
+(:mod:`e2e.vm.ending`) and those logs.
 
 :func:`e2e.run.ab.run_once` fills an :class:`AttemptTrace` as it goes;
 :func:`e2e.run.ab._run_with_retries` turns the trace of a failed attempt into an
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ..errors import LaunchError, PveoiError, QemuExited
 from ..measure.perf import PerfStat
-from ..measure.trace import PerfRecord
+from ..measure.record import PerfRecord
 from ..model.result import Attempt
-from ..vm.exitcause import QEMU_ERROR, RUNNING
+from ..vm.ending import QEMU_ERROR, RUNNING
 from ..vm.machine import Machine
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def keep_perf_output(perf: PerfStat, artifacts: Path, name: str, trace: AttemptT
 
 @contextlib.contextmanager
 def keep_trace_output(rec: PerfRecord, artifacts: Path, name: str, trace: AttemptTrace | None = None) -> Iterator[None]:
-    """Keep a :class:`e2e.measure.trace.PerfRecord`'s ``perf script`` text (gzipped) and stderr as
+    """Keep a :class:`e2e.measure.record.PerfRecord`'s ``perf script`` text (gzipped) and stderr as
     ``{name}-trace.txt.gz`` and ``{name}-trace-stderr.log``, on success and on failure alike
     (a failed run's events up to the failure, salvaged from perf's data before it is removed)."""
     try:

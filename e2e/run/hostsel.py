@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CapabilityError, GuestError, PveoiError
-from ..host.doctor import ProbeBoot, decision_from_report, run_doctor
+from ..host.decision import ProbeBoot
+from ..host.doctor import decision_from_report, run_doctor
 
 log = logging.getLogger(__name__)
 

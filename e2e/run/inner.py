@@ -1,8 +1,9 @@
 """
 The inner runner: runs a :class:`e2e.model.plan.Plan` on this KVM host and writes its
-typed result. The virtual KVM host runs it as ``python -m e2e.run.inner PLAN RESULT``
-on the plan the outer pveoi wrote into the results share: the same plan object
-in both places, no command line rebuilt for L1.
+typed result, or runs ``pveoi boot``'s :class:`~e2e.model.plan.BootPlan`
+(``python -m e2e.run.inner boot PLAN``). The virtual KVM host runs it as
+``python -m e2e.run.inner PLAN RESULT`` on the plan the outer pveoi wrote into the
+results share: the same plan object in both places, no command line rebuilt for L1.
 
 Exit status: 0 once the raw runs are written (their verdict ``unanalyzed``: the
 outer pveoi analyzes every part's runs together, in native Python), else the
@@ -19,15 +20,15 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import Kind, PveoiError
-from ..model.plan import Plan
+from ..model.plan import BootPlan, Plan
 from ..model.result import Result
+from ..util.logs import setup_logging
 
 if TYPE_CHECKING:
     from .ab import Checkpoint
@@ -95,20 +96,32 @@ def raise_inner_error(result: Result) -> None:
     err = result.error
     if err:
         kind = Kind(err["kind"]) if err.get("kind") in Kind.__members__.values() else Kind.INFRASTRUCTURE
-        error = PveoiError(f"in the virtual KVM host: {err.get('message')}", fix=err.get("fix"), kind=kind)
-        error.cause = str(err.get("class") or "")  # how the inner run's machine ended, if it knew
-        raise error
+        # its class: how the inner run's machine ended, if it knew
+        raise PveoiError(f"in the virtual KVM host: {err.get('message')}", fix=err.get("fix"), kind=kind,
+                         cause=str(err.get("class") or ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
-        print("usage: python -m e2e.run.inner PLAN.json RESULT.json", file=sys.stderr)
+        print("usage: python -m e2e.run.inner PLAN.json RESULT.json | boot BOOTPLAN.json", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="pveoi: %(message)s", stream=sys.stderr)
-    for noisy in ("paramiko", "qemu.qmp", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    setup_logging(1)  # pveoi's own records on stderr, one line each; no log file of its own
+    if args[0] == "boot":
+        return run_boot(Path(args[1]))
     return run(Path(args[0]), Path(args[1]))
+
+
+def run_boot(plan_path: Path) -> int:
+    """``pveoi boot``'s :class:`~e2e.model.plan.BootPlan` at ``plan_path``, run here; its command's exit
+    status, or the error's (printed as one line, as the outer pveoi would)."""
+    from .boot import run_boot_plan
+
+    try:
+        return run_boot_plan(BootPlan.from_json(json.loads(plan_path.read_text())))
+    except PveoiError as err:
+        print(f"pveoi: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

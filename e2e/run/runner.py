@@ -91,8 +91,8 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
                         log.warning("the virtual host failed after its last guest (%s): %s", tag, err)
                         break
                     if not retryable(err) or attempt == plan.retries:
-                        err.retried = (*restarts, *err.retried)  # the evidence of those before it, kept
-                        raise
+                        # the evidence of those before it, kept
+                        raise err.with_(retried=(*restarts, *err.retried)) from err
                     restarts.append(restart_record(tag, attempt + 1, err, vhost_logs, plan.logs, kept))
                     log.warning("the virtual host failed; restarting it for %s after the %d guests measured: %s",
                                 tag, part_plan.start, err)
@@ -108,10 +108,11 @@ def is_stock_host_kernel(bzimage: Path) -> bool:
     source of a base, no patches, no extra fragments): its crash is nested TCG's, not a kernel under
     test's."""
     from ..build import kernel
+    from ..build.bases import BASES
 
     manifest = results.kernel_manifest(bzimage)
     base = manifest.get("base")
-    if manifest.get("kind") != "build" or manifest.get("flavour") != "host" or base not in kernel.BASES:
+    if manifest.get("kind") != "build" or manifest.get("flavour") != "host" or base not in BASES:
         return False
     try:
         return bool(manifest.get("hash") == kernel.default_spec("host", base=str(base)).key())

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,55 +37,21 @@ from ..errors import (
     QmpLost,
     QmpTimeout,
 )
-from ..util.spawn import popen
 from ..util.tmpdirs import mkdtemp, reap_stale
 from .argv import MachineSpec, parse_usernet_port, qemu_argv
 from .console import GUEST_ERROR_PATTERN, Console
-from .exitcause import RUNNING, ExitCause, classify_exit
+from .cpus import CpuSample, VCpu, sample
+from .ending import RUNNING, ExitCause, classify_exit
+from .process import death_note, keep_failed_logs, start_qemu, stop_qemu
 from .ssh import GuestSsh
 
 log = logging.getLogger(__name__)
+
 
 class Runstate(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     SHUTDOWN = "shutdown"
-
-
-@dataclass(frozen=True)
-class VCpu:
-    index: int
-    thread_id: int
-    qom_path: str
-
-
-_RIP = re.compile(r"\b[RE]IP=([0-9a-fA-F]+)")  # EIP= while the vCPU is not yet in long mode (firmware, boot)
-_HLT = re.compile(r"\bHLT=(\d)")
-
-
-def cpu_state(registers: str) -> str:
-    """``RIP=... HLT=.`` from HMP ``info registers`` text (pure; a 32-bit vCPU's EIP is given as its
-    RIP); ``?`` for what is missing."""
-    rip, hlt = _RIP.search(registers), _HLT.search(registers)
-    return f"RIP={rip.group(1).lower() if rip else '?'} HLT={hlt.group(1) if hlt else '?'}"
-
-
-@dataclass(frozen=True)
-class CpuSample:
-    """:meth:`Machine.sample_cpus`: each vCPU's ``CPUn RIP=... HLT=.`` at the second sample, those
-    the same 1 s apart, and the full HMP answers."""
-
-    states: list[str]
-    still: list[str]
-    dump: list[str]
-
-    @property
-    def all_halted(self) -> bool:
-        """Every vCPU in HLT throughout the second."""
-        return bool(self.states) and all("HLT=1" in st and st in self.still for st in self.states)
-
-    def described(self) -> list[str]:
-        return [f"{st}{' (same 1 s later)' if st in self.still else ''}" for st in self.states]
 
 
 class Machine:
@@ -122,7 +85,9 @@ class Machine:
         self.argv: list[str] = []
         self.exitcode: int | None = None
         self.launched_at: float | None = None
-        self._extra_theirs: list[socket.socket] = []  # more fds QEMU inherits (subclasses)
+        #: More sockets QEMU inherits: a subclass opens them in :meth:`_pre_launch`; the launch passes
+        #: their fds to QEMU and closes pveoi's copies once QEMU has them.
+        self._extra_theirs: list[socket.socket] = []
         #: Every QMP event QEMU sent (drained when its end is classified and at shutdown).
         self.events: list[dict[str, Any]] = []
         #: How QEMU ended, once known (:meth:`exit_cause`); for a machine left on an error while
@@ -141,31 +106,10 @@ class Machine:
             if isinstance(exc, PveoiError):
                 if self.ended is None and self.state is Runstate.RUNNING:
                     self.ended = self.exit_cause() or ExitCause(RUNNING, ("QEMU still ran",))
-                self._keep_logs_for(exc)
+                if self.artifacts is None and self._tmp is not None:
+                    keep_failed_logs(self._tmp, exc, self.log)
         finally:
             self.shutdown()
-
-    def _keep_logs_for(self, err: PveoiError) -> None:
-        """Keep the console and QEMU logs an error points at when they live in the temp dir.
-
-        The temp dir goes at shutdown, so the logs move to the cache's
-        ``logs/failed/`` and the error's text names their new place.
-        """
-        if self.artifacts is not None or self._tmp is None or str(self._tmp) not in str(err):
-            return
-        from ..build.cache import cache_root
-
-        kept = cache_root() / "logs" / "failed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._tmp.name}"
-        try:
-            kept.mkdir(parents=True, exist_ok=True)
-            for log_file in self._tmp.glob("*.log"):
-                shutil.copy2(log_file, kept / log_file.name)
-        except OSError as copy_err:
-            self.log.warning("could not keep the logs of %s in %s: %s", self.spec.name, kept, copy_err)
-            return
-        err.message = err.message.replace(str(self._tmp), str(kept))
-        if err.fix:
-            err.fix = err.fix.replace(str(self._tmp), str(kept))
 
     def _require(self, state: Runstate, action: str) -> None:
         if self.state is not state:
@@ -214,25 +158,24 @@ class Machine:
     def _launch(self) -> None:
         qmp_ours, qmp_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         con_ours, con_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.argv = self._build_argv(qmp_theirs.fileno(), con_theirs.fileno())
+        try:
+            self._pre_launch()
+            self.argv = self._build_argv(qmp_theirs.fileno(), con_theirs.fileno())
+        except BaseException:
+            for sock in (qmp_ours, qmp_theirs, con_ours, con_theirs, *self._extra_theirs):
+                sock.close()
+            raise
         extra_fds = tuple(s.fileno() for s in self._extra_theirs)
         self.log.debug("launching: %s", " ".join(self.argv))
-        qemu_log = open(self.logdir / f"{self.spec.name}-qemu.log", "wb")
         try:
-            self._proc = popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
-                pass_fds=(qmp_theirs.fileno(), con_theirs.fileno(), *extra_fds),
-            )
-        except OSError as err:
+            self._proc = start_qemu(self.argv, self.logdir / f"{self.spec.name}-qemu.log",
+                                    (qmp_theirs.fileno(), con_theirs.fileno(), *extra_fds))
+        except LaunchError:
             qmp_ours.close()
             con_ours.close()
-            raise LaunchError(f"cannot run {self.argv[0]}: {err.strerror}", self.argv,
-                              fix="apt-get install qemu-system-x86 (or run host_config/install-deps.sh)") from err
+            raise
         finally:
-            qemu_log.close()
-            qmp_theirs.close()
-            con_theirs.close()
-            for sock in self._extra_theirs:
+            for sock in (qmp_theirs, con_theirs, *self._extra_theirs):
                 sock.close()
         self.launched_at = time.monotonic()
         self._console = Console(con_ours, self.logdir / f"{self.spec.name}-console.log", self.ready_pattern,
@@ -248,9 +191,23 @@ class Machine:
             raise self._launch_error("QEMU did not answer on QMP") from err
         self._qmp.settimeout(self.qmp_timeout)  # a hung QEMU must fail a command, not hang pveoi
         self.log.debug("QEMU pid %d up, QMP negotiated", self._proc.pid)
+        self._post_launch()
+
+    # Lifecycle hooks, in the manner of QEMU's python/qemu QEMUMachine: a subclass adds its own
+    # resources here and never overrides launch() or shutdown().
+
+    def _pre_launch(self) -> None:
+        """Before QEMU starts (its work dir exists): open what QEMU will inherit (:attr:`_extra_theirs`)."""
+
+    def _post_launch(self) -> None:
+        """QEMU runs and QMP is negotiated."""
+
+    def _post_shutdown(self) -> None:
+        """QEMU is stopped (or never started), QMP and console closed: release the subclass's own
+        resources. Runs exactly once per launch, on every path out, before the work dir goes."""
 
     def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
-        """QEMU's argv; subclasses (the virtual host) build their own."""
+        """QEMU's argv (pure: resources belong in :meth:`_pre_launch`); subclasses build their own."""
         return qemu_argv(self.spec, qmp_fd, console_fd)
 
     def _launch_error(self, message: str) -> LaunchError:
@@ -304,7 +261,7 @@ class Machine:
                 return
 
     def exit_cause(self, grace: float = 0.0) -> ExitCause | None:
-        """How QEMU ended, classified (:func:`e2e.vm.exitcause.classify_exit`); None while it runs.
+        """How QEMU ended, classified (:func:`e2e.vm.ending.classify_exit`); None while it runs.
 
         Waits up to ``grace`` seconds for QEMU to exit, then for its last QMP events and the
         console's last bytes (QEMU's exit closes both a moment after the guest's last word).
@@ -352,20 +309,7 @@ class Machine:
         For errors about a connection that dropped: QEMU's exit closes its
         sockets a moment before it can be reaped.
         """
-        if self._proc is None:
-            return None
-        try:
-            code = self._proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            return None
-        if code >= 0:
-            how = f"exited with code {code}"
-        else:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        return f"QEMU (pid {self._proc.pid}) {how}"
+        return death_note(self._proc, grace) if self._proc is not None else None
 
     # ------------------------------------------------------------ QMP
 
@@ -441,7 +385,6 @@ class Machine:
         """Where each of ``cpus`` vCPUs is, asked twice 1 s apart over QMP (HMP ``info registers``,
         and each local APIC once with ``lapic``): evidence for a machine that stopped making
         progress. A QEMU that does not answer costs :attr:`qmp_timeout` once, not per question."""
-        dump: list[str] = []
         answering = True
 
         def hmp(command: str, cpu: int) -> str:
@@ -454,20 +397,7 @@ class Machine:
                 answering = False
                 return f"(no answer: {err})"
 
-        samples: list[list[str]] = []
-        for n in (1, 2):
-            if n == 2:
-                time.sleep(1.0)
-            states = []
-            for cpu in range(cpus):
-                text = hmp("info registers", cpu)
-                states.append(f"CPU{cpu} {cpu_state(text)}")
-                dump += [f"== sample {n}, CPU {cpu}", text]
-            samples.append(states)
-        for cpu in range(cpus if lapic else 0):  # the local APIC (its timer: armed? pending?), for the dump only
-            dump += [f"== local APIC, CPU {cpu}", hmp("info lapic", cpu)]
-        still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b and "?" not in a]
-        return CpuSample(samples[1], still, dump)
+        return sample(hmp, cpus, lapic)
 
     def wait_ready(self, timeout: float = 120.0) -> str:
         """Wait for the guest's ready line on the console (see :meth:`Console.wait_ready`).
@@ -490,12 +420,12 @@ class Machine:
             elif not self.is_running():
                 self.exitcode = self._proc.poll() if self._proc else None
             elif isinstance(err, GuestTimeout):
-                self._note_not_ready(err)
+                raise self._not_ready(err) from err
             raise
 
-    def _note_not_ready(self, err: GuestTimeout) -> None:
-        """Add where a guest that missed its boot deadline was (QEMU's run state, its vCPUs) to
-        ``err``'s message and evidence, and keep the full answers in ``<name>-not-ready.txt``."""
+    def _not_ready(self, err: GuestTimeout) -> GuestTimeout:
+        """``err`` with where a guest that missed its boot deadline was (QEMU's run state, its vCPUs)
+        in its message and evidence; the full answers are kept in ``<name>-not-ready.txt``."""
         try:
             status = str(self.qmp("query-status").get("status"))
         except PveoiError as qerr:  # a QEMU that does not answer is not asked again
@@ -503,9 +433,9 @@ class Machine:
         else:
             sample = self.sample_cpus(self.spec.smp)
         self.keep_evidence("not-ready", [str(err), f"run state: {status}", *sample.dump])
-        err.evidence = (f"run state {status}", *sample.described())
-        err.message += f"; run state {status}" + (f"; its vCPUs: {'; '.join(sample.described())}"
-                                                  if sample.states else "")
+        return err.with_(message=err.message + f"; run state {status}"
+                         + (f"; its vCPUs: {'; '.join(sample.described())}" if sample.states else ""),
+                         evidence=(f"run state {status}", *sample.described()))
 
     def keep_evidence(self, what: str, lines: Sequence[str]) -> Path:
         """Write ``lines`` to ``<name>-<what>.txt`` beside the console log (a failure to write is
@@ -556,40 +486,13 @@ class Machine:
                     self.log.debug("closing QMP: %s", err)
             if self._console is not None:
                 self._console.close()
-            if self._tmp is not None:
-                shutil.rmtree(self._tmp, ignore_errors=True)
+            try:
+                self._post_shutdown()
+            finally:
+                if self._tmp is not None:
+                    shutil.rmtree(self._tmp, ignore_errors=True)
         return self.exitcode
 
     def _stop_process(self, timeout: float) -> int:
-        proc = self._proc
-        assert proc is not None
-        if proc.poll() is None and self._qmp is not None:
-            wait = timeout
-            try:
-                self._qmp.settimeout(timeout)
-                self._qmp.cmd("quit")
-            except ExecInterruptedError as err:  # QEMU hung up: usually it is exiting
-                self.log.debug("QMP quit: %s", err)
-            except (QMPError, OSError, EOFError, TimeoutError) as err:  # QMP was gone before: no quit sent
-                self.log.debug("QMP quit not sent: %s", err)
-                wait = min(timeout, 1.0)
-            try:
-                return proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                self.log.log(logging.WARNING if wait == timeout else logging.DEBUG,
-                             "QEMU did not exit after QMP quit; sending SIGTERM")
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 30.0)):
-            if proc.poll() is not None:
-                break
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                break
-            try:
-                return proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                self.log.warning("QEMU survived %s", sig.name)
-        if proc.poll() is None:  # stuck in the kernel (D state): waiting longer would hang pveoi too
-            self.log.error("QEMU (pid %d) survived SIGKILL (stuck in the kernel); not waiting for it", proc.pid)
-            return -signal.SIGKILL
-        return proc.wait()
+        assert self._proc is not None
+        return stop_qemu(self._proc, self._qmp, timeout, self.log)

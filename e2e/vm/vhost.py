@@ -19,7 +19,7 @@ for as long as one cares to wait), and then no timeout inside it can fire. L1's 
 rewrites a heartbeat file on the results share every few seconds; when it has not
 changed for ``VhostSpec.stall_timeout`` the caller samples L1's CPUs over QMP (RIP,
 HLT, twice), keeps that and the console as evidence, stops L1 and raises
-:class:`VhostStalled` (infrastructure, so the runner restarts the virtual host).
+:class:`~e2e.errors.VhostStalled` (infrastructure, so the runner restarts the virtual host).
 """
 
 from __future__ import annotations
@@ -49,15 +49,17 @@ from ..errors import (
     GuestTimeout,
     Kind,
     PveoiError,
+    VhostStalled,
 )
+from ..util.paths import DATA, REPO_ROOT
 from .argv import MachineSpec, base_argv, quote_optarg
 from .console import stop_reader
-from .exitcause import HOST_QUIT, HOST_RESET, KILLED, QEMU_ERROR, RUNNING, ExitCause
+from .ending import HOST_QUIT, HOST_RESET, KILLED, QEMU_ERROR, RUNNING, ExitCause
 from .machine import Machine
 
 log = logging.getLogger(__name__)
 
-INIT_SCRIPT = Path(__file__).resolve().parent / "data" / "vhost-init.sh"
+INIT_SCRIPT = DATA / "vhost-init.sh"
 READY_PATTERN = r"pveoi-vhost-ready dev=\d svm=\d npt=\S+"
 ERROR_PATTERN = r"pveoi-vhost-error: [^\r\n]*\r?\n"
 """What the virtual host's init (data/vhost-init.sh) prints before it gives up."""
@@ -65,7 +67,7 @@ CTL = ".pveoi-vhost"
 HEARTBEAT = "beat"
 """The file in ``CTL`` L1's init rewrites every few seconds while the command runs."""
 STALLED = "virtual host stall"
-"""The class of a :class:`VhostStalled` (as :attr:`e2e.errors.QemuExited.cause` names an exit's)."""
+"""The class of a :class:`~e2e.errors.VhostStalled` (as :attr:`e2e.errors.QemuExited.cause` names an exit's)."""
 ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")
 
 
@@ -93,20 +95,12 @@ class VhostSpec:
     otherwise a crash is the virtual host's own (nested TCG), infrastructure."""
 
 
-class VhostStalled(GuestError):
-    """The virtual host stopped running (:func:`stall_reason`); its class is :data:`STALLED`, its
-    evidence L1's CPUs as sampled over QMP and the console's last lines (:func:`vhost_error`)."""
-
-
 def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str,
                 kind: type[GuestError] = GuestError) -> GuestError:
     """An infrastructure error about the virtual host itself, its class prefixed ``virtual host``
     (``virtual host panic``, ``virtual host triple fault``, ``virtual host stall``, ...) so it never
     reads as the guest's."""
-    err = kind(message, fix, Kind.INFRASTRUCTURE)
-    err.cause = f"virtual host {cls}" if cls else ""
-    err.evidence = tuple(evidence)
-    return err
+    return kind(message, fix, Kind.INFRASTRUCTURE, cause=f"virtual host {cls}" if cls else "", evidence=evidence)
 
 
 def stall_reason(beat_age: float, kernel_said: float | None, last_output: float, now: float,
@@ -178,7 +172,7 @@ def paths_to_keep(extra: Sequence[Path]) -> list[str]:
     Never ``/tmp`` itself: binding the host's (read-only) /tmp over L1's own would leave
     L1 without a writable temp dir (as running pveoi from ``cd /tmp`` once did).
     """
-    candidates = [Path(__file__).resolve().parent.parent, Path(sys.prefix), Path(sys.base_prefix),
+    candidates = [REPO_ROOT, Path(sys.prefix), Path(sys.base_prefix),
                   cache_root(), Path.cwd(), *extra]
     keep: list[str] = []
     for path in candidates:
@@ -235,11 +229,19 @@ class VirtualKvmHost(Machine):
         self.kvm_facts: dict[str, str] = {}
         self.boot_seconds: float | None = None
 
-    def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+    def _pre_launch(self) -> None:
+        """The command's output channel: L1's third serial port, pumped into ``<name>-output.log``."""
         out_ours, out_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._extra_theirs = [out_theirs]
         self._pump = _Pump(out_ours, self.logdir / f"{self.spec.name}-output.log", self._sink)
-        return vhost_argv(self.vspec, self.results, qmp_fd, console_fd, out_theirs.fileno())
+
+    def _post_shutdown(self) -> None:
+        if self._pump is not None:
+            self._pump.close()
+            self._pump = None
+
+    def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+        return vhost_argv(self.vspec, self.results, qmp_fd, console_fd, self._extra_theirs[0].fileno())
 
     def run(self, argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None) -> int:
         """Boot L1, run ``argv`` inside as root, return its exit status.
@@ -376,14 +378,6 @@ class VirtualKvmHost(Machine):
                 fix="the L1 kernel needs CONFIG_KVM_AMD=y and QEMU's TCG 'max' CPU must expose svm and npt",
             )
         return facts
-
-    def shutdown(self, timeout: float = 10.0) -> int | None:
-        try:
-            return super().shutdown(timeout)
-        finally:
-            if self._pump is not None:
-                self._pump.close()
-                self._pump = None
 
 
 def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int = 2, memory_mb: int = 2048,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import not_measurable
+from tests.helpers.measurable import not_measurable
+from tests.helpers.screens import screenshot
 
 pytestmark = pytest.mark.kvm
 
@@ -65,33 +66,6 @@ def test_timer_ab(timer_run: tuple[dict, Path]) -> None:  # type: ignore[type-ar
     assert doc["schema"] == 3 and doc["runner"]["id"] and doc["runner"]["doctor"]
     if doc["host"]["chosen"] == "virtual":
         assert doc["host"]["inner_runner"]["hostname"] == "pveoi-vhost"
-
-
-def screenshot(page: Path, png: Path, size: tuple[int, int]) -> None:
-    """Headless Chromium loads ``page`` and saves a screenshot; its whole process group is reaped."""
-    import os
-    import shutil
-    import signal
-    import tempfile
-
-    browser = shutil.which("chromium") or shutil.which("chromium-headless-shell")
-    if browser is None:
-        pytest.fail("chromium is missing: run host_config/install-deps.sh (Debian package chromium)")
-    with tempfile.TemporaryDirectory(prefix="pveoi-chromium-") as profile:
-        proc = subprocess.Popen(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-             f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", f"--screenshot={png}",
-             page.as_uri()],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=180)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    assert png.is_file(), out.decode(errors="replace")[-2000:]
 
 
 def test_a_real_history_renders_and_chromium_shows_its_plots(timer_run: tuple[dict, Path],  # type: ignore[type-arg]

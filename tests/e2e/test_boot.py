@@ -19,8 +19,8 @@ from e2e.measure.guest_counters import STATE_COMMAND, GuestState
 from e2e.vm.argv import DEFAULT_APPEND, MachineSpec
 from e2e.vm.machine import Machine
 from e2e.vm.ssh import GuestSsh
-
-from ..conftest import interruptible, qemu_pids, wait_no_new_qemu
+from tests.helpers.cached import fetched_debian_bzimage
+from tests.helpers.processes import interruptible, qemu_pids, wait_no_new_qemu
 
 pytestmark = pytest.mark.qemu
 
@@ -152,20 +152,11 @@ def test_killing_the_harness_mid_command_leaves_no_qemu(guest_kernel: Path, gues
         assert proc.returncode == 130
 
 
-def _fetched_debian_kernel() -> Path | None:
-    from e2e.build.cache import cache_root
-
-    for manifest in sorted((cache_root() / "kernels").glob("deb-*/manifest.json")):
-        if (manifest.parent / "modules.tar").is_file():
-            return manifest.parent / "bzImage"
-    return None
-
-
 def test_fetched_debian_kernel_boots_with_its_modules(tmp_path: Path) -> None:
     """`pveoi kernel fetch --debian`'s kernel: image_for_kernel adds its virtio modules; SSH works."""
     from e2e.build.image import image_for_kernel
 
-    kernel = _fetched_debian_kernel()
+    kernel = fetched_debian_bzimage()
     if kernel is None:
         pytest.skip("no fetched Debian kernel in the cache (pveoi kernel fetch --debian)")
     image = image_for_kernel(kernel)

@@ -16,10 +16,10 @@ from e2e.model.plan import DEFAULT_ARMS
 from e2e.model.workloads import Workload
 from e2e.run import ab
 from e2e.vm.argv import MachineSpec
-from e2e.vm.exitcause import GUEST_RESET, RUNNING
+from e2e.vm.ending import GUEST_RESET, RUNNING
 from e2e.vm.machine import Machine
-
-from ..conftest import not_measurable, qemu_pids, wait_no_new_qemu
+from tests.helpers.measurable import not_measurable
+from tests.helpers.processes import qemu_pids, wait_no_new_qemu
 
 pytestmark = pytest.mark.qemu
 
@@ -103,7 +103,7 @@ def test_an_ssh_connect_ends_at_once_when_qemu_is_gone(guest_kernel: Path, guest
                                                         tmp_path: Path) -> None:
     """QEMU gone before SSH answers: the connect names how it ended at once, not after its deadline.
     (QMP system_reset here, which -no-reboot turns into QEMU's exit: a host reset, not the guest's.)"""
-    from e2e.vm.exitcause import HOST_RESET
+    from e2e.vm.ending import HOST_RESET
     from e2e.vm.ssh import GuestSsh
 
     spec = MachineSpec(kernel=guest_kernel, initrd=guest_image.initrd, accel="tcg", name="gone")

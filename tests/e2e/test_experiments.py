@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import fixture_kernel
+from tests.helpers.kernels import fixture_kernel
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow, pytest.mark.timeout(7200)]
 

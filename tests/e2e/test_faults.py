@@ -33,8 +33,9 @@ from e2e.util import hostid
 from e2e.vm.argv import MachineSpec
 from e2e.vm.machine import Machine
 from e2e.vm.ssh import GuestSsh
-
-from ..conftest import clean_stderr_lines, interruptible, not_measurable, qemu_pids, wait_no_new_qemu
+from tests.helpers.measurable import not_measurable
+from tests.helpers.processes import interruptible, qemu_pids, wait_no_new_qemu
+from tests.helpers.terminal import clean_stderr_lines
 
 pytestmark = pytest.mark.qemu
 

@@ -18,8 +18,8 @@ from e2e.errors import PveoiError
 from e2e.model.result import Result
 from e2e.report import results
 from e2e.util import tmpdirs
-
-from ..conftest import bzimage_bytes, clean_stderr_lines
+from tests.helpers.bzimage import bzimage_bytes
+from tests.helpers.terminal import clean_stderr_lines
 
 REPO = Path(__file__).resolve().parents[2]
 

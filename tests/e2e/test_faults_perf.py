@@ -15,15 +15,10 @@ import pytest
 
 from e2e.errors import CapabilityError, MeasurementError
 from e2e.host.capability import probe_tracefs
-from e2e.measure.perf import (
-    INSTALL_FIX,
-    PERMISSION_FIX,
-    TRACEFS_MOUNT_FIX,
-    Event,
-    PerfStat,
-    check_required,
-    list_kvm_tracepoints,
-)
+from e2e.host.hostfacts import list_kvm_tracepoints
+from e2e.measure.perf import PerfStat
+from e2e.measure.perf_errors import INSTALL_FIX, PERMISSION_FIX, TRACEFS_MOUNT_FIX
+from e2e.measure.perf_events import Event, check_required
 
 PERF = shutil.which("perf")
 needs_perf = pytest.mark.skipif(PERF is None, reason="perf is not installed (apt-get install linux-perf)")

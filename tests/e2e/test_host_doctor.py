@@ -24,7 +24,7 @@ import pytest
 
 from e2e.host import doctor
 from e2e.host.capability import probe_host
-from e2e.host.doctor import decide
+from e2e.host.decision import decide
 
 
 def test_probe_this_host_runs() -> None:
@@ -32,7 +32,8 @@ def test_probe_this_host_runs() -> None:
     assert facts.root == "/"
     decision = decide(facts, None)
     assert decision.host in ("direct", "virtual", "not-measurable")
-    assert doctor.format_text(doctor.doctor_report(facts)).count("\n") >= len(doctor.findings(facts, None, decision))
+    checks = doctor.doctor_checks(facts, None, decision)
+    assert doctor.format_text(doctor.doctor_report(facts)).count("\n") >= len(checks)
 
 
 @pytest.mark.skipif(not Path("/sys/module/kvm_pvm").is_dir(),

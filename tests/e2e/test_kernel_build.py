@@ -11,21 +11,23 @@ from pathlib import Path
 import pytest
 
 from e2e.build import kernel
+from e2e.build.bases import BASES, DEFAULT_BASE, apply_patches, base_named, load_series
 from e2e.build.bzimage import read_setup_header
 from e2e.build.cache import Cache, cache_root
-from e2e.build.kernel import apply_patches, load_series
+from e2e.build.kconfig import read_config
+from e2e.build.kentry import load_manifest
 from e2e.errors import BuildError
 
 
 def test_guest_kernel_is_patched_and_cached(guest_kernel: Path) -> None:
     entry = kernel.build_kernel(kernel.default_spec("guest"))  # a cache hit now
     assert entry.file("bzImage") == guest_kernel
-    manifest = kernel.load_manifest(entry)
-    series = kernel.load_series(kernel.base_named(None).series_dir)
+    manifest = load_manifest(entry)
+    series = load_series(base_named(None).series_dir)
     assert [p["name"] for p in manifest["patches"]] == [p.name for p in series]
-    assert manifest["flavour"] == "guest" and manifest["release"].startswith(f"{kernel.DEFAULT_BASE}.")
-    assert manifest["base"] == kernel.DEFAULT_BASE and manifest["version"].startswith(f"{kernel.DEFAULT_BASE}.")
-    config = kernel.read_config(entry.file("config"))
+    assert manifest["flavour"] == "guest" and manifest["release"].startswith(f"{DEFAULT_BASE}.")
+    assert manifest["base"] == DEFAULT_BASE and manifest["version"].startswith(f"{DEFAULT_BASE}.")
+    config = read_config(entry.file("config"))
     for opt in ("CONFIG_KVM_GUEST", "CONFIG_X86_X2APIC", "CONFIG_SMP", "CONFIG_DEBUG_FS"):
         assert config.get(opt) == "y", opt
 
@@ -43,11 +45,11 @@ def test_a_dropped_option_fails_the_build_naming_it(tmp_path: Path) -> None:
     assert not list((tmp_path / "cache" / "kernels").glob("*/manifest.json")), "a failed build left an entry"
 
 
-@pytest.fixture(scope="module", params=sorted(kernel.BASES))
+@pytest.fixture(scope="module", params=sorted(BASES))
 def linux_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """A base, and kvm.c and kernel-parameters.txt from its Debian linux-source, unpacked once.
     A missing source package fails: host_config/install-deps.sh installs every base's."""
-    base = kernel.base_named(request.param)
+    base = base_named(request.param)
     if not base.tarball.is_file():
         pytest.fail(f"{base.tarball} not found: {base.apt} (host_config/install-deps.sh)")
     dest = tmp_path_factory.mktemp(f"linux-{base.name}")
@@ -64,7 +66,7 @@ def test_every_series_applies_to_its_bases_debian_source(linux_files: tuple[str,
     """Each shipped series, in order, with fuzz 0, on the source of the base it is for (the two files
     it touches: seconds, so the default run checks it)."""
     name, tree = linux_files
-    series = load_series(kernel.base_named(name).series_dir)
+    series = load_series(base_named(name).series_dir)
     kvm_c = tree / "arch" / "x86" / "kernel" / "kvm.c"
     params = tree / "Documentation" / "admin-guide" / "kernel-parameters.txt"
     before = kvm_c.read_text()
@@ -84,12 +86,12 @@ def test_every_series_applies_to_its_bases_debian_source(linux_files: tuple[str,
     with pytest.raises(BuildError, match=r"0001-[^ ]+: .*Reversed"):
         apply_patches(tree, series, f"pveoi's {name} series")
     # The other base's series does not apply here, and says whose it is and the ways out.
-    for other in sorted(set(kernel.BASES) - {name}):
+    for other in sorted(set(BASES) - {name}):
         fresh = tree.parent / f"fresh-{other}"
         (fresh / "arch" / "x86" / "kernel").mkdir(parents=True)
         (fresh / "arch" / "x86" / "kernel" / "kvm.c").write_text(before)
         with pytest.raises(BuildError, match=f"pveoi's {other} series does not apply to this tree") as err:
-            apply_patches(fresh, load_series(kernel.base_named(other).series_dir), f"pveoi's {other} series")
+            apply_patches(fresh, load_series(base_named(other).series_dir), f"pveoi's {other} series")
         assert "--patches" in (err.value.fix or "")
 
 

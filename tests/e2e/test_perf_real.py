@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from e2e.errors import CapabilityError, MeasurementError, PveoiError
-from e2e.measure.exit_reasons import SVM_EXIT_REASONS, VMX_EXIT_REASONS
-from e2e.measure.perf import PERMISSION_FIX, Event, PerfStat, list_kvm_tracepoints
-
-from ..conftest import ended_within
+from e2e.host.hostfacts import list_kvm_tracepoints
+from e2e.measure.perf import PerfStat
+from e2e.measure.perf_errors import PERMISSION_FIX
+from e2e.measure.perf_events import Event
+from e2e.measure.vmexits import SVM_EXIT_REASONS, VMX_EXIT_REASONS
+from tests.helpers.processes import ended_within
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +38,7 @@ def uapi(tmp_path_factory: pytest.TempPathFactory) -> Path:
     host_config/install-deps.sh), unpacked once."""
     import subprocess
 
-    from e2e.build.kernel import base_named
+    from e2e.build.bases import base_named
 
     base = base_named(None)
     if not base.tarball.is_file():
@@ -230,7 +232,9 @@ def test_real_perf_is_killed_when_the_context_is_left_by_an_exception(
 def test_real_perf_dies_with_the_harness(sleeper: subprocess.Popen[bytes]) -> None:
     harness = textwrap.dedent(f"""
         import sys
-        from e2e.measure.perf import PERMISSION_FIX, Event, PerfStat
+        from e2e.measure.perf import PerfStat
+        from e2e.measure.perf_errors import PERMISSION_FIX
+        from e2e.measure.perf_events import Event
         perf = PerfStat([Event("kvm:kvm_exit")], pid={sleeper.pid})
         perf.start()
         print(perf.process_id, perf.workdir, flush=True)
@@ -261,7 +265,7 @@ def test_a_failed_runs_trace_is_salvaged_up_to_the_failure(switcher: Switcher, t
     still leaves the events recorded up to then beside its logs, as perf script text."""
     import gzip
 
-    from e2e.measure.trace import PerfRecord
+    from e2e.measure.record import PerfRecord
     from e2e.run.evidence import AttemptTrace, keep_trace_output
 
     kept = AttemptTrace(tmp_path)

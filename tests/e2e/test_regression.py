@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import not_measurable
+from tests.helpers.measurable import not_measurable
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow, pytest.mark.timeout(7200)]
 
@@ -37,7 +37,7 @@ def pveoi(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 def broken_patch_dir(tmp_path: Path, fixture: Path = FIXTURE, base: str = "6.1") -> Path:
     """The base's guest series in order, then the fixture, as one quilt dir (symlinks:
     the cache key hashes names and contents, so every build of it is the same key)."""
-    from e2e.build.kernel import base_named, load_series
+    from e2e.build.bases import base_named, load_series
 
     d = tmp_path / f"{fixture.parent.name}-{base}-patches"
     d.mkdir()

@@ -22,8 +22,8 @@ import pytest
 
 from e2e import cli
 from e2e.build.cache import cache_root
-
-from ..conftest import not_measurable, qemu_pids
+from tests.helpers.measurable import not_measurable
+from tests.helpers.processes import qemu_pids
 
 pytestmark = [pytest.mark.soak, pytest.mark.kvm]
 

@@ -57,7 +57,8 @@ def test_a_frozen_vhost_is_reported_as_a_stall_with_its_cpus(host_kernel: Path, 
     import threading
     import time
 
-    from e2e.vm.vhost import CTL, HEARTBEAT, STALLED, VhostSpec, VhostStalled, VirtualKvmHost
+    from e2e.errors import VhostStalled
+    from e2e.vm.vhost import CTL, HEARTBEAT, STALLED, VhostSpec, VirtualKvmHost
 
     host = VirtualKvmHost(VhostSpec(host_kernel, timeout=600, stall_timeout=20), tmp_path / "share",
                           artifacts=tmp_path / "logs")

@@ -28,8 +28,9 @@ from e2e.model.result import Result, RunRecord, WorkloadResult
 from e2e.model.workloads import WORKLOADS
 from e2e.report.results import format_table
 from e2e.run import ab
-from e2e.run.ab import COUNTED, DEFAULT_ARMS, Arm, cpu_vendor, load_arms, validate_arms
-from tests.conftest import bzimage_bytes
+from e2e.run.ab import COUNTED, DEFAULT_ARMS, Arm, cpu_vendor, validate_arms
+from e2e.run.arms import load_arms
+from tests.helpers.bzimage import bzimage_bytes
 
 TIMER = WORKLOADS["timer"]
 ON, OFF = DEFAULT_ARMS

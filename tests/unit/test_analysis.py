@@ -1,5 +1,5 @@
 """Unit tests for e2e.analysis.compare (every pair of arms compared), the per-vCPU arm proof
-(e2e.run.ab.check_guest_arm), arms files (e2e.run.ab.load_arms) and `pveoi analyze`.
+(e2e.run.boot.check_guest_arm), arms files (e2e.run.arms.load_arms) and `pveoi analyze`.
 
 The synthetic runs model a 2-vCPU timer run: each injected interrupt ends with one
 EOI (``kvm:kvm_eoi`` fires for every EOI, PV or trapped); without PV EOI every EOI
@@ -24,8 +24,9 @@ from e2e.model.plan import DEFAULT_ARMS, Arm, Plan
 from e2e.model.result import Result, RunRecord, WorkloadResult
 from e2e.model.workloads import WORKLOADS
 from e2e.report import results
-from e2e.run.ab import check_guest_arm, load_arms
-from tests.conftest import bzimage_bytes
+from e2e.run.arms import load_arms
+from e2e.run.boot import check_guest_arm
+from tests.helpers.bzimage import bzimage_bytes
 
 TIMER = WORKLOADS["timer"]
 GOOD = Path("/k/good/bzImage")

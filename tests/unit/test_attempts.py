@@ -28,39 +28,18 @@ from e2e.errors import (
     SshError,
 )
 from e2e.model.plan import DEFAULT_ARMS, Plan
-from e2e.model.result import Attempt, Result, RunRecord, WorkloadResult
+from e2e.model.result import Attempt, Result, WorkloadResult
 from e2e.model.workloads import WORKLOADS
 from e2e.report.results import failed_attempts, format_table
 from e2e.run import ab
-from e2e.run.evidence import AttemptTrace, attempt_name, keep_perf_output
-from e2e.vm.exitcause import GUEST_RESET, PANIC
-from tests.unit.test_report import make_doc, write_history
+from e2e.run.evidence import AttemptTrace, keep_perf_output
+from e2e.vm.ending import GUEST_RESET, PANIC
+from tests.helpers.fake_ab import fake_run_once, setup_in
+from tests.helpers.results import make_doc, write_history
 
 ON = DEFAULT_ARMS[0]
 TIMER = WORKLOADS["timer"]
 RESET_EVIDENCE = ("SHUTDOWN reason guest-reset", "console: 'sysrq: Resetting'")
-
-
-def setup_in(tmp_path: Path) -> ab.Setup:
-    return ab.Setup(kernel=tmp_path / "bzImage", initrd=tmp_path / "initrd", private_key=tmp_path / "key",
-                    host_key_line="ssh-ed25519 AAAA", artifacts=tmp_path / "logs")
-
-
-def fake_run_once(failures: list[Exception]) -> Any:
-    """A run_once that writes its attempt's console log, then raises the next of ``failures`` (or succeeds)."""
-
-    def run_once(setup: ab.Setup, arm: ab.Arm, workload: Any, events: Any, rep: int, attempt: int = 1,
-                 trace: AttemptTrace | None = None) -> RunRecord:
-        setup.artifacts.mkdir(parents=True, exist_ok=True)
-        log = setup.artifacts / f"{attempt_name(workload.name, arm.name, rep, attempt)}-console.log"
-        log.write_text(f"attempt {attempt}\n")
-        assert trace is not None
-        trace.extra_logs.append(log)
-        if failures:
-            raise failures.pop(0)
-        return RunRecord(rep=rep, arm=arm.name, counts={}, attempt=attempt)
-
-    return run_once
 
 
 def reset_error() -> QemuExited:
@@ -234,14 +213,14 @@ def test_an_attempt_that_failed_while_qemu_ran_is_classed_by_what_failed(tmp_pat
     """The soak saw a perf attach failure recorded as class "qemu running", which names no cause."""
     from types import SimpleNamespace
 
-    from e2e.vm.exitcause import CLASSES, RUNNING, TRIPLE_FAULT, ExitCause
+    from e2e.vm.ending import CLASSES, RUNNING, TRIPLE_FAULT, ExitCause
 
     assert cls in CLASSES
     machine = SimpleNamespace(ended=ExitCause(RUNNING, ("QEMU still ran",)), log_paths=lambda: [])
     got = AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried")  # type: ignore[arg-type]
     assert (got.cls, got.evidence) == (cls, ("QEMU still ran",))
     # What the error kept (a boot deadline's vCPUs) reaches the attempt's evidence.
-    err.evidence = ("run state running", "CPU0 RIP=ffffffff81479993 HLT=1 (same 1 s later)")
+    err = err.with_(evidence=("run state running", "CPU0 RIP=ffffffff81479993 HLT=1 (same 1 s later)"))
     got = AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried")  # type: ignore[arg-type]
     assert got.evidence == ("QEMU still ran", *err.evidence)
     # QEMU's own end comes first: an SSH error from a guest that triple-faulted is the triple fault.

@@ -17,10 +17,11 @@ import pytest
 
 from e2e.build.bzimage import embedded_config, parse_setup_header, read_setup_header, vmlinux
 from e2e.build.cache import cache_root
-from e2e.build.kernel import check_kernel_file, fetch_path
+from e2e.build.kentry import check_kernel_file
 from e2e.build.modules import missing_builtin_drivers
+from e2e.build.prebuilt import fetch_path
 from e2e.errors import ConfigError
-from tests.conftest import bzimage_bytes
+from tests.helpers.bzimage import bzimage_bytes
 
 
 def one_line_error(path: Path, pattern: str) -> str:

@@ -1,4 +1,5 @@
-"""Unit tests for e2e.host.capability (probes) and e2e.host.doctor (findings and decision).
+"""Unit tests for the host probes (e2e.host.capability, .tools, .access), the checks (e2e.host.checks),
+the decision (e2e.host.decision) and the doctor's report (e2e.host.doctor).
 
 Fixture trees under fixtures/doctor/<case>/ stand in for ``/``; perf and QEMU
 are faked through the injectable command runner. The doctor on this machine,
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from e2e.errors import GuestTimeout, NotMeasurable
-from e2e.host import capability, doctor
-from e2e.host.capability import CommandOutput, HostFacts, probe_host
-from e2e.host.doctor import Decision, ProbeBoot, decide
+from e2e.host import access, capability, checks, doctor, tools
+from e2e.host.capability import HostFacts, probe_host
+from e2e.host.decision import Decision, ProbeBoot, decide, resolve_host
+from e2e.host.tools import CommandOutput
 
 FIXTURES = Path(__file__).parent / "fixtures" / "doctor"
 
@@ -36,7 +38,7 @@ ACCEL_HELP = "Accelerators supported in QEMU binary:\ntcg\nkvm\n"
 
 
 def fake_run(*, perf: bool = True, qemu: bool = True, pv_eoi: bool = True, tcg: bool = True,
-             calls: list[list[str]] | None = None) -> capability.RunCommand:
+             calls: list[list[str]] | None = None) -> tools.RunCommand:
     """A command runner that answers like this machine's perf 6.1 and QEMU 7.2."""
 
     def run(argv: Sequence[str]) -> CommandOutput:
@@ -153,31 +155,31 @@ def test_parse_bool_param(text: str | None, value: bool | None) -> None:
 
 
 def test_parsers() -> None:
-    assert capability.parse_version(QEMU_VERSION) == "7.2.22"
-    assert capability.parse_version("perf version 6.1.192\n") == "6.1.192"
-    assert capability.parse_version("garbage") is None
-    assert capability.qemu_knows_property(CPU_HELP)
-    assert not capability.qemu_knows_property(CPU_HELP.replace("kvm-pv-eoi", "kvm-pv-eoix"))
+    assert tools.parse_version(QEMU_VERSION) == "7.2.22"
+    assert tools.parse_version("perf version 6.1.192\n") == "6.1.192"
+    assert tools.parse_version("garbage") is None
+    assert tools.qemu_knows_property(CPU_HELP)
+    assert not tools.qemu_knows_property(CPU_HELP.replace("kvm-pv-eoi", "kvm-pv-eoix"))
     # a CPU model's description mentioning the property does not count
-    assert not capability.qemu_knows_property(
+    assert not tools.qemu_knows_property(
         "x86 foo  no kvm-pv-eoi here\nRecognized CPUID flags:\n  x2apic\n")
-    assert capability.qemu_has_accel(ACCEL_HELP)
-    assert not capability.qemu_has_accel("Accelerators supported in QEMU binary:\nkvm\n")
+    assert tools.qemu_has_accel(ACCEL_HELP)
+    assert not tools.qemu_has_accel("Accelerators supported in QEMU binary:\nkvm\n")
     assert capability.cpu_flags("processor : 0\nflags\t\t: fpu vmx\n") == {"fpu", "vmx"}
     assert capability.cpu_flags(None) == frozenset()
 
 
 def test_run_command_missing_binary_is_a_finding() -> None:
-    out = capability.run_command(["pveoi-no-such-binary-xyz", "--version"])
+    out = tools.run_command(["pveoi-no-such-binary-xyz", "--version"])
     assert not out.ok and out.error is not None and "not found" in out.error
 
 
 def test_run_command_nonzero_and_timeout() -> None:
-    bad = capability.run_command(["sh", "-c", "echo oops >&2; exit 3"])
+    bad = tools.run_command(["sh", "-c", "echo oops >&2; exit 3"])
     assert not bad.ok and bad.error is not None and "exited with 3: oops" in bad.error
-    slow = capability.run_command(["sleep", "5"], timeout=0.2)
+    slow = tools.run_command(["sleep", "5"], timeout=0.2)
     assert not slow.ok and slow.error is not None and "did not finish" in slow.error
-    good = capability.run_command(["sh", "-c", "echo $LC_ALL"])
+    good = tools.run_command(["sh", "-c", "echo $LC_ALL"])
     assert good.ok and good.output.strip() == "C"
 
 
@@ -329,7 +331,7 @@ def test_qemu_without_pv_eoi_property_is_not_measurable() -> None:
     decision = decide(facts, None)
     assert decision.host == "not-measurable"
     assert "kvm-pv-eoi" in decision.reason
-    found = {f.name: f for f in doctor.findings(facts, None, decision)}
+    found = {f.name: f for f in doctor.doctor_checks(facts, None, decision)}
     assert found["kvm-pv-eoi property"].status == "fail"
 
 
@@ -356,7 +358,7 @@ FINDING_NAMES = ["kvm backend", "/dev/kvm", "probe boot", "apicv/avic", "perf", 
 def test_findings_one_per_check(case: str) -> None:
     facts = facts_for(case)
     decision = decide(facts, None)
-    found = doctor.findings(facts, None, decision)
+    found = doctor.doctor_checks(facts, None, decision)
     assert [f.name for f in found] == FINDING_NAMES
     assert all(f.status in ("ok", "warn", "fail", "info") for f in found)
     assert found[-1].detail.startswith(f"{decision.host}: ")
@@ -364,7 +366,7 @@ def test_findings_one_per_check(case: str) -> None:
 
 def test_findings_statuses_for_apicv_on() -> None:
     facts = facts_for("vmx_apicv_on")
-    found = {f.name: f for f in doctor.findings(facts, GOOD_PROBE, decide(facts, GOOD_PROBE))}
+    found = {f.name: f for f in doctor.doctor_checks(facts, GOOD_PROBE, decide(facts, GOOD_PROBE))}
     assert found["kvm backend"].status == "ok"
     assert found["probe boot"].status == "ok" and "1.4s" in found["probe boot"].detail
     assert found["apicv/avic"].status == "warn"
@@ -376,7 +378,7 @@ def test_findings_statuses_for_apicv_on() -> None:
 
 def test_findings_host_side_perf_gaps_are_info_when_virtual() -> None:
     facts = dataclasses.replace(facts_for("pvm", euid=1000), cap_perfmon=False)
-    found = {f.name: f for f in doctor.findings(facts, None, decide(facts, None))}
+    found = {f.name: f for f in doctor.doctor_checks(facts, None, decide(facts, None))}
     assert found["perf permissions"].status == "info"
     assert "not needed" in found["perf permissions"].detail
     assert found["perf permissions"].fix is not None
@@ -384,7 +386,7 @@ def test_findings_host_side_perf_gaps_are_info_when_virtual() -> None:
 
 def test_findings_for_not_measurable() -> None:
     facts = facts_for("none", qemu=False)
-    found = {f.name: f for f in doctor.findings(facts, BAD_PROBE, decide(facts, BAD_PROBE))}
+    found = {f.name: f for f in doctor.doctor_checks(facts, BAD_PROBE, decide(facts, BAD_PROBE))}
     assert found["qemu"].status == "fail" and found["qemu"].fix == "apt-get install qemu-system-x86"
     assert found["kvm-pv-eoi property"].status == "info"
     assert found["kvm-pv-eoi property"].detail == "unknown: QEMU is missing"
@@ -430,10 +432,10 @@ def test_format_text() -> None:
 
 
 def test_resolve_host() -> None:
-    assert doctor.resolve_host(Decision("direct", "r", True)) == "direct"
-    assert doctor.resolve_host(Decision("virtual", "r", False)) == "virtual"
+    assert resolve_host(Decision("direct", "r", True)) == "direct"
+    assert resolve_host(Decision("virtual", "r", False)) == "virtual"
     with pytest.raises(NotMeasurable) as err:
-        doctor.resolve_host(Decision("not-measurable", "no QEMU", False, "apt-get install x"))
+        resolve_host(Decision("not-measurable", "no QEMU", False, "apt-get install x"))
     assert "no QEMU" in str(err.value) and err.value.fix == "apt-get install x"
 
 
@@ -497,12 +499,12 @@ def non_root(case: str = "vmx_apicv_off", **changes: object) -> HostFacts:
 def test_non_root_with_every_permission_is_direct() -> None:
     facts = non_root()
     assert decide(facts, None).host == "direct"
-    found = {f.name: f for f in doctor.findings(facts, None, decide(facts, None))}
+    found = {f.name: f for f in doctor.doctor_checks(facts, None, decide(facts, None))}
     assert found["perf permissions"].status == "ok" and found["/dev/kvm"].status == "ok"
 
 
 def test_kvm_dev_root_only_says_chgrp_and_usermod() -> None:
-    check = doctor.check_kvm_dev(non_root(kvm_access=False, kvm_dev_group="root", kvm_dev_mode="0600"))
+    check = checks.check_kvm_dev(non_root(kvm_access=False, kvm_dev_group="root", kvm_dev_mode="0600"))
     assert not check.ok
     assert check.detail == ("/dev/kvm exists but is not readable and writable by alice (root 0600): only root "
                             "may open it")
@@ -511,26 +513,26 @@ def test_kvm_dev_root_only_says_chgrp_and_usermod() -> None:
 
 
 def test_kvm_dev_not_in_group_says_usermod() -> None:
-    check = doctor.check_kvm_dev(non_root(kvm_access=False, kvm_group_member=False))
+    check = checks.check_kvm_dev(non_root(kvm_access=False, kvm_group_member=False))
     assert check.detail.endswith("alice is not in group kvm")
     assert check.fix == "add alice to group kvm: usermod -aG kvm alice, then log in again"
 
 
 def test_kvm_dev_group_not_in_this_session_says_log_in_again() -> None:
-    check = doctor.check_kvm_dev(non_root(kvm_access=False, kvm_group_active=False))
+    check = checks.check_kvm_dev(non_root(kvm_access=False, kvm_group_active=False))
     assert "this session is not" in check.detail
     assert check.fix is not None and "log in again" in check.fix and "newgrp kvm" in check.fix
 
 
 def test_kvm_dev_denied_to_root_is_not_a_group_problem() -> None:
     facts = dataclasses.replace(facts_for("vmx_apicv_off"), kvm_access=False)
-    check = doctor.check_kvm_dev(facts)
+    check = checks.check_kvm_dev(facts)
     assert "not even for root" in check.detail and "usermod" not in (check.fix or "")
 
 
 def test_perf_permissions_name_each_missing_permission_and_fix() -> None:
     facts = non_root(perf_paranoid=2, tracefs_readable=False)
-    check = doctor.check_perf_permissions(facts)
+    check = checks.check_perf_permissions(facts)
     assert not check.ok
     assert "perf_event_paranoid=2 stops alice counting kernel-mode events" in check.detail
     assert "silently counts user mode only" in check.detail
@@ -539,31 +541,31 @@ def test_perf_permissions_name_each_missing_permission_and_fix() -> None:
     assert "sysctl -w kernel.perf_event_paranoid=1" in check.fix
     assert "mount -o remount,gid=kvm,mode=0750 /sys/kernel/tracing with alice in group kvm" in check.fix
     assert "sudo host_config/prepare-host.sh --perf" in check.fix
-    only_paranoid = doctor.check_perf_permissions(non_root(perf_paranoid=3))
+    only_paranoid = checks.check_perf_permissions(non_root(perf_paranoid=3))
     assert "tracing" not in only_paranoid.detail and only_paranoid.fix is not None
     assert only_paranoid.fix.startswith("sysctl -w kernel.perf_event_paranoid=1 (both:")
 
 
 def test_root_only_tracefs_is_named_for_a_non_root_user() -> None:
     facts = non_root(tracefs_listable=False, tracefs_readable=False, kvm_tracepoints=0, missing_tracepoints=())
-    check = doctor.check_tracepoints(facts)
+    check = checks.check_tracepoints(facts)
     assert not check.ok and "/sys/kernel/tracing is root-only, so alice cannot see" in check.detail
     assert check.fix is not None and "host_config/prepare-host.sh --perf" in check.fix
     decision = decide(facts, None)
     assert decision.host == "virtual" and "root-only" in decision.reason
     root = dataclasses.replace(facts, is_root=True)
-    assert doctor.check_tracepoints(root).ok
+    assert checks.check_tracepoints(root).ok
 
 
 def test_cache_findings() -> None:
     facts = facts_for("pvm")
     assert facts.cache_dir is None
-    found = {f.name: f for f in doctor.findings(facts, None, decide(facts, None))}
+    found = {f.name: f for f in doctor.doctor_checks(facts, None, decide(facts, None))}
     assert (found["cache"].status, found["cache"].detail) == ("info", "not checked")
 
-    def cache(**changes: object) -> doctor.Finding:
+    def cache(**changes: object) -> doctor.DoctorCheck:
         f = dataclasses.replace(non_root("pvm"), cache_dir="/srv/c", **changes)  # type: ignore[arg-type]
-        return {x.name: x for x in doctor.findings(f, None, decide(f, None))}["cache"]
+        return {x.name: x for x in doctor.doctor_checks(f, None, decide(f, None))}["cache"]
 
     ok = cache(cache_writable=True, cache_key_readable=True)
     assert ok.status == "ok" and ok.detail == "/srv/c is writable by alice, its SSH key readable"
@@ -576,23 +578,23 @@ def test_cache_findings() -> None:
 
 
 def test_probe_cache(tmp_path: Path) -> None:
-    missing = capability.probe_cache(tmp_path / "a" / "b")
+    missing = access.probe_cache(tmp_path / "a" / "b")
     assert missing.writable and missing.key_readable is None and missing.path == str(tmp_path / "a" / "b")
     key = tmp_path / "c" / "ssh" / "id_ecdsa"
     key.parent.mkdir(parents=True)
     key.write_text("key")
     key.chmod(0o600)
-    assert capability.probe_cache(tmp_path / "c").key_readable is True
+    assert access.probe_cache(tmp_path / "c").key_readable is True
 
 
 def test_probe_kvm_dev_owner(tmp_path: Path) -> None:
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/kvm").write_text("")
     (tmp_path / "dev/kvm").chmod(0o660)
-    owner = capability.probe_kvm_dev_owner(tmp_path, os.geteuid())
-    assert owner.mode == "0660" and owner.group == capability.group_name(os.getegid())
+    owner = access.probe_kvm_dev_owner(tmp_path, os.geteuid())
+    assert owner.mode == "0660" and owner.group == access.group_name(os.getegid())
     assert owner.member is True and owner.active is True
-    assert capability.probe_kvm_dev_owner(tmp_path / "nowhere", 0) == capability.KvmDevOwner(None, None, None, None)
+    assert access.probe_kvm_dev_owner(tmp_path / "nowhere", 0) == access.KvmDevOwner(None, None, None, None)
 
 
 def test_run_doctor_checks_the_cache_of_this_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import bzimage_bytes, clean_stderr_lines
+from tests.helpers.bzimage import bzimage_bytes
+from tests.helpers.terminal import clean_stderr_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,9 +136,10 @@ import paramiko
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from e2e import cli
 from e2e.errors import PveoiError
+from e2e.util.logs import run_log_file
 from e2e.vm.ssh import GuestSsh
 
-cli._setup_logging(int(sys.argv[1]))
+cli.setup_logging(int(sys.argv[1]))
 server = socket.socket()
 server.bind(("127.0.0.1", 0))
 server.listen()
@@ -167,7 +169,7 @@ def boom():
 thread = threading.Thread(target=boom, name="pveoi-test-thread")
 thread.start()
 thread.join()
-print(cli._log_file())
+print(run_log_file())
 '''
 
 

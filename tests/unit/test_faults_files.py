@@ -16,10 +16,10 @@ import pytest
 
 from e2e.build.cache import MANIFEST, Cache, atomic_write, remove_dead_temps
 from e2e.build.image import IMAGE_KIND, load_image
-from e2e.build.kernel import check_kernel_file
+from e2e.build.kentry import check_kernel_file
 from e2e.errors import ConfigError, PveoiError
 from e2e.util import hostid, tmpdirs
-from tests.conftest import bzimage_bytes
+from tests.helpers.bzimage import bzimage_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -160,7 +160,7 @@ def test_chromium_draws_the_same_page(tmp_path: Path, monkeypatch: pytest.Monkey
         pytest.skip("chromium is missing: run host_config/install-deps.sh (Debian package chromium)")
     from PIL import Image, ImageChops
 
-    from tests.e2e.test_ab import screenshot
+    from tests.helpers.screens import screenshot
 
     monkeypatch.setitem(matplotlib.rcParams, "svg.hashsalt", "pveoi-golden")
     old, new = tmp_path / "old.html", tmp_path / "new.html"

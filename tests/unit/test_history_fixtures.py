@@ -112,7 +112,7 @@ def test_each_history_renders(schema: int) -> None:
 ])
 def test_the_check_finds_what_each_history_holds(schema: int, expected: set[tuple[str, str, str]]) -> None:
     result = check(load_history(FIXTURES / f"schema{schema}"))
-    assert {(f.kind, f.runner, f.workload) for f in result.findings} == expected
+    assert {(f.kind, f.runner, f.workload) for f in result.flags} == expected
     assert result.exit_code == (1 if expected else 0)
 
 
@@ -140,8 +140,8 @@ def test_a_history_of_every_schema_is_checked_as_one(tmp_path: Path, capsys: pyt
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(p, dest)
     result = check(load_history(root))
-    assert not [f for f in result.findings if f.runner == "ci-a"]
-    assert {(f.kind, f.workload) for f in result.findings if f.runner == "ci-b"} == {
+    assert not [f for f in result.flags if f.runner == "ci-a"]
+    assert {(f.kind, f.workload) for f in result.flags if f.runner == "ci-b"} == {
         ("not-measurable", "timer"), ("not-measurable", "ipi")}
     assert cli.main(["report", "--history", str(root), "--check"]) == 1
     assert "[ci-a]" not in capsys.readouterr().out.split("check:")[0].replace("note [ci-a]", "").replace(

@@ -104,9 +104,68 @@ def test_e2e_has_no_import_cycles() -> None:
     assert cycles(graph) == []
 
 
+#: The layers of e2e, lowest first: a subpackage imports only its own modules and those of the
+#: layers before it (the same list, in words, opens e2e/__init__.py and each subpackage's docstring).
+LAYERS = (("errors", "util"), ("model",), ("build",), ("host",), ("vm",), ("measure",), ("analysis",),
+          ("report",), ("run",), ("cli", "pytest_plugin"))
+
+
+def layer_of(module: str) -> int:
+    """The layer of ``e2e.<part>...`` (the package itself, ``e2e``, is below them all)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return -1
+    return next(i for i, names in enumerate(LAYERS) if parts[1] in names)
+
+
+def upward_imports(graph: Mapping[str, set[str]]) -> list[str]:
+    """Every import of a module of a higher layer, or of a sibling of the same layer, as ``a -> b``."""
+    out = []
+    for module, deps in sorted(graph.items()):
+        for dep in sorted(deps):
+            same = module.split(".")[:2] == dep.split(".")[:2]
+            if not same and (layer_of(dep) > layer_of(module)
+                             or (layer_of(dep) == layer_of(module) and layer_of(module) == len(LAYERS) - 1)):
+                out.append(f"{module} -> {dep}")
+    return out
+
+
+def test_every_part_of_e2e_is_in_a_layer_and_the_package_root_holds_only_errors() -> None:
+    graph = import_graph(PACKAGE)
+    assert all(layer_of(m) >= -1 for m in graph)  # StopIteration for a part in no layer
+    top = sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file())
+    assert top == ["__init__.py", "analysis", "build", "cli", "errors.py", "host", "measure", "model",
+                   "pytest_plugin.py", "report", "run", "util", "vm"]
+
+
+def test_no_layer_imports_one_above_it() -> None:
+    assert upward_imports(import_graph(PACKAGE)) == []
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    graph = {"e2e.vm.machine": {"e2e.run.ab", "e2e.util.spawn"}, "e2e.cli.ab": {"e2e.pytest_plugin"},
+             "e2e.run.ab": {"e2e.run.boot", "e2e.vm.machine"}}
+    assert upward_imports(graph) == ["e2e.cli.ab -> e2e.pytest_plugin", "e2e.vm.machine -> e2e.run.ab"]
+
+
 @pytest.mark.parametrize("module", sorted(modules_of(PACKAGE)))
 def test_each_module_imports_alone(module: str) -> None:
     """In a fresh interpreter, so no other module was imported first."""
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
                           timeout=60, cwd=PACKAGE.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_only_the_cli_imports_argparse() -> None:
+    """Command lines are parsed in e2e/cli only; the other layers take typed options (the entry points
+    ``python -m e2e.run.inner`` and ``python -m e2e.run.bisect step`` read their fixed argv by hand)."""
+    offenders = []
+    for name, (path, _) in modules_of(PACKAGE).items():
+        if name == "e2e.cli" or name.startswith("e2e.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n == "argparse" or n.startswith("argparse.") for n in names):
+                offenders.append(f"{name}:{node.lineno}")
+    assert offenders == []

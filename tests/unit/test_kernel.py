@@ -1,4 +1,4 @@
-"""Unit tests for e2e.build.kernel's pure parts: config fragments, the patch series,
+"""Unit tests for the pure parts of e2e.build.kernel, .kconfig and .bases: config fragments, the patch series,
 make's argv, the build cache key, and the bzImage header checks.
 
 The tests marked ``slow`` run the real ``patch`` on a broken patch in a temp
@@ -15,25 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from e2e.build.kernel import (
+from e2e.build.bases import (
     BASES,
     DEFAULT_BASE,
-    BuildSpec,
-    KernelSource,
     Patch,
     apply_patches,
     base_for_version,
     base_named,
-    default_spec,
     load_series,
-    make_argv,
-    merge_fragments,
-    missing_options,
-    parse_config_fragment,
     parse_series,
-    render_fragment,
     tree_version,
 )
+from e2e.build.kconfig import merge_fragments, missing_options, parse_config_fragment, render_fragment
+from e2e.build.kernel import BuildSpec, KernelSource, default_spec, make_argv
 from e2e.errors import BuildError, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -327,7 +321,6 @@ def test_apply_patches_nothing_to_do(tmp_path: Path) -> None:
     assert (tree / "src" / "file.c").read_text() == ORIGINAL
 
 
-@pytest.mark.slow
 def test_apply_patches_broken_patch_names_patch_and_hunk(tmp_path: Path) -> None:
     tree = make_tree(tmp_path)
     good = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
@@ -344,7 +337,6 @@ def test_apply_patches_broken_patch_names_patch_and_hunk(tmp_path: Path) -> None
     assert sorted(p.name for p in (tree / "src").iterdir()) == ["file.c"], "no .orig/.rej left"
 
 
-@pytest.mark.slow
 def test_apply_patches_missing_file_and_reapplied(tmp_path: Path) -> None:
     tree = make_tree(tmp_path)
     elsewhere = write_patch(tmp_path, "0001-elsewhere.patch",

@@ -346,3 +346,25 @@ def test_a_finding_names_its_vcpu_and_is_one_line() -> None:
     assert f.vcpu == 1 and str(f) == "arm on: cpu1 did not enable PV EOI; fix: enable it on every CPU"
     assert errors.EXIT_CODES == {Kind.CONFIG: 2, Kind.CAPABILITY: 2, Kind.INFRASTRUCTURE: 2, Kind.FINDING: 1}
     assert {str(k) for k in Kind} == {"config", "capability", "infrastructure", "finding"}
+
+
+def test_a_boot_plan_round_trips_through_json_and_a_malformed_one_is_a_config_error(tmp_path: Path) -> None:
+    from e2e.model.plan import Arm, BootPlan
+
+    arm = Arm("boot", pv_eoi=False, append="no-kvm-pv-eoi", kernel=tmp_path / "arm-bzImage")
+    plan = BootPlan(arm=arm, kernel=tmp_path / "bzImage", image=tmp_path / "image", accel="kvm", smp=2,
+                    memory_mb=512, boot_timeout=30.0, timeout=5.0, command=("sh", "-c", "exit 3"),
+                    logs=tmp_path / "logs")
+    doc = json.loads(json.dumps(plan.to_json()))
+    assert BootPlan.from_json(doc) == plan
+    assert plan.files() == [tmp_path / "bzImage", tmp_path / "image", tmp_path / "arm-bzImage"]
+    assert BootPlan.from_json({**doc, "logs": None}).logs is None
+    with pytest.raises(ConfigError, match=r"malformed boot plan \(KeyError: 'arm'\)"):
+        BootPlan.from_json({k: v for k, v in doc.items() if k != "arm"})
+
+
+def test_the_inner_runner_refuses_a_wrong_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from e2e.run import inner
+
+    assert inner.main(["boot"]) == 2
+    assert "usage: python -m e2e.run.inner PLAN.json RESULT.json | boot BOOTPLAN.json" in capsys.readouterr().err

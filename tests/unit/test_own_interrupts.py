@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from e2e.analysis.history import load_history, records
-from e2e.measure.trace import source_counts, source_trapped
+from e2e.measure.trace_figures import source_counts, source_trapped
 from e2e.model.result import OWN, Result
 from e2e.model.workloads import WORKLOADS
 from e2e.report import kcidb, ktap

@@ -1,4 +1,4 @@
-"""Tests for e2e.measure.perf and e2e.measure.exit_reasons.
+"""Tests for e2e.measure.perf, .perf_events, .perf_errors and e2e.measure.vmexits.
 
 The pure parts (argv, CSV, error classification, tracefs discovery on a fake
 tree, exit-reason tables) run everywhere, whatever the host. The real perf
@@ -16,19 +16,10 @@ import pytest
 
 from e2e.errors import CapabilityError, ConfigError, Kind, MeasurementError, PerfError, PveoiError
 from e2e.host.hostfacts import list_kvm_tracepoints
-from e2e.measure.exit_reasons import breakdown_filters, breakdown_reasons, reason_name
-from e2e.measure.perf import (
-    PERMISSION_FIX,
-    REQUIRED,
-    SEPARATOR,
-    TRACEFS_MOUNT_FIX,
-    Event,
-    PerfStat,
-    check_required,
-    parse_perf_csv,
-    perf_error,
-    perf_stat_argv,
-)
+from e2e.measure.perf import PerfStat
+from e2e.measure.perf_errors import PERMISSION_FIX, TRACEFS_MOUNT_FIX, perf_error
+from e2e.measure.perf_events import REQUIRED, SEPARATOR, Event, check_required, parse_perf_csv, perf_stat_argv
+from e2e.measure.vmexits import breakdown_filters, breakdown_reasons, reason_name
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -337,18 +328,18 @@ def test_missing_perf_binary_is_a_capability_error(tmp_path: Path) -> None:
 
 
 def test_host_facts_have_one_owner() -> None:
-    """perf, ab, capability and the doctor take the tracepoint list, the tracefs scan and the CPU
-    vendor from e2e.host.hostfacts: the same objects, not copies that could drift apart."""
-    from e2e.host import capability, doctor, hostfacts
-    from e2e.measure import perf
+    """perf, ab, capability and the doctor's checks take the tracepoint list, the tracefs scan and the
+    CPU vendor from e2e.host.hostfacts: the same objects, not copies that could drift apart."""
+    from e2e.host import capability, checks, hostfacts
+    from e2e.measure import perf_errors, perf_events
     from e2e.run import ab
 
     assert ab.COUNTED is hostfacts.COUNTED and ab.cpu_vendor is hostfacts.cpu_vendor
-    assert tuple(hostfacts.COUNTED) == perf.REQUIRED
-    assert perf.list_kvm_tracepoints is hostfacts.list_kvm_tracepoints
+    assert tuple(hostfacts.COUNTED) == perf_events.REQUIRED
+    assert perf_errors.probe_tracefs is hostfacts.probe_tracefs
     assert capability.probe_tracefs is hostfacts.probe_tracefs and capability.cpu_flags is hostfacts.cpu_flags
     assert capability.NEEDED_TRACEPOINTS == hostfacts.TRACEPOINTS
-    assert doctor.TRACEPOINTS is hostfacts.TRACEPOINTS
+    assert checks.TRACEPOINTS is hostfacts.TRACEPOINTS
     assert tuple(n.removeprefix("kvm:") for n in hostfacts.COUNTED) == hostfacts.TRACEPOINTS
 
 

@@ -11,7 +11,7 @@ pytest_plugins = ["pytester"]
 
 NOT_DIRECT = '''
 import pytest
-from e2e.host.doctor import Decision
+from e2e.host.decision import Decision
 
 @pytest.fixture(scope="session")
 def pveoi_kvm():

@@ -9,10 +9,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from e2e.analysis.droprule import CheckSettings
 from e2e.analysis.history import load_history
-from e2e.analysis.regress import CheckSettings, check, format_findings
+from e2e.analysis.regress import check, format_flags
 from e2e.report.render import render_ktap, render_markdown
-from tests.unit.test_report import INJ, make_doc, noisy, write_history
+from tests.helpers.results import INJ, make_doc, noisy, write_history
 
 
 def traced(doc: dict[str, Any], own_on: float = 0.01, own_off: float = 1.0, missed: int = 0,
@@ -44,22 +45,22 @@ def test_a_one_night_headline_drop_while_pv_eoi_held_is_a_warning(tmp_path: Path
     docs = nights(random.Random(1), [0.95] * 6 + [0.90])
     history = load_history(write_history(tmp_path, docs))
     result = check(history)
-    assert result.findings and {f.severity for f in result.findings} == {"warning"}
+    assert result.flags and {f.severity for f in result.flags} == {"warning"}
     assert result.exit_code == 0
-    text = format_findings(result)
+    text = format_flags(result)
     assert text.splitlines()[0].startswith("WARNING [r1] timer: EOI exits saved per interrupt dropped")
     assert "warning(s) (exit 0)" in text.splitlines()[-1]
     assert render_markdown(history, result).splitlines()[2] == "Warnings (exit 0):"
     assert "# WARNING [r1] timer" in render_ktap(history, result)
     strict = check(history, CheckSettings(strict=True))
-    assert strict.exit_code == 1 and {f.severity for f in strict.findings} == {"regression"}
+    assert strict.exit_code == 1 and {f.severity for f in strict.flags} == {"regression"}
 
 
 def test_the_same_drop_on_a_second_night_is_a_regression(tmp_path: Path) -> None:
     docs = nights(random.Random(2), [0.95] * 6 + [0.90, 0.90])
     result = check(load_history(write_history(tmp_path, docs)))
     assert result.exit_code == 1
-    assert all(f.severity == "regression" for f in result.findings if f.kind == "drop")
+    assert all(f.severity == "regression" for f in result.flags if f.kind == "drop")
 
 
 def test_a_drop_of_pv_eoi_taken_when_armed_is_a_regression_on_its_first_night(tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ def test_a_drop_of_pv_eoi_taken_when_armed_is_a_regression_on_its_first_night(tm
     docs = nights(random.Random(3), [0.95] * 6 + [0.94], **{"6": {"missed": 10}})
     result = check(load_history(write_history(tmp_path, docs)))
     assert result.exit_code == 1
-    taken = [f for f in result.findings if f.metric == "PV EOI taken when armed"]
+    taken = [f for f in result.flags if f.metric == "PV EOI taken when armed"]
     assert taken and taken[0].severity == "regression"
 
 
@@ -77,8 +78,8 @@ def test_a_double_eoi_is_a_regression_though_every_other_figure_held(tmp_path: P
     docs = nights(random.Random(4), [0.95] * 7, **{"6": {"no_vector": 0.01}})
     result = check(load_history(write_history(tmp_path, docs)))
     assert result.exit_code == 1
-    (rise,) = [f for f in result.findings if f.kind == "rise"]
+    (rise,) = [f for f in result.flags if f.kind == "rise"]
     assert rise.severity == "regression" and rise.after == 0.01 and rise.before == 0.0
     assert "no vector in service" in rise.message
     clean = nights(random.Random(4), [0.95] * 7)
-    assert check(load_history(write_history(tmp_path / "clean", clean))).findings == []
+    assert check(load_history(write_history(tmp_path / "clean", clean))).flags == []

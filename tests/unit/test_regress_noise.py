@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from e2e.analysis.droprule import CheckSettings, decide, detection_floor
 from e2e.analysis.history import History, Run
-from e2e.analysis.regress import CheckSettings, check, decide, detection_floor, format_findings
+from e2e.analysis.regress import check, format_flags
 from e2e.model.result import Result
 
 SAVED = "EOI exits saved per interrupt"
@@ -74,7 +75,7 @@ def test_twenty_clean_nights_raise_no_false_alarm(seed: int) -> None:
     alarms = []
     for n in range(1, len(runs) + 1):  # every night's check, as the nightly job runs it
         result = check(History(Path("h"), runs[:n]))
-        alarms += [f"night {n}: {format_findings(result)}" for _ in result.findings]
+        alarms += [f"night {n}: {format_flags(result)}" for _ in result.flags]
     assert alarms == []
 
 
@@ -86,7 +87,7 @@ def test_a_one_percent_drop_is_flagged(drop: str) -> None:
     for seed in range(10):
         runs = nights(seed, 10, drop)
         result = check(History(Path("h"), runs))
-        found = [f for f in result.findings if f.metric == SAVED]
+        found = [f for f in result.flags if f.metric == SAVED]
         if not found:
             missed.append(seed)
             continue
@@ -97,7 +98,7 @@ def test_a_one_percent_drop_is_flagged(drop: str) -> None:
         assert finding.before - finding.after > finding.floor
         floor = result.groups[0].floors["eoi_saved"]
         assert floor.basis in ("spread", "minimum") and floor.threshold == finding.floor
-        assert "detection floor" in format_findings(result)
+        assert "detection floor" in format_flags(result)
     assert len(missed) <= 1, f"missed in seeds {missed}"
 
 
@@ -147,19 +148,19 @@ def test_a_headline_drop_says_when_the_trace_puts_it_on_timing_not_on_pv_eoi() -
     timing reasons: still a regression, but its message says what the trace shows."""
     from types import SimpleNamespace
 
-    from e2e.analysis.regress import Finding, GroupStatus, _with_timing
+    from e2e.analysis.regress import Flag, GroupStatus, _with_timing
 
     def rec(timing: float, taken: float | None = 1.0) -> SimpleNamespace:
         return SimpleNamespace(timing=timing, value={"pv_taken": taken}, samples={})
 
-    drop = Finding("drop", "vm", "timer", "EOI exits saved per interrupt dropped 0.986 -> 0.978",
+    drop = Flag("drop", "vm", "timer", "EOI exits saved per interrupt dropped 0.986 -> 0.978",
                    metric="EOI exits saved per interrupt")
     group = GroupStatus("vm", "timer", None, baseline=[rec(0.010), rec(0.011), rec(0.012)])  # type: ignore[list-item]
     said = _with_timing(drop, [*group.baseline, rec(0.018)], group, [drop])  # type: ignore[list-item]
     assert said.message.startswith(drop.message) and "held at 1.0000" in said.message
     assert "rose from 1.10% to 1.80% of injected interrupts" in said.message
     # Not when PV EOI taken when armed dropped too, nor when timing did not rise, nor untraced.
-    taken = Finding("drop", "vm", "timer", "x", metric="PV EOI taken when armed")
+    taken = Flag("drop", "vm", "timer", "x", metric="PV EOI taken when armed")
     assert _with_timing(drop, [*group.baseline, rec(0.018)], group, [drop, taken]) is drop  # type: ignore[list-item]
     assert _with_timing(drop, [*group.baseline, rec(0.009)], group, [drop]) is drop  # type: ignore[list-item]
     assert _with_timing(drop, [*group.baseline, rec(0.018, None)], group, [drop]) is drop  # type: ignore[list-item]
@@ -171,13 +172,14 @@ def test_a_headline_drop_says_whether_the_workloads_own_interrupts_held() -> Non
     fell beyond its floor, flagged or not."""
     from types import SimpleNamespace
 
-    from e2e.analysis.regress import Finding, Floor, GroupStatus, _with_timing
+    from e2e.analysis.droprule import Floor
+    from e2e.analysis.regress import Flag, GroupStatus, _with_timing
 
     def rec(timing: float, *own: float) -> SimpleNamespace:
         return SimpleNamespace(timing=timing, value={"pv_taken": 1.0, "own_saved": own[0] if own else None},
                                samples={"own_saved": list(own)})
 
-    drop = Finding("drop", "vm", "net", "EOI exits saved per interrupt dropped 0.905 -> 0.820",
+    drop = Flag("drop", "vm", "net", "EOI exits saved per interrupt dropped 0.905 -> 0.820",
                    metric="EOI exits saved per interrupt")
     base = [rec(0.08, 0.96, 0.958), rec(0.09, 0.962, 0.96), rec(0.085, 0.958, 0.962)]
     group = GroupStatus("vm", "net", None, baseline=base)  # type: ignore[arg-type]
@@ -189,7 +191,7 @@ def test_a_headline_drop_says_whether_the_workloads_own_interrupts_held() -> Non
     # Fell beyond its floor without being flagged (too few reps for the test): not "held".
     fell = _with_timing(drop, [*base, rec(0.15, 0.90)], group, [drop])  # type: ignore[list-item]
     assert "held at 1.0000" in fell.message and "own interrupts" not in fell.message
-    own = Finding("drop", "vm", "net", "x", metric="EOI exits saved per workload interrupt")
+    own = Flag("drop", "vm", "net", "x", metric="EOI exits saved per workload interrupt")
     both = _with_timing(drop, [*base, rec(0.15, 0.955)], group, [drop, own])  # type: ignore[list-item]
     assert "own interrupts" not in both.message
     assert _with_timing(own, [*base, rec(0.15, 0.90)], group, [drop, own]) is own  # type: ignore[list-item]

@@ -1,7 +1,8 @@
 """The history, the regression check and the renderers, on synthetic histories.
 
 A synthetic run is a real schema-2 result document whose per-rep counts are
-made so that each rep's "EOI exits saved per interrupt" is a chosen value.
+made so that each rep's "EOI exits saved per interrupt" is a chosen value
+(tests/helpers/results.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import statistics
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -17,70 +17,13 @@ from typing import Any
 import pytest
 
 from e2e import cli
+from e2e.analysis.droprule import CheckSettings, one_sided_p
 from e2e.analysis.history import HistoryError, load_history, migrate
-from e2e.analysis.regress import CheckSettings, check, format_findings, one_sided_p
+from e2e.analysis.regress import check, format_flags
 from e2e.errors import CapabilityError
 from e2e.report import results
 from e2e.report.render import render_html, render_junit, render_markdown
-
-INJ = 1000
-
-
-def arm_runs(saved: list[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    on, off = [], []
-    for rep, s in enumerate(saved):
-        pv = round(s * INJ)
-        on.append({"rep": rep, "counts": {"kvm:kvm_inj_virq": INJ, "kvm:kvm_eoi": INJ, "kvm:kvm_pv_eoi": pv,
-                                          "kvm:kvm_exit": 4 * INJ - pv}})
-        off.append({"rep": rep, "counts": {"kvm:kvm_inj_virq": INJ, "kvm:kvm_eoi": INJ, "kvm:kvm_pv_eoi": 0,
-                                           "kvm:kvm_exit": 4 * INJ}})
-    return on, off
-
-
-def workload_doc(saved: list[float], verdict: str) -> dict[str, Any]:
-    if verdict == "not-measurable":
-        return {"verdict": verdict, "reasons": ["too few interrupts"], "metrics": {},
-                "eoi_exits_saved_per_interrupt": None, "treatment": "on", "baseline": "off"}
-    med = statistics.median(saved)
-    return {
-        "verdict": verdict, "reasons": [] if verdict == "pass" else ["kvm_pv_eoi was 0 in an on run"],
-        "treatment": "on", "baseline": "off", "description": "synthetic",
-        "eoi_exits_saved_per_interrupt": {"value": med, "ci": [min(saved), max(saved)], "limit": 1.0},
-        "metrics": {"kvm_exit": {"off_median": 4.0, "on_median": 4.0 - med, "reduction": med / 4,
-                                 "reduction_ci": [min(saved) / 4, max(saved) / 4],
-                                 "off_ci": [4.0, 4.0], "on_ci": [4 - max(saved), 4 - min(saved)]},
-                    "kvm_exit[MSR]": {"off_median": 3.0, "on_median": 3.0 - med}},
-    }
-
-
-def make_doc(n: int, workloads: dict[str, tuple[list[float], str]], runner: str = "r1",
-             host: str = "virtual") -> dict[str, Any]:
-    arms: dict[str, Any] = {"on": {"settings": {"kvm_pv_eoi": True}, "runs": {}},
-                            "off": {"settings": {"kvm_pv_eoi": False}, "runs": {}}}
-    docs = {}
-    for name, (saved, verdict) in workloads.items():
-        on, off = arm_runs(saved) if verdict != "not-measurable" else ([], [])
-        arms["on"]["runs"][name], arms["off"]["runs"][name] = on, off
-        docs[name] = workload_doc(saved, verdict)
-    verdicts = [v for _, v in workloads.values()]
-    return {
-        "schema": 2, "created": f"2026-11-{1 + n // 24:02d}T{n % 24:02d}:00:00Z", "runs_per_arm": 3,
-        "verdict": "fail" if "fail" in verdicts else ("pass" if "pass" in verdicts else "not-measurable"),
-        "runner": {"id": runner, "hostname": runner, "doctor": [{"name": "kvm", "status": "ok", "detail": "x"}]},
-        "host": {"chosen": host, "reason": "test"}, "arms": arms, "workloads": docs,
-    }
-
-
-def write_history(root: Path, docs: list[dict[str, Any]]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for i, doc in enumerate(docs):
-        (root / f"run{i:03d}-{doc['runner'].get('id', 'v1')}.json").write_text(json.dumps(doc))
-    return root
-
-
-def noisy(rng: random.Random, mean: float, sd: float = 0.02, n: int = 3) -> list[float]:
-    return [rng.gauss(mean, sd) for _ in range(n)]
-
+from tests.helpers.results import make_doc, noisy, write_history
 
 # ---------------------------------------------------------------- the check
 
@@ -92,7 +35,7 @@ def test_a_clean_noisy_history_is_never_flagged(tmp_path: Path, seed: int) -> No
     for night in range(1, len(docs) + 1):  # every night's check, as the nightly job would run it
         root = write_history(tmp_path / f"n{night}", docs[:night])
         result = check(load_history(root))
-        assert result.findings == [], f"night {night}: {format_findings(result)}"
+        assert result.flags == [], f"night {night}: {format_flags(result)}"
         assert result.exit_code == 0
 
 
@@ -101,14 +44,14 @@ def test_a_ten_percent_drop_is_flagged_with_its_size_and_run(tmp_path: Path) -> 
     docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(6)]
     docs.append(make_doc(6, {"timer": (noisy(rng, 0.95 * 0.9), "pass")}))
     result = check(load_history(write_history(tmp_path, docs)))
-    drops = [f for f in result.findings if f.kind == "drop"]
+    drops = [f for f in result.flags if f.kind == "drop"]
     assert {f.metric for f in drops} == {"EOI exits saved per interrupt", "kvm_exit reduction"}
     saved = next(f for f in drops if f.metric == "EOI exits saved per interrupt")
     assert saved.since == "run006-r1" and saved.workload == "timer"
     assert saved.before == pytest.approx(0.95, abs=0.03) and saved.after == pytest.approx(0.855, abs=0.03)
     assert saved.p_value is not None and saved.p_value < 0.05
     assert result.exit_code == 1
-    text = format_findings(result)
+    text = format_flags(result)
     assert "REGRESSION [r1] timer: EOI exits saved per interrupt dropped" in text
     assert "since run run006-r1" in text
 
@@ -118,7 +61,7 @@ def test_a_sustained_drop_is_dated_from_its_first_run(tmp_path: Path) -> None:
     docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(5)]
     docs += [make_doc(i, {"timer": (noisy(rng, 0.80), "pass")}) for i in range(5, 8)]
     result = check(load_history(write_history(tmp_path, docs)))
-    assert {f.since for f in result.findings} == {"run005-r1"}
+    assert {f.since for f in result.flags} == {"run005-r1"}
 
 
 def test_a_drop_within_the_runs_spread_is_not_flagged(tmp_path: Path) -> None:
@@ -128,13 +71,13 @@ def test_a_drop_within_the_runs_spread_is_not_flagged(tmp_path: Path) -> None:
     # Two baseline runs (6 reps): too few for a spread, so the relative threshold applies and the test decides.
     docs = [*(make_doc(i, {"timer": (s, "pass")}) for i, s in enumerate(base[:2])), latest]
     result = check(load_history(write_history(tmp_path / "two", docs)), CheckSettings(baseline=5))
-    assert not [f for f in result.findings if f.metric == "EOI exits saved per interrupt"]
+    assert not [f for f in result.flags if f.metric == "EOI exits saved per interrupt"]
     assert any("within the runs' spread" in n for g in result.groups for n in g.notes)
     assert result.groups[0].floors["eoi_saved"].basis == "relative"
     # Three (9 reps): the spread is known, and its floor is far beyond this drop.
     docs = [*(make_doc(i, {"timer": (s, "pass")}) for i, s in enumerate(base)), latest]
     result = check(load_history(write_history(tmp_path / "three", docs)), CheckSettings(baseline=5))
-    assert not [f for f in result.findings if f.metric == "EOI exits saved per interrupt"]
+    assert not [f for f in result.flags if f.metric == "EOI exits saved per interrupt"]
     floor = result.groups[0].floors["eoi_saved"]
     assert floor.basis == "spread" and floor.threshold > 0.75 - 0.65
 
@@ -144,8 +87,8 @@ def test_a_missing_workload_is_reported(tmp_path: Path) -> None:
     docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass"), "ipi": (noisy(rng, 0.9), "pass")}) for i in range(3)]
     docs.append(make_doc(3, {"timer": (noisy(rng, 0.95), "pass")}))
     result = check(load_history(write_history(tmp_path, docs)))
-    assert [(f.kind, f.workload) for f in result.findings] == [("missing", "ipi")]
-    assert "last run in run002-r1" in result.findings[0].message
+    assert [(f.kind, f.workload) for f in result.flags] == [("missing", "ipi")]
+    assert "last run in run002-r1" in result.flags[0].message
 
 
 def test_runners_are_compared_only_with_themselves(tmp_path: Path) -> None:
@@ -156,14 +99,14 @@ def test_runners_are_compared_only_with_themselves(tmp_path: Path) -> None:
         docs.append(make_doc(i, {"timer": (noisy(rng, mean, 0.01), "pass")}, runner=runner))
     history = load_history(write_history(tmp_path / "mixed", docs))
     assert history.runners() == ["fast", "slow"]
-    assert check(history).findings == []
+    assert check(history).flags == []
     # The same runner reached another way (direct, not virtual) has no baseline in that mode: not compared.
     docs.append(make_doc(12, {"timer": (noisy(rng, 0.5, 0.01), "pass")}, runner="fast", host="direct"))
-    assert check(load_history(write_history(tmp_path / "mixed2", docs))).findings == []
+    assert check(load_history(write_history(tmp_path / "mixed2", docs))).flags == []
     # A drop on one runner is flagged on that runner only.
     docs.append(make_doc(13, {"timer": (noisy(rng, 0.60, 0.01), "pass")}, runner="slow"))
     result = check(load_history(write_history(tmp_path / "mixed3", docs)))
-    assert result.findings and {f.runner for f in result.findings} == {"slow"}
+    assert result.flags and {f.runner for f in result.flags} == {"slow"}
 
 
 def test_pass_to_fail_and_measurable_to_not_measurable(tmp_path: Path) -> None:
@@ -172,10 +115,10 @@ def test_pass_to_fail_and_measurable_to_not_measurable(tmp_path: Path) -> None:
     docs.append(make_doc(3, {"timer": (noisy(rng, 0.95), "fail"), "net": ([], "not-measurable")}))
     docs.append(make_doc(4, {"timer": (noisy(rng, 0.95), "fail"), "net": ([], "not-measurable")}))
     result = check(load_history(write_history(tmp_path, docs)))
-    kinds = {(f.kind, f.workload, f.since) for f in result.findings}
+    kinds = {(f.kind, f.workload, f.since) for f in result.flags}
     assert ("fail", "timer", "run003-r1") in kinds
     assert ("not-measurable", "net", "run003-r1") in kinds
-    msg = next(f.message for f in result.findings if f.kind == "fail")
+    msg = next(f.message for f in result.flags if f.kind == "fail")
     assert msg.startswith("verdict turned from pass to fail since run run003-r1")
 
 
@@ -184,8 +127,8 @@ def test_a_run_that_measured_nothing_counts_as_not_measurable_not_missing(tmp_pa
     docs = [make_doc(i, {"timer": (noisy(rng, 0.95), "pass")}) for i in range(2)]
     docs.append({**make_doc(2, {}), "verdict": "not-measurable", "reason": "no usable KVM; fix: ..."})
     result = check(load_history(write_history(tmp_path, docs)))
-    assert [(f.kind, f.workload) for f in result.findings] == [("not-measurable", "timer")]
-    assert "no usable KVM" in result.findings[0].message
+    assert [(f.kind, f.workload) for f in result.flags] == [("not-measurable", "timer")]
+    assert "no usable KVM" in result.flags[0].message
 
 
 @pytest.mark.parametrize("kind", ["not-measurable", "error"])
@@ -200,9 +143,9 @@ def test_real_documents_of_a_run_that_measured_nothing_are_flagged(tmp_path: Pat
     docs.append(res.with_(runner={"id": "r1"}, created="2026-11-02T00:00:00Z").to_json())
     history = load_history(write_history(tmp_path, docs))
     result = check(history)
-    assert [(f.kind, f.workload) for f in result.findings] == [("not-measurable", "timer")]
-    assert f"measurable to {kind}" in result.findings[0].message
-    assert ("perf is missing" if kind == "error" else "no usable KVM") in result.findings[0].message
+    assert [(f.kind, f.workload) for f in result.flags] == [("not-measurable", "timer")]
+    assert f"measurable to {kind}" in result.flags[0].message
+    assert ("perf is missing" if kind == "error" else "no usable KVM") in result.flags[0].message
     assert "this run measured nothing" in render_html(history, result)
 
 
@@ -213,18 +156,18 @@ def test_an_error_verdicts_leftover_figures_are_not_a_drop(tmp_path: Path) -> No
     docs[-1]["workloads"]["timer"]["verdict"] = "error"
     del docs[-1]["arms"]["on"]["runs"]["timer"][1]  # a rep that did not complete: reps pair by number
     result = check(load_history(write_history(tmp_path, docs)))
-    assert [f.kind for f in result.findings] == ["not-measurable"]
+    assert [f.kind for f in result.flags] == ["not-measurable"]
 
 
 def test_with_one_rep_a_drop_needs_to_clear_the_whole_baseline(tmp_path: Path) -> None:
     rng = random.Random(10)
     docs = [make_doc(i, {"timer": (noisy(rng, 0.95, n=1), "pass")}) for i in range(5)]
     assert check(load_history(write_history(tmp_path / "a", [*docs, make_doc(5, {"timer": ([0.85], "pass")})]))
-                 ).findings
+                 ).flags
     inside = min(d["workloads"]["timer"]["eoi_exits_saved_per_interrupt"]["value"] for d in docs) + 1e-3
     result = check(load_history(write_history(tmp_path / "b", [*docs, make_doc(5, {"timer": ([inside], "pass")})])),
                    CheckSettings(rel=0.0))
-    assert not [f for f in result.findings if f.metric == "EOI exits saved per interrupt"]
+    assert not [f for f in result.flags if f.metric == "EOI exits saved per interrupt"]
 
 
 @pytest.mark.parametrize("bad", [{"runner": None}, {"workloads": {"timer": "x"}},
@@ -246,20 +189,20 @@ def test_a_runner_whose_newest_result_is_too_old_is_flagged(tmp_path: Path) -> N
 
     history = load_history(write_history(tmp_path, [make_doc(0, {"timer": ([0.95] * 3, "pass")})]))
     created = calendar.timegm(time.strptime(history.runs[-1].created, "%Y-%m-%dT%H:%M:%SZ"))
-    assert check(history, CheckSettings(max_age_hours=20, now=created + 19 * 3600)).findings == []
-    [stale] = check(history, CheckSettings(max_age_hours=20, now=created + 21 * 3600)).findings
+    assert check(history, CheckSettings(max_age_hours=20, now=created + 19 * 3600)).flags == []
+    [stale] = check(history, CheckSettings(max_age_hours=20, now=created + 21 * 3600)).flags
     assert stale.kind == "stale" and "21.0 h old" in stale.message and "recorded nothing" in stale.message
-    assert check(history).findings == []  # off unless asked for
+    assert check(history).flags == []  # off unless asked for
 
 
 def test_a_runner_that_never_measured_is_a_note_not_a_regression(tmp_path: Path) -> None:
     docs = [make_doc(i, {"timer": ([], "not-measurable")}) for i in range(2)]
     result = check(load_history(write_history(tmp_path, docs)))
-    assert result.findings == [] and any("never measurable" in n for n in result.groups[0].notes)
+    assert result.flags == [] and any("never measurable" in n for n in result.groups[0].notes)
     # A runner whose every run measured nothing (no workload at all) is a skip, not a failure.
     root = write_history(tmp_path / "none", [{**make_doc(0, {}), "reason": "no KVM"}])
     result = check(load_history(root))
-    assert result.findings == [] and "no KVM" in result.groups[0].notes[0]
+    assert result.flags == [] and "no KVM" in result.groups[0].notes[0]
     junit = ET.fromstring(render_junit(result).split("?>", 1)[1])
     assert next(junit.iter("testcase")).find("skipped") is not None
     assert "no KVM" in render_html(load_history(root), result)
@@ -385,8 +328,8 @@ def test_require_measurable_flags_a_runner_that_never_measured(tmp_path: Path,
           make_doc(1, {"timer": ([], "not-measurable")}, runner="r2")]
     root = write_history(tmp_path, [*r1, *r2])
     history = load_history(root)
-    assert not [f for f in check(history).findings if f.runner == "r1"]  # a note unless asked for
-    never = [f for f in check(history, CheckSettings(require_measurable=True)).findings if f.kind == "never-measured"]
+    assert not [f for f in check(history).flags if f.runner == "r1"]  # a note unless asked for
+    never = [f for f in check(history, CheckSettings(require_measurable=True)).flags if f.kind == "never-measured"]
     assert [(f.runner, f.since) for f in never] == [("r1", "run000-r1")]
     assert "none of its 2 result(s) measured PV EOI (1 error, 1 not-measurable)" in never[0].message
     assert "latest run001-r1: error: perf is missing" in never[0].message

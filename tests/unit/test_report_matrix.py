@@ -10,7 +10,7 @@ from typing import Any
 from e2e.analysis.history import load_history
 from e2e.analysis.regress import check
 from e2e.report.render import matrices, render_html, render_markdown
-from tests.unit.test_report import make_doc, noisy, write_history
+from tests.helpers.results import make_doc, noisy, write_history
 
 QEMU = {"7.2": "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)",
         "10.0": "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)"}
@@ -35,7 +35,7 @@ def test_each_stack_is_its_own_baseline_and_a_left_stack_is_not_stale(tmp_path: 
     history = load_history(write_history(tmp_path / "h", docs))
     assert history.runners() == ["r1 (guest 6.1, host 6.1, QEMU 7.2.22)", "r1 (guest 6.12, host 6.1, QEMU 7.2.22)"]
     result = check(history)
-    assert result.findings == []
+    assert result.flags == []
     # Each group's baseline holds its own stack's nights only.
     for g in result.groups:
         assert {r.run.stack for r in g.baseline} == {g.latest.run.stack}  # type: ignore[union-attr]
@@ -47,7 +47,7 @@ def test_a_real_drop_within_one_stack_is_still_flagged(tmp_path: Path) -> None:
     docs.append(on_stack(make_doc(5, {"timer": (noisy(rng, 0.95, 0.005), "pass")}), "6.1", "6.1"))
     docs.append(on_stack(make_doc(6, {"timer": (noisy(rng, 0.80, 0.005), "pass")}), "6.12", "6.12"))
     result = check(load_history(write_history(tmp_path, docs)))
-    drops = [f for f in result.findings if f.kind == "drop"]
+    drops = [f for f in result.flags if f.kind == "drop"]
     assert drops and all(f.runner == "r1 (guest 6.12, host 6.12, QEMU 7.2.22)" for f in drops)
 
 

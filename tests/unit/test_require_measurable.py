@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REQUIRE_MEASURABLE, not_measurable
+from tests.helpers.measurable import REQUIRE_MEASURABLE, not_measurable
 
 
 @pytest.mark.parametrize("value", [None, "", "0"])

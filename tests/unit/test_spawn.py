@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from e2e.util.spawn import pdeathsig_setpriv, popen, resolve
-from tests.conftest import ended_within
+from tests.helpers.processes import ended_within
 
 REPO = Path(__file__).resolve().parents[2]
 

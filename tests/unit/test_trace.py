@@ -1,4 +1,5 @@
-"""e2e.measure.trace: perf script parsing, the marker window's exact accounting, per-vector attribution."""
+"""e2e.measure.trace and its neighbours (markers, record, vectors, trace_figures): perf script parsing, the
+marker window's exact accounting, per-vector attribution."""
 
 from __future__ import annotations
 
@@ -9,18 +10,10 @@ import pytest
 from e2e.analysis.compare import agreement, exact_agreement
 from e2e.errors import ConfigError
 from e2e.measure.guest_counters import STATE_MARK
-from e2e.measure.trace import (
-    MARK_NR,
-    GuestView,
-    irq_names,
-    irq_vectors,
-    lost_in_stderr,
-    mark_command,
-    parse_script,
-    perf_record_argv,
-    summarize,
-    vector_name,
-)
+from e2e.measure.markers import MARK_NR, mark_command
+from e2e.measure.record import lost_in_stderr, perf_record_argv
+from e2e.measure.trace import parse_script, summarize
+from e2e.measure.vectors import GuestView, irq_names, irq_vectors, vector_name
 from e2e.model.plan import Arm
 from e2e.model.result import RunRecord
 
@@ -241,7 +234,7 @@ def test_an_event_printed_twice_counts_once() -> None:
 
 
 def test_pv_eoi_taken_when_armed_counts_only_unexplained_traps() -> None:
-    from e2e.measure.trace import armed_taken
+    from e2e.measure.trace_figures import armed_taken
 
     s = Script().mark(T0, 1, 0, 0, 0)
     for _ in range(99):

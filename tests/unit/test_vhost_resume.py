@@ -17,7 +17,7 @@ from e2e.model.plan import DEFAULT_ARMS, Plan
 from e2e.model.result import Result
 from e2e.model.workloads import WORKLOADS
 from e2e.run import ab, inner, runner
-from tests.unit.test_attempts import fake_run_once, setup_in
+from tests.helpers.fake_ab import fake_run_once, setup_in
 
 
 def plan_in(tmp_path: Path, runs: int = 3, start: int = 0) -> Plan:
@@ -147,7 +147,7 @@ def test_spent_restarts_raise_with_the_earlier_ones_and_a_finding_is_never_resta
 
 
 def test_an_l1_crash_is_named_as_the_virtual_hosts_own_unless_its_kernel_is_under_test(tmp_path: Path) -> None:
-    from e2e.vm.exitcause import KILLED, TRIPLE_FAULT, ExitCause
+    from e2e.vm.ending import KILLED, TRIPLE_FAULT, ExitCause
     from e2e.vm.vhost import VhostSpec, VirtualKvmHost
 
     def fix(under_test: bool, cls: str) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from e2e.errors import GuestTimeout, Kind, QemuExited
+from e2e.errors import GuestTimeout, Kind, QemuExited, VhostStalled
 from e2e.run.runner import restart_record
-from e2e.vm.machine import cpu_state
-from e2e.vm.vhost import STALLED, VhostStalled, stall_reason, vhost_error
+from e2e.vm.cpus import cpu_state
+from e2e.vm.vhost import STALLED, stall_reason, vhost_error
 
 REGISTERS = """RAX=0000000000000000 RBX=ffffffff82613940 RCX=0000000000000001 RDX=0000000000000000
 RSI=0000000000000087 RDI=000000000012d0ac RBP=ffffffff82603e78 RSP=ffffffff82603e58
@@ -101,7 +101,7 @@ def test_the_virtual_hosts_own_end_is_named_as_its_own_and_earlier_restarts_stay
     assert vhost_error("no words", "", (), "x").cause == ""
     panic = vhost_error("the virtual host's kernel panicked: BUG: TASK stack guard page was hit", "panic",
                         ["BUG: TASK stack guard page was hit"], "x")
-    panic.retried = (restart_record("block", 1, crashed, tmp_path / "vhost-block-1", tmp_path),)
+    panic = panic.with_(retried=(restart_record("block", 1, crashed, tmp_path / "vhost-block-1", tmp_path),))
     doc = error_result(panic, "virtual", "x", 3).error
     assert doc is not None and doc["class"] == "virtual host panic"
     assert doc["evidence"] == ["BUG: TASK stack guard page was hit"]

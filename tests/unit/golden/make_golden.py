@@ -23,8 +23,9 @@ ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
 from e2e.analysis import stats  # noqa: E402
+from e2e.analysis.droprule import CheckSettings  # noqa: E402
 from e2e.analysis.history import load_history  # noqa: E402
-from e2e.analysis.regress import CheckSettings, check  # noqa: E402
+from e2e.analysis.regress import check  # noqa: E402
 from e2e.model.plan import DEFAULT_ARMS, Plan  # noqa: E402
 from e2e.report.render import render_html  # noqa: E402
 from e2e.report.results import load  # noqa: E402

@@ -41,3 +41,47 @@ def test_a_refused_qmp_command_names_itself_its_arguments_and_qemus_error(tmp_pa
         with pytest.raises(QmpCommandError, match=r"^QMP no-such-command \{\} failed: CommandNotFound: "):
             m.qmp("no-such-command")
         assert m.status() == "prelaunch", "the machine is still usable after a refused command"
+
+
+class HookedMachine(BareMachine):
+    """Records the lifecycle hooks; its extra socket is what QEMU would inherit."""
+
+    def __init__(self, *args: object, fail_argv: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls: list[str] = []
+        self.fail_argv = fail_argv
+
+    def _pre_launch(self) -> None:
+        import socket
+
+        self.calls.append("pre")
+        ours, theirs = socket.socketpair()
+        self.ours = ours
+        self._extra_theirs = [theirs]
+
+    def _post_launch(self) -> None:
+        self.calls.append(f"post:{self.status()}")
+
+    def _post_shutdown(self) -> None:
+        self.calls.append("down")
+        self.ours.close()
+
+    def _build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+        if self.fail_argv:
+            raise PveoiError("no argv for you")
+        return super()._build_argv(qmp_fd, console_fd)
+
+
+def test_lifecycle_hooks_run_once_each_in_order_and_post_shutdown_also_after_a_failed_launch(tmp_path: Path) -> None:
+    kernel = tmp_path / "unused-bzImage"
+    kernel.write_bytes(b"")
+    m = HookedMachine(MachineSpec(kernel=kernel, name="hooks"), r"never")
+    with m:
+        assert m.calls == ["pre", "post:prelaunch"]
+        assert m._extra_theirs[0].fileno() == -1, "pveoi's copy of what QEMU inherits is closed after the launch"
+    m.shutdown()  # idempotent: the hook does not run twice
+    assert m.calls == ["pre", "post:prelaunch", "down"] and m.ours.fileno() == -1
+    bad = HookedMachine(MachineSpec(kernel=kernel, name="hooks-bad"), r"never", fail_argv=True)
+    with pytest.raises(PveoiError, match="no argv for you"):
+        bad.launch()
+    assert bad.calls == ["pre", "down"] and bad.ours.fileno() == -1 and bad._extra_theirs[0].fileno() == -1

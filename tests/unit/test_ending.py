@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from e2e.errors import Kind
-from e2e.vm import exitcause
-from e2e.vm.exitcause import ExitCause, classify_exit
+from e2e.vm import ending
+from e2e.vm.ending import ExitCause, classify_exit
 
 
 def shutdown(reason: str, guest: bool = True) -> list[dict[str, Any]]:
@@ -31,35 +31,35 @@ SIGTERM_LOG = "qemu-system-x86_64: terminating on signal 15 from pid 2430 (/work
 
 CASES = [
     # (id, events, console, qemu log, exit status, class, the one-line description)
-    ("sysrq-b", shutdown("guest-reset"), READY + "sysrq: Resetting\r\n", "", 0, exitcause.GUEST_RESET,
+    ("sysrq-b", shutdown("guest-reset"), READY + "sysrq: Resetting\r\n", "", 0, ending.GUEST_RESET,
      "guest reset (SHUTDOWN reason guest-reset; console: 'sysrq: Resetting')"),
-    ("reboot -f", shutdown("guest-reset"), READY + "reboot: Restarting system\r\n", "", 0, exitcause.GUEST_RESET,
+    ("reboot -f", shutdown("guest-reset"), READY + "reboot: Restarting system\r\n", "", 0, ending.GUEST_RESET,
      "guest reset (SHUTDOWN reason guest-reset; console: 'reboot: Restarting system')"),
-    ("poweroff -f", shutdown("guest-shutdown"), READY + "reboot: Power down\r\n", "", 0, exitcause.POWEROFF,
+    ("poweroff -f", shutdown("guest-shutdown"), READY + "reboot: Power down\r\n", "", 0, ending.POWEROFF,
      "guest poweroff (SHUTDOWN reason guest-shutdown; console: 'reboot: Power down')"),
-    ("sysrq-c panic", shutdown("guest-reset"), PANIC_TAIL, "", 0, exitcause.PANIC,
+    ("sysrq-c panic", shutdown("guest-reset"), PANIC_TAIL, "", 0, ending.PANIC,
      "panic (SHUTDOWN reason guest-reset; console: 'Kernel panic - not syncing: sysrq triggered crash')"),
-    ("oom panic", shutdown("guest-reset"), OOM_TAIL, "", 0, exitcause.OOM,
+    ("oom panic", shutdown("guest-reset"), OOM_TAIL, "", 0, ending.OOM,
      "OOM (SHUTDOWN reason guest-reset; console: 'Out of memory: Killed process 57 (pveoi-load) "
      "total-vm:262144kB, anon-rss:250000kB'; console: 'Kernel panic - not syncing: System is deadlocked on memory')"),
-    ("triple fault, unannounced", shutdown("guest-reset"), READY, "", 0, exitcause.TRIPLE_FAULT,
+    ("triple fault, unannounced", shutdown("guest-reset"), READY, "", 0, ending.TRIPLE_FAULT,
      "triple fault (SHUTDOWN reason guest-reset; console: no reset, panic or shutdown announced by the guest kernel)"),
     ("triple fault, TCG -d cpu_reset", shutdown("guest-reset"), READY, "CPU Reset (CPU 0)\nTriple fault\n", 0,
-     exitcause.TRIPLE_FAULT, "triple fault (SHUTDOWN reason guest-reset; QEMU log: 'Triple fault')"),
-    ("SIGTERM", shutdown("host-signal", guest=False), READY, SIGTERM_LOG, 0, exitcause.KILLED,
+     ending.TRIPLE_FAULT, "triple fault (SHUTDOWN reason guest-reset; QEMU log: 'Triple fault')"),
+    ("SIGTERM", shutdown("host-signal", guest=False), READY, SIGTERM_LOG, 0, ending.KILLED,
      "killed by signal 15 (SIGTERM) from pid 2430 (/work/venv-evidence/bin/python) (SHUTDOWN reason host-signal, "
      "not the guest; QEMU log: 'terminating on signal 15 from pid 2430 (/work/venv-evidence/bin/python)')"),
-    ("SIGKILL", shutdown("guest-reset")[:1], READY, "", -9, exitcause.KILLED,
+    ("SIGKILL", shutdown("guest-reset")[:1], READY, "", -9, ending.KILLED,
      "killed by signal 9 (SIGKILL) (exit status -9; no SHUTDOWN event)"),
-    ("QMP quit", shutdown("host-qmp-quit", guest=False), READY, "", 0, exitcause.HOST_QUIT,
+    ("QMP quit", shutdown("host-qmp-quit", guest=False), READY, "", 0, ending.HOST_QUIT,
      "host quit (QMP quit) (SHUTDOWN reason host-qmp-quit, not the guest)"),
-    ("QMP system_reset", shutdown("host-qmp-system-reset", guest=False), READY, "", 0, exitcause.HOST_RESET,
+    ("QMP system_reset", shutdown("host-qmp-system-reset", guest=False), READY, "", 0, ending.HOST_RESET,
      "host reset (QMP system_reset) (SHUTDOWN reason host-qmp-system-reset, not the guest)"),
     ("pvpanic", [{"event": "GUEST_PANICKED", "data": {"action": "pause"}}, *shutdown("guest-panic")], READY, "", 0,
-     exitcause.PANIC, "panic (SHUTDOWN reason guest-panic; GUEST_PANICKED action pause)"),
-    ("KVM error", [], READY, "qemu-system-x86_64: kvm run failed Bad address\n", 1, exitcause.QEMU_ERROR,
+     ending.PANIC, "panic (SHUTDOWN reason guest-panic; GUEST_PANICKED action pause)"),
+    ("KVM error", [], READY, "qemu-system-x86_64: kvm run failed Bad address\n", 1, ending.QEMU_ERROR,
      "qemu error (exit code 1; QEMU log: 'qemu-system-x86_64: kvm run failed Bad address')"),
-    ("nothing to go by", [], READY, "", 0, exitcause.UNKNOWN,
+    ("nothing to go by", [], READY, "", 0, ending.UNKNOWN,
      "unknown (exit code 0; no SHUTDOWN event; console's last line: 'pveoi-guest-ready uptime=3.32')"),
 ]
 
@@ -70,20 +70,20 @@ def test_each_way_a_qemu_ends_is_named_from_its_evidence(events: list[dict[str, 
                                                          code: int, cls: str, said: str) -> None:
     cause = classify_exit(events, console, qemu_log, code)
     assert cause.cls == cls and cause.describe() == said and cause.exitcode == code
-    assert cause.cls in exitcause.CLASSES
-    assert cause.kind is (Kind.FINDING if cls == exitcause.PANIC else Kind.INFRASTRUCTURE)
+    assert cause.cls in ending.CLASSES
+    assert cause.kind is (Kind.FINDING if cls == ending.PANIC else Kind.INFRASTRUCTURE)
     assert cause.fix and "\n" not in said
 
 
 def test_a_running_qemu_has_no_exit_to_classify() -> None:
-    assert classify_exit([], READY, "", None).cls == exitcause.RUNNING
+    assert classify_exit([], READY, "", None).cls == ending.RUNNING
 
 
 def test_an_oom_kill_long_before_an_unrelated_panic_is_not_the_cause() -> None:
     console = READY + "Out of memory: Killed process 60 (dd)\r\n" + PANIC_TAIL
-    assert classify_exit(shutdown("guest-reset"), console, "", 0).cls == exitcause.OOM  # first seen: OOM
+    assert classify_exit(shutdown("guest-reset"), console, "", 0).cls == ending.OOM  # first seen: OOM
     later = PANIC_TAIL + "Out of memory: Killed process 60 (dd)\r\n"
-    assert classify_exit(shutdown("guest-reset"), later, "", 0).cls == exitcause.PANIC
+    assert classify_exit(shutdown("guest-reset"), later, "", 0).cls == ending.PANIC
 
 
 def test_a_printk_timestamp_is_not_quoted() -> None:
@@ -93,11 +93,11 @@ def test_a_printk_timestamp_is_not_quoted() -> None:
 
 def test_without_a_shutdown_event_the_console_still_tells_reset_from_poweroff() -> None:
     """A SHUTDOWN lost with the QMP connection: the kernel's own words decide."""
-    assert classify_exit([], READY + "sysrq: Resetting\r\n", "", 0).cls == exitcause.GUEST_RESET
-    assert classify_exit([], READY + "reboot: Power down\r\n", "", 0).cls == exitcause.POWEROFF
+    assert classify_exit([], READY + "sysrq: Resetting\r\n", "", 0).cls == ending.GUEST_RESET
+    assert classify_exit([], READY + "reboot: Power down\r\n", "", 0).cls == ending.POWEROFF
 
 
 def test_the_cause_round_trips_as_json() -> None:
-    cause = ExitCause(exitcause.GUEST_RESET, ("SHUTDOWN reason guest-reset",), "", 0)
+    cause = ExitCause(ending.GUEST_RESET, ("SHUTDOWN reason guest-reset",), "", 0)
     assert cause.to_json() == {"class": "guest reset", "evidence": ["SHUTDOWN reason guest-reset"], "detail": "",
                                "exitcode": 0}

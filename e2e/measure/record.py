@@ -1,0 +1,110 @@
+"""
+Recording one run's events: :class:`PerfRecord` runs one ``perf record`` of :data:`TRACED` on
+the QEMU process (every thread: vCPUs, and the I/O threads whose MSIs raise
+``kvm_apic_accept_irq``) over the enabled window, and returns ``perf script``'s text
+(:mod:`e2e.measure.trace` summarizes it). ``perf stat`` (:mod:`e2e.measure.perf`) counts; this
+records. A recording that lost events is never judged: :class:`~e2e.errors.PerfError`
+(infrastructure).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from ..errors import ConfigError, Kind, PerfError, PveoiError
+from ..util import command
+from .perf import PerfStat
+from .perf_errors import perf_error
+from .perf_events import Event
+
+log = logging.getLogger(__name__)
+
+
+#: What is recorded, one sample per event.
+TRACED: tuple[str, ...] = ("kvm:kvm_apic_accept_irq", "kvm:kvm_inj_virq", "kvm:kvm_eoi", "kvm:kvm_pv_eoi",
+                           "kvm:kvm_hypercall", "kvm:kvm_exit")
+
+
+def perf_record_argv(events: Sequence[str], *, pid: int, output: Path, control_fifo: tuple[Path, Path],
+                     perf: str = "perf", mmap_pages: int = 1024) -> list[str]:
+    """``perf record`` of ``events`` on every thread of ``pid``, started disabled (pure).
+
+    :raises ConfigError: no events, a bad pid, or a FIFO path with a comma.
+    """
+    if not events:
+        raise ConfigError("no events to record", fix="pass at least one tracepoint")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        raise ConfigError(f"bad pid {pid!r}", fix="pass QEMU's pid")
+    ctl, ack = control_fifo
+    if "," in str(ctl) or "," in str(ack):
+        raise ConfigError(f"control FIFO paths may not contain ',' ({ctl}, {ack})", fix="use another directory")
+    argv = [perf, "record", "-k", "mono", "-c", "1", "-m", str(mmap_pages), "--no-buildid",
+            "--no-buildid-cache", "-o", str(output)]
+    for name in events:
+        argv += ["-e", name]
+    return [*argv, "-p", str(pid), "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
+
+
+class PerfRecord(PerfStat):
+    """One ``perf record`` of :data:`TRACED` on a QEMU process, over an enabled window.
+
+    The same life cycle as :class:`~e2e.measure.perf.PerfStat` (``start``, ``enable``,
+    ``disable``, ``stop``); ``stop()`` returns ``perf script``'s text.
+    """
+
+    def __init__(self, pid: int, events: Sequence[str] = TRACED, perf: str = "perf", **kw: Any) -> None:
+        super().__init__([Event(e) for e in events], pid=pid, perf=perf, **kw)
+        self.record_events = tuple(events)
+        perf_record_argv(self.record_events, pid=pid, output=Path("out"), control_fifo=(Path("c"), Path("a")),
+                         perf=perf)
+
+    def finish(self) -> str:
+        """End perf record and return ``perf script``'s text (see :meth:`PerfStat.stop`)."""
+        return cast(str, self.stop())
+
+    def salvage(self) -> str | None:
+        """After a failed run: :meth:`finish` what perf recorded up to the failure (a guest's last
+        exits before a triple fault are the evidence a KVM maintainer needs) and return its text, or
+        None. Never raises: the run's own error matters more. (``_collect`` keeps the text even when
+        it then reports lost events.)"""
+        if self.output_text is None:
+            try:
+                self.finish()
+            except (PveoiError, OSError, subprocess.SubprocessError) as err:
+                log.debug("could not salvage the trace of a failed run: %s", err)
+        return self.output_text
+
+    def _argv(self, ctl: Path, ack: Path, workdir: Path) -> list[str]:
+        assert self.pid is not None
+        return perf_record_argv(self.record_events, pid=self.pid, output=workdir / "perf.data",
+                                control_fifo=(ctl, ack), perf=self.perf)
+
+    def _collect(self, workdir: Path) -> Any:
+        data = workdir / "perf.data"
+        if not data.is_file():
+            raise PerfError("perf record wrote no perf.data",
+                            fix=f"see perf's stderr: {(self.stderr_text or '').strip()[-300:]}")
+        lost = lost_in_stderr(self.stderr_text or "")
+        argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F", "tid,time,event,trace"]
+        proc = command.run(argv, what="perf script", env={"LC_ALL": "C"}, timeout=600, check=False)
+        if proc.returncode != 0:
+            raise perf_error(proc.stderr, proc.returncode, argv, "script")
+        self.output_text = proc.stdout
+        if lost:
+            raise PerfError(f"perf record lost {lost} chunk(s) of events; the trace cannot be judged",
+                            fix="the host is overloaded, or raise perf's buffer (record.perf_record_argv)",
+                            kind=Kind.INFRASTRUCTURE)
+        return proc.stdout
+
+
+_LOST_STDERR = re.compile(r"lost (\d+) chunks", re.I)
+
+
+def lost_in_stderr(text: str) -> int:
+    """Chunks perf record says it lost (``Processed N events and lost M chunks!``)."""
+    return sum(int(m) for m in _LOST_STDERR.findall(text))
