@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import itertools
 import logging
 import os
@@ -25,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..analysis.compare import analyze, conclude, load_thresholds
 from ..build.image import READY_PATTERN
 from ..errors import CommandError, ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
 from ..host.hostfacts import COUNTED, cpu_vendor, list_kvm_tracepoints
@@ -41,7 +41,7 @@ from ..measure.markers import mark_command
 from ..measure.perf import PerfStat
 from ..measure.perf_events import Event, check_required
 from ..measure.record import PerfRecord
-from ..measure.trace import parse_script, summarize
+from ..measure.trace import lost_events, parse_script, summarize
 from ..measure.vectors import GUEST_VIEW_SCRIPT, GuestView
 from ..measure.vmexits import breakdown_reasons
 from ..model.plan import DEFAULT_ARMS, Arm, Plan, validate_arms
@@ -58,9 +58,11 @@ log = logging.getLogger(__name__)
 
 #: The verdict of a workload whose raw runs are left to the caller to analyze.
 UNANALYZED = "unanalyzed"
+#: The key of a run's ``trace`` whose summary is left to the caller (:attr:`Setup.defer_trace`).
+DEFERRED = "deferred"
 
 __all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_vendor",
-           "load_thresholds", "reanalyze", "run_once", "run_plan"]
+           "reanalyze", "run_once", "run_plan"]
 
 
 # ---------------------------------------------------------------- one run
@@ -81,6 +83,10 @@ class Setup:
     accel: str = "kvm"
     #: Record kvm:* per event too (exact accounting with guest markers, per-vector attribution).
     trace: bool = True
+    #: Leave each trace's summary to the caller (:func:`finish_traces`): the virtual host's inner
+    #: runner, whose emulated CPU takes 5-15 s to parse one guest's trace that native Python parses in
+    #: 0.3 s. The run keeps what the summary needs besides the trace file itself.
+    defer_trace: bool = False
 
 
 def perf_events(vendor: str, available: Sequence[str]) -> list[Event]:
@@ -222,12 +228,16 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     timings = {f"{a}->{b}": round(marks[b] - marks[a], 3) for a, b in itertools.pairwise(order)}
     summary: dict[str, Any] = {}
     if script is not None and view is not None:
-        traced, lost = parse_script(script)
+        lost = lost_events(script)
         if lost:
             raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
                                    fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
-        summary = summarize(traced, [v.thread_id for v in threads], pv_eoi=arm.expects_pv_eoi,
-                            names=view.names, lost=lost)
+        tids = [v.thread_id for v in threads]
+        if setup.defer_trace:  # the trace file (keep_trace_output) and these go to finish_traces
+            summary = {DEFERRED: {"file": f"{name}-trace.txt.gz", "threads": tids, "pv_eoi": arm.expects_pv_eoi,
+                                  "names": dict(view.names)}}
+        else:
+            summary = summarize(parse_script(script)[0], tids, pv_eoi=arm.expects_pv_eoi, names=view.names)
         summary["marks"] = view.marks
     raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
     breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
@@ -317,7 +327,7 @@ def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed
     img = load_image(plan.image)
     setup = Setup(kernel=plan.kernel, initrd=img.initrd, private_key=img.identity.private_key,
                   host_key_line=img.host_key_line, artifacts=plan.logs, memory_mb=plan.memory_mb,
-                  boot_timeout=plan.boot_timeout)
+                  boot_timeout=plan.boot_timeout, defer_trace=not analyzed)
     return run_workloads(setup, plan, workloads, events, vendor, progress, analyzed, checkpoint)
 
 
@@ -335,7 +345,12 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
         virtual host that dies costs the guest it was running, not the part).
     """
     say = progress or (lambda msg: log.info("%s", msg))
-    thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
+    if analyzed:
+        # Imported here, not at the top: the analysis needs numpy and scipy, whose import costs the
+        # virtual host's emulated CPU 4-8 s, and the inner runner there never analyzes.
+        from ..analysis.compare import analyze, conclude, load_thresholds
+
+        thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
     setup.artifacts.mkdir(parents=True, exist_ok=True)
     runs: dict[str, tuple[RunRecord, ...]] = {}
     results: dict[str, WorkloadResult] = {}
@@ -392,6 +407,8 @@ def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Resul
 
     Findings, incomplete runs and retries the runs recorded are kept.
     """
+    from ..analysis.compare import analyze, conclude, load_thresholds
+
     parts = (result, *extra)
     results: dict[str, WorkloadResult] = {}
     runs: dict[str, tuple[RunRecord, ...]] = {}
@@ -429,3 +446,30 @@ def runner_info(vendor: str) -> dict[str, Any]:
 
     return {"hostname": platform.node(), "kernel": platform.release(), "cpu_vendor": vendor, "cpu_model": cpu_model(),
             "cpus": os.cpu_count(), "qemu": qemu_version(), "python": platform.python_version()}
+
+
+def finish_traces(result: Result, logs: Path) -> Result:
+    """``result`` with every deferred trace summary (:attr:`Setup.defer_trace`) drawn from its trace
+    file in ``logs``, exactly as the run would have drawn it.
+
+    :raises MeasurementError: a trace file is missing or unreadable (infrastructure).
+    """
+    return result.with_(runs={w: tuple(_finish_trace(r, logs) for r in records) for w, records in result.runs.items()})
+
+
+def _finish_trace(record: RunRecord, logs: Path) -> RunRecord:
+    deferred = (record.trace or {}).get(DEFERRED)
+    if not deferred:
+        return record
+    path = logs / deferred["file"]
+    try:
+        with gzip.open(path, "rt") as f:
+            text = f.read()
+    except (OSError, EOFError) as err:
+        raise MeasurementError(f"the trace of {record.arm} rep {record.rep + 1} did not come back from the virtual "
+                               f"host ({path}: {err})", fix="rerun; if it recurs, check the disk of the cache",
+                               kind=Kind.INFRASTRUCTURE) from err
+    summary = summarize(parse_script(text)[0], deferred["threads"], pv_eoi=deferred["pv_eoi"],
+                        names=deferred["names"])
+    summary["marks"] = record.trace["marks"]
+    return replace(record, trace=summary)

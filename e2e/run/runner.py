@@ -165,10 +165,14 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path, si
                                  fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)
             res = results.load(tmp / "result.json")
             inner.raise_inner_error(res)
+            res = ab.finish_traces(res, tmp / "logs")  # summarized here: native Python, not L1's emulated one
         except BaseException:
             res = None
             if salvage is not None and (partial := inner.load_partial(tmp / inner.PARTIAL)) is not None:
-                salvage.append(partial)
+                try:
+                    salvage.append((partial[0], ab.finish_traces(partial[1], tmp / "logs")))
+                except PveoiError as err:  # its traces are lost with L1: measure those guests again
+                    log.warning("the runs the virtual host measured before it failed are not kept: %s", err)
             raise
         finally:
             # A failed part may be retried in a fresh virtual host whose guests have the same names: its

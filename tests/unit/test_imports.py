@@ -169,3 +169,12 @@ def test_only_the_cli_imports_argparse() -> None:
             if any(n == "argparse" or n.startswith("argparse.") for n in names):
                 offenders.append(f"{name}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_inner_runner_loads_no_numeric_stack() -> None:
+    """The virtual host's inner runner never analyzes; numpy and scipy would cost its emulated CPU seconds."""
+    code = ("import sys, e2e.run.inner, e2e.run.ab, e2e.run.boot; "
+            "print(sorted(m for m in ('numpy', 'scipy', 'matplotlib', 'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                         cwd=PACKAGE.parent).stdout
+    assert out.strip() == "[]"

@@ -10,7 +10,7 @@ import pytest
 from e2e.analysis.compare import agreement, exact_agreement
 from e2e.errors import ConfigError
 from e2e.measure.guest_counters import STATE_MARK
-from e2e.measure.markers import MARK_NR, mark_command
+from e2e.measure.markers import MARK_BEGIN, MARK_END, MARK_NR, mark_command
 from e2e.measure.record import lost_in_stderr, perf_record_argv
 from e2e.measure.trace import parse_script, summarize
 from e2e.measure.vectors import GuestView, irq_names, irq_vectors, vector_name
@@ -260,3 +260,36 @@ def test_untraced_pv_eois_are_named_once() -> None:
     (reason,) = exact_agreement(record(trace))[1]
     assert reason.startswith("vCPU 1: 12 EOIs the guest skipped were completed with no kvm_pv_eoi on the host")
     assert "traced them as kvm_eoi alone" in reason
+
+
+def test_lost_events_without_parsing_agrees_with_the_parser() -> None:
+    from e2e.measure.trace import lost_events
+
+    text = "   123 1.000000001: kvm:kvm_eoi: apicid 0 vector 236\nLOST 17 events!\nlost 3 events!\n"
+    assert lost_events(text) == parse_script(text)[1] == 20
+    assert lost_events(Script().irq(T0, 0, 236, pv=True).text()) == 0
+
+
+def test_a_deferred_trace_summary_is_the_one_the_run_would_have_drawn(tmp_path: Path) -> None:
+    """The virtual host's inner runner leaves each trace's summary to the outer pveoi (native Python):
+    drawn from the kept trace file, it is exactly the summary the run itself draws."""
+    import gzip
+
+    from e2e.errors import MeasurementError
+    from e2e.model.result import Result
+    from e2e.run.ab import DEFERRED, finish_traces
+
+    s = Script().mark(T0, MARK_BEGIN, 0, 0, 0).irq(T0, 0, 236, pv=True).irq(T1, 1, 236, pv=False)
+    s.irq(T0, 0, 34, pv=True).mark(T0, MARK_END, 0, 2, 0)
+    names = {"0:34": "virtio0-input.0"}
+    with gzip.open(tmp_path / "timer-on-0-trace.txt.gz", "wt") as f:
+        f.write(s.text())
+    deferred = {DEFERRED: {"file": "timer-on-0-trace.txt.gz", "threads": [T0, T1], "pv_eoi": True,
+                           "names": names}, "marks": True}
+    result = Result(verdict="unanalyzed", runs={"timer": (record(deferred), record({}))})
+    done = finish_traces(result, tmp_path)
+    assert done.runs["timer"][0].trace == {**run(s, names=names), "marks": True}
+    assert done.runs["timer"][1].trace == {}, "a run without a deferred trace is left alone"
+    (tmp_path / "timer-on-0-trace.txt.gz").unlink()
+    with pytest.raises(MeasurementError, match=r"the trace of on rep 3 did not come back from the virtual host"):
+        finish_traces(result, tmp_path)
