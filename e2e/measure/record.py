@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import ConfigError, Kind, PerfError, PveoiError
+from ..errors import CommandError, ConfigError, Kind, PerfError, PveoiError
 from ..util import command
 from .perf import PerfStat
 from .perf_errors import perf_error
@@ -91,7 +91,11 @@ class PerfRecord(PerfStat):
                             fix=f"see perf's stderr: {(self.stderr_text or '').strip()[-300:]}")
         lost = lost_in_stderr(self.stderr_text or "")
         argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F", "tid,time,event,trace"]
-        proc = command.run(argv, what="perf script", env={"LC_ALL": "C"}, timeout=600, check=False)
+        try:
+            proc = command.run(argv, what="perf script", env={"LC_ALL": "C"}, timeout=600, check=False)
+        except CommandError as err:  # could not run, or ran past its deadline: perf's trouble, retried
+            raise PerfError(f"perf script did not finish: {err.message}", fix=err.fix,
+                            kind=Kind.INFRASTRUCTURE) from err
         if proc.returncode != 0:
             raise perf_error(proc.stderr, proc.returncode, argv, "script")
         self.output_text = proc.stdout

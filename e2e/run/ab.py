@@ -21,6 +21,7 @@ import shlex
 import socket
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -233,8 +234,9 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
                                    fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
         tids = [v.thread_id for v in threads]
-        if setup.defer_trace:  # the trace file (keep_trace_output) and these go to finish_traces
-            summary = {DEFERRED: {"file": f"{name}-trace.txt.gz", "threads": tids, "pv_eoi": arm.expects_pv_eoi,
+        kept = setup.artifacts / f"{name}-trace.txt.gz"
+        if setup.defer_trace and kept.is_file():  # the kept trace file and these go to finish_traces
+            summary = {DEFERRED: {"file": kept.name, "threads": tids, "pv_eoi": arm.expects_pv_eoi,
                                   "names": dict(view.names)}}
         else:
             summary = summarize(parse_script(script)[0], tids, pv_eoi=arm.expects_pv_eoi, names=view.names)
@@ -463,9 +465,9 @@ def _finish_trace(record: RunRecord, logs: Path) -> RunRecord:
         return record
     path = logs / deferred["file"]
     try:
-        with gzip.open(path, "rt") as f:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
             text = f.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error, ValueError) as err:  # missing, truncated, corrupt, not text
         raise MeasurementError(f"the trace of {record.arm} rep {record.rep + 1} did not come back from the virtual "
                                f"host ({path}: {err})", fix="rerun; if it recurs, check the disk of the cache",
                                kind=Kind.INFRASTRUCTURE) from err

@@ -125,7 +125,7 @@ def keep_trace_output(rec: PerfRecord, artifacts: Path, name: str, trace: Attemp
             try:
                 if dest.endswith(".gz"):
                     # level 6 (gzip(1)'s): half level 9's time, which the virtual host's emulated CPU feels
-                    with gzip.open(artifacts / dest, "wt", compresslevel=6) as f:
+                    with gzip.open(artifacts / dest, "wt", compresslevel=6, encoding="utf-8") as f:
                         f.write(text)
                 else:
                     (artifacts / dest).write_text(text)

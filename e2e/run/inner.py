@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import Kind, PveoiError
+from ..errors import ConfigError, Kind, PveoiError
 from ..model.plan import BootPlan, Plan
 from ..model.result import Result
 from ..util.logs import setup_logging
@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m e2e.run.inner PLAN.json RESULT.json | boot BOOTPLAN.json", file=sys.stderr)
         return 2
-    setup_logging(1)  # pveoi's own records on stderr, one line each; no log file of its own
+    # pveoi's own records on stderr, one line each; everything (tracebacks of threads too) in a log file
+    # beside the guests' logs, which come back to the outer pveoi's logs.
+    setup_logging(1, run_logs=Path(args[1]).parent / "logs")
     if args[0] == "boot":
         return run_boot(Path(args[1]))
     return run(Path(args[0]), Path(args[1]))
@@ -118,10 +120,20 @@ def run_boot(plan_path: Path) -> int:
     from .boot import run_boot_plan
 
     try:
-        return run_boot_plan(BootPlan.from_json(json.loads(plan_path.read_text())))
+        try:
+            plan = BootPlan.from_json(json.loads(plan_path.read_text()))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot read the boot plan {plan_path}: {err}",
+                              fix="write boot plans with e2e.model.plan.BootPlan.to_json") from err
+        return run_boot_plan(plan)
     except PveoiError as err:
         print(f"pveoi: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # as the pveoi command line says one (a full or gone results share)
+        print(f"pveoi: error: {err.strerror or err}; fix: check the disk of the results share", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

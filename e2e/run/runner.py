@@ -166,9 +166,11 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path, si
             res = results.load(tmp / "result.json")
             inner.raise_inner_error(res)
             res = ab.finish_traces(res, tmp / "logs")  # summarized here: native Python, not L1's emulated one
-        except BaseException:
+        except BaseException as err:
             res = None
-            if salvage is not None and (partial := inner.load_partial(tmp / inner.PARTIAL)) is not None:
+            # (Ctrl-C or SIGTERM: nothing is resumed, so nothing is salvaged.)
+            if (salvage is not None and isinstance(err, PveoiError)
+                    and (partial := inner.load_partial(tmp / inner.PARTIAL)) is not None):
                 try:
                     salvage.append((partial[0], ab.finish_traces(partial[1], tmp / "logs")))
                 except PveoiError as err:  # its traces are lost with L1: measure those guests again

@@ -170,7 +170,7 @@ class Machine:
         try:
             self._proc = start_qemu(self.argv, self.logdir / f"{self.spec.name}-qemu.log",
                                     (qmp_theirs.fileno(), con_theirs.fileno(), *extra_fds))
-        except LaunchError:
+        except BaseException:
             qmp_ours.close()
             con_ours.close()
             raise

@@ -290,6 +290,11 @@ def test_a_deferred_trace_summary_is_the_one_the_run_would_have_drawn(tmp_path: 
     done = finish_traces(result, tmp_path)
     assert done.runs["timer"][0].trace == {**run(s, names=names), "marks": True}
     assert done.runs["timer"][1].trace == {}, "a run without a deferred trace is left alone"
-    (tmp_path / "timer-on-0-trace.txt.gz").unlink()
-    with pytest.raises(MeasurementError, match=r"the trace of on rep 3 did not come back from the virtual host"):
-        finish_traces(result, tmp_path)
+    data = (tmp_path / "timer-on-0-trace.txt.gz").read_bytes()
+    for broken in (data[:len(data) // 2], data[:20] + bytes(len(data) - 20), None):  # truncated, corrupt, gone
+        if broken is None:
+            (tmp_path / "timer-on-0-trace.txt.gz").unlink()
+        else:
+            (tmp_path / "timer-on-0-trace.txt.gz").write_bytes(broken)
+        with pytest.raises(MeasurementError, match=r"the trace of on rep 3 did not come back from the virtual host"):
+            finish_traces(result, tmp_path)
