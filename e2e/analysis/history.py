@@ -296,6 +296,19 @@ def _timing(runs: Iterable[Mapping[str, Any]]) -> float | None:
     return trapped / injected if injected else None
 
 
+def _untimed(runs: Iterable[Mapping[str, Any]]) -> float | None:
+    """Over the traced runs: EOIs trapped for any reason but timing (:data:`TIMING_REASONS`) per injected
+    interrupt, in the marker windows (an armed EOI written natively, an EOI with no vector in service,
+    one the trace cannot explain): 0 on a clean guest and host, whatever the load; None without a trace."""
+    trapped = injected = 0
+    for r in runs:
+        trace = r.get("trace")
+        for v in (trace.get("vectors") or []) if isinstance(trace, Mapping) else []:
+            injected += int(v.get("injected", 0))
+            trapped += sum(int(n) for k, n in (v.get("reasons") or {}).items() if k not in TIMING_REASONS)
+    return trapped / injected if injected else None
+
+
 def _no_vector(runs: Iterable[Mapping[str, Any]]) -> list[float] | None:
     """Per traced rep: EOIs the host saw with no vector in service, per injected interrupt, in the
     marker windows (a guest that writes the EOI register after a PV EOI too); None if none was traced."""
@@ -392,6 +405,8 @@ class Record:
     no_vector: list[float] | None = None
     """Per traced on rep: EOIs with no vector in service per injected interrupt (:func:`_no_vector`;
     0 on a clean guest: an EOI written after a PV EOI, a double EOI); None without a trace."""
+    untimed: float | None = None
+    """The PV arm's EOIs trapped for any reason but timing per injected interrupt (:func:`_untimed`)."""
 
     @property
     def measurable(self) -> bool:
@@ -427,7 +442,8 @@ class Record:
         if value["own_saved"] is None:  # as the analysis: a figure some runs lack judges nothing
             samples["own_saved"] = []
         return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
-                   list(w.get("reasons", [])), _timing(on.values()), _no_vector(on[rep] for rep in sorted(on)))
+                   list(w.get("reasons", [])), _timing(on.values()), _no_vector(on[rep] for rep in sorted(on)),
+                   _untimed(on.values()))
 
 
 def records(history: History, runner: str, workload: str) -> list[Record]:
