@@ -168,7 +168,7 @@ def detection_floor(baseline: Sequence[float], spread: Sequence[float], n_latest
 
 
 @dataclass(frozen=True)
-class Decision:
+class DropDecision:
     """Whether a latest run's reps dropped below a baseline: the evidence either way.
 
     :param flagged: a regression; :param drop: ``median(baseline) - mean(latest)``;
@@ -188,7 +188,7 @@ class Decision:
 
 
 def decide(latest: Sequence[float], baseline: Sequence[float], spread: Sequence[float],
-           settings: CheckSettings, spread_runs: int = 0) -> Decision:
+           settings: CheckSettings, spread_runs: int = 0) -> DropDecision:
     """The rule of :mod:`e2e.analysis.regress` on bare per-rep values (pure; what :func:`check` applies to
     every headline figure, and what the rate simulations of the unit tests call directly).
 
@@ -201,17 +201,17 @@ def decide(latest: Sequence[float], baseline: Sequence[float], spread: Sequence[
     before = floor.center
     p = one_sided_p(latest, baseline)
     if not before - after > floor.threshold:
-        return Decision(False, before, after, p, floor, "within the detection floor")
+        return DropDecision(False, before, after, p, floor, "within the detection floor")
     if min_p(len(latest), len(baseline)) >= settings.alpha:
         # Too few values for the test to ever reach alpha (e.g. --runs 1): require instead that
         # every rep lies below every baseline rep, i.e. beyond the baseline's whole spread.
         if max(latest) < min(baseline):
-            return Decision(True, before, after, p, floor, f"too few reps for a test; all {len(latest)} below "
+            return DropDecision(True, before, after, p, floor, f"too few reps for a test; all {len(latest)} below "
                             f"all {len(baseline)} baseline reps")
-        return Decision(False, before, after, p, floor, f"too few reps ({len(latest)} vs {len(baseline)}) for a "
+        return DropDecision(False, before, after, p, floor, f"too few reps ({len(latest)} vs {len(baseline)}) for a "
                         "test, and not below the whole baseline; not flagged")
     if p >= settings.alpha:
-        return Decision(False, before, after, p, floor, f"beyond the detection floor {floor.threshold:.4f} but "
+        return DropDecision(False, before, after, p, floor, f"beyond the detection floor {floor.threshold:.4f} but "
                         f"within the runs' spread (p={p:.3f} >= {settings.alpha}); not flagged")
-    return Decision(True, before, after, p, floor,
+    return DropDecision(True, before, after, p, floor,
                     f"one-sided Mann-Whitney p={p:.4f}, {len(latest)} reps vs {len(baseline)}")

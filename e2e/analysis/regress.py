@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..host.conditions import unusual
-from .droprule import CheckSettings, Decision, Floor, decide, detection_floor, median_of
+from .droprule import CheckSettings, DropDecision, Floor, decide, detection_floor, median_of
 from .history import HEADLINES, TIMING_REASONS, History, Record, Run, records
 
-Kind = Literal["drop", "rise", "fail", "not-measurable", "missing", "stale", "never-measured"]
+FlagKind = Literal["drop", "rise", "fail", "not-measurable", "missing", "stale", "never-measured"]
 #: What a flag means for the night: a regression exits 1; a warning is shown first and exits 0.
 Severity = Literal["regression", "warning"]
 #: The figures that measure PV EOI itself (the workload's own interrupts, PV EOI taken when armed): a
@@ -56,7 +56,7 @@ UNTIMED_TOLERANCE = 0.002
 class Flag:
     """One flag of the check (a regression or a warning): what, where, by how much, since which run."""
 
-    kind: Kind
+    kind: FlagKind
     runner: str
     workload: str
     message: str
@@ -133,7 +133,7 @@ def _good(recs: Sequence[Record], key: str, mode: str) -> list[Record]:
 
 
 def _decide(recs: Sequence[Record], mine: Sequence[float], key: str, mode: str,
-            settings: CheckSettings) -> Decision | None:
+            settings: CheckSettings) -> DropDecision | None:
     """:func:`decide` for ``mine`` against the good runs among ``recs`` (None without any)."""
     good = _good(recs, key, mode)
     base, spread = good[-settings.baseline:], good[-max(settings.spread_runs, settings.baseline):]

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from ..model.plan import Arm
+from ..model.plan import Arm, Json
 from ..model.result import Result, WorkloadResult
 from . import ktap
 
@@ -40,7 +40,6 @@ VERSION = {"major": 5, "minor": 3}
 STATUS = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not-measurable": "SKIP"}
 LOG_EXCERPT_MAX = 16384
 
-Json = dict[str, Any]
 
 
 def check_origin(origin: str) -> str:
