@@ -51,6 +51,7 @@ from ..model.workloads import Workload, get_workloads
 from ..util import command
 from ..util.spawn import popen
 from ..util.tmpdirs import tempdir
+from ..vm.cpus import VCpu
 from ..vm.machine import Machine
 from .boot import boot, machine_spec
 from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
@@ -185,10 +186,29 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         )
         marks = {"start": time.monotonic()}  # where a run's time goes (tests/bench_ab.py --breakdown)
         trace.machine = Machine(spec, READY_PATTERN, artifacts=setup.artifacts)
+        # perf stat (and perf record) attach to the vCPU threads while the guest boots, counting nothing
+        # until enabled: their start-up (seconds in the virtual host) overlaps the boot.
+        perfs = stack.enter_context(contextlib.ExitStack())
+        attached: list[tuple[PerfStat, PerfRecord | None]] = []
+
+        def attach(machine: Machine, threads: Sequence[VCpu]) -> None:
+            perf = perfs.enter_context(PerfStat(events, tids=[v.thread_id for v in threads]))
+            perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
+            rec: PerfRecord | None = None
+            if setup.trace:
+                rec = perfs.enter_context(PerfRecord(machine.pid))
+                perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))
+                rec.start()
+            perf.start()
+            marks["perf_attached"] = time.monotonic()
+            attached.append((perf, rec))
+
         # One round trip: the guest's state, and (when tracing) its markers and vector names.
         guest = boot(stack, trace.machine, arm, private_key=setup.private_key, host_key_line=setup.host_key_line,
-                     boot_timeout=setup.boot_timeout, extra=GUEST_VIEW_SCRIPT if setup.trace else "", marks=marks)
+                     boot_timeout=setup.boot_timeout, extra=GUEST_VIEW_SCRIPT if setup.trace else "", marks=marks,
+                     while_booting=attach)
         machine, ssh, threads, before = guest.machine, guest.ssh, guest.threads, guest.state
+        (perf, rec), = attached
         boot_s = marks["guest_ready"] - marks["start"]
         view = None
         if setup.trace:
@@ -198,16 +218,7 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             argv = workload.argv(port, vcpus)
             if view is not None and view.marks:
                 argv = mark_command(argv)
-            with contextlib.ExitStack() as perfs:
-                perf = perfs.enter_context(PerfStat(events, tids=[v.thread_id for v in threads]))
-                perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
-                rec: PerfRecord | None = None
-                if view is not None:
-                    rec = perfs.enter_context(PerfRecord(machine.pid))
-                    perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))
-                    rec.start()
-                perf.start()
-                marks["perf_attached"] = time.monotonic()
+            with perfs:  # closed here, before the guest's state is read again (the perf output is kept)
                 if rec is not None:
                     rec.enable()
                 perf.enable()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,13 +79,17 @@ class ProvenGuest:
 
 
 def boot(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, private_key: Path, host_key_line: str,
-         boot_timeout: float, extra: str = "", marks: dict[str, float] | None = None) -> ProvenGuest:
+         boot_timeout: float, extra: str = "", marks: dict[str, float] | None = None,
+         while_booting: Callable[[Machine, tuple[VCpu, ...]], None] | None = None) -> ProvenGuest:
     """Launch ``machine`` (paused, see :func:`machine_spec`) into ``stack``, prove the arm, and return the
     guest with SSH up.
 
     :param extra: a shell script run right after the state command in the same SSH round trip
         (the trace's guest view), its output kept in :attr:`ProvenGuest.state_output`.
     :param marks: where to record the steps' times (a new dict if None).
+    :param while_booting: called with the machine and its vCPU threads right after the guest is let run,
+        before its ready line is awaited: what takes a while to set up (perf attaching to the vCPU
+        threads) overlaps the boot.
     :raises MeasurementError: QEMU or the guest's CPUID does not hold the arm (capability).
     :raises Finding: the guest kernel did not do with PV EOI what the arm asked for.
     :raises GuestError: launch, boot, SSH or the state read failed (infrastructure).
@@ -98,6 +102,8 @@ def boot(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, private_key
     check_qmp_arm(arm, readback, kvm["enabled"])
     marks["qemu_paused"] = time.monotonic()
     machine.resume()
+    if while_booting is not None:
+        while_booting(machine, threads)
     ready = machine.wait_ready(boot_timeout)
     marks["guest_ready"] = time.monotonic()
     ssh = machine.ssh(private_key, host_key_line, timeout=60)
