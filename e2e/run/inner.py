@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,11 +43,27 @@ STACKS_EVERY = 600.0
 """Longer than any healthy part of a plan takes in the virtual host (6 guests: 3-7 min)."""
 
 
+def seconds_since_process_start() -> float | None:
+    """How long ago this process started (``/proc/self/stat``'s start time against CLOCK_BOOTTIME), so
+    the interpreter's own start-up counts too; None where that cannot be read."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5), 3rd after the name
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 2)
+
+
 def run(plan_path: Path, result_path: Path) -> int:
     """Run the plan at ``plan_path``; write the result to ``result_path``; return the exit status."""
+    # What L1's slow Python costs before the first guest (tests/bench_ab.py --breakdown prints it).
+    timings = {"python_start": seconds_since_process_start()}
+    before = time.monotonic()
     from ..host import conditions
     from ..report import results
     from . import ab
+
+    timings["imports"] = round(time.monotonic() - before, 2)
 
     plan = Plan.from_json(json.loads(plan_path.read_text()))
     started = conditions.snapshot()
@@ -63,7 +81,8 @@ def run(plan_path: Path, result_path: Path) -> int:
         finally:
             faulthandler.cancel_dump_traceback_later()
     # The virtual host's own conditions (its load, other QEMUs in it) beside the runner's.
-    result = result.with_(runner={**result.runner, "conditions": conditions.summarize(started, conditions.snapshot())})
+    result = result.with_(runner={**result.runner, "conditions": conditions.summarize(started, conditions.snapshot()),
+                                  "timings": timings})
     results.emit(result, result_path, None)
     return 0
 

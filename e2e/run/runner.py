@@ -165,7 +165,11 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path, si
                                  fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)
             res = results.load(tmp / "result.json")
             inner.raise_inner_error(res)
+            before = time.monotonic()
             res = ab.finish_traces(res, tmp / "logs")  # summarized here: native Python, not L1's emulated one
+            res = res.with_(runner={**res.runner, "timings": {**(res.runner.get("timings") or {}),
+                                                              "traces_summarized_outside": round(
+                                                                  time.monotonic() - before, 2)}})
         except BaseException as err:
             res = None
             # (Ctrl-C or SIGTERM: nothing is resumed, so nothing is salvaged.)

@@ -368,3 +368,11 @@ def test_the_inner_runner_refuses_a_wrong_command_line(capsys: pytest.CaptureFix
 
     assert inner.main(["boot"]) == 2
     assert "usage: python -m e2e.run.inner PLAN.json RESULT.json | boot BOOTPLAN.json" in capsys.readouterr().err
+
+
+def test_the_inner_runner_knows_how_long_ago_its_process_started() -> None:
+    """Its interpreter start-up counts (L1's Python is slow); this test's process started seconds ago."""
+    from e2e.run.inner import seconds_since_process_start
+
+    ago = seconds_since_process_start()
+    assert ago is not None and 0 < ago < 24 * 3600
