@@ -125,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m e2e.run.inner PLAN.json RESULT.json | boot BOOTPLAN.json", file=sys.stderr)
         return 2
+    # paramiko imports invoke only for ssh_config's "Match exec", which pveoi never reads (it passes its
+    # keys itself); in L1 that import (invoke, and unittest.mock under it) costs seconds of emulated CPU.
+    # paramiko takes a missing invoke in its stride (paramiko/config.py).
+    sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
     # pveoi's own records on stderr, one line each; everything (tracebacks of threads too) in a log file
     # beside the guests' logs, which come back to the outer pveoi's logs.
     setup_logging(1, run_logs=Path(args[1]).parent / "logs")
