@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,9 +58,14 @@ class PerfRecord(PerfStat):
     ``disable``, ``stop``); ``stop()`` returns ``perf script``'s text.
     """
 
-    def __init__(self, pid: int, events: Sequence[str] = TRACED, perf: str = "perf", **kw: Any) -> None:
+    def __init__(self, pid: int, events: Sequence[str] = TRACED, perf: str = "perf", keep_data: Path | None = None,
+                 **kw: Any) -> None:
+        """:param keep_data: keep ``perf.data`` there and leave ``perf script`` to whoever reads it
+            (:func:`script`): ``stop()`` then returns ``""``. The virtual host's inner runner does, since
+            ``perf script`` formats every event in L1's emulated CPU for seconds per guest."""
         super().__init__([Event(e) for e in events], pid=pid, perf=perf, **kw)
         self.record_events = tuple(events)
+        self.keep_data = keep_data
         perf_record_argv(self.record_events, pid=pid, output=Path("out"), control_fifo=(Path("c"), Path("a")),
                          perf=perf)
 
@@ -75,6 +81,8 @@ class PerfRecord(PerfStat):
         if self.output_text is None:
             try:
                 self.finish()
+                if self.keep_data is not None and self.keep_data.is_file():
+                    self.output_text = script(self.keep_data, self.perf)[0]
             except (PveoiError, OSError, subprocess.SubprocessError) as err:
                 log.debug("could not salvage the trace of a failed run: %s", err)
         return self.output_text
@@ -90,20 +98,37 @@ class PerfRecord(PerfStat):
             raise PerfError("perf record wrote no perf.data",
                             fix=f"see perf's stderr: {(self.stderr_text or '').strip()[-300:]}")
         lost = lost_in_stderr(self.stderr_text or "")
-        argv = [self.perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F", "tid,time,event,trace"]
-        try:
-            proc = command.run(argv, what="perf script", env={"LC_ALL": "C"}, timeout=600, check=False)
-        except CommandError as err:  # could not run, or ran past its deadline: perf's trouble, retried
-            raise PerfError(f"perf script did not finish: {err.message}", fix=err.fix,
-                            kind=Kind.INFRASTRUCTURE) from err
-        if proc.returncode != 0:
-            raise perf_error(proc.stderr, proc.returncode, argv, "script")
-        self.output_text = proc.stdout
+        if self.keep_data is not None:
+            try:
+                shutil.copyfile(data, self.keep_data)
+            except OSError as err:
+                raise PerfError(f"cannot keep perf.data in {self.keep_data}: {err.strerror or err}",
+                                fix="check the disk the logs are on", kind=Kind.INFRASTRUCTURE) from err
+            text = ""
+        else:
+            text, _ = script(data, self.perf)
+            self.output_text = text
         if lost:
             raise PerfError(f"perf record lost {lost} chunk(s) of events; the trace cannot be judged",
                             fix="the host is overloaded, or raise perf's buffer (record.perf_record_argv)",
                             kind=Kind.INFRASTRUCTURE)
-        return proc.stdout
+        return text
+
+
+def script(data: Path, perf: str = "perf") -> tuple[str, list[str]]:
+    """``perf script``'s text of a ``perf.data`` of :class:`PerfRecord` (every event: thread, time, name,
+    fields), and its argv.
+
+    :raises PerfError: perf could not run, timed out or failed (infrastructure).
+    """
+    argv = [perf, "script", "-i", str(data), "--ns", "--show-lost-events", "-F", "tid,time,event,trace"]
+    try:
+        proc = command.run(argv, what="perf script", env={"LC_ALL": "C"}, timeout=600, check=False)
+    except CommandError as err:  # could not run, or ran past its deadline: perf's trouble, retried
+        raise PerfError(f"perf script did not finish: {err.message}", fix=err.fix, kind=Kind.INFRASTRUCTURE) from err
+    if proc.returncode != 0:
+        raise perf_error(proc.stderr, proc.returncode, argv, "script")
+    return proc.stdout, argv
 
 
 _LOST_STDERR = re.compile(r"lost (\d+) chunks", re.I)

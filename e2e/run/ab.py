@@ -42,6 +42,7 @@ from ..measure.markers import mark_command
 from ..measure.perf import PerfStat
 from ..measure.perf_events import Event, check_required
 from ..measure.record import PerfRecord
+from ..measure.record import script as perf_script
 from ..measure.trace import lost_events, parse_script, summarize
 from ..measure.vectors import GUEST_VIEW_SCRIPT, GuestView
 from ..measure.vmexits import breakdown_reasons
@@ -196,7 +197,8 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
             perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
             rec: PerfRecord | None = None
             if setup.trace:
-                rec = perfs.enter_context(PerfRecord(machine.pid))
+                keep = setup.artifacts / f"{name}-perf.data" if setup.defer_trace else None
+                rec = perfs.enter_context(PerfRecord(machine.pid, keep_data=keep))
                 perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))
                 rec.start()
             perf.start()
@@ -240,16 +242,15 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     timings = {f"{a}->{b}": round(marks[b] - marks[a], 3) for a, b in itertools.pairwise(order)}
     summary: dict[str, Any] = {}
     if script is not None and view is not None:
-        lost = lost_events(script)
-        if lost:
-            raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
-                                   fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
         tids = [v.thread_id for v in threads]
-        kept = setup.artifacts / f"{name}-trace.txt.gz"
-        if setup.defer_trace and kept.is_file():  # the kept trace file and these go to finish_traces
-            summary = {DEFERRED: {"file": kept.name, "threads": tids, "pv_eoi": arm.expects_pv_eoi,
-                                  "names": dict(view.names)}}
+        if setup.defer_trace:  # perf.data is kept: finish_traces runs perf script and summarizes, natively
+            summary = {DEFERRED: {"perf_data": f"{name}-perf.data", "file": f"{name}-trace.txt.gz", "threads": tids,
+                                  "pv_eoi": arm.expects_pv_eoi, "names": dict(view.names)}}
         else:
+            lost = lost_events(script)
+            if lost:
+                raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
+                                       fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
             summary = summarize(parse_script(script)[0], tids, pv_eoi=arm.expects_pv_eoi, names=view.names)
         summary["marks"] = view.marks
     raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
@@ -476,12 +477,26 @@ def _finish_trace(record: RunRecord, logs: Path) -> RunRecord:
         return record
     path = logs / deferred["file"]
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            text = f.read()
+        if deferred.get("perf_data"):  # perf script here, its text kept as a directly measured run's is
+            data = logs / deferred["perf_data"]
+            if not data.is_file():
+                raise OSError(f"{data} is missing")
+            text, _ = perf_script(data)
+            with gzip.open(path, "wt", compresslevel=6, encoding="utf-8") as f:
+                f.write(text)
+            data.unlink()
+        else:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
     except (OSError, EOFError, zlib.error, ValueError) as err:  # missing, truncated, corrupt, not text
         raise MeasurementError(f"the trace of {record.arm} rep {record.rep + 1} did not come back from the virtual "
                                f"host ({path}: {err})", fix="rerun; if it recurs, check the disk of the cache",
                                kind=Kind.INFRASTRUCTURE) from err
+    lost = lost_events(text)
+    if lost:
+        raise MeasurementError(f"perf script reports {lost} lost events in the trace of {record.arm} rep "
+                               f"{record.rep + 1}; it cannot be judged", fix="the host is overloaded; rerun",
+                               kind=Kind.INFRASTRUCTURE)
     summary = summarize(parse_script(text)[0], deferred["threads"], pv_eoi=deferred["pv_eoi"],
                         names=deferred["names"])
     summary["marks"] = record.trace["marks"]

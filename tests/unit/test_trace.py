@@ -298,3 +298,17 @@ def test_a_deferred_trace_summary_is_the_one_the_run_would_have_drawn(tmp_path: 
             (tmp_path / "timer-on-0-trace.txt.gz").write_bytes(broken)
         with pytest.raises(MeasurementError, match=r"the trace of on rep 3 did not come back from the virtual host"):
             finish_traces(result, tmp_path)
+
+
+def test_a_deferred_trace_with_lost_events_cannot_be_judged(tmp_path: Path) -> None:
+    import gzip
+
+    from e2e.errors import MeasurementError
+    from e2e.model.result import Result
+    from e2e.run.ab import DEFERRED, finish_traces
+
+    with gzip.open(tmp_path / "t.txt.gz", "wt") as f:
+        f.write(Script().irq(T0, 0, 236, pv=True).text() + "LOST 3 events!\n")
+    deferred = {DEFERRED: {"file": "t.txt.gz", "threads": [T0, T1], "pv_eoi": True, "names": {}}, "marks": False}
+    with pytest.raises(MeasurementError, match=r"perf script reports 3 lost events in the trace of on rep 3"):
+        finish_traces(Result(verdict="unanalyzed", runs={"timer": (record(deferred),)}), tmp_path)
