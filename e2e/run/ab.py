@@ -86,9 +86,9 @@ class Setup:
     accel: str = "kvm"
     #: Record kvm:* per event too (exact accounting with guest markers, per-vector attribution).
     trace: bool = True
-    #: Leave each trace's summary to the caller (:func:`finish_traces`): the virtual host's inner
-    #: runner, whose emulated CPU takes 5-15 s to parse one guest's trace that native Python parses in
-    #: 0.3 s. The run keeps what the summary needs besides the trace file itself.
+    #: Leave each trace to the caller (:func:`finish_traces`): the run keeps its ``perf.data`` and what
+    #: the summary needs besides it. For the virtual host's inner runner, whose emulated CPU spends
+    #: seconds per guest on ``perf script`` and on the parse that native Python does in 0.3 s.
     defer_trace: bool = False
 
 
@@ -463,10 +463,13 @@ def runner_info(vendor: str) -> dict[str, Any]:
 
 
 def finish_traces(result: Result, logs: Path) -> Result:
-    """``result`` with every deferred trace summary (:attr:`Setup.defer_trace`) drawn from its trace
-    file in ``logs``, exactly as the run would have drawn it.
+    """``result`` with every deferred trace (:attr:`Setup.defer_trace`) made here: ``perf script`` of its
+    ``perf.data`` in ``logs`` (the text kept there as ``<run>-trace.txt.gz``, the ``perf.data`` removed;
+    a run that kept the text itself is read from it), then the summary, exactly as the run would have
+    drawn it.
 
-    :raises MeasurementError: a trace file is missing or unreadable (infrastructure).
+    :raises MeasurementError: a trace is missing, unreadable or lost events (infrastructure).
+    :raises PerfError: ``perf script`` failed (infrastructure).
     """
     return result.with_(runs={w: tuple(_finish_trace(r, logs) for r in records) for w, records in result.runs.items()})
 
