@@ -7,6 +7,7 @@ Not collected by pytest (no ``test_`` prefix). Run:
     python tests/bench_soak.py --net 5 --each 3    # a shorter one
     python tests/bench_soak.py --summarize DIR     # the summary of a soak's results again
     python tests/bench_soak.py --qemu 7.2=/usr/bin --qemu 10.0=/opt/qemu10-bin   # QEMUs side by side
+    python tests/bench_soak.py --hours 2 ...         # in the background: over within 2 hours, whatever is left
 
 With ``--qemu NAME=DIR`` (repeatable) every A/B of the plan runs once with each QEMU (DIR first on
 PATH: its ``qemu-system-x86_64`` is both the virtual host's TCG and the guest launcher), in an order
@@ -292,6 +293,15 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def time_left(args: argparse.Namespace) -> float | None:
+    """The next A/B's --timeout: ``--timeout``, cut to what is left of ``--hours``; None when too little is
+    left for an A/B (2 min)."""
+    if args.deadline is None:
+        return float(args.timeout)
+    left = args.deadline - time.monotonic()
+    return min(float(args.timeout), left) if left > 120 else None
+
+
 def main() -> int:
     spawn.exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -304,9 +314,13 @@ def main() -> int:
     p.add_argument("--summarize", type=Path, metavar="DIR", help="only summarize an earlier soak's DIR")
     p.add_argument("--resume", action="store_true",
                    help="continue the soak in --out where its ledger stops (same plan, next A/Bs)")
+    p.add_argument("--hours", type=float, metavar="H",
+                   help="end within H hours: no A/B starts after that, and each one's --timeout is cut to the "
+                        "time left (a soak run in the background never outlives its window)")
     p.add_argument("--qemu", action="append", default=[], metavar="NAME=DIR",
                    help="run every A/B with each of these QEMUs (DIR first on PATH), results in --out/NAME")
     args = p.parse_args()
+    args.deadline = time.monotonic() + args.hours * 3600 if args.hours else None
     if args.qemu and not args.summarize:
         return side_by_side(args)
     if args.summarize:
@@ -323,7 +337,11 @@ def main() -> int:
             if n <= len(ledger):
                 continue
             counts[w] += 1
-            entry = run_one(w, counts[w], out, args.runs, args.timeout)
+            timeout = time_left(args)
+            if timeout is None:
+                print(f"--hours {args.hours:g} reached: stopping before {w} #{counts[w]}", flush=True)
+                break
+            entry = run_one(w, counts[w], out, args.runs, timeout)
             ledger.append(entry)
             (out / "ledger.json").write_text(json.dumps(ledger, indent=1))
             print(f"[{n}/{len(plan)}] {w} #{counts[w]}: exit {entry['exit']} in {entry['seconds']:.0f} s; "
@@ -356,12 +374,18 @@ def side_by_side(args: argparse.Namespace) -> int:
         ledgers[name] = json.loads(path.read_text()) if args.resume and path.is_file() else []
     plan = schedule(args.net, args.each)
     for n, w in enumerate(plan, 1):
+        if time_left(args) is None:
+            break
         for name, _, env in (variants if n % 2 else list(reversed(variants))):
             ledger = ledgers[name]
             if n <= len(ledger):
                 continue
             index = sum(1 for e in ledger if e["workload"] == w) + 1
-            entry = {**run_one(w, index, args.out / name, args.runs, args.timeout, env), "qemu": name}
+            timeout = time_left(args)
+            if timeout is None:
+                print(f"--hours {args.hours:g} reached: stopping before QEMU {name} {w} #{index}", flush=True)
+                break
+            entry = {**run_one(w, index, args.out / name, args.runs, timeout, env), "qemu": name}
             ledger.append(entry)
             (args.out / name / "ledger.json").write_text(json.dumps(ledger, indent=1))
             print(f"[{n}/{len(plan)}] QEMU {name} {w} #{index}: exit {entry['exit']} in {entry['seconds']:.0f} s; "

@@ -284,29 +284,22 @@ TIMING_REASONS = ("IRR pending", "VM exit before the EOI")
 fast the runner ran, not on PV EOI."""
 
 
-def _timing(runs: Iterable[Mapping[str, Any]]) -> float | None:
-    """Over the traced runs: EOIs trapped for a timing reason (:data:`TIMING_REASONS`) per injected
-    interrupt, in the marker windows; None without a trace."""
-    trapped = injected = 0
+def _trapped(runs: Iterable[Mapping[str, Any]]) -> tuple[float | None, float | None]:
+    """Over the traced runs, in the marker windows, per injected interrupt: EOIs trapped for a timing
+    reason (:data:`TIMING_REASONS`), and those trapped for any other (an armed EOI written natively, an
+    EOI with no vector in service, one the trace cannot explain: 0 on a clean guest and host, whatever
+    the load); (None, None) without a trace."""
+    timing = other = injected = 0
     for r in runs:
         trace = r.get("trace")
         for v in (trace.get("vectors") or []) if isinstance(trace, Mapping) else []:
             injected += int(v.get("injected", 0))
-            trapped += sum(int(v.get("reasons", {}).get(k, 0)) for k in TIMING_REASONS)
-    return trapped / injected if injected else None
-
-
-def _untimed(runs: Iterable[Mapping[str, Any]]) -> float | None:
-    """Over the traced runs: EOIs trapped for any reason but timing (:data:`TIMING_REASONS`) per injected
-    interrupt, in the marker windows (an armed EOI written natively, an EOI with no vector in service,
-    one the trace cannot explain): 0 on a clean guest and host, whatever the load; None without a trace."""
-    trapped = injected = 0
-    for r in runs:
-        trace = r.get("trace")
-        for v in (trace.get("vectors") or []) if isinstance(trace, Mapping) else []:
-            injected += int(v.get("injected", 0))
-            trapped += sum(int(n) for k, n in (v.get("reasons") or {}).items() if k not in TIMING_REASONS)
-    return trapped / injected if injected else None
+            for reason, n in (v.get("reasons") or {}).items():
+                if reason in TIMING_REASONS:
+                    timing += int(n)
+                else:
+                    other += int(n)
+    return (timing / injected, other / injected) if injected else (None, None)
 
 
 def _no_vector(runs: Iterable[Mapping[str, Any]]) -> list[float] | None:
@@ -401,12 +394,12 @@ class Record:
     samples: dict[str, list[float]]
     reasons: list[str]
     timing: float | None = None
-    """The PV arm's EOIs trapped for timing reasons per injected interrupt (:func:`_timing`)."""
+    """The PV arm's EOIs trapped for timing reasons per injected interrupt (:func:`_trapped`)."""
     no_vector: list[float] | None = None
     """Per traced on rep: EOIs with no vector in service per injected interrupt (:func:`_no_vector`;
     0 on a clean guest: an EOI written after a PV EOI, a double EOI); None without a trace."""
     untimed: float | None = None
-    """The PV arm's EOIs trapped for any reason but timing per injected interrupt (:func:`_untimed`)."""
+    """The PV arm's EOIs trapped for any reason but timing per injected interrupt (:func:`_trapped`)."""
 
     @property
     def measurable(self) -> bool:
@@ -441,9 +434,9 @@ class Record:
             ci["own_saved"] = None
         if value["own_saved"] is None:  # as the analysis: a figure some runs lack judges nothing
             samples["own_saved"] = []
+        timing, untimed = _trapped(on.values())
         return cls(run, workload, str(w.get("verdict", "unknown")), value, ci, samples,
-                   list(w.get("reasons", [])), _timing(on.values()), _no_vector(on[rep] for rep in sorted(on)),
-                   _untimed(on.values()))
+                   list(w.get("reasons", [])), timing, _no_vector(on[rep] for rep in sorted(on)), untimed)
 
 
 def records(history: History, runner: str, workload: str) -> list[Record]:

@@ -60,14 +60,6 @@ _LINE = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+(?:kvm:)?(\w+):\s*(.*)$")
 _LOST_LINE = re.compile(r"\bLOST (\d+) events!", re.I)
 
 
-def lost_events(text: str) -> int:
-    """The events ``perf script`` text says were lost, as :func:`parse_script` counts them, without
-    parsing the events (a substring test first: cheap where Python is slow, in the virtual host)."""
-    if "lost" not in text.lower():
-        return 0
-    return sum(int(m[1]) for m in _LOST_LINE.finditer(text))
-
-
 def parse_script(text: str) -> tuple[list[TraceEvent], int]:
     """``perf script -F tid,time,event,trace`` text as events in order, and the events it says were lost."""
     events, lost = [], 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
 import itertools
 import logging
 import os
@@ -21,14 +20,13 @@ import shlex
 import socket
 import subprocess
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..build.image import READY_PATTERN
-from ..errors import CommandError, ConfigError, Finding, Kind, MeasurementError, PveoiError, retryable
+from ..errors import CommandError, ConfigError, Finding, Kind, PveoiError, retryable
 from ..host.hostfacts import COUNTED, cpu_vendor, list_kvm_tracepoints
 from ..measure.guest_counters import (
     STATE_COMMAND,
@@ -42,8 +40,6 @@ from ..measure.markers import mark_command
 from ..measure.perf import PerfStat
 from ..measure.perf_events import Event, check_required
 from ..measure.record import PerfRecord
-from ..measure.record import script as perf_script
-from ..measure.trace import lost_events, parse_script, summarize
 from ..measure.vectors import GUEST_VIEW_SCRIPT, GuestView
 from ..measure.vmexits import breakdown_reasons
 from ..model.plan import DEFAULT_ARMS, Arm, Plan, validate_arms
@@ -54,6 +50,7 @@ from ..util.spawn import popen
 from ..util.tmpdirs import tempdir
 from ..vm.cpus import VCpu
 from ..vm.machine import Machine
+from . import traces
 from .boot import boot, machine_spec
 from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
 
@@ -61,8 +58,6 @@ log = logging.getLogger(__name__)
 
 #: The verdict of a workload whose raw runs are left to the caller to analyze.
 UNANALYZED = "unanalyzed"
-#: The key of a run's ``trace`` whose summary is left to the caller (:attr:`Setup.defer_trace`).
-DEFERRED = "deferred"
 
 __all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_vendor",
            "reanalyze", "run_once", "run_plan"]
@@ -86,7 +81,7 @@ class Setup:
     accel: str = "kvm"
     #: Record kvm:* per event too (exact accounting with guest markers, per-vector attribution).
     trace: bool = True
-    #: Leave each trace to the caller (:func:`finish_traces`): the run keeps its ``perf.data`` and what
+    #: Leave each trace to the caller (:func:`e2e.run.traces.finish_traces`): the run keeps its ``perf.data`` and what
     #: the summary needs besides it. For the virtual host's inner runner, whose emulated CPU spends
     #: seconds per guest on ``perf script`` and on the parse that native Python does in 0.3 s.
     defer_trace: bool = False
@@ -243,16 +238,10 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
     summary: dict[str, Any] = {}
     if script is not None and view is not None:
         tids = [v.thread_id for v in threads]
-        if setup.defer_trace:  # perf.data is kept: finish_traces runs perf script and summarizes, natively
-            summary = {DEFERRED: {"perf_data": f"{name}-perf.data", "file": f"{name}-trace.txt.gz", "threads": tids,
-                                  "pv_eoi": arm.expects_pv_eoi, "names": dict(view.names)}}
+        if setup.defer_trace:  # perf.data kept: traces.finish_traces makes the summary, natively
+            summary = traces.deferred(name, tids, pv_eoi=arm.expects_pv_eoi, names=view.names, marks=view.marks)
         else:
-            lost = lost_events(script)
-            if lost:
-                raise MeasurementError(f"perf script reports {lost} lost events; the trace cannot be judged",
-                                       fix="the host is overloaded; rerun", kind=Kind.INFRASTRUCTURE)
-            summary = summarize(parse_script(script)[0], tids, pv_eoi=arm.expects_pv_eoi, names=view.names)
-        summary["marks"] = view.marks
+            summary = traces.summary_of(script, tids, pv_eoi=arm.expects_pv_eoi, names=view.names, marks=view.marks)
     raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
     breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
     record = RunRecord(
@@ -461,46 +450,3 @@ def runner_info(vendor: str) -> dict[str, Any]:
     return {"hostname": platform.node(), "kernel": platform.release(), "cpu_vendor": vendor, "cpu_model": cpu_model(),
             "cpus": os.cpu_count(), "qemu": qemu_version(), "python": platform.python_version()}
 
-
-def finish_traces(result: Result, logs: Path) -> Result:
-    """``result`` with every deferred trace (:attr:`Setup.defer_trace`) made here: ``perf script`` of its
-    ``perf.data`` in ``logs`` (the text kept there as ``<run>-trace.txt.gz``, the ``perf.data`` removed;
-    a run that kept the text itself is read from it), then the summary, exactly as the run would have
-    drawn it.
-
-    :raises MeasurementError: a trace is missing, unreadable or lost events (infrastructure).
-    :raises PerfError: ``perf script`` failed (infrastructure).
-    """
-    return result.with_(runs={w: tuple(_finish_trace(r, logs) for r in records) for w, records in result.runs.items()})
-
-
-def _finish_trace(record: RunRecord, logs: Path) -> RunRecord:
-    deferred = (record.trace or {}).get(DEFERRED)
-    if not deferred:
-        return record
-    path = logs / deferred["file"]
-    try:
-        if deferred.get("perf_data"):  # perf script here, its text kept as a directly measured run's is
-            data = logs / deferred["perf_data"]
-            if not data.is_file():
-                raise OSError(f"{data} is missing")
-            text, _ = perf_script(data)
-            with gzip.open(path, "wt", compresslevel=6, encoding="utf-8") as f:
-                f.write(text)
-            data.unlink()
-        else:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, EOFError, zlib.error, ValueError) as err:  # missing, truncated, corrupt, not text
-        raise MeasurementError(f"the trace of {record.arm} rep {record.rep + 1} did not come back from the virtual "
-                               f"host ({path}: {err})", fix="rerun; if it recurs, check the disk of the cache",
-                               kind=Kind.INFRASTRUCTURE) from err
-    lost = lost_events(text)
-    if lost:
-        raise MeasurementError(f"perf script reports {lost} lost events in the trace of {record.arm} rep "
-                               f"{record.rep + 1}; it cannot be judged", fix="the host is overloaded; rerun",
-                               kind=Kind.INFRASTRUCTURE)
-    summary = summarize(parse_script(text)[0], deferred["threads"], pv_eoi=deferred["pv_eoi"],
-                        names=deferred["names"])
-    summary["marks"] = record.trace["marks"]
-    return replace(record, trace=summary)

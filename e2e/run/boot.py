@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..build.image import READY_PATTERN
 from ..errors import Finding, MeasurementError
@@ -118,13 +117,6 @@ def boot(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, private_key
     return ProvenGuest(machine, ssh, arm, kvm, readback, threads, ready, state, output, marks)
 
 
-def boot_arm(stack: contextlib.ExitStack, arm: Arm, spec: MachineSpec, *, private_key: Path, host_key_line: str,
-             boot_timeout: float, artifacts: Path | None = None, **kwargs: Any) -> ProvenGuest:
-    """:func:`boot` of a new :class:`~e2e.vm.machine.Machine` of ``spec`` waiting for pveoi's ready line."""
-    return boot(stack, Machine(spec, READY_PATTERN, artifacts=artifacts), arm, private_key=private_key,
-                host_key_line=host_key_line, boot_timeout=boot_timeout, **kwargs)
-
-
 def run_boot_plan(plan: BootPlan) -> int:
     """``pveoi boot``: boot ``plan``'s guest, say what QEMU and the guest report about PV EOI (stderr),
     then run its command with the output streamed (or, with no command, an interactive shell).
@@ -138,8 +130,9 @@ def run_boot_plan(plan: BootPlan) -> int:
     spec = machine_spec(plan.arm, kernel=plan.kernel, initrd=img.initrd, accel=plan.accel, smp=plan.smp,
                         memory_mb=plan.memory_mb, name="pveoi-boot")
     with contextlib.ExitStack() as stack:
-        guest = boot_arm(stack, plan.arm, spec, private_key=img.identity.private_key,
-                         host_key_line=img.host_key_line, boot_timeout=plan.boot_timeout, artifacts=plan.logs)
+        guest = boot(stack, Machine(spec, READY_PATTERN, artifacts=plan.logs), plan.arm,
+                     private_key=img.identity.private_key, host_key_line=img.host_key_line,
+                     boot_timeout=plan.boot_timeout)
         log.info("guest ready (%s)", guest.ready)
         for line in describe(guest, "on" if plan.arm.pv_eoi else "off"):
             print(line, file=sys.stderr)

@@ -107,6 +107,16 @@ def keep_perf_output(perf: PerfStat, artifacts: Path, name: str, trace: AttemptT
                 trace.extra_logs.append(artifacts / dest)
 
 
+def write_gz(path: Path, text: str) -> None:
+    """Keep ``text`` gzipped at ``path`` (level 6, gzip(1)'s: half level 9's time for a trace of
+    megabytes, within a few % of its size).
+
+    :raises OSError: it could not be written.
+    """
+    with gzip.open(path, "wt", compresslevel=6, encoding="utf-8") as f:
+        f.write(text)
+
+
 @contextlib.contextmanager
 def keep_trace_output(rec: PerfRecord, artifacts: Path, name: str, trace: AttemptTrace | None = None) -> Iterator[None]:
     """Keep a :class:`e2e.measure.record.PerfRecord`'s ``perf script`` text (gzipped) and stderr as
@@ -124,9 +134,7 @@ def keep_trace_output(rec: PerfRecord, artifacts: Path, name: str, trace: Attemp
                 continue
             try:
                 if dest.endswith(".gz"):
-                    # level 6 (gzip(1)'s): half level 9's time, which the virtual host's emulated CPU feels
-                    with gzip.open(artifacts / dest, "wt", compresslevel=6, encoding="utf-8") as f:
-                        f.write(text)
+                    write_gz(artifacts / dest, text)
                 else:
                     (artifacts / dest).write_text(text)
             except OSError as err:

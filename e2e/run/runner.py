@@ -25,7 +25,7 @@ from ..model.result import Result
 from ..report import results
 from ..util.tmpdirs import tempdir
 from ..vm.vhost import VirtualKvmHost, run_in_vhost
-from . import ab, inner
+from . import ab, inner, traces
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path, si
             res = results.load(tmp / "result.json")
             inner.raise_inner_error(res)
             before = time.monotonic()
-            res = ab.finish_traces(res, tmp / "logs")  # summarized here: native Python, not L1's emulated one
+            res = traces.finish_traces(res, tmp / "logs")  # summarized here: native Python, not L1's emulated one
             res = res.with_(runner={**res.runner, "timings": {**(res.runner.get("timings") or {}),
                                                               "traces_summarized_outside": round(
                                                                   time.monotonic() - before, 2)}})
@@ -176,7 +176,7 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path, si
             if (salvage is not None and isinstance(err, PveoiError)
                     and (partial := inner.load_partial(tmp / inner.PARTIAL)) is not None):
                 try:
-                    salvage.append((partial[0], ab.finish_traces(partial[1], tmp / "logs")))
+                    salvage.append((partial[0], traces.finish_traces(partial[1], tmp / "logs")))
                 except PveoiError as err:  # its traces are lost with L1: measure those guests again
                     log.warning("the runs the virtual host measured before it failed are not kept: %s", err)
             raise

@@ -16,34 +16,31 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar, cast
 
 from ..errors import CommandError
+
+#: What a command printed on stdout: text (:func:`run`) or bytes (:func:`run_bytes`).
+Out = TypeVar("Out", str, bytes)
 
 #: Seconds a short command may take unless the caller says otherwise.
 DEFAULT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
-class Completed:
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@dataclass(frozen=True)
-class CompletedBytes:
-    """A command whose output is data (a decompressor's): its stdout as bytes, its stderr as text."""
+class Completed(Generic[Out]):
+    """What a command printed: ``stdout`` as text (:func:`run`) or bytes (:func:`run_bytes`), ``stderr``
+    as text."""
 
     argv: tuple[str, ...]
     returncode: int
-    stdout: bytes
+    stdout: Out
     stderr: str
 
 
 def run(argv: Sequence[str], *, what: str | None = None, fix: str | None = None, cwd: Path | None = None,
         env: Mapping[str, str] | None = None, timeout: float | None = DEFAULT_TIMEOUT,
-        check: bool = True) -> Completed:
+        check: bool = True) -> Completed[str]:
     """Run ``argv`` (no shell) and return what it printed.
 
     :param what: how the error names the command (default: the command line's first words).
@@ -54,28 +51,25 @@ def run(argv: Sequence[str], *, what: str | None = None, fix: str | None = None,
     :param check: raise on a non-zero exit; False returns it (a deadline or a missing program still raises).
     :raises CommandError: the program is missing, ran past ``timeout`` or (``check``) exited non-zero.
     """
-    argv, returncode, stdout, stderr = _run(argv, what, fix, cwd, env, timeout, check, True, None)
-    assert isinstance(stdout, str)
-    return Completed(argv, returncode, stdout, stderr)
+    return cast(Completed[str], _run(argv, what, fix, cwd, env, timeout, check, True, None))
 
 
 def run_bytes(argv: Sequence[str], *, input: bytes | None = None, what: str | None = None, fix: str | None = None,
               cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float | None = DEFAULT_TIMEOUT,
-              check: bool = True) -> CompletedBytes:
+              check: bool = True) -> Completed[bytes]:
     """:func:`run` for a command that reads and prints data: ``input`` on its stdin (none: /dev/null),
     its stdout returned as bytes.
 
     :raises CommandError: as :func:`run`.
     """
-    argv, returncode, stdout, stderr = _run(argv, what, fix, cwd, env, timeout, check, False, input)
-    assert isinstance(stdout, bytes)
-    return CompletedBytes(argv, returncode, stdout, stderr)
+    return cast(Completed[bytes], _run(argv, what, fix, cwd, env, timeout, check, False, input))
 
 
 def _run(argv: Sequence[str], what: str | None, fix: str | None, cwd: Path | None, env: Mapping[str, str] | None,
          timeout: float | None, check: bool, text: bool, data: bytes | None,
-         ) -> tuple[tuple[str, ...], int, str | bytes, str]:
-    """(argv, exit status, stdout (text or bytes), stderr); ``data`` goes to its stdin (None: /dev/null)."""
+         ) -> Completed[str] | Completed[bytes]:
+    """The command's :class:`Completed` (stdout as text with ``text``, else bytes); ``data`` goes to its
+    stdin (None: /dev/null)."""
     argv = tuple(str(a) for a in argv)
     name = what or " ".join(argv[:3])
     fix = fix or f"check that `{argv[0]}` works"
@@ -95,7 +89,7 @@ def _run(argv: Sequence[str], what: str | None, fix: str | None, cwd: Path | Non
         tail = _tail(stderr) or (_tail(stdout) if isinstance(stdout, str) else ())
         raise CommandError(f"{name} failed (exit {proc.returncode}): {' | '.join(tail) or 'no output'}", fix, argv,
                            proc.returncode, tail)
-    return argv, proc.returncode, stdout, stderr
+    return Completed(argv, proc.returncode, stdout, stderr)
 
 
 def _text(out: bytes | str | None) -> str:

@@ -279,3 +279,30 @@ def test_a_failed_runs_trace_is_salvaged_up_to_the_failure(switcher: Switcher, t
     assert text.count("sched:sched_switch") >= 40
     assert tmp_path / "failed-trace.txt.gz" in kept.extra_logs
     assert rec.workdir is None  # and perf's own temp dir is gone
+
+
+@real_perf
+@pytest.mark.timeout(120)
+def test_a_kept_perf_data_is_scripted_and_summarized_outside(switcher: Switcher, tmp_path: Path) -> None:
+    """The virtual host's path, with this host's perf: perf record keeps perf.data and returns no text;
+    traces.finish_traces runs perf script on it, keeps the text gzipped and removes the perf.data."""
+    import gzip
+
+    from e2e.measure.record import PerfRecord
+    from e2e.model.result import Result, RunRecord
+    from e2e.run.traces import deferred, finish_traces
+
+    rec = PerfRecord(switcher.pid, events=("sched:sched_switch",), keep_data=tmp_path / "r-perf.data")
+    with rec:
+        rec.start()
+        rec.enable()
+        switcher.switch(50)
+        rec.disable()
+        assert rec.finish() == "" and rec.output_text is None
+    assert (tmp_path / "r-perf.data").stat().st_size > 0
+    run = RunRecord(rep=0, arm="on", counts={}, trace=deferred("r", [switcher.pid], pv_eoi=True, names={}, marks=False))
+    done = finish_traces(Result(verdict="unanalyzed", runs={"w": (run,)}), tmp_path).runs["w"][0]
+    assert "deferred" not in done.trace and done.trace["marks"] is False and "vcpus" in done.trace
+    with gzip.open(tmp_path / "r-trace.txt.gz", "rt") as f:
+        assert f.read().count("sched:sched_switch") >= 50
+    assert not (tmp_path / "r-perf.data").exists()

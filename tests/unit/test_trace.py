@@ -262,53 +262,31 @@ def test_untraced_pv_eois_are_named_once() -> None:
     assert "traced them as kvm_eoi alone" in reason
 
 
-def test_lost_events_without_parsing_agrees_with_the_parser() -> None:
-    from e2e.measure.trace import lost_events
-
-    text = "   123 1.000000001: kvm:kvm_eoi: apicid 0 vector 236\nLOST 17 events!\nlost 3 events!\n"
-    assert lost_events(text) == parse_script(text)[1] == 20
-    assert lost_events(Script().irq(T0, 0, 236, pv=True).text()) == 0
-
-
-def test_a_deferred_trace_summary_is_the_one_the_run_would_have_drawn(tmp_path: Path) -> None:
-    """The virtual host's inner runner leaves each trace's summary to the outer pveoi (native Python):
-    drawn from the kept trace file, it is exactly the summary the run itself draws."""
-    import gzip
-
+def test_a_summary_drawn_later_is_the_one_the_run_draws_and_a_trace_that_lost_events_is_refused() -> None:
+    """The virtual host's inner runner leaves the summary to the outer pveoi (traces.finish_traces): the
+    same function draws it, from the same text."""
     from e2e.errors import MeasurementError
-    from e2e.model.result import Result
-    from e2e.run.ab import DEFERRED, finish_traces
+    from e2e.run.traces import summary_of
 
     s = Script().mark(T0, MARK_BEGIN, 0, 0, 0).irq(T0, 0, 236, pv=True).irq(T1, 1, 236, pv=False)
     s.irq(T0, 0, 34, pv=True).mark(T0, MARK_END, 0, 2, 0)
     names = {"0:34": "virtio0-input.0"}
-    with gzip.open(tmp_path / "timer-on-0-trace.txt.gz", "wt") as f:
-        f.write(s.text())
-    deferred = {DEFERRED: {"file": "timer-on-0-trace.txt.gz", "threads": [T0, T1], "pv_eoi": True,
-                           "names": names}, "marks": True}
-    result = Result(verdict="unanalyzed", runs={"timer": (record(deferred), record({}))})
-    done = finish_traces(result, tmp_path)
-    assert done.runs["timer"][0].trace == {**run(s, names=names), "marks": True}
-    assert done.runs["timer"][1].trace == {}, "a run without a deferred trace is left alone"
-    data = (tmp_path / "timer-on-0-trace.txt.gz").read_bytes()
-    for broken in (data[:len(data) // 2], data[:20] + bytes(len(data) - 20), None):  # truncated, corrupt, gone
-        if broken is None:
-            (tmp_path / "timer-on-0-trace.txt.gz").unlink()
-        else:
-            (tmp_path / "timer-on-0-trace.txt.gz").write_bytes(broken)
-        with pytest.raises(MeasurementError, match=r"the trace of on rep 3 did not come back from the virtual host"):
-            finish_traces(result, tmp_path)
+    assert summary_of(s.text(), [T0, T1], pv_eoi=True, names=names, marks=True) == {**run(s, names=names),
+                                                                                    "marks": True}
+    with pytest.raises(MeasurementError, match=r"perf script reports 3 lost events; the trace cannot be judged"):
+        summary_of(s.text() + "LOST 3 events!\n", [T0, T1], pv_eoi=True, names=names, marks=True)
 
 
-def test_a_deferred_trace_with_lost_events_cannot_be_judged(tmp_path: Path) -> None:
-    import gzip
-
-    from e2e.errors import MeasurementError
+def test_a_deferred_trace_whose_perf_data_did_not_come_back_is_an_infrastructure_error(tmp_path: Path) -> None:
+    from e2e.errors import Kind, MeasurementError
     from e2e.model.result import Result
-    from e2e.run.ab import DEFERRED, finish_traces
+    from e2e.run.traces import deferred, finish_traces
 
-    with gzip.open(tmp_path / "t.txt.gz", "wt") as f:
-        f.write(Script().irq(T0, 0, 236, pv=True).text() + "LOST 3 events!\n")
-    deferred = {DEFERRED: {"file": "t.txt.gz", "threads": [T0, T1], "pv_eoi": True, "names": {}}, "marks": False}
-    with pytest.raises(MeasurementError, match=r"perf script reports 3 lost events in the trace of on rep 3"):
-        finish_traces(Result(verdict="unanalyzed", runs={"timer": (record(deferred),)}), tmp_path)
+    later = deferred("timer-on-2-1", [T0, T1], pv_eoi=True, names={}, marks=True)
+    result = Result(verdict="unanalyzed", runs={"timer": (record({}), record(later))})
+    with pytest.raises(MeasurementError, match=r"the trace of on rep 3 did not come back from the virtual host "
+                                               r"\(.*timer-on-2-1-perf.data is missing\)") as err:
+        finish_traces(result, tmp_path)
+    assert err.value.kind is Kind.INFRASTRUCTURE
+    untouched = finish_traces(Result(verdict="unanalyzed", runs={"timer": (record({}),)}), tmp_path)
+    assert untouched.runs["timer"][0].trace == {}, "a run without a deferred trace is left alone"
