@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .model.plan import DEFAULT_RETRIES
+
 if TYPE_CHECKING:
     from .build.image import GuestImage
     from .host.decision import Decision
@@ -454,7 +456,7 @@ def pveoi_ab(request: pytest.FixtureRequest, pveoi_options: Options) -> Callable
     from .run.ab import run_plan
 
     def run(workloads: Sequence[str] = ("timer",), runs: int = 3, arms: Sequence[Arm] = DEFAULT_ARMS,
-            thresholds: Mapping[str, float] | None = None, retries: int = 1) -> Result:
+            thresholds: Mapping[str, float] | None = None, retries: int = DEFAULT_RETRIES) -> Result:
         reason = kvm_skip_reason(request.getfixturevalue("pveoi_kvm"))
         if reason:
             pytest.skip(reason)

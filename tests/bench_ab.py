@@ -59,9 +59,16 @@ def time_ab(env: dict[str, str], runs: int, arms: str | None = None) -> dict[str
 
 
 def breakdown(env: dict[str, str], runs: int) -> dict[str, object]:
-    """One warm timer A/B, and where its wall time went: the virtual host's boot, each guest's stages
-    (summed over the guests: QEMU start to paused, boot to the ready line, SSH, state reads, perf attach,
-    the workload window, shutdown), and the rest (doctor, Python start-up in L1, planning)."""
+    """One warm timer A/B, and where its wall time went, level by level, each with what no stage of it
+    explains (``unstaged``):
+
+    - the outer pveoi (``runner.timings``): its Python start-up, the input checks, choosing the host (the
+      doctor), planning (kernel and image cache), measuring, and what is left (recording, printing);
+    - measuring through the virtual host (``host.virtual_host``): each part's L1 boot, the command in it,
+      its shutdown, the traces summarized outside, the analysis of all parts;
+    - the command in L1 (``host.inner_runner.timings`` and the guests' ``timings`` summed): L1's Python
+      start-up and imports, each guest stage (QEMU start to paused, boot to ready, SSH, state reads, perf
+      attach, the workload window, trace read, shutdown), and the time between guests."""
     with tempfile.TemporaryDirectory(prefix="pveoi-bench-") as tmp:
         out = Path(tmp) / "result.json"
         start = time.monotonic()
@@ -69,19 +76,29 @@ def breakdown(env: dict[str, str], runs: int) -> dict[str, object]:
                    "--json", str(out)], env=env, text=True)
         total = time.monotonic() - start
         doc = json.loads(out.read_text()) if out.is_file() else {}
-    stages: dict[str, float] = {}
+    guests: dict[str, float] = {}
     for arm in (doc.get("arms") or {}).values():
         for runs_of in (arm.get("runs") or {}).values():
             for run in runs_of:
                 for stage, seconds in (run.get("timings") or {}).items():
-                    stages[stage] = stages.get(stage, 0.0) + seconds
-    vhost = sum(((doc.get("host") or {}).get("virtual_host") or {}).get("boots") or [])
-    accounted = vhost + sum(stages.values())
-    # The inner runner's own start-up in L1 (interpreter, imports) and the trace summaries drawn outside.
-    inner = ((doc.get("host") or {}).get("inner_runner") or {}).get("timings") or {}
-    return {"seconds": round(total, 1), "verdict": doc.get("verdict"), "virtual_host_boot": round(vhost, 1),
-            "guests": {k: round(v, 1) for k, v in stages.items()}, "inner_runner": inner,
-            "other": round(total - accounted, 1)}
+                    guests[stage] = guests.get(stage, 0.0) + seconds
+    outer = dict((doc.get("runner") or {}).get("timings") or {})
+    vhost = (doc.get("host") or {}).get("virtual_host") or {}
+    inner = dict(((doc.get("host") or {}).get("inner_runner") or {}).get("timings") or {})
+    parts = vhost.get("stages") or []
+    l1 = {k: round(sum(p.get(k, 0.0) for p in parts), 1) for k in ("boot", "command", "shutdown")}
+    outside = inner.pop("traces_summarized_outside", 0.0)
+    in_l1 = sum(v for v in inner.values() if v) + sum(guests.values())
+    measured = outer.get("measured", 0.0)
+    analysis = vhost.get("analysis_seconds") or 0.0
+    return {
+        "seconds": round(total, 1), "verdict": doc.get("verdict"),
+        "outer": {**outer, "unstaged": round(total - sum(outer.values()), 1)},
+        "measured": {"virtual_host": l1, "traces_summarized_outside": outside,
+                     "analysis": analysis, "unstaged": round(measured - sum(l1.values()) - outside - analysis, 1)},
+        "command_in_l1": {"inner_runner": inner, "guests": {k: round(v, 1) for k, v in guests.items()},
+                          "between_guests": round(l1["command"] - in_l1, 1)},
+    }
 
 
 def main() -> int:

@@ -11,7 +11,8 @@ the latest reps against the baseline reps gives ``p < alpha``: the rule of
 :mod:`e2e.analysis.droprule`.
 
 Also flagged: a verdict that turned from pass to fail, from measurable to not
-measurable, and a workload that stopped being run; on request, a runner whose
+measurable (to ``error``, the infrastructure's: a warning on its first night, a
+regression on the second in a row), and a workload that stopped being run; on request, a runner whose
 newest result is too old (``max_age_hours``) and a runner that never measured
 at all (``require_measurable``).
 
@@ -176,7 +177,7 @@ def _drop(group: GroupStatus, recs: list[Record], key: str, settings: CheckSetti
         floor=decision.floor.threshold)
 
 
-def _verdict_change(group: GroupStatus, recs: list[Record]) -> Flag | None:
+def _verdict_change(group: GroupStatus, recs: list[Record], settings: CheckSettings) -> Flag | None:
     latest = recs[-1]
     if latest.verdict == "pass":
         return None
@@ -190,8 +191,17 @@ def _verdict_change(group: GroupStatus, recs: list[Record]) -> Flag | None:
         was = "turned from pass to fail" if i > 0 and recs[i - 1].verdict == "pass" else "fails"
         return Flag("fail", group.runner, group.workload, f"verdict {was} since run {since}: {why}", since=since)
     if any(r.measurable for r in recs[:i]):
-        return Flag("not-measurable", group.runner, group.workload,
-                       f"verdict turned from measurable to {latest.verdict} since run {since}: {why}", since=since)
+        nights = len(recs) - i
+        flag = Flag("not-measurable", group.runner, group.workload,
+                    f"verdict turned from measurable to {latest.verdict} since run {since}"
+                    f"{f' ({nights} nights in a row)' if nights > 1 else ''}: {why}", since=since)
+        if latest.verdict == "error" and nights == 1 and not settings.strict:
+            # An error is the infrastructure's (a nested-TCG crash past its retries, a lost virtual
+            # host): it says nothing of the kernel, and the next night measures again.
+            return replace(flag, severity="warning", message=flag.message + (
+                "; a warning: the A/B ended in error (infrastructure, no verdict: nothing was measured wrong); "
+                "a second night in error is a regression"))
+        return flag
     group.notes.append(f"never measurable on this runner ({latest.verdict}): {why}")
     return None
 
@@ -285,7 +295,7 @@ def check(history: History, settings: CheckSettings | None = None) -> CheckResul
                     group.floors[key] = floor  # _drop refines it when the latest run dropped
             if len(recs) == 1:
                 group.notes.append("first run of this workload on this runner: nothing to compare with")
-            verdict = _verdict_change(group, recs)
+            verdict = _verdict_change(group, recs, settings)
             if verdict:
                 flags.append(verdict)
             drops = [d for d in (_drop(group, recs, key, settings) for key in HEADLINES) if d is not None]

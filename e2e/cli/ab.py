@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, PveoiError
+from ..model.plan import DEFAULT_RETRIES
 from .common import SubParsers, bases_help, choose_host, guest_image, guest_kernel, parse_thresholds, stdout_sink
 
 if TYPE_CHECKING:
@@ -113,10 +114,11 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--logs", type=Path, metavar="DIR", help="keep console/QEMU logs here")
     p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest memory")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole A/B")
-    p.add_argument("--retries", type=int, default=1, metavar="N",
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
                    help="retry a run that failed on infrastructure (boot deadline, QMP, SSH, QEMU or the virtual "
                         "host gone) on a fresh guest up to N times; findings (a panic, a kernel that did not "
-                        "enable PV EOI) are never retried; every retry is recorded (default 1)")
+                        "enable PV EOI) are never retried, and a rep that fails the same way on every attempt in more "
+                        "than one rep of an arm is one; every retry is recorded (default %(default)s)")
     p.set_defaults(func=cmd_ab)
 
 
@@ -135,11 +137,15 @@ def ab(opts: AbOptions) -> int:
     from ..report import results
     from ..run import ab as runs
     from ..run.runner import measure
+    from ..util.laps import Laps, seconds_since_process_start
 
+    laps = Laps()  # where the outer pveoi's time goes, beside the guests' and the virtual host's own
     check_inputs(opts)
+    laps.lap("inputs_checked")
     host, why, doctor_report = choose_host(opts.host)
     log.info("host: %s (%s)", host, why)
     runner = results.runner_identity(runs.runner_info(runs.cpu_vendor()), doctor_report)  # the machine running pveoi
+    laps.lap("host_chosen")
     if host == "not-measurable":
         res = results.not_measurable(why, opts.runs).with_(runner=runner)
         results.emit(res, opts.json, opts.history)
@@ -148,6 +154,7 @@ def ab(opts: AbOptions) -> int:
     if host == "direct" and opts.host_under_test:
         raise _virtual_only()
     plan = build_plan(opts)
+    laps.lap("planned")
     from ..host import conditions
 
     started = conditions.snapshot()
@@ -169,7 +176,10 @@ def ab(opts: AbOptions) -> int:
             except (OSError, PveoiError) as write_err:  # e.g. the disk is full: the first error is the news
                 log.warning("could not record the error in the results: %s", write_err)
         raise
-    runner = {**runner, "conditions": conditions.summarize(started, conditions.snapshot())}
+    laps.lap("measured")
+    timings = {"python_start": seconds_since_process_start() or 0.0, **laps.seconds}
+    timings["python_start"] = round(timings["python_start"] - sum(laps.seconds.values()), 2)  # before ab()
+    runner = {**runner, "conditions": conditions.summarize(started, conditions.snapshot()), "timings": timings}
     res = measured.with_(runner=runner, kernel=results.kernel_manifest(plan.kernel),
                          image={"path": str(plan.image)}, logs=str(plan.logs))
     results.emit(res, opts.json, opts.history)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CapabilityError, ConfigError
+from ..model.plan import DEFAULT_RETRIES
 from .common import SubParsers, choose_host, parse_thresholds
 
 
@@ -50,7 +51,7 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--patches", type=Path, metavar="DIR", help="a quilt patch dir applied on every revision")
     p.add_argument("--workload", default="timer", choices=sorted(WORKLOADS))
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES)
     p.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--history", type=Path, metavar="DIR", help="every step's result (default: under the cache)")
     p.add_argument("--logs", type=Path, metavar="DIR")

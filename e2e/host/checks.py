@@ -29,6 +29,7 @@ check (it does not change the decision).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .capability import VENDOR_MODULES, HostFacts
@@ -247,13 +248,31 @@ def check_perf_permissions(facts: HostFacts) -> Check:
                         "kvm:* tracepoints")
 
 
-def check_qemu(facts: HostFacts) -> Check:
-    """Is ``qemu-system-x86_64`` installed?
+#: The oldest QEMU the virtual KVM host is recommended on: under nested TCG, 7.2 triple-faulted more of
+#: its L2 guests than 10.0 did, side by side (README, "QEMU"; docs/measurements.md).
+QEMU_RECOMMENDED = (10, 0)
+
+
+def qemu_older_than_recommended(version: str | None) -> bool:
+    """Whether ``version`` (``7.2.22``) is below :data:`QEMU_RECOMMENDED` (False when unreadable)."""
+    parts = re.match(r"(\d+)\.(\d+)", version or "")
+    return parts is not None and (int(parts[1]), int(parts[2])) < QEMU_RECOMMENDED
+
+
+def check_qemu(facts: HostFacts, virtual: bool = False) -> Check:
+    """Is ``qemu-system-x86_64`` installed (and, for the virtual KVM host, recent enough)?
 
     :param facts: the probed facts.
+    :param virtual: the virtual KVM host will run on it.
     :returns: the check.
     """
-    return _tool_check("qemu-system-x86_64", "QEMU", facts.qemu_version, facts.qemu_error, PKG_QEMU)
+    found = _tool_check("qemu-system-x86_64", "QEMU", facts.qemu_version, facts.qemu_error, PKG_QEMU)
+    if found.ok and virtual and qemu_older_than_recommended(facts.qemu_version):
+        want = ".".join(map(str, QEMU_RECOMMENDED))
+        return Check(False, f"QEMU {facts.qemu_version}, older than {want}: under nested TCG it crashes more of "
+                            f"the virtual host's guests (retried, but slower; README, \"QEMU\")",
+                     f"host_config/install-deps.sh (QEMU {want}; on Debian 12 from bookworm-backports)")
+    return found
 
 
 def check_tcg(facts: HostFacts) -> Check:

@@ -428,9 +428,10 @@ def render_ktap(history: History, result: CheckResult) -> str:
     text = ktap.render([r.result for r in latest_runs(result)] or [history.runs[-1].result])
     if not result.warnings:
         return text
-    head, plan, rest = text.split("\n", 2)  # "KTAP version 1", "1..N": the warnings as diagnostics after them
+    # The warnings as diagnostics of the top level, after its last result: a diagnostic right before a
+    # test's subtest block would read as that test's (kunit_tool attaches such lines to the next test).
     notes = [f"# WARNING [{f.runner}] {f.workload}: {f.message}" for f in result.warnings]
-    return "\n".join([head, plan, *notes, rest])
+    return text.rstrip("\n") + "\n" + "\n".join(notes) + "\n"
 
 
 def render_kcidb(history: History, origin: str) -> str:

@@ -352,6 +352,7 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
         # Imported here, not at the top: the analysis needs numpy and scipy, whose import costs the
         # virtual host's emulated CPU 4-8 s, and the inner runner there never analyzes.
         from ..analysis.compare import analyze, conclude, load_thresholds
+        from ..analysis.recurring import recurring_failures
 
         thresholds = {w.name: load_thresholds(w.name, plan.thresholds) for w in workloads}
     setup.artifacts.mkdir(parents=True, exist_ok=True)
@@ -375,7 +376,8 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
         runs[workload.name] = tuple(outcome.runs)
         if analyzed:
             result = replace(analyze(workload, plan.arms, outcome.runs, thresholds[workload.name],
-                                     outcome.findings, outcome.errors, outcome.retried),
+                                     [*outcome.findings, *recurring_failures(outcome.attempts)], outcome.errors,
+                                     outcome.retried),
                              attempts=tuple(outcome.attempts))
         else:
             result = _unanalyzed(workload, outcome)
@@ -411,6 +413,7 @@ def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Resul
     Findings, incomplete runs and retries the runs recorded are kept.
     """
     from ..analysis.compare import analyze, conclude, load_thresholds
+    from ..analysis.recurring import recurring_failures
 
     parts = (result, *extra)
     results: dict[str, WorkloadResult] = {}
@@ -423,7 +426,9 @@ def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Resul
         runs[name] = wruns
         results[name] = replace(
             analyze(get_workloads([name])[0], plan.arms, wruns, load_thresholds(name, plan.thresholds),
-                    [f for g in got for f in g.findings], [e for g in got for e in g.errors],
+                    list(dict.fromkeys([*(f for g in got for f in g.findings),
+                                        *recurring_failures([a for g in got for a in g.attempts])])),
+                    [e for g in got for e in g.errors],
                     [r for g in got for r in g.retried]),
             attempts=tuple(a for g in got for a in g.attempts))
     verdict, reason = conclude(results)

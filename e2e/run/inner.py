@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError, Kind, PveoiError
 from ..model.plan import BootPlan, Plan
 from ..model.result import Result
+from ..util.laps import seconds_since_process_start
 from ..util.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -41,17 +41,6 @@ STACKS = "inner-stacks.txt"
 """Every thread's stack, written every :data:`STACKS_EVERY` s while the inner run lasts."""
 STACKS_EVERY = 600.0
 """Longer than any healthy part of a plan takes in the virtual host (6 guests: 3-7 min)."""
-
-
-def seconds_since_process_start() -> float | None:
-    """How long ago this process started (``/proc/self/stat``'s start time against CLOCK_BOOTTIME), so
-    the interpreter's own start-up counts too; None where that cannot be read."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5), 3rd after the name
-    except (OSError, ValueError, IndexError):
-        return None
-    return round(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 2)
 
 
 def run(plan_path: Path, result_path: Path) -> int:

@@ -60,6 +60,7 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
     deadline = time.monotonic() + plan.timeout
     parts: list[Result] = []
     boots: list[float] = []
+    stages: list[dict[str, object]] = []  # each part's virtual host: boot, command, shutdown
     restarts: list[dict[str, object]] = []
     facts: dict[str, str] = {}
     kernels = plan.host_kernels()
@@ -77,6 +78,7 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
                                         under_test=not is_stock_host_kernel(host_kernel), salvage=salvaged)
                     parts.append(part)
                     boots.append(round(vh.boot_seconds or 0.0, 2))
+                    stages.append({"part": tag, **vh.stage_seconds})
                     facts = vh.kvm_facts
                     break
                 except PveoiError as err:
@@ -96,11 +98,14 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
                     restarts.append(restart_record(tag, attempt + 1, err, vhost_logs, plan.logs, kept))
                     log.warning("the virtual host failed; restarting it for %s after the %d guests measured: %s",
                                 tag, part_plan.start, err)
+    before = time.monotonic()
     merged = ab.reanalyze(parts[0], plan, parts[1:])
+    analyzed = round(time.monotonic() - before, 2)
     manifests = {str(hk or "stock"): results.kernel_manifest(hk or stock_host_kernel()) for hk in kernels}
     return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
                               "virtual_host": {"boot_seconds": boots[0] if boots else None, "boots": boots,
-                                               "kvm": facts, "restarts": restarts, "kernels": manifests}})
+                                               "kvm": facts, "restarts": restarts, "kernels": manifests,
+                                               "stages": stages, "analysis_seconds": analyzed}})
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:

@@ -103,8 +103,10 @@ FIXES = {
     PANIC: "the guest kernel under test panicked: read the console log for its backtrace",
     OOM: "the guest ran out of memory: give it more (--memory) or shrink the workload",
     GUEST_RESET: "something in the guest reset it (a reboot, sysrq b, a watchdog): read the console log",
-    TRIPLE_FAULT: "the guest's CPU shut down without a word from its kernel (a triple fault): suspect the guest "
-                  "kernel or the KVM under test; read the console log",
+    TRIPLE_FAULT: "the guest's CPU shut down without a word from its kernel (a triple fault): under the virtual "
+                  "host nested TCG does this to a few guests in a hundred by itself, and a retry absorbs it; on every "
+                  "attempt it is the guest kernel's or the KVM's under test (pveoi then reports a finding); read "
+                  "the console log",
     POWEROFF: "something in the guest powered it off: read the console log",
     KILLED: "nothing in pveoi stops QEMU mid-command: check the sender the QEMU log names, dmesg (the OOM "
             "killer?) and the runner's limits",

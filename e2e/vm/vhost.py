@@ -228,6 +228,8 @@ class VirtualKvmHost(Machine):
         self._pump: _Pump | None = None
         self.kvm_facts: dict[str, str] = {}
         self.boot_seconds: float | None = None
+        #: The part's stages once it ran: ``boot`` (to ready), ``command`` (ready to its end), ``shutdown``.
+        self.stage_seconds: dict[str, float] = {}
 
     def _pre_launch(self) -> None:
         """The command's output channel: L1's third serial port, pumped into ``<name>-output.log``."""
@@ -271,9 +273,14 @@ class VirtualKvmHost(Machine):
             self.boot_seconds = time.monotonic() - started
             self.log.info("virtual host up in %.1fs: /dev/kvm on kvm_amd, npt=%s, nested=%s",
                           self.boot_seconds, self.kvm_facts.get("npt"), self.kvm_facts.get("nested"))
+            ready = time.monotonic()
             self._watch(ctl / HEARTBEAT, started + self.vspec.timeout)
+            self.stage_seconds = {"boot": round(self.boot_seconds, 2), "command": round(time.monotonic() - ready, 2)}
         finally:
+            before = time.monotonic()
             self.shutdown()
+            if self.stage_seconds:
+                self.stage_seconds["shutdown"] = round(time.monotonic() - before, 2)
         try:
             self.console.check()
         except GuestPanic as err:

@@ -364,6 +364,22 @@ def test_findings_one_per_check(case: str) -> None:
     assert found[-1].detail.startswith(f"{decision.host}: ")
 
 
+@pytest.mark.parametrize(("version", "case", "status"), [
+    ("7.2.22", "pvm", "warn"),          # the virtual host on an old QEMU: a warning naming install-deps
+    ("10.0.2", "pvm", "ok"),
+    ("7.2.22", "vmx_apicv_off", "ok"),  # direct: nested TCG never runs, the version does not matter
+    ("weird", "pvm", "ok"),
+])
+def test_an_old_qemu_is_a_warning_for_the_virtual_host(version: str, case: str, status: str) -> None:
+    facts = dataclasses.replace(facts_for(case), qemu_version=version)
+    found = {f.name: f for f in doctor.doctor_checks(facts, None, decide(facts, None))}
+    assert found["qemu"].status == status
+    if status == "warn":
+        assert found["qemu"].detail.startswith("QEMU 7.2.22, older than 10.0: under nested TCG")
+        assert found["qemu"].fix is not None and "host_config/install-deps.sh" in found["qemu"].fix
+    assert checks.qemu_older_than_recommended("9.2.0") and not checks.qemu_older_than_recommended("11.0.0")
+
+
 def test_findings_statuses_for_apicv_on() -> None:
     facts = facts_for("vmx_apicv_on")
     found = {f.name: f for f in doctor.doctor_checks(facts, GOOD_PROBE, decide(facts, GOOD_PROBE))}

@@ -106,6 +106,10 @@ def parse(text: str) -> list[Node]:
         return nodes
 
     top = block(0)
+    # Diagnostic lines "can be anywhere in the test output" (Documentation/dev-tools/ktap.rst): the
+    # report's warnings follow the last result. Anything else there is an error.
+    while pos < len(lines) and lines[pos].startswith("# ") and lines[pos] == lines[pos].rstrip():
+        pos += 1
     if pos != len(lines):
         raise KtapError(f"line {pos + 1}: text after the last test: {lines[pos]!r}")
     return top
@@ -267,6 +271,7 @@ def test_cli_writes_ktap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["report", "--history", str(FIXTURES / "schema2"), "--ktap", str(out)]) == 0
     top = parse(out.read_text())
     assert {n.name.split(".")[0] for n in top} == {"ci-a", "ci-b"}, "the latest run of each runner"
+    assert out.read_text().splitlines()[-1].startswith("# WARNING [ci-b] timer: verdict turned from measurable")
     args = cli.make_parser().parse_args(["ab", "--ktap", "-"])
     assert args.ktap == "-"
     capsys.readouterr()

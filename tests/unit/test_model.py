@@ -4,6 +4,7 @@ and e2e.errors (every error's kind decides retry and exit code)."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -372,7 +373,19 @@ def test_the_inner_runner_refuses_a_wrong_command_line(capsys: pytest.CaptureFix
 
 def test_the_inner_runner_knows_how_long_ago_its_process_started() -> None:
     """Its interpreter start-up counts (L1's Python is slow); this test's process started seconds ago."""
-    from e2e.run.inner import seconds_since_process_start
+    from e2e.util.laps import seconds_since_process_start
 
     ago = seconds_since_process_start()
     assert ago is not None and 0 < ago < 24 * 3600
+
+
+def test_laps_time_stages_back_to_back() -> None:
+    from e2e.util.laps import Laps
+
+    laps = Laps()
+    time.sleep(0.05)
+    laps.lap("a")
+    laps.lap("b")
+    time.sleep(0.02)
+    laps.lap("a")
+    assert laps.seconds["a"] >= 0.07 and laps.seconds["b"] < 0.05 and list(laps.seconds) == ["a", "b"]

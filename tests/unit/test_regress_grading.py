@@ -115,3 +115,25 @@ def test_an_own_figure_drop_of_traps_the_trace_does_not_explain_is_a_regression_
     result = check(load_history(write_history(tmp_path, docs)))
     own = [f for f in result.flags if f.metric == "EOI exits saved per workload interrupt"]
     assert own and own[0].severity == "regression" and result.exit_code == 1
+
+
+def _error_night(n: int) -> dict[str, Any]:
+    """Night ``n`` ended in error before measuring anything (the infrastructure's: nested TCG crashed)."""
+    doc = make_doc(n, {})
+    doc.update(verdict="error", reason="off rep 2 (attempt 2): triple fault", workloads={})
+    return doc
+
+
+def test_a_night_in_error_is_a_warning_and_a_second_one_a_regression(tmp_path: Path) -> None:
+    docs = [*nights(random.Random(5), [0.95] * 5), _error_night(5)]
+    history = load_history(write_history(tmp_path / "one", docs))
+    result = check(history)
+    assert [(f.kind, f.severity) for f in result.flags] == [("not-measurable", "warning")]
+    assert result.exit_code == 0 and "a second night in error is a regression" in result.flags[0].message
+    assert check(history, CheckSettings(strict=True)).exit_code == 1
+    again = load_history(write_history(tmp_path / "two", [*docs, _error_night(6)]))
+    result = check(again)
+    assert [(f.kind, f.severity) for f in result.flags] == [("not-measurable", "regression")]
+    assert "(2 nights in a row)" in result.flags[0].message
+    back = load_history(write_history(tmp_path / "back", [*docs, *nights(random.Random(6), [0.95] * 7)[6:]]))
+    assert check(back).exit_code == 0  # measured again the next night: nothing to flag

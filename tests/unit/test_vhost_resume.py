@@ -76,7 +76,8 @@ def fake_in_vhost(tmp_path: Path, script: list[Any], calls: list[Plan]) -> Any:
             if salvage is not None and upto > plan.start:
                 salvage.append((upto, got))
             raise err
-        vh = type("VH", (), {"boot_seconds": 3.0, "kvm_facts": {"npt": "Y"}})()
+        vh = type("VH", (), {"boot_seconds": 3.0, "kvm_facts": {"npt": "Y"},
+                             "stage_seconds": {"boot": 3.0, "command": 9.0, "shutdown": 0.5}})()
         return got, vh
 
     return in_vhost
@@ -110,6 +111,9 @@ def test_a_lost_virtual_host_costs_one_guest_and_the_next_resumes_after_it(
     assert [(r.rep, r.arm) for r in res.runs["timer"]] == order  # every guest once, in the balanced order
     restarts = res.host["virtual_host"]["restarts"]
     assert [(r["class"], r["kept"]) for r in restarts] == [("virtual host triple fault", 4)]
+    vhost = res.host["virtual_host"]
+    assert vhost["stages"] == [{"part": "timer", "boot": 3.0, "command": 9.0, "shutdown": 0.5}]  # the L1 that lasted
+    assert vhost["analysis_seconds"] >= 0
 
 
 def test_two_losses_in_a_row_keep_both_parts_measurements(
@@ -134,10 +138,11 @@ def test_a_virtual_host_lost_after_its_last_guest_needs_no_restart(
 def test_spent_restarts_raise_with_the_earlier_ones_and_a_finding_is_never_restarted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, virtual: list[Plan]) -> None:
     plan = plan_in(tmp_path)
-    monkeypatch.setattr(runner, "in_vhost", fake_in_vhost(tmp_path, [(1, crash()), (2, crash())], virtual))
+    monkeypatch.setattr(runner, "in_vhost", fake_in_vhost(tmp_path, [(1, crash()), (2, crash()), (3, crash())],
+                                                          virtual))
     with pytest.raises(GuestError) as err:
-        runner.run_virtual(plan, "test")
-    assert [r["kept"] for r in err.value.retried] == [1]
+        runner.run_virtual(plan, "test")  # the default retries: two restarts, then the third crash raises
+    assert [r["kept"] for r in err.value.retried] == [1, 1]
     virtual.clear()
     monkeypatch.setattr(runner, "in_vhost", fake_in_vhost(
         tmp_path, [(1, Finding("the host kernel under test panicked in the virtual host"))], virtual))

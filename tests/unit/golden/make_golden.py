@@ -4,7 +4,8 @@ today's outputs with these files). Kept for the record: re-running it after the 
 overwrite the reference with the new code's output, so don't. (Two parts were written again since,
 on purpose: ``reanalyzed_fixtures`` after the fix that keeps a schema-2 result whose runs did not
 complete an error on re-analysis, and the HTML pages after the report gained detection floors and
-failed attempts; the statistics' own figures are still the hand-written code's.)
+failed attempts, and the schema-2 page when a first night in error became a warning; the statistics'
+own figures are still the hand-written code's.)
 
     python tests/unit/golden/make_golden.py
 """

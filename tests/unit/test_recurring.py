@@ -1,0 +1,56 @@
+"""A failure on every attempt of more than one rep of an arm, the same guest-side way each time, is a
+finding (the kernel or KVM under test), while nested TCG's occasional crash stays a retried attempt or
+an error (pure; no QEMU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from e2e.analysis.recurring import recurring_failures
+from e2e.model.plan import DEFAULT_ARMS, Plan
+from e2e.model.result import Attempt, Result, WorkloadResult
+from e2e.run import ab
+from e2e.vm.ending import KILLED, TRIPLE_FAULT
+
+EVIDENCE = ("SHUTDOWN reason guest-reset", "console: no reset, panic or shutdown announced by the guest kernel")
+
+
+def spent(arm: str, rep: int, cls: str = TRIPLE_FAULT, attempts: int = 3) -> list[Attempt]:
+    """Every attempt of one rep failed (the last one spent the retries)."""
+    return [Attempt(arm, rep, n, "infrastructure", cls, f"{cls} on attempt {n}",
+                    (f"timer-{arm}-{rep}-attempt{n}-console.log",), "error" if n == attempts else "retried",
+                    EVIDENCE) for n in range(1, attempts + 1)]
+
+
+def test_two_reps_of_an_arm_that_triple_fault_on_every_attempt_are_a_finding() -> None:
+    found = recurring_failures([*spent("on", 0), *spent("on", 2)])
+    assert len(found) == 1
+    assert found[0].startswith("arm on: 2 reps failed on every attempt, all 6 attempts a triple fault (SHUTDOWN")
+    assert "timer-on-0-attempt1-console.log" in found[0]
+
+
+def test_nested_tcgs_occasional_crash_is_no_finding() -> None:
+    once = spent("on", 0)[:1]  # retried, then the rep ran
+    assert recurring_failures([*once, *spent("off", 1)[:1]]) == []
+    assert recurring_failures(spent("on", 0)) == []  # one rep in error: an error, not a finding
+    assert recurring_failures([*spent("on", 0), *spent("off", 1)]) == []  # one rep of each arm
+
+
+def test_mixed_or_host_side_classes_are_no_finding() -> None:
+    mixed = [*spent("on", 0), *spent("on", 1, cls="guest deadline")]
+    assert recurring_failures(mixed) == []
+    assert recurring_failures([*spent("on", 0, cls=KILLED), *spent("on", 1, cls=KILLED)]) == []
+    assert recurring_failures([*spent("on", 0, cls="ssh failure"), *spent("on", 1, cls="ssh failure")]) == []
+
+
+def test_reanalysis_turns_it_into_a_failing_verdict() -> None:
+    attempts = (*spent("on", 0), *spent("on", 1), *spent("on", 2))
+    part = Result(verdict="unanalyzed", runs={"timer": ()},
+                  workloads={"timer": WorkloadResult("timer", "unanalyzed", errors=("on rep 1: triple fault",) * 3,
+                                                     attempts=attempts)})
+    plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=3, kernel=Path("/k/bzImage"),
+                image=Path("/cache/images/x"), logs=Path("/logs"))
+    out = ab.reanalyze(part, plan)
+    assert out.verdict == "fail"
+    assert out.workloads["timer"].reasons[0].startswith("arm on: 3 reps failed on every attempt, all 9 attempts")
+    assert ab.reanalyze(out, plan).workloads["timer"].findings == out.workloads["timer"].findings  # not doubled
