@@ -5,13 +5,14 @@ cached real kernels."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from e2e.build import kernel
-from e2e.build.bases import BASES, DEFAULT_BASE, apply_patches, base_named, load_series
+from e2e.build.bases import BASES, DEFAULT_BASE, Patch, apply_patches, base_named, load_series
 from e2e.build.bzimage import read_setup_header
 from e2e.build.cache import Cache, cache_root
 from e2e.build.kconfig import read_config
@@ -62,6 +63,19 @@ def linux_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     return base.name, dest / base.package
 
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def guest_fixtures(base: str) -> list[Path]:
+    """The planted guest-kernel fixtures for ``base``: a fixture directory's own patch is for 6.1, its
+    ``<base>/`` one for that base (the host fixtures, quilt dirs with a ``series``, patch KVM instead)."""
+    out = []
+    for d in sorted(p for p in FIXTURES.iterdir() if p.is_dir() and not (p / "series").exists()):
+        where = d if base == "6.1" else d / base
+        out += sorted(where.glob("000*.patch"))
+    return out
+
+
 def test_every_series_applies_to_its_bases_debian_source(linux_files: tuple[str, Path]) -> None:
     """Each shipped series, in order, with fuzz 0, on the source of the base it is for (the two files
     it touches: seconds, so the default run checks it)."""
@@ -82,6 +96,14 @@ def test_every_series_applies_to_its_bases_debian_source(linux_files: tuple[str,
     assert "\tno-kvm-pv-eoi\t[X86,KVM" in params.read_text()
     leftovers = [p.name for p in kvm_c.parent.iterdir() if p.suffix in (".orig", ".rej")]
     assert leftovers == []
+    # Every planted guest fixture applies on top of the series of each base it is for (a fixture that no
+    # longer applies would silently stop testing anything: its slow test builds it only weekly).
+    fixtures = guest_fixtures(name)
+    assert len(fixtures) >= 4, fixtures  # broken-pv-eoi, pv-eoi-1-in-100, pv-eoi-cpu0-only, double-eoi-1-in-100
+    for fixture in fixtures:
+        tried = tree.parent / f"{name}-with-{fixture.stem}"
+        shutil.copytree(tree / "arch", tried / "arch")
+        apply_patches(tried, [Patch(fixture.name, fixture)], f"the fixture {fixture}")
     # A second application is refused (--forward), naming the first patch.
     with pytest.raises(BuildError, match=r"0001-[^ ]+: .*Reversed"):
         apply_patches(tree, series, f"pveoi's {name} series")

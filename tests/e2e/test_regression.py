@@ -171,3 +171,30 @@ def test_one_in_100_is_flagged_against_clean_history(tmp_path: Path, base: str) 
     saved = [ln for ln in regressions if f"{HEADLINE} dropped" in ln]
     if saved:
         assert abs(stated_drop(saved[0])[1] - after) < 0.002, saved[0]
+
+
+DOUBLE_EOI = {"6.1": REPO / "tests" / "fixtures" / "double-eoi-1-in-100" / "0004-double-eoi-1-in-100.patch",
+              "6.12": REPO / "tests" / "fixtures" / "double-eoi-1-in-100" / "6.12" / "0004-double-eoi-1-in-100.patch"}
+
+
+@pytest.mark.parametrize("base", sorted(DOUBLE_EOI))
+def test_a_double_eoi_is_a_regression_on_its_first_night(tmp_path: Path, base: str) -> None:
+    """A guest that writes a second EOI after 1 PV EOI in 100 keeps every PV EOI figure (taken when armed,
+    the workload's own, exact agreement) and moves the headline by about 1 %, which alone would be a
+    warning; the EOIs with no vector in service make ``report --check`` exit 1 on its first night."""
+    kernel = build_broken_kernel(tmp_path, DOUBLE_EOI[base], base)
+    history = tmp_path / "history"
+    for i in range(3):
+        rc, doc = run_ab(history, tmp_path / f"clean{i}.json", "--base", base)
+        assert rc == 0, doc["workloads"]["timer"]["reasons"]
+    rc, doc = run_ab(history, tmp_path / "double.json", "--kernel", str(kernel))
+    w = doc["workloads"]["timer"]
+    assert rc == 0 and w["verdict"] == "pass", w["reasons"]  # a single A/B cannot see it
+    assert all(a["ok"] for a in w["agreement"])  # the accounting stays exact
+    proc = pveoi("report", "--history", str(history), "--check", "--baseline", "3")
+    regressions = [ln for ln in proc.stdout.splitlines() if ln.startswith("REGRESSION")]
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    rose = [ln for ln in regressions if "EOIs with no vector in service per interrupt rose" in ln]
+    assert rose, proc.stdout[-3000:]
+    before, after = stated_drop(rose[0])
+    assert before < 0.002 and 0.004 <= after <= 0.03, rose[0]  # about one extra EOI per 100 PV EOIs
