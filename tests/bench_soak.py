@@ -57,11 +57,13 @@ def schedule(net: int, each: int) -> list[str]:
 
 
 def run_one(workload: str, index: int, out: Path, runs: int, timeout: float,
-            env: dict[str, str] | None = None) -> dict[str, Any]:
+            env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One ``pveoi ab`` (plus ``extra`` arguments) through the virtual host: its result, logs and stderr
+    under ``out``, and its ledger entry."""
     result, logs = out / f"{workload}-{index:02d}.json", out / f"logs-{workload}-{index:02d}"
     argv = [sys.executable, "-m", "e2e.cli", "ab", "--host", "virtual", "--workload", workload, "--runs", str(runs),
             "--json", str(result), "--logs", str(logs), "--history", str(out / "history"),
-            "--timeout", str(timeout)]
+            "--timeout", str(timeout), *extra]
     started = time.monotonic()
     proc = spawn.run(argv, cwd=REPO, text=True, env=env)  # stopped in order with the soak: no A/B outlives it
     seconds = time.monotonic() - started
