@@ -65,7 +65,19 @@ echo "pveoi-vhost-ready dev=$dev svm=$svm npt=$npt" > /dev/console
 # Liveness for the caller: a counter rewritten every 5 s on the results share. Nested TCG
 # now and then freezes this whole machine, and then no timeout in here can fire; the caller
 # sees the counter stop and ends the run (e2e/vm/vhost.py, VirtualKvmHost._watch).
-( i=0; while :; do i=$((i + 1)); echo "$i" > "$ctl/beat"; sleep 5; done ) < /dev/null > /dev/null 2>&1 &
+# On request (the caller writes ps-request: the command seems stuck), the same loop reports every
+# process (state, kernel wait channel) and makes the command's Python processes dump their stacks
+# (SIGUSR1, e2e/run/inner.py), before the caller tears this machine down.
+( i=0; while :; do
+	i=$((i + 1)); echo "$i" > "$ctl/beat"
+	if [ -f "$ctl/ps-request" ]; then
+		rm -f "$ctl/ps-request"
+		ps -eo pid,ppid,stat,wchan:32,etime,time,args > "$ctl/ps.tmp" 2>&1
+		pkill -USR1 -f "e2e.run.inner" 2>/dev/null
+		mv "$ctl/ps.tmp" "$ctl/ps"
+	fi
+	sleep 5
+done ) < /dev/null > /dev/null 2>&1 &
 beat=$!
 
 stty -F /dev/ttyS1 raw -echo 2>/dev/null

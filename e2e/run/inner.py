@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 PARTIAL = "partial.json"
 """The runs measured so far: ``{"done": guests of the plan's order done, "result": raw result}``."""
 STACKS = "inner-stacks.txt"
-"""Every thread's stack, written every :data:`STACKS_EVERY` s while the inner run lasts."""
+"""Every thread's stack, written every :data:`STACKS_EVERY` s while the inner run lasts, and on SIGUSR1."""
 STACKS_EVERY = 600.0
 """Longer than any healthy part of a plan takes in the virtual host (6 guests: 3-7 min)."""
 
@@ -60,6 +61,8 @@ def run(plan_path: Path, result_path: Path) -> int:
     # STACKS_EVERY seconds, beside the result (the outer pveoi keeps it with the virtual host's logs).
     with open(result_path.parent / STACKS, "w") as stacks:
         faulthandler.dump_traceback_later(STACKS_EVERY, repeat=True, file=stacks)
+        # And on demand: the virtual host's init sends SIGUSR1 when the outer pveoi asks what is stuck.
+        faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
         try:
             # The outer pveoi analyzes every part's raw runs.
             result = ab.run_plan(plan, analyzed=False, checkpoint=_checkpoint(result_path.parent / PARTIAL))
@@ -69,6 +72,7 @@ def run(plan_path: Path, result_path: Path) -> int:
             return err.exit_code
         finally:
             faulthandler.cancel_dump_traceback_later()
+            faulthandler.unregister(signal.SIGUSR1)
     # The virtual host's own conditions (its load, other QEMUs in it) beside the runner's.
     result = result.with_(runner={**result.runner, "conditions": conditions.summarize(started, conditions.snapshot()),
                                   "timings": timings})

@@ -125,6 +125,15 @@ def is_stock_host_kernel(bzimage: Path) -> bool:
         return False
 
 
+def silence_limit(plan: Plan) -> float:
+    """How long the inner runner may print nothing before its virtual host counts as stalled: it prints
+    a line per guest attempt, and an attempt ends within its boot deadline, its workload's deadline and
+    its other commands' (SSH 60 s, two state reads of 30 s, perf and the trace), with 5 minutes to spare."""
+    from ..model.workloads import get_workloads
+
+    return plan.boot_timeout + max(w.timeout for w in get_workloads(list(plan.workloads))) + 180.0 + 300.0
+
+
 def restart_record(part: str, attempt: int, err: PveoiError, logs: Path, root: Path,
                    kept: int = 0) -> dict[str, object]:
     """One failed virtual host that was restarted, as the result keeps it: its part, attempt,
@@ -164,7 +173,7 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path, si
         res: Result | None = None
         try:
             rc, vh = run_in_vhost(argv, host_kernel, tmp, timeout=timeout, sink=sink, artifacts=vhost_logs,
-                                  keep=plan.files(), under_test=under_test)
+                                  keep=plan.files(), under_test=under_test, silence_timeout=silence_limit(plan))
             if not (tmp / "result.json").is_file():
                 raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
                                  fix=f"read the logs in {vhost_logs}", kind=Kind.INFRASTRUCTURE)

@@ -93,6 +93,9 @@ class VhostSpec:
     kernel_under_test: bool = False
     """``kernel`` is a host kernel under test: its panic is a finding, and a crash names it too;
     otherwise a crash is the virtual host's own (nested TCG), infrastructure."""
+    silence_timeout: float | None = None
+    """Seconds the command may print nothing while L1 still beats, for a command that prints as it
+    goes (the inner runner: a line per guest, and no guest attempt lasts this long); None: no limit."""
 
 
 def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str,
@@ -104,19 +107,24 @@ def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str,
 
 
 def stall_reason(beat_age: float, kernel_said: float | None, last_output: float, now: float,
-                 limit: float) -> str | None:
+                 limit: float, silence_limit: float | None = None) -> str | None:
     """Why L1 counts as stalled, or None (pure; times in one monotonic clock).
 
-    Two signs: its userspace stopped beating for ``limit`` s (the whole machine froze); or its
+    Three signs: its userspace stopped beating for ``limit`` s (the whole machine froze); or its
     kernel reported a stall (RCU stall, lockup) at ``kernel_said``, its latest such report, and
     the command has printed nothing in the ``2 * limit`` s since (L1 was seen to limp on like
-    that, its command stuck for good). An L1 whose command prints again after the report is
+    that, its command stuck for good); or the command, one that prints as it goes, printed nothing
+    for ``silence_limit`` s while L1 still beat (seen once: L1 idle, the inner runner stuck between
+    two steps of a guest for 25 minutes). An L1 whose command prints again after the report is
     left alone; a later report starts the count again.
     """
     if beat_age > limit:
         return f"no heartbeat from its userspace for {beat_age:.0f} s"
     if kernel_said is not None and last_output < kernel_said and now - kernel_said > 2 * limit:
         return f"its kernel reported a stall {now - kernel_said:.0f} s ago and the command printed nothing since"
+    if silence_limit is not None and now - last_output > silence_limit:
+        return (f"the command printed nothing for {now - last_output:.0f} s (no guest takes more than "
+                f"{silence_limit:.0f} s) while the machine still beat")
     return None
 
 
@@ -330,8 +338,9 @@ class VirtualKvmHost(Machine):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                kept = self.report_processes(beat.parent)
                 raise GuestTimeout(f"the command in the virtual host ran past {self.vspec.timeout:.0f}s",
-                                   fix="raise --timeout")
+                                   fix=f"raise --timeout; what ran in the virtual host then: {kept}")
             try:
                 self._proc.wait(timeout=min(5.0, max(0.1, left)))
                 return
@@ -348,9 +357,32 @@ class VirtualKvmHost(Machine):
             if seen > reports:
                 reports, kernel_said = seen, now
             last_output = self._pump.last if self._pump is not None else now
-            why = stall_reason(now - last_beat, kernel_said, last_output, now, self.vspec.stall_timeout)
+            why = stall_reason(now - last_beat, kernel_said, last_output, now, self.vspec.stall_timeout,
+                               self.vspec.silence_timeout)
             if why is not None:
+                if now - last_beat < self.vspec.stall_timeout:  # its userspace still answers: ask it what is stuck
+                    self.report_processes(beat.parent)
                 raise self._stalled(why)
+
+    def report_processes(self, ctl: Path, wait: float = 15.0) -> Path | None:
+        """Ask L1's init for every process's state and kernel wait channel (and the inner runner's Python
+        stacks, which it dumps to its stacks file on SIGUSR1), and keep the answer as
+        ``<name>-ps.txt`` beside the console log; None if L1 did not answer within ``wait`` s."""
+        answer = ctl / "ps"
+        try:
+            answer.unlink(missing_ok=True)
+            (ctl / "ps-request").write_text("")
+        except OSError as err:
+            self.log.warning("could not ask the virtual host for its processes: %s", err)
+            return None
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if answer.is_file():
+                time.sleep(1.0)  # the stacks the signal asked for, written beside the inner result
+                return self.keep_evidence("ps", answer.read_text(errors="replace").splitlines())
+            time.sleep(0.5)
+        self.log.warning("the virtual host did not report its processes within %.0f s", wait)
+        return None
 
     def _stalled(self, why: str) -> GuestError:
         """The error for a stalled L1, with its CPUs sampled twice over QMP (kept, with each CPU's
@@ -390,7 +422,8 @@ class VirtualKvmHost(Machine):
 def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int = 2, memory_mb: int = 2048,
                  timeout: float = 1800.0, sink: Callable[[bytes], None] | None = None,
                  artifacts: Path | None = None, env: Mapping[str, str] | None = None,
-                 keep: Sequence[Path] = (), under_test: bool = False) -> tuple[int, VirtualKvmHost]:
+                 keep: Sequence[Path] = (), under_test: bool = False,
+                 silence_timeout: float | None = None) -> tuple[int, VirtualKvmHost]:
     """Boot a virtual host, run ``argv`` in it, tear it down.
 
     :param results: the writable dir shared into L1 (the caller owns and removes it).
@@ -399,6 +432,6 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     :returns: the command's exit status and the (shut down) host object.
     """
     keep = [p if p.is_dir() else p.parent for p in keep]
-    host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test),
-                          results, sink, artifacts)
+    host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test,
+                                    silence_timeout=silence_timeout), results, sink, artifacts)
     return host.run(argv, env=env), host

@@ -27,6 +27,48 @@ def test_a_stall_is_a_silent_userspace_or_a_kernel_stall_report_with_no_output_a
     assert stall_reason(10.0, 800.0, last_output=700.0, now=1090.0, limit=150.0) is None
     # ... but an L1 whose command went on printing after the report recovered.
     assert stall_reason(10.0, 800.0, last_output=820.0, now=2000.0, limit=150.0) is None
+    # A command that prints as it goes (the inner runner) and went silent past its limit, L1 still beating.
+    assert stall_reason(10.0, None, last_output=0.0, now=1261.0, limit=150.0, silence_limit=1260.0) == (
+        "the command printed nothing for 1261 s (no guest takes more than 1260 s) while the machine still beat")
+    assert stall_reason(10.0, None, last_output=0.0, now=1259.0, limit=150.0, silence_limit=1260.0) is None
+    assert stall_reason(10.0, None, last_output=0.0, now=9999.0, limit=150.0) is None  # `pveoi vhost -- CMD`
+
+
+def test_the_inner_runners_silence_limit_covers_its_slowest_guest_attempt(tmp_path: Path) -> None:
+    from e2e.model.plan import Plan
+    from e2e.model.workloads import WORKLOADS
+    from e2e.run.runner import silence_limit
+
+    plan = Plan(workloads=("timer", "net"), arms=(), runs=1, kernel=tmp_path / "k", image=tmp_path / "i",
+                logs=tmp_path / "logs", boot_timeout=180.0)
+    slowest = max(WORKLOADS[w].timeout for w in plan.workloads)
+    assert silence_limit(plan) > plan.boot_timeout + slowest + 60 + 2 * 30  # boot, workload, SSH, state reads
+
+
+def test_a_stuck_virtual_host_reports_its_processes_before_it_goes(tmp_path: Path) -> None:
+    """What L1's init does on a ps-request (data/vhost-init.sh's heartbeat loop), played by a thread."""
+    import threading
+
+    from e2e.vm.vhost import VhostSpec, VirtualKvmHost
+
+    ctl = tmp_path / ".pveoi-vhost"
+    ctl.mkdir()
+    host = VirtualKvmHost(VhostSpec(tmp_path / "bzImage"), tmp_path, None, tmp_path / "logs")
+    (tmp_path / "logs").mkdir()
+
+    def init_loop() -> None:
+        for _ in range(40):
+            if (ctl / "ps-request").exists():
+                (ctl / "ps-request").unlink()
+                (ctl / "ps").write_text("  PID  PPID STAT WCHAN  ELAPSED TIME COMMAND\n"
+                                        "   58     1 Tl   do_signal_stop 12:00 00:05 python -m e2e.run.inner\n")
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=init_loop, daemon=True).start()
+    kept = host.report_processes(ctl, wait=5.0)
+    assert kept is not None and "do_signal_stop" in kept.read_text() and kept.name.endswith("-ps.txt")
+    assert host.report_processes(ctl, wait=0.3) is None  # nobody answers now: said, not raised
 
 
 def test_cpu_state_reads_rip_and_hlt_from_info_registers() -> None:
@@ -89,6 +131,29 @@ def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch
     assert inner.run(tmp_path / "plan.json", tmp_path / "result.json") == 2
     stacks = (tmp_path / inner.STACKS).read_text()
     assert "Thread 0x" in stacks and "in slow" in stacks
+
+
+def test_the_inner_run_dumps_its_stacks_on_sigusr1(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """What the virtual host's init sends when the outer pveoi asks what is stuck."""
+    import json
+    import os
+    import signal
+
+    from e2e.model.plan import Plan
+    from e2e.run import ab, inner
+
+    def waits(plan: Plan, analyzed: bool = True, checkpoint: object = None) -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.3)
+        raise GuestTimeout("stuck")
+
+    monkeypatch.setattr(ab, "run_plan", waits)
+    plan = Plan(workloads=("timer",), arms=(), runs=1, kernel=tmp_path / "bzImage", image=tmp_path / "img",
+                logs=tmp_path / "logs")
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_json()))
+    assert inner.run(tmp_path / "plan.json", tmp_path / "result.json") == 2
+    assert "in waits" in (tmp_path / inner.STACKS).read_text()
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # given back after the run
 
 
 def test_the_virtual_hosts_own_end_is_named_as_its_own_and_earlier_restarts_stay_with_the_error(
