@@ -85,3 +85,24 @@ def test_a_frozen_vhost_is_reported_as_a_stall_with_its_cpus(host_kernel: Path, 
     kept = (tmp_path / "logs" / "pveoi-vhost-stall.txt").read_text()
     assert "== sample 2, CPU 1" in kept and "RIP=" in kept and "== local APIC, CPU 0" in kept
     assert host.exitcode is not None and not Path(f"/proc/{host.pid}").exists()
+
+
+def test_a_silent_command_in_a_live_vhost_is_a_stall_with_l1s_processes(host_kernel: Path, tmp_path: Path) -> None:
+    """A command that prints as it goes and then goes silent while L1 lives on (its heartbeat going): a
+    stall once past ``silence_timeout``, well before the timeout; L1's init first reports its processes,
+    kept as pveoi-vhost-ps.txt, naming the stuck command and its state."""
+    import time
+
+    from e2e.errors import VhostStalled
+    from e2e.vm.vhost import STALLED, VhostSpec, VirtualKvmHost
+
+    host = VirtualKvmHost(VhostSpec(host_kernel, timeout=600, silence_timeout=30), tmp_path / "share",
+                          artifacts=tmp_path / "logs")
+    started = time.monotonic()
+    with pytest.raises(VhostStalled) as info:
+        host.run(["sh", "-c", "echo started; exec sleep 500"])
+    assert time.monotonic() - started < 200  # the silence, not the 600 s timeout, ended it
+    assert info.value.cause == STALLED and "the command printed nothing for" in str(info.value)
+    ps = (tmp_path / "logs" / "pveoi-vhost-ps.txt").read_text()
+    assert "WCHAN" in ps and "sleep 500" in ps, ps
+    assert host.exitcode is not None and not Path(f"/proc/{host.pid}").exists()
