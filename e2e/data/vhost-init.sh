@@ -73,6 +73,12 @@ echo "pveoi-vhost-ready dev=$dev svm=$svm npt=$npt" > /dev/console
 	if [ -f "$ctl/ps-request" ]; then
 		rm -f "$ctl/ps-request"
 		ps -eo pid,ppid,stat,wchan:32,etime,time,args > "$ctl/ps.tmp" 2>&1
+		# The system call each user process waits in (number and arguments): what wchan cannot say
+		# on a kernel without kallsyms.
+		for d in /proc/[0-9]*; do
+			[ -n "$(head -c 1 "$d/cmdline" 2>/dev/null)" ] || continue  # a kernel thread (proc sizes read 0)
+			echo "${d#/proc/} syscall: $(cat "$d/syscall" 2>&1)"
+		done >> "$ctl/ps.tmp" 2>/dev/null
 		pkill -USR1 -f "e2e.run.inner" 2>/dev/null
 		mv "$ctl/ps.tmp" "$ctl/ps"
 	fi

@@ -105,4 +105,5 @@ def test_a_silent_command_in_a_live_vhost_is_a_stall_with_l1s_processes(host_ker
     assert info.value.cause == STALLED and "the command printed nothing for" in str(info.value)
     ps = (tmp_path / "logs" / "pveoi-vhost-ps.txt").read_text()
     assert "WCHAN" in ps and "sleep 500" in ps, ps
+    assert " syscall: " in ps, ps  # what each user process waits in
     assert host.exitcode is not None and not Path(f"/proc/{host.pid}").exists()
