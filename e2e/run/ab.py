@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import platform
+import re
 import select
 import shlex
 import socket
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..build.image import READY_PATTERN
-from ..errors import CommandError, ConfigError, Finding, Kind, PveoiError, retryable
+from ..errors import CapabilityError, CommandError, ConfigError, Finding, Kind, LaunchError, PveoiError, retryable
 from ..host.hostfacts import COUNTED, cpu_vendor, list_kvm_tracepoints
 from ..measure.guest_counters import (
     STATE_COMMAND,
@@ -279,6 +280,7 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
     """One (arm, rep): a finding is recorded and not retried; infrastructure is retried on a fresh
     guest per the one policy (:func:`e2e.errors.retryable`); config and capability errors stop the A/B.
     Every attempt that gave no run is recorded with its class and its logs (:class:`e2e.model.result.Attempt`)."""
+    refused: str | None = None  # the last attempt's launch failure, digits left out (ports, pids)
     for attempt in range(1, retries + 2):
         trace = AttemptTrace(setup.artifacts)
         try:
@@ -286,6 +288,14 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
             return
         except PveoiError as err:
             where = f"{arm.name} rep {rep + 1}" + (f" (attempt {attempt})" if attempt > 1 else "")
+            if isinstance(err, LaunchError):
+                said = re.sub(r"\d+", "N", str(err))
+                if said == refused:  # QEMU refuses this machine the same way twice: the setup's, not chance
+                    outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
+                    raise CapabilityError(f"QEMU refuses to start the guest, the same way twice: {err}",
+                                          fix="check QEMU's installation and firmware (host_config/install-deps.sh; "
+                                              "qemu-system-x86_64 -L), or the arm's settings") from err
+                refused = said
             if err.kind is Kind.FINDING:
                 outcome.findings.append(f"{where}: {err}")
                 outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "finding"))

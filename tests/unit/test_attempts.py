@@ -226,3 +226,26 @@ def test_an_attempt_that_failed_while_qemu_ran_is_classed_by_what_failed(tmp_pat
     # QEMU's own end comes first: an SSH error from a guest that triple-faulted is the triple fault.
     machine.ended = ExitCause(TRIPLE_FAULT, ("SHUTDOWN reason guest-reset",))
     assert AttemptTrace(tmp_path, machine).attempt(err, "on", 0, 1, "retried").cls == TRIPLE_FAULT  # type: ignore[arg-type]
+
+
+def test_a_qemu_that_refuses_the_machine_the_same_way_twice_stops_the_ab(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing firmware file fails every launch alike: the second identical refusal is the setup's (a
+    capability error that stops the A/B), not 18 retried attempts; a different second failure is retried."""
+    from e2e.errors import LaunchError
+
+    def refused(port: int) -> LaunchError:
+        return LaunchError(f"QEMU did not answer on QMP (exit code 1): qemu-system-x86_64: -device virtio-net-pci,"
+                           f"netdev=net0,port={port}: failed to find romfile \"efi-virtio.rom\"", exitcode=1)
+
+    monkeypatch.setattr(ab, "run_once", fake_run_once([refused(4001), refused(4002)]))
+    outcome = ab.Outcome()
+    with pytest.raises(CapabilityError, match="QEMU refuses to start the guest, the same way twice") as err:
+        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 2, outcome)
+    assert "efi-virtio.rom" in str(err.value) and "install-deps" in (err.value.fix or "")
+    assert [(a.attempt, a.outcome) for a in outcome.attempts] == [(1, "retried"), (2, "error")]
+    monkeypatch.setattr(ab, "run_once", fake_run_once([refused(4001), LaunchError("Could not set up host forwarding "
+                                                                                    "rule 'tcp::4001-:22'")]))
+    outcome = ab.Outcome()
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 2, outcome)
+    assert [r.attempt for r in outcome.runs] == [3]  # different failures: chance, retried
