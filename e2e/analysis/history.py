@@ -114,10 +114,12 @@ class Run:
 
     def record(self, workload: str) -> Record | None:
         """This run's record of ``workload``; a run that measured nothing at all (e.g. "not
-        measurable" before any guest booted) is that verdict for every workload."""
+        measurable" before any guest booted) is that verdict for every workload its plan named (every
+        workload, for a result without a plan)."""
         workloads = self.doc.get("workloads", {})
         w = workloads.get(workload)
-        if w is None and not workloads and self.verdict != "pass":
+        planned = (self.doc.get("plan") or {}).get("workloads")
+        if w is None and not workloads and self.verdict != "pass" and (not planned or workload in planned):
             w = {"verdict": self.verdict, "reasons": [str(self.doc.get("reason", ""))],
                  "description": "this run measured nothing"}
         return None if w is None else Record.from_doc(self, workload, w)

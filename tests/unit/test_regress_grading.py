@@ -137,3 +137,19 @@ def test_a_night_in_error_is_a_warning_and_a_second_one_a_regression(tmp_path: P
     assert "(2 nights in a row)" in result.flags[0].message
     back = load_history(write_history(tmp_path / "back", [*docs, *nights(random.Random(6), [0.95] * 7)[6:]]))
     assert check(back).exit_code == 0  # measured again the next night: nothing to flag
+
+
+def test_a_night_in_error_is_only_the_planned_workloads_night() -> None:
+    """An A/B of one workload that ended in error before measuring says nothing of the others."""
+    from e2e.analysis.history import Run
+    from e2e.model.plan import DEFAULT_ARMS, Plan
+    from e2e.model.result import Result
+
+    doc = _error_night(9)
+    doc["plan"] = Plan(workloads=("net",), arms=DEFAULT_ARMS, runs=3, kernel=Path("/k"), image=Path("/i"),
+                       logs=Path("/l")).to_json()
+    run = Run(Path("night.json"), Result.from_json(doc, "night.json"))
+    assert run.record("net") is not None and run.record("net").verdict == "error"  # type: ignore[union-attr]
+    assert run.record("timer") is None
+    del doc["plan"]  # a result without a plan: every workload's
+    assert Run(Path("n.json"), Result.from_json(doc, "n.json")).record("timer") is not None
