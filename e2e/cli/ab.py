@@ -117,8 +117,8 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
                    help="retry a run that failed on infrastructure (boot deadline, QMP, SSH, QEMU or the virtual "
                         "host gone) on a fresh guest up to N times; findings (a panic, a kernel that did not "
-                        "enable PV EOI) are never retried, and a rep that fails the same way on every attempt in more "
-                        "than one rep of an arm is one; every retry is recorded (default %(default)s)")
+                        "enable PV EOI) are never retried, nor is a failure that repeats on every attempt of two or "
+                        "more reps of an arm (a finding too); every retry is recorded (default %(default)s)")
     p.set_defaults(func=cmd_ab)
 
 
