@@ -212,10 +212,11 @@ def false_alarms(out: Path, baseline: int = 3) -> dict[str, Any]:
         seen: Counter[str] = Counter()
         for path in runs:
             shutil.copy(path, night / path.name)
-            workloads = list(json.loads(path.read_text()).get("workloads", {}))
+            doc = json.loads(path.read_text())
+            workloads = list(doc.get("workloads", {}))
             seen.update(workloads)
-            # A night that measured nothing (an error before any workload) is every workload's night.
-            mine = workloads or [w for w, n in seen.items() if n > baseline]
+            # A night that measured nothing (an error before any workload) is its planned workloads' night.
+            mine = workloads or [w for w in (doc.get("plan") or {}).get("workloads", seen) if seen[w] > baseline]
             if not mine or (workloads and seen[workloads[0]] <= baseline):
                 continue
             nights += 1
