@@ -40,7 +40,17 @@ qemu_too_old() {
 	dpkg --compare-versions "$v" lt "$QEMU_MIN"
 }
 
-codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+codename=""
+if [ -r /etc/os-release ]; then
+	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+fi
+
+# Where apt can give QEMU 10: Debian 12 through bookworm-backports, or a release whose own is 10+.
+qemu10_available() {
+	[ "$codename" = bookworm ] && return 0
+	c=$(apt-cache policy qemu-system-x86 2>/dev/null | sed -n 's/^ *Candidate: *//p')
+	[ -n "$c" ] && [ "$c" != "(none)" ] && dpkg --compare-versions "$c" ge "$QEMU_MIN"
+}
 
 missing=""
 for p in $PACKAGES; do
@@ -48,8 +58,13 @@ for p in $PACKAGES; do
 done
 said="$missing"
 if installed qemu-system-x86 && qemu_too_old; then
-	missing="$missing qemu-system-x86"
-	said="$said qemu-system-x86>=10.0(installed:$(dpkg-query -W -f='${Version}' qemu-system-x86))"
+	old=$(dpkg-query -W -f='${Version}' qemu-system-x86)
+	if qemu10_available; then
+		missing="$missing qemu-system-x86"
+		said="$said qemu-system-x86>=10.0(installed:$old)"
+	else  # pveoi runs on it, with more nested-TCG crashes (pveoi doctor says so too)
+		echo "install-deps: QEMU $old is older than 10.0 and this system's apt has no newer one; keeping it" >&2
+	fi
 fi
 
 if [ -z "$missing" ]; then
@@ -75,9 +90,12 @@ export DEBIAN_FRONTEND=noninteractive
 # Debian 12: QEMU from bookworm-backports, from the mirror the system already uses, pinned so that
 # only the QEMU packages come from there (everything else stays bookworm's).
 target=""
-if [ "$codename" = bookworm ]; then
+case "$missing" in *qemu-*) qemu_missing=1 ;; *) qemu_missing="" ;; esac
+if [ "$codename" = bookworm ] && [ -n "$qemu_missing" ]; then
 	target="-t bookworm-backports"
-	if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+	# shellcheck disable=SC2046
+	if ! grep -qs '^[^#]*bookworm-backports' /etc/apt/sources.list \
+		$(ls /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null); then
 		mirror=$(sed -n 's/^URIs:[[:space:]]*\(http[^[:space:]]*\/debian\/\{0,1\}\)[[:space:]]*$/\1/p' \
 			/etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
 		[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
@@ -102,8 +120,8 @@ if [ -n "$rest" ]; then
 	# shellcheck disable=SC2086
 	$SUDO apt-get install -y -qq --no-install-recommends $rest
 fi
-case "$missing" in
-*qemu-*)
+case "$qemu_missing" in
+1)
 	# shellcheck disable=SC2086
 	$SUDO apt-get install -y -qq --no-install-recommends $target qemu-system-x86 qemu-utils
 	if qemu_too_old; then

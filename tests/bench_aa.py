@@ -61,7 +61,9 @@ def main() -> int:
     out = args.summarize or args.out
     if not args.summarize:
         out.mkdir(parents=True, exist_ok=True)
-        done = len(list(out.glob(f"{args.workload}-[0-9][0-9].json"))) if args.resume else 0
+        # Resume after the highest index there (an A/A that wrote no result leaves a gap, not a shift).
+        done = max((int(p.stem.rsplit("-", 1)[1]) for p in out.glob(f"{args.workload}-[0-9][0-9].stderr")),
+                   default=0) if args.resume else 0
         for index in range(done + 1, args.count + 1):
             timeout = time_left(args)
             if timeout is None:

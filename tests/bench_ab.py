@@ -97,7 +97,9 @@ def breakdown(env: dict[str, str], runs: int) -> dict[str, object]:
         "measured": {"virtual_host": l1, "traces_summarized_outside": outside,
                      "analysis": analysis, "unstaged": round(measured - sum(l1.values()) - outside - analysis, 1)},
         "command_in_l1": {"inner_runner": inner, "guests": {k: round(v, 1) for k, v in guests.items()},
-                          "between_guests": round(l1["command"] - in_l1, 1)},
+                          # the inner runner's own timings are its first part's: one part unless L1 restarted
+                          "between_guests": round((parts[0].get("command", 0.0) if parts else 0.0) - in_l1, 1)
+                          if len(parts) == 1 else "n/a: the virtual host restarted"},
     }
 
 

@@ -216,7 +216,7 @@ def false_alarms(out: Path, baseline: int = 3) -> dict[str, Any]:
             workloads = list(doc.get("workloads", {}))
             seen.update(workloads)
             # A night that measured nothing (an error before any workload) is its planned workloads' night.
-            mine = workloads or [w for w in (doc.get("plan") or {}).get("workloads", seen) if seen[w] > baseline]
+            mine = workloads or [w for w in (doc.get("plan") or {}).get("workloads", seen) if seen[w] >= baseline]
             if not mine or (workloads and seen[workloads[0]] <= baseline):
                 continue
             nights += 1

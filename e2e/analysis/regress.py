@@ -195,7 +195,7 @@ def _verdict_change(group: GroupStatus, recs: list[Record], settings: CheckSetti
         flag = Flag("not-measurable", group.runner, group.workload,
                     f"verdict turned from measurable to {latest.verdict} since run {since}"
                     f"{f' ({nights} nights in a row)' if nights > 1 else ''}: {why}", since=since)
-        if latest.verdict == "error" and nights == 1 and not settings.strict:
+        if latest.verdict == "error" and nights == 1 and recs[i - 1].measurable and not settings.strict:
             # An error is the infrastructure's (a nested-TCG crash past its retries, a lost virtual
             # host): it says nothing of the kernel, and the next night measures again.
             return replace(flag, severity="warning", message=flag.message + (

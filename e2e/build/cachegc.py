@@ -86,6 +86,24 @@ def tree_size(path: Path) -> int:
     return total
 
 
+def build_dir_size(path: Path) -> int:
+    """:func:`tree_size` of a build directory, remembered beside it (``.<key>.size``) until its next build
+    changes its ``state`` file: walking its 70,000 files took 2.5-5.6 s after every A/B here."""
+    memo = path.parent / f".{path.name}.size"
+    try:
+        stamp = (path / "state").stat().st_mtime_ns
+    except OSError:  # never built: nothing to remember it by
+        return tree_size(path)
+    with contextlib.suppress(OSError, ValueError):
+        seen, known = memo.read_text().split()
+        if int(seen) == stamp:
+            return int(known)
+    size = tree_size(path)
+    with contextlib.suppress(OSError):
+        memo.write_text(f"{stamp} {size}\n")
+    return size
+
+
 @dataclass(frozen=True)
 class Item:
     """One removable thing: a kernel, image or build directory entry, or a log file."""
@@ -123,7 +141,8 @@ def items(root: Path) -> list[Item]:
                 with contextlib.suppress(OSError):
                     origin = (path / ORIGIN).read_text().strip()
                     orphan = bool(origin) and not Path(origin).exists()
-            out.append(Item(kind, path.name, path, tree_size(path), used, orphan))
+            size = build_dir_size(path) if kind == "kbuild" else tree_size(path)
+            out.append(Item(kind, path.name, path, size, used, orphan))
     return out
 
 
@@ -135,7 +154,10 @@ def du(root: Path) -> dict[str, tuple[int, int]]:
     for kind in KINDS:
         d = root / kind
         if d.is_dir():
-            out[kind] = (sum(1 for p in d.iterdir() if not p.name.startswith(".")), tree_size(d))
+            # Build directories by their remembered sizes (build_dir_size): du runs after every A/B.
+            size = (sum(build_dir_size(p) if p.is_dir() else tree_size(p) for p in d.iterdir())
+                    + d.lstat().st_blocks * 512 if kind == "kbuild" else tree_size(d))
+            out[kind] = (sum(1 for p in d.iterdir() if not p.name.startswith(".")), size)
     rest = [p for p in root.iterdir() if p.name not in KINDS]
     if rest:
         out["other"] = (len(rest), sum(tree_size(p) for p in rest))
@@ -251,6 +273,7 @@ def _remove(item: Item, dry_run: bool) -> bool:
             if not dry_run:
                 shutil.rmtree(item.path, ignore_errors=True)
                 item.lock.unlink(missing_ok=True)
+                (item.path.parent / f".{item.key}.size").unlink(missing_ok=True)
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     return True

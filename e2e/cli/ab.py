@@ -177,8 +177,10 @@ def ab(opts: AbOptions) -> int:
                 log.warning("could not record the error in the results: %s", write_err)
         raise
     laps.lap("measured")
-    timings = {"python_start": seconds_since_process_start() or 0.0, **laps.seconds}
-    timings["python_start"] = round(timings["python_start"] - sum(laps.seconds.values()), 2)  # before ab()
+    timings = dict(laps.seconds)
+    alive = seconds_since_process_start()
+    if alive is not None:  # the interpreter's start-up and the CLI's parsing, before ab()
+        timings = {"python_start": round(alive - sum(laps.seconds.values()), 2), **timings}
     runner = {**runner, "conditions": conditions.summarize(started, conditions.snapshot()), "timings": timings}
     res = measured.with_(runner=runner, kernel=results.kernel_manifest(plan.kernel),
                          image={"path": str(plan.image)}, logs=str(plan.logs))

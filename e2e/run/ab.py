@@ -280,7 +280,7 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
     """One (arm, rep): a finding is recorded and not retried; infrastructure is retried on a fresh
     guest per the one policy (:func:`e2e.errors.retryable`); config and capability errors stop the A/B.
     Every attempt that gave no run is recorded with its class and its logs (:class:`e2e.model.result.Attempt`)."""
-    refused: str | None = None  # the last attempt's launch failure, digits left out (ports, pids)
+    refused: str | None = None  # the last attempt's launch failure
     for attempt in range(1, retries + 2):
         trace = AttemptTrace(setup.artifacts)
         try:
@@ -288,14 +288,15 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
             return
         except PveoiError as err:
             where = f"{arm.name} rep {rep + 1}" + (f" (attempt {attempt})" if attempt > 1 else "")
-            if isinstance(err, LaunchError):
-                said = re.sub(r"\d+", "N", str(err))
-                if said == refused:  # QEMU refuses this machine the same way twice: the setup's, not chance
-                    outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
-                    raise CapabilityError(f"QEMU refuses to start the guest, the same way twice: {err}",
-                                          fix="check QEMU's installation and firmware (host_config/install-deps.sh; "
-                                              "qemu-system-x86_64 -L), or the arm's settings") from err
-                refused = said
+            # QEMU exited at launch (not a QMP timeout, not a failed fork): its message, digits left out
+            exited = isinstance(err, LaunchError) and err.exitcode is not None
+            said = re.sub(r"\d+", "N", str(err)) if exited else None
+            if said is not None and said == refused:  # refused the same way twice: the setup's, not chance
+                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
+                raise CapabilityError(f"QEMU refuses to start the guest, the same way twice: {err}",
+                                      fix="check QEMU's installation and firmware (host_config/install-deps.sh; "
+                                          "qemu-system-x86_64 -L), or the arm's settings") from err
+            refused = said  # only twice in a row counts
             if err.kind is Kind.FINDING:
                 outcome.findings.append(f"{where}: {err}")
                 outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "finding"))
@@ -385,9 +386,10 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
                                           {workload.name: tuple(outcome.runs)}))
         runs[workload.name] = tuple(outcome.runs)
         if analyzed:
+            ran = {r.arm for r in outcome.runs}
             result = replace(analyze(workload, plan.arms, outcome.runs, thresholds[workload.name],
-                                     [*outcome.findings, *recurring_failures(outcome.attempts)], outcome.errors,
-                                     outcome.retried),
+                                     [*outcome.findings, *recurring_failures(outcome.attempts, ran)],
+                                     outcome.errors, outcome.retried),
                              attempts=tuple(outcome.attempts))
         else:
             result = _unanalyzed(workload, outcome)
@@ -437,7 +439,8 @@ def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Resul
         results[name] = replace(
             analyze(get_workloads([name])[0], plan.arms, wruns, load_thresholds(name, plan.thresholds),
                     list(dict.fromkeys([*(f for g in got for f in g.findings),
-                                        *recurring_failures([a for g in got for a in g.attempts])])),
+                                        *recurring_failures([a for g in got for a in g.attempts],
+                                                           {r.arm for r in wruns})])),
                     [e for g in got for e in g.errors],
                     [r for g in got for r in g.retried]),
             attempts=tuple(a for g in got for a in g.attempts))

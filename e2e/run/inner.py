@@ -72,7 +72,7 @@ def run(plan_path: Path, result_path: Path) -> int:
             return err.exit_code
         finally:
             faulthandler.cancel_dump_traceback_later()
-            faulthandler.unregister(signal.SIGUSR1)
+            faulthandler.register(signal.SIGUSR1, all_threads=True)  # back to stderr: the file closes
     # The virtual host's own conditions (its load, other QEMUs in it) beside the runner's.
     result = result.with_(runner={**result.runner, "conditions": conditions.summarize(started, conditions.snapshot()),
                                   "timings": timings})
@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # keys itself); in L1 that import (invoke, and unittest.mock under it) costs seconds of emulated CPU.
     # paramiko takes a missing invoke in its stride (paramiko/config.py).
     sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+    # When the outer pveoi asks what is stuck, L1's init sends SIGUSR1: every thread's stack, never death
+    # (run() sends them to its stacks file while the plan runs).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # pveoi's own records on stderr, one line each; everything (tracebacks of threads too) in a log file
     # beside the guests' logs, which come back to the outer pveoi's logs.
     setup_logging(1, run_logs=Path(args[1]).parent / "logs")

@@ -339,8 +339,9 @@ class VirtualKvmHost(Machine):
             left = deadline - time.monotonic()
             if left <= 0:
                 kept = self.report_processes(beat.parent)
+                seen = f"; what ran in the virtual host then: {kept}" if kept else ""
                 raise GuestTimeout(f"the command in the virtual host ran past {self.vspec.timeout:.0f}s",
-                                   fix=f"raise --timeout; what ran in the virtual host then: {kept}")
+                                   fix=f"raise --timeout{seen}")
             try:
                 self._proc.wait(timeout=min(5.0, max(0.1, left)))
                 return
@@ -379,7 +380,12 @@ class VirtualKvmHost(Machine):
         while time.monotonic() < deadline:
             if answer.is_file():
                 time.sleep(1.0)  # the stacks the signal asked for, written beside the inner result
-                return self.keep_evidence("ps", answer.read_text(errors="replace").splitlines())
+                try:
+                    text = answer.read_text(errors="replace")
+                except OSError as err:
+                    self.log.warning("could not read the virtual host's process report: %s", err)
+                    return None
+                return self.keep_evidence("ps", text.splitlines())
             time.sleep(0.5)
         self.log.warning("the virtual host did not report its processes within %.0f s", wait)
         return None

@@ -249,3 +249,10 @@ def test_a_qemu_that_refuses_the_machine_the_same_way_twice_stops_the_ab(tmp_pat
     outcome = ab.Outcome()
     ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 2, outcome)
     assert [r.attempt for r in outcome.runs] == [3]  # different failures: chance, retried
+    # Not in a row (a boot deadline between), or no exit status (QMP silent, not QEMU refusing): retried.
+    for failures in ([refused(1), GuestTimeout("guest not ready after 180s"), refused(2)],
+                     [LaunchError("QEMU sent no QMP greeting within 30 s")] * 2):
+        monkeypatch.setattr(ab, "run_once", fake_run_once(list(failures)))
+        outcome = ab.Outcome()
+        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 3, outcome)
+        assert [r.attempt for r in outcome.runs] == [len(failures) + 1]

@@ -131,3 +131,18 @@ def test_the_automatic_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ConfigError):
         auto_cap(root)
     assert time.time() > 0
+
+
+def test_a_build_dirs_size_is_remembered_until_its_next_build(tmp_path: Path) -> None:
+    from e2e.build.cachegc import build_dir_size, tree_size
+
+    tree = tmp_path / "kbuild" / "abc"
+    (tree / "out").mkdir(parents=True)
+    (tree / "out" / "vmlinux.o").write_bytes(b"x" * 100_000)
+    (tree / "state").write_text("idle\n")
+    first = build_dir_size(tree)
+    assert first == tree_size(tree) and (tmp_path / "kbuild" / ".abc.size").is_file()
+    (tree / "out" / "more.o").write_bytes(b"y" * 100_000)  # no build marked it: the remembered size stands
+    assert build_dir_size(tree) == first
+    os.utime(tree / "state", ns=(1, 2))  # the next build rewrites its state
+    assert build_dir_size(tree) == tree_size(tree) > first

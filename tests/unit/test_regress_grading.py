@@ -137,6 +137,10 @@ def test_a_night_in_error_is_a_warning_and_a_second_one_a_regression(tmp_path: P
     assert "(2 nights in a row)" in result.flags[0].message
     back = load_history(write_history(tmp_path / "back", [*docs, *nights(random.Random(6), [0.95] * 7)[6:]]))
     assert check(back).exit_code == 0  # measured again the next night: nothing to flag
+    # Not measurable, then an error: two nights without a measurement, whatever their kinds.
+    lost = make_doc(5, {"timer": ([], "not-measurable")})
+    after = load_history(write_history(tmp_path / "lost", [*docs[:5], lost, _error_night(6)]))
+    assert check(after).exit_code == 1
 
 
 def test_a_night_in_error_is_only_the_planned_workloads_night() -> None:
