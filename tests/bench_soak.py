@@ -206,6 +206,7 @@ def false_alarms(out: Path, baseline: int = 3) -> dict[str, Any]:
     runs = sorted((out / "history").glob("*.json"))
     alarms: list[str] = []
     warnings: list[str] = []
+    marked: list[str] = []  # nights the check marked as run far from the runner's usual conditions
     nights = 0
     with tempfile.TemporaryDirectory() as tmp:
         night = Path(tmp)
@@ -227,7 +228,10 @@ def false_alarms(out: Path, baseline: int = 3) -> dict[str, Any]:
                        if ln.startswith("REGRESSION") and any(f"] {w}:" in ln for w in mine)]
             warnings += [f"{path.name}: {ln}" for ln in proc.stdout.splitlines()
                          if ln.startswith("WARNING") and any(f"] {w}:" in ln for w in mine)]
-    return {"nights": nights, "false_alarms": alarms, "warnings": warnings}
+            marked += [f"{path.name}: {ln}" for ln in proc.stdout.splitlines()
+                       if ln.startswith("note") and "far from this runner's usual" in ln
+                       and any(f"] {w}:" in ln for w in mine)][:1]
+    return {"nights": nights, "false_alarms": alarms, "warnings": warnings, "marked_loaded": marked}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -356,7 +360,8 @@ def main() -> int:
     (out / "summary.json").write_text(json.dumps({**summary, "history_check": checks}, indent=1))
     print(markdown(summary))
     print(f"\nreport --check after each A/B (baseline 3): {checks['nights']} nights, "
-          f"{len(checks['false_alarms'])} false alarm(s) (exit 1), {len(checks['warnings'])} warning(s) (exit 0)")
+          f"{len(checks['false_alarms'])} false alarm(s) (exit 1), {len(checks['warnings'])} warning(s) (exit 0), "
+          f"{len(checks['marked_loaded'])} marked as run far from the usual conditions")
     for line in checks["false_alarms"]:
         print(f"  {line}")
     return 0 if not any(s["unexplained"] for s in summary.values()) else 1
