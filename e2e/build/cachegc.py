@@ -254,8 +254,9 @@ def prune(root: Path, *, max_size: int | None = None, keep_days: float | None = 
 
 
 def _remove(item: Item, dry_run: bool) -> bool:
-    """Remove ``item`` under its lock, taken without waiting; False if a running pveoi holds it."""
-    if item.kind == "logs":
+    """Remove ``item`` under its lock, taken without waiting; False if a running pveoi holds it (an A/B
+    holds its kernels, image, logs directory and run log: :meth:`e2e.build.cache.Cache.hold`)."""
+    if item.kind == "logs" and not item.lock.exists():  # never held
         if not dry_run:
             with contextlib.suppress(FileNotFoundError):
                 item.path.unlink() if not item.path.is_dir() else shutil.rmtree(item.path)
@@ -271,7 +272,10 @@ def _remove(item: Item, dry_run: bool) -> bool:
             return False
         try:
             if not dry_run:
-                shutil.rmtree(item.path, ignore_errors=True)
+                if item.path.is_dir():
+                    shutil.rmtree(item.path, ignore_errors=True)
+                else:
+                    item.path.unlink(missing_ok=True)
                 item.lock.unlink(missing_ok=True)
                 (item.path.parent / f".{item.key}.size").unlink(missing_ok=True)
         finally:

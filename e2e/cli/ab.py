@@ -161,9 +161,11 @@ def ab(opts: AbOptions) -> int:
     if host == "direct" and any(a.host_kernel for a in plan.arms):
         raise _virtual_only()
     from ..build.cache import Cache
+    from ..util.logs import run_log_file
 
     try:
-        with Cache().hold(plan.files()):  # no prune removes a kernel or image this A/B boots
+        # No prune removes a kernel or image this A/B boots, nor its logs while it writes them.
+        with Cache().hold([*plan.files(), plan.logs, *filter(None, [run_log_file()])]):
             measured: Result = measure(plan, host, why, sink=stdout_sink)
     except ConfigError:
         raise  # a mistake in the input, not a night without a measurement

@@ -339,9 +339,9 @@ class VirtualKvmHost(Machine):
             left = deadline - time.monotonic()
             if left <= 0:
                 kept = self.report_processes(beat.parent)
-                seen = f"; what ran in the virtual host then: {kept}" if kept else ""
+                what_ran = f"; what ran in the virtual host then: {kept}" if kept else ""
                 raise GuestTimeout(f"the command in the virtual host ran past {self.vspec.timeout:.0f}s",
-                                   fix=f"raise --timeout{seen}")
+                                   fix=f"raise --timeout{what_ran}")
             try:
                 self._proc.wait(timeout=min(5.0, max(0.1, left)))
                 return

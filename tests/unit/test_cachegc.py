@@ -146,3 +146,24 @@ def test_a_build_dirs_size_is_remembered_until_its_next_build(tmp_path: Path) ->
     assert build_dir_size(tree) == first
     os.utime(tree / "state", ns=(1, 2))  # the next build rewrites its state
     assert build_dir_size(tree) == tree_size(tree) > first
+
+
+def test_a_running_abs_logs_are_kept_and_its_lock_goes_with_them(tmp_path: Path) -> None:
+    """An A/B holds its logs directory and run log (cli/ab.py through Cache.hold): a prune down to nothing
+    leaves them while held, takes them (and their lock files) afterwards; logs nobody held go as before."""
+    from e2e.build.cache import Cache
+
+    root = tmp_path / "cache"
+    logs = root / "logs"
+    (logs / "ab-20261207-101500").mkdir(parents=True)
+    (logs / "ab-20261207-101500" / "timer-on-0-console.log").write_text("x" * 5000)
+    (logs / "pveoi-20261207-101500-4242.log").write_text("y" * 5000)
+    (logs / "pveoi-20261201-000000-1.log").write_text("old" * 2000)
+    held = [logs / "ab-20261207-101500", logs / "pveoi-20261207-101500-4242.log"]
+    with Cache(root).hold(held):
+        report = prune(root, max_size=0, now=NOW)
+        assert sorted(i.key for i in report.held) == sorted(p.name for p in held)
+        assert all(p.exists() for p in held) and not (logs / "pveoi-20261201-000000-1.log").exists()
+    report = prune(root, max_size=0, now=NOW)
+    assert sorted(i.key for i in report.removed) == sorted(p.name for p in held)
+    assert list(logs.iterdir()) == []  # no lock file left behind
