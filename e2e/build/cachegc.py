@@ -153,11 +153,14 @@ def du(root: Path) -> dict[str, tuple[int, int]]:
         return out
     for kind in KINDS:
         d = root / kind
-        if d.is_dir():
-            # Build directories by their remembered sizes (build_dir_size): du runs after every A/B.
-            size = (sum(build_dir_size(p) if p.is_dir() else tree_size(p) for p in d.iterdir())
-                    + d.lstat().st_blocks * 512 if kind == "kbuild" else tree_size(d))
-            out[kind] = (sum(1 for p in d.iterdir() if not p.name.startswith(".")), size)
+        if not d.is_dir():
+            continue
+        children = list(d.iterdir())
+        if kind == "kbuild":  # by their remembered sizes (build_dir_size): du runs after every A/B
+            size = d.lstat().st_blocks * 512 + sum(build_dir_size(p) if p.is_dir() else tree_size(p) for p in children)
+        else:
+            size = tree_size(d)
+        out[kind] = (sum(1 for p in children if not p.name.startswith(".")), size)
     rest = [p for p in root.iterdir() if p.name not in KINDS]
     if rest:
         out["other"] = (len(rest), sum(tree_size(p) for p in rest))

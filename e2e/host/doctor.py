@@ -124,10 +124,9 @@ def doctor_checks(facts: HostFacts, probe: ProbeBoot | None, decision: Decision)
                         relevant=decision.host != "virtual", aside=host_only))
     out.append(_graded("perf permissions", check_perf_permissions(facts),
                         relevant=decision.host != "virtual", aside=host_only))
-    qemu = check_qemu(facts)
-    # An old QEMU still works: a warning (only the virtual KVM host's nested TCG cares).
-    out.append(_graded("qemu", check_qemu(facts, virtual=decision.host == "virtual"), bad="fail" if not qemu.ok
-                       else "warn"))
+    # A missing QEMU fails; an old one still works: a warning (only the virtual KVM host's nested TCG cares).
+    out.append(_graded("qemu", check_qemu(facts, virtual=decision.host == "virtual"),
+                       bad="fail" if facts.qemu_version is None else "warn"))
     if facts.qemu_version is None:
         out += [DoctorCheck(name, "info", "unknown: QEMU is missing")
                 for name in ("qemu tcg", "kvm-pv-eoi property")]

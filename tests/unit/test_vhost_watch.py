@@ -111,50 +111,48 @@ def test_an_inner_runs_exit_class_survives_the_way_out_of_the_virtual_host() -> 
     assert "class" not in error_result(GuestTimeout("late"), "direct", "x", 3).error  # type: ignore[operator]
 
 
-def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Should the inner run hang where no timeout fires, its threads' stacks are on the share."""
+def _inner_run_failing_with(tmp_path: Path, monkeypatch, plan_run) -> str:  # type: ignore[no-untyped-def]
+    """Run the inner runner on a one-workload plan whose ``run_plan`` is ``plan_run`` (it must raise
+    GuestTimeout); the stacks file it left."""
     import json
 
     from e2e.model.plan import Plan
     from e2e.run import ab, inner
 
-    monkeypatch.setattr(inner, "STACKS_EVERY", 0.2)
-
-    def slow(plan: Plan, analyzed: bool = True, checkpoint: object = None) -> None:
-        time.sleep(0.7)
-        raise GuestTimeout("stuck")
-
-    monkeypatch.setattr(ab, "run_plan", slow)
+    monkeypatch.setattr(ab, "run_plan", plan_run)
     plan = Plan(workloads=("timer",), arms=(), runs=1, kernel=tmp_path / "bzImage", image=tmp_path / "img",
                 logs=tmp_path / "logs")
     (tmp_path / "plan.json").write_text(json.dumps(plan.to_json()))
     assert inner.run(tmp_path / "plan.json", tmp_path / "result.json") == 2
-    stacks = (tmp_path / inner.STACKS).read_text()
+    return (tmp_path / inner.STACKS).read_text()
+
+
+def test_a_long_inner_run_leaves_every_threads_stack(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Should the inner run hang where no timeout fires, its threads' stacks are on the share."""
+    from e2e.run import inner
+
+    monkeypatch.setattr(inner, "STACKS_EVERY", 0.2)
+
+    def slow(plan: object, analyzed: bool = True, checkpoint: object = None) -> None:
+        time.sleep(0.7)
+        raise GuestTimeout("stuck")
+
+    stacks = _inner_run_failing_with(tmp_path, monkeypatch, slow)
     assert "Thread 0x" in stacks and "in slow" in stacks
 
 
 def test_the_inner_run_dumps_its_stacks_on_sigusr1(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """What the virtual host's init sends when the outer pveoi asks what is stuck."""
-    import json
+    import faulthandler
     import os
     import signal
 
-    from e2e.model.plan import Plan
-    from e2e.run import ab, inner
-
-    def waits(plan: Plan, analyzed: bool = True, checkpoint: object = None) -> None:
+    def waits(plan: object, analyzed: bool = True, checkpoint: object = None) -> None:
         os.kill(os.getpid(), signal.SIGUSR1)
         time.sleep(0.3)
         raise GuestTimeout("stuck")
 
-    monkeypatch.setattr(ab, "run_plan", waits)
-    plan = Plan(workloads=("timer",), arms=(), runs=1, kernel=tmp_path / "bzImage", image=tmp_path / "img",
-                logs=tmp_path / "logs")
-    (tmp_path / "plan.json").write_text(json.dumps(plan.to_json()))
-    assert inner.run(tmp_path / "plan.json", tmp_path / "result.json") == 2
-    assert "in waits" in (tmp_path / inner.STACKS).read_text()
-    import faulthandler
-
+    assert "in waits" in _inner_run_failing_with(tmp_path, monkeypatch, waits)
     assert faulthandler.unregister(signal.SIGUSR1)  # still registered (to stderr) after the run: never death
 
 
