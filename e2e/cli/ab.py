@@ -48,6 +48,7 @@ class AbOptions:
     memory: int
     timeout: float
     retries: int
+    reps_per_boot: int = 1
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> AbOptions:
@@ -56,7 +57,7 @@ class AbOptions:
                    image=ns.image, arms=ns.arms, aa=ns.aa, smp=ns.smp, host_kernel=ns.host_kernel,
                    host_source=ns.host_source, host_patches=ns.host_patches, host=ns.host,
                    threshold=tuple(ns.threshold), json=ns.json, history=ns.history, ktap=ns.ktap, logs=ns.logs,
-                   memory=ns.memory, timeout=ns.timeout, retries=ns.retries)
+                   memory=ns.memory, timeout=ns.timeout, retries=ns.retries, reps_per_boot=ns.reps_per_boot)
 
     @property
     def host_under_test(self) -> bool:
@@ -77,6 +78,10 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS), metavar="NAME",
                    help=f"repeatable; one of {', '.join(WORKLOADS)} (default: timer)")
     p.add_argument("--runs", type=int, default=3, help="reps per arm (default 3)")
+    p.add_argument("--reps-per-boot", type=int, default=1, metavar="N",
+                   help="measure up to N reps in one guest, window after window, before booting the next (each "
+                        "window counted, traced and accounted on its own; the arm proven at the boot): fewer boots, "
+                        "a faster verdict; default 1, a fresh guest per rep (docs/measurement.md)")
     gk = p.add_mutually_exclusive_group()
     gk.add_argument("--kernel", type=Path, metavar="PATH", help="guest bzImage (default: build pveoi's)")
     gk.add_argument("--source", type=Path, metavar="DIR",
@@ -240,6 +245,8 @@ def check_inputs(opts: AbOptions) -> None:
         analysis.load_thresholds(w.name, overrides)  # reject unknown keys
     if opts.runs < 1:
         raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
+    if opts.reps_per_boot < 1:
+        raise ConfigError("--reps-per-boot must be at least 1", fix="pass --reps-per-boot 3, or leave it out")
     if opts.retries < 0:
         raise ConfigError("--retries must be 0 or more", fix="pass --retries 1")
     if opts.smp is not None and not 1 <= opts.smp <= 64:
@@ -380,4 +387,4 @@ def build_plan(opts: AbOptions) -> Plan:
     logs = (opts.logs or _default_logs()).absolute()
     return Plan(workloads=tuple(w.name for w in workloads), arms=arms, runs=opts.runs, kernel=kernel_path,
                 image=img.path, logs=logs, thresholds=overrides, retries=opts.retries, memory_mb=opts.memory,
-                timeout=opts.timeout)
+                timeout=opts.timeout, reps_per_boot=opts.reps_per_boot)

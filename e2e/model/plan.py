@@ -167,8 +167,11 @@ class Plan:
     :param memory_mb: guest memory.
     :param boot_timeout: seconds from QEMU start to the guest's ready line.
     :param timeout: seconds for the whole A/B.
-    :param start: guests of :meth:`order` another part already measured: this plan runs the rest
+    :param start: reps of :meth:`order` another part already measured: this plan runs the rest
         (a virtual host that died mid-part is replaced by one that resumes after them).
+    :param reps_per_boot: reps one guest measures, window after window, before it is shut down
+        (1: a fresh guest per rep). Each window is proven, counted and accounted on its own; only
+        the boot is shared (:meth:`boots`).
     """
 
     workloads: tuple[str, ...]
@@ -183,15 +186,24 @@ class Plan:
     boot_timeout: float = 180.0
     timeout: float = 3600.0
     start: int = 0
+    reps_per_boot: int = 1
+
+    def boots(self) -> list[tuple[Arm, tuple[int, ...]]]:
+        """The guests to boot, in order: (arm, the reps it measures). Reps go in groups of
+        :attr:`reps_per_boot`; group 0 boots the arms in order, group 1 reversed, and so on, so every
+        arm sits on average at the same position (drift lands on all alike)."""
+        out = []
+        size = max(1, self.reps_per_boot)
+        for group, first in enumerate(range(0, self.runs, size)):
+            reps = tuple(range(first, min(first + size, self.runs)))
+            seq = list(self.arms) if group % 2 == 0 else list(reversed(self.arms))
+            out += [(arm, reps) for arm in seq]
+        return out
 
     def order(self) -> list[tuple[int, Arm]]:
-        """Interleaved (rep, arm) order, balanced: rep 0 runs the arms in order, rep 1 reversed,
-        and so on, so every arm sits on average at the same position (drift lands on all alike)."""
-        out = []
-        for rep in range(self.runs):
-            seq = list(self.arms) if rep % 2 == 0 else list(reversed(self.arms))
-            out += [(rep, arm) for arm in seq]
-        return out
+        """Every (rep, arm) in the order measured: :meth:`boots`, rep by rep (one rep per boot: rep 0
+        runs the arms in order, rep 1 reversed, and so on)."""
+        return [(rep, arm) for arm, reps in self.boots() for rep in reps]
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -224,7 +236,8 @@ class Plan:
                 "kernel": str(self.kernel), "image": str(self.image), "logs": str(self.logs),
                 "thresholds": dict(self.thresholds), "retries": self.retries, "memory_mb": self.memory_mb,
                 "boot_timeout": self.boot_timeout, "timeout": self.timeout,
-                **({"start": self.start} if self.start else {})}
+                **({"start": self.start} if self.start else {}),
+                **({"reps_per_boot": self.reps_per_boot} if self.reps_per_boot != 1 else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Plan:
@@ -235,7 +248,7 @@ class Plan:
                        logs=Path(data["logs"]), thresholds={k: float(v) for k, v in data["thresholds"].items()},
                        retries=int(data["retries"]), memory_mb=int(data["memory_mb"]),
                        boot_timeout=float(data["boot_timeout"]), timeout=float(data["timeout"]),
-                       start=int(data.get("start", 0)))
+                       start=int(data.get("start", 0)), reps_per_boot=int(data.get("reps_per_boot", 1)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed plan ({type(err).__name__}: {err})",
                               fix="write plans with e2e.model.plan.Plan.to_json") from err

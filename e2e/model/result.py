@@ -51,6 +51,8 @@ class RunRecord:
         (skipped/written EOIs, total and ``per_cpu``; None without guest_patches/0001).
     :param attempt: 1 for the first try, 2 for its first retry, ...
     :param timings: seconds between the run's stages (QEMU paused, guest ready, SSH up, ..., shut down).
+    :param window: this run's place in its guest's boot: 1 for the first window after the boot, 2 for
+        the next in the same guest, ... (``Plan.reps_per_boot``); its ``boot_seconds`` is the first's only.
     """
 
     rep: int
@@ -69,6 +71,7 @@ class RunRecord:
     #: The per-event trace's summary (:func:`e2e.measure.trace.summarize`): per vCPU the marker window's
     #: host and guest accounting, per vector PV and trapped EOIs with reasons. Empty when not traced.
     trace: Mapping[str, Any] = field(default_factory=dict)
+    window: int = 1
 
     @property
     def interrupts(self) -> int:
@@ -99,7 +102,7 @@ class RunRecord:
                 "ready_line": self.ready_line, "qmp": copy.deepcopy(dict(self.qmp)), "counts": dict(self.counts),
                 "exit_reasons": dict(self.exit_reasons), "guest": copy.deepcopy(dict(self.guest)),
                 "workload_output": self.workload_output, "timings": dict(self.timings),
-                "trace": copy.deepcopy(dict(self.trace))}
+                "trace": copy.deepcopy(dict(self.trace)), **({"window": self.window} if self.window != 1 else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], arm: str | None = None) -> RunRecord:
@@ -115,7 +118,7 @@ class RunRecord:
                    ready_line=str(data.get("ready_line") or ""), workload_output=str(data.get("workload_output") or ""),
                    attempt=int(data.get("attempt") or 1), vcpus=data.get("vcpus"),
                    timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()},
-                   trace=dict(data.get("trace") or {}))
+                   trace=dict(data.get("trace") or {}), window=int(data.get("window") or 1))
 
 
 # ---------------------------------------------------------------- comparisons

@@ -52,7 +52,7 @@ from ..util.tmpdirs import tempdir
 from ..vm.cpus import VCpu
 from ..vm.machine import Machine
 from . import traces
-from .boot import boot, machine_spec
+from .boot import ProvenGuest, boot, machine_spec
 from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 UNANALYZED = "unanalyzed"
 
 __all__ = ["COUNTED", "DEFAULT_ARMS", "Arm", "Finding", "Plan", "Result", "cpu_vendor",
-           "reanalyze", "run_once", "run_plan"]
+           "reanalyze", "run_guest", "run_plan"]
 
 
 # ---------------------------------------------------------------- one run
@@ -151,14 +151,24 @@ def host_server(argv: Sequence[str]) -> Iterator[int | None]:
                 proc.wait()
 
 
-def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], rep: int,
-             attempt: int = 1, trace: AttemptTrace | None = None) -> RunRecord:
-    """Boot one fresh guest for ``arm``, run ``workload`` once, count it.
+#: Called with each run as soon as it is measured (a later window of the same guest may still fail).
+Measured = Callable[[RunRecord], None]
 
-    Its logs (console, QEMU, perf's CSV and stderr) go to ``setup.artifacts`` under the
-    attempt's own name (:func:`e2e.run.evidence.attempt_name`), so a retry never overwrites them.
+
+def run_guest(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], reps: Sequence[int],
+              attempt: int = 1, trace: AttemptTrace | None = None, measured: Measured | None = None) -> None:
+    """Boot one fresh guest for ``arm`` and measure ``workload`` in it once per rep of ``reps``, window
+    after window (one rep: one window, the guest's only).
+
+    Every window is measured as a guest of its own would be: perf stat (and perf record) attached to the
+    vCPU threads for that window alone (the first attaches while the guest boots), the guest's state
+    read before and after it, its own window markers, its own logs under the rep's attempt name
+    (:func:`e2e.run.evidence.attempt_name`; the machine's under the first rep's). The arm is proven
+    once, at the boot (QMP and the guest's own view); each window's figures prove it again.
 
     :param trace: filled in as the attempt goes (its machine and logs), for the record of a failure.
+    :param measured: given each rep's record as soon as its window is done, so a guest that fails in a
+        later window keeps the reps it measured (the caller retries only the rest).
     :raises Finding: the guest's side of the arm is not what the host offered (a kernel bug),
         or the guest panicked.
     :raises MeasurementError: QEMU does not honour the arm (capability), or perf lost its threads.
@@ -166,10 +176,14 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         a panic: a finding), classified.
     :raises GuestError: boot, SSH or the workload failed (infrastructure).
     """
-    name = attempt_name(workload.name, arm.name, rep, attempt)
+    if not reps:
+        raise ValueError("run_guest needs at least one rep")
+    name = attempt_name(workload.name, arm.name, reps[0], attempt)
     trace = trace or AttemptTrace(setup.artifacts)
+    measured = measured or (lambda _record: None)
     vcpus = arm.smp or workload.smp
     scratch = None
+    last: RunRecord | None = None
     with contextlib.ExitStack() as stack:
         if workload.scratch_mb:
             scratch = stack.enter_context(tempdir("disk")) / "scratch.img"
@@ -183,81 +197,125 @@ def run_once(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event]
         )
         marks = {"start": time.monotonic()}  # where a run's time goes (tests/bench_ab.py --breakdown)
         trace.machine = Machine(spec, READY_PATTERN, artifacts=setup.artifacts)
-        # perf stat (and perf record) attach to the vCPU threads while the guest boots, counting nothing
-        # until enabled: their start-up (seconds in the virtual host) overlaps the boot.
-        perfs = stack.enter_context(contextlib.ExitStack())
-        attached: list[tuple[PerfStat, PerfRecord | None]] = []
+        attached: list[_Perf] = []
 
-        def attach(machine: Machine, threads: Sequence[VCpu]) -> None:
-            perf = perfs.enter_context(PerfStat(events, tids=[v.thread_id for v in threads]))
-            perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
-            rec: PerfRecord | None = None
-            if setup.trace:
-                keep = setup.artifacts / f"{name}-perf.data" if setup.defer_trace else None
-                rec = perfs.enter_context(PerfRecord(machine.pid, keep_data=keep))
-                perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))
-                rec.start()
-            perf.start()
+        def attach(machine: Machine, threads: Sequence[VCpu], window: str) -> None:
+            attached.append(_attach_perf(stack, setup, events, machine, threads, window, trace))
             marks["perf_attached"] = time.monotonic()
-            attached.append((perf, rec))
 
         # One round trip: the guest's state, and (when tracing) its markers and vector names.
+        # perf stat (and perf record) attach to the vCPU threads while the guest boots, counting nothing
+        # until enabled: their start-up (seconds in the virtual host) overlaps the boot.
         guest = boot(stack, trace.machine, arm, private_key=setup.private_key, host_key_line=setup.host_key_line,
                      boot_timeout=setup.boot_timeout, extra=GUEST_VIEW_SCRIPT if setup.trace else "", marks=marks,
-                     while_booting=attach)
-        machine, ssh, threads, before = guest.machine, guest.ssh, guest.threads, guest.state
-        (perf, rec), = attached
+                     while_booting=lambda machine, threads: attach(machine, threads, name))
         boot_s = marks["guest_ready"] - marks["start"]
         view = None
         if setup.trace:
             _, view = GuestView.split(guest.state_output, guest.state_output.partition(STATE_MARK)[0])
-        script = None
-        with host_server(workload.host_server) as port:
-            argv = workload.argv(port, vcpus)
-            if view is not None and view.marks:
-                argv = mark_command(argv)
-            with perfs:  # closed here, before the guest's state is read again (the perf output is kept)
-                if rec is not None:
-                    rec.enable()
-                perf.enable()
-                result = ssh.run(argv, timeout=workload.timeout)
-                perf.disable()
-                if rec is not None:
-                    rec.disable()
-                counts = perf.stop()
-                marks["workload_done"] = time.monotonic()
-                if rec is not None:
-                    script = rec.finish()
-                    marks["trace_read"] = time.monotonic()
-        after = GuestState.parse(ssh.run(STATE_COMMAND, timeout=30).check().stdout)
-        result.check()
-        machine.console.check()
+        before = guest.state
+        for window, rep in enumerate(reps, 1):
+            wname = attempt_name(workload.name, arm.name, rep, attempt)
+            if window > 1:
+                marks = {"window_start": time.monotonic()}
+                attach(guest.machine, guest.threads, wname)
+            perf = attached[-1]
+            after, record = _measure_window(setup, guest, workload, vcpus, perf, view, before, marks)
+            record = replace(record, rep=rep, attempt=attempt, window=window,
+                             boot_seconds=round(boot_s, 2) if window == 1 else None)
+            before = after
+            if last is not None:
+                measured(last)
+            last = record
+            log.info("  %-6s rep %d%s: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
+                     arm.name, rep, f" (window {window} of its guest)" if len(reps) > 1 else "",
+                     record.counts.get("kvm:kvm_exit", 0), record.counts.get("kvm:kvm_pv_eoi", 0),
+                     record.counts.get("kvm:kvm_eoi", 0), record.counts.get("kvm:kvm_inj_virq", 0),
+                     record.workload_seconds or 0.0)
+        guest.machine.console.check()
         marks["state_read_after"] = time.monotonic()
-    marks["shut_down"] = time.monotonic()
-    order = list(marks)
-    timings = {f"{a}->{b}": round(marks[b] - marks[a], 3) for a, b in itertools.pairwise(order)}
+    assert last is not None
+    # The last window carries the guest's shutdown in its timings, as a guest's only window always has.
+    timings = {**last.timings, "state_read_after->shut_down": round(time.monotonic() - marks["state_read_after"], 3)}
+    measured(replace(last, timings=timings))
+
+
+@dataclass
+class _Perf:
+    """One window's perf processes, closed by their own stack when the window ends."""
+
+    stack: contextlib.ExitStack
+    stat: PerfStat
+    record: PerfRecord | None
+    name: str
+
+
+def _attach_perf(outer: contextlib.ExitStack, setup: Setup, events: Sequence[Event], machine: Machine,
+                 threads: Sequence[VCpu], name: str, trace: AttemptTrace) -> _Perf:
+    """perf stat (and, when tracing, perf record) attached to ``threads``, counting nothing until enabled;
+    closed with ``outer`` on any failure, or earlier by the window that uses them."""
+    perfs = outer.enter_context(contextlib.ExitStack())
+    perf = perfs.enter_context(PerfStat(events, tids=[v.thread_id for v in threads]))
+    perfs.enter_context(keep_perf_output(perf, setup.artifacts, name, trace))
+    rec: PerfRecord | None = None
+    if setup.trace:
+        keep = setup.artifacts / f"{name}-perf.data" if setup.defer_trace else None
+        rec = perfs.enter_context(PerfRecord(machine.pid, keep_data=keep))
+        perfs.enter_context(keep_trace_output(rec, setup.artifacts, name, trace))
+        rec.start()
+    perf.start()
+    return _Perf(perfs, perf, rec, name)
+
+
+def _measure_window(setup: Setup, guest: ProvenGuest, workload: Workload, vcpus: int, perf: _Perf,
+                    view: GuestView | None, before: GuestState,
+                    marks: dict[str, float]) -> tuple[GuestState, RunRecord]:
+    """One workload window in a booted guest of ``vcpus`` vCPUs, counted by ``perf``: the guest's state
+    after it and the run's record (rep, attempt, window and boot time left to the caller)."""
+    script = None
+    with host_server(workload.host_server) as port:
+        argv = workload.argv(port, vcpus)
+        if view is not None and view.marks:
+            argv = mark_command(argv)
+        with perf.stack:  # closed here, before the guest's state is read again (the perf output is kept)
+            if perf.record is not None:
+                perf.record.enable()
+            perf.stat.enable()
+            result = guest.ssh.run(argv, timeout=workload.timeout)
+            perf.stat.disable()
+            if perf.record is not None:
+                perf.record.disable()
+            counts = perf.stat.stop()
+            marks["workload_done"] = time.monotonic()
+            if perf.record is not None:
+                script = perf.record.finish()
+                marks["trace_read"] = time.monotonic()
+    after = GuestState.parse(guest.ssh.run(STATE_COMMAND, timeout=30).check().stdout)
+    result.check()
+    guest.machine.console.check()
+    marks["state_read_after"] = time.monotonic()
+    timings = {f"{a}->{b}": round(marks[b] - marks[a], 3) for a, b in itertools.pairwise(list(marks))}
     summary: dict[str, Any] = {}
     if script is not None and view is not None:
-        tids = [v.thread_id for v in threads]
+        tids = [v.thread_id for v in guest.threads]
+        expects = guest.arm.expects_pv_eoi
         if setup.defer_trace:  # perf.data kept: traces.finish_traces makes the summary, natively
-            summary = traces.deferred(name, tids, pv_eoi=arm.expects_pv_eoi, names=view.names, marks=view.marks)
+            summary = traces.deferred(perf.name, tids, pv_eoi=expects, names=view.names, marks=view.marks)
         else:
-            summary = traces.summary_of(script, tids, pv_eoi=arm.expects_pv_eoi, names=view.names, marks=view.marks)
+            summary = traces.summary_of(script, tids, pv_eoi=expects, names=view.names, marks=view.marks)
+    events = perf.stat.events
     raw = {e.key: int(counts[e.key]) for e in events if e.filter is None}
     breakdown = {e.key[len("kvm_exit["):-1]: int(counts[e.key]) for e in events if e.filter is not None}
     record = RunRecord(
-        rep=rep, arm=arm.name, attempt=attempt, vcpus=vcpus, counts=raw, exit_reasons=breakdown,
-        boot_seconds=round(boot_s, 2), workload_seconds=round(result.seconds, 3), ready_line=guest.ready,
+        rep=0, arm=guest.arm.name, vcpus=vcpus, counts=raw, exit_reasons=breakdown,
+        workload_seconds=round(result.seconds, 3), ready_line=guest.ready,
         qmp={"kvm": guest.kvm, "kvm_pv_eoi": list(guest.readback), "vcpu_threads": guest.thread_ids},
         guest={"interrupts": interrupt_delta(before, after),
                "interrupts_per_cpu": interrupt_delta_per_cpu(before, after),
                "pv_eoi": pveoi_delta(before, after)},
         workload_output=result.stdout.strip()[-500:], timings=timings, trace=summary,
     )
-    log.info("  %-6s rep %d: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
-             arm.name, rep, raw.get("kvm:kvm_exit", 0), raw.get("kvm:kvm_pv_eoi", 0), raw.get("kvm:kvm_eoi", 0),
-             raw.get("kvm:kvm_inj_virq", 0), result.seconds)
-    return record
+    return after, record
 
 
 # ---------------------------------------------------------------- the A/B
@@ -275,18 +333,31 @@ class Outcome:
     attempts: list[Attempt] = field(default_factory=list)
 
 
-def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], rep: int,
-                      retries: int, outcome: Outcome) -> None:
-    """One (arm, rep): a finding is recorded and not retried; infrastructure is retried on a fresh
-    guest per the one policy (:func:`e2e.errors.retryable`); config and capability errors stop the A/B.
-    Every attempt that gave no run is recorded with its class and its logs (:class:`e2e.model.result.Attempt`)."""
+def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], reps: Sequence[int],
+                      retries: int, outcome: Outcome, measured: Measured | None = None) -> None:
+    """One guest's reps of ``arm``: a finding is recorded and not retried; infrastructure is retried on a
+    fresh guest, for the reps not yet measured, per the one policy (:func:`e2e.errors.retryable`); config
+    and capability errors stop the A/B. Every attempt that gave no run is recorded with its class and its
+    logs (:class:`e2e.model.result.Attempt`), under the first rep it did not measure.
+
+    :param measured: told of each rep's run as it is added to ``outcome.runs``.
+    """
     refused: str | None = None  # the last attempt's launch failure
+    todo = list(reps)
+
+    def keep(record: RunRecord) -> None:
+        outcome.runs.append(record)
+        todo.remove(record.rep)
+        if measured is not None:
+            measured(record)
+
     for attempt in range(1, retries + 2):
         trace = AttemptTrace(setup.artifacts)
         try:
-            outcome.runs.append(run_once(setup, arm, workload, events, rep, attempt, trace))
+            run_guest(setup, arm, workload, events, tuple(todo), attempt, trace, keep)
             return
         except PveoiError as err:
+            rep = todo[0]  # the rep whose window failed (those before it in this guest are kept)
             where = f"{arm.name} rep {rep + 1}" + (f" (attempt {attempt})" if attempt > 1 else "")
             # QEMU exited at launch (not a QMP timeout, not a failed fork): its message, digits left out
             exited = isinstance(err, LaunchError) and err.exitcode is not None
@@ -319,6 +390,15 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
 Checkpoint = Callable[[int, Result], None]
 
 
+def check_plan(plan: Plan) -> None:
+    """:raises ConfigError: a plan no host can run (its arms, reps or reps per boot)."""
+    validate_arms(plan.arms)
+    if plan.runs < 1:
+        raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
+    if plan.reps_per_boot < 1:
+        raise ConfigError("--reps-per-boot must be at least 1", fix="pass --reps-per-boot 3, or leave it out")
+
+
 def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed: bool = True,
              checkpoint: Checkpoint | None = None) -> Result:
     """Run every workload of ``plan`` on this (KVM) host: the typed result.
@@ -332,9 +412,7 @@ def run_plan(plan: Plan, progress: Callable[[str], None] | None = None, analyzed
     """
     from ..build.image import load_image
 
-    validate_arms(plan.arms)
-    if plan.runs < 1:
-        raise ConfigError("--runs must be at least 1", fix="pass --runs 3")
+    check_plan(plan)
     workloads = get_workloads(list(plan.workloads))
     vendor = cpu_vendor()
     events = perf_events(vendor, list_kvm_tracepoints())
@@ -372,18 +450,25 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
     runner = runner_info(vendor)
     for workload in workloads:
         order = plan.order()
-        say(f"workload {workload.name}: {workload.description}; {len(order)} guests")
+        guests = len(plan.boots())
+        say(f"workload {workload.name}: {workload.description}; "
+            + (f"{len(order)} guests" if guests == len(order) else f"{len(order)} reps in {guests} guests"))
         outcome = Outcome()
         if plan.start:
             say(f"workload {workload.name}: resuming after the {plan.start} guests measured before")
-        for i, (rep, arm) in enumerate(order, 1):
-            if i <= plan.start:
+        done = 0  # reps of the plan's order up to the end of the last guest
+        told = functools.partial(_checkpoint, checkpoint, plan, runner, events, workload, outcome)
+        for arm, reps in plan.boots():
+            first, done = done + 1, done + len(reps)
+            todo = tuple(rep for i, rep in enumerate(reps, first) if i > plan.start)
+            if not todo:
                 continue
-            say(f"[{workload.name} {i}/{len(order)}] arm {arm.name}, rep {rep + 1}: boot + workload")
-            _run_with_retries(setup, arm, workload, events, rep, plan.retries, outcome)
-            if checkpoint is not None:
-                checkpoint(i, _raw_result(plan, runner, events, {workload.name: _unanalyzed(workload, outcome)},
-                                          {workload.name: tuple(outcome.runs)}))
+            where = f"rep {todo[0] + 1}" if len(todo) == 1 else f"reps {todo[0] + 1}-{todo[-1] + 1} in one guest"
+            say(f"[{workload.name} {done - len(todo) + 1}/{len(order)}] arm {arm.name}, {where}: boot + workload")
+            # Told after each window but the guest's last, then after the guest (an error counts its reps done).
+            _run_with_retries(setup, arm, workload, events, todo, plan.retries, outcome,
+                              functools.partial(_window_done, told, reps, first))
+            told(done)
         runs[workload.name] = tuple(outcome.runs)
         if analyzed:
             ran = {r.arm for r in outcome.runs}
@@ -400,6 +485,21 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
     return Result(verdict=verdict, reason=reason, runs_per_arm=plan.runs, plan=plan,
                   arms={a.name: a for a in plan.arms}, runs=runs, workloads=results, runner=runner,
                   events=tuple({"name": e.name, "filter": e.filter, "label": e.label} for e in events))
+
+
+def _checkpoint(checkpoint: Checkpoint | None, plan: Plan, runner: Mapping[str, Any], events: Sequence[Event],
+                workload: Workload, outcome: Outcome, position: int) -> None:
+    """Tell ``checkpoint`` (if any) that the plan's order is measured up to ``position``."""
+    if checkpoint is not None:
+        checkpoint(position, _raw_result(plan, runner, events, {workload.name: _unanalyzed(workload, outcome)},
+                                         {workload.name: tuple(outcome.runs)}))
+
+
+def _window_done(told: Callable[[int], None], reps: tuple[int, ...], first: int, record: RunRecord) -> None:
+    """A guest of ``reps`` (the first at order position ``first``) measured ``record``'s rep: a checkpoint
+    unless it was the guest's last (its checkpoint comes after the guest)."""
+    if record.rep != reps[-1]:
+        told(first + reps.index(record.rep))
 
 
 def _unanalyzed(workload: Workload, outcome: Outcome) -> WorkloadResult:

@@ -5,7 +5,7 @@ from the second; console, QEMU, perf's CSV and stderr), and, for an attempt
 that failed, a structured :class:`~e2e.model.result.Attempt` naming its class
 (:mod:`e2e.vm.ending`) and those logs.
 
-:func:`e2e.run.ab.run_once` fills an :class:`AttemptTrace` as it goes;
+:func:`e2e.run.ab.run_guest` fills an :class:`AttemptTrace` as it goes;
 :func:`e2e.run.ab._run_with_retries` turns the trace of a failed attempt into an
 :class:`~e2e.model.result.Attempt`.
 """
@@ -36,7 +36,7 @@ def attempt_name(workload: str, arm: str, rep: int, attempt: int) -> str:
 
 @dataclass
 class AttemptTrace:
-    """What one attempt has left so far (filled in by :func:`e2e.run.ab.run_once`).
+    """What one attempt has left so far (filled in by :func:`e2e.run.ab.run_guest`).
 
     :param artifacts: the run's log directory (paths are recorded relative to it).
     """

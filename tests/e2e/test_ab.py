@@ -15,13 +15,13 @@ from tests.helpers.screens import screenshot
 pytestmark = pytest.mark.kvm
 
 
-def run_ab(workload: str, tmp_path: Path, runs: int = 3) -> dict:  # type: ignore[type-arg]
+def run_ab(workload: str, tmp_path: Path, runs: int = 3, extra: tuple[str, ...] = ()) -> dict:  # type: ignore[type-arg]
     out = tmp_path / "result.json"
     history = tmp_path / "history"
     history.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "e2e.cli", "ab", "--workload", workload, "--runs", str(runs), "--json", str(out),
-         "--history", str(history)],
+         "--history", str(history), *extra],
         capture_output=True, text=True, timeout=3000,
     )
     assert out.is_file(), f"no result (exit {proc.returncode}): {proc.stderr[-3000:]}"
@@ -56,6 +56,29 @@ def timer_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:  #
     """One real timer A/B (3 reps per arm) and the history dir it was added to."""
     tmp = tmp_path_factory.mktemp("timer")
     return run_ab("timer", tmp), tmp / "history"
+
+
+def test_three_reps_in_one_guest_per_arm_are_three_windows_each_proven_and_accounted(
+        tmp_path: Path) -> None:
+    doc = run_ab("timer", tmp_path, extra=("--reps-per-boot", "3", "--logs", str(tmp_path / "logs")))
+    check_pv_eoi_claim(doc, "timer", 0.9)
+    assert doc["plan"]["reps_per_boot"] == 3
+    for arm in ("on", "off"):
+        runs = doc["arms"][arm]["runs"]["timer"]
+        assert [(r["rep"], r.get("window", 1)) for r in runs] == [(0, 1), (1, 2), (2, 3)]
+        assert runs[0]["boot_seconds"] > 0 and runs[1]["boot_seconds"] is None is runs[2]["boot_seconds"]
+        assert len({r["ready_line"] for r in runs}) == 1  # one boot
+        # each window its own count, and (with the markers) its own per-vCPU accounting
+        assert len({r["counts"]["kvm:kvm_exit"] for r in runs}) == 3
+        if runs[0]["trace"].get("marks"):
+            assert all(len(r["trace"]["vcpus"]) == r["vcpus"] for r in runs)
+    agreements = doc["workloads"]["timer"]["agreement"]
+    assert {(a["arm"], a["rep"]) for a in agreements} >= {("on", 0), ("on", 1), ("on", 2)}
+    # one guest per arm: its console log once, each window's perf output under its own rep
+    logs = {p.name for p in (tmp_path / "logs").iterdir()}
+    assert {"timer-on-0-console.log", "timer-off-0-console.log"} <= logs
+    assert not {"timer-on-1-console.log", "timer-off-2-console.log"} & logs
+    assert {f"timer-{a}-{r}-perf.csv" for a in ("on", "off") for r in range(3)} <= logs, sorted(logs)
 
 
 def test_timer_ab(timer_run: tuple[dict, Path]) -> None:  # type: ignore[type-arg]

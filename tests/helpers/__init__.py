@@ -11,6 +11,6 @@ fixtures and hooks, and calls into these) nor from another ``test_*`` module
 - ``kernels``: guest kernels with a planted bug from ``tests/fixtures/`` (real builds: tests/e2e only)
 - ``cached``: what the machine's pveoi cache already holds (a fetched Debian kernel)
 - ``results``: synthetic result documents and histories
-- ``fake_ab``: an A/B ``Setup`` and a ``run_once`` that boot nothing
+- ``fake_ab``: an A/B ``Setup`` and a ``run_guest`` that boot nothing
 - ``screens``: headless Chromium screenshots of a page
 """

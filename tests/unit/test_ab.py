@@ -1,6 +1,6 @@
 """Unit tests for e2e.run.ab's pure parts (arms, the CPU vendor, reanalyze), the
 plan's run order, thresholds, and ``e2e.analysis.compare.analyze()`` on synthetic run
-records shaped like ``run_once``'s.
+records shaped like ``run_guest``'s.
 
 The synthetic runs model a 1-vCPU timer workload: each injected interrupt
 ends with one EOI (``kvm:kvm_eoi`` fires for every EOI KVM completes, PV or

@@ -1,6 +1,6 @@
 """Failed attempts as structured records: what ``_run_with_retries`` records for each (class, kind,
 outcome, logs), how they round-trip through the result document, survive re-analysis, and show in
-the end-of-run table and the Markdown report. No QEMU: ``run_once`` is replaced by one that writes
+the end-of-run table and the Markdown report. No QEMU: ``run_guest`` is replaced by one that writes
 an attempt's logs and fails the way a real one does (tests/e2e/test_evidence.py does it for real)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from e2e.report.results import failed_attempts, format_table
 from e2e.run import ab
 from e2e.run.evidence import AttemptTrace, keep_perf_output
 from e2e.vm.ending import GUEST_RESET, PANIC
-from tests.helpers.fake_ab import fake_run_once, setup_in
+from tests.helpers.fake_ab import fake_run_guest, setup_in
 from tests.helpers.results import make_doc, write_history
 
 ON = DEFAULT_ARMS[0]
@@ -48,9 +48,9 @@ def reset_error() -> QemuExited:
 
 
 def test_a_retried_attempt_is_recorded_with_its_class_and_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ab, "run_once", fake_run_once([reset_error()]))
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([reset_error()]))
     outcome = ab.Outcome()
-    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 2, 1, outcome)
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (2,), 1, outcome)
     assert [r.attempt for r in outcome.runs] == [2]
     assert outcome.retried == [f"on rep 3: {reset_error()}"]  # the string list stays as it was
     assert outcome.attempts == [Attempt("on", 2, 1, "infrastructure", GUEST_RESET, str(reset_error()),
@@ -61,28 +61,28 @@ def test_a_retried_attempt_is_recorded_with_its_class_and_logs(tmp_path: Path, m
 
 def test_spent_retries_and_findings_are_recorded_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     timeout = GuestTimeout("guest not ready after 180s")
-    monkeypatch.setattr(ab, "run_once", fake_run_once([reset_error(), timeout]))
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([reset_error(), timeout]))
     outcome = ab.Outcome()
-    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 1, outcome)
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (0,), 1, outcome)
     assert not outcome.runs and len(outcome.errors) == 1
     assert [(a.attempt, a.outcome, a.cls, a.logs) for a in outcome.attempts] == [
         (1, "retried", GUEST_RESET, ("timer-on-0-console.log",)),
         (2, "error", "", ("timer-on-0-attempt2-console.log",))]  # no machine in the fake: no class
     panic = QemuExited("... exited mid-command: panic (...)", PANIC, ("console: 'Kernel panic'",), 0,
                        kind=Kind.FINDING)
-    monkeypatch.setattr(ab, "run_once", fake_run_once([panic]))
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([panic]))
     outcome = ab.Outcome()
-    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 1, 3, outcome)
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (1,), 3, outcome)
     assert len(outcome.findings) == 1 and not outcome.retried
     assert [(a.outcome, a.kind, a.cls) for a in outcome.attempts] == [("finding", "finding", PANIC)]
 
 
 def test_a_capability_error_stops_the_ab_and_records_no_attempt(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ab, "run_once", fake_run_once([CapabilityError("perf denied")]))
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([CapabilityError("perf denied")]))
     outcome = ab.Outcome()
     with pytest.raises(CapabilityError):
-        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 1, outcome)
+        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (0,), 1, outcome)
     assert not outcome.attempts
     assert Finding("x").kind is Kind.FINDING
 
@@ -238,21 +238,21 @@ def test_a_qemu_that_refuses_the_machine_the_same_way_twice_stops_the_ab(tmp_pat
         return LaunchError(f"QEMU did not answer on QMP (exit code 1): qemu-system-x86_64: -device virtio-net-pci,"
                            f"netdev=net0,port={port}: failed to find romfile \"efi-virtio.rom\"", exitcode=1)
 
-    monkeypatch.setattr(ab, "run_once", fake_run_once([refused(4001), refused(4002)]))
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([refused(4001), refused(4002)]))
     outcome = ab.Outcome()
     with pytest.raises(CapabilityError, match="QEMU refuses to start the guest, the same way twice") as err:
-        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 2, outcome)
+        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (0,), 2, outcome)
     assert "efi-virtio.rom" in str(err.value) and "install-deps" in (err.value.fix or "")
     assert [(a.attempt, a.outcome) for a in outcome.attempts] == [(1, "retried"), (2, "error")]
-    monkeypatch.setattr(ab, "run_once", fake_run_once([refused(4001), LaunchError("Could not set up host forwarding "
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([refused(4001), LaunchError("Could not set up host forwarding "
                                                                                     "rule 'tcp::4001-:22'")]))
     outcome = ab.Outcome()
-    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 2, outcome)
+    ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (0,), 2, outcome)
     assert [r.attempt for r in outcome.runs] == [3]  # different failures: chance, retried
     # Not in a row (a boot deadline between), or no exit status (QMP silent, not QEMU refusing): retried.
     for failures in ([refused(1), GuestTimeout("guest not ready after 180s"), refused(2)],
                      [LaunchError("QEMU sent no QMP greeting within 30 s")] * 2):
-        monkeypatch.setattr(ab, "run_once", fake_run_once(list(failures)))
+        monkeypatch.setattr(ab, "run_guest", fake_run_guest(list(failures)))
         outcome = ab.Outcome()
-        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], 0, 3, outcome)
+        ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (0,), 3, outcome)
         assert [r.attempt for r in outcome.runs] == [len(failures) + 1]

@@ -23,7 +23,8 @@ BOOTING_MARKERS = frozenset({"qemu", "kvm", "slow", "soak"})
 #: Helpers that build for real (tests/e2e only).
 BUILDING_HELPERS = frozenset({"tests.helpers.kernels"})
 #: Functions that build a kernel or an image, or boot a guest or an A/B, and the class that starts QEMU.
-BUILDING_CALLS = frozenset({"build_kernel", "build_image", "fixture_kernel", "run_plan", "run_once", "Machine"})
+BUILDING_CALLS = frozenset({"build_kernel", "build_image", "fixture_kernel", "run_plan", "run_guest", "run_once",
+                            "Machine"})
 
 
 def python_files(root: Path) -> list[Path]:
@@ -114,7 +115,7 @@ def called(tree: ast.AST) -> set[str]:
 def test_unit_tests_build_and_boot_nothing() -> None:
     """No unit test is marked as one that boots or builds, requests a fixture that builds a kernel or
     an image or boots a guest, calls what builds or boots (or starts QEMU), or uses a helper that
-    builds: those are tests/e2e. (A fake passed in its stead, ``monkeypatch.setattr(ab, "run_once",
+    builds: those are tests/e2e. (A fake passed in its stead, ``monkeypatch.setattr(ab, "run_guest",
     fake)``, is not a call.)"""
     offenders = []
     for path in python_files(UNIT):

@@ -1,6 +1,6 @@
 """A virtual host that dies mid-part costs the guest it was running, not the part: the inner runner
 checkpoints after each guest, and the outer runner keeps what a lost virtual host had measured and
-resumes the part in a fresh one after it, in the same balanced order. No QEMU: ``run_once`` and
+resumes the part in a fresh one after it, in the same balanced order. No QEMU: ``run_guest`` and
 ``in_vhost`` are replaced (tests/e2e/test_vhost.py boots real virtual hosts)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from e2e.model.plan import DEFAULT_ARMS, Plan
 from e2e.model.result import Result
 from e2e.model.workloads import WORKLOADS
 from e2e.run import ab, inner, runner
-from tests.helpers.fake_ab import fake_run_once, setup_in
+from tests.helpers.fake_ab import fake_run_guest, setup_in
 
 
 def plan_in(tmp_path: Path, runs: int = 3, start: int = 0) -> Plan:
@@ -33,7 +33,7 @@ def test_a_plans_start_survives_json_and_is_left_out_when_zero(tmp_path: Path) -
 
 def test_a_resumed_part_runs_only_the_guests_after_its_start_and_checkpoints_each(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ab, "run_once", fake_run_once([]))
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([]))
     plan = plan_in(tmp_path, start=2)
     seen: list[tuple[int, list[tuple[int, str]]]] = []
 
@@ -85,7 +85,7 @@ def fake_in_vhost(tmp_path: Path, script: list[Any], calls: list[Plan]) -> Any:
 
 @pytest.fixture
 def virtual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Plan]:
-    monkeypatch.setattr(ab, "run_once", fake_run_once([]))
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([]))
     stock = tmp_path / "stock-bzImage"
     stock.write_bytes(b"not a kernel")
     monkeypatch.setattr(runner, "stock_host_kernel", lambda base=None: stock)
