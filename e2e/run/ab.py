@@ -224,9 +224,10 @@ def run_guest(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event
             record = replace(record, rep=rep, attempt=attempt, window=window,
                              boot_seconds=round(boot_s, 2) if window == 1 else None)
             before = after
-            if last is not None:
-                measured(last)
-            last = record
+            if window < len(reps):
+                measured(record)  # kept at once: a later window's failure does not cost it
+            else:
+                last = record  # kept after the shutdown, whose time it carries
             log.info("  %-6s rep %d%s: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
                      arm.name, rep, f" (window {window} of its guest)" if len(reps) > 1 else "",
                      record.counts.get("kvm:kvm_exit", 0), record.counts.get("kvm:kvm_pv_eoi", 0),

@@ -338,6 +338,27 @@ def test_ab_run_whose_guest_drops_ssh_is_an_error_not_a_verdict(  # type: ignore
     assert pid_dirs(os.getpid()) == []
 
 
+def test_a_guest_that_drops_ssh_in_its_second_window_keeps_its_first_and_retries_the_rest(  # type: ignore[no-untyped-def]
+        guest_kernel: Path, guest_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kvm_tracepoints_here(monkeypatch)
+    # Every guest's second window kills its SSH server: each guest keeps one rep, the next boots for the rest.
+    fault = short("if [ -e /tmp/ran ]; then kill -9 $(pidof dropbear); sleep 60; fi; touch /tmp/ran")
+    setup = tcg_setup(guest_kernel, guest_image, tmp_path)
+    plan = Plan(workloads=(fault.name,), arms=DEFAULT_ARMS, runs=3, kernel=setup.kernel, image=setup.initrd.parent,
+                logs=setup.artifacts, reps_per_boot=3)
+    vendor = ab.cpu_vendor()
+    before = qemu_pids()
+    res = ab.run_workloads(setup, plan, [fault], ab.perf_events(vendor, ab.list_kvm_tracepoints()), vendor)
+    for arm in ("on", "off"):
+        runs = res.runs_of("fault", arm)
+        assert [(r.rep, r.attempt, r.window) for r in runs] == [(0, 1, 1), (1, 2, 1), (2, 3, 1)]
+        failed = [(a.rep, a.attempt, a.outcome) for a in res.workloads["fault"].attempts if a.arm == arm]
+        assert failed == [(1, 1, "retried"), (2, 2, "retried")]
+    assert not res.workloads["fault"].errors
+    assert not wait_no_new_qemu(before)
+    assert pid_dirs(os.getpid()) == []
+
+
 # ---------------------------------------------------------------- corrupt cache entries, end to end
 
 
