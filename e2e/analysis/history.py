@@ -106,8 +106,12 @@ class Run:
 
     @property
     def mode(self) -> str:
-        """How KVM was reached: ``direct``, ``virtual`` (or ``not-measurable``); baselines match it."""
-        return str(self.doc.get("host", {}).get("chosen", "?"))
+        """How it was measured, which baselines match: how KVM was reached (``direct``, ``virtual``, or
+        ``not-measurable``), and, where reps shared a guest's boot, how many per boot (their spread is
+        not a fresh guest per rep's)."""
+        chosen = str(self.doc.get("host", {}).get("chosen", "?"))
+        per_boot = (self.doc.get("plan") or {}).get("reps_per_boot") or 1
+        return chosen if per_boot == 1 else f"{chosen}, {per_boot} reps per boot"
 
     def workloads(self) -> list[str]:
         return sorted(self.doc.get("workloads", {}))
