@@ -8,6 +8,7 @@ Not collected by pytest (no ``test_`` prefix). Run:
     python tests/bench_aa.py --count 20 --hours 1.5 --resume ...   # in the background, within 1.5 hours
     python tests/bench_aa.py --summarize results/aa                # the summary again
     python tests/bench_aa.py --count 20 --reps-per-boot 3 ...      # the A/A of one guest per arm
+    python tests/bench_aa.py --count 20 --reps-per-boot 3 --overlap-boots ...   # ... booted at once
 
 Each A/A is its own process (a fresh virtual host), its result in ``OUT/timer-NN.json``; the summary
 counts the A/As whose ``aa`` comparison flagged a difference (verdict ``regression``), lists their
@@ -58,6 +59,7 @@ def main() -> int:
     p.add_argument("--hours", type=float, metavar="H", help="start no A/A after H hours")
     p.add_argument("--summarize", type=Path, metavar="DIR")
     p.add_argument("--reps-per-boot", type=int, default=1, metavar="N", help="pveoi ab --reps-per-boot N")
+    p.add_argument("--overlap-boots", action="store_true", help="pveoi ab --overlap-boots")
     args = p.parse_args()
     args.deadline = time.monotonic() + args.hours * 3600 if args.hours else None
     out = args.summarize or args.out
@@ -72,7 +74,8 @@ def main() -> int:
                 print(f"--hours {args.hours:g} reached: stopping before A/A #{index}", flush=True)
                 break
             entry = run_one(args.workload, index, out, args.runs, timeout,
-                            extra=("--aa", "--reps-per-boot", str(args.reps_per_boot)))
+                            extra=("--aa", "--reps-per-boot", str(args.reps_per_boot),
+                                   *(("--overlap-boots",) if args.overlap_boots else ())))
             print(f"A/A #{index}: exit {entry['exit']} in {entry['seconds']:.0f} s; {entry['last_line'][:150]}",
                   flush=True)
     summary = summarize(out)

@@ -108,10 +108,12 @@ class Run:
     def mode(self) -> str:
         """How it was measured, which baselines match: how KVM was reached (``direct``, ``virtual``, or
         ``not-measurable``), and, where reps shared a guest's boot, how many per boot (their spread is
-        not a fresh guest per rep's)."""
+        not a fresh guest per rep's), and whether a round's guests booted at once."""
         chosen = str(self.doc.get("host", {}).get("chosen", "?"))
-        per_boot = (self.doc.get("plan") or {}).get("reps_per_boot") or 1
-        return chosen if per_boot == 1 else f"{chosen}, {per_boot} reps per boot"
+        plan = self.doc.get("plan") or {}
+        per_boot = plan.get("reps_per_boot") or 1
+        return (chosen + (f", {per_boot} reps per boot" if per_boot != 1 else "")
+                + (", boots overlapped" if plan.get("overlap_boots") else ""))
 
     def workloads(self) -> list[str]:
         return sorted(self.doc.get("workloads", {}))

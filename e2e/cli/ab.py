@@ -49,6 +49,7 @@ class AbOptions:
     timeout: float
     retries: int
     reps_per_boot: int = 1
+    overlap_boots: bool = False
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> AbOptions:
@@ -57,7 +58,8 @@ class AbOptions:
                    image=ns.image, arms=ns.arms, aa=ns.aa, smp=ns.smp, host_kernel=ns.host_kernel,
                    host_source=ns.host_source, host_patches=ns.host_patches, host=ns.host,
                    threshold=tuple(ns.threshold), json=ns.json, history=ns.history, ktap=ns.ktap, logs=ns.logs,
-                   memory=ns.memory, timeout=ns.timeout, retries=ns.retries, reps_per_boot=ns.reps_per_boot)
+                   memory=ns.memory, timeout=ns.timeout, retries=ns.retries, reps_per_boot=ns.reps_per_boot,
+                   overlap_boots=ns.overlap_boots)
 
     @property
     def host_under_test(self) -> bool:
@@ -82,6 +84,9 @@ def add_parser(sub: SubParsers) -> None:
                    help="measure up to N reps in one guest, window after window, before booting the next (each "
                         "window counted, traced and accounted on its own; the arm proven at the boot): fewer boots, "
                         "a faster verdict; default 1, a fresh guest per rep (docs/measurement.md)")
+    p.add_argument("--overlap-boots", action="store_true",
+                   help="boot each round's guests (one per arm) at once, then measure them one after another, "
+                        "each while the others sit idle: one boot's wait per round instead of one per arm")
     gk = p.add_mutually_exclusive_group()
     gk.add_argument("--kernel", type=Path, metavar="PATH", help="guest bzImage (default: build pveoi's)")
     gk.add_argument("--source", type=Path, metavar="DIR",
@@ -387,4 +392,4 @@ def build_plan(opts: AbOptions) -> Plan:
     logs = (opts.logs or _default_logs()).absolute()
     return Plan(workloads=tuple(w.name for w in workloads), arms=arms, runs=opts.runs, kernel=kernel_path,
                 image=img.path, logs=logs, thresholds=overrides, retries=opts.retries, memory_mb=opts.memory,
-                timeout=opts.timeout, reps_per_boot=opts.reps_per_boot)
+                timeout=opts.timeout, reps_per_boot=opts.reps_per_boot, overlap_boots=opts.overlap_boots)

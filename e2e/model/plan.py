@@ -172,6 +172,8 @@ class Plan:
     :param reps_per_boot: reps one guest measures, window after window, before it is shut down
         (1: a fresh guest per rep). Each window is proven, counted and accounted on its own; only
         the boot is shared (:meth:`boots`).
+    :param overlap_boots: boot each round's guests (one per arm, :meth:`rounds`) at once, then measure
+        them one after another, each while the others sit idle.
     """
 
     workloads: tuple[str, ...]
@@ -187,6 +189,7 @@ class Plan:
     timeout: float = 3600.0
     start: int = 0
     reps_per_boot: int = 1
+    overlap_boots: bool = False
 
     def boots(self) -> list[tuple[Arm, tuple[int, ...]]]:
         """The guests to boot, in order: (arm, the reps it measures). Reps go in groups of
@@ -199,6 +202,12 @@ class Plan:
             seq = list(self.arms) if group % 2 == 0 else list(reversed(self.arms))
             out += [(arm, reps) for arm in seq]
         return out
+
+    def rounds(self) -> list[list[tuple[Arm, tuple[int, ...]]]]:
+        """:meth:`boots` in rounds: each the guests of one group of reps, one per arm."""
+        boots = self.boots()
+        n = len(self.arms)
+        return [boots[i:i + n] for i in range(0, len(boots), n)]
 
     def order(self) -> list[tuple[int, Arm]]:
         """Every (rep, arm) in the order measured: :meth:`boots`, rep by rep (one rep per boot: rep 0
@@ -237,7 +246,8 @@ class Plan:
                 "thresholds": dict(self.thresholds), "retries": self.retries, "memory_mb": self.memory_mb,
                 "boot_timeout": self.boot_timeout, "timeout": self.timeout,
                 **({"start": self.start} if self.start else {}),
-                **({"reps_per_boot": self.reps_per_boot} if self.reps_per_boot != 1 else {})}
+                **({"reps_per_boot": self.reps_per_boot} if self.reps_per_boot != 1 else {}),
+                **({"overlap_boots": True} if self.overlap_boots else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Plan:
@@ -248,7 +258,8 @@ class Plan:
                        logs=Path(data["logs"]), thresholds={k: float(v) for k, v in data["thresholds"].items()},
                        retries=int(data["retries"]), memory_mb=int(data["memory_mb"]),
                        boot_timeout=float(data["boot_timeout"]), timeout=float(data["timeout"]),
-                       start=int(data.get("start", 0)), reps_per_boot=int(data.get("reps_per_boot", 1)))
+                       start=int(data.get("start", 0)), reps_per_boot=int(data.get("reps_per_boot", 1)),
+                       overlap_boots=bool(data.get("overlap_boots", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ConfigError(f"malformed plan ({type(err).__name__}: {err})",
                               fix="write plans with e2e.model.plan.Plan.to_json") from err

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from ..build.image import READY_PATTERN
@@ -52,7 +53,7 @@ from ..util.tmpdirs import tempdir
 from ..vm.cpus import VCpu
 from ..vm.machine import Machine
 from . import traces
-from .boot import ProvenGuest, boot, machine_spec
+from .boot import Launched, ProvenGuest, come_up, launch, machine_spec
 from .evidence import AttemptTrace, attempt_name, keep_perf_output, keep_trace_output
 
 log = logging.getLogger(__name__)
@@ -158,13 +159,7 @@ Measured = Callable[[RunRecord], None]
 def run_guest(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], reps: Sequence[int],
               attempt: int = 1, trace: AttemptTrace | None = None, measured: Measured | None = None) -> None:
     """Boot one fresh guest for ``arm`` and measure ``workload`` in it once per rep of ``reps``, window
-    after window (one rep: one window, the guest's only).
-
-    Every window is measured as a guest of its own would be: perf stat (and perf record) attached to the
-    vCPU threads for that window alone (the first attaches while the guest boots), the guest's state
-    read before and after it, its own window markers, its own logs under the rep's attempt name
-    (:func:`e2e.run.evidence.attempt_name`; the machine's under the first rep's). The arm is proven
-    once, at the boot (QMP and the guest's own view); each window's figures prove it again.
+    after window (one rep: one window, the guest's only). See :class:`Guest`.
 
     :param trace: filled in as the attempt goes (its machine and logs), for the record of a failure.
     :param measured: given each rep's record as soon as its window is done, so a guest that fails in a
@@ -176,69 +171,142 @@ def run_guest(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event
         a panic: a finding), classified.
     :raises GuestError: boot, SSH or the workload failed (infrastructure).
     """
-    if not reps:
-        raise ValueError("run_guest needs at least one rep")
-    name = attempt_name(workload.name, arm.name, reps[0], attempt)
-    trace = trace or AttemptTrace(setup.artifacts)
-    measured = measured or (lambda _record: None)
-    vcpus = arm.smp or workload.smp
-    scratch = None
-    last: RunRecord | None = None
-    with contextlib.ExitStack() as stack:
+    with Guest(setup, arm, workload, events, reps, attempt, trace, measured) as guest:
+        guest.launch()
+        guest.come_up()
+        guest.measure()
+
+
+#: The mark that ends a guest's wait in a round (:func:`_run_round`) while the other guests are measured: a
+#: stage ``X->idle`` is idle time, not this guest's (``tests/bench_ab.py --breakdown`` counts it apart).
+IDLE = "idle"
+
+
+class Guest:
+    """One fresh guest of ``arm`` measuring ``reps``, in three steps a caller may interleave with other
+    guests' (:func:`run_round` boots several at once): :meth:`launch` (QEMU started paused, the arm
+    proven over QMP, the guest let run, perf attaching while it boots), :meth:`come_up` (its ready line,
+    SSH, the guest's own proof of the arm) and :meth:`measure` (window after window). Leaving its
+    context shuts it down, by any path.
+
+    Every window is measured as a guest of its own would be: perf stat (and perf record) attached to the
+    vCPU threads for that window alone (the first attaches while the guest boots), the guest's state
+    read before and after it, its own window markers, its own logs under the rep's attempt name
+    (:func:`e2e.run.evidence.attempt_name`; the machine's under the first rep's). The arm is proven
+    once, at the boot (QMP and the guest's own view); each window's figures prove it again. Each rep's
+    record goes to ``measured`` as soon as its window is done; the last one's after the shutdown, whose
+    time it carries.
+    """
+
+    def __init__(self, setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], reps: Sequence[int],
+                 attempt: int = 1, trace: AttemptTrace | None = None, measured: Measured | None = None) -> None:
+        if not reps:
+            raise ValueError("a guest needs at least one rep")
+        self.setup, self.arm, self.workload, self.events = setup, arm, workload, events
+        self.reps, self.attempt = tuple(reps), attempt
+        self.name = attempt_name(workload.name, arm.name, reps[0], attempt)
+        self.trace = trace or AttemptTrace(setup.artifacts)
+        self.measured = measured or (lambda _record: None)
+        self.vcpus = arm.smp or workload.smp
+        self.marks: dict[str, float] = {}
+        self._stack = contextlib.ExitStack()
+        self._attached: list[_Perf] = []
+        self._launched: Launched | None = None
+        self._guest: ProvenGuest | None = None
+        self._last: RunRecord | None = None
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close(exc)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Shut the guest down (its machine told of ``exc``, the failure that ends it, if any); then the
+        last window's record goes out, with the shutdown's time."""
+        closing = time.monotonic()
+        self._stack.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+        last, self._last = self._last, None
+        if last is None or exc is not None:
+            return
+        # The last window carries its guest's shutdown, and in a round the wait before it (IDLE).
+        timings, since, mark = dict(last.timings), self.marks["state_read_after"], "state_read_after"
+        if closing - since > 0.5:
+            timings[f"{mark}->{IDLE}"] = round(closing - since, 3)
+            since, mark = closing, IDLE
+        timings[f"{mark}->shut_down"] = round(time.monotonic() - since, 3)
+        self.measured(replace(last, timings=timings))
+
+    def _attach(self, machine: Machine, threads: Sequence[VCpu], window: str) -> None:
+        self._attached.append(_attach_perf(self._stack, self.setup, self.events, machine, threads, window,
+                                           self.trace))
+        self.marks["perf_attached"] = time.monotonic()
+
+    def launch(self) -> None:
+        """Start QEMU, prove it holds the arm, let the guest run; returns while it boots."""
+        setup, workload = self.setup, self.workload
+        scratch = None
         if workload.scratch_mb:
-            scratch = stack.enter_context(tempdir("disk")) / "scratch.img"
+            scratch = self._stack.enter_context(tempdir("disk")) / "scratch.img"
             with open(scratch, "wb") as f:
                 f.truncate(workload.scratch_mb << 20)
         spec = machine_spec(
-            arm, kernel=setup.kernel, initrd=setup.initrd, accel=setup.accel, smp=vcpus,
+            self.arm, kernel=setup.kernel, initrd=setup.initrd, accel=setup.accel, smp=self.vcpus,
             memory_mb=setup.memory_mb, scratch_disk=scratch,
             io_workers=IO_WORKERS if scratch is not None and qemu_pins_io_workers(setup.qemu) else None,
-            qemu=setup.qemu, name=name,
+            qemu=setup.qemu, name=self.name,
         )
-        marks = {"start": time.monotonic()}  # where a run's time goes (tests/bench_ab.py --breakdown)
-        trace.machine = Machine(spec, READY_PATTERN, artifacts=setup.artifacts)
-        attached: list[_Perf] = []
-
-        def attach(machine: Machine, threads: Sequence[VCpu], window: str) -> None:
-            attached.append(_attach_perf(stack, setup, events, machine, threads, window, trace))
-            marks["perf_attached"] = time.monotonic()
-
-        # One round trip: the guest's state, and (when tracing) its markers and vector names.
+        self.marks = {"start": time.monotonic()}  # where a run's time goes (tests/bench_ab.py --breakdown)
+        self.trace.machine = Machine(spec, READY_PATTERN, artifacts=setup.artifacts)
         # perf stat (and perf record) attach to the vCPU threads while the guest boots, counting nothing
         # until enabled: their start-up (seconds in the virtual host) overlaps the boot.
-        guest = boot(stack, trace.machine, arm, private_key=setup.private_key, host_key_line=setup.host_key_line,
-                     boot_timeout=setup.boot_timeout, extra=GUEST_VIEW_SCRIPT if setup.trace else "", marks=marks,
-                     while_booting=lambda machine, threads: attach(machine, threads, name))
+        self._launched = launch(self._stack, self.trace.machine, self.arm, marks=self.marks,
+                                while_booting=lambda machine, threads: self._attach(machine, threads, self.name))
+
+    def come_up(self) -> None:
+        """Wait for the guest: ready, SSH up, its own view of the arm proven (and, when tracing, its
+        markers and vector names read in the same round trip)."""
+        assert self._launched is not None, "launch() first"
+        setup = self.setup
+        self._guest = come_up(self._launched, private_key=setup.private_key, host_key_line=setup.host_key_line,
+                              boot_timeout=setup.boot_timeout, extra=GUEST_VIEW_SCRIPT if setup.trace else "")
+
+    def measure(self) -> None:
+        """Every rep's window, one after another."""
+        guest = self._guest
+        assert guest is not None, "come_up() first"
+        marks = self.marks
         boot_s = marks["guest_ready"] - marks["start"]
+        if time.monotonic() - marks["state_read"] > 0.5:  # in a round: the other guests' turns came first
+            marks[IDLE] = time.monotonic()
         view = None
-        if setup.trace:
+        if self.setup.trace:
             _, view = GuestView.split(guest.state_output, guest.state_output.partition(STATE_MARK)[0])
         before = guest.state
-        for window, rep in enumerate(reps, 1):
-            wname = attempt_name(workload.name, arm.name, rep, attempt)
+        last = None
+        for window, rep in enumerate(self.reps, 1):
             if window > 1:
-                marks = {"window_start": time.monotonic()}
-                attach(guest.machine, guest.threads, wname)
-            perf = attached[-1]
-            after, record = _measure_window(setup, guest, workload, vcpus, perf, view, before, marks)
-            record = replace(record, rep=rep, attempt=attempt, window=window,
+                marks = self.marks = {"window_start": time.monotonic()}
+                self._attach(guest.machine, guest.threads,
+                             attempt_name(self.workload.name, self.arm.name, rep, self.attempt))
+            perf = self._attached[-1]
+            after, record = _measure_window(self.setup, guest, self.workload, self.vcpus, perf, view, before, marks)
+            record = replace(record, rep=rep, attempt=self.attempt, window=window,
                              boot_seconds=round(boot_s, 2) if window == 1 else None)
             before = after
-            if window < len(reps):
-                measured(record)  # kept at once: a later window's failure does not cost it
+            if window < len(self.reps):
+                self.measured(record)  # kept at once: a later window's failure does not cost it
             else:
-                last = record  # kept after the shutdown, whose time it carries
+                last = record
             log.info("  %-6s rep %d%s: kvm_exit=%d kvm_pv_eoi=%d kvm_eoi=%d inj_virq=%d (%.1fs workload)",
-                     arm.name, rep, f" (window {window} of its guest)" if len(reps) > 1 else "",
+                     self.arm.name, rep, f" (window {window} of its guest)" if len(self.reps) > 1 else "",
                      record.counts.get("kvm:kvm_exit", 0), record.counts.get("kvm:kvm_pv_eoi", 0),
                      record.counts.get("kvm:kvm_eoi", 0), record.counts.get("kvm:kvm_inj_virq", 0),
                      record.workload_seconds or 0.0)
         guest.machine.console.check()
         marks["state_read_after"] = time.monotonic()
-    assert last is not None
-    # The last window carries the guest's shutdown in its timings, as a guest's only window always has.
-    timings = {**last.timings, "state_read_after->shut_down": round(time.monotonic() - marks["state_read_after"], 3)}
-    measured(replace(last, timings=timings))
+        self._last = last  # out after the shutdown (close)
 
 
 @dataclass
@@ -335,13 +403,16 @@ class Outcome:
 
 
 def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], reps: Sequence[int],
-                      retries: int, outcome: Outcome, measured: Measured | None = None) -> None:
+                      retries: int, outcome: Outcome, measured: Measured | None = None,
+                      first: tuple[AttemptTrace, PveoiError] | None = None) -> None:
     """One guest's reps of ``arm``: a finding is recorded and not retried; infrastructure is retried on a
     fresh guest, for the reps not yet measured, per the one policy (:func:`e2e.errors.retryable`); config
     and capability errors stop the A/B. Every attempt that gave no run is recorded with its class and its
     logs (:class:`e2e.model.result.Attempt`), under the first rep it did not measure.
 
     :param measured: told of each rep's run as it is added to ``outcome.runs``.
+    :param first: the first attempt, already made (one guest of a round booted with others,
+        :func:`_run_round`) and failed so: its trace and error; ``reps`` are the reps it left.
     """
     refused: str | None = None  # the last attempt's launch failure
     todo = list(reps)
@@ -353,37 +424,84 @@ def _run_with_retries(setup: Setup, arm: Arm, workload: Workload, events: Sequen
             measured(record)
 
     for attempt in range(1, retries + 2):
-        trace = AttemptTrace(setup.artifacts)
-        try:
-            run_guest(setup, arm, workload, events, tuple(todo), attempt, trace, keep)
+        failure: PveoiError | None
+        if attempt == 1 and first is not None:
+            trace, failure = first
+        else:
+            trace = AttemptTrace(setup.artifacts)
+            failure = _attempt(setup, arm, workload, events, tuple(todo), attempt, trace, keep)
+        if failure is None:
             return
-        except PveoiError as err:
-            rep = todo[0]  # the rep whose window failed (those before it in this guest are kept)
-            where = f"{arm.name} rep {rep + 1}" + (f" (attempt {attempt})" if attempt > 1 else "")
-            # QEMU exited at launch (not a QMP timeout, not a failed fork): its message, digits left out
-            exited = isinstance(err, LaunchError) and err.exitcode is not None
-            said = re.sub(r"\d+", "N", str(err)) if exited else None
-            if said is not None and said == refused:  # refused the same way twice: the setup's, not chance
-                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
-                raise CapabilityError(f"QEMU refuses to start the guest, the same way twice: {err}",
-                                      fix="check QEMU's installation and firmware (host_config/install-deps.sh; "
-                                          "qemu-system-x86_64 -L), or the arm's settings") from err
-            refused = said  # only twice in a row counts
-            if err.kind is Kind.FINDING:
-                outcome.findings.append(f"{where}: {err}")
-                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "finding"))
-                log.error("finding: %s", err)
-                return
-            if not retryable(err):
-                raise  # config or capability: the host cannot run the experiment, no verdict at all
-            if attempt <= retries:
-                outcome.retried.append(f"{where}: {err}")
-                outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "retried"))
-                log.warning("run failed, retrying on a fresh guest: %s", err)
-                continue
-            outcome.errors.append(f"{where}: {err}")
+        err = failure
+        rep = todo[0]  # the rep whose window failed (those before it in this guest are kept)
+        where = f"{arm.name} rep {rep + 1}" + (f" (attempt {attempt})" if attempt > 1 else "")
+        # QEMU exited at launch (not a QMP timeout, not a failed fork): its message, digits left out
+        exited = isinstance(err, LaunchError) and err.exitcode is not None
+        said = re.sub(r"\d+", "N", str(err)) if exited else None
+        if said is not None and said == refused:  # refused the same way twice: the setup's, not chance
             outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
-            log.error("run failed: %s", err)
+            raise CapabilityError(f"QEMU refuses to start the guest, the same way twice: {err}",
+                                  fix="check QEMU's installation and firmware (host_config/install-deps.sh; "
+                                      "qemu-system-x86_64 -L), or the arm's settings") from err
+        refused = said  # only twice in a row counts
+        if err.kind is Kind.FINDING:
+            outcome.findings.append(f"{where}: {err}")
+            outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "finding"))
+            log.error("finding: %s", err)
+            return
+        if not retryable(err):
+            raise err  # config or capability: the host cannot run the experiment, no verdict at all
+        if attempt <= retries:
+            outcome.retried.append(f"{where}: {err}")
+            outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "retried"))
+            log.warning("run failed, retrying on a fresh guest: %s", err)
+            continue
+        outcome.errors.append(f"{where}: {err}")
+        outcome.attempts.append(trace.attempt(err, arm.name, rep, attempt, "error"))
+        log.error("run failed: %s", err)
+
+
+def _attempt(setup: Setup, arm: Arm, workload: Workload, events: Sequence[Event], reps: tuple[int, ...],
+             attempt: int, trace: AttemptTrace, measured: Measured) -> PveoiError | None:
+    """One attempt of :func:`run_guest`: None if it measured every rep, else what stopped it."""
+    try:
+        run_guest(setup, arm, workload, events, reps, attempt, trace, measured)
+    except PveoiError as err:
+        return err
+    return None
+
+
+def _run_round(setup: Setup, guests: Sequence[tuple[Arm, tuple[int, ...]]], workload: Workload,
+               events: Sequence[Event], retries: int, outcome: Outcome) -> None:
+    """Guests of different arms booted at once (``Plan.overlap_boots``): every guest launched, then each
+    awaited, then each measured in turn while the others sit booted and idle (so every arm's windows have
+    the same neighbours), then all shut down. A guest that fails leaves the round at once; after the round,
+    its reps not measured go through :func:`_run_with_retries` from its second attempt, alone."""
+    failed: list[tuple[Arm, list[int], AttemptTrace, PveoiError]] = []
+    with contextlib.ExitStack() as round_stack:
+        live: list[tuple[Guest, list[int]]] = []
+        for arm, reps in guests:
+            todo = list(reps)
+
+            def keep(record: RunRecord, todo: list[int] = todo) -> None:
+                outcome.runs.append(record)
+                todo.remove(record.rep)
+
+            guest = Guest(setup, arm, workload, events, reps, 1, AttemptTrace(setup.artifacts), keep)
+            round_stack.callback(guest.close)  # on anything but a PveoiError (a bug, Ctrl-C): every QEMU goes
+            live.append((guest, todo))
+        for step in ("launch", "come_up", "measure"):
+            for guest, todo in list(live):
+                try:
+                    getattr(guest, step)()
+                except PveoiError as err:
+                    guest.close(err)
+                    live.remove((guest, todo))
+                    failed.append((guest.arm, todo, guest.trace, err))
+        for guest, _ in live:
+            guest.close()
+    for arm, todo, trace, failure in failed:
+        _run_with_retries(setup, arm, workload, events, todo, retries, outcome, first=(trace, failure))
 
 
 #: Called after each guest of a workload with the guests done so far (positions of the plan's
@@ -451,25 +569,39 @@ def run_workloads(setup: Setup, plan: Plan, workloads: Sequence[Workload], event
     runner = runner_info(vendor)
     for workload in workloads:
         order = plan.order()
-        guests = len(plan.boots())
+        n_guests = len(plan.boots())
         say(f"workload {workload.name}: {workload.description}; "
-            + (f"{len(order)} guests" if guests == len(order) else f"{len(order)} reps in {guests} guests"))
+            + (f"{len(order)} guests" if n_guests == len(order) else f"{len(order)} reps in {n_guests} guests"))
         outcome = Outcome()
         if plan.start:
             say(f"workload {workload.name}: resuming after the {plan.start} guests measured before")
         done = 0  # reps of the plan's order up to the end of the last guest
         told = functools.partial(_checkpoint, checkpoint, plan, runner, events, workload, outcome)
-        for arm, reps in plan.boots():
-            first, done = done + 1, done + len(reps)
-            todo = tuple(rep for i, rep in enumerate(reps, first) if i > plan.start)
-            if not todo:
+        for round_ in plan.rounds():
+            guests: list[tuple[Arm, tuple[int, ...], int, tuple[int, ...]]] = []
+            for arm, reps in round_:
+                first, done = done + 1, done + len(reps)
+                todo = tuple(rep for i, rep in enumerate(reps, first) if i > plan.start)
+                if todo:
+                    guests.append((arm, reps, first, todo))
+            if plan.overlap_boots and len(guests) > 1:
+                say(f"[{workload.name} {guests[0][2]}/{len(order)}] arms "
+                    f"{', '.join(arm.name for arm, *_ in guests)} booted at once: boot + workload")
+                # Checkpointed after the round only: its guests' reps are measured out of the plan's order.
+                _run_round(setup, [(arm, todo) for arm, _, _, todo in guests], workload, events, plan.retries,
+                           outcome)
+                told(done)
                 continue
-            where = f"rep {todo[0] + 1}" if len(todo) == 1 else f"reps {todo[0] + 1}-{todo[-1] + 1} in one guest"
-            say(f"[{workload.name} {done - len(todo) + 1}/{len(order)}] arm {arm.name}, {where}: boot + workload")
-            # Told after each window but the guest's last, then after the guest (an error counts its reps done).
-            _run_with_retries(setup, arm, workload, events, todo, plan.retries, outcome,
-                              functools.partial(_window_done, told, reps, first))
-            told(done)
+            for arm, reps, first, todo in guests:
+                where = (f"rep {todo[0] + 1}" if len(todo) == 1
+                         else f"reps {todo[0] + 1}-{todo[-1] + 1} in one guest")
+                say(f"[{workload.name} {first + len(reps) - len(todo)}/{len(order)}] arm {arm.name}, {where}: "
+                    "boot + workload")
+                # Told after each window but the guest's last, then after the guest (an error counts its reps
+                # done).
+                _run_with_retries(setup, arm, workload, events, todo, plan.retries, outcome,
+                                  functools.partial(_window_done, told, reps, first))
+                told(first + len(reps) - 1)
         runs[workload.name] = tuple(outcome.runs)
         if analyzed:
             ran = {r.arm for r in outcome.runs}

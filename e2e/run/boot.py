@@ -81,7 +81,7 @@ def boot(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, private_key
          boot_timeout: float, extra: str = "", marks: dict[str, float] | None = None,
          while_booting: Callable[[Machine, tuple[VCpu, ...]], None] | None = None) -> ProvenGuest:
     """Launch ``machine`` (paused, see :func:`machine_spec`) into ``stack``, prove the arm, and return the
-    guest with SSH up.
+    guest with SSH up: :func:`launch`, then :func:`come_up`.
 
     :param extra: a shell script run right after the state command in the same SSH round trip
         (the trace's guest view), its output kept in :attr:`ProvenGuest.state_output`.
@@ -93,6 +93,31 @@ def boot(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, private_key
     :raises Finding: the guest kernel did not do with PV EOI what the arm asked for.
     :raises GuestError: launch, boot, SSH or the state read failed (infrastructure).
     """
+    launched = launch(stack, machine, arm, marks=marks, while_booting=while_booting)
+    return come_up(launched, private_key=private_key, host_key_line=host_key_line, boot_timeout=boot_timeout,
+                   extra=extra)
+
+
+@dataclass
+class Launched:
+    """A guest let run after QEMU was proven to hold its arm, its ready line not yet awaited."""
+
+    machine: Machine
+    arm: Arm
+    kvm: dict[str, bool]
+    readback: tuple[bool, ...]
+    threads: tuple[VCpu, ...]
+    marks: dict[str, float]
+
+
+def launch(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, marks: dict[str, float] | None = None,
+           while_booting: Callable[[Machine, tuple[VCpu, ...]], None] | None = None) -> Launched:
+    """The first half of :func:`boot`: start ``machine`` paused into ``stack``, prove QEMU holds ``arm``
+    (QMP), let the guest run and call ``while_booting``; returns at once, the guest booting.
+
+    :raises MeasurementError: QEMU does not hold the arm (capability).
+    :raises GuestError: the launch or QMP failed (infrastructure).
+    """
     marks = {} if marks is None else marks
     stack.enter_context(machine)
     threads = tuple(machine.vcpus())
@@ -103,6 +128,18 @@ def boot(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, private_key
     machine.resume()
     if while_booting is not None:
         while_booting(machine, threads)
+    return Launched(machine, arm, kvm, readback, threads, marks)
+
+
+def come_up(launched: Launched, *, private_key: Path, host_key_line: str, boot_timeout: float,
+            extra: str = "") -> ProvenGuest:
+    """The second half of :func:`boot`: wait for the ready line (``boot_timeout`` from now), open SSH and
+    prove the guest's own view of the arm.
+
+    :raises Finding: the guest kernel did not do with PV EOI what the arm asked for.
+    :raises GuestError: boot, SSH or the state read failed (infrastructure).
+    """
+    machine, arm, marks = launched.machine, launched.arm, launched.marks
     ready = machine.wait_ready(boot_timeout)
     marks["guest_ready"] = time.monotonic()
     ssh = machine.ssh(private_key, host_key_line, timeout=60)
@@ -112,9 +149,10 @@ def boot(stack: contextlib.ExitStack, machine: Machine, arm: Arm, *, private_key
     # The state's parser reads only its own lines (``cpuN feature=...``), so ``extra``'s output after
     # them is left alone.
     state = GuestState.parse(output)
-    check_guest_arm(arm, state, kvm["enabled"])
+    check_guest_arm(arm, state, launched.kvm["enabled"])
     marks["state_read"] = time.monotonic()
-    return ProvenGuest(machine, ssh, arm, kvm, readback, threads, ready, state, output, marks)
+    return ProvenGuest(machine, ssh, arm, launched.kvm, launched.readback, launched.threads, ready, state, output,
+                       marks)
 
 
 def run_boot_plan(plan: BootPlan) -> int:

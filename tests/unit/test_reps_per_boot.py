@@ -6,7 +6,9 @@ tests/e2e/test_reps_per_boot.py)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +104,108 @@ def test_records_of_later_windows_round_trip_their_window() -> None:
 def test_reps_per_boot_is_checked_by_the_plan_runner(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="reps-per-boot"):
         ab.check_plan(plan_in(tmp_path, 3, 0))
+
+
+# ---------------------------------------------------------------- boots overlapped (Plan.overlap_boots)
+
+
+def test_rounds_are_one_guest_per_arm_in_the_balanced_order(tmp_path: Path) -> None:
+    plan = plan_in(tmp_path, 4, 2)
+    assert [[(a.name, reps) for a, reps in r] for r in plan.rounds()] == [
+        [("on", (0, 1)), ("off", (0, 1))], [("off", (2, 3)), ("on", (2, 3))]]
+    overlapped = replace(plan, overlap_boots=True)
+    assert Plan.from_json(json.loads(json.dumps(overlapped.to_json()))) == overlapped
+    assert "overlap_boots" not in plan.to_json()
+
+
+class FakeGuest:
+    """A Guest whose steps only log what ran, failing where the test says (``fail``: (arm, step) -> error,
+    raised once)."""
+
+    log: list[str] = []
+    fail: dict[tuple[str, str], Exception] = {}
+
+    def __init__(self, setup: ab.Setup, arm: ab.Arm, workload: object, events: object, reps: tuple[int, ...],
+                 attempt: int, trace: object, measured: Any) -> None:
+        self.arm, self.reps, self.measured, self.trace = arm, reps, measured, trace
+        self.open = False
+
+    def _step(self, step: str) -> None:
+        FakeGuest.log.append(f"{step} {self.arm.name}")
+        err = FakeGuest.fail.pop((self.arm.name, step), None)
+        if err is not None:
+            raise err
+
+    def launch(self) -> None:
+        self.open = True
+        self._step("launch")
+
+    def come_up(self) -> None:
+        self._step("come_up")
+
+    def measure(self) -> None:
+        self._step("measure")
+        for window, rep in enumerate(self.reps, 1):
+            self.measured(RunRecord(rep=rep, arm=self.arm.name, counts={}, window=window))
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self.open:
+            FakeGuest.log.append(f"close {self.arm.name}" + (" (failed)" if exc else ""))
+        self.open = False
+
+
+def test_a_round_boots_every_arm_then_measures_each_while_the_others_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeGuest.log, FakeGuest.fail = [], {}
+    monkeypatch.setattr(ab, "Guest", FakeGuest)
+    outcome = ab.Outcome()
+    ab._run_round(setup_in(tmp_path), [(ON, (0, 1)), (OFF, (0, 1))], TIMER, [], 2, outcome)
+    assert FakeGuest.log == ["launch on", "launch off", "come_up on", "come_up off", "measure on", "measure off",
+                             "close on", "close off"]
+    assert [(r.arm, r.rep) for r in outcome.runs] == [("on", 0), ("on", 1), ("off", 0), ("off", 1)]
+
+
+def test_a_guest_that_fails_in_a_round_leaves_it_at_once_and_is_retried_alone_afterwards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeGuest.log, FakeGuest.fail = [], {("off", "come_up"): GuestTimeout("guest not ready after 180s")}
+    monkeypatch.setattr(ab, "Guest", FakeGuest)
+    retried: list[tuple[str, tuple[int, ...], int]] = []
+    fake = fake_run_guest([])
+
+    def run_guest(setup: ab.Setup, arm: ab.Arm, workload: Any, events: Any, reps: tuple[int, ...],
+                  attempt: int = 1, trace: Any = None, measured: Any = None) -> None:
+        retried.append((arm.name, reps, attempt))
+        fake(setup, arm, workload, events, reps, attempt, trace, measured)
+
+    monkeypatch.setattr(ab, "run_guest", run_guest)
+    outcome = ab.Outcome()
+    ab._run_round(setup_in(tmp_path), [(ON, (0, 1)), (OFF, (0, 1))], TIMER, [], 2, outcome)
+    assert FakeGuest.log == ["launch on", "launch off", "come_up on", "come_up off", "close off (failed)",
+                             "measure on", "close on"]
+    assert retried == [("off", (0, 1), 2)]  # its second attempt, alone, after the round
+    assert outcome.retried == ["off rep 1: guest not ready after 180s"]
+    assert [(a.arm, a.rep, a.attempt, a.outcome) for a in outcome.attempts] == [("off", 0, 1, "retried")]
+    assert sorted((r.arm, r.rep) for r in outcome.runs) == [("off", 0), ("off", 1), ("on", 0), ("on", 1)]
+
+
+def test_a_finding_in_a_round_is_recorded_and_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2e.errors import Finding
+
+    FakeGuest.log, FakeGuest.fail = [], {("on", "come_up"): Finding("the guest did not enable PV EOI")}
+    monkeypatch.setattr(ab, "Guest", FakeGuest)
+    monkeypatch.setattr(ab, "run_guest", fake_run_guest([AssertionError("never retried")]))
+    outcome = ab.Outcome()
+    ab._run_round(setup_in(tmp_path), [(ON, (0,)), (OFF, (0,))], TIMER, [], 2, outcome)
+    assert outcome.findings == ["on rep 1: the guest did not enable PV EOI"]
+    assert [(r.arm, r.rep) for r in outcome.runs] == [("off", 0)]
+
+
+def test_overlapped_rounds_are_checkpointed_after_each_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeGuest.log, FakeGuest.fail = [], {}
+    monkeypatch.setattr(ab, "Guest", FakeGuest)
+    plan = replace(plan_in(tmp_path, 2, 1), overlap_boots=True)
+    seen: list[tuple[int, int]] = []
+    res = ab.run_workloads(setup_in(tmp_path), plan, [TIMER], [], "AMD", analyzed=False,
+                           checkpoint=lambda done, result: seen.append((done, len(result.runs["timer"]))))
+    assert seen == [(2, 2), (4, 4)]
+    assert [(r.rep, r.arm) for r in res.runs["timer"]] == [(0, "on"), (0, "off"), (1, "off"), (1, "on")]
