@@ -81,6 +81,20 @@ def test_three_reps_in_one_guest_per_arm_are_three_windows_each_proven_and_accou
     assert {f"timer-{a}-{r}-perf.csv" for a in ("on", "off") for r in range(3)} <= logs, sorted(logs)
 
 
+def test_overlapped_boots_measure_each_arm_beside_the_others_idle_guest(tmp_path: Path) -> None:
+    doc = run_ab("timer", tmp_path, runs=2, extra=("--overlap-boots", "--logs", str(tmp_path / "logs")))
+    check_pv_eoi_claim(doc, "timer", 0.9)
+    assert doc["plan"]["overlap_boots"] is True
+    # two rounds (rep 0: on then off; rep 1: off then on), each measured beside the other's idle guest: the
+    # second of a round waited (its idle stage before the window), the first waited for its shutdown
+    for rep, (first, second) in enumerate((("on", "off"), ("off", "on"))):
+        one = next(r for r in doc["arms"][first]["runs"]["timer"] if r["rep"] == rep)
+        two = next(r for r in doc["arms"][second]["runs"]["timer"] if r["rep"] == rep)
+        assert "state_read->idle" in two["timings"] and "state_read_after->idle" in one["timings"], (one, two)
+    logs = {p.name for p in (tmp_path / "logs").iterdir()}
+    assert {f"timer-{a}-{r}-console.log" for a in ("on", "off") for r in range(2)} <= logs
+
+
 def test_timer_ab(timer_run: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
     doc, _ = timer_run
     check_pv_eoi_claim(doc, "timer", 0.9)
