@@ -490,16 +490,17 @@ def _run_round(setup: Setup, guests: Sequence[tuple[Arm, tuple[int, ...]]], work
             guest = Guest(setup, arm, workload, events, reps, 1, AttemptTrace(setup.artifacts), keep)
             round_stack.callback(guest.close)  # on anything but a PveoiError (a bug, Ctrl-C): every QEMU goes
             live.append((guest, todo))
-        for step in ("launch", "come_up", "measure"):
+        for step in ("launch", "come_up", "measure", "close"):  # a shutdown may fail too, like a step
             for guest, todo in list(live):
                 try:
                     getattr(guest, step)()
                 except PveoiError as err:
-                    guest.close(err)
                     live.remove((guest, todo))
                     failed.append((guest.arm, todo, guest.trace, err))
-        for guest, _ in live:
-            guest.close()
+                    try:
+                        guest.close(err)
+                    except PveoiError as also:  # its shutdown failed too: the first failure is the attempt's
+                        log.warning("shutting down a failed guest failed too: %s", also)
     for arm, todo, trace, failure in failed:
         _run_with_retries(setup, arm, workload, events, todo, retries, outcome, first=(trace, failure))
 
