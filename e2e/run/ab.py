@@ -1,7 +1,9 @@
 """
-The A/B measurement: boot a fresh guest per arm and rep (interleaved), count
-``kvm:*`` tracepoints with perf on that QEMU's vCPU threads for exactly the
-workload window, read the guest's side, and decide a verdict.
+The A/B measurement: boot a fresh guest per arm and rep (interleaved; or one per
+group of reps, ``Plan.reps_per_boot``, and a round's guests at once,
+``Plan.overlap_boots``), count ``kvm:*`` tracepoints with perf on that QEMU's
+vCPU threads for exactly each workload window, read the guest's side, and decide
+a verdict.
 
 This module is the "direct" path: it runs on a KVM host. Through the virtual
 KVM host the very same code runs inside L1 (see :mod:`e2e.vm.vhost`).
