@@ -225,6 +225,23 @@ def _effect_difference(ea: Comparison, eb: Comparison, arms: Mapping[str, Arm], 
                       "regression" if reasons else "ok", tuple(reasons))
 
 
+#: Why two arms on the same side of PV EOI are not judged when reps shared guest boots.
+SHARED_BOOTS = ("reps shared guest boots (--reps-per-boot): the intervals are over windows of one boot, so "
+                "differences between arms on the same side of PV EOI are shown, not judged (an A/A of one boot "
+                "per arm had intervals clear of zero in most runs, docs/measurements.md); PV EOI's own effect is "
+                "judged as ever")
+
+
+def _not_judged(comp: Comparison) -> Comparison:
+    """``comp`` made informational if it compares arms on the same side of PV EOI (what it would have
+    flagged kept in its reasons); PV EOI's effect (on vs its twin off) is left as it is."""
+    if comp.kind == "effect" or comp.verdict == "info":
+        return comp
+    return replace(comp, verdict="info",
+                   reasons=("not judged: reps shared guest boots",
+                            *(f"would have flagged: {r}" for r in comp.reasons)))
+
+
 def agreement(arms: Sequence[Arm], runs: Sequence[RunRecord],
               thresholds: Mapping[str, float]) -> tuple[list[Agreement], list[str]]:
     """Host ``kvm_pv_eoi`` against the guest's skipped-EOI counter: (entries, reasons for the failing ones).
@@ -333,6 +350,9 @@ def analyze(workload: Workload, arms: Sequence[Arm], runs: Sequence[RunRecord], 
         comparisons.append(comp)
     for ea, eb in itertools.combinations(effects, 2):
         comparisons.append(_effect_difference(ea, eb, {a.name: a for a in arms}, runs, thresholds))
+    if any(r.window > 1 for r in runs):
+        comparisons = [_not_judged(c) for c in comparisons]
+        notes.append(SHARED_BOOTS)
     entries, disagree = agreement(arms, runs, thresholds)
     reasons = [f"{c.label}: {r}" if len(comparisons) > 1 else r
                for c in comparisons if c.verdict in ("fail", "regression") for r in c.reasons]

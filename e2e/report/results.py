@@ -215,11 +215,6 @@ def format_table(result: Result) -> str:
                              f"{fmt_number(m.get('p_value')):>5} {fmt_p(m.get('p_rate'), m.get('rate_model')):>8}")
             lines.append("  (p: permutation over reps, at least 0.1 with 3 reps per arm; p_rate: rate test on the "
                          "counts, * where reps scatter beyond counting noise)")
-            per_boot = result.plan.reps_per_boot if result.plan is not None else 1
-            if per_boot > 1:
-                lines.append(f"  (up to {per_boot} reps per guest boot, window after window: the reps of one guest "
-                             "share its boot, so a difference between boots shows as one between arms; "
-                             "pveoi ab --aa --reps-per-boot N measures this runner's false alarms)")
         first = True
         for comp in w.comparisons:
             if comp.kind == "effect" and comp.a == w.baseline and comp.b == w.treatment:

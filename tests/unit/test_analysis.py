@@ -11,6 +11,7 @@ EOIs (e.g. it enabled PV EOI on one of two busy vCPUs only).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,24 @@ def test_a_kernel_that_traps_half_its_eois_is_a_regression(thresholds: dict[str,
     assert w.reasons == diff.reasons, "one comparison: its reasons are the workload's"
     assert w.treatment is None and w.eoi_exits_saved_per_interrupt is None, "no on/off pair, no headline"
     assert conclude({"timer": w}) == ("fail", f"timer: {'; '.join(w.reasons)}")
+
+
+def test_with_reps_sharing_boots_a_difference_between_arms_is_shown_not_judged(thresholds: dict[str, float]) -> None:
+    arms = (Arm("good", kernel=GOOD), Arm("broken", kernel=BROKEN))
+    shared = [replace(r, window=r.rep + 1) for r in runs_of({"good": 0.01, "broken": 0.5}, reps=3)]
+    w = analyze(TIMER, arms, shared, thresholds)
+    [diff] = w.comparisons
+    assert (diff.kind, diff.verdict) == ("difference", "info") and w.verdict == "pass"
+    assert diff.reasons[0] == "not judged: reps shared guest boots"
+    assert any(r.startswith("would have flagged: arm broken traps +0.49") for r in diff.reasons), diff.reasons
+    assert diff.metrics["trapped_eoi"]["diff"] == pytest.approx(0.49, abs=0.01)  # still shown
+    assert any("reps shared guest boots" in n for n in w.notes)
+
+
+def test_with_reps_sharing_boots_pv_eois_own_effect_is_still_judged(thresholds: dict[str, float]) -> None:
+    shared = [replace(r, window=r.rep + 1) for r in runs_of({"on": 1.0, "off": 1.0}, reps=3)]
+    w = analyze(TIMER, DEFAULT_ARMS, shared, thresholds)  # PV EOI on saves nothing: the effect fails
+    assert w.verdict == "fail" and [c.verdict for c in w.comparisons] == ["fail"]
 
 
 def test_two_kernels_that_behave_alike_pass(thresholds: dict[str, float]) -> None:
