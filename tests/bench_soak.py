@@ -8,11 +8,16 @@ Not collected by pytest (no ``test_`` prefix). Run:
     python tests/bench_soak.py --summarize DIR     # the summary of a soak's results again
     python tests/bench_soak.py --qemu 7.2=/usr/bin --qemu 10.0=/opt/qemu10-bin   # QEMUs side by side
     python tests/bench_soak.py --hours 2 ...         # in the background: over within 2 hours, whatever is left
+    python tests/bench_soak.py --variant base= --variant nonpt=PVEOI_VHOST_APPEND=kvm_amd.npt=0 \
+        --variant epyc=PVEOI_VHOST_CPU=EPYC-v4 --variant-args h612="--host-base 6.12"   # L1 trials side by side
 
 With ``--qemu NAME=DIR`` (repeatable) every A/B of the plan runs once with each QEMU (DIR first on
 PATH: its ``qemu-system-x86_64`` is both the virtual host's TCG and the guest launcher), in an order
 that alternates round by round so drift lands on all alike; each QEMU's results, ledger and summary
-go to ``--out/NAME/`` (``--summarize --out/NAME`` again later).
+go to ``--out/NAME/`` (``--summarize --out/NAME`` again later). ``--variant NAME=VAR=VALUE`` (repeatable,
+one NAME may set several variables; ``NAME=`` alone: pveoi as it is) and ``--variant-args NAME=ARGS`` (extra
+``pveoi ab`` arguments) make variants the same way, e.g. the virtual host's trials of issue 24
+(``PVEOI_VHOST_CPU``, ``PVEOI_VHOST_APPEND``, ``--host-base``; docs/virtual-host.md).
 
 Each A/B is its own ``pveoi ab --workload W --runs 3`` process (a fresh virtual host each),
 round-robin over the workloads so drifts of the machine spread evenly. Its result JSON and
@@ -328,9 +333,13 @@ def main() -> int:
                         "time left (a soak run in the background never outlives its window)")
     p.add_argument("--qemu", action="append", default=[], metavar="NAME=DIR",
                    help="run every A/B with each of these QEMUs (DIR first on PATH), results in --out/NAME")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=VAR=VALUE",
+                   help="a variant with this environment variable set (repeatable; NAME= alone: none)")
+    p.add_argument("--variant-args", action="append", default=[], metavar="NAME=ARGS",
+                   help="a variant whose A/Bs get these extra pveoi ab arguments")
     args = p.parse_args()
     args.deadline = time.monotonic() + args.hours * 3600 if args.hours else None
-    if args.qemu and not args.summarize:
+    if (args.qemu or args.variant or args.variant_args) and not args.summarize:
         return side_by_side(args)
     if args.summarize:
         out = args.summarize
@@ -367,16 +376,44 @@ def main() -> int:
     return 0 if not any(s["unexplained"] for s in summary.values()) else 1
 
 
+def variants_of(qemus: list[str], envs: list[str], extra_args: list[str],
+                environ: dict[str, str]) -> list[tuple[str, dict[str, str], tuple[str, ...]]]:
+    """The side by side's variants, in the order first named: (name, environment, extra pveoi ab args)."""
+    import shlex
+
+    found: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {}
+
+    def variant(name: str, flag: str, item: str) -> tuple[dict[str, str], tuple[str, ...]]:
+        if not name:
+            raise SystemExit(f"{flag} {item}: expected NAME=...")
+        return found.setdefault(name, (dict(environ), ()))
+
+    for item in qemus:
+        name, sep, where = item.partition("=")
+        if not sep or not (Path(where) / "qemu-system-x86_64").exists():
+            raise SystemExit(f"--qemu {item}: expected NAME=DIR with DIR/qemu-system-x86_64")
+        env, _ = variant(name, "--qemu", item)
+        env["PATH"] = f"{where}:{environ.get('PATH', '')}"
+    for item in envs:
+        name, _, setting = item.partition("=")
+        env, _ = variant(name, "--variant", item)
+        if setting:
+            var, sep, value = setting.partition("=")
+            if not sep or not var:
+                raise SystemExit(f"--variant {item}: expected NAME=VAR=VALUE")
+            env[var] = value
+    for item in extra_args:
+        name, _, words = item.partition("=")
+        env, extra = variant(name, "--variant-args", item)
+        found[name] = (env, (*extra, *shlex.split(words)))
+    return [(name, env, extra) for name, (env, extra) in found.items()]
+
+
 def side_by_side(args: argparse.Namespace) -> int:
     """Every A/B of the plan once per QEMU, alternating which goes first, each QEMU's results apart."""
     import os
 
-    variants = []
-    for item in args.qemu:
-        name, sep, where = item.partition("=")
-        if not sep or not (Path(where) / "qemu-system-x86_64").exists():
-            raise SystemExit(f"--qemu {item}: expected NAME=DIR with DIR/qemu-system-x86_64")
-        variants.append((name, Path(where), {**os.environ, "PATH": f"{where}:{os.environ.get('PATH', '')}"}))
+    variants = variants_of(args.qemu, args.variant, args.variant_args, dict(os.environ))
     ledgers: dict[str, list[dict[str, Any]]] = {}
     for name, _, _ in variants:
         (args.out / name).mkdir(parents=True, exist_ok=True)
@@ -386,24 +423,24 @@ def side_by_side(args: argparse.Namespace) -> int:
     for n, w in enumerate(plan, 1):
         if time_left(args) is None:
             break
-        for name, _, env in (variants if n % 2 else list(reversed(variants))):
+        for name, env, extra in (variants if n % 2 else list(reversed(variants))):
             ledger = ledgers[name]
             if n <= len(ledger):
                 continue
             index = sum(1 for e in ledger if e["workload"] == w) + 1
             timeout = time_left(args)
             if timeout is None:
-                print(f"--hours {args.hours:g} reached: stopping before QEMU {name} {w} #{index}", flush=True)
+                print(f"--hours {args.hours:g} reached: stopping before variant {name} {w} #{index}", flush=True)
                 break
-            entry = {**run_one(w, index, args.out / name, args.runs, timeout, env), "qemu": name}
+            entry = {**run_one(w, index, args.out / name, args.runs, timeout, env, extra), "qemu": name}
             ledger.append(entry)
             (args.out / name / "ledger.json").write_text(json.dumps(ledger, indent=1))
-            print(f"[{n}/{len(plan)}] QEMU {name} {w} #{index}: exit {entry['exit']} in {entry['seconds']:.0f} s; "
+            print(f"[{n}/{len(plan)}] variant {name} {w} #{index}: exit {entry['exit']} in {entry['seconds']:.0f} s; "
                   f"{entry['last_line'][:150]}", flush=True)
     for name, _, _ in variants:
         summary = summarize(args.out / name)
         (args.out / name / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(f"\n## QEMU {name}\n")
+        print(f"\n## variant {name}\n")
         print(markdown(summary))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ from ..model.plan import Plan
 from ..model.result import Result
 from ..report import results
 from ..util.tmpdirs import tempdir
-from ..vm.vhost import VirtualKvmHost, run_in_vhost
+from ..vm.vhost import VirtualKvmHost, run_in_vhost, trial_settings
 from . import ab, inner, traces
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,14 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
     return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
                               "virtual_host": {"boot_seconds": boots[0] if boots else None, "boots": boots,
                                                "kvm": facts, "restarts": restarts, "kernels": manifests,
-                                               "stages": stages, "analysis_seconds": analyzed}})
+                                               "stages": stages, "analysis_seconds": analyzed,
+                                               **trial_record()}})
+
+
+def trial_record() -> dict[str, object]:
+    """The virtual host's trial settings, for the result (nothing when it ran as pveoi's own)."""
+    cpu, append = trial_settings(os.environ)
+    return {"trial": {"cpu": cpu, "append": list(append)}} if cpu != "max" or append else {}
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:

@@ -96,6 +96,36 @@ class VhostSpec:
     silence_timeout: float | None = None
     """Seconds the command may print nothing while L1 still beats, for a command that prints as it
     goes (the inner runner: a line per guest, and no guest attempt lasts this long); None: no limit."""
+    cpu: str = "max"
+    """L1's ``-cpu`` model (TCG's ``max`` exposes SVM; a trial may name another, :func:`trial_settings`)."""
+    append: tuple[str, ...] = ()
+    """Extra kernel parameters for L1 (a trial's, e.g. ``kvm_amd.npt=0``)."""
+
+
+#: Environment variables for trials of the virtual host itself (issue 24: what lowers nested TCG's crash
+#: rate), not for everyday use: L1's ``-cpu`` model and extra L1 kernel parameters.
+TRIAL_CPU, TRIAL_APPEND = "PVEOI_VHOST_CPU", "PVEOI_VHOST_APPEND"
+_CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
+_KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
+
+
+def trial_settings(environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    """L1's ``-cpu`` model and extra kernel parameters as a trial's environment sets them
+    (:data:`TRIAL_CPU`, :data:`TRIAL_APPEND`; unset: ``max`` and none).
+
+    :raises ConfigError: a value that is no CPU model or no plain kernel parameters (nothing here may
+        reach QEMU's or the kernel's command line unchecked).
+    """
+    cpu = environ.get(TRIAL_CPU, "").strip() or "max"
+    if not _CPU_MODEL.fullmatch(cpu):
+        raise ConfigError(f"{TRIAL_CPU}={cpu!r} is not a QEMU CPU model",
+                          fix=f"unset {TRIAL_CPU}, or name a model with SVM (qemu-system-x86_64 -cpu help), e.g. EPYC")
+    words = tuple(environ.get(TRIAL_APPEND, "").split())
+    bad = [w for w in words if not _KERNEL_PARAM.fullmatch(w) or w.split("=", 1)[0] in ("init", "root", "--")]
+    if bad:
+        raise ConfigError(f"{TRIAL_APPEND} holds what is no plain kernel parameter: {' '.join(bad)}",
+                          fix=f"unset {TRIAL_APPEND}, or give NAME=VALUE words, e.g. kvm_amd.npt=0")
+    return cpu, words
 
 
 def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str,
@@ -147,12 +177,13 @@ def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, out
         # pci=nommconf, pty.legacy_count=0: what costs seconds of a TCG boot and serves nothing here (as
         # for the guest, e2e.vm.argv.DEFAULT_APPEND)
         "console=ttyS0", "quiet", "panic=-1", "random.trust_cpu=on", "pci=nommconf", "pty.legacy_count=0",
+        *spec.append,
         "root=/dev/root", "rootfstype=9p",
         "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose", "ro",
         "init=/bin/sh", f"PVEOI_RESULTS={results}", "--", str(INIT_SCRIPT),
     ])
     return [
-        *base_argv(spec.qemu, "pveoi-vhost", "tcg,thread=multi", "max", spec.cpus, spec.memory_mb, qmp_fd,
+        *base_argv(spec.qemu, "pveoi-vhost", "tcg,thread=multi", spec.cpu, spec.cpus, spec.memory_mb, qmp_fd,
                    console_fd),
         "-chardev", f"socket,id=out,fd={output_fd}",
         "-serial", "chardev:out",
@@ -417,7 +448,9 @@ class VirtualKvmHost(Machine):
         except (OSError, ValueError) as err:
             raise GuestError("the virtual host did not report its KVM state",
                              fix="check the host kernel has KVM_AMD built in") from err
-        if facts.get("dev") != "1" or facts.get("svm") != "1" or facts.get("npt") not in ("Y", "1"):
+        # Nested paging off is no failure when a trial asked for it (kvm_amd.npt=0 on L1's command line).
+        npt_off = any(w.replace("-", "_") in ("kvm_amd.npt=0", "kvm_amd.npt=N") for w in self.vspec.append)
+        if facts.get("dev") != "1" or facts.get("svm") != "1" or (facts.get("npt") not in ("Y", "1") and not npt_off):
             raise CapabilityError(
                 f"the virtual host has no usable KVM ({' '.join(f'{k}={v}' for k, v in facts.items())})",
                 fix="the L1 kernel needs CONFIG_KVM_AMD=y and QEMU's TCG 'max' CPU must expose svm and npt",
@@ -438,6 +471,8 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     :returns: the command's exit status and the (shut down) host object.
     """
     keep = [p if p.is_dir() else p.parent for p in keep]
+    cpu, append = trial_settings(os.environ)
     host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test,
-                                    silence_timeout=silence_timeout), results, sink, artifacts)
+                                    silence_timeout=silence_timeout, cpu=cpu, append=append),
+                          results, sink, artifacts)
     return host.run(argv, env=env), host

@@ -1,0 +1,55 @@
+"""Trials of the virtual host itself (issue 24: what lowers nested TCG's crash rate): L1's ``-cpu`` model and
+extra L1 kernel parameters from the environment, checked before anything boots, on L1's command lines, and
+recorded in the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from e2e.errors import ConfigError
+from e2e.run import runner
+from e2e.vm.vhost import TRIAL_APPEND, TRIAL_CPU, VhostSpec, trial_settings, vhost_argv
+
+
+def test_without_a_trial_l1_is_pveois_own() -> None:
+    assert trial_settings({}) == ("max", ())
+    argv = vhost_argv(VhostSpec(Path("/k/bzImage")), Path("/r"), 3, 4, 5)
+    assert argv[argv.index("-cpu") + 1] == "max"
+
+
+def test_a_trials_cpu_model_and_kernel_parameters_reach_l1s_command_lines() -> None:
+    cpu, append = trial_settings({TRIAL_CPU: "EPYC-v4", TRIAL_APPEND: "kvm_amd.npt=0 nokaslr"})
+    assert (cpu, append) == ("EPYC-v4", ("kvm_amd.npt=0", "nokaslr"))
+    argv = vhost_argv(VhostSpec(Path("/k/bzImage"), cpu=cpu, append=append), Path("/r"), 3, 4, 5)
+    assert argv[argv.index("-cpu") + 1] == "EPYC-v4"
+    kernel_line = argv[argv.index("-append") + 1].split()
+    assert "kvm_amd.npt=0" in kernel_line and kernel_line.index("nokaslr") < kernel_line.index("--")
+
+
+@pytest.mark.parametrize("env", [{TRIAL_CPU: "max -device foo"}, {TRIAL_CPU: "-x"},
+                                 {TRIAL_APPEND: "init=/bin/evil"}, {TRIAL_APPEND: "a=\"b c\""},
+                                 {TRIAL_APPEND: "--"}])
+def test_what_could_reach_a_command_line_unchecked_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        trial_settings(env)
+    assert "\n" not in str(err.value) and err.value.fix
+
+
+def test_the_result_records_a_trial_and_says_nothing_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TRIAL_CPU, raising=False)
+    monkeypatch.delenv(TRIAL_APPEND, raising=False)
+    assert runner.trial_record() == {}
+    monkeypatch.setenv(TRIAL_APPEND, "kvm_amd.npt=0")
+    assert runner.trial_record() == {"trial": {"cpu": "max", "append": ["kvm_amd.npt=0"]}}
+
+
+def test_pveoi_ab_refuses_a_bad_trial_before_anything_boots(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from e2e.cli import main
+
+    monkeypatch.setenv(TRIAL_CPU, "max,+svm -S")
+    assert main(["ab", "--host", "virtual"]) == 2
+    err = capsys.readouterr().err
+    assert f"{TRIAL_CPU}=" in err and "Traceback" not in err
