@@ -30,7 +30,17 @@ from types import TracebackType
 from typing import Any
 
 from ..build.image import READY_PATTERN
-from ..errors import CapabilityError, CommandError, ConfigError, Finding, Kind, LaunchError, PveoiError, retryable
+from ..errors import (
+    CapabilityError,
+    CommandError,
+    ConfigError,
+    Finding,
+    Kind,
+    LaunchError,
+    PerfError,
+    PveoiError,
+    retryable,
+)
 from ..host.hostfacts import COUNTED, cpu_vendor, list_kvm_tracepoints
 from ..measure.guest_counters import (
     STATE_COMMAND,
@@ -241,8 +251,17 @@ class Guest:
         self.measured(replace(last, timings=timings))
 
     def _attach(self, machine: Machine, threads: Sequence[VCpu], window: str) -> None:
-        self._attached.append(_attach_perf(self._stack, self.setup, self.events, machine, threads, window,
-                                           self.trace))
+        try:
+            self._attached.append(_attach_perf(self._stack, self.setup, self.events, machine, threads, window,
+                                               self.trace))
+        except PerfError as err:
+            # perf finds no threads to attach to when QEMU is gone (a guest that triple-faulted early in its
+            # boot, under a slow attach): then how QEMU ended is the attempt's failure, not perf's
+            gone = machine.exit_error("perf could not attach to the guest's vCPU threads", grace=5.0,
+                                      when="during boot" if window == self.name else "between windows")
+            if gone is not None:
+                raise gone from err
+            raise
         self.marks["perf_attached"] = time.monotonic()
 
     def launch(self) -> None:
@@ -654,15 +673,21 @@ def _raw_result(plan: Plan, runner: Mapping[str, Any], events: Sequence[Event],
                   events=tuple({"name": e.name, "filter": e.filter, "label": e.label} for e in events))
 
 
-def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Result:
+def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = (), recurring: bool | None = None) -> Result:
     """The conclusions of ``result`` (and of ``extra`` results of the same plan, e.g. one per virtual
     host) drawn anew from their raw runs under ``plan``'s thresholds (pure; nothing boots).
 
     Findings, incomplete runs and retries the runs recorded are kept.
+
+    :param recurring: judge a failure that repeats on every attempt as a finding
+        (:mod:`e2e.analysis.recurring`); None: unless the result ran in a virtual host under trial settings
+        (``host.virtual_host.trial``), whose own environment may be what fails every boot.
     """
     from ..analysis.compare import analyze, conclude, load_thresholds
     from ..analysis.recurring import recurring_failures
 
+    if recurring is None:
+        recurring = not ((result.host or {}).get("virtual_host") or {}).get("trial")
     parts = (result, *extra)
     results: dict[str, WorkloadResult] = {}
     runs: dict[str, tuple[RunRecord, ...]] = {}
@@ -675,8 +700,8 @@ def reanalyze(result: Result, plan: Plan, extra: Sequence[Result] = ()) -> Resul
         results[name] = replace(
             analyze(get_workloads([name])[0], plan.arms, wruns, load_thresholds(name, plan.thresholds),
                     list(dict.fromkeys([*(f for g in got for f in g.findings),
-                                        *recurring_failures([a for g in got for a in g.attempts],
-                                                           {r.arm for r in wruns})])),
+                                        *(recurring_failures([a for g in got for a in g.attempts],
+                                                             {r.arm for r in wruns}) if recurring else [])])),
                     [e for g in got for e in g.errors],
                     [r for g in got for r in g.retried]),
             attempts=tuple(a for g in got for a in g.attempts))

@@ -100,14 +100,15 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
                     log.warning("the virtual host failed; restarting it for %s after the %d guests measured: %s",
                                 tag, part_plan.start, err)
     before = time.monotonic()
-    merged = ab.reanalyze(parts[0], plan, parts[1:])
+    trial = trial_record()  # a trial's virtual host may fail every boot itself: no recurring finding then
+    merged = ab.reanalyze(parts[0], plan, parts[1:], recurring=not trial)
     analyzed = round(time.monotonic() - before, 2)
     manifests = {str(hk or "stock"): results.kernel_manifest(hk or stock_host_kernel()) for hk in kernels}
     return merged.with_(host={"chosen": "virtual", "reason": why, "inner_runner": dict(parts[0].runner),
                               "virtual_host": {"boot_seconds": boots[0] if boots else None, "boots": boots,
                                                "kvm": facts, "restarts": restarts, "kernels": manifests,
                                                "stages": stages, "analysis_seconds": analyzed,
-                                               **trial_record()}})
+                                               **trial}})
 
 
 def trial_record() -> dict[str, object]:

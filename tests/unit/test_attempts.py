@@ -256,3 +256,29 @@ def test_a_qemu_that_refuses_the_machine_the_same_way_twice_stops_the_ab(tmp_pat
         outcome = ab.Outcome()
         ab._run_with_retries(setup_in(tmp_path), ON, TIMER, [], (0,), 3, outcome)
         assert [r.attempt for r in outcome.runs] == [len(failures) + 1]
+
+
+def test_perf_failing_to_attach_to_a_qemu_that_is_gone_is_how_qemu_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a slow attach an early triple fault ends QEMU first: perf then finds no threads, and the
+    attempt's class must be the triple fault, not perf's complaint."""
+    from e2e.errors import PerfError
+
+    def no_threads(*_: object) -> None:
+        raise PerfError("perf stat failed during attach (exit code 255): No such process", fix="pass live ones")
+
+    monkeypatch.setattr(ab, "_attach_perf", no_threads)
+    guest = ab.Guest(setup_in(tmp_path), ON, TIMER, [], (0,))
+
+    class Gone:
+        def __init__(self, ended: QemuExited | None) -> None:
+            self.ended = ended
+
+        def exit_error(self, what: str, grace: float = 0.0, when: str = "") -> QemuExited | None:
+            return self.ended
+
+    with pytest.raises(QemuExited) as err:
+        guest._attach(Gone(reset_error()), (), guest.name)  # type: ignore[arg-type]
+    assert err.value.cause == GUEST_RESET
+    with pytest.raises(PerfError):  # QEMU still runs: perf's own failure stands
+        guest._attach(Gone(None), (), guest.name)  # type: ignore[arg-type]

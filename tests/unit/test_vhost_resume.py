@@ -90,7 +90,7 @@ def virtual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Plan]:
     stock.write_bytes(b"not a kernel")
     monkeypatch.setattr(runner, "stock_host_kernel", lambda base=None: stock)
     monkeypatch.setattr(runner, "is_stock_host_kernel", lambda path: True)
-    monkeypatch.setattr(ab, "reanalyze", lambda first, plan, rest=(): first.with_(
+    monkeypatch.setattr(ab, "reanalyze", lambda first, plan, rest=(), recurring=None: first.with_(
         runs={"timer": tuple(r for p in (first, *rest) for r in p.runs["timer"])}))
     return []
 
