@@ -24,6 +24,7 @@ from ..errors import GuestTimeout, Kind, PveoiError, retryable
 from ..model.plan import Plan
 from ..model.result import Result
 from ..report import results
+from ..util.paths import REPO_ROOT
 from ..util.tmpdirs import tempdir
 from ..vm.vhost import VirtualKvmHost, run_in_vhost, trial_settings
 from . import ab, inner, traces
@@ -111,6 +112,17 @@ def run_virtual(plan: Plan, why: str, sink: Sink | None = None) -> Result:
                                                **trial}})
 
 
+def inner_env() -> dict[str, str]:
+    """The inner runner's ``PYTHONPATH``: pveoi's package and this interpreter's site-packages, which
+    ``python -S`` (no ``site``) leaves out. ``site`` costs L1's emulated CPU about 2 s per interpreter
+    (its .pth files: the editable install's finder imports importlib's machinery), and the inner runner
+    needs none of it."""
+    import site
+
+    paths = [str(REPO_ROOT), *site.getsitepackages(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(p for p in paths if p))}
+
+
 def trial_record() -> dict[str, object]:
     """The virtual host's trial settings, for the result (nothing when it ran as pveoi's own)."""
     cpu, append = trial_settings(os.environ)
@@ -178,10 +190,11 @@ def in_vhost(plan: Plan, host_kernel: Path, timeout: float, vhost_logs: Path, si
     with tempdir("ab") as tmp:
         inner_plan = replace(plan, logs=tmp / "logs")
         atomic_write(tmp / "plan.json", json.dumps(inner_plan.to_json(), indent=2))
-        argv = [sys.executable, "-m", "e2e.run.inner", str(tmp / "plan.json"), str(tmp / "result.json")]
+        argv = [sys.executable, "-S", "-m", "e2e.run.inner", str(tmp / "plan.json"), str(tmp / "result.json")]
         res: Result | None = None
         try:
             rc, vh = run_in_vhost(argv, host_kernel, tmp, timeout=timeout, sink=sink, artifacts=vhost_logs,
+                                  env=inner_env(),
                                   keep=plan.files(), under_test=under_test, silence_timeout=silence_limit(plan))
             if not (tmp / "result.json").is_file():
                 raise PveoiError(f"the A/B inside the virtual host wrote no result (exit {rc})",
