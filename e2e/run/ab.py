@@ -196,7 +196,7 @@ IDLE = "idle"
 
 class Guest:
     """One fresh guest of ``arm`` measuring ``reps``, in three steps a caller may interleave with other
-    guests' (:func:`run_round` boots several at once): :meth:`launch` (QEMU started paused, the arm
+    guests' (:func:`_run_round` boots several at once): :meth:`launch` (QEMU started paused, the arm
     proven over QMP, the guest let run, perf attaching while it boots), :meth:`come_up` (its ready line,
     SSH, the guest's own proof of the arm) and :meth:`measure` (window after window). Leaving its
     context shuts it down, by any path.
