@@ -77,7 +77,7 @@ def test_an_ab_retry_keeps_both_attempts_logs_side_by_side(guest_kernel: Path, g
     workload = ResetOnce("evidence", ("true",), ops=1, description="reset once", timeout=60, smp=1)
     outcome = ab.Outcome()
     before = qemu_pids()
-    ab._run_with_retries(setup, DEFAULT_ARMS[0], workload, events, 0, 1, outcome)
+    ab._run_with_retries(setup, DEFAULT_ARMS[0], workload, events, (0,), 1, outcome)
     assert not wait_no_new_qemu(before)
     # Attempt 1 was reset and retried; attempt 2 measured.
     assert len(outcome.runs) == 1 and outcome.runs[0].attempt == 2 and outcome.runs[0].workload_output == "measured"
