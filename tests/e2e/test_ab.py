@@ -87,10 +87,15 @@ def test_overlapped_boots_measure_each_arm_beside_the_others_idle_guest(tmp_path
     assert doc["plan"]["overlap_boots"] is True
     # two rounds (rep 0: on then off; rep 1: off then on), each measured beside the other's idle guest: the
     # second of a round waited (its idle stage before the window), the first waited for its shutdown
+    # (a guest that failed in its round was retried alone after it, with no neighbour: not checked here)
+    checked = 0
     for rep, (first, second) in enumerate((("on", "off"), ("off", "on"))):
         one = next(r for r in doc["arms"][first]["runs"]["timer"] if r["rep"] == rep)
         two = next(r for r in doc["arms"][second]["runs"]["timer"] if r["rep"] == rep)
-        assert "state_read->idle" in two["timings"] and "state_read_after->idle" in one["timings"], (one, two)
+        if one["attempt"] == two["attempt"] == 1:
+            assert "state_read->idle" in two["timings"] and "state_read_after->idle" in one["timings"], (one, two)
+            checked += 1
+    assert checked, "every round had a retry: nothing showed the overlap"
     logs = {p.name for p in (tmp_path / "logs").iterdir()}
     assert {f"timer-{a}-{r}-console.log" for a in ("on", "off") for r in range(2)} <= logs
 
