@@ -263,12 +263,13 @@ def test_perf_failing_to_attach_to_a_qemu_that_is_gone_is_how_qemu_ended(
     """Under a slow attach an early triple fault ends QEMU first: perf then finds no threads, and the
     attempt's class must be the triple fault, not perf's complaint."""
     from e2e.errors import PerfError
+    from e2e.run import guest as guest_module
 
     def no_threads(*_: object) -> None:
         raise PerfError("perf stat failed during attach (exit code 255): No such process", fix="pass live ones")
 
-    monkeypatch.setattr(ab, "_attach_perf", no_threads)
-    guest = ab.Guest(setup_in(tmp_path), ON, TIMER, [], (0,))
+    monkeypatch.setattr(guest_module, "_attach_perf", no_threads)
+    guest = guest_module.Guest(setup_in(tmp_path), ON, TIMER, [], (0,))
 
     class Gone:
         def __init__(self, ended: QemuExited | None) -> None:

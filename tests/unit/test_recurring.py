@@ -58,13 +58,19 @@ def test_mixed_or_host_side_classes_are_no_finding() -> None:
     assert recurring_failures([*spent("on", 0, cls="ssh failure"), *spent("on", 1, cls="ssh failure")]) == []
 
 
-def test_reanalysis_turns_it_into_a_failing_verdict() -> None:
+def crashed_part() -> tuple[Result, Plan]:
+    """An inner runner's raw result whose on arm triple-faulted on every attempt of 3 reps, and its plan."""
     attempts = (*spent("on", 0), *spent("on", 1), *spent("on", 2))
     part = Result(verdict="unanalyzed", runs={"timer": ()},
                   workloads={"timer": WorkloadResult("timer", "unanalyzed", errors=("on rep 1: triple fault",) * 3,
                                                      attempts=attempts)})
     plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=3, kernel=Path("/k/bzImage"),
                 image=Path("/cache/images/x"), logs=Path("/logs"))
+    return part, plan
+
+
+def test_reanalysis_turns_it_into_a_failing_verdict() -> None:
+    part, plan = crashed_part()
     out = ab.reanalyze(part, plan)
     assert out.verdict == "fail"
     assert out.workloads["timer"].reasons[0].startswith("arm on: 3 reps failed on every attempt, all 9 attempts")
@@ -74,12 +80,7 @@ def test_reanalysis_turns_it_into_a_failing_verdict() -> None:
 def test_under_a_virtual_host_trial_a_failure_on_every_boot_is_no_finding() -> None:
     """A trial's L1 (another CPU model, nested paging off) may crash every guest itself: its results say
     so as infrastructure (error), never as the kernel under test's finding, now or when analyzed again."""
-    attempts = (*spent("on", 0), *spent("on", 1), *spent("on", 2))
-    part = Result(verdict="unanalyzed", runs={"timer": ()},
-                  workloads={"timer": WorkloadResult("timer", "unanalyzed", errors=("on rep 1: triple fault",) * 3,
-                                                     attempts=attempts)})
-    plan = Plan(workloads=("timer",), arms=DEFAULT_ARMS, runs=3, kernel=Path("/k/bzImage"),
-                image=Path("/cache/images/x"), logs=Path("/logs"))
+    part, plan = crashed_part()
     assert ab.reanalyze(part, plan, recurring=False).verdict == "error"
     trial = part.with_(host={"chosen": "virtual", "virtual_host": {"trial": {"cpu": "max",
                                                                              "append": ["kvm_amd.npt=0"]}}})
