@@ -20,6 +20,8 @@ Building what a guest boots, one module per job:
   pveoi's patch series;
 * :mod:`.prebuilt`: kernels pveoi does not build (a path, a URL, Debian's
   package) put into the cache;
+* :mod:`.vhostkernel`: an L1 kernel made bootable as the virtual host (a
+  packaged kernel's initramfs that loads its KVM and 9p modules, its vmlinux);
 * :mod:`.kentry`: a kernel's cache entry: finding and checking the entry a
   kernel file lies in, its manifest;
 * :mod:`.bzimage`: a bzImage's header and contents;

@@ -219,14 +219,15 @@ def unpack_modules(modules: KernelModules, into: Path) -> ModuleTree:
     return ModuleTree(into, modules.release)
 
 
-def add_kernel_modules(tree: ImageTree, modules: KernelModules,
-                       wanted: Sequence[str] = WANTED_MODULES) -> list[str]:
+def add_kernel_modules(tree: ImageTree, modules: KernelModules, wanted: Sequence[str] = WANTED_MODULES,
+                       fix: str = "use a kernel with these virtio drivers (omit --kernel)") -> list[str]:
     """Copy the wanted modules (decompressed), their dependencies and their load order into ``tree``.
 
     A wanted driver with no module file is built in (``modules.builtin``) and
     skipped; one neither built in nor a module is an error (if the archive has
     no ``modules.builtin``, it is assumed built in and logged).
 
+    :param fix: the way out named when the kernel lacks a wanted driver.
     :returns: the module paths in load order (relative to ``/lib/modules/<release>``).
     :raises ConfigError: if the kernel lacks a wanted driver, or a tool is missing.
     :raises BuildError: if a module cannot be read.
@@ -241,7 +242,7 @@ def add_kernel_modules(tree: ImageTree, modules: KernelModules,
             log.info("kernel %s: no module file for %s (built in?)", modules.release, ", ".join(missing))
         elif missing:
             raise ConfigError(f"kernel {modules.release} has no {', '.join(missing)} (neither a module "
-                              "nor built in)", fix="use a kernel with these virtio drivers (omit --kernel)")
+                              "nor built in)", fix=fix)
         loaded = []
         for relpath in order:
             name, data = decompressed(mods.base / relpath)
@@ -275,6 +276,10 @@ DRIVERS: Mapping[str, Driver] = {
     "virtio_pci": Driver("virtio_pci", "CONFIG_VIRTIO_PCI", (b"\0virtio-pci\0", b"\0virtio_pci.")),
     "virtio_net": Driver("virtio_net", "CONFIG_VIRTIO_NET", (b"\0virtio_net\0", b"\0virtio_net.")),
     "virtio_blk": Driver("virtio_blk", "CONFIG_VIRTIO_BLK", (b"\0virtio_blk\0", b"\0virtio_blk.")),
+    # the virtual host's (e2e.build.vhostkernel): the host's root over virtio-9p, and KVM on SVM
+    "9pnet_virtio": Driver("9pnet_virtio", "CONFIG_NET_9P_VIRTIO", (b"\09pnet_virtio\0",)),
+    "9p": Driver("9p", "CONFIG_9P_FS", (b"\0v9fs_inode_cache\0",)),
+    "kvm_amd": Driver("kvm_amd", "CONFIG_KVM_AMD", (b"\0kvm_amd.",)),
 }
 
 

@@ -77,12 +77,12 @@ def _publish_file(cache: Cache, key: str, src: Path, origin: Mapping[str, Any]) 
 def fetch_debian(package: str | None = None, cache: Cache | None = None) -> CacheEntry:
     """Download Debian's packaged kernel with apt, extract bzImage and modules, cache them.
 
-    :param package: e.g. ``linux-image-6.1.0-27-cloud-amd64``; default: what
-        ``linux-image-cloud-amd64`` depends on.
+    :param package: e.g. ``linux-image-6.1.0-27-cloud-amd64``, or a metapackage such as
+        ``linux-image-amd64`` (the kernel it depends on); default: ``linux-image-cloud-amd64``'s.
     :raises ConfigError: if apt cannot find or download the package.
     """
     cache = cache or Cache()
-    package = package if package is not None else _resolve_meta("linux-image-cloud-amd64")
+    package = _resolve_meta(package or "linux-image-cloud-amd64", concrete_ok=package is not None)
     with tempdir("apt") as tmp:
         proc = command.run(["apt-get", "download", package], cwd=Path(tmp), timeout=1800, check=False,
                            fix="run apt-get update, or name an available package with --package")
@@ -121,10 +121,14 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
         return cache.get_or_build(KERNEL_KIND, key, build)
 
 
-def _resolve_meta(meta: str) -> str:
+def _resolve_meta(meta: str, concrete_ok: bool = False) -> str:
+    """The kernel package a metapackage (``linux-image-amd64``) depends on; with ``concrete_ok``, a package
+    that depends on no kernel package is taken as the kernel's own."""
     out = command.run(["apt-cache", "depends", meta], check=False, fix="run apt-get update or pass --package").stdout
     for line in out.splitlines():
         dep = line.strip().removeprefix("Depends: ")
         if dep.startswith("linux-image-") and dep != meta:
             return dep
+    if concrete_ok:
+        return meta
     raise ConfigError(f"cannot resolve {meta} to a kernel package", fix="run apt-get update or pass --package")

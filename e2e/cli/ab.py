@@ -289,7 +289,15 @@ def check_inputs(opts: AbOptions) -> None:
                           "set host_kernel in the arms file", fix="use one or the other")
     if opts.aa and opts.arms:
         raise ConfigError("--aa makes the arms itself", fix="drop --arms, or write replica_of in the arms file")
-    validate_arms(load_arms(opts.arms, build=_check_arm_kernel) if opts.arms else _default_arms(opts))
+    arms = load_arms(opts.arms, build=_check_arm_kernel) if opts.arms else _default_arms(opts)
+    validate_arms(arms)
+    # a host kernel under test must be able to be the virtual host's (KVM_AMD and 9p built in, or as
+    # modules beside it); a table's is built by pveoi with them, so only given files are read
+    from ..build.vhostkernel import host_kernel_needs
+
+    given = [opts.host_kernel.expanduser().absolute()] if opts.host_kernel is not None else []
+    for path in dict.fromkeys([*given, *(a.host_kernel for a in arms if a.host_kernel and a.host_kernel.is_file())]):
+        host_kernel_needs(path)
 
 
 def _check_bases(opts: AbOptions) -> None:

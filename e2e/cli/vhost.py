@@ -24,11 +24,12 @@ class VhostOptions:
     results: Path | None
     logs: Path | None
     cmd: tuple[str, ...]
+    kernel: Path | None = None
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> VhostOptions:
         return cls(cpus=ns.cpus, memory=ns.memory, timeout=ns.timeout, results=ns.results, logs=ns.logs,
-                   cmd=strip_dashdash(ns.cmd))
+                   cmd=strip_dashdash(ns.cmd), kernel=ns.kernel)
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -43,6 +44,10 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
     p.add_argument("--results", type=Path, help="writable dir shared into the host (default: a temp dir)")
     p.add_argument("--logs", type=Path, help="keep the virtual host's console and QEMU logs here")
+    p.add_argument("--kernel", type=Path, metavar="PATH",
+                   help="the virtual host's kernel (default: pveoi's host flavour); one with virtio-PCI, 9p and "
+                        "KVM_AMD as modules boots with an initramfs that loads them, e.g. Debian's "
+                        "(pveoi kernel fetch --debian --package linux-image-amd64)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
     p.set_defaults(func=cmd_vhost)
 
@@ -58,9 +63,14 @@ def vhost(opts: VhostOptions) -> int:
 
     if not opts.cmd:
         raise ConfigError("no command given", fix="pveoi vhost -- CMD ...")
+    kernel = opts.kernel.expanduser().absolute() if opts.kernel is not None else None
+    if kernel is not None:
+        from ..build.vhostkernel import host_kernel_needs
+
+        host_kernel_needs(kernel)  # before any boot: a kernel that cannot be the host's, in one line
     with contextlib.ExitStack() as stack:
         results = opts.results or stack.enter_context(tempdir("vhost"))
-        rc, host = run_in_vhost(list(opts.cmd), host_kernel(), results, cpus=opts.cpus, memory_mb=opts.memory,
+        rc, host = run_in_vhost(list(opts.cmd), kernel or host_kernel(), results, cpus=opts.cpus, memory_mb=opts.memory,
                                 timeout=opts.timeout, sink=stdout_sink, artifacts=opts.logs)
     log.info("virtual host: booted in %.1fs, KVM %s", host.boot_seconds or 0.0,
              " ".join(f"{k}={v}" for k, v in host.kvm_facts.items()))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO
 
 from ..build.cache import cache_root
+from ..build.vhostkernel import L1Boot, vhost_boot
 from ..errors import (
     CapabilityError,
     ConfigError,
@@ -75,7 +76,10 @@ ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")
 class VhostSpec:
     """The virtual host's shape.
 
-    :param kernel: a host-flavour bzImage (KVM, KVM_AMD, 9p built in).
+    :param kernel: the L1 kernel: pveoi's host flavour (KVM, KVM_AMD, 9p built in), or one with them as
+        modules and ``initrd`` to load them.
+    :param boot: what QEMU loads for ``kernel`` (:func:`e2e.build.vhostkernel.vhost_boot`: a modular kernel's
+        initramfs, its vmlinux); None: ``kernel`` itself, no initramfs.
     :param keep: paths under the host's ``/tmp`` that must be visible inside
         (the L1 mounts a private tmpfs on ``/tmp``); the checkout, the Python
         environment and the cache are added automatically.
@@ -100,6 +104,7 @@ class VhostSpec:
     """L1's ``-cpu`` model (TCG's ``max`` exposes SVM; a trial may name another, :func:`trial_settings`)."""
     append: tuple[str, ...] = ()
     """Extra kernel parameters for L1 (a trial's, e.g. ``kvm_amd.npt=0``)."""
+    boot: L1Boot | None = None
 
 
 #: Environment variables for trials of the virtual host itself (issue 24: what lowers nested TCG's crash
@@ -191,7 +196,8 @@ def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, out
         "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=/dev/root",
         "-fsdev", f"local,id=results,path={quote_optarg(str(results))},security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=results,mount_tag=pveoi-results",
-        "-kernel", str(spec.kernel),
+        "-kernel", str(spec.boot.kernel if spec.boot is not None else spec.kernel),
+        *(("-initrd", str(spec.boot.initrd)) if spec.boot is not None and spec.boot.initrd is not None else ()),
         "-append", append,
     ]
 
@@ -473,6 +479,7 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     keep = [p if p.is_dir() else p.parent for p in keep]
     cpu, append = trial_settings(os.environ)
     host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test,
-                                    silence_timeout=silence_timeout, cpu=cpu, append=append),
+                                    silence_timeout=silence_timeout, cpu=cpu, append=append,
+                                    boot=vhost_boot(kernel)),
                           results, sink, artifacts)
     return host.run(argv, env=env), host
