@@ -253,9 +253,12 @@ def check_inputs(opts: AbOptions) -> None:
     if opts.reps_per_boot < 1:
         raise ConfigError("--reps-per-boot must be at least 1", fix="pass --reps-per-boot 3, or leave it out")
     if opts.host != "direct":
-        from ..vm.vhost import trial_settings
+        from ..vm.vhost import trial_kernel, trial_settings
 
         trial_settings(os.environ)  # a virtual-host trial's settings, refused now rather than at L1's boot
+        if trial_kernel(os.environ) is not None and opts.host_base is not None:
+            raise ConfigError("--host-base and PVEOI_VHOST_KERNEL both pick the virtual host's own kernel",
+                              fix="drop one of --host-base and PVEOI_VHOST_KERNEL")
     if opts.retries < 0:
         raise ConfigError("--retries must be 0 or more", fix="pass --retries 1")
     if opts.smp is not None and not 1 <= opts.smp <= 64:

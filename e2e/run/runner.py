@@ -20,13 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..build.cache import atomic_write
-from ..errors import GuestTimeout, Kind, PveoiError, retryable
+from ..errors import ConfigError, GuestTimeout, Kind, PveoiError, retryable
 from ..model.plan import Plan
 from ..model.result import Result
 from ..report import results
 from ..util.paths import REPO_ROOT
 from ..util.tmpdirs import tempdir
-from ..vm.vhost import VirtualKvmHost, run_in_vhost, trial_settings
+from ..vm.vhost import TRIAL_KERNEL, VirtualKvmHost, run_in_vhost, trial_kernel, trial_settings
 from . import ab, inner, traces
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,18 @@ Sink = Callable[[bytes], None]
 
 def stock_host_kernel(base: str | None = None) -> Path:
     """pveoi's own virtual-host kernel of ``base`` (default the kernel default; built on first use, then a
-    cache hit)."""
+    cache hit); a trial's (:data:`~e2e.vm.vhost.TRIAL_KERNEL`) when one is set.
+
+    :raises ConfigError: a trial's kernel the virtual host cannot boot, or given with ``base``.
+    """
     from ..build import kernel
 
+    trial = trial_kernel(os.environ)
+    if trial is not None:
+        if base is not None:
+            raise ConfigError(f"--host-base {base} and {TRIAL_KERNEL} both pick the virtual host's own kernel",
+                              fix=f"drop one of --host-base and {TRIAL_KERNEL}")
+        return trial
     return kernel.build_kernel(kernel.default_spec("host", base=base)).file("bzImage")
 
 
@@ -126,7 +135,11 @@ def inner_env() -> dict[str, str]:
 def trial_record() -> dict[str, object]:
     """The virtual host's trial settings, for the result (nothing when it ran as pveoi's own)."""
     cpu, append = trial_settings(os.environ)
-    return {"trial": {"cpu": cpu, "append": list(append)}} if cpu != "max" or append else {}
+    kernel = trial_kernel(os.environ)
+    if cpu == "max" and not append and kernel is None:
+        return {}
+    return {"trial": {"cpu": cpu, "append": list(append),
+                      **({"kernel": results.kernel_manifest(kernel)} if kernel is not None else {})}}
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:
@@ -136,6 +149,9 @@ def is_stock_host_kernel(bzimage: Path) -> bool:
     from ..build import kernel
     from ..build.bases import BASES
 
+    trial = trial_kernel(os.environ)
+    if trial is not None and bzimage.resolve() == trial.resolve():
+        return True  # a trial of the virtual host's own kernel: its crash is the virtual host's
     manifest = results.kernel_manifest(bzimage)
     base = manifest.get("base")
     if manifest.get("kind") != "build" or manifest.get("flavour") != "host" or base not in BASES:

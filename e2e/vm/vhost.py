@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO
 
 from ..build.cache import cache_root
-from ..build.vhostkernel import L1Boot, vhost_boot
+from ..build.vhostkernel import L1Boot, host_kernel_needs, vhost_boot
 from ..errors import (
     CapabilityError,
     ConfigError,
@@ -108,8 +108,9 @@ class VhostSpec:
 
 
 #: Environment variables for trials of the virtual host itself (issue 24: what lowers nested TCG's crash
-#: rate), not for everyday use: L1's ``-cpu`` model and extra L1 kernel parameters.
-TRIAL_CPU, TRIAL_APPEND = "PVEOI_VHOST_CPU", "PVEOI_VHOST_APPEND"
+#: rate), not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, and L1's own kernel
+#: (e.g. a packaged one, :mod:`e2e.build.vhostkernel`) in place of pveoi's host flavour.
+TRIAL_CPU, TRIAL_APPEND, TRIAL_KERNEL = "PVEOI_VHOST_CPU", "PVEOI_VHOST_APPEND", "PVEOI_VHOST_KERNEL"
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
 _KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
 
@@ -131,6 +132,24 @@ def trial_settings(environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
         raise ConfigError(f"{TRIAL_APPEND} holds what is no plain kernel parameter: {' '.join(bad)}",
                           fix=f"unset {TRIAL_APPEND}, or give NAME=VALUE words, e.g. kvm_amd.npt=0")
     return cpu, words
+
+
+def trial_kernel(environ: Mapping[str, str]) -> Path | None:
+    """The virtual host's own kernel as a trial's environment names it (:data:`TRIAL_KERNEL`), checked
+    before any boot (:func:`e2e.build.vhostkernel.host_kernel_needs`); None when unset.
+
+    :raises ConfigError: not a file, or no kernel the virtual host can boot (named, with the way out).
+    """
+    value = environ.get(TRIAL_KERNEL, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(f"{TRIAL_KERNEL}={value} is not a file",
+                          fix=f"unset {TRIAL_KERNEL}, or give a bzImage (pveoi kernel fetch --debian --package "
+                              "linux-image-amd64 prints one)")
+    host_kernel_needs(path)
+    return path
 
 
 def vhost_error(message: str, cls: str, evidence: Sequence[str], fix: str,

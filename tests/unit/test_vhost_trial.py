@@ -53,3 +53,24 @@ def test_pveoi_ab_refuses_a_bad_trial_before_anything_boots(monkeypatch: pytest.
     assert main(["ab", "--host", "virtual"]) == 2
     err = capsys.readouterr().err
     assert f"{TRIAL_CPU}=" in err and "Traceback" not in err
+
+
+def test_a_trials_own_kernel_is_checked_and_counts_as_the_virtual_hosts(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    from e2e.vm import vhost
+
+    assert vhost.trial_kernel({}) is None
+    with pytest.raises(ConfigError, match=vhost.TRIAL_KERNEL):
+        vhost.trial_kernel({vhost.TRIAL_KERNEL: str(tmp_path / "nothing")})
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"k")
+    checked: list[Path] = []
+    monkeypatch.setattr(vhost, "host_kernel_needs", checked.append)  # the check itself: test_vhost_kernel
+    monkeypatch.setenv(vhost.TRIAL_KERNEL, str(kernel))
+    assert runner.stock_host_kernel() == kernel and checked == [kernel]
+    # its crash is the virtual host's own (infrastructure), not a kernel under test's
+    assert runner.is_stock_host_kernel(kernel)
+    record = runner.trial_record()["trial"]
+    assert isinstance(record, dict) and record["kernel"]["kind"] == "path" and record["cpu"] == "max"
+    with pytest.raises(ConfigError, match="both pick"):
+        runner.stock_host_kernel("6.12")
