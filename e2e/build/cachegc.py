@@ -37,11 +37,12 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: The kinds, in the order ``du`` lists them, with their names for people.
-KINDS = {"kernels": "kernels", "images": "images", "kbuild": "build dirs", "ccache": "ccache", "logs": "logs",
-         "ssh": "ssh keys"}
+KINDS = {"kernels": "kernels", "images": "images", "vhost-initrd": "virtual host boot files",
+         "kbuild": "build dirs", "ccache": "ccache", "logs": "logs", "ssh": "ssh keys"}
 #: Kinds whose entries prune may remove, and their rank: every item of a lower rank goes before any of a
-#: higher one (build directories and logs are rebuilt or lost cheaply; a kernel takes minutes).
-PRUNABLE = {"logs": 0, "kbuild": 0, "kernels": 1, "images": 1}
+#: higher one (build directories, logs and a packaged kernel's virtual-host boot files are rebuilt or lost
+#: cheaply; a kernel takes minutes).
+PRUNABLE = {"logs": 0, "kbuild": 0, "vhost-initrd": 0, "kernels": 1, "images": 1}
 #: The automatic cap unless ``$PVEOI_CACHE_MAX`` says otherwise (``off`` disables it).
 DEFAULT_CAP = "20G"
 #: A build directory's record of the source it builds (for "its source tree is gone").

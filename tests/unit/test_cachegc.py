@@ -68,6 +68,15 @@ def test_prune_takes_orphans_first_then_build_dirs_then_kernels_each_least_recen
     assert report.after <= 3 << 20 < report.before
 
 
+def test_a_packaged_kernels_virtual_host_boot_files_are_counted_and_go_before_any_kernel(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    entry(root, "kernels", "deb-k", 3, 5.0)
+    entry(root, "vhost-initrd", "boot", 3, 0.0)  # its initramfs and vmlinux: made again in seconds
+    assert du(root)["vhost-initrd"][0] == 1 and "other" not in du(root)
+    report = prune(root, max_size=4 << 20, now=NOW)
+    assert [i.key for i in report.removed] == ["boot"] and (root / "kernels" / "deb-k").is_dir()
+
+
 def test_keep_days_removes_what_was_last_used_before(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     entry(root, "kbuild", "a", 1, 20.0)

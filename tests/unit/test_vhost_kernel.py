@@ -15,8 +15,8 @@ from e2e.build.modules import BuiltinCheck, module_name
 from e2e.build.vhostkernel import HOST_DRIVERS, INIT, host_kernel_needs, modular_drivers, vhost_boot
 from e2e.errors import ConfigError
 from e2e.vm.vhost import VhostSpec, vhost_argv
-from tests.unit.test_modules import HAVE_MODINFO
 
+HAVE_MODINFO = Path("/usr/sbin/modinfo").is_file()  # kmod (host_config/install-deps.sh)
 CONFIG = "its config /k/config"
 STRINGS = "the driver names in its image"
 
