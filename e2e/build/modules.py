@@ -221,10 +221,23 @@ def unpack_modules(modules: KernelModules, into: Path) -> ModuleTree:
 
 def add_kernel_modules(tree: ImageTree, modules: KernelModules, wanted: Sequence[str] = WANTED_MODULES,
                        fix: str = "use a kernel with these virtio drivers (omit --kernel)") -> list[str]:
-    """Copy the wanted modules (decompressed), their dependencies and their load order into ``tree``.
+    """Copy the wanted modules (decompressed), their dependencies and their load order into ``tree``
+    from a fetched kernel's ``modules.tar`` (:func:`add_tree_modules` on it unpacked).
+
+    :returns: the module paths in load order (relative to ``/lib/modules/<release>``).
+    :raises ConfigError: if the kernel lacks a wanted driver, or a tool is missing.
+    :raises BuildError: if a module cannot be read.
+    """
+    with tempdir("modules") as work:
+        return add_tree_modules(tree, unpack_modules(modules, work), wanted, fix)
+
+
+def add_tree_modules(tree: ImageTree, mods: ModuleTree, wanted: Sequence[str], fix: str) -> list[str]:
+    """Copy the wanted modules of a module tree (decompressed), their dependencies and their load order
+    (:data:`MODULE_ORDER_NAME`) into ``tree`` under ``lib/modules/<release>``.
 
     A wanted driver with no module file is built in (``modules.builtin``) and
-    skipped; one neither built in nor a module is an error (if the archive has
+    skipped; one neither built in nor a module is an error (if the tree has
     no ``modules.builtin``, it is assumed built in and logged).
 
     :param fix: the way out named when the kernel lacks a wanted driver.
@@ -232,24 +245,21 @@ def add_kernel_modules(tree: ImageTree, modules: KernelModules, wanted: Sequence
     :raises ConfigError: if the kernel lacks a wanted driver, or a tool is missing.
     :raises BuildError: if a module cannot be read.
     """
-    with tempdir("modules") as work:
-        mods = unpack_modules(modules, work)
-        order = mods.load_order(wanted)
-        builtin = mods.builtin()
-        missing = sorted({w.replace("-", "_") for w in wanted} - {module_name(p) for p in order}
-                         - (builtin or set()))
-        if missing and builtin is None:
-            log.info("kernel %s: no module file for %s (built in?)", modules.release, ", ".join(missing))
-        elif missing:
-            raise ConfigError(f"kernel {modules.release} has no {', '.join(missing)} (neither a module "
-                              "nor built in)", fix=fix)
-        loaded = []
-        for relpath in order:
-            name, data = decompressed(mods.base / relpath)
-            dest = str(Path(relpath).with_name(name))
-            tree.file(f"lib/modules/{modules.release}/{dest}", data=data)
-            loaded.append(dest)
-    tree.file(f"lib/modules/{modules.release}/{MODULE_ORDER_NAME}",
+    order = mods.load_order(wanted)
+    builtin = mods.builtin()
+    missing = sorted({w.replace("-", "_") for w in wanted} - {module_name(p) for p in order} - (builtin or set()))
+    if missing and builtin is None:
+        log.info("kernel %s: no module file for %s (built in?)", mods.release, ", ".join(missing))
+    elif missing:
+        raise ConfigError(f"kernel {mods.release} has no {', '.join(missing)} (neither a module nor built in)",
+                          fix=fix)
+    loaded = []
+    for relpath in order:
+        name, data = decompressed(mods.base / relpath)
+        dest = str(Path(relpath).with_name(name))
+        tree.file(f"lib/modules/{mods.release}/{dest}", data=data)
+        loaded.append(dest)
+    tree.file(f"lib/modules/{mods.release}/{MODULE_ORDER_NAME}",
               data="".join(f"{name}\n" for name in loaded).encode())
     return loaded
 

@@ -15,9 +15,12 @@ started; when the kernel can boot through PVH (``CONFIG_PVH``, as Debian's can),
 QEMU loads its uncompressed vmlinux instead, and the kernel starts in 0.6 s.
 Both are cached by content (the modules, the script, busybox, the bzImage).
 
-The check comes first and costs no boot: a kernel whose own config (beside it in
-its cache entry, or embedded) says a driver is neither built in nor there as a
-module is refused in one line, naming the way out.
+The kernel comes from pveoi's cache (``pveoi kernel fetch``: its entry keeps
+the config and ``modules.tar``) or installed as a distribution lays it out
+(``/boot/vmlinuz-R`` with ``/boot/config-R`` and ``/lib/modules/R``). The check
+comes first and costs no boot: a kernel whose own config says a driver is
+neither built in nor there as a module is refused in one line, naming the way
+out.
 """
 
 from __future__ import annotations
@@ -30,12 +33,21 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..util.paths import DATA
-from .bzimage import config_values, vmlinux
+from .bzimage import config_values, read_setup_header, vmlinux
 from .cache import Built, Cache, content_hash, sha256_file
 from .cpio import ImageTree, write_initrd
 from .elf import Tool, find_tool
 from .kentry import entry_of
-from .modules import DRIVERS, BuiltinCheck, add_kernel_modules, kernel_modules, missing_builtin_drivers
+from .modules import (
+    DRIVERS,
+    BuiltinCheck,
+    KernelModules,
+    ModuleTree,
+    add_kernel_modules,
+    add_tree_modules,
+    kernel_modules,
+    missing_builtin_drivers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +62,9 @@ INITRD_NAME = "initramfs.cpio"
 VMLINUX_NAME = "vmlinux"
 SCHEMA = 1
 _FIX = ("use a kernel with virtio-PCI, 9p (NET_9P_VIRTIO, 9P_FS) and KVM_AMD built in or as modules: pveoi's "
-        "host flavour (pveoi kernel build --flavour host), or a packaged one fetched with its modules "
-        "(pveoi kernel fetch --debian --package linux-image-amd64)")
+        "host flavour (pveoi kernel build --flavour host), a packaged one fetched with its modules "
+        "(pveoi kernel fetch --debian --package linux-image-amd64), or an installed one with its "
+        "config-<release> beside it and lib/modules/<release>")
 
 
 @dataclass(frozen=True)
@@ -68,21 +81,55 @@ class HostKernelNeeds:
     evidence: str
 
 
+@dataclass(frozen=True)
+class KernelParts:
+    """Where a kernel's config and modules are: its cache entry's (``config``, ``modules.tar``), or an
+    installed kernel's, as a distribution lays it out (``/boot/vmlinuz-R`` with ``/boot/config-R`` and
+    ``/lib/modules/R``; found relative to the file, so an unpacked package's tree works too)."""
+
+    config: Path | None = None
+    modules: KernelModules | None = None
+    tree: ModuleTree | None = None
+
+    @property
+    def has_modules(self) -> bool:
+        return self.modules is not None or self.tree is not None
+
+
+def kernel_parts(kernel: Path) -> KernelParts:
+    """The config and modules of ``kernel`` (a bzImage), where there are any.
+
+    :raises ConfigError: not a bzImage, or a damaged cache entry.
+    """
+    entry = entry_of(kernel)
+    if entry is not None:
+        config = entry.file("config")
+        return KernelParts(config if config.is_file() else None, kernel_modules(entry))
+    release = read_setup_header(kernel).release
+    if release == "unknown":
+        return KernelParts()
+    real = kernel.resolve()
+    config = real.parent / f"config-{release}"
+    modules = real.parent.parent / "lib" / "modules"
+    return KernelParts(config if config.is_file() else None, None,
+                       ModuleTree(modules, release) if (modules / release).is_dir() else None)
+
+
 def host_kernel_needs(kernel: Path) -> HostKernelNeeds:
     """Check, before any boot, that ``kernel`` can be the virtual host's, and whether it needs an initramfs.
 
-    A driver not built in must come as a module from the kernel's cache entry (``modules.tar``, as
-    ``pveoi kernel fetch`` keeps it).
+    A driver not built in must come as a module: from the kernel's cache entry (``modules.tar``, as
+    ``pveoi kernel fetch`` keeps it) or, for an installed kernel, its ``lib/modules/<release>``
+    (:func:`kernel_parts`).
 
     :raises ConfigError: the file is missing or no bzImage, or it lacks a driver (:func:`modular_drivers`).
     """
     if not kernel.is_file():
         raise ConfigError(f"the host kernel {kernel} is not a file", fix="give the path of a bzImage")
-    entry = entry_of(kernel)
-    config = entry.file("config") if entry is not None else None
-    check = missing_builtin_drivers(kernel, config, HOST_DRIVERS)
-    values = config_values(config) if config is not None and config.is_file() and check.missing else None
-    modular = modular_drivers(str(kernel), check, values, kernel_modules(entry) is not None)
+    parts = kernel_parts(kernel)
+    check = missing_builtin_drivers(kernel, parts.config, HOST_DRIVERS)
+    values = config_values(parts.config) if parts.config is not None and check.missing else None
+    modular = modular_drivers(str(kernel), check, values, parts.has_modules)
     return HostKernelNeeds(kernel, modular, check.evidence)
 
 
@@ -91,9 +138,9 @@ def modular_drivers(kernel: str, check: BuiltinCheck, config: Mapping[str, str] 
     """The drivers an initramfs must load, from what the built-in check found (pure).
 
     With the kernel's ``config``, exact: each missing driver must be a module (``=m``) and the modules
-    must be there. Without it (the check read only the kernel's strings), a driver not found with no
-    modules to load is taken as built in: the virtual host's init then names what is missing, as it did
-    before this check.
+    must be there. Without it (the check read only the kernel's strings), a driver not found is loaded
+    from the modules if there are any, and refused if not: booted without it, a host kernel under test
+    would fail as if by its own fault.
 
     :raises ConfigError: a driver neither built in nor a module, or modules needed and none beside it.
     """
@@ -107,9 +154,12 @@ def modular_drivers(kernel: str, check: BuiltinCheck, config: Mapping[str, str] 
     if has_modules:
         return check.missing
     if config is None:
-        log.info("host kernel %s: %s not found in %s; booting it as if built in", kernel, ", ".join(check.missing),
-                 check.evidence)
-        return ()
+        # Only the strings to go on: refused rather than booted, since a host kernel under test that cannot
+        # mount its root would read as that kernel's failure. Its config beside it settles it either way.
+        raise ConfigError(f"the host kernel {kernel} shows no built-in {', '.join(check.missing)} ({check.evidence}; "
+                          "no config beside it) and has no modules beside it",
+                          fix="put its config beside it as config-<release> (and its modules in "
+                              f"../lib/modules/<release>), or {_FIX}")
     raise ConfigError(f"the host kernel {kernel} has {', '.join(check.missing)} as modules ({check.evidence}) "
                       "and none beside it", fix=_FIX)
 
@@ -136,15 +186,19 @@ def vhost_boot(kernel: Path, cache: Cache | None = None) -> L1Boot:
     needs = host_kernel_needs(kernel)
     if not needs.modular:
         return L1Boot(kernel)
-    entry = entry_of(kernel)
-    assert entry is not None  # host_kernel_needs: modular drivers come with their entry's modules
-    modules = kernel_modules(entry)
-    assert modules is not None
-    pvh = config_values(entry.file("config")).get("CONFIG_PVH") == "y" if entry.file("config").is_file() else False
+    parts = kernel_parts(kernel)
+    pvh = parts.config is not None and config_values(parts.config).get("CONFIG_PVH") == "y"
     cache = cache or Cache()
     busybox = find_tool(BUSYBOX)
     script = INIT.read_bytes()
-    key = content_hash(["vhost-initrd", str(SCHEMA), modules.sha256, script, sha256_file(busybox),
+    if parts.modules is not None:
+        release, modules_key = parts.modules.release, parts.modules.sha256
+    else:  # an installed kernel's tree: keyed by the files it would load (not the whole tree's 400 MB)
+        assert parts.tree is not None  # host_kernel_needs: modular drivers come with modules
+        release = parts.tree.release
+        modules_key = content_hash([release, *(f"{rel}:{sha256_file(parts.tree.base / rel)}"
+                                               for rel in parts.tree.load_order(HOST_DRIVERS))])
+    key = content_hash(["vhost-initrd", str(SCHEMA), modules_key, script, sha256_file(busybox),
                         sha256_file(kernel) if pvh else "", *HOST_DRIVERS])[:24]
 
     def build(staged: Path) -> Built:
@@ -156,16 +210,20 @@ def vhost_boot(kernel: Path, cache: Cache | None = None) -> L1Boot:
         for applet in APPLETS:
             tree.symlink(f"bin/{applet}", "busybox")
         tree.file("init", data=script, mode=0o755)
-        loaded = add_kernel_modules(tree, modules, HOST_DRIVERS, fix=_FIX)
+        if parts.modules is not None:
+            loaded = add_kernel_modules(tree, parts.modules, HOST_DRIVERS, fix=_FIX)
+        else:
+            assert parts.tree is not None
+            loaded = add_tree_modules(tree, parts.tree, HOST_DRIVERS, fix=_FIX)
         size = write_initrd(tree.entries(), staged / INITRD_NAME, level=None)
         files = [INITRD_NAME]
         if pvh:
             (staged / VMLINUX_NAME).write_bytes(vmlinux(kernel))
             files.append(VMLINUX_NAME)
-        log.info("virtual host initramfs for %s: %d modules, %.1f MB%s", modules.release, len(loaded), size / 1e6,
+        log.info("virtual host initramfs for %s: %d modules, %.1f MB%s", release, len(loaded), size / 1e6,
                  "; its vmlinux for a PVH boot" if pvh else "")
-        return Built(tuple(files), {"schema": SCHEMA, "kind": INITRD_KIND, "release": modules.release,
-                                    "modules_tar_sha256": modules.sha256, "modules": loaded, "pvh": pvh})
+        return Built(tuple(files), {"schema": SCHEMA, "kind": INITRD_KIND, "release": release,
+                                    "modules_key": modules_key, "modules": loaded, "pvh": pvh})
 
     made = cache.get_or_build(INITRD_KIND, key, build)
     return L1Boot(made.file(VMLINUX_NAME) if pvh else kernel, made.file(INITRD_NAME))

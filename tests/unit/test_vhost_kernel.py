@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.build.bzimage import read_setup_header
 from e2e.build.cache import Cache
 from e2e.build.cpio import read_initrd
 from e2e.build.modules import BuiltinCheck, module_name
@@ -44,10 +45,13 @@ def test_modules_the_config_names_but_that_are_not_beside_the_kernel_are_refused
         modular_drivers("/k/bzImage", BuiltinCheck(("kvm_amd",), CONFIG), {"CONFIG_KVM_AMD": "m"}, has_modules=False)
 
 
-def test_without_a_config_a_driver_not_found_in_the_strings_is_left_to_the_boot() -> None:
-    # the strings are a heuristic: no refusal on them alone; with modules there, they are loaded
-    assert modular_drivers("k", BuiltinCheck(("9p",), STRINGS), None, has_modules=False) == ()
+def test_without_a_config_a_driver_not_found_in_the_strings_is_loaded_or_refused() -> None:
+    # only the strings to go on: loaded when modules are there; refused when not (booted, a host kernel
+    # under test that cannot mount its root would read as its own failure)
     assert modular_drivers("k", BuiltinCheck(("9p",), STRINGS), None, has_modules=True) == ("9p",)
+    with pytest.raises(ConfigError) as err:
+        modular_drivers("k", BuiltinCheck(("9p",), STRINGS), None, has_modules=False)
+    assert "shows no built-in 9p" in err.value.message and "config-<release>" in err.value.fix
 
 
 def test_a_missing_file_is_refused_before_anything_reads_it(tmp_path: Path) -> None:
@@ -106,3 +110,32 @@ def test_a_real_packaged_kernel_gets_its_modules_in_order_and_its_vmlinux(tmp_pa
     assert order.index("kvm") < order.index("kvm_amd") and order.index("9pnet") < order.index("9pnet_virtio")
     # a second call is a cache hit: the same files
     assert vhost_boot(GENERIC, Cache(tmp_path / "cache")) == boot
+
+
+@pytest.mark.skipif(GENERIC is None or not HAVE_MODINFO,
+                    reason="no fetched generic Debian kernel (pveoi kernel fetch --debian --package linux-image-amd64)")
+def test_an_installed_kernel_is_read_as_a_distribution_lays_it_out(tmp_path: Path) -> None:
+    """/boot/vmlinuz-R, /boot/config-R, /lib/modules/R (here under tmp_path, as an unpacked package)."""
+    import shutil
+    import tarfile
+
+    assert GENERIC is not None
+    release = read_setup_header(GENERIC).release
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    kernel = boot / f"vmlinuz-{release}"
+    shutil.copy(GENERIC, kernel)
+    # without its config or modules: only the strings, which show no 9p built in: refused, not booted
+    with pytest.raises(ConfigError, match="shows no built-in"):
+        host_kernel_needs(kernel)
+    shutil.copy(GENERIC.parent / "config", boot / f"config-{release}")
+    with pytest.raises(ConfigError, match=r"as modules .* and none beside it"):
+        host_kernel_needs(kernel)
+    with tarfile.open(GENERIC.parent / "modules.tar") as tf:
+        tf.extractall(tmp_path / "lib" / "modules", filter="data")
+    needs = host_kernel_needs(kernel)
+    assert set(needs.modular) == set(HOST_DRIVERS) and f"config-{release}" in needs.evidence
+    boot_files = vhost_boot(kernel, Cache(tmp_path / "cache"))
+    assert boot_files.initrd is not None and boot_files.kernel.name == "vmlinux"
+    loaded = {module_name(e.name) for e in read_initrd(boot_files.initrd) if e.name.endswith(".ko")}
+    assert set(HOST_DRIVERS) <= loaded
