@@ -75,8 +75,9 @@ LOAD_PATH = "usr/bin/pveoi-load"
 GZIP_LEVEL: int | None = None
 
 
+BUSYBOX = Tool("busybox", "/bin/busybox", "busybox-static", "bin/busybox")
 TOOLS: tuple[Tool, ...] = (
-    Tool("busybox", "/bin/busybox", "busybox-static", "bin/busybox"),
+    BUSYBOX,
     Tool("dropbear", "/usr/sbin/dropbear", "dropbear-bin", "usr/sbin/dropbear"),
     Tool("dropbearkey", "/usr/bin/dropbearkey", "dropbear-bin", None),
     Tool("iperf3", "/usr/bin/iperf3", "iperf3", "usr/bin/iperf3"),
