@@ -112,6 +112,19 @@ class Patch:
     path: Path
 
 
+def patched_paths(patches: Sequence[Patch]) -> set[str]:
+    """The files a series touches, as ``patch -p1`` names them (both sides of each ``---``/``+++`` pair,
+    so a rename's old name too; ``/dev/null`` left out)."""
+    paths: set[str] = set()
+    for patch in patches:
+        for line in patch.path.read_text(errors="replace").splitlines():
+            if line.startswith(("--- ", "+++ ")):
+                name = line[4:].split("\t", 1)[0].strip()
+                if name != "/dev/null" and "/" in name:
+                    paths.add(name.split("/", 1)[1])
+    return paths
+
+
 def parse_series(text: str) -> list[str]:
     """Patch names from a quilt ``series`` file (comments, blanks and ``-p`` opts dropped).
 

@@ -30,8 +30,8 @@ from ..util import command
 from ..util.progress import Progress
 from ..util.tmpdirs import tempdir
 from . import kbuild
-from .bases import Patch, apply_patches, base_for_version, base_named, load_series, tree_version
-from .cache import Built, Cache, CacheEntry, content_hash, sha256_file
+from .bases import Patch, apply_patches, base_for_version, base_named, load_series, patched_paths, tree_version
+from .cache import Built, Cache, CacheEntry, atomic_write, content_hash, sha256_file
 from .kconfig import (
     flavour_fragments,
     merge_fragments,
@@ -235,17 +235,23 @@ def _build_into(
         tree = _source_tree(spec, identity, bt, work, progress)
         builddir = bt.out
         before = kbuild.ccache_stats(comp)
+        merged = staged / "fragment.config"
+        merged.write_text(fragment)
+        inputs = kbuild.config_inputs(tree, fragment, kbuild.compiler_version())
         with kbuild.making(bt):
-            progress.update("configuring: tinyconfig + kvm_guest.config + fragments", force=True)
-            _make_logged(make_argv(tree, builddir, ["tinyconfig"], cc=comp.cc), logfile, progress, "tinyconfig",
-                         comp.env)
-            merged = staged / "fragment.config"
-            merged.write_text(fragment)
-            frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
-            command.run([str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
-                         str(builddir / ".config"), *map(str, frags)], what="merge_config.sh", cwd=tree)
-            _make_logged(make_argv(tree, builddir, ["olddefconfig"], cc=comp.cc), logfile, progress, "olddefconfig",
-                         comp.env)
+            if bt.configured(inputs):
+                progress.update("config unchanged (same Kconfig files, fragments and compiler)", force=True)
+            else:
+                bt.config_record.unlink(missing_ok=True)
+                progress.update("configuring: tinyconfig + kvm_guest.config + fragments", force=True)
+                _make_logged(make_argv(tree, builddir, ["tinyconfig"], cc=comp.cc), logfile, progress, "tinyconfig",
+                             comp.env)
+                frags = [tree / "kernel" / "configs" / "kvm_guest.config", merged]
+                command.run([str(tree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(builddir),
+                             str(builddir / ".config"), *map(str, frags)], what="merge_config.sh", cwd=tree)
+                _make_logged(make_argv(tree, builddir, ["olddefconfig"], cc=comp.cc), logfile, progress,
+                             "olddefconfig", comp.env)
+                atomic_write(bt.config_record, inputs)
             configured = read_config(builddir / ".config")
             dropped = missing_options(requested, configured)
             if dropped:
@@ -304,10 +310,12 @@ def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Pat
     else:
         progress.update(f"syncing the source ({spec.source.kind}: {spec.source.path}) into {bt.src}", force=True)
         origin = spec.source.unpacked(work)
-        written = kbuild.sync_tree(origin, bt.src)
+        # the files the last series changed in the copy are restored first, as are this one's
+        written = kbuild.sync_tree(origin, bt.src, always=bt.patched() | patched_paths(spec.patches))
         log.info("synced %d changed files into %s", len(written), bt.src)
     if spec.patches:
         progress.update(f"applying {len(spec.patches)} patches", force=True)
+        bt.record_patched(patched_paths(spec.patches))  # before they apply: a killed apply is undone next sync
         apply_patches(bt.src, spec.patches, spec.series)
     bt.stamp.write_text(stamp)
     return bt.src

@@ -88,6 +88,50 @@ def test_sync_tree_gives_written_files_a_fresh_mtime_and_leaves_the_rest(tmp_pat
 
 
 @pytest.mark.skipif(not HAVE_RSYNC, reason="rsync not installed")
+def test_after_the_first_sync_changes_are_found_by_the_sources_stat_not_by_reading_both_sides(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "arch" / "x86").mkdir(parents=True)
+    (src / "arch/x86/kvm.c").write_text("int a;\n")
+    (src / "Kconfig").write_text("config A\n")
+    (src / "link").symlink_to("Kconfig")
+    assert sync_tree(src, dest) == ["Kconfig", "arch/x86/kvm.c"]  # the first one: rsync
+    assert (tmp_path / "dest.synced").is_file()
+    # from here on no rsync is run (none is found), and no unchanged file is read or written
+    monkeypatch.setattr(kbuild.shutil, "which", lambda _name: None)
+    kept = (dest / "Kconfig").stat().st_mtime_ns
+    (src / "arch/x86/kvm.c").write_text("int a; int b;\n")
+    (src / "new.c").write_text("n\n")
+    (src / "link").unlink()
+    (src / "link").symlink_to("new.c")
+    assert sync_tree(src, dest) == ["arch/x86/kvm.c", "new.c"]
+    assert (dest / "arch/x86/kvm.c").read_text() == "int a; int b;\n" and (dest / "new.c").read_text() == "n\n"
+    assert os.readlink(dest / "link") == "new.c" and (dest / "Kconfig").stat().st_mtime_ns == kept
+    # a file a patch changed in the copy, and one a patch created there, are restored / removed on request
+    (dest / "arch/x86/kvm.c").write_text("patched\n")
+    (dest / "created-by-patch.c").write_text("p\n")
+    assert sync_tree(src, dest, always=["arch/x86/kvm.c", "created-by-patch.c"]) == ["arch/x86/kvm.c"]
+    assert (dest / "arch/x86/kvm.c").read_text() == "int a; int b;\n" and not (dest / "created-by-patch.c").exists()
+    # a file that became a directory
+    (src / "new.c").unlink()
+    (src / "new.c").mkdir()
+    (src / "new.c" / "inner.c").write_text("i\n")
+    assert sync_tree(src, dest) == ["new.c/inner.c"]
+    assert (dest / "new.c" / "inner.c").read_text() == "i\n"
+
+
+@pytest.mark.skipif(not HAVE_RSYNC, reason="rsync not installed")
+def test_a_copy_recorded_from_another_source_is_synced_by_content_again(tmp_path: Path) -> None:
+    a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    for tree, text in ((a, "a\n"), (b, "b\n")):
+        tree.mkdir()
+        (tree / "f.c").write_text(text)
+        os.utime(tree / "f.c", (1_000_000_000, 1_000_000_000))  # same size, same mtime: only content differs
+    sync_tree(a, dest)
+    assert sync_tree(b, dest) == ["f.c"] and (dest / "f.c").read_text() == "b\n"
+
+
+@pytest.mark.skipif(not HAVE_RSYNC, reason="rsync not installed")
 def test_sync_tree_failure_is_a_build_error(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"^rsync .*/missing -> .* failed: "):
         sync_tree(tmp_path / "missing", tmp_path / "dest")
@@ -141,3 +185,26 @@ def test_ccache_compiles_from_its_cache_the_second_time(tmp_path: Path) -> None:
     stats = kbuild.ccache_stats(comp)
     assert stats["cache_miss"] == 1 and stats["direct_cache_hit"] + stats["preprocessed_cache_hit"] == 1
     assert (tmp_path / "a.o").read_bytes() == (tmp_path / "b.o").read_bytes()
+
+
+def test_config_inputs_follow_kconfig_files_config_fragments_and_the_compiler_not_sources(tmp_path: Path) -> None:
+    tree = tmp_path / "linux"
+    for rel, text in (("Makefile", "VERSION = 6\n"), ("Kconfig", "source arch/Kconfig\n"),
+                      ("arch/x86/Kconfig", "config X86\n"), ("arch/x86/configs/tiny.config", "CONFIG_X=y\n"),
+                      ("kernel/configs/kvm_guest.config", "CONFIG_KVM_GUEST=y\n"),
+                      ("scripts/kconfig/conf.c", "int main;\n"), ("arch/x86/kernel/kvm.c", "int a;\n"),
+                      (".git/Kconfig", "not the tree's\n")):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+    base = kbuild.config_inputs(tree, "CONFIG_A=y\n", "gcc 12")
+    assert base == kbuild.config_inputs(tree, "CONFIG_A=y\n", "gcc 12")
+    (tree / "arch/x86/kernel/kvm.c").write_text("int a; int b;\n")  # a source edit: config unchanged
+    (tree / ".git/Kconfig").write_text("history\n")
+    assert kbuild.config_inputs(tree, "CONFIG_A=y\n", "gcc 12") == base
+    assert kbuild.config_inputs(tree, "CONFIG_A=n\n", "gcc 12") != base
+    assert kbuild.config_inputs(tree, "CONFIG_A=y\n", "gcc 13") != base
+    for rel in ("arch/x86/Kconfig", "arch/x86/configs/tiny.config", "kernel/configs/kvm_guest.config",
+                "scripts/kconfig/conf.c", "Makefile"):
+        before = kbuild.config_inputs(tree, "CONFIG_A=y\n", "gcc 12")
+        (tree / rel).write_text((tree / rel).read_text() + "# changed\n")
+        assert kbuild.config_inputs(tree, "CONFIG_A=y\n", "gcc 12") != before, rel
