@@ -235,15 +235,14 @@ def sync_tree(source: Path, dest: Path, excludes: Sequence[str] = SYNC_EXCLUDES,
         doc = json.loads(record.read_text())
         if dest.is_dir() and doc.get("source") == str(source) and doc.get("excludes") == list(excludes):
             old = doc["entries"]
+    try:
+        now = source_stats(source, excludes) if source.is_dir() else {}
+    except OSError as err:
+        raise BuildError(f"cannot read {source}: {err}", fix=f"check that {source} is readable") from err
     if not source.is_dir() or old is None:
         record.unlink(missing_ok=True)
-        now = source_stats(source, excludes) if source.is_dir() else {}
-        written = _rsync(source, dest, excludes)
+        written = _rsync(source, dest, excludes)  # by content: it also undoes whatever was done to dest
     else:
-        try:
-            now = source_stats(source, excludes)
-        except OSError as err:
-            raise BuildError(f"cannot read {source}: {err}", fix=f"check that {source} is readable") from err
         forced = set(always)
         written = []
         for rel, entry in now.items():
