@@ -76,6 +76,7 @@ def loop(tree: Path, extra: list[str]) -> dict[str, object]:
     kernel = doc.get("kernel") or {}
     return {"phase": "edit-to-verdict", "seconds": round(seconds, 1), "exit": proc.returncode,
             "verdict": doc.get("verdict"), "rebuild_seconds": kernel.get("build_seconds"),
+            "rebuild_stages": kernel.get("stages"),
             "options": extra, "goal_seconds": 120,
             **({"stderr": proc.stderr.strip()[-500:]} if proc.returncode not in (0, 1) else {})}
 

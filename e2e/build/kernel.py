@@ -15,6 +15,7 @@ ccache, so a rebuild after a small change recompiles only what changed
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -232,7 +233,9 @@ def _build_into(
     with kbuild.build_tree(cache, kbuild.tree_key(spec.source.kind, spec.source.path, spec.flavour, fragment),
                            spec.source.path) as bt:
         reused = bt.reused()
+        marks = {"start": time.monotonic()}  # where a build's time goes (manifest "stages")
         tree = _source_tree(spec, identity, bt, work, progress)
+        marks["source"] = time.monotonic()
         builddir = bt.out
         before = kbuild.ccache_stats(comp)
         merged = staged / "fragment.config"
@@ -252,6 +255,7 @@ def _build_into(
                 _make_logged(make_argv(tree, builddir, ["olddefconfig"], cc=comp.cc), logfile, progress,
                              "olddefconfig", comp.env)
                 atomic_write(bt.config_record, inputs)
+            marks["configure"] = time.monotonic()
             configured = read_config(builddir / ".config")
             dropped = missing_options(requested, configured)
             if dropped:
@@ -264,6 +268,7 @@ def _build_into(
                             force=True)
             _make_logged(make_argv(tree, builddir, ["bzImage"], spec.jobs, comp.cc), logfile, progress,
                          "make bzImage", comp.env)
+            marks["make"] = time.monotonic()
             release = command.run(["make", "-s", "-C", str(tree), f"O={builddir}", "kernelrelease"],
                                   what="make kernelrelease").stdout.strip().splitlines()[-1]
             version = tree_version(tree)
@@ -282,6 +287,8 @@ def _build_into(
         "patches": [{"name": p.name, "sha256": sha256_file(p.path)} for p in spec.patches],
         "config": dict(sorted(requested.items())),
         "build_seconds": round(time.time() - started, 1),
+        # the source (sync and patches), configuring (skipped when its inputs are unchanged), make
+        "stages": {b: round(marks[b] - marks[a], 1) for a, b in itertools.pairwise(marks)},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "incremental": {"build_dir": str(builddir), "reused": reused, "ccache": comp.uses_ccache,
                         **{k: after[k] - before.get(k, 0) for k in after}},

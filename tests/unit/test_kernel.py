@@ -516,7 +516,8 @@ def test_debian_source_is_unpacked_into_the_private_copy_once(tmp_path: Path) ->
         src = _source_tree(spec, "deb-1", bt, work, progress)
         assert src == bt.src and (src / "src" / "file.c").read_text() == ORIGINAL.replace("line 2\n", "LINE TWO\n")
         assert not (bt.out / "stale.o").exists(), "objects of another copy must not survive a fresh unpack"
-        assert sorted(p.name for p in bt.root.iterdir()) == ["out", "src", "src.patched", "src.stamp"]  # no unpack left over
+        # no unpack left over
+        assert sorted(p.name for p in bt.root.iterdir()) == ["out", "src", "src.patched", "src.stamp"]
         makefile = (src / "Makefile").stat().st_mtime_ns
         # A new package version: unpacked beside, synced by content; unchanged files keep their mtimes.
         assert _source_tree(spec, "deb-2", bt, work, progress) == src
