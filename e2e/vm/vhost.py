@@ -77,7 +77,7 @@ class VhostSpec:
     """The virtual host's shape.
 
     :param kernel: the L1 kernel: pveoi's host flavour (KVM, KVM_AMD, 9p built in), or one with them as
-        modules and ``initrd`` to load them.
+        modules, which ``boot`` loads.
     :param boot: what QEMU loads for ``kernel`` (:func:`e2e.build.vhostkernel.vhost_boot`: a modular kernel's
         initramfs, its vmlinux); None: ``kernel`` itself, no initramfs.
     :param keep: paths under the host's ``/tmp`` that must be visible inside
@@ -472,13 +472,14 @@ class VirtualKvmHost(Machine):
             facts = dict(kv.split("=", 1) for kv in path.read_text().split())
         except (OSError, ValueError) as err:
             raise GuestError("the virtual host did not report its KVM state",
-                             fix="check the host kernel has KVM_AMD built in") from err
+                             fix="check the host kernel has KVM_AMD, built in or as a module") from err
         # Nested paging off is no failure when a trial asked for it (kvm_amd.npt=0 on L1's command line).
         npt_off = any(w.replace("-", "_") in ("kvm_amd.npt=0", "kvm_amd.npt=N") for w in self.vspec.append)
         if facts.get("dev") != "1" or facts.get("svm") != "1" or (facts.get("npt") not in ("Y", "1") and not npt_off):
             raise CapabilityError(
                 f"the virtual host has no usable KVM ({' '.join(f'{k}={v}' for k, v in facts.items())})",
-                fix="the L1 kernel needs CONFIG_KVM_AMD=y and QEMU's TCG 'max' CPU must expose svm and npt",
+                fix="the L1 kernel needs KVM_AMD (built in or as a module) and QEMU's TCG 'max' CPU must expose "
+                    "svm and npt",
             )
         return facts
 
