@@ -22,6 +22,7 @@ from e2e.build.modules import missing_builtin_drivers
 from e2e.build.prebuilt import fetch_path
 from e2e.errors import ConfigError
 from tests.helpers.bzimage import bzimage_bytes
+from tests.helpers.cached import is_cloud_kernel
 
 
 def one_line_error(path: Path, pattern: str) -> str:
@@ -36,11 +37,12 @@ def one_line_error(path: Path, pattern: str) -> str:
 
 
 def cached_kernels(kind: str) -> list[Path]:
-    """bzImages of the default cache whose manifest is of ``kind`` (build, debian)."""
+    """bzImages of the default cache whose manifest is of ``kind`` (build, debian: its cloud flavour)."""
     found = []
     for image in sorted((cache_root() / "kernels").glob("*/bzImage")):
         try:
-            if json.loads((image.parent / "manifest.json").read_text()).get("kind") == kind:
+            if json.loads((image.parent / "manifest.json").read_text()).get("kind") == kind and (
+                    kind != "debian" or is_cloud_kernel(image.parent / "manifest.json")):
                 found.append(image)
         except (OSError, ValueError):
             continue

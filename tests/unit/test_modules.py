@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e.build import modules as mods
-from e2e.build.cache import Cache, CacheEntry, sha256_file
+from e2e.build.cache import MANIFEST, Cache, CacheEntry, sha256_file
 from e2e.build.cpio import ImageTree
 from e2e.build.elf import Tool
 from e2e.build.modules import (
@@ -30,6 +30,7 @@ from e2e.build.modules import (
     module_name,
 )
 from e2e.errors import BuildError, ConfigError
+from tests.helpers.cached import is_cloud_kernel
 
 HAVE_GCC = shutil.which("gcc") is not None
 HAVE_MODINFO = Path(mods.MODINFO.path).is_file() or shutil.which("modinfo") is not None
@@ -38,13 +39,13 @@ needs_gcc = pytest.mark.skipif(not HAVE_GCC, reason="gcc not installed")
 
 
 def debian_kernel() -> CacheEntry | None:
-    """The newest fetched Debian kernel with modules in the default cache, if any."""
+    """The newest fetched Debian cloud kernel with modules in the default cache, if any."""
     cache = Cache()
     kinds = cache.root / "kernels"
     found = []
     for path in sorted(kinds.glob("deb-*")) if kinds.is_dir() else []:
         entry = cache.lookup("kernels", path.name, discard=False)
-        if entry is not None and (entry.path / "modules.tar").is_file():
+        if entry is not None and (entry.path / "modules.tar").is_file() and is_cloud_kernel(entry.path / MANIFEST):
             found.append(entry)
     return max(found, key=lambda e: e.path.stat().st_mtime) if found else None
 
