@@ -253,7 +253,7 @@ def check_inputs(opts: AbOptions) -> None:
     if opts.reps_per_boot < 1:
         raise ConfigError("--reps-per-boot must be at least 1", fix="pass --reps-per-boot 3, or leave it out")
     if opts.host != "direct":
-        from ..vm.vhost import trial_kernel, trial_settings
+        from ..vm.trials import trial_kernel, trial_settings
 
         trial_settings(os.environ)  # a virtual-host trial's settings, refused now rather than at L1's boot
         if trial_kernel(os.environ) is not None and opts.host_base is not None:

@@ -26,7 +26,8 @@ from ..model.result import Result
 from ..report import results
 from ..util.paths import REPO_ROOT
 from ..util.tmpdirs import tempdir
-from ..vm.vhost import TRIAL_KERNEL, VirtualKvmHost, run_in_vhost, trial_kernel, trial_settings
+from ..vm.trials import TRIAL_KERNEL, trial_kernel, trial_settings
+from ..vm.vhost import VirtualKvmHost, run_in_vhost
 from . import ab, inner, traces
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import pytest
 
 from e2e.errors import ConfigError
 from e2e.run import runner
-from e2e.vm.vhost import TRIAL_APPEND, TRIAL_CPU, VhostSpec, trial_settings, vhost_argv
+from e2e.vm.trials import TRIAL_APPEND, TRIAL_CPU, trial_settings
+from e2e.vm.vhost import VhostSpec, vhost_argv
 
 
 def test_without_a_trial_l1_is_pveois_own() -> None:
@@ -57,16 +58,16 @@ def test_pveoi_ab_refuses_a_bad_trial_before_anything_boots(monkeypatch: pytest.
 
 def test_a_trials_own_kernel_is_checked_and_counts_as_the_virtual_hosts(monkeypatch: pytest.MonkeyPatch,
                                                                        tmp_path: Path) -> None:
-    from e2e.vm import vhost
+    from e2e.vm import trials
 
-    assert vhost.trial_kernel({}) is None
-    with pytest.raises(ConfigError, match=vhost.TRIAL_KERNEL):
-        vhost.trial_kernel({vhost.TRIAL_KERNEL: str(tmp_path / "nothing")})
+    assert trials.trial_kernel({}) is None
+    with pytest.raises(ConfigError, match=trials.TRIAL_KERNEL):
+        trials.trial_kernel({trials.TRIAL_KERNEL: str(tmp_path / "nothing")})
     kernel = tmp_path / "bzImage"
     kernel.write_bytes(b"k")
     checked: list[Path] = []
-    monkeypatch.setattr(vhost, "host_kernel_needs", checked.append)  # the check itself: test_vhost_kernel
-    monkeypatch.setenv(vhost.TRIAL_KERNEL, str(kernel))
+    monkeypatch.setattr(trials, "host_kernel_needs", checked.append)  # the check itself: test_vhost_kernel
+    monkeypatch.setenv(trials.TRIAL_KERNEL, str(kernel))
     assert runner.stock_host_kernel() == kernel and checked == [kernel]
     # its crash is the virtual host's own (infrastructure), not a kernel under test's
     assert runner.is_stock_host_kernel(kernel)

@@ -1,0 +1,59 @@
+"""
+Trials of the virtual host itself (issue 24: what lowers nested TCG's crash rate), set from the
+environment and not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, and L1's own
+kernel in place of pveoi's host flavour. Each is checked before anything boots, since nothing here may
+reach QEMU's or the kernel's command line unchecked; docs/virtual-host.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..build.vhostkernel import host_kernel_needs
+from ..errors import ConfigError
+
+#: Environment variables for trials of the virtual host itself (issue 24: what lowers nested TCG's crash
+#: rate), not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, and L1's own kernel
+#: (e.g. a packaged one, :mod:`e2e.build.vhostkernel`) in place of pveoi's host flavour.
+TRIAL_CPU, TRIAL_APPEND, TRIAL_KERNEL = "PVEOI_VHOST_CPU", "PVEOI_VHOST_APPEND", "PVEOI_VHOST_KERNEL"
+_CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
+_KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
+
+
+def trial_settings(environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    """L1's ``-cpu`` model and extra kernel parameters as a trial's environment sets them
+    (:data:`TRIAL_CPU`, :data:`TRIAL_APPEND`; unset: ``max`` and none).
+
+    :raises ConfigError: a value that is no CPU model or no plain kernel parameters (nothing here may
+        reach QEMU's or the kernel's command line unchecked).
+    """
+    cpu = environ.get(TRIAL_CPU, "").strip() or "max"
+    if not _CPU_MODEL.fullmatch(cpu):
+        raise ConfigError(f"{TRIAL_CPU}={cpu!r} is not a QEMU CPU model",
+                          fix=f"unset {TRIAL_CPU}, or name a model with SVM (qemu-system-x86_64 -cpu help), e.g. EPYC")
+    words = tuple(environ.get(TRIAL_APPEND, "").split())
+    bad = [w for w in words if not _KERNEL_PARAM.fullmatch(w) or w.split("=", 1)[0] in ("init", "root", "--")]
+    if bad:
+        raise ConfigError(f"{TRIAL_APPEND} holds what is no plain kernel parameter: {' '.join(bad)}",
+                          fix=f"unset {TRIAL_APPEND}, or give NAME=VALUE words, e.g. kvm_amd.npt=0")
+    return cpu, words
+
+
+def trial_kernel(environ: Mapping[str, str]) -> Path | None:
+    """The virtual host's own kernel as a trial's environment names it (:data:`TRIAL_KERNEL`), checked
+    before any boot (:func:`e2e.build.vhostkernel.host_kernel_needs`); None when unset.
+
+    :raises ConfigError: not a file, or no kernel the virtual host can boot (named, with the way out).
+    """
+    value = environ.get(TRIAL_KERNEL, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(f"{TRIAL_KERNEL}={value} is not a file",
+                          fix=f"unset {TRIAL_KERNEL}, or give a bzImage (pveoi kernel fetch --debian --package "
+                              "linux-image-amd64 prints one)")
+    host_kernel_needs(path)
+    return path
