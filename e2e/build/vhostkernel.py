@@ -25,6 +25,7 @@ out.
 
 from __future__ import annotations
 
+import functools
 import logging
 import stat
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..util.paths import DATA
 from .bzimage import config_values, read_setup_header, vmlinux
-from .cache import Built, Cache, content_hash, sha256_file
+from .cache import Built, Cache, CacheEntry, content_hash, sha256_file
 from .cpio import ImageTree, write_initrd
 from .elf import find_tool
 from .image import BUSYBOX
@@ -101,18 +102,26 @@ def kernel_parts(kernel: Path) -> KernelParts:
 
     :raises ConfigError: not a bzImage, or a damaged cache entry.
     """
-    entry = entry_of(kernel)
+    real = kernel.resolve()
+    st = real.stat()
+    entry = _entry_of(real, st.st_size, st.st_mtime_ns)
     if entry is not None:
         config = entry.file("config")
         return KernelParts(config if config.is_file() else None, kernel_modules(entry))
     release = read_setup_header(kernel).release
     if release == "unknown":
         return KernelParts()
-    real = kernel.resolve()
     config = real.parent / f"config-{release}"
     modules = real.parent.parent / "lib" / "modules"
     return KernelParts(config if config.is_file() else None, None,
                        ModuleTree(modules, release) if (modules / release).is_dir() else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _entry_of(kernel: Path, _size: int, _mtime_ns: int) -> CacheEntry | None:
+    """:func:`entry_of`, once per process and file: it verifies every file's sha256 (a packaged kernel's
+    400 MB of modules), and a run asks about its host kernels several times."""
+    return entry_of(kernel)
 
 
 def host_kernel_needs(kernel: Path) -> HostKernelNeeds:
