@@ -194,7 +194,7 @@ def _make_logged(argv: Sequence[str], logfile: Path, progress: Progress, what: s
 def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = False) -> CacheEntry:
     """Build (or find in the cache) the kernel ``spec`` describes.
 
-    :returns: the cache entry holding ``bzImage``, ``config``, ``build.log``
+    :returns: the cache entry holding ``bzImage``, ``config``, ``build.log``, ``System.map``
         and ``manifest.json``.
     :raises BuildError: if a patch fails, a requested option is dropped or
         make fails (the log is kept and named).
@@ -274,6 +274,8 @@ def _build_into(
             version = tree_version(tree)
         shutil.copy(builddir / "arch" / "x86" / "boot" / "bzImage", staged / "bzImage")
         shutil.copy(builddir / ".config", staged / "config")
+        # the symbols, for a triple fault's RIP (e2e.vm.shutdowns) and any address a developer reads
+        shutil.copy(builddir / "System.map", staged / "System.map")
         after = kbuild.ccache_stats(comp)
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
@@ -294,7 +296,7 @@ def _build_into(
                         **{k: after[k] - before.get(k, 0) for k in after}},
     }
     progress.done(f"built {release} ({final / 'bzImage'})")
-    return Built(("bzImage", "config", "fragment.config", "build.log"), manifest)
+    return Built(("bzImage", "config", "fragment.config", "build.log", "System.map"), manifest)
 
 
 def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Path, progress: Progress) -> Path:

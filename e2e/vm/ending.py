@@ -27,7 +27,9 @@ does: a kernel announces every reset it makes (``sysrq: Resetting``,
 syncing``), the OOM killer its kills (``Out of memory: Killed process``,
 ``oom-kill:``). A ``guest-reset`` the kernel did not announce is a CPU
 shutdown, i.e. a triple fault (which KVM and TCG both report as a guest
-reset; TCG's ``-d cpu_reset`` log says ``Triple fault``). A SIGKILL leaves no
+reset; TCG's ``-d cpu_reset`` log says ``Triple fault``). Under KVM the
+machine also asks KVM itself (:mod:`e2e.vm.shutdowns`): its record of the
+shutdown exit names the vCPU and the RIP it died at. A SIGKILL leaves no
 event at all, only the exit status.
 
 Classes, most specific evidence first: ``killed by signal``, ``host quit``,
@@ -180,7 +182,7 @@ def _signal_name(number: int) -> str:
 
 
 def classify_exit(events: Sequence[Mapping[str, Any]], console: str, qemu_log: str,
-                  exitcode: int | None) -> ExitCause:
+                  exitcode: int | None, kvm: Sequence[str] = ()) -> ExitCause:
     """The class of a QEMU that exited, from its QMP events, the guest's console and QEMU's own log (pure).
 
     :param events: the QMP events QEMU sent (``{"event": "SHUTDOWN", "data": {"guest": true,
@@ -188,6 +190,9 @@ def classify_exit(events: Sequence[Mapping[str, Any]], console: str, qemu_log: s
     :param console: the guest's console transcript (its tail is enough).
     :param qemu_log: QEMU's stdout+stderr.
     :param exitcode: QEMU's exit status (negative: killed by that signal); None: still running.
+    :param kvm: what KVM recorded of the guest's CPUs shutting down (:mod:`e2e.vm.shutdowns`:
+        ``KVM: vCPU 1 shut down at RIP ...``): a guest reset with such a record is a triple fault
+        for certain, and the record goes into the evidence of any reset.
     """
     if exitcode is None:
         return ExitCause(RUNNING, ("QEMU still runs",))
@@ -237,10 +242,11 @@ def classify_exit(events: Sequence[Mapping[str, Any]], console: str, qemu_log: s
     announced = _first(CONSOLE_RESET, console)
     if reason == "guest-reset" or (not shutdown and (announced or triple)):
         if triple:
-            return cause(TRIPLE_FAULT, f"{'QEMU log' if TRIPLE.search(qemu_log) else 'console'}: {_quote(triple[1])}")
+            return cause(TRIPLE_FAULT, f"{'QEMU log' if TRIPLE.search(qemu_log) else 'console'}: {_quote(triple[1])}",
+                         *kvm)
         if announced:
-            return cause(GUEST_RESET, f"console: {_quote(announced[1])}")
-        return cause(TRIPLE_FAULT, "console: no reset, panic or shutdown announced by the guest kernel")
+            return cause(GUEST_RESET, f"console: {_quote(announced[1])}", *kvm)
+        return cause(TRIPLE_FAULT, *kvm, "console: no reset, panic or shutdown announced by the guest kernel")
     trouble = [m.group(0) for m in QEMU_TROUBLE.finditer(qemu_log)]
     if exitcode > 0 or reason == "host-error":
         return cause(QEMU_ERROR, f"exit code {exitcode}", *([f"QEMU log: {_quote(trouble[-1])}"] if trouble else []))

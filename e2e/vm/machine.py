@@ -5,7 +5,9 @@ Lifecycle: ``NEW -> RUNNING -> SHUTDOWN``. ``launch()`` starts QEMU with QMP
 and the serial console on socketpairs (no socket files), ``shutdown()`` is
 idempotent and escalates QMP ``quit`` -> SIGTERM -> SIGKILL, always reaps, and
 removes the machine's private temp dir. QEMU gets ``PR_SET_PDEATHSIG(SIGKILL)``
-so it dies with the harness even if the harness is SIGKILLed.
+so it dies with the harness even if the harness is SIGKILLed. A KVM guest's
+machine keeps KVM's record of its CPUs' shutdowns (:mod:`.shutdowns`) for
+the evidence of a triple fault.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .console import GUEST_ERROR_PATTERN, Console
 from .cpus import CpuSample, VCpu, sample
 from .ending import RUNNING, ExitCause, classify_exit
 from .process import death_note, keep_failed_logs, start_qemu, stop_qemu
+from .shutdowns import ShutdownRecorder, describe, symbols_beside
 from .ssh import GuestSsh
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,8 @@ class Machine:
         #: How QEMU ended, once known (:meth:`exit_cause`); for a machine left on an error while
         #: QEMU still ran, class ``qemu running``.
         self.ended: ExitCause | None = None
+        #: KVM's record of this guest's shutdown exits (a KVM guest on a host whose tracefs we may use).
+        self._shutdowns: ShutdownRecorder | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -166,6 +171,8 @@ class Machine:
                 sock.close()
             raise
         extra_fds = tuple(s.fileno() for s in self._extra_theirs)
+        if self.spec.accel == "kvm":
+            self._shutdowns = ShutdownRecorder.start()
         self.log.debug("launching: %s", " ".join(self.argv))
         try:
             self._proc = start_qemu(self.argv, self.logdir / f"{self.spec.name}-qemu.log",
@@ -279,7 +286,10 @@ class Machine:
         if self._console is not None:
             self._console.wait_closed(2.0)
             console = self._console.text()
-        self.ended = classify_exit(self.events, console[-65536:], self.qemu_log()[-65536:], code)
+        kvm: list[str] = []
+        if self._shutdowns is not None:
+            kvm = describe(self._shutdowns.shutdowns(self._proc.pid), symbols_beside(self.spec.kernel))
+        self.ended = classify_exit(self.events, console[-65536:], self.qemu_log()[-65536:], code, kvm)
         self.log.debug("QEMU (pid %d) ended: %s", self._proc.pid, self.ended.describe())
         return self.ended
 
@@ -486,6 +496,8 @@ class Machine:
                     self.log.debug("closing QMP: %s", err)
             if self._console is not None:
                 self._console.close()
+            if self._shutdowns is not None:
+                self._shutdowns.stop()
             try:
                 self._post_shutdown()
             finally:

@@ -1,0 +1,167 @@
+"""
+KVM's own record of a guest CPU's shutdown (a triple fault): where the guest was when it happened.
+
+A triple fault leaves QEMU only a ``SHUTDOWN`` event (reason ``guest-reset``), and on AMD the
+registers are gone before QEMU could read them: KVM re-initialises the vCPU on the shutdown
+intercept (``shutdown_interception()`` in ``arch/x86/kvm/svm/svm.c``). But KVM traces every exit
+before handling it, and ``kvm:kvm_exit`` carries the guest's RIP. So while a KVM guest runs, a
+private tracefs instance records just those exits (``kvm_exit`` filtered to SVM's shutdown intercept,
+exit code 0x7f, and VMX's triple fault, basic exit reason 2), each with its thread's process id
+(``options/record-tgid``) to tell this QEMU's vCPUs from other guests'. The instance costs nothing
+while no guest shuts down and is removed with the machine.
+
+When the QEMU ends in a ``guest-reset``, :meth:`ShutdownRecorder.evidence` says which vCPU shut down
+at which RIP, with the kernel symbol when the guest kernel's ``System.map`` sits beside its image
+(pveoi's own builds keep it): ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234
+(asm_exc_double_fault+0x4)``. A guest whose CPU resets without that record reset it some other way.
+
+Written here rather than with perf or trace-cmd: one filtered event over the machine's whole life,
+read once after it died, is three files in tracefs; a perf process per guest would cost a start-up
+per boot under nested emulation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..host.hostfacts import DEBUGFS_TRACING, TRACEFS
+
+log = logging.getLogger(__name__)
+
+#: The exits that are a guest CPU's shutdown: SVM's SHUTDOWN intercept (``SVM_EXIT_SHUTDOWN``) and
+#: VMX's triple fault (``EXIT_REASON_TRIPLE_FAULT``), each with its ``isa`` (``KVM_ISA_VMX`` 1,
+#: ``KVM_ISA_SVM`` 2) so that neither matches the other's same number.
+FILTER = "(isa == 2 && exit_reason == 127) || (isa == 1 && exit_reason == 2)"
+
+#: A line of an instance's ``trace`` with ``record-tgid``:
+#: ``  CPU 1/KVM-75  (     70) [001] d..1.  12.3: kvm_exit: vcpu 1 reason shutdown rip 0xffffffff81001234 ...``.
+_LINE = re.compile(r"^\s*.+?-(?P<tid>\d+)\s+\(\s*(?P<tgid>\d+)\)\s+\[\d+\].*?\bkvm_exit:\s+vcpu (?P<vcpu>\d+)\s+"
+                   r"reason (?P<reason>\S+).*?\brip 0x(?P<rip>[0-9a-fA-F]+)")
+
+_serial = itertools.count()
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """One shutdown exit KVM traced: the vCPU, the exit reason as KVM names it, the guest's RIP."""
+
+    vcpu: int
+    reason: str
+    rip: int
+
+
+def parse_trace(text: str, tgid: int) -> list[Shutdown]:
+    """The shutdown exits of process ``tgid``'s threads in an instance's ``trace`` text (pure)."""
+    out = []
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m and int(m["tgid"]) == tgid:
+            out.append(Shutdown(int(m["vcpu"]), m["reason"], int(m["rip"], 16)))
+    return out
+
+
+class SymbolMap:
+    """A kernel's ``System.map``: the text symbol at or below an address."""
+
+    def __init__(self, text: str) -> None:
+        pairs = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in "tTwW":
+                try:
+                    pairs.append((int(parts[0], 16), parts[2]))
+                except ValueError:
+                    continue
+        pairs.sort()
+        self._addrs = [a for a, _ in pairs]
+        self._names = [n for _, n in pairs]
+
+    def name(self, address: int) -> str | None:
+        """``symbol+0xoff`` for ``address``, None below the first text symbol or in an empty map."""
+        i = bisect.bisect_right(self._addrs, address) - 1
+        if i < 0:
+            return None
+        return f"{self._names[i]}+{address - self._addrs[i]:#x}"
+
+
+def describe(shutdowns: list[Shutdown], symbols: SymbolMap | None) -> list[str]:
+    """Evidence lines: ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234 (asm_exc_double_fault+0x4)``."""
+    lines = []
+    for s in shutdowns:
+        where = symbols.name(s.rip) if symbols is not None else None
+        lines.append(f"KVM: vCPU {s.vcpu} shut down at RIP {s.rip:#x}" + (f" ({where})" if where else ""))
+    return lines
+
+
+def symbols_beside(kernel: Path | None) -> SymbolMap | None:
+    """The ``System.map`` kept beside a kernel image, if there is one."""
+    if kernel is None:
+        return None
+    try:
+        return SymbolMap((Path(kernel).parent / "System.map").read_text(errors="replace"))
+    except OSError:
+        return None
+
+
+class ShutdownRecorder:
+    """A private tracefs instance recording KVM's shutdown exits while one machine runs."""
+
+    def __init__(self, instance: Path) -> None:
+        self.instance = instance
+
+    @classmethod
+    def start(cls, tracefs: Path | None = None) -> ShutdownRecorder | None:
+        """Make and arm the instance; None (and a debug line saying why) where tracefs, its
+        instances or the kvm tracepoints are not ours to use: an unprivileged run, KVM not loaded."""
+        roots = [tracefs] if tracefs is not None else [TRACEFS, DEBUGFS_TRACING]
+        root = next((r for r in roots if (r / "instances").is_dir() and os.access(r / "instances", os.W_OK)), None)
+        if root is None:
+            log.debug("no writable tracefs instances: KVM's shutdown exits are not recorded")
+            return None
+        instance = root / "instances" / f"pveoi-shutdowns-{os.getpid()}-{next(_serial)}"
+        try:
+            instance.mkdir()
+        except OSError as err:
+            log.debug("cannot make %s: %s", instance, err)
+            return None
+        recorder = cls(instance)
+        event = instance / "events" / "kvm" / "kvm_exit"
+        if not event.is_dir():
+            log.debug("%s has no kvm:kvm_exit (KVM not loaded?)", instance)
+            recorder.stop()
+            return None
+        try:
+            (instance / "buffer_size_kb").write_text("16")
+            (instance / "options" / "record-tgid").write_text("1")
+            (event / "filter").write_text(FILTER)
+            (event / "enable").write_text("1")
+            (instance / "tracing_on").write_text("1")
+        except OSError as err:
+            log.debug("cannot arm %s: %s", instance, err)
+            recorder.stop()
+            return None
+        return recorder
+
+    def shutdowns(self, tgid: int) -> list[Shutdown]:
+        """The shutdown exits recorded for process ``tgid`` (QEMU's pid) so far."""
+        try:
+            return parse_trace((self.instance / "trace").read_text(errors="replace"), tgid)
+        except OSError as err:
+            log.debug("cannot read %s: %s", self.instance, err)
+            return []
+
+    def stop(self) -> None:
+        """Remove the instance (the kernel disables its events); idempotent."""
+        try:
+            self.instance.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            # tracefs refuses rmdir while a reader holds the instance open; say so rather than leak quietly.
+            log.warning("could not remove the tracefs instance %s: %s", self.instance, err)

@@ -1,0 +1,93 @@
+"""KVM's record of a guest CPU's shutdown: the trace lines read, the symbol named, the evidence given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from e2e.vm import ending
+from e2e.vm.ending import classify_exit
+from e2e.vm.shutdowns import Shutdown, ShutdownRecorder, SymbolMap, describe, parse_trace, symbols_beside
+
+#: An instance's ``trace`` with ``record-tgid`` (the layout of Linux 6.1's trace_print_context()): QEMU
+#: 68's vCPU 0 shut down, another QEMU's vCPU 1 too, and a line whose thread's tgid was not saved.
+TRACE = """\
+# tracer: nop
+#
+# entries-in-buffer/entries-written: 3/3   #P:2
+#
+#           TASK-PID     TGID     CPU#  |||||  TIMESTAMP  FUNCTION
+#              | |         |        |   |||||     |         |
+       CPU 0/KVM-75      (     68) [001] d..1.    52.123456: kvm_exit: vcpu 0 reason shutdown rip \
+0xffffffff81027ac1 info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000
+       CPU 1/KVM-91      (     88) [000] d..1.    60.000001: kvm_exit: vcpu 1 reason shutdown rip \
+0xffffffff81000010 info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000
+           <...>-99      (-------) [000] d..1.    61.000001: kvm_exit: vcpu 0 reason shutdown rip \
+0x1000 info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000
+"""
+
+SYSTEM_MAP = """\
+0000000000000000 D __per_cpu_start
+ffffffff81000000 T _text
+ffffffff81000000 T startup_64
+ffffffff81027955 T native_machine_emergency_restart
+ffffffff81027b00 t native_machine_shutdown
+ffffffff81028000 D some_data
+"""
+
+
+def test_only_this_qemus_threads_shutdowns_are_read() -> None:
+    assert parse_trace(TRACE, 68) == [Shutdown(0, "shutdown", 0xFFFFFFFF81027AC1)]
+    assert parse_trace(TRACE, 88) == [Shutdown(1, "shutdown", 0xFFFFFFFF81000010)]
+    assert parse_trace(TRACE, 99) == [], "a line without its tgid is nobody's"
+    assert parse_trace("# tracer: nop\n", 68) == []
+
+
+def test_the_rip_is_named_by_the_text_symbol_at_or_below_it() -> None:
+    symbols = SymbolMap(SYSTEM_MAP)
+    assert symbols.name(0xFFFFFFFF81027AC1) == "native_machine_emergency_restart+0x16c"
+    assert symbols.name(0xFFFFFFFF81027B00) == "native_machine_shutdown+0x0"
+    assert symbols.name(0xFFFFFFFF81028010) == "native_machine_shutdown+0x510", "data symbols are not text"
+    assert symbols.name(0x1000) is None, "below the kernel's text: no name (firmware, real mode)"
+    assert SymbolMap("").name(0xFFFFFFFF81000000) is None
+
+
+def test_the_evidence_names_vcpu_rip_and_symbol_when_the_map_is_there(tmp_path: Path) -> None:
+    shutdowns = [Shutdown(0, "shutdown", 0xFFFFFFFF81027AC1)]
+    assert describe(shutdowns, None) == ["KVM: vCPU 0 shut down at RIP 0xffffffff81027ac1"]
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"")
+    assert symbols_beside(kernel) is None, "no System.map beside the image"
+    (tmp_path / "System.map").write_text(SYSTEM_MAP)
+    assert describe(shutdowns, symbols_beside(kernel)) == [
+        "KVM: vCPU 0 shut down at RIP 0xffffffff81027ac1 (native_machine_emergency_restart+0x16c)"]
+
+
+GUEST_RESET = [{"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-reset"}}]
+KVM = ["KVM: vCPU 1 shut down at RIP 0xffffffff81000010 (startup_64+0x10)"]
+
+
+def test_a_silent_reset_with_kvms_record_is_a_triple_fault_and_says_where() -> None:
+    cause = classify_exit(GUEST_RESET, "pveoi-guest-ready uptime=5.0\n", "", 0, KVM)
+    assert cause.cls == ending.TRIPLE_FAULT
+    assert cause.evidence == ("SHUTDOWN reason guest-reset", *KVM,
+                              "console: no reset, panic or shutdown announced by the guest kernel")
+
+
+def test_an_announced_reset_keeps_its_class_and_gains_kvms_record() -> None:
+    """``reboot=t``: the kernel announces the reset and then triple-faults on purpose."""
+    cause = classify_exit(GUEST_RESET, "[   9.1] sysrq: Resetting\n", "", 0, KVM)
+    assert cause.cls == ending.GUEST_RESET
+    assert cause.evidence == ("SHUTDOWN reason guest-reset", "console: 'sysrq: Resetting'", *KVM)
+
+
+def test_without_kvms_record_the_evidence_is_as_before() -> None:
+    cause = classify_exit(GUEST_RESET, "", "", 0)
+    assert cause.evidence == ("SHUTDOWN reason guest-reset",
+                              "console: no reset, panic or shutdown announced by the guest kernel")
+
+
+def test_no_recorder_where_tracefs_has_no_instances_we_may_make(tmp_path: Path) -> None:
+    assert ShutdownRecorder.start(tmp_path) is None, "no instances directory"
+    (tmp_path / "instances").mkdir()
+    assert ShutdownRecorder.start(tmp_path) is None, "an instance without kvm's events (KVM not loaded)"
+    assert list((tmp_path / "instances").iterdir()) == [], "the half-made instance is removed"
