@@ -17,7 +17,8 @@ at which RIP, with the kernel symbol when the guest kernel's ``System.map`` sits
 
 Written here rather than with perf or trace-cmd: one filtered event over the machine's whole life,
 read once after it died, is three files in tracefs; a perf process per guest would cost a start-up
-per boot under nested emulation.
+per boot under nested emulation. An instance left by a pveoi that was SIGKILLed is removed by the
+next one (:func:`reap_stale`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,34 @@ _LINE = re.compile(r"^\s*.+?-(?P<tid>\d+)\s+\(\s*(?P<tgid>\d+)\)\s+\[\d+\].*?\bk
                    r"reason (?P<reason>\S+).*?\brip 0x(?P<rip>[0-9a-fA-F]+)")
 
 _serial = itertools.count()
+
+#: The instances' names: ``pveoi-shutdowns-<pid>-<n>``.
+PREFIX = "pveoi-shutdowns-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale(instances: Path) -> None:
+    """Remove the instances of pveoi processes that are gone (SIGKILLed before they could)."""
+    try:
+        names = [p.name for p in instances.iterdir()]
+    except OSError:
+        return
+    for name in names:
+        pid = name.removeprefix(PREFIX).split("-")[0]
+        if name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            try:
+                (instances / name).rmdir()
+            except OSError as err:
+                log.debug("cannot remove the stale %s: %s", name, err)
 
 
 @dataclass(frozen=True)
@@ -124,7 +153,8 @@ class ShutdownRecorder:
         if root is None:
             log.debug("no writable tracefs instances: KVM's shutdown exits are not recorded")
             return None
-        instance = root / "instances" / f"pveoi-shutdowns-{os.getpid()}-{next(_serial)}"
+        reap_stale(root / "instances")
+        instance = root / "instances" / f"{PREFIX}{os.getpid()}-{next(_serial)}"
         try:
             instance.mkdir()
         except OSError as err:

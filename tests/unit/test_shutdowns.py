@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from e2e.vm import ending
@@ -91,3 +92,19 @@ def test_no_recorder_where_tracefs_has_no_instances_we_may_make(tmp_path: Path) 
     (tmp_path / "instances").mkdir()
     assert ShutdownRecorder.start(tmp_path) is None, "an instance without kvm's events (KVM not loaded)"
     assert list((tmp_path / "instances").iterdir()) == [], "the half-made instance is removed"
+
+
+def test_instances_of_gone_pveoi_processes_are_reaped_and_others_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from e2e.vm.shutdowns import PREFIX, reap_stale
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    instances = tmp_path / "instances"
+    for name in (f"{PREFIX}{gone.stdout.strip()}-0", f"{PREFIX}{os.getpid()}-3", "someone-elses", f"{PREFIX}x-1"):
+        (instances / name).mkdir(parents=True)
+    reap_stale(instances)
+    assert sorted(p.name for p in instances.iterdir()) == sorted(
+        [f"{PREFIX}{os.getpid()}-3", "someone-elses", f"{PREFIX}x-1"])
