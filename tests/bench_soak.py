@@ -112,7 +112,9 @@ def summarize(out: Path) -> dict[str, Any]:
         for a in wr.get("attempts", []):
             s["failures"].append({"ab": entry["index"], "arm": a.get("arm"), "rep": a.get("rep"),
                                   "attempt": a.get("attempt"), "class": a.get("class", ""), "kind": a.get("kind"),
-                                  "outcome": a.get("outcome"), "message": a.get("message"), "logs": a.get("logs", [])})
+                                  "outcome": a.get("outcome"), "message": a.get("message"), "logs": a.get("logs", []),
+                                  # where KVM saw the guest's CPU shut down (a triple fault's RIP and symbol)
+                                  "kvm": [e for e in a.get("evidence", []) if str(e).startswith("KVM: ")]})
         for r in [*(doc.get("host") or {}).get("virtual_host", {}).get("restarts", []),
                   *(doc.get("error") or {}).get("retried", [])]:
             if isinstance(r, dict):  # results before 2026-12-04 kept a restart as one string
@@ -297,7 +299,8 @@ def markdown(summary: dict[str, Any]) -> str:
         for f in (summary.get(w) or {}).get("failures", []):
             where = f"{f.get('arm')} rep {int(f['rep']) + 1}" if isinstance(f.get("rep"), int) else f.get("arm") or ""
             lines.append(f"- {w} #{f['ab']} {where} attempt {f.get('attempt') or '-'}: "
-                         f"{f['class'] or 'UNEXPLAINED'} ({f.get('outcome') or 'error'}): {str(f['message'])[:160]}")
+                         f"{f['class'] or 'UNEXPLAINED'} ({f.get('outcome') or 'error'}): {str(f['message'])[:160]}"
+                         + "".join(f"; {k}" for k in f.get("kvm", [])))
     lines.append("")
     for w in WORKLOADS:
         s = summary.get(w)
