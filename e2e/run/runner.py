@@ -26,7 +26,7 @@ from ..model.result import Result
 from ..report import results
 from ..util.paths import REPO_ROOT
 from ..util.tmpdirs import tempdir
-from ..vm.trials import TRIAL_KERNEL, trial_kernel, trial_settings
+from ..vm.trials import TRIAL_KERNEL, trial_kernel, trial_settings, trial_tcg
 from ..vm.vhost import VirtualKvmHost, run_in_vhost
 from . import ab, inner, traces
 
@@ -137,10 +137,12 @@ def trial_record() -> dict[str, object]:
     """The virtual host's trial settings, for the result (nothing when it ran as pveoi's own)."""
     cpu, append = trial_settings(os.environ)
     kernel = trial_kernel(os.environ)
-    if cpu == "max" and not append and kernel is None:
+    tcg = trial_tcg(os.environ)
+    if cpu == "max" and not append and kernel is None and tcg == "multi":
         return {}
     return {"trial": {"cpu": cpu, "append": list(append),
-                      **({"kernel": results.kernel_manifest(kernel)} if kernel is not None else {})}}
+                      **({"kernel": results.kernel_manifest(kernel)} if kernel is not None else {}),
+                      **({"tcg_thread": tcg} if tcg != "multi" else {})}}
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:

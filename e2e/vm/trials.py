@@ -1,8 +1,9 @@
 """
 Trials of the virtual host itself (issue 24: what lowers nested TCG's crash rate), set from the
-environment and not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, and L1's own
-kernel in place of pveoi's host flavour. Each is checked before anything boots, since nothing here may
-reach QEMU's or the kernel's command line unchecked; docs/virtual-host.md.
+environment and not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, L1's own
+kernel in place of pveoi's host flavour, and L1's TCG threading. Each is checked before anything
+boots, since nothing here may reach QEMU's or the kernel's command line unchecked;
+docs/virtual-host.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from ..errors import ConfigError
 #: rate), not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, and L1's own kernel
 #: (e.g. a packaged one, :mod:`e2e.build.vhostkernel`) in place of pveoi's host flavour.
 TRIAL_CPU, TRIAL_APPEND, TRIAL_KERNEL = "PVEOI_VHOST_CPU", "PVEOI_VHOST_APPEND", "PVEOI_VHOST_KERNEL"
+#: L1's TCG threading: ``multi`` (pveoi's own: a host thread per L1 vCPU, running at once) or ``single`` (one
+#: host thread takes L1's vCPUs in turn, so no two of them ever run at the same time).
+TRIAL_TCG = "PVEOI_VHOST_TCG"
+TCG_THREADINGS = ("multi", "single")
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
 _KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
 
@@ -57,3 +62,15 @@ def trial_kernel(environ: Mapping[str, str]) -> Path | None:
                               "linux-image-amd64 prints one)")
     host_kernel_needs(path)
     return path
+
+
+def trial_tcg(environ: Mapping[str, str]) -> str:
+    """L1's TCG threading as a trial's environment sets it (:data:`TRIAL_TCG`; unset: ``multi``).
+
+    :raises ConfigError: anything but :data:`TCG_THREADINGS`.
+    """
+    value = environ.get(TRIAL_TCG, "").strip() or "multi"
+    if value not in TCG_THREADINGS:
+        raise ConfigError(f"{TRIAL_TCG}={value!r} is not one of {', '.join(TCG_THREADINGS)}",
+                          fix=f"unset {TRIAL_TCG}, or set it to single (L1's vCPUs taken in turn by one host thread)")
+    return value

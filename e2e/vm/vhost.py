@@ -57,7 +57,7 @@ from .argv import MachineSpec, base_argv, quote_optarg
 from .console import stop_reader
 from .ending import HOST_QUIT, HOST_RESET, KILLED, QEMU_ERROR, RUNNING, ExitCause
 from .machine import Machine
-from .trials import trial_settings
+from .trials import trial_settings, trial_tcg
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class VhostSpec:
     """L1's ``-cpu`` model (TCG's ``max`` exposes SVM; a trial may name another, e2e.vm.trials)."""
     append: tuple[str, ...] = ()
     """Extra kernel parameters for L1 (a trial's, e.g. ``kvm_amd.npt=0``)."""
+    tcg_thread: str = "multi"
+    """L1's TCG threading: ``multi`` (a host thread per vCPU) or ``single`` (a trial's, e2e.vm.trials)."""
     boot: L1Boot | None = None
 
 
@@ -163,8 +165,8 @@ def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, out
         "init=/bin/sh", f"PVEOI_RESULTS={results}", "--", str(INIT_SCRIPT),
     ])
     return [
-        *base_argv(spec.qemu, "pveoi-vhost", "tcg,thread=multi", spec.cpu, spec.cpus, spec.memory_mb, qmp_fd,
-                   console_fd),
+        *base_argv(spec.qemu, "pveoi-vhost", f"tcg,thread={spec.tcg_thread}", spec.cpu, spec.cpus, spec.memory_mb,
+                   qmp_fd, console_fd),
         "-chardev", f"socket,id=out,fd={output_fd}",
         "-serial", "chardev:out",
         "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
@@ -456,6 +458,6 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     cpu, append = trial_settings(os.environ)
     host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test,
                                     silence_timeout=silence_timeout, cpu=cpu, append=append,
-                                    boot=vhost_boot(kernel)),
+                                    tcg_thread=trial_tcg(os.environ), boot=vhost_boot(kernel)),
                           results, sink, artifacts)
     return host.run(argv, env=env), host

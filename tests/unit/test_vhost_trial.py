@@ -10,14 +10,26 @@ import pytest
 
 from e2e.errors import ConfigError
 from e2e.run import runner
-from e2e.vm.trials import TRIAL_APPEND, TRIAL_CPU, trial_settings
+from e2e.vm.trials import TRIAL_APPEND, TRIAL_CPU, TRIAL_TCG, trial_settings, trial_tcg
 from e2e.vm.vhost import VhostSpec, vhost_argv
 
 
 def test_without_a_trial_l1_is_pveois_own() -> None:
     assert trial_settings({}) == ("max", ())
+    assert trial_tcg({}) == "multi"
     argv = vhost_argv(VhostSpec(Path("/k/bzImage")), Path("/r"), 3, 4, 5)
     assert argv[argv.index("-cpu") + 1] == "max"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+
+
+def test_a_trials_single_threaded_tcg_reaches_l1s_command_line_and_nothing_else_does() -> None:
+    assert trial_tcg({TRIAL_TCG: " single "}) == "single"
+    argv = vhost_argv(VhostSpec(Path("/k/bzImage"), tcg_thread="single"), Path("/r"), 3, 4, 5)
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
+    for bad in ("multi,foo=1", "one", "single -S"):
+        with pytest.raises(ConfigError) as err:
+            trial_tcg({TRIAL_TCG: bad})
+        assert "\n" not in str(err.value) and TRIAL_TCG in str(err.value) and err.value.fix
 
 
 def test_a_trials_cpu_model_and_kernel_parameters_reach_l1s_command_lines() -> None:
@@ -41,9 +53,13 @@ def test_what_could_reach_a_command_line_unchecked_is_refused(env: dict[str, str
 def test_the_result_records_a_trial_and_says_nothing_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TRIAL_CPU, raising=False)
     monkeypatch.delenv(TRIAL_APPEND, raising=False)
+    monkeypatch.delenv(TRIAL_TCG, raising=False)
     assert runner.trial_record() == {}
     monkeypatch.setenv(TRIAL_APPEND, "kvm_amd.npt=0")
     assert runner.trial_record() == {"trial": {"cpu": "max", "append": ["kvm_amd.npt=0"]}}
+    monkeypatch.delenv(TRIAL_APPEND)
+    monkeypatch.setenv(TRIAL_TCG, "single")
+    assert runner.trial_record() == {"trial": {"cpu": "max", "append": [], "tcg_thread": "single"}}
 
 
 def test_pveoi_ab_refuses_a_bad_trial_before_anything_boots(monkeypatch: pytest.MonkeyPatch,
@@ -54,6 +70,11 @@ def test_pveoi_ab_refuses_a_bad_trial_before_anything_boots(monkeypatch: pytest.
     assert main(["ab", "--host", "virtual"]) == 2
     err = capsys.readouterr().err
     assert f"{TRIAL_CPU}=" in err and "Traceback" not in err
+    monkeypatch.delenv(TRIAL_CPU)
+    monkeypatch.setenv(TRIAL_TCG, "both")
+    assert main(["ab", "--host", "virtual"]) == 2
+    err = capsys.readouterr().err
+    assert f"{TRIAL_TCG}=" in err and "Traceback" not in err
 
 
 def test_a_trials_own_kernel_is_checked_and_counts_as_the_virtual_hosts(monkeypatch: pytest.MonkeyPatch,
