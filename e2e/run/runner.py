@@ -26,7 +26,7 @@ from ..model.result import Result
 from ..report import results
 from ..util.paths import REPO_ROOT
 from ..util.tmpdirs import tempdir
-from ..vm.trials import TRIAL_KERNEL, trial_kernel, trial_settings, trial_tcg
+from ..vm.trials import TRIAL_KERNEL, trial_host_cpus, trial_kernel, trial_settings, trial_tcg
 from ..vm.vhost import VirtualKvmHost, run_in_vhost
 from . import ab, inner, traces
 
@@ -138,11 +138,13 @@ def trial_record() -> dict[str, object]:
     cpu, append = trial_settings(os.environ)
     kernel = trial_kernel(os.environ)
     tcg = trial_tcg(os.environ)
-    if cpu == "max" and not append and kernel is None and tcg == "multi":
+    host_cpus = trial_host_cpus(os.environ)
+    if cpu == "max" and not append and kernel is None and tcg == "multi" and not host_cpus:
         return {}
     return {"trial": {"cpu": cpu, "append": list(append),
                       **({"kernel": results.kernel_manifest(kernel)} if kernel is not None else {}),
-                      **({"tcg_thread": tcg} if tcg != "multi" else {})}}
+                      **({"tcg_thread": tcg} if tcg != "multi" else {}),
+                      **({"host_cpus": list(host_cpus)} if host_cpus else {})}}
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:

@@ -1,13 +1,15 @@
 """
 Trials of the virtual host itself (issue 24: what lowers nested TCG's crash rate), set from the
 environment and not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, L1's own
-kernel in place of pveoi's host flavour, and L1's TCG threading. Each is checked before anything
+kernel in place of pveoi's host flavour, L1's TCG threading and the CPUs of this machine L1 runs
+on. Each is checked before anything
 boots, since nothing here may reach QEMU's or the kernel's command line unchecked;
 docs/virtual-host.md.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +25,9 @@ TRIAL_CPU, TRIAL_APPEND, TRIAL_KERNEL = "PVEOI_VHOST_CPU", "PVEOI_VHOST_APPEND",
 #: host thread takes L1's vCPUs in turn, so no two of them ever run at the same time).
 TRIAL_TCG = "PVEOI_VHOST_TCG"
 TCG_THREADINGS = ("multi", "single")
+#: The CPUs of this machine L1's QEMU may run on (every thread of it): with one, L1's vCPU threads take
+#: turns as this machine's scheduler gives them (milliseconds), never running at once.
+TRIAL_HOST_CPUS = "PVEOI_VHOST_HOST_CPUS"
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
 _KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
 
@@ -74,3 +79,21 @@ def trial_tcg(environ: Mapping[str, str]) -> str:
         raise ConfigError(f"{TRIAL_TCG}={value!r} is not one of {', '.join(TCG_THREADINGS)}",
                           fix=f"unset {TRIAL_TCG}, or set it to single (L1's vCPUs taken in turn by one host thread)")
     return value
+
+
+def trial_host_cpus(environ: Mapping[str, str]) -> tuple[int, ...]:
+    """The CPUs of this machine L1's QEMU is confined to, as a trial's environment names them
+    (:data:`TRIAL_HOST_CPUS`, e.g. ``0`` or ``0,1``); unset: none (the scheduler's choice).
+
+    :raises ConfigError: not a comma list of CPU numbers this process may run on.
+    """
+    value = environ.get(TRIAL_HOST_CPUS, "").strip()
+    if not value:
+        return ()
+    allowed = os.sched_getaffinity(0)
+    words = [w.strip() for w in value.split(",")]
+    if not all(w.isdigit() for w in words) or not {int(w) for w in words} <= allowed:
+        raise ConfigError(f"{TRIAL_HOST_CPUS}={value!r} is not a list of this machine's CPUs "
+                          f"({','.join(map(str, sorted(allowed)))})",
+                          fix=f"unset {TRIAL_HOST_CPUS}, or name CPUs pveoi may run on, e.g. 0")
+    return tuple(sorted({int(w) for w in words}))

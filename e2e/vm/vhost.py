@@ -57,7 +57,7 @@ from .argv import MachineSpec, base_argv, quote_optarg
 from .console import stop_reader
 from .ending import HOST_QUIT, HOST_RESET, KILLED, QEMU_ERROR, RUNNING, ExitCause
 from .machine import Machine
-from .trials import trial_settings, trial_tcg
+from .trials import trial_host_cpus, trial_settings, trial_tcg
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class VhostSpec:
     """Extra kernel parameters for L1 (a trial's, e.g. ``kvm_amd.npt=0``)."""
     tcg_thread: str = "multi"
     """L1's TCG threading: ``multi`` (a host thread per vCPU) or ``single`` (a trial's, e2e.vm.trials)."""
+    host_cpus: tuple[int, ...] = ()
+    """The CPUs of this machine every thread of L1's QEMU is confined to (a trial's, e2e.vm.trials); none:
+    the scheduler's choice."""
     boot: L1Boot | None = None
 
 
@@ -258,6 +261,18 @@ class VirtualKvmHost(Machine):
         out_ours, out_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._extra_theirs = [out_theirs]
         self._pump = _Pump(out_ours, self.logdir / f"{self.spec.name}-output.log", self._sink)
+
+    def _post_launch(self) -> None:
+        """A trial's confinement of L1 to some of this machine's CPUs, every QEMU thread (its vCPU
+        threads exist once QMP answers; threads it makes later inherit the main thread's set)."""
+        if not self.vspec.host_cpus:
+            return
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), self.vspec.host_cpus)
+            except ProcessLookupError:
+                continue  # a thread that ended meanwhile
+        self.log.debug("L1's QEMU confined to CPUs %s", self.vspec.host_cpus)
 
     def _post_shutdown(self) -> None:
         if self._pump is not None:
@@ -458,6 +473,7 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     cpu, append = trial_settings(os.environ)
     host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test,
                                     silence_timeout=silence_timeout, cpu=cpu, append=append,
-                                    tcg_thread=trial_tcg(os.environ), boot=vhost_boot(kernel)),
+                                    tcg_thread=trial_tcg(os.environ), host_cpus=trial_host_cpus(os.environ),
+                                    boot=vhost_boot(kernel)),
                           results, sink, artifacts)
     return host.run(argv, env=env), host

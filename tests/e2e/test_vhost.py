@@ -124,3 +124,24 @@ def test_a_guest_cpus_shutdown_is_placed_by_kvms_own_record(guest_kernel: Path, 
     assert " shut down at RIP 0xffffffff8" in error, error
     if (guest_kernel.parent / "System.map").is_file():  # pveoi's builds keep it; a cache entry from before may not
         assert "(native_machine_emergency_restart+0x" in error, error
+
+
+def test_a_trial_confines_every_thread_of_l1s_qemu_to_the_cpus_it_names(host_kernel: Path, tmp_path: Path) -> None:
+    """``PVEOI_VHOST_HOST_CPUS=0``: while L1 runs its command, each thread of its QEMU (the vCPU threads
+    among them) may run on CPU 0 alone."""
+    import os
+
+    from e2e.vm.vhost import VhostSpec, VirtualKvmHost
+
+    cpu = min(os.sched_getaffinity(0))
+    seen: dict[str, set[int]] = {}
+
+    def look(chunk: bytes) -> None:  # the command's output, as it comes: L1 is up and running it
+        if b"confined?" in chunk and not seen:
+            for task in Path(f"/proc/{host.pid}/task").iterdir():
+                seen[(task / "comm").read_text().strip() + "-" + task.name] = os.sched_getaffinity(int(task.name))
+
+    host = VirtualKvmHost(VhostSpec(host_kernel, timeout=600, host_cpus=(cpu,)), tmp_path / "share", look)
+    assert host.run(["sh", "-c", "echo confined?; sleep 2"]) == 0
+    assert seen and all(cpus == {cpu} for cpus in seen.values()), seen
+    assert sum(name.startswith("CPU ") for name in seen) == 2, "both of L1's vCPU threads among them"

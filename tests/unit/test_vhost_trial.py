@@ -4,13 +4,22 @@ recorded in the result."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from e2e.errors import ConfigError
 from e2e.run import runner
-from e2e.vm.trials import TRIAL_APPEND, TRIAL_CPU, TRIAL_TCG, trial_settings, trial_tcg
+from e2e.vm.trials import (
+    TRIAL_APPEND,
+    TRIAL_CPU,
+    TRIAL_HOST_CPUS,
+    TRIAL_TCG,
+    trial_host_cpus,
+    trial_settings,
+    trial_tcg,
+)
 from e2e.vm.vhost import VhostSpec, vhost_argv
 
 
@@ -54,6 +63,7 @@ def test_the_result_records_a_trial_and_says_nothing_without_one(monkeypatch: py
     monkeypatch.delenv(TRIAL_CPU, raising=False)
     monkeypatch.delenv(TRIAL_APPEND, raising=False)
     monkeypatch.delenv(TRIAL_TCG, raising=False)
+    monkeypatch.delenv(TRIAL_HOST_CPUS, raising=False)
     assert runner.trial_record() == {}
     monkeypatch.setenv(TRIAL_APPEND, "kvm_amd.npt=0")
     assert runner.trial_record() == {"trial": {"cpu": "max", "append": ["kvm_amd.npt=0"]}}
@@ -96,3 +106,18 @@ def test_a_trials_own_kernel_is_checked_and_counts_as_the_virtual_hosts(monkeypa
     assert isinstance(record, dict) and record["kernel"]["kind"] == "path" and record["cpu"] == "max"
     with pytest.raises(ConfigError, match="both pick"):
         runner.stock_host_kernel("6.12")
+
+
+def test_a_trials_host_cpus_are_this_machines_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = sorted(os.sched_getaffinity(0))
+    assert trial_host_cpus({}) == ()
+    assert trial_host_cpus({TRIAL_HOST_CPUS: f" {mine[0]} "}) == (mine[0],)
+    assert trial_host_cpus({TRIAL_HOST_CPUS: ",".join(map(str, reversed(mine)))}) == tuple(mine)
+    for bad in (str(max(mine) + 1), "0-1", "a", "0;1", "-1"):
+        with pytest.raises(ConfigError) as err:
+            trial_host_cpus({TRIAL_HOST_CPUS: bad})
+        assert "\n" not in str(err.value) and TRIAL_HOST_CPUS in str(err.value) and err.value.fix
+    for name in (TRIAL_CPU, TRIAL_APPEND, TRIAL_TCG):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TRIAL_HOST_CPUS, str(mine[0]))
+    assert runner.trial_record() == {"trial": {"cpu": "max", "append": [], "host_cpus": [mine[0]]}}
