@@ -13,7 +13,9 @@ while no guest shuts down and is removed with the machine.
 When the QEMU ends in a ``guest-reset``, :meth:`ShutdownRecorder.evidence` says which vCPU shut down
 at which RIP, with the kernel symbol when the guest kernel's ``System.map`` sits beside its image
 (pveoi's own builds keep it): ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234
-(asm_exc_double_fault+0x4)``. A guest whose CPU resets without that record reset it some other way.
+(asm_exc_double_fault+0x4)``. A guest whose CPU resets without that record reset it some other way,
+or KVM declared the triple fault itself (a fault while injecting a double fault it emulates:
+``KVM_REQ_TRIPLE_FAULT``, no shutdown exit to trace).
 
 Written here rather than with perf or trace-cmd: one filtered event over the machine's whole life,
 read once after it died, is three files in tracefs; a perf process per guest would cost a start-up
