@@ -135,13 +135,15 @@ def test_a_trial_confines_every_thread_of_l1s_qemu_to_the_cpus_it_names(host_ker
 
     cpu = min(os.sched_getaffinity(0))
     seen: dict[str, set[int]] = {}
+    out = bytearray()
 
-    def look(chunk: bytes) -> None:  # the command's output, as it comes: L1 is up and running it
-        if b"confined?" in chunk and not seen:
+    def look(chunk: bytes) -> None:  # the command's output, as it comes (in chunks): L1 is up and running it
+        out.extend(chunk)
+        if b"confined?" in out and not seen:
             for task in Path(f"/proc/{host.pid}/task").iterdir():
                 seen[(task / "comm").read_text().strip() + "-" + task.name] = os.sched_getaffinity(int(task.name))
 
     host = VirtualKvmHost(VhostSpec(host_kernel, timeout=600, host_cpus=(cpu,)), tmp_path / "share", look)
-    assert host.run(["sh", "-c", "echo confined?; sleep 2"]) == 0
-    assert seen and all(cpus == {cpu} for cpus in seen.values()), seen
+    assert host.run(["sh", "-c", "echo confined?; sleep 5"]) == 0
+    assert seen and all(cpus == {cpu} for cpus in seen.values()), (seen, bytes(out[-500:]))
     assert sum(name.startswith("CPU ") for name in seen) == 2, "both of L1's vCPU threads among them"
