@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import PveoiError
+
 
 @dataclass(frozen=True)
 class VCpu:
@@ -50,7 +52,19 @@ class CpuSample:
 
 def sample(hmp: Callable[[str, int], str], cpus: int, lapic: bool = False) -> CpuSample:
     """Each of ``cpus`` vCPUs' state, asked twice 1 s apart through ``hmp(command, cpu)`` (and each
-    local APIC once with ``lapic``, for the dump only)."""
+    local APIC once with ``lapic``, for the dump only). A question ``hmp`` fails (a QEMU that does not
+    answer) is answered ``(no answer: ...)`` and no more are asked: such a QEMU costs its timeout once."""
+    failed: list[PveoiError] = []
+
+    def ask(command: str, cpu: int) -> str:
+        if failed:
+            return "(not asked: QEMU did not answer before)"
+        try:
+            return hmp(command, cpu)
+        except PveoiError as err:
+            failed.append(err)
+            return f"(no answer: {err})"
+
     dump: list[str] = []
     samples: list[list[str]] = []
     for n in (1, 2):
@@ -58,11 +72,11 @@ def sample(hmp: Callable[[str, int], str], cpus: int, lapic: bool = False) -> Cp
             time.sleep(1.0)
         states = []
         for cpu in range(cpus):
-            text = hmp("info registers", cpu)
+            text = ask("info registers", cpu)
             states.append(f"CPU{cpu} {cpu_state(text)}")
             dump += [f"== sample {n}, CPU {cpu}", text]
         samples.append(states)
     for cpu in range(cpus if lapic else 0):  # the local APIC (its timer: armed? pending?), for the dump only
-        dump += [f"== local APIC, CPU {cpu}", hmp("info lapic", cpu)]
+        dump += [f"== local APIC, CPU {cpu}", ask("info lapic", cpu)]
     still = [a for a, b in zip(samples[0], samples[1], strict=True) if a == b and "?" not in a]
     return CpuSample(samples[1], still, dump)

@@ -45,7 +45,7 @@ from .console import GUEST_ERROR_PATTERN, Console
 from .cpus import CpuSample, VCpu, sample
 from .ending import RUNNING, ExitCause, classify_exit
 from .process import death_note, keep_failed_logs, start_qemu, stop_qemu
-from .shutdowns import ShutdownRecorder, describe, symbols_beside
+from .shutdowns import ShutdownRecorder
 from .ssh import GuestSsh
 
 log = logging.getLogger(__name__)
@@ -286,9 +286,7 @@ class Machine:
         if self._console is not None:
             self._console.wait_closed(2.0)
             console = self._console.text()
-        kvm: list[str] = []
-        if self._shutdowns is not None:
-            kvm = describe(self._shutdowns.shutdowns(self._proc.pid), symbols_beside(self.spec.kernel))
+        kvm = self._shutdowns.evidence(self._proc.pid, self.spec.kernel) if self._shutdowns is not None else []
         self.ended = classify_exit(self.events, console[-65536:], self.qemu_log()[-65536:], code, kvm)
         self.log.debug("QEMU (pid %d) ended: %s", self._proc.pid, self.ended.describe())
         return self.ended
@@ -395,19 +393,8 @@ class Machine:
         """Where each of ``cpus`` vCPUs is, asked twice 1 s apart over QMP (HMP ``info registers``,
         and each local APIC once with ``lapic``): evidence for a machine that stopped making
         progress. A QEMU that does not answer costs :attr:`qmp_timeout` once, not per question."""
-        answering = True
-
-        def hmp(command: str, cpu: int) -> str:
-            nonlocal answering
-            if not answering:
-                return "(not asked: QEMU did not answer before)"
-            try:
-                return str(self.qmp("human-monitor-command", **{"command-line": command, "cpu-index": cpu}))
-            except PveoiError as err:
-                answering = False
-                return f"(no answer: {err})"
-
-        return sample(hmp, cpus, lapic)
+        return sample(lambda command, cpu: str(self.qmp("human-monitor-command",
+                                                        **{"command-line": command, "cpu-index": cpu})), cpus, lapic)
 
     def wait_ready(self, timeout: float = 120.0) -> str:
         """Wait for the guest's ready line on the console (see :meth:`Console.wait_ready`).

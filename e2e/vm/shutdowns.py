@@ -10,7 +10,7 @@ exit code 0x7f, and VMX's triple fault, basic exit reason 2), each with its thre
 (``options/record-tgid``) to tell this QEMU's vCPUs from other guests'. The instance costs nothing
 while no guest shuts down and is removed with the machine.
 
-When the QEMU ends in a ``guest-reset``, :meth:`ShutdownRecorder.evidence` says which vCPU shut down
+When the QEMU ends, :meth:`ShutdownRecorder.evidence` says which vCPU shut down
 at which RIP, with the kernel symbol when the guest kernel's ``System.map`` sits beside its image
 (pveoi's own builds keep it): ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234
 (asm_exc_double_fault+0x4)``. A guest whose CPU resets without that record reset it some other way,
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..host.hostfacts import DEBUGFS_TRACING, TRACEFS
+from ..util.hostid import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ _serial = itertools.count()
 PREFIX = "pveoi-shutdowns-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_stale(instances: Path) -> None:
     """Remove the instances of pveoi processes that are gone (SIGKILLed before they could)."""
     try:
@@ -71,7 +62,7 @@ def reap_stale(instances: Path) -> None:
         return
     for name in names:
         pid = name.removeprefix(PREFIX).split("-")[0]
-        if name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
+        if name.startswith(PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
             try:
                 (instances / name).rmdir()
             except OSError as err:
@@ -187,6 +178,10 @@ class ShutdownRecorder:
         except OSError as err:
             log.debug("cannot read %s: %s", self.instance, err)
             return []
+
+    def evidence(self, tgid: int, kernel: Path | None) -> list[str]:
+        """:func:`describe` of process ``tgid``'s shutdown exits, named from ``kernel``'s ``System.map``."""
+        return describe(self.shutdowns(tgid), symbols_beside(kernel))
 
     def stop(self) -> None:
         """Remove the instance (the kernel disables its events); idempotent."""

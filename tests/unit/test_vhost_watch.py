@@ -171,3 +171,21 @@ def test_the_virtual_hosts_own_end_is_named_as_its_own_and_earlier_restarts_stay
     assert doc is not None and doc["class"] == "virtual host panic"
     assert doc["evidence"] == ["BUG: TASK stack guard page was hit"]
     assert [(r["class"], r["logs"]) for r in doc["retried"]] == [("virtual host triple fault", "vhost-block-1")]
+
+
+def test_a_qemu_that_does_not_answer_is_asked_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from e2e.errors import QmpTimeout
+    from e2e.vm import cpus
+
+    monkeypatch.setattr(cpus.time, "sleep", lambda s: None)  # the 1 s between the two samples
+    asked: list[tuple[str, int]] = []
+
+    def hmp(command: str, cpu: int) -> str:
+        asked.append((command, cpu))
+        raise QmpTimeout("QMP timed out", fix="-")
+
+    got = cpus.sample(hmp, 2, lapic=True)
+    assert asked == [("info registers", 0)], "after the first unanswered question, none is asked"
+    assert got.states == ["CPU0 RIP=? HLT=?", "CPU1 RIP=? HLT=?"] and got.still == []
+    assert "(no answer: QMP timed out" in "\n".join(got.dump)
+    assert "(not asked: QEMU did not answer before)" in got.dump
