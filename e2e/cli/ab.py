@@ -253,12 +253,10 @@ def check_inputs(opts: AbOptions) -> None:
     if opts.reps_per_boot < 1:
         raise ConfigError("--reps-per-boot must be at least 1", fix="pass --reps-per-boot 3, or leave it out")
     if opts.host != "direct":
-        from ..vm.trials import trial_host_cpus, trial_kernel, trial_settings, trial_tcg
+        from ..vm.trials import Trial
 
-        trial_settings(os.environ)  # a virtual-host trial's settings, refused now rather than at L1's boot
-        trial_tcg(os.environ)
-        trial_host_cpus(os.environ)
-        if trial_kernel(os.environ) is not None and opts.host_base is not None:
+        # a virtual-host trial's settings, refused now rather than at L1's boot
+        if Trial.from_environ(os.environ).kernel is not None and opts.host_base is not None:
             raise ConfigError("--host-base and PVEOI_VHOST_KERNEL both pick the virtual host's own kernel",
                               fix="drop one of --host-base and PVEOI_VHOST_KERNEL")
     if opts.retries < 0:

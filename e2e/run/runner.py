@@ -26,7 +26,7 @@ from ..model.result import Result
 from ..report import results
 from ..util.paths import REPO_ROOT
 from ..util.tmpdirs import tempdir
-from ..vm.trials import TRIAL_KERNEL, trial_host_cpus, trial_kernel, trial_settings, trial_tcg
+from ..vm.trials import TRIAL_KERNEL, Trial
 from ..vm.vhost import VirtualKvmHost, run_in_vhost
 from . import ab, inner, traces
 
@@ -43,7 +43,7 @@ def stock_host_kernel(base: str | None = None) -> Path:
     """
     from ..build import kernel
 
-    trial = trial_kernel(os.environ)
+    trial = Trial.from_environ(os.environ).kernel
     if trial is not None:
         if base is not None:
             raise ConfigError(f"--host-base {base} and {TRIAL_KERNEL} both pick the virtual host's own kernel",
@@ -135,16 +135,13 @@ def inner_env() -> dict[str, str]:
 
 def trial_record() -> dict[str, object]:
     """The virtual host's trial settings, for the result (nothing when it ran as pveoi's own)."""
-    cpu, append = trial_settings(os.environ)
-    kernel = trial_kernel(os.environ)
-    tcg = trial_tcg(os.environ)
-    host_cpus = trial_host_cpus(os.environ)
-    if cpu == "max" and not append and kernel is None and tcg == "multi" and not host_cpus:
+    trial = Trial.from_environ(os.environ)
+    if not trial.active:
         return {}
-    return {"trial": {"cpu": cpu, "append": list(append),
-                      **({"kernel": results.kernel_manifest(kernel)} if kernel is not None else {}),
-                      **({"tcg_thread": tcg} if tcg != "multi" else {}),
-                      **({"host_cpus": list(host_cpus)} if host_cpus else {})}}
+    return {"trial": {"cpu": trial.cpu, "append": list(trial.append),
+                      **({"kernel": results.kernel_manifest(trial.kernel)} if trial.kernel is not None else {}),
+                      **({"tcg_thread": trial.tcg_thread} if trial.tcg_thread != "multi" else {}),
+                      **({"host_cpus": list(trial.host_cpus)} if trial.host_cpus else {})}}
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:
@@ -154,7 +151,7 @@ def is_stock_host_kernel(bzimage: Path) -> bool:
     from ..build import kernel
     from ..build.bases import BASES
 
-    trial = trial_kernel(os.environ)
+    trial = Trial.from_environ(os.environ).kernel
     if trial is not None and bzimage.resolve() == trial.resolve():
         return True  # a trial of the virtual host's own kernel: its crash is the virtual host's
     manifest = results.kernel_manifest(bzimage)

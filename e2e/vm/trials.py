@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..build.vhostkernel import host_kernel_needs
@@ -30,6 +31,34 @@ TCG_THREADINGS = ("multi", "single")
 TRIAL_HOST_CPUS = "PVEOI_VHOST_HOST_CPUS"
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
 _KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A virtual-host trial as the environment sets it: the one reader of the variables above, so the
+    check before any boot, the virtual host's launch and the result's record all see the same values.
+    ``Trial()`` is pveoi's own virtual host (no trial)."""
+
+    cpu: str = "max"
+    append: tuple[str, ...] = ()
+    kernel: Path | None = None
+    tcg_thread: str = "multi"
+    host_cpus: tuple[int, ...] = ()
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Trial:
+        """Every trial variable of ``environ``, checked.
+
+        :raises ConfigError: the first value that is refused, named with the way out.
+        """
+        cpu, append = trial_settings(environ)
+        return cls(cpu=cpu, append=append, kernel=trial_kernel(environ), tcg_thread=trial_tcg(environ),
+                   host_cpus=trial_host_cpus(environ))
+
+    @property
+    def active(self) -> bool:
+        """Whether any setting differs from pveoi's own virtual host."""
+        return self != Trial()
 
 
 def trial_settings(environ: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:

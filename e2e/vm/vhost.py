@@ -57,7 +57,7 @@ from .argv import MachineSpec, base_argv, quote_optarg
 from .console import stop_reader
 from .ending import HOST_QUIT, HOST_RESET, KILLED, QEMU_ERROR, RUNNING, ExitCause
 from .machine import Machine
-from .trials import trial_host_cpus, trial_settings, trial_tcg
+from .trials import Trial
 
 log = logging.getLogger(__name__)
 
@@ -470,10 +470,10 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     :returns: the command's exit status and the (shut down) host object.
     """
     keep = [p if p.is_dir() else p.parent for p in keep]
-    cpu, append = trial_settings(os.environ)
+    trial = Trial.from_environ(os.environ)
     host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test,
-                                    silence_timeout=silence_timeout, cpu=cpu, append=append,
-                                    tcg_thread=trial_tcg(os.environ), host_cpus=trial_host_cpus(os.environ),
+                                    silence_timeout=silence_timeout, cpu=trial.cpu, append=trial.append,
+                                    tcg_thread=trial.tcg_thread, host_cpus=trial.host_cpus,
                                     boot=vhost_boot(kernel)),
                           results, sink, artifacts)
     return host.run(argv, env=env), host

@@ -16,6 +16,7 @@ from e2e.vm.trials import (
     TRIAL_CPU,
     TRIAL_HOST_CPUS,
     TRIAL_TCG,
+    Trial,
     trial_host_cpus,
     trial_settings,
     trial_tcg,
@@ -29,6 +30,17 @@ def test_without_a_trial_l1_is_pveois_own() -> None:
     argv = vhost_argv(VhostSpec(Path("/k/bzImage")), Path("/r"), 3, 4, 5)
     assert argv[argv.index("-cpu") + 1] == "max"
     assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+
+
+def test_one_reader_gives_every_setting_and_knows_pveois_own() -> None:
+    assert Trial.from_environ({}) == Trial() and not Trial().active
+    mine = min(os.sched_getaffinity(0))
+    trial = Trial.from_environ({TRIAL_CPU: "EPYC", TRIAL_APPEND: "nokaslr", TRIAL_TCG: "single",
+                                TRIAL_HOST_CPUS: str(mine)})
+    assert trial == Trial(cpu="EPYC", append=("nokaslr",), tcg_thread="single", host_cpus=(mine,)) and trial.active
+    assert Trial(host_cpus=(mine,)).active
+    with pytest.raises(ConfigError, match=TRIAL_TCG):  # any refused value refuses the whole trial
+        Trial.from_environ({TRIAL_CPU: "EPYC", TRIAL_TCG: "one"})
 
 
 def test_a_trials_single_threaded_tcg_reaches_l1s_command_line_and_nothing_else_does() -> None:
