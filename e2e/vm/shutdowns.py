@@ -88,6 +88,15 @@ def parse_trace(text: str, tgid: int) -> list[Shutdown]:
     return out
 
 
+#: Section markers of a kernel's map (``_text``, ``__entry_text_start``, ``_etext``): no functions.
+_MARKER = re.compile(r"_s?text|_etext|_s?einittext|_sinittext|__\w+_(start|end)")
+#: Those after which, up to the next symbol, no function lies (a section's padding).
+_END_MARKER = re.compile(r"_etext|_einittext|__\w+_end")
+#: The largest offset still read as inside the symbol below: a kernel function is far smaller, so an
+#: address further on lies where no function is (a gap the map has no symbol for).
+MAX_OFFSET = 0x10000
+
+
 class SymbolMap:
     """A kernel's ``System.map``: the text symbol at or below an address."""
 
@@ -97,19 +106,26 @@ class SymbolMap:
             parts = line.split()
             if len(parts) >= 3 and parts[1] in "tTwW":
                 try:
-                    pairs.append((int(parts[0], 16), parts[2]))
+                    # a function sorts after a marker at its address, so the lookup names the function
+                    pairs.append((int(parts[0], 16), not _MARKER.fullmatch(parts[2]), parts[2]))
                 except ValueError:
                     continue
         pairs.sort()
-        self._addrs = [a for a, _ in pairs]
-        self._names = [n for _, n in pairs]
+        self._addrs = [a for a, _, _ in pairs]
+        self._names = [n for _, _, n in pairs]
 
     def name(self, address: int) -> str | None:
-        """``symbol+0xoff`` for ``address``, None below the first text symbol or in an empty map."""
+        """``symbol+0xoff`` for ``address``; ``no function: 0xoff past symbol`` where no function is
+        (after a section's end marker, or further than :data:`MAX_OFFSET` from the symbol below: under
+        nested TCG a corrupted vCPU may run in a section's padding); None below the first text symbol
+        or in an empty map."""
         i = bisect.bisect_right(self._addrs, address) - 1
         if i < 0:
             return None
-        return f"{self._names[i]}+{address - self._addrs[i]:#x}"
+        name, offset = self._names[i], address - self._addrs[i]
+        if offset >= MAX_OFFSET or (offset and _END_MARKER.fullmatch(name)):
+            return f"no function: {offset:#x} past {name}"
+        return f"{name}+{offset:#x}"
 
 
 def describe(shutdowns: list[Shutdown], symbols: SymbolMap | None) -> list[str]:
