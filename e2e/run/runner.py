@@ -141,7 +141,8 @@ def trial_record() -> dict[str, object]:
     return {"trial": {"cpu": trial.cpu, "append": list(trial.append),
                       **({"kernel": results.kernel_manifest(trial.kernel)} if trial.kernel is not None else {}),
                       **({"tcg_thread": trial.tcg_thread} if trial.tcg_thread != "multi" else {}),
-                      **({"host_cpus": list(trial.host_cpus)} if trial.host_cpus else {})}}
+                      **({"host_cpus": list(trial.host_cpus)} if trial.host_cpus else {}),
+                      **({"tb_size_mb": trial.tb_size_mb} if trial.tb_size_mb else {})}}
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:

@@ -1,8 +1,8 @@
 """
 Trials of the virtual host itself (issue 24: what lowers nested TCG's crash rate), set from the
 environment and not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, L1's own
-kernel in place of pveoi's host flavour, L1's TCG threading and the CPUs of this machine L1 runs
-on. Each is checked before anything
+kernel in place of pveoi's host flavour, L1's TCG threading and translation cache, and the CPUs of
+this machine L1 runs on. Each is checked before anything
 boots, since nothing here may reach QEMU's or the kernel's command line unchecked;
 docs/virtual-host.md.
 """
@@ -29,6 +29,11 @@ TCG_THREADINGS = ("multi", "single")
 #: The CPUs of this machine L1's QEMU may run on (every thread of it): with one, L1's vCPU threads take
 #: turns as this machine's scheduler gives them (milliseconds), never running at once.
 TRIAL_HOST_CPUS = "PVEOI_VHOST_HOST_CPUS"
+#: The size of L1's TCG translation cache in MiB (QEMU's ``-accel tcg,tb-size=``; unset: QEMU's default, 1 GiB
+#: on this machine): a smaller one drops old translations wholesale each time it fills, among them those of
+#: memory earlier guests ran code from, which slow the next guest's boot (docs/measurements.md).
+TRIAL_TB_SIZE = "PVEOI_VHOST_TB_SIZE"
+TB_SIZE_RANGE = (16, 4096)
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
 _KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
 
@@ -44,6 +49,7 @@ class Trial:
     kernel: Path | None = None
     tcg_thread: str = "multi"
     host_cpus: tuple[int, ...] = ()
+    tb_size_mb: int | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Trial:
@@ -53,7 +59,7 @@ class Trial:
         """
         cpu, append = trial_settings(environ)
         return cls(cpu=cpu, append=append, kernel=trial_kernel(environ), tcg_thread=trial_tcg(environ),
-                   host_cpus=trial_host_cpus(environ))
+                   host_cpus=trial_host_cpus(environ), tb_size_mb=trial_tb_size(environ))
 
     @property
     def active(self) -> bool:
@@ -126,3 +132,19 @@ def trial_host_cpus(environ: Mapping[str, str]) -> tuple[int, ...]:
                           f"({','.join(map(str, sorted(allowed)))})",
                           fix=f"unset {TRIAL_HOST_CPUS}, or name CPUs pveoi may run on, e.g. 0")
     return tuple(sorted({int(w) for w in words}))
+
+
+def trial_tb_size(environ: Mapping[str, str]) -> int | None:
+    """The size of L1's TCG translation cache in MiB as a trial's environment sets it (:data:`TRIAL_TB_SIZE`);
+    None when unset (QEMU's default).
+
+    :raises ConfigError: not a whole number of MiB in :data:`TB_SIZE_RANGE`.
+    """
+    value = environ.get(TRIAL_TB_SIZE, "").strip()
+    if not value:
+        return None
+    low, high = TB_SIZE_RANGE
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise ConfigError(f"{TRIAL_TB_SIZE}={value!r} is not a size in MiB from {low} to {high}",
+                          fix=f"unset {TRIAL_TB_SIZE}, or give MiB, e.g. 64")
+    return int(value)

@@ -110,6 +110,8 @@ class VhostSpec:
     host_cpus: tuple[int, ...] = ()
     """The CPUs of this machine every thread of L1's QEMU is confined to (a trial's, e2e.vm.trials); none:
     the scheduler's choice."""
+    tb_size_mb: int | None = None
+    """L1's TCG translation cache in MiB (a trial's, e2e.vm.trials); None: QEMU's default."""
     boot: L1Boot | None = None
 
 
@@ -167,8 +169,9 @@ def vhost_argv(spec: VhostSpec, results: Path, qmp_fd: int, console_fd: int, out
         "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose", "ro",
         "init=/bin/sh", f"PVEOI_RESULTS={results}", "--", str(INIT_SCRIPT),
     ])
+    accel = f"tcg,thread={spec.tcg_thread}" + (f",tb-size={spec.tb_size_mb}" if spec.tb_size_mb else "")
     return [
-        *base_argv(spec.qemu, "pveoi-vhost", f"tcg,thread={spec.tcg_thread}", spec.cpu, spec.cpus, spec.memory_mb,
+        *base_argv(spec.qemu, "pveoi-vhost", accel, spec.cpu, spec.cpus, spec.memory_mb,
                    qmp_fd, console_fd),
         "-chardev", f"socket,id=out,fd={output_fd}",
         "-serial", "chardev:out",
@@ -473,7 +476,7 @@ def run_in_vhost(argv: Sequence[str], kernel: Path, results: Path, *, cpus: int 
     trial = Trial.from_environ(os.environ)
     host = VirtualKvmHost(VhostSpec(kernel, cpus, memory_mb, timeout, keep=tuple(keep), kernel_under_test=under_test,
                                     silence_timeout=silence_timeout, cpu=trial.cpu, append=trial.append,
-                                    tcg_thread=trial.tcg_thread, host_cpus=trial.host_cpus,
+                                    tcg_thread=trial.tcg_thread, host_cpus=trial.host_cpus, tb_size_mb=trial.tb_size_mb,
                                     boot=vhost_boot(kernel)),
                           results, sink, artifacts)
     return host.run(argv, env=env), host

@@ -15,10 +15,12 @@ from e2e.vm.trials import (
     TRIAL_APPEND,
     TRIAL_CPU,
     TRIAL_HOST_CPUS,
+    TRIAL_TB_SIZE,
     TRIAL_TCG,
     Trial,
     trial_host_cpus,
     trial_settings,
+    trial_tb_size,
     trial_tcg,
 )
 from e2e.vm.vhost import VhostSpec, vhost_argv
@@ -133,3 +135,18 @@ def test_a_trials_host_cpus_are_this_machines_and_recorded(monkeypatch: pytest.M
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(TRIAL_HOST_CPUS, str(mine[0]))
     assert runner.trial_record() == {"trial": {"cpu": "max", "append": [], "host_cpus": [mine[0]]}}
+
+
+def test_a_trials_translation_cache_reaches_l1s_accel_and_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert trial_tb_size({}) is None and trial_tb_size({TRIAL_TB_SIZE: " 64 "}) == 64
+    argv = vhost_argv(VhostSpec(Path("/k/bzImage"), tb_size_mb=64), Path("/r"), 3, 4, 5)
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi,tb-size=64"
+    for bad in ("8", "64M", "64,thread=single", "-1", "99999"):
+        with pytest.raises(ConfigError) as err:
+            trial_tb_size({TRIAL_TB_SIZE: bad})
+        assert "\n" not in str(err.value) and TRIAL_TB_SIZE in str(err.value) and err.value.fix
+    for name in (TRIAL_CPU, TRIAL_APPEND, TRIAL_TCG, TRIAL_HOST_CPUS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TRIAL_TB_SIZE, "64")
+    assert Trial.from_environ(os.environ) == Trial(tb_size_mb=64)
+    assert runner.trial_record() == {"trial": {"cpu": "max", "append": [], "tb_size_mb": 64}}
