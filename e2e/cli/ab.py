@@ -255,8 +255,8 @@ def check_inputs(opts: AbOptions) -> None:
     if opts.host != "direct":
         from ..vm.trials import Trial
 
-        # a virtual-host trial's settings, refused now rather than at L1's boot
-        if Trial.from_environ(os.environ).kernel is not None and opts.host_base is not None:
+        trial = Trial.from_environ(os.environ)  # a virtual-host trial's settings, refused now rather than at L1's boot
+        if trial.kernel is not None and opts.host_base is not None:
             raise ConfigError("--host-base and PVEOI_VHOST_KERNEL both pick the virtual host's own kernel",
                               fix="drop one of --host-base and PVEOI_VHOST_KERNEL")
     if opts.retries < 0:

@@ -37,9 +37,10 @@ Sink = Callable[[bytes], None]
 
 def stock_host_kernel(base: str | None = None) -> Path:
     """pveoi's own virtual-host kernel of ``base`` (default the kernel default; built on first use, then a
-    cache hit); a trial's (:data:`~e2e.vm.vhost.TRIAL_KERNEL`) when one is set.
+    cache hit); a trial's (:data:`~e2e.vm.trials.TRIAL_KERNEL`) when one is set.
 
-    :raises ConfigError: a trial's kernel the virtual host cannot boot, or given with ``base``.
+    :raises ConfigError: a trial setting refused (:meth:`~e2e.vm.trials.Trial.from_environ`), or a trial's
+        kernel given with ``base``.
     """
     from ..build import kernel
 

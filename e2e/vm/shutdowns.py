@@ -88,42 +88,57 @@ def parse_trace(text: str, tgid: int) -> list[Shutdown]:
     return out
 
 
-#: Section markers of a kernel's map (``_text``, ``__entry_text_start``, ``_etext``): no functions.
-_MARKER = re.compile(r"_s?text|_etext|_s?einittext|_sinittext|__\w+_(start|end)")
-#: Those after which, up to the next symbol, no function lies (a section's padding).
-_END_MARKER = re.compile(r"_etext|_einittext|__\w+_end")
-#: The largest offset still read as inside the symbol below: a kernel function is far smaller, so an
-#: address further on lies where no function is (a gap the map has no symbol for).
+#: Section markers of a kernel's map (``_text``, ``__entry_text_start``, ``_etext``): no functions. Only the
+#: ``_text`` ones: ``__hrtick_start`` or ``__unwind_start`` are functions.
+_MARKER = re.compile(r"_s?text|_etext|_sinittext|_einittext|__\w+_text_(start|end)|__indirect_thunk_(start|end)")
+#: Those after which, up to the next symbol, no function lies (a section's padding). Not every ``_end``:
+#: ``__traceiter_mm_compaction_end`` is a function.
+_END_MARKER = re.compile(r"_etext|_einittext|__\w+_text_end|__indirect_thunk_end")
+#: From this offset on, an address is no longer read as inside the symbol below: a kernel function is far
+#: smaller, so such an address lies where no function is (a gap the map has no symbol for).
 MAX_OFFSET = 0x10000
 
 
+def _rank(name: str) -> int:
+    """At one address: a section's start, then its end, then a function, so the lookup (the last symbol at
+    or below) names the function, and an empty section's end rather than its start."""
+    if not _MARKER.fullmatch(name):
+        return 2
+    return 1 if _END_MARKER.fullmatch(name) else 0
+
+
 class SymbolMap:
-    """A kernel's ``System.map``: the text symbol at or below an address."""
+    """A kernel's ``System.map``: the text symbol at or below an address, within the image."""
 
     def __init__(self, text: str) -> None:
         pairs = []
+        self._end: int | None = None
         for line in text.splitlines():
             parts = line.split()
-            if len(parts) >= 3 and parts[1] in "tTwW":
-                try:
-                    # a function sorts after a marker at its address, so the lookup names the function
-                    pairs.append((int(parts[0], 16), not _MARKER.fullmatch(parts[2]), parts[2]))
-                except ValueError:
-                    continue
+            if len(parts) < 3:
+                continue
+            try:
+                address = int(parts[0], 16)
+            except ValueError:
+                continue
+            if parts[2] == "_end":
+                self._end = address  # the image's end: above it, modules and BPF, which the map does not cover
+            elif parts[1] in "tTwW":
+                pairs.append((address, _rank(parts[2]), parts[2]))
         pairs.sort()
         self._addrs = [a for a, _, _ in pairs]
         self._names = [n for _, _, n in pairs]
 
     def name(self, address: int) -> str | None:
         """``symbol+0xoff`` for ``address``; ``no function: 0xoff past symbol`` where no function is
-        (after a section's end marker, or further than :data:`MAX_OFFSET` from the symbol below: under
-        nested TCG a corrupted vCPU may run in a section's padding); None below the first text symbol
-        or in an empty map."""
+        (after a section's end marker, or :data:`MAX_OFFSET` or more past the symbol below: under nested
+        TCG a corrupted vCPU may run in a section's padding); None below the first text symbol, at or above
+        the image's end (a module's or BPF's code), or in an empty map."""
         i = bisect.bisect_right(self._addrs, address) - 1
-        if i < 0:
+        if i < 0 or (self._end is not None and address >= self._end):
             return None
         name, offset = self._names[i], address - self._addrs[i]
-        if offset >= MAX_OFFSET or (offset and _END_MARKER.fullmatch(name)):
+        if offset >= MAX_OFFSET or _END_MARKER.fullmatch(name):
             return f"no function: {offset:#x} past {name}"
         return f"{name}+{offset:#x}"
 

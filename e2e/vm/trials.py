@@ -33,7 +33,7 @@ TRIAL_HOST_CPUS = "PVEOI_VHOST_HOST_CPUS"
 #: on this machine): a smaller one drops old translations wholesale each time it fills, among them those of
 #: memory earlier guests ran code from, which slow the next guest's boot (docs/measurements.md).
 TRIAL_TB_SIZE = "PVEOI_VHOST_TB_SIZE"
-TB_SIZE_RANGE = (16, 4096)
+TB_SIZE_RANGE = (16, 2048)  # QEMU caps the cache at 2 GiB on x86-64 hosts
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")
 _KERNEL_PARAM = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?")
 
@@ -127,7 +127,7 @@ def trial_host_cpus(environ: Mapping[str, str]) -> tuple[int, ...]:
         return ()
     allowed = os.sched_getaffinity(0)
     words = [w.strip() for w in value.split(",")]
-    if not all(w.isdigit() for w in words) or not {int(w) for w in words} <= allowed:
+    if not all(w.isascii() and w.isdigit() for w in words) or not {int(w) for w in words} <= allowed:
         raise ConfigError(f"{TRIAL_HOST_CPUS}={value!r} is not a list of this machine's CPUs "
                           f"({','.join(map(str, sorted(allowed)))})",
                           fix=f"unset {TRIAL_HOST_CPUS}, or name CPUs pveoi may run on, e.g. 0")
@@ -144,7 +144,7 @@ def trial_tb_size(environ: Mapping[str, str]) -> int | None:
     if not value:
         return None
     low, high = TB_SIZE_RANGE
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise ConfigError(f"{TRIAL_TB_SIZE}={value!r} is not a size in MiB from {low} to {high}",
                           fix=f"unset {TRIAL_TB_SIZE}, or give MiB, e.g. 64")
     return int(value)

@@ -33,12 +33,18 @@ ffffffff81000000 T startup_64
 ffffffff81027955 T native_machine_emergency_restart
 ffffffff81027b00 t native_machine_shutdown
 ffffffff81028000 D some_data
+ffffffff8139b524 T __lock_text_end
+ffffffff8139b528 T __kprobes_text_end
+ffffffff8139b528 T __kprobes_text_start
+ffffffff813a1000 T __hrtick_start
+ffffffff813a2000 T __traceiter_mm_compaction_end
 ffffffff81400000 T __entry_text_start
 ffffffff81400000 T x86_verw_sel
 ffffffff81400040 T entry_SYSCALL_64
 ffffffff8140122b T __entry_text_end
 ffffffff81600000 T __softirqentry_text_start
 ffffffff81600000 T __do_softirq
+ffffffff81c18000 B _end
 """
 
 
@@ -56,17 +62,20 @@ def test_the_rip_is_named_by_the_text_symbol_at_or_below_it() -> None:
     assert symbols.name(0xFFFFFFFF81028010) == "native_machine_shutdown+0x510", "data symbols are not text"
     assert symbols.name(0x1000) is None, "below the kernel's text: no name (firmware, real mode)"
     assert SymbolMap("").name(0xFFFFFFFF81000000) is None
-    assert symbols.name(0xFFFFFFFF81000000) == "startup_64+0x0", "a function, not the marker at its address"
+    assert symbols.name(0xFFFFFFFF81600003) == "__do_softirq+0x3", "a function, not the marker at its address"
     assert symbols.name(0xFFFFFFFF81400000) == "x86_verw_sel+0x0"
-    assert symbols.name(0xFFFFFFFF81600003) == "__do_softirq+0x3"
+    assert symbols.name(0xFFFFFFFF813A1004) == "__hrtick_start+0x4", "a function whose name ends in _start"
+    assert symbols.name(0xFFFFFFFF813A2004) == "__traceiter_mm_compaction_end+0x4", "... or in _end"
+    assert symbols.name(0xFFFFFFFFC0001000) is None, "above the image: a module's code, which the map lacks"
 
 
 def test_an_address_where_no_function_is_says_so() -> None:
     symbols = SymbolMap(SYSTEM_MAP)
     # a real L2 triple fault under nested TCG: its RIP in the padding after the entry text
     assert symbols.name(0xFFFFFFFF81471F5C) == "no function: 0x70d31 past __entry_text_end"
-    assert symbols.name(0xFFFFFFFF8140122C) == "no function: 0x1 past __entry_text_end"
-    assert symbols.name(0xFFFFFFFF8140122B) == "__entry_text_end+0x0"
+    assert symbols.name(0xFFFFFFFF8140122B) == "no function: 0x0 past __entry_text_end"
+    # an empty section (start and end at one address): what follows is past its end
+    assert symbols.name(0xFFFFFFFF8139B600) == "no function: 0xd8 past __kprobes_text_end"
     assert symbols.name(0xFFFFFFFF81027B00 + 0x10000) == "no function: 0x10000 past native_machine_shutdown"
     assert symbols.name(0xFFFFFFFF81027B00 + 0xFFFF) == "native_machine_shutdown+0xffff"
 

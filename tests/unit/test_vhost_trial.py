@@ -26,6 +26,13 @@ from e2e.vm.trials import (
 from e2e.vm.vhost import VhostSpec, vhost_argv
 
 
+@pytest.fixture(autouse=True)
+def _no_trial_in_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial variable exported where pytest runs is not these tests' trial."""
+    for name in [n for n in os.environ if n.startswith("PVEOI_VHOST_")]:
+        monkeypatch.delenv(name)
+
+
 def test_without_a_trial_l1_is_pveois_own() -> None:
     assert trial_settings({}) == ("max", ())
     assert trial_tcg({}) == "multi"
@@ -99,6 +106,11 @@ def test_pveoi_ab_refuses_a_bad_trial_before_anything_boots(monkeypatch: pytest.
     assert main(["ab", "--host", "virtual"]) == 2
     err = capsys.readouterr().err
     assert f"{TRIAL_TCG}=" in err and "Traceback" not in err
+    monkeypatch.delenv(TRIAL_TCG)
+    monkeypatch.setenv(TRIAL_TB_SIZE, "\u00b2")  # a digit to str.isdigit, no number to int()
+    assert main(["ab", "--host", "virtual"]) == 2
+    err = capsys.readouterr().err
+    assert f"{TRIAL_TB_SIZE}=" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_trials_own_kernel_is_checked_and_counts_as_the_virtual_hosts(monkeypatch: pytest.MonkeyPatch,
@@ -141,7 +153,7 @@ def test_a_trials_translation_cache_reaches_l1s_accel_and_is_recorded(monkeypatc
     assert trial_tb_size({}) is None and trial_tb_size({TRIAL_TB_SIZE: " 64 "}) == 64
     argv = vhost_argv(VhostSpec(Path("/k/bzImage"), tb_size_mb=64), Path("/r"), 3, 4, 5)
     assert argv[argv.index("-accel") + 1] == "tcg,thread=multi,tb-size=64"
-    for bad in ("8", "64M", "64,thread=single", "-1", "99999"):
+    for bad in ("8", "64M", "64,thread=single", "-1", "4096", "\u00b2"):
         with pytest.raises(ConfigError) as err:
             trial_tb_size({TRIAL_TB_SIZE: bad})
         assert "\n" not in str(err.value) and TRIAL_TB_SIZE in str(err.value) and err.value.fix
