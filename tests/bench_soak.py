@@ -25,7 +25,8 @@ logs go to ``DIR/W-NN.json`` and ``DIR/logs-W-NN/``. The summary (``DIR/summary.
 Markdown table on stdout) gives, per workload: A/Bs, verdicts, the headline (EOI exits saved
 per injected interrupt) median, min, max, relative range and coefficient of variation, the
 trapped EOIs' reasons summed over every run (per-vector attribution), and every failed
-attempt with its class (guest reset, panic, OOM, ... from e2e.vm.ending) and logs. A failed
+attempt with its class (guest reset, panic, OOM, ... from e2e.vm.ending) and logs, and where KVM saw the
+guests' CPUs shut down, counted by RIP (one RIP again and again is a defect at that instruction). A failed
 attempt whose class is empty, ``unknown`` or ``qemu running`` is *unexplained*; the goal is none.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -301,6 +303,11 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"- {w} #{f['ab']} {where} attempt {f.get('attempt') or '-'}: "
                          f"{f['class'] or 'UNEXPLAINED'} ({f.get('outcome') or 'error'}): {str(f['message'])[:160]}"
                          + "".join(f"; {k}" for k in f.get("kvm", [])))
+    places = Counter(re.sub(r"^KVM: vCPU \d+ shut down at ", "", k)
+                     for w in WORKLOADS for f in (summary.get(w) or {}).get("failures", []) for k in f.get("kvm", []))
+    if places:  # one RIP again and again, across virtual hosts: a defect at that instruction, not chance
+        lines.append("- where KVM saw the guests' CPUs shut down, over every workload: "
+                     + ", ".join(f"{where} x{n}" for where, n in places.most_common()))
     lines.append("")
     for w in WORKLOADS:
         s = summary.get(w)
