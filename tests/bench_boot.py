@@ -6,6 +6,7 @@ Run:
     python tests/bench_boot.py                    # 5 boots of pveoi's guest (default base) in one virtual host
     python tests/bench_boot.py --boots 8 --base 6.12
     python tests/bench_boot.py --kernel BZIMAGE --image DIR
+    python tests/bench_boot.py --cpu-flag=-svm        # an extra -cpu property of the guest
 
 Each boot goes the A/B's way (:class:`e2e.vm.machine.Machine`: QEMU started paused, resumed, the
 ready line awaited, SSH), then reads the guest's ``dmesg`` over SSH. Stages per boot:
@@ -57,7 +58,8 @@ def parse_dmesg(text: str) -> dict[str, float]:
     return out
 
 
-def boot_once(kernel: Path, image: Path, logs: Path, index: int, append: str = "") -> dict[str, Any]:
+def boot_once(kernel: Path, image: Path, logs: Path, index: int, append: str = "",
+              cpu_flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """One boot the A/B's way, inside this (KVM) host; its stages in seconds."""
     from e2e.build.image import READY_PATTERN, load_image
     from e2e.vm.argv import DEFAULT_APPEND, MachineSpec
@@ -66,7 +68,8 @@ def boot_once(kernel: Path, image: Path, logs: Path, index: int, append: str = "
     img = load_image(image)
     # printk.time=1: dmesg's timestamps (tinyconfig has no CONFIG_PRINTK_TIME); nothing else differs from an A/B.
     spec = MachineSpec(kernel=kernel, initrd=img.initrd, append=f"{DEFAULT_APPEND} printk.time=1 {append}".strip(),
-                       accel="kvm", pv_eoi=True, smp=2, memory_mb=256, paused=True, name=f"boot-{index}")
+                       accel="kvm", pv_eoi=True, smp=2, memory_mb=256, paused=True, name=f"boot-{index}",
+                       cpu_flags=cpu_flags)
     started = time.monotonic()
     with Machine(spec, READY_PATTERN, artifacts=logs) as machine:
         machine.pv_eoi_readback()
@@ -93,7 +96,7 @@ def inner(args: argparse.Namespace) -> int:
     """Inside the virtual host: boot ``--boots`` times, one JSON line each, then the medians."""
     rows = []
     for i in range(args.boots):
-        row = boot_once(args.kernel, args.image, args.logs, i, args.append)
+        row = boot_once(args.kernel, args.image, args.logs, i, args.append, tuple(args.cpu_flag))
         rows.append(row)
         print(json.dumps({"boot": i + 1, **row}), flush=True)
     summary = {k: round(statistics.median(r[k] for r in rows if r[k] is not None), 3)
@@ -111,6 +114,8 @@ def main() -> int:
     p.add_argument("--logs", type=Path, default=Path("/tmp/pveoi-bench-boot"),
                    help="where each boot's console, QEMU log and dmesg are kept (shared into the virtual host)")
     p.add_argument("--append", default="", help="extra guest kernel parameters (e.g. initcall_debug)")
+    p.add_argument("--cpu-flag", action="append", default=[],
+                   help="an extra -cpu property of the guest, e.g. -svm (repeatable)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.inner:
@@ -128,7 +133,8 @@ def main() -> int:
     logs = args.logs.absolute()
     logs.mkdir(parents=True, exist_ok=True)
     inner_argv = [sys.executable, str(Path(__file__).resolve()), "--inner", "--boots", str(args.boots), "--kernel",
-                  str(bz), "--image", str(img), "--logs", str(logs), "--append", args.append]
+                  str(bz), "--image", str(img), "--logs", str(logs), "--append", args.append,
+                  *(f"--cpu-flag={flag}" for flag in args.cpu_flag)]
     proc = spawn.run([sys.executable, "-m", "e2e.cli", "-q", "vhost", "--timeout", "1800", "--results", str(logs),
                       "--", *inner_argv], cwd=REPO, env=dict(os.environ), text=True)
     sys.stdout.write(proc.stdout)

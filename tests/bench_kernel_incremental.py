@@ -8,7 +8,7 @@ beside another kernel build. Run:
     python tests/bench_kernel_incremental.py --cache     # the normal cache (its ccache may be warm)
 
 Steps: unpack Debian's linux-source-6.1 into a temporary git tree; ``pveoi
-kernel build --source TREE --flavour guest`` (cold: new build dir, guest
+kernel build --source TREE --role guest`` (cold: new build dir, guest
 patches applied to the private copy); add a line of code to
 arch/x86/kernel/kvm.c; build again (a new cache entry: the source changed;
 the build dir and ccache are reused); revert the change and build again (the
@@ -35,10 +35,10 @@ GIT = ["git", "-c", "user.name=pveoi-bench", "-c", "user.email=pveoi-bench@local
 
 
 def build(tree: Path, env: dict[str, str]) -> dict[str, object]:
-    """Time one ``pveoi kernel build --source TREE --flavour guest --json``."""
+    """Time one ``pveoi kernel build --source TREE --role guest --json``."""
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "e2e.cli", "-q", "kernel", "build", "--source", str(tree),
-                           "--flavour", "guest", "--json"], env=env, capture_output=True, text=True, check=False)
+                           "--role", "guest", "--json"], env=env, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(f"kernel build failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")

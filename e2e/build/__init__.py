@@ -13,11 +13,11 @@ Building what a guest boots, one module per job:
   rebuilds incremental.
 
 * :mod:`.kconfig`: Kconfig fragments: parse, merge, render, the options a
-  build dropped, each flavour's fragments;
+  build dropped, pveoi's fragments (one config for guest and virtual host);
 * :mod:`.bases`: the kernel bases pveoi ships a guest series for, and applying
   a patch series to a tree;
-* :mod:`.kernel`: building a guest or host kernel from a base's source and
-  pveoi's patch series;
+* :mod:`.kernel`: building a kernel from a base's source (or a tree) and
+  pveoi's patch series, one build serving as guest and as virtual host;
 * :mod:`.prebuilt`: kernels pveoi does not build (a path, a URL, Debian's
   package) put into the cache;
 * :mod:`.vhostkernel`: an L1 kernel made bootable as the virtual host (a

@@ -3,7 +3,7 @@ What pveoi's cache holds and what may go: ``pveoi cache du`` (sizes by kind), ``
 (by age and by size) and the automatic cap applied after every A/B and kernel build.
 
 The cache (:func:`e2e.build.cache.cache_root`) holds, by kind: ``kernels/`` and ``images/`` (content-hashed
-entries), ``kbuild/`` (a persistent build directory per source path, flavour and config, about
+entries), ``kbuild/`` (a persistent build directory per source path and config, about
 1.6 GB each), ``ccache/`` (capped by ccache itself, :data:`e2e.build.kbuild.CCACHE_MAXSIZE`),
 ``logs/`` (failed builds' logs) and ``ssh/`` (the client key: never removed).
 

@@ -1,11 +1,11 @@
 """
 Incremental kernel builds: a persistent out-of-tree build directory and a
-private source copy per (source, flavour, config), plus ccache.
+private source copy per (source, config), plus ccache.
 
 The content-hash cache (:mod:`e2e.build.cache`) stays the source of truth: a build
 whose inputs differ gets a new entry. What is reused between such builds is
-only work: the ``O=`` directory of the last build of the same source path,
-flavour and config (so make recompiles only what changed) and ccache's
+only work: the ``O=`` directory of the last build of the same source path
+and config (so make recompiles only what changed) and ccache's
 object cache (``CCACHE_DIR`` under the cache root).
 
 Layout under the cache root::
@@ -68,9 +68,9 @@ SYNC_TIMEOUT = 3600.0
 """Seconds rsync may take to copy a kernel tree (a first copy of a full tree on a slow disk: minutes)."""
 
 
-def tree_key(source_kind: str, source_path: Path, flavour: str, config: str) -> str:
-    """The persistent tree's key: source *path* (not content), flavour and the rendered config fragment."""
-    return content_hash(["kbuild=1", source_kind, str(source_path), flavour, config])[:16]
+def tree_key(source_kind: str, source_path: Path, config: str) -> str:
+    """The persistent tree's key: source *path* (not content) and the rendered config fragment."""
+    return content_hash(["kbuild=1", source_kind, str(source_path), config])[:16]
 
 
 @dataclass(frozen=True)
@@ -344,8 +344,8 @@ def compiler(cache_root: Path) -> Compiler:
                     "(apt-get install ccache, host_config/install-deps.sh)")
         return Compiler(None, {})
     # CCACHE_BASEDIR: every build tree is <kbuild>/<key>/{src,out} and make runs in out/, so with paths
-    # rewritten relative to it, one object compiled for one tree (the guest flavour, another config,
-    # another base's copy) is a hit for every other tree whose preprocessed source is the same.
+    # rewritten relative to it, one object compiled for one tree (another config, another base's
+    # copy) is a hit for every other tree whose preprocessed source is the same.
     return Compiler("ccache gcc", {"CCACHE_DIR": str(cache_root / CCACHE_NAME),
                                    "CCACHE_MAXSIZE": CCACHE_MAXSIZE,
                                    "CCACHE_BASEDIR": str(cache_root / TREE_KIND), "CCACHE_NOHASHDIR": "1"})

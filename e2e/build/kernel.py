@@ -1,14 +1,15 @@
 """
-Building a guest or host kernel from source (Debian's linux-source-<base> or the
-user's tree) plus a base's series in ``guest_patches/<base>/``
-(:mod:`e2e.build.bases`), with the flavour's config fragments
-(:mod:`e2e.build.kconfig`). Results are cached by content hash with a manifest
-(:mod:`e2e.build.kentry`); prebuilt kernels are :mod:`e2e.build.prebuilt`'s.
+Building a kernel from source (Debian's linux-source-<base> or the user's tree)
+plus a base's series in ``guest_patches/<base>/`` (:mod:`e2e.build.bases`), with
+pveoi's config fragments (:mod:`e2e.build.kconfig`): one config for the guest
+and the virtual host, so pveoi's kernel of a base is one build serving both.
+Results are cached by content hash with a manifest (:mod:`e2e.build.kentry`);
+prebuilt kernels are :mod:`e2e.build.prebuilt`'s.
 
 Builds are always out of tree (``O=``) and never touch the user's tree: a
 series of patches is applied to a private copy, so a patch that fails to apply
 leaves the original as it was. The ``O=`` directory and the private copy
-persist per (source path, flavour, config) and the compiler runs under
+persist per (source path, config) and the compiler runs under
 ccache, so a rebuild after a small change recompiles only what changed
 (:mod:`e2e.build.kbuild`); the content-hash cache still decides what is built.
 """
@@ -34,10 +35,11 @@ from . import kbuild
 from .bases import Patch, apply_patches, base_for_version, base_named, load_series, patched_paths, tree_version
 from .cache import Built, Cache, CacheEntry, atomic_write, content_hash, sha256_file
 from .kconfig import (
-    flavour_fragments,
+    ROLES,
     merge_fragments,
     missing_options,
     parse_config_fragment,
+    pveoi_fragments,
     read_config,
     render_fragment,
 )
@@ -127,7 +129,6 @@ class BuildSpec:
     """What to build; its :meth:`key` is the cache key."""
 
     source: KernelSource
-    flavour: str = "guest"
     patches: tuple[Patch, ...] = ()
     fragments: tuple[Path, ...] = ()
     jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
@@ -138,7 +139,7 @@ class BuildSpec:
 
     def requested_options(self) -> dict[str, str]:
         frags = []
-        for path in (*flavour_fragments(self.flavour), *self.fragments):
+        for path in (*pveoi_fragments(), *self.fragments):
             if not path.is_file():
                 raise ConfigError(f"config fragment {path} not found", fix="pass an existing file to --config")
             frags.append(parse_config_fragment(path.read_text(), str(path)))
@@ -149,8 +150,7 @@ class BuildSpec:
         identity runs ``git diff``)."""
         identity = identity if identity is not None else self.source.identity()
         requested = requested if requested is not None else self.requested_options()
-        parts: list[str | bytes] = [f"schema={SCHEMA}", f"flavour={self.flavour}", identity,
-                                    render_fragment(requested)]
+        parts: list[str | bytes] = [f"schema={SCHEMA}", identity, render_fragment(requested)]
         for p in self.patches:
             parts += [p.name, p.path.read_bytes()]
         return content_hash(parts)[:24]
@@ -206,7 +206,7 @@ def build_kernel(spec: BuildSpec, cache: Cache | None = None, force: bool = Fals
     final = cache.entry_path(KERNEL_KIND, key)
 
     def build(staged: Path) -> Built:
-        progress = Progress(f"kernel build {spec.flavour}")
+        progress = Progress("kernel build")
         started = time.time()
         logfile = staged / "build.log"
         with tempdir("kbuild") as work:
@@ -230,7 +230,7 @@ def _build_into(
 ) -> Built:
     fragment = render_fragment(requested)
     comp = kbuild.compiler(cache.root)
-    with kbuild.build_tree(cache, kbuild.tree_key(spec.source.kind, spec.source.path, spec.flavour, fragment),
+    with kbuild.build_tree(cache, kbuild.tree_key(spec.source.kind, spec.source.path, fragment),
                            spec.source.path) as bt:
         reused = bt.reused()
         marks = {"start": time.monotonic()}  # where a build's time goes (manifest "stages")
@@ -281,7 +281,6 @@ def _build_into(
         "schema": SCHEMA,
         "kind": "build",
         "hash": key,
-        "flavour": spec.flavour,
         "base": spec.base,
         "version": version,
         "release": release,
@@ -330,17 +329,25 @@ def _source_tree(spec: BuildSpec, identity: str, bt: kbuild.BuildTree, work: Pat
     return bt.src
 
 
-def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
+def default_spec(role: str = "guest", source: Path | None = None, patches_dir: Path | None = None,
                  fragments: Sequence[Path] = (), jobs: int | None = None,
                  with_patches: bool | None = None, base: str | None = None) -> BuildSpec:
-    """The spec pveoi uses unless told otherwise.
+    """The spec pveoi uses unless told otherwise, for a kernel that runs as ``role`` (``guest`` or
+    ``host``, the virtual KVM host).
 
     :param base: Debian's source of this base (default :data:`DEFAULT_BASE`); with ``source``, the
         series to use instead of the one the tree's version picks.
-    Guest kernels get the base's series (``guest_patches/<base>/``) by default; host kernels get none.
 
-    :raises ConfigError: unknown base, a tree older than every base, a missing source package.
+    The config is the same for both roles. So are the patches of pveoi's own kernel (Debian's source,
+    the base's series ``guest_patches/<base>/``): one build serves as guest and as virtual host. A
+    guest from your tree gets the series too (its counters and window markers); a host from your tree
+    gets none (L1 never uses them, and a KVM tree newer than every base need not take them).
+    ``patches_dir`` replaces the series in either role.
+
+    :raises ConfigError: unknown role or base, a tree older than every base, a missing source package.
     """
+    if role not in ROLES:
+        raise ConfigError(f"unknown kernel role {role!r}", fix="use 'guest' or 'host'")
     if source:
         src = KernelSource.tree(source)
         b = base_named(base) if base is not None else base_for_version(tree_version(src.path))
@@ -348,9 +355,9 @@ def default_spec(flavour: str = "guest", source: Path | None = None, patches_dir
         src = KernelSource.debian(base)
         b = base_named(base)
     if with_patches is None:
-        with_patches = flavour == "guest" or patches_dir is not None
+        with_patches = role == "guest" or patches_dir is not None or source is None
     patches: tuple[Patch, ...] = ()
     if with_patches:
         patches = tuple(load_series(patches_dir or b.series_dir))
     series = f"pveoi's {b.name} series" if with_patches and patches_dir is None else None
-    return BuildSpec(src, flavour, patches, tuple(fragments), jobs or os.cpu_count() or 2, b.name, series)
+    return BuildSpec(src, patches, tuple(fragments), jobs or os.cpu_count() or 2, b.name, series)

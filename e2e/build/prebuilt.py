@@ -66,7 +66,7 @@ def fetch_url(url: str, sha256: str, cache: Cache | None = None) -> CacheEntry:
 def _publish_file(cache: Cache, key: str, src: Path, origin: Mapping[str, Any]) -> CacheEntry:
     def build(staged: Path) -> Built:
         shutil.copy(src, staged / "bzImage")
-        manifest = {"schema": SCHEMA, "kind": "fetch", "hash": key, "flavour": "guest",
+        manifest = {"schema": SCHEMA, "kind": "fetch", "hash": key,
                     "release": read_setup_header(staged / "bzImage").release, "source": dict(origin),
                     "patches": [], "config": {}}
         return Built(("bzImage",), manifest)
@@ -112,7 +112,7 @@ def fetch_debian(package: str | None = None, cache: Cache | None = None) -> Cach
             if config.is_file():
                 shutil.copy(config, staged / "config")
                 files.append("config")
-            manifest = {"schema": SCHEMA, "kind": "debian", "hash": key, "flavour": "guest", "release": release,
+            manifest = {"schema": SCHEMA, "kind": "debian", "hash": key, "release": release,
                         "source": {"kind": "debian-package", "package": package, "deb_sha256": digest,
                                    "modules_tree": sha256_tree(mods) if mods.is_dir() else None},
                         "patches": [], "config": {}}

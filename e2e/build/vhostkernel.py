@@ -3,7 +3,7 @@ An L1 kernel made bootable as the virtual host, including one whose virtio-PCI,
 9p and KVM are modules: a distribution's packaged kernel (``pveoi kernel fetch
 --debian --package linux-image-amd64``), the kind a KVM developer's distro runs.
 
-pveoi's host flavour has these drivers built in and boots L1 straight into the
+pveoi's own kernel has these drivers built in and boots L1 straight into the
 host's root over 9p, with no initramfs. A modular kernel cannot mount that root
 by itself, so it gets a small initramfs: static busybox, the drivers'
 modules (decompressed, dependencies first, as :mod:`.modules` finds them with
@@ -63,7 +63,7 @@ INITRD_NAME = "initramfs.cpio"
 VMLINUX_NAME = "vmlinux"
 SCHEMA = 1
 _FIX = ("use a kernel with virtio-PCI, 9p (NET_9P_VIRTIO, 9P_FS) and KVM_AMD built in or as modules: pveoi's "
-        "host flavour (pveoi kernel build --flavour host), a packaged one fetched with its modules "
+        "own (pveoi kernel build), a packaged one fetched with its modules "
         "(pveoi kernel fetch --debian --package linux-image-amd64), or an installed one with its "
         "config-<release> beside it and lib/modules/<release>")
 

@@ -97,8 +97,8 @@ def add_parser(sub: SubParsers) -> None:
                    "(no skipped/written counters or markers: the loose host-only agreement)")
     p.add_argument("--base", metavar="BASE", help=f"the guest kernel's base: {bases_help()}; with --source, "
                    "the series to apply instead of the one the tree's version picks")
-    p.add_argument("--host-base", metavar="BASE", help="the virtual host's own kernel base (pveoi's host "
-                   "flavour built from Debian's linux-source-<base>; default 6.1)")
+    p.add_argument("--host-base", metavar="BASE", help="the virtual host's own kernel base (pveoi's kernel "
+                   "built from Debian's linux-source-<base>; default 6.1)")
     p.add_argument("--image", type=Path, metavar="DIR", help="a built guest image entry (default: build pveoi's)")
     p.add_argument("--arms", type=Path, metavar="TOML",
                    help="two or more [[arm]] tables: name, pv_eoi, cpu_flags, smp, append, kernel (a bzImage or "
@@ -208,13 +208,13 @@ def ab(opts: AbOptions) -> int:
 # ---------------------------------------------------------------- checks, before anything is built or booted
 
 
-def _check_arm_kernel(source: Path | None, patches: Path | None, flavour: str, base: str | None) -> Path:
+def _check_arm_kernel(source: Path | None, patches: Path | None, role: str, base: str | None) -> Path:
     """What an arms file's kernel table would build, checked without building it (a stand-in path that
     tells arms apart the way the built kernels would)."""
     from ..build import kernel
 
-    kernel.default_spec(flavour, source=source, patches_dir=patches, base=base)  # base, version, source package
-    return Path(f"<{flavour} kernel of {source or 'debian'} {patches or ''} {base or ''}>")
+    kernel.default_spec(role, source=source, patches_dir=patches, base=base)  # base, version, source package
+    return Path(f"<{role} kernel of {source or 'debian'} {patches or ''} {base or ''}>")
 
 
 def _check_outputs(opts: AbOptions) -> None:
@@ -284,7 +284,7 @@ def check_inputs(opts: AbOptions) -> None:
             raise ConfigError(f"{what} {d} is not a directory", fix=f"pass a directory to {what}")
     if opts.host_kernel is not None and not opts.host_kernel.expanduser().is_file():
         raise ConfigError(f"--host-kernel {opts.host_kernel} not found",
-                          fix="build one: pveoi kernel build --flavour host --source DIR")
+                          fix="build one: pveoi kernel build --role host --source DIR")
     if opts.host == "direct" and opts.host_under_test:
         raise _virtual_only()
     if opts.arms and opts.host_under_test:
@@ -342,12 +342,12 @@ def _default_arms(opts: AbOptions) -> tuple[Arm, ...]:
     return AA_ARMS if opts.aa else DEFAULT_ARMS
 
 
-def _build_from_source(source: Path | None, patches: Path | None, flavour: str, base: str | None) -> Path:
+def _build_from_source(source: Path | None, patches: Path | None, role: str, base: str | None) -> Path:
     """A kernel built by pveoi from a user's tree or Debian's source of ``base`` (a cache hit when built
     before)."""
     from ..build import kernel
 
-    spec = kernel.default_spec(flavour, source=source, patches_dir=patches, base=base)
+    spec = kernel.default_spec(role, source=source, patches_dir=patches, base=base)
     return kernel.build_kernel(spec).file("bzImage")
 
 

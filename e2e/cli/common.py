@@ -44,7 +44,7 @@ def guest_kernel(kernel: Path | None = None, *, source: Path | None = None, patc
 
 
 def host_kernel(base: str | None = None) -> Path:
-    """The virtual KVM host's own kernel (pveoi's host flavour of ``base``)."""
+    """The virtual KVM host's own kernel (pveoi's kernel of ``base``, the one its guests run)."""
     from ..run.runner import stock_host_kernel
 
     return stock_host_kernel(base)

@@ -19,7 +19,7 @@ class KernelBuildOptions:
     patches: Path | None
     no_patches: bool
     config: tuple[Path, ...]
-    flavour: str
+    role: str
     jobs: int | None
     force: bool
     json: bool
@@ -27,7 +27,7 @@ class KernelBuildOptions:
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> KernelBuildOptions:
         return cls(source=ns.source, base=ns.base, patches=ns.patches, no_patches=ns.no_patches,
-                   config=tuple(ns.config), flavour=ns.flavour, jobs=ns.jobs, force=ns.force, json=ns.json)
+                   config=tuple(ns.config), role=ns.role, jobs=ns.jobs, force=ns.force, json=ns.json)
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,14 @@ def add_parser(sub: SubParsers) -> None:
     src.add_argument("--debian", action="store_true", help="Debian's linux-source-<base> (the default)")
     b.add_argument("--base", metavar="BASE", help=f"kernel base: {bases_help()}")
     b.add_argument("--patches", type=Path, metavar="DIR", help="a quilt-style patch dir instead of the base's "
-                   "series (default: guest_patches/<base>/ for the guest flavour, none for host)")
+                   "series (default: guest_patches/<base>/; none for a host from --source)")
     b.add_argument("--no-patches", action="store_true", help="build without any patches")
     b.add_argument("--config", type=Path, action="append", default=[], metavar="FRAGMENT",
                    help="extra Kconfig fragment, applied last (repeatable)")
-    b.add_argument("--flavour", choices=["guest", "host"], default="guest")
+    b.add_argument("--role", "--flavour", dest="role", choices=["guest", "host"], default="guest",
+                   help="what the kernel will run as; the config is the same, and Debian's source is one build "
+                   "for both: the role only decides whether a kernel from --source gets pveoi's series "
+                   "(guest: yes; host: no). --flavour is its old name")
     b.add_argument("-j", "--jobs", type=int, default=None, help="make jobs (default: CPU count)")
     b.add_argument("--force", action="store_true", help="rebuild even on a cache hit")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -98,7 +101,7 @@ def build(opts: KernelBuildOptions) -> int:
     from ..build.kentry import load_manifest
 
     spec = kernel.default_spec(
-        flavour=opts.flavour, source=opts.source, patches_dir=opts.patches, fragments=list(opts.config),
+        role=opts.role, source=opts.source, patches_dir=opts.patches, fragments=list(opts.config),
         jobs=opts.jobs, with_patches=False if opts.no_patches else None, base=opts.base,
     )
     entry = kernel.build_kernel(spec, force=opts.force)

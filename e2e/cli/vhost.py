@@ -45,7 +45,7 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--results", type=Path, help="writable dir shared into the host (default: a temp dir)")
     p.add_argument("--logs", type=Path, help="keep the virtual host's console and QEMU logs here")
     p.add_argument("--kernel", type=Path, metavar="PATH",
-                   help="the virtual host's kernel (default: pveoi's host flavour); one with virtio-PCI, 9p and "
+                   help="the virtual host's kernel (default: pveoi's own); one with virtio-PCI, 9p and "
                         "KVM_AMD as modules boots with an initramfs that loads them, e.g. Debian's "
                         "(pveoi kernel fetch --debian --package linux-image-amd64)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")

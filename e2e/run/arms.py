@@ -16,13 +16,13 @@ from ..model.plan import Arm, validate_arms
 
 ARM_KEYS = {"name", "pv_eoi", "cpu_flags", "append", "kernel", "smp", "host_kernel", "replica_of"}
 
-#: Builds a kernel from ``(source, patches, flavour)`` and returns its bzImage (the CLI passes
-#: pveoi's cached build; a test may pass anything that returns a path).
-#: Builds an arm's kernel: (source tree or None for Debian's, patches dir or None, flavour, base or None).
+#: Builds an arm's kernel and returns its bzImage: (source tree or None for Debian's, patches dir or
+#: None, role: ``guest`` or ``host``, base or None). The CLI passes pveoi's cached build; a test may
+#: pass anything that returns a path.
 KernelBuilder = Callable[[Path | None, Path | None, str, str | None], Path]
 
 
-def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
+def _arm_kernel(raw: Any, where: str, base: Path, role: str,
                 build: KernelBuilder | None) -> tuple[Path | None, dict[str, str]]:
     """An arm's ``kernel``/``host_kernel`` value: a bzImage path, or a table of ``source`` (a tree),
     ``patches`` (a series dir) and ``base`` (a kernel base: Debian's source of it, or with ``source``
@@ -31,7 +31,7 @@ def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
         return None, {}
     if isinstance(raw, str):
         path = (base / Path(raw).expanduser()).resolve()  # one spelling per file: same kernel, same arm
-        if flavour == "guest":
+        if role == "guest":
             from ..build.kentry import check_kernel_file
 
             try:
@@ -39,8 +39,8 @@ def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err.message}", fix=err.fix) from err
         elif not path.is_file():
-            raise ConfigError(f"{where}: {path} not found", fix="build it first (pveoi kernel build --flavour host)")
-        return path, {f"{flavour}_kernel": str(path)}
+            raise ConfigError(f"{where}: {path} not found", fix="build it first (pveoi kernel build --role host)")
+        return path, {f"{role}_kernel": str(path)}
     if (isinstance(raw, dict) and raw and set(raw) <= {"source", "patches", "base"}
             and all(isinstance(v, str) for v in raw.values()) and ("source" in raw or "base" in raw)):
         source = (base / Path(raw["source"]).expanduser()).resolve() if raw.get("source") else None
@@ -59,9 +59,9 @@ def _arm_kernel(raw: Any, where: str, base: Path, flavour: str,
         if build is None:
             raise ConfigError(f"{where}: a kernel built from source is not available here",
                               fix="pass a bzImage path")
-        origin = {f"{flavour}_{k}": str(v) for k, v in (("source", source), ("patches", patches), ("base", kbase))
+        origin = {f"{role}_{k}": str(v) for k, v in (("source", source), ("patches", patches), ("base", kbase))
                   if v is not None}
-        return build(source, patches, flavour, kbase), origin
+        return build(source, patches, role, kbase), origin
     raise ConfigError(f"{where}: expected a bzImage path or {{source = DIR, patches = DIR, base = BASE}}, "
                       f"got {raw!r}",
                       fix='write e.g. kernel = "/path/bzImage", kernel = { source = "~/linux" } or '

@@ -112,8 +112,8 @@ def _plan(spec: BisectSpec, tree: Path) -> Any:
     from ..build.image import image_for_kernel
     from ..model.plan import DEFAULT_ARMS, Plan
 
-    flavour = "host" if spec.host else "guest"
-    built = kernel.build_kernel(kernel.default_spec(flavour, source=tree, patches_dir=spec.patches,
+    role = "host" if spec.host else "guest"
+    built = kernel.build_kernel(kernel.default_spec(role, source=tree, patches_dir=spec.patches,
                                                     with_patches=spec.patches is not None)).file("bzImage")
     if spec.host:
         guest = kernel.build_kernel(kernel.default_spec("guest")).file("bzImage")

@@ -147,9 +147,9 @@ def trial_record() -> dict[str, object]:
 
 
 def is_stock_host_kernel(bzimage: Path) -> bool:
-    """Whether ``bzimage`` is one of pveoi's own virtual-host kernels (a host-flavour build of Debian's
-    source of a base, no patches, no extra fragments): its crash is nested TCG's, not a kernel under
-    test's."""
+    """Whether ``bzimage`` is one of pveoi's own virtual-host kernels (pveoi's build of Debian's source
+    of a base with its series and no extra fragments, the kernel its guests run too): its crash is
+    nested TCG's, not a kernel under test's."""
     from ..build import kernel
     from ..build.bases import BASES
 
@@ -158,7 +158,7 @@ def is_stock_host_kernel(bzimage: Path) -> bool:
         return True  # a trial of the virtual host's own kernel: its crash is the virtual host's
     manifest = results.kernel_manifest(bzimage)
     base = manifest.get("base")
-    if manifest.get("kind") != "build" or manifest.get("flavour") != "host" or base not in BASES:
+    if manifest.get("kind") != "build" or base not in BASES:
         return False
     try:
         return bool(manifest.get("hash") == kernel.default_spec("host", base=str(base)).key())

@@ -1,7 +1,7 @@
 """
 Trials of the virtual host itself (issue 24: what lowers nested TCG's crash rate), set from the
 environment and not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, L1's own
-kernel in place of pveoi's host flavour, L1's TCG threading and translation cache, and the CPUs of
+kernel in place of pveoi's own, L1's TCG threading and translation cache, and the CPUs of
 this machine L1 runs on. Each is checked before anything
 boots, since nothing here may reach QEMU's or the kernel's command line unchecked;
 docs/virtual-host.md.
@@ -20,7 +20,7 @@ from ..errors import ConfigError
 
 #: Environment variables for trials of the virtual host itself (issue 24: what lowers nested TCG's crash
 #: rate), not for everyday use: L1's ``-cpu`` model, extra L1 kernel parameters, and L1's own kernel
-#: (e.g. a packaged one, :mod:`e2e.build.vhostkernel`) in place of pveoi's host flavour.
+#: (e.g. a packaged one, :mod:`e2e.build.vhostkernel`) in place of pveoi's own.
 TRIAL_CPU, TRIAL_APPEND, TRIAL_KERNEL = "PVEOI_VHOST_CPU", "PVEOI_VHOST_APPEND", "PVEOI_VHOST_KERNEL"
 #: L1's TCG threading: ``multi`` (pveoi's own: a host thread per L1 vCPU, running at once) or ``single`` (one
 #: host thread takes L1's vCPUs in turn, so no two of them ever run at the same time).

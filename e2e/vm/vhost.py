@@ -1,6 +1,6 @@
 """
 The virtual KVM host: a TCG QEMU (``-cpu max`` exposes SVM) running pveoi's
-``host``-flavour kernel with KVM built in, inside which real ``kvm_amd`` runs
+kernel (the one its guests run) with KVM built in, inside which real ``kvm_amd`` runs
 the measured guests.
 
 Design (see docs/virtual-host.md): the whole harness runs inside.
@@ -77,7 +77,7 @@ ENV_PASSED = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "LANG", "PVEOI_NO_DOWNLOAD")
 class VhostSpec:
     """The virtual host's shape.
 
-    :param kernel: the L1 kernel: pveoi's host flavour (KVM, KVM_AMD, 9p built in), or one with them as
+    :param kernel: the L1 kernel: pveoi's own (KVM, KVM_AMD, 9p built in), or one with them as
         modules, which ``boot`` loads.
     :param boot: what QEMU loads for ``kernel`` (:func:`e2e.build.vhostkernel.vhost_boot`: a modular kernel's
         initramfs, its vmlinux); None: ``kernel`` itself, no initramfs.

@@ -95,7 +95,8 @@ def test_spec_is_frozen() -> None:
 
 @pytest.mark.parametrize(
     ("pv_eoi", "expected"),
-    [(None, "max"), (True, "max,kvm-pv-eoi=on"), (False, "max,kvm-pv-eoi=off")],
+    [(None, "max,svm=off,vmx=off"), (True, "max,kvm-pv-eoi=on,svm=off,vmx=off"),
+     (False, "max,kvm-pv-eoi=off,svm=off,vmx=off")],
 )
 def test_cpu_arg_pv_eoi(pv_eoi: bool | None, expected: str) -> None:
     assert cpu_arg(spec(pv_eoi=pv_eoi)) == expected
@@ -103,7 +104,14 @@ def test_cpu_arg_pv_eoi(pv_eoi: bool | None, expected: str) -> None:
 
 def test_cpu_arg_flags_follow_pv_eoi() -> None:
     s = spec(accel="kvm", pv_eoi=False, cpu_flags=("x2apic=on", "kvm-pv-ipi=off"))
-    assert cpu_arg(s) == "host,kvm-pv-eoi=off,x2apic=on,kvm-pv-ipi=off"
+    assert cpu_arg(s) == "host,kvm-pv-eoi=off,svm=off,vmx=off,x2apic=on,kvm-pv-ipi=off"
+
+
+def test_cpu_arg_hides_virtualization_unless_nested_or_an_arm_says() -> None:
+    """A guest sees no SVM/VMX (pveoi's kernel then skips KVM's start-up); nested shows them, and an
+    arm's own flag comes last, so QEMU lets it win."""
+    assert cpu_arg(spec(accel="kvm", nested=True)) == "host"
+    assert cpu_arg(spec(accel="kvm", cpu_flags=("svm=on",))) == "host,svm=off,vmx=off,svm=on"
 
 
 # ---------------------------------------------------------------- qemu_argv
@@ -115,7 +123,7 @@ def test_qemu_argv_basic_shape() -> None:
     assert argv[0] == "qemu-system-x86_64"
     assert value_after(argv, "-machine") == "q35"
     assert value_after(argv, "-accel") == "tcg,thread=multi"
-    assert value_after(argv, "-cpu") == "max"
+    assert value_after(argv, "-cpu") == "max,svm=off,vmx=off"
     assert value_after(argv, "-smp") == "1"
     assert value_after(argv, "-m") == "256M"
     assert value_after(argv, "-kernel") == str(KERNEL)
@@ -137,7 +145,7 @@ def test_qemu_argv_basic_shape() -> None:
 def test_qemu_argv_kvm_and_pv_eoi() -> None:
     argv = qemu_argv(spec(accel="kvm", pv_eoi=True, smp=2, memory_mb=512), 3, 4)
     assert value_after(argv, "-accel") == "kvm"
-    assert value_after(argv, "-cpu") == "host,kvm-pv-eoi=on"
+    assert value_after(argv, "-cpu") == "host,kvm-pv-eoi=on,svm=off,vmx=off"
     assert value_after(argv, "-smp") == "2"
     assert value_after(argv, "-m") == "512M"
 

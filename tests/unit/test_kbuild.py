@@ -26,14 +26,13 @@ def test_make_argv_with_ccache() -> None:
     assert make_argv(Path("/src"), Path("/b"), ["bzImage"], jobs=2) == ["make", "-C", "/src", "O=/b", "-j2", "bzImage"]
 
 
-def test_tree_key_follows_path_flavour_and_config_not_content() -> None:
-    base = tree_key("tree", Path("/home/me/linux"), "guest", "CONFIG_X=y\n")
-    assert base == tree_key("tree", Path("/home/me/linux"), "guest", "CONFIG_X=y\n")
-    others = {tree_key("tree", Path("/home/me/linux2"), "guest", "CONFIG_X=y\n"),
-              tree_key("tree", Path("/home/me/linux"), "host", "CONFIG_X=y\n"),
-              tree_key("tree", Path("/home/me/linux"), "guest", "CONFIG_X=n\n"),
-              tree_key("debian", Path("/home/me/linux"), "guest", "CONFIG_X=y\n")}
-    assert base not in others and len(others) == 4
+def test_tree_key_follows_path_and_config_not_content() -> None:
+    base = tree_key("tree", Path("/home/me/linux"), "CONFIG_X=y\n")
+    assert base == tree_key("tree", Path("/home/me/linux"), "CONFIG_X=y\n")
+    others = {tree_key("tree", Path("/home/me/linux2"), "CONFIG_X=y\n"),
+              tree_key("tree", Path("/home/me/linux"), "CONFIG_X=n\n"),
+              tree_key("debian", Path("/home/me/linux"), "CONFIG_X=y\n")}
+    assert base not in others and len(others) == 3
 
 
 def test_rsync_argv() -> None:

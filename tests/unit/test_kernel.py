@@ -385,14 +385,14 @@ def test_build_spec_key_sensitivity(tmp_path: Path) -> None:
     frag = tmp_path / "extra.config"
     frag.write_text("CONFIG_HZ_1000=y\n")
     p1 = write_patch(tmp_path, "0001-a.patch", GOOD_PATCH)
-    base = BuildSpec(source, "guest", (p1,), (frag,), jobs=2)
+    base = BuildSpec(source, (p1,), (frag,), jobs=2)
     key = base.key()
     assert len(key) == 24
     assert int(key, 16) >= 0
 
     # Same inputs, same key; jobs is not an input of the result.
-    assert BuildSpec(source, "guest", (p1,), (frag,), jobs=2).key() == key
-    assert BuildSpec(source, "guest", (p1,), (frag,), jobs=7).key() == key
+    assert BuildSpec(source, (p1,), (frag,), jobs=2).key() == key
+    assert BuildSpec(source, (p1,), (frag,), jobs=7).key() == key
 
     seen = {key}
 
@@ -401,14 +401,13 @@ def test_build_spec_key_sensitivity(tmp_path: Path) -> None:
         assert k not in seen, f"key did not change when {why}"
         seen.add(k)
 
-    changed(BuildSpec(source, "host", (p1,), (frag,)), "the flavour changed")
-    changed(BuildSpec(source, "guest", (), (frag,)), "the patches were dropped")
-    changed(BuildSpec(source, "guest", (p1,), ()), "the fragment was dropped")
+    changed(BuildSpec(source, (), (frag,)), "the patches were dropped")
+    changed(BuildSpec(source, (p1,), ()), "the fragment was dropped")
     p1_renamed = Patch("0001-b.patch", p1.path)
-    changed(BuildSpec(source, "guest", (p1_renamed,), (frag,)), "a patch was renamed")
+    changed(BuildSpec(source, (p1_renamed,), (frag,)), "a patch was renamed")
     p2 = write_patch(tmp_path, "0002-b.patch", BROKEN_PATCH)
-    changed(BuildSpec(source, "guest", (p1, p2), (frag,)), "a patch was added")
-    changed(BuildSpec(source, "guest", (p2, p1), (frag,)), "the patch order changed")
+    changed(BuildSpec(source, (p1, p2), (frag,)), "a patch was added")
+    changed(BuildSpec(source, (p2, p1), (frag,)), "the patch order changed")
 
     p1.path.write_text(GOOD_PATCH.replace("LINE TWO", "LINE 2"))
     changed(base, "a patch's content changed")
@@ -427,23 +426,45 @@ def test_build_spec_key_sensitivity(tmp_path: Path) -> None:
 
 def test_build_spec_missing_fragment(tmp_path: Path) -> None:
     source = KernelSource.tree(make_source(tmp_path))
-    spec = BuildSpec(source, "guest", (), (tmp_path / "nope.config",))
+    spec = BuildSpec(source, (), (tmp_path / "nope.config",))
     with pytest.raises(ConfigError, match=r"nope\.config not found"):
         spec.key()
 
 
-def test_build_spec_unknown_flavour(tmp_path: Path) -> None:
-    source = KernelSource.tree(make_source(tmp_path))
-    with pytest.raises(ConfigError, match="unknown kernel flavour 'fat'"):
-        BuildSpec(source, "fat").key()
+def test_default_spec_unknown_role(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown kernel role 'fat'"):
+        default_spec("fat", source=make_source(tmp_path))
 
 
-def test_host_flavour_adds_host_fragment(tmp_path: Path) -> None:
+def test_every_build_gets_the_guest_and_the_host_fragment(tmp_path: Path) -> None:
+    """One config for both jobs: what a guest needs, then what the virtual host adds."""
     source = KernelSource.tree(make_source(tmp_path))
-    guest = BuildSpec(source, "guest").requested_options()
-    host = BuildSpec(source, "host").requested_options()
-    host_only = parse_config_fragment((REPO / "images" / "kernel" / "host.config").read_text())
-    assert host == {**guest, **host_only}
+    guest = parse_config_fragment((REPO / "images" / "kernel" / "guest.config").read_text())
+    host = parse_config_fragment((REPO / "images" / "kernel" / "host.config").read_text())
+    assert BuildSpec(source).requested_options() == {**guest, **host}
+    assert {"CONFIG_KVM_AMD", "CONFIG_9P_FS", "CONFIG_VIRTIO_NET", "CONFIG_DEBUG_FS"} <= set(
+        BuildSpec(source).requested_options())
+
+
+def test_pveois_own_kernel_is_one_build_for_guest_and_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's source of a base: both roles get the base's series, so they are one spec (one key, one
+    build); a tree or a series of the user's still differs by role as documented."""
+    from e2e.build import kernel as kernel_mod
+    from e2e.build.bases import base_named
+
+    tarball = tmp_path / "linux-source.tar.xz"
+    tarball.write_bytes(b"not really")
+    monkeypatch.setattr(kernel_mod.KernelSource, "debian",
+                        classmethod(lambda cls, base=None: cls("debian", tarball, base_named(base).name)))
+    for base in ("6.1", "6.12"):
+        guest, host = default_spec("guest", base=base), default_spec("host", base=base)
+        assert host == guest and host.series == f"pveoi's {base} series" and len(host.patches) == 3
+    assert default_spec("host", base="6.1") != default_spec("host", base="6.12")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "series").write_text("")
+    assert default_spec("host", patches_dir=own).patches == () and default_spec("host", patches_dir=own).series is None
+    assert default_spec("host", with_patches=False).patches == ()
 
 
 # ---------------------------------------------------------------- the private source copy of incremental builds
@@ -470,7 +491,7 @@ def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -
     tree = user_tree(tmp_path)
     (tree / "other.c").write_text("int other;\n")
     patch = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
-    spec = BuildSpec(KernelSource.tree(tree), "guest", (patch,))
+    spec = BuildSpec(KernelSource.tree(tree), (patch,))
     progress = Progress("test")
     patched = ORIGINAL.replace("line 2\n", "LINE TWO\n")
     with kbuild.build_tree(Cache(tmp_path / "cache"), "t") as bt:
@@ -490,7 +511,7 @@ def test_source_tree_syncs_patches_and_reuses_the_private_copy(tmp_path: Path) -
         assert now["Makefile"] == synced["Makefile"]  # unchanged: untouched
         assert now["src/file.c"][0] == patched.encode()
         # Without patches, make reads the user's tree itself (O= builds write nothing there).
-        assert _source_tree(BuildSpec(spec.source, "guest", ()), "id-2", bt, tmp_path, progress) == tree
+        assert _source_tree(BuildSpec(spec.source, ()), "id-2", bt, tmp_path, progress) == tree
     assert tree_snapshot(tree) == edited and before != edited, "the user's tree was modified by pveoi"
 
 
@@ -507,7 +528,7 @@ def test_debian_source_is_unpacked_into_the_private_copy_once(tmp_path: Path) ->
     tarball = tmp_path / "linux-source-6.1.tar.xz"
     subprocess.run(["tar", "-cJf", str(tarball), "-C", str(tmp_path / "pkg"), "linux-source-6.1"], check=True)
     patch = write_patch(tmp_path, "0001-good.patch", GOOD_PATCH)
-    spec = BuildSpec(KernelSource("debian", tarball), "guest", (patch,))
+    spec = BuildSpec(KernelSource("debian", tarball), (patch,))
     progress = Progress("test")
     work = tmp_path / "work"
     work.mkdir()
