@@ -15,6 +15,7 @@ from ..model.plan import DEFAULT_RETRIES
 from .common import SubParsers, bases_help, choose_host, guest_image, guest_kernel, parse_thresholds, stdout_sink
 
 if TYPE_CHECKING:
+    from ..build.kernel import BuildSpec
     from ..model.plan import Arm, Plan
 
 log = logging.getLogger("pveoi")
@@ -351,6 +352,21 @@ def _build_from_source(source: Path | None, patches: Path | None, role: str, bas
     return kernel.build_kernel(spec).file("bzImage")
 
 
+def host_under_test_spec(opts: AbOptions) -> tuple[BuildSpec, dict[str, str]]:
+    """What ``--host-source``/``--host-patches`` build, and the test arms' origin. Patches without a
+    tree go on Debian's source of ``--host-base`` (default 6.1), the base the stock arms' host is
+    built from, so the two host kernels differ by the patches alone."""
+    from ..build import kernel as kernels
+
+    source = opts.host_source.expanduser().absolute() if opts.host_source else None
+    patches = opts.host_patches.expanduser().absolute() if opts.host_patches else None
+    base = opts.host_base if source is None else None
+    spec = kernels.default_spec("host", source=source, patches_dir=patches, base=base)
+    origin = {k: str(v) for k, v in (("host_source", source), ("host_patches", patches), ("host_base", base))
+              if v is not None}
+    return spec, origin
+
+
 def _host_kernel_arms(opts: AbOptions, arms: tuple[Arm, ...]) -> tuple[Arm, ...]:
     """The default arms under the stock host kernel and again under the host kernel under test."""
     from dataclasses import replace
@@ -360,11 +376,8 @@ def _host_kernel_arms(opts: AbOptions, arms: tuple[Arm, ...]) -> tuple[Arm, ...]
     elif opts.host_source or opts.host_patches:
         from ..build import kernel as kernels
 
-        source = opts.host_source.expanduser().absolute() if opts.host_source else None
-        patches = opts.host_patches.expanduser().absolute() if opts.host_patches else None
-        spec = kernels.default_spec("host", source=source, patches_dir=patches)
+        spec, origin = host_under_test_spec(opts)
         kernel = kernels.build_kernel(spec).file("bzImage")
-        origin = {k: str(v) for k, v in (("host_source", source), ("host_patches", patches)) if v is not None}
     else:
         return arms
     return (*arms, *(replace(a, name=f"{a.name}-test-host", host_kernel=kernel, origin={**a.origin, **origin})

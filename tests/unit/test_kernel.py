@@ -544,3 +544,29 @@ def test_debian_source_is_unpacked_into_the_private_copy_once(tmp_path: Path) ->
         assert _source_tree(spec, "deb-2", bt, work, progress) == src
         assert (src / "Makefile").stat().st_mtime_ns == makefile
         assert (src / "src" / "file.c").read_text() == ORIGINAL.replace("line 2\n", "LINE TWO\n")
+
+
+def test_a_host_series_goes_on_the_host_base_of_the_stock_arms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pveoi ab --host-base 6.12 --host-patches DIR`: the host under test is Debian's 6.12 with DIR, the
+    base the stock arms' host kernel is built from (it was 6.1's, whatever --host-base said)."""
+    import argparse
+
+    from e2e.build import kernel as kernel_mod
+    from e2e.build.bases import base_named
+    from e2e.cli import ab
+
+    tarballs = {b: tmp_path / f"linux-source-{b}.tar.xz" for b in ("6.1", "6.12")}
+    for t in tarballs.values():
+        t.write_bytes(b"not really")
+    monkeypatch.setattr(kernel_mod.KernelSource, "debian", classmethod(
+        lambda cls, base=None: cls("debian", tarballs[base_named(base).name], base_named(base).name)))
+    own = tmp_path / "my-kvm-series"
+    own.mkdir()
+    (own / "series").write_text("")
+    parser = argparse.ArgumentParser()
+    ab.add_parser(parser.add_subparsers())
+    for argv, base in ((["--host-base", "6.12"], "6.12"), ([], "6.1")):
+        opts = ab.AbOptions.from_args(parser.parse_args(["ab", "--host-patches", str(own), *argv]))
+        spec, origin = ab.host_under_test_spec(opts)
+        assert spec.base == base and spec.source.path == tarballs[base] and spec.patches == ()
+        assert origin["host_patches"] == str(own) and origin.get("host_base") == (argv[1] if argv else None)
