@@ -143,11 +143,21 @@ class SymbolMap:
         return f"{name}+{offset:#x}"
 
 
+#: KVM's world switch into a guest and back. A guest shown no SVM/VMX (pveoi's default,
+#: :class:`e2e.vm.argv.MachineSpec` ``nested``) never runs it, so a guest RIP here is not the guest's:
+#: with pveoi's kernel as both guest and virtual host it is L1's own RIP after VMRUN, which nested
+#: TCG's SVM emulation has left in an L2 vCPU (docs/virtual-host.md).
+_WORLD_SWITCH = re.compile(r"(__svm_vcpu_run|__svm_sev_es_vcpu_run|__vmx_vcpu_run|vmx_vmexit)\+0x[0-9a-f]+")
+
+
 def describe(shutdowns: list[Shutdown], symbols: SymbolMap | None) -> list[str]:
-    """Evidence lines: ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234 (asm_exc_double_fault+0x4)``."""
+    """Evidence lines: ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234 (asm_exc_double_fault+0x4)``;
+    a RIP in KVM's world switch says it is the virtual host's, not the guest's."""
     lines = []
     for s in shutdowns:
         where = symbols.name(s.rip) if symbols is not None else None
+        if where and _WORLD_SWITCH.fullmatch(where):
+            where += ": KVM's world switch, which this guest does not run; the virtual host's own RIP"
         lines.append(f"KVM: vCPU {s.vcpu} shut down at RIP {s.rip:#x}" + (f" ({where})" if where else ""))
     return lines
 

@@ -136,3 +136,22 @@ def test_instances_of_gone_pveoi_processes_are_reaped_and_others_kept(tmp_path: 
     reap_stale(instances)
     assert sorted(p.name for p in instances.iterdir()) == sorted(
         [f"{PREFIX}{os.getpid()}-3", "someone-elses", f"{PREFIX}x-1"])
+
+
+def test_a_rip_in_kvms_world_switch_is_named_the_virtual_hosts() -> None:
+    """With one kernel as guest and virtual host, the recurring L2 triple fault's RIP is L1's instruction
+    after VMRUN (here pveoi's 6.1 kernel of 2026-12-08: vmrun at +0x99, pop %rax at +0x9c). A guest
+    shown no SVM/VMX never runs that code, so the evidence says whose RIP it is; other RIPs read as before."""
+    symbols = SymbolMap("ffffffff81000000 T _text\nffffffff813b9e60 T __svm_vcpu_run\n"
+                        "ffffffff813ba040 T __svm_sev_es_vcpu_run\nffffffff813ba0ca t __rdgsbase_inactive\n"
+                        "ffffffff813ba200 T __vmx_vcpu_run\nffffffff813ba300 T vmx_vmexit\n"
+                        "ffffffff813ba340 T vmx_update_host_rsp\nffffffff82000000 T _etext\n")
+    for rip, name in ((0xFFFFFFFF813B9EFC, "__svm_vcpu_run+0x9c"), (0xFFFFFFFF813BA050, "__svm_sev_es_vcpu_run+0x10"),
+                      (0xFFFFFFFF813BA210, "__vmx_vcpu_run+0x10"), (0xFFFFFFFF813BA301, "vmx_vmexit+0x1")):
+        assert describe([Shutdown(1, "shutdown", rip)], symbols) == [
+            f"KVM: vCPU 1 shut down at RIP {rip:#x} ({name}: KVM's world switch, which this guest does not run; "
+            "the virtual host's own RIP)"]
+    assert describe([Shutdown(0, "shutdown", 0xFFFFFFFF813BA0D0)], symbols) == [
+        "KVM: vCPU 0 shut down at RIP 0xffffffff813ba0d0 (__rdgsbase_inactive+0x6)"]
+    assert describe([Shutdown(0, "shutdown", 0xFFFFFFFF813BA341)], symbols) == [
+        "KVM: vCPU 0 shut down at RIP 0xffffffff813ba341 (vmx_update_host_rsp+0x1)"]
