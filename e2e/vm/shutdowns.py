@@ -15,7 +15,9 @@ at which RIP, with the kernel symbol when the guest kernel's ``System.map`` sits
 (pveoi's own builds keep it): ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234
 (asm_exc_double_fault+0x4)``. A guest whose CPU resets without that record reset it some other way,
 or KVM declared the triple fault itself (a fault while injecting a double fault it emulates:
-``KVM_REQ_TRIPLE_FAULT``, no shutdown exit to trace).
+``KVM_REQ_TRIPLE_FAULT``, no shutdown exit to trace). Inside the virtual host the RIP is looked up
+in L1's own kernel too (:data:`L1_KERNEL`, set by :mod:`e2e.vm.vhost`): nested TCG's SVM emulation
+has left L2 vCPUs at L1's return from VMRUN, an address that names nothing in the guest's kernel.
 
 Written here rather than with perf or trace-cmd: one filtered event over the machine's whole life,
 read once after it died, is three files in tracefs; a perf process per guest would cost a start-up
@@ -143,6 +145,9 @@ class SymbolMap:
         return f"{name}+{offset:#x}"
 
 
+#: Set inside the virtual host to L1's own kernel image, whose ``System.map`` names a RIP that is L1's.
+L1_KERNEL = "PVEOI_L1_KERNEL"
+
 #: KVM's world switch into a guest and back. A guest shown no SVM/VMX (pveoi's default,
 #: :class:`e2e.vm.argv.MachineSpec` ``nested``) never runs it, so a guest RIP here is not the guest's:
 #: with pveoi's kernel as both guest and virtual host it is L1's own RIP after VMRUN, which nested
@@ -150,14 +155,20 @@ class SymbolMap:
 _WORLD_SWITCH = re.compile(r"(__svm_vcpu_run|__svm_sev_es_vcpu_run|__vmx_vcpu_run|vmx_vmexit)\+0x[0-9a-f]+")
 
 
-def describe(shutdowns: list[Shutdown], symbols: SymbolMap | None) -> list[str]:
-    """Evidence lines: ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234 (asm_exc_double_fault+0x4)``;
-    a RIP in KVM's world switch says it is the virtual host's, not the guest's."""
+def describe(shutdowns: list[Shutdown], symbols: SymbolMap | None,
+             host_symbols: SymbolMap | None = None) -> list[str]:
+    """Evidence lines: ``KVM: vCPU 1 shut down at RIP 0xffffffff81001234 (asm_exc_double_fault+0x4)``.
+    A RIP in KVM's world switch, of the guest's kernel or of the virtual host's (``host_symbols``),
+    says it is the virtual host's own, not the guest's."""
     lines = []
     for s in shutdowns:
         where = symbols.name(s.rip) if symbols is not None else None
+        host_where = host_symbols.name(s.rip) if host_symbols is not None else None
         if where and _WORLD_SWITCH.fullmatch(where):
             where += ": KVM's world switch, which this guest does not run; the virtual host's own RIP"
+        elif host_where and _WORLD_SWITCH.fullmatch(host_where):
+            where = (f"{where or 'not in the guest kernel'}; in the virtual host's kernel {host_where}: "
+                     "KVM's world switch, the virtual host's own RIP")
         lines.append(f"KVM: vCPU {s.vcpu} shut down at RIP {s.rip:#x}" + (f" ({where})" if where else ""))
     return lines
 
@@ -221,8 +232,13 @@ class ShutdownRecorder:
             return []
 
     def evidence(self, tgid: int, kernel: Path | None) -> list[str]:
-        """:func:`describe` of process ``tgid``'s shutdown exits, named from ``kernel``'s ``System.map``."""
-        return describe(self.shutdowns(tgid), symbols_beside(kernel))
+        """:func:`describe` of process ``tgid``'s shutdown exits, named from ``kernel``'s ``System.map``
+        and, inside the virtual host, L1's own (:data:`L1_KERNEL`)."""
+        found = self.shutdowns(tgid)
+        if not found:
+            return []
+        l1 = os.environ.get(L1_KERNEL)
+        return describe(found, symbols_beside(kernel), symbols_beside(Path(l1)) if l1 else None)
 
     def stop(self) -> None:
         """Remove the instance (the kernel disables its events); idempotent."""

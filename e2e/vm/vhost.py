@@ -57,6 +57,7 @@ from .argv import MachineSpec, base_argv, quote_optarg
 from .console import stop_reader
 from .ending import HOST_QUIT, HOST_RESET, KILLED, QEMU_ERROR, RUNNING, ExitCause
 from .machine import Machine
+from .shutdowns import L1_KERNEL
 from .trials import Trial
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,7 @@ class VirtualKvmHost(Machine):
         full_env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
         full_env.update({"HOME": "/root", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                          "PYTHONUNBUFFERED": "1", "PVEOI_CACHE": str(cache_root()), "PVEOI_IN_VHOST": "1",
+                         L1_KERNEL: str(self.vspec.kernel),
                          "LC_ALL": "C.UTF-8", "TERM": "dumb"})
         full_env.update(env or {})
         (ctl / "cmd.sh").write_text(command_script(argv, cwd or Path.cwd(), full_env))

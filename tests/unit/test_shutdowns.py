@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from e2e.vm import ending
 from e2e.vm.ending import classify_exit
 from e2e.vm.shutdowns import Shutdown, ShutdownRecorder, SymbolMap, describe, parse_trace, symbols_beside
@@ -155,3 +157,38 @@ def test_a_rip_in_kvms_world_switch_is_named_the_virtual_hosts() -> None:
         "KVM: vCPU 0 shut down at RIP 0xffffffff813ba0d0 (__rdgsbase_inactive+0x6)"]
     assert describe([Shutdown(0, "shutdown", 0xFFFFFFFF813BA341)], symbols) == [
         "KVM: vCPU 0 shut down at RIP 0xffffffff813ba341 (vmx_update_host_rsp+0x1)"]
+
+
+def test_a_rip_in_the_virtual_hosts_world_switch_is_named_from_l1s_map(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guest 6.1 under a 6.12 virtual host (the nightly matrix): L1's return from VMRUN names nothing in
+    the guest's map (2026-12-08: RIP 0xffffffff814386e0, 6.12's __svm_vcpu_run+0xa0), so L1's own map,
+    kept beside the image the virtual host passes in PVEOI_L1_KERNEL, says whose it is."""
+    from e2e.vm.shutdowns import L1_KERNEL
+
+    guest = SymbolMap("ffffffff81000000 T _text\nffffffff81401220 T __entry_text_end\n"
+                      "ffffffff82000000 T _etext\n")
+    host_map = ("ffffffff81000000 T _text\nffffffff81438640 T __svm_vcpu_run\n"
+                "ffffffff8143882d t __rdgsbase_inactive\nffffffff82000000 T _etext\n")
+    rip = 0xFFFFFFFF814386E0
+    assert describe([Shutdown(1, "shutdown", rip)], guest, SymbolMap(host_map)) == [
+        f"KVM: vCPU 1 shut down at RIP {rip:#x} (no function: 0x374c0 past __entry_text_end; in the virtual "
+        "host's kernel __svm_vcpu_run+0xa0: KVM's world switch, the virtual host's own RIP)"]
+    assert describe([Shutdown(1, "shutdown", rip)], None, SymbolMap(host_map)) == [
+        f"KVM: vCPU 1 shut down at RIP {rip:#x} (not in the guest kernel; in the virtual host's kernel "
+        "__svm_vcpu_run+0xa0: KVM's world switch, the virtual host's own RIP)"]
+    # a RIP that is the guest's own keeps its guest name alone
+    assert describe([Shutdown(0, "shutdown", 0xFFFFFFFF81000010)], guest, SymbolMap(host_map)) == [
+        "KVM: vCPU 0 shut down at RIP 0xffffffff81000010 (_text+0x10)"]
+
+    # the recorder reads L1's map from the variable the virtual host sets
+    l1 = tmp_path / "l1"
+    l1.mkdir()
+    (l1 / "bzImage").write_bytes(b"")
+    (l1 / "System.map").write_text(host_map)
+    monkeypatch.setenv(L1_KERNEL, str(l1 / "bzImage"))
+    recorder = ShutdownRecorder(tmp_path / "instance")
+    monkeypatch.setattr(recorder, "shutdowns", lambda tgid: [Shutdown(1, "shutdown", rip)])
+    assert recorder.evidence(42, None) == [
+        f"KVM: vCPU 1 shut down at RIP {rip:#x} (not in the guest kernel; in the virtual host's kernel "
+        "__svm_vcpu_run+0xa0: KVM's world switch, the virtual host's own RIP)"]
