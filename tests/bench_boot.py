@@ -6,7 +6,7 @@ Run:
     python tests/bench_boot.py                    # 5 boots of pveoi's guest (default base) in one virtual host
     python tests/bench_boot.py --boots 8 --base 6.12
     python tests/bench_boot.py --kernel BZIMAGE --image DIR
-    python tests/bench_boot.py --cpu-flag=-svm        # an extra -cpu property of the guest
+    python tests/bench_boot.py --cpu-flag=svm=on      # an extra -cpu property: here SVM shown (pveoi hides it)
 
 Each boot goes the A/B's way (:class:`e2e.vm.machine.Machine`: QEMU started paused, resumed, the
 ready line awaited, SSH), then reads the guest's ``dmesg`` over SSH. Stages per boot:
@@ -115,7 +115,7 @@ def main() -> int:
                    help="where each boot's console, QEMU log and dmesg are kept (shared into the virtual host)")
     p.add_argument("--append", default="", help="extra guest kernel parameters (e.g. initcall_debug)")
     p.add_argument("--cpu-flag", action="append", default=[],
-                   help="an extra -cpu property of the guest, e.g. -svm (repeatable)")
+                   help="an extra -cpu property of the guest, after pveoi's own, e.g. svm=on (repeatable)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.inner:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..build.kconfig import ROLES
 from .common import SubParsers, bases_help
 
 
@@ -63,7 +64,7 @@ def add_parser(sub: SubParsers) -> None:
     b.add_argument("--no-patches", action="store_true", help="build without any patches")
     b.add_argument("--config", type=Path, action="append", default=[], metavar="FRAGMENT",
                    help="extra Kconfig fragment, applied last (repeatable)")
-    b.add_argument("--role", "--flavour", dest="role", choices=["guest", "host"], default="guest",
+    b.add_argument("--role", "--flavour", dest="role", choices=ROLES, default="guest",
                    help="what the kernel will run as; the config is the same, and Debian's source is one build "
                    "for both: the role only decides whether a kernel from --source gets pveoi's series "
                    "(guest: yes; host: no). --flavour is its old name")
